@@ -1,0 +1,90 @@
+//! Receipts: what a node signs for every answered request.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Hash32, ModelId, NodeId, PublicKey, Signature, SignatureError, StackId, Units};
+
+/// Signature domain for receipts.
+pub const RECEIPT_DOMAIN: &str = "receipt";
+
+/// The fingerprint of everything that decides a node's output bit for bit: two nodes of one
+/// class must produce identical tokens for identical requests.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeClass {
+    pub engine_version: String,
+    pub model_digest: Hash32,
+    pub quantization: String,
+    pub device: String,
+    pub kernels: String,
+}
+
+impl NodeClass {
+    /// A short stable digest of the class, for display and grouping.
+    pub fn fingerprint(&self) -> Hash32 {
+        crate::sha256(&crate::canonical_bytes(self))
+    }
+}
+
+/// The sampling settings that, with the seed, make a generation reproducible.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SamplingRecord {
+    /// Temperature in thousandths (0 = greedy). Integers keep the encoding canonical.
+    pub temperature_milli: u32,
+    pub top_p_milli: u32,
+    pub top_k: u32,
+    pub seed: u64,
+    pub max_tokens: u32,
+    pub presence_penalty_milli: i32,
+    pub frequency_penalty_milli: i32,
+    pub stop: Vec<String>,
+}
+
+/// What the node attests about one request it served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub node: NodeId,
+    pub stack: StackId,
+    /// Position of this receipt within the stack, from 0; gap-free per stack.
+    pub sequence: u64,
+    pub model: ModelId,
+    pub model_digest: Hash32,
+    pub node_class: Hash32,
+    pub request_hash: Hash32,
+    pub response_hash: Hash32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub sampling: SamplingRecord,
+    /// Unix milliseconds when the node finished the response.
+    pub timestamp_ms: u64,
+}
+
+impl Receipt {
+    /// Units this receipt charges to its stack.
+    pub fn units(&self) -> Units {
+        Units(self.input_tokens.saturating_add(self.output_tokens))
+    }
+
+    /// The leaf of the claim's Merkle tree.
+    pub fn digest(&self) -> Hash32 {
+        crate::sha256(&crate::canonical_bytes(self))
+    }
+}
+
+/// A receipt with the node's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    pub receipt: Receipt,
+    pub signature: Signature,
+}
+
+impl SignedReceipt {
+    pub fn sign(receipt: Receipt, key: &crate::Keypair) -> Self {
+        let signature = key.sign(RECEIPT_DOMAIN, &receipt);
+        SignedReceipt { receipt, signature }
+    }
+
+    /// Checks the signature against the key the ledger holds for the node.
+    pub fn verify(&self, node_key: &PublicKey) -> Result<(), SignatureError> {
+        node_key.verify(RECEIPT_DOMAIN, &self.receipt, &self.signature)
+    }
+}
