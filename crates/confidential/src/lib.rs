@@ -1,1 +1,37 @@
-//! Placeholder: this crate is being written.
+//! Confidential compute for Sortition (design flow 7: "Confidential request").
+//!
+//! Owns:
+//! - the node's confidential X25519 key ([`ConfidentialKey`]), its per-epoch rotation and the
+//!   64-byte report-data binding that ties the key to TEE evidence ([`report_data`]);
+//! - sealed requests: HPKE (RFC 9180) base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+//!   ChaCha20-Poly1305 ([`seal_request`], [`open_request`]);
+//! - sealed response streams: each chunk sealed with ChaCha20-Poly1305 under a key exported from
+//!   the HPKE context, with its own nonce, refusing reordered, replayed, dropped, truncated and
+//!   tampered chunks ([`ResponseSealer`], [`ResponseOpener`]);
+//! - attestation evidence ([`Evidence`]) and its verifiers ([`Verifier`]): Intel TDX/SGX DCAP
+//!   quotes (offline, collateral carried in the evidence, via `dcap-qvl`), AMD SEV-SNP reports
+//!   (ARK→ASK→VCEK chain and report signature, via `sev`), and an explicitly INSECURE dev attester.
+//!
+//! Does not own: publishing keys or evidence on the ledger, fetching collateral from Intel/AMD,
+//! networking, HTTP/SSE framing, or deciding which nodes to trust beyond a [`Policy`].
+//!
+//! Everything fails closed: unknown evidence kinds, parse errors, expired collateral, unknown
+//! measurements, mismatched bindings and any cryptographic failure are typed errors.
+
+pub mod attest;
+mod encoding;
+pub mod keys;
+pub mod seal;
+pub mod stream;
+
+pub use attest::{
+    AttestationError, DcapVerifier, DevEvidence, DevVerifier, Evidence, Measurement, Policy,
+    PolicyVerifier, SnpProduct, SnpVerifier, TeeKind, VerifiedReport, Verifier,
+    INSECURE_DEV_LABEL,
+};
+pub use keys::{ConfidentialKey, KeyError, RecipientKey, REPORT_DATA_DOMAIN, report_data};
+pub use seal::{SealError, SealedRequest, open_request, seal_request};
+pub use stream::{ResponseOpener, ResponseSealer, SealedChunk, StreamError};
+
+/// Re-exported so callers can build [`Evidence::Tdx`] / [`Evidence::Sgx`] collateral.
+pub use dcap_qvl::QuoteCollateralV3;

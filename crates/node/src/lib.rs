@@ -1,1 +1,19 @@
-//! Placeholder: this crate is being written.
+//! The Sortition execution node.
+//!
+//! Owns: the OpenAI-compatible HTTP API offered to stack holders, stack authentication and
+//! atomic unit reservation, signed receipts (persisted before a response completes), claims
+//! with Merkle roots, and audit duty.
+//!
+//! Does not own: model execution (`sortition-engine`), the ledger's rules
+//! (`sortition-ledger`), user accounts or routing (`sortition-gateway`).
+
+pub mod accounts;
+pub mod adversary;
+pub mod auth;
+pub mod claims;
+pub mod ledger;
+pub mod run;
+pub mod routes;
+pub mod server;
+pub mod service;
+pub mod store;

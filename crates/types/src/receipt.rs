@@ -88,3 +88,65 @@ impl SignedReceipt {
         node_key.verify(RECEIPT_DOMAIN, &self.receipt, &self.signature)
     }
 }
+
+/// What a receipt's `response_hash` commits to for a text answer: the exact text returned and
+/// why generation ended. A client recomputes it from the response body; an auditor from its
+/// own re-execution.
+#[derive(Serialize)]
+struct TextCommitment<'a> {
+    kind: &'a str,
+    text: &'a str,
+    finish_reason: &'a str,
+}
+
+/// `response_hash` of a chat or text completion.
+pub fn text_response_hash(text: &str, finish_reason: &str) -> Hash32 {
+    crate::sha256(&crate::canonical_bytes(&TextCommitment { kind: "text", text, finish_reason }))
+}
+
+/// `response_hash` of an embeddings answer: the exact f32 bit patterns of every vector.
+pub fn embedding_response_hash(vectors: &[Vec<f32>]) -> Hash32 {
+    let bits: Vec<Vec<u32>> = vectors.iter().map(|v| v.iter().map(|f| f.to_bits()).collect()).collect();
+    crate::sha256(&crate::canonical_bytes(&("embedding", bits)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Keypair, sha256};
+
+    fn receipt() -> Receipt {
+        Receipt {
+            node: NodeId(1),
+            stack: StackId(2),
+            sequence: 0,
+            model: ModelId::new("m"),
+            model_digest: sha256(b"w"),
+            node_class: sha256(b"c"),
+            request_hash: sha256(b"req"),
+            response_hash: text_response_hash("hi", "stop"),
+            input_tokens: 3,
+            output_tokens: 4,
+            sampling: SamplingRecord::default(),
+            timestamp_ms: 5,
+        }
+    }
+
+    #[test]
+    fn receipt_signature_binds_every_field() {
+        let k = Keypair::from_seed(b"node");
+        let s = SignedReceipt::sign(receipt(), &k);
+        assert!(s.verify(&k.public()).is_ok());
+        let mut t = s.clone();
+        t.receipt.output_tokens += 1;
+        assert!(t.verify(&k.public()).is_err());
+        assert!(s.verify(&Keypair::from_seed(b"other").public()).is_err());
+        assert_eq!(s.receipt.units(), crate::Units(7));
+    }
+
+    #[test]
+    fn response_hashes_distinguish_content() {
+        assert_ne!(text_response_hash("a", "stop"), text_response_hash("a", "length"));
+        assert_ne!(embedding_response_hash(&[vec![0.0]]), embedding_response_hash(&[vec![-0.0]]));
+    }
+}

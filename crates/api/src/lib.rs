@@ -1,0 +1,38 @@
+//! The HTTP wire of Sortition's OpenAI-compatible API.
+//!
+//! Owns: request and response bodies of `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/models`, the streaming chunk shape, the `sortition` extension
+//! field that carries receipts, and the one place where errors become
+//! `{"error": {"message", "type", "code"}}` with an HTTP status.
+//!
+//! Does not own: validation against a model (the engine does that) or transport.
+
+pub mod error;
+pub mod metrics;
+pub mod openai;
+
+pub use error::{ApiError, ErrorBody, ErrorKind, parse_json};
+pub use openai::*;
+
+/// Header that carries a JSON-encoded receipt on non-streaming responses.
+pub const RECEIPT_HEADER: &str = "x-sortition-receipt";
+/// Header naming the node that served a request (set by gateways).
+pub const NODE_HEADER: &str = "x-sortition-node";
+/// Extension header with per-request routing constraints (JSON), read by gateways.
+pub const CONSTRAINTS_HEADER: &str = "x-sortition-constraints";
+
+/// Current Unix time in seconds, for the `created` fields.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Current Unix time in milliseconds.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

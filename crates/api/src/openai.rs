@@ -1,0 +1,394 @@
+//! OpenAI request and response bodies (the subset Sortition serves), plus the `sortition`
+//! extension that carries receipts.
+
+use serde::{Deserialize, Serialize};
+use sortition_types::{NodeId, SignedReceipt};
+
+use crate::error::ApiError;
+
+/// `stop` is a string or a list of strings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopSpec {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopSpec::One(s) => vec![s],
+            StopSpec::Many(v) => v,
+        }
+    }
+}
+
+/// A message's `content`: a string, or a list of typed parts of which only text is supported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContentPart {
+    pub r#type: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl MessageContent {
+    /// The text of the message; non-text parts are refused.
+    pub fn text(&self) -> Result<String, ApiError> {
+        match self {
+            MessageContent::Text(s) => Ok(s.clone()),
+            MessageContent::Parts(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    match (p.r#type.as_str(), &p.text) {
+                        ("text", Some(t)) => out.push_str(t),
+                        (other, _) => {
+                            return Err(ApiError::invalid(
+                                "unsupported_content",
+                                format!("content part of type '{other}' is not supported"),
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by chat and text completions.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct SamplingFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Extension (not in OpenAI): top-k sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl SamplingFields {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+    /// Refuses `n > 1`, which Sortition does not serve (one receipt per answer).
+    pub fn check_n(&self) -> Result<(), ApiError> {
+        match self.n {
+            None | Some(1) => Ok(()),
+            Some(n) => Err(ApiError::invalid("unsupported_n", format!("n={n} is not supported; use n=1"))
+                .with_param("n")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PromptSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptSpec,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+impl CompletionRequest {
+    /// The single prompt; lists of more than one prompt are refused.
+    pub fn single_prompt(&self) -> Result<String, ApiError> {
+        match &self.prompt {
+            PromptSpec::One(s) => Ok(s.clone()),
+            PromptSpec::Many(v) if v.len() == 1 => Ok(v[0].clone()),
+            PromptSpec::Many(_) => Err(ApiError::invalid(
+                "unsupported_prompt",
+                "only one prompt per request is supported",
+            )
+            .with_param("prompt")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt: u64, completion: u64) -> Self {
+        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+    }
+}
+
+/// The `sortition` extension field on responses and on the final stream event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SortitionExt {
+    pub node: NodeId,
+    pub receipt: SignedReceipt,
+    /// Set by a gateway once it checked the receipt against the ledger's key for the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by_gateway: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: String,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sortition: Option<SortitionExt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sortition: Option<SortitionExt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Completion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sortition: Option<SortitionExt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EmbeddingInput {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            EmbeddingInput::One(s) => vec![s],
+            EmbeddingInput::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    /// `float` (default) or `base64` (little-endian f32), as the OpenAI SDK asks by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// One embedding: a float list or its base64 encoding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EmbeddingVector {
+    /// Encodes per the request's `encoding_format`.
+    pub fn encode(v: Vec<f32>, format: Option<&str>) -> Result<Self, ApiError> {
+        use base64::Engine as _;
+        match format {
+            None | Some("float") => Ok(EmbeddingVector::Float(v)),
+            Some("base64") => {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Ok(EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)))
+            }
+            Some(other) => Err(ApiError::invalid(
+                "invalid_encoding_format",
+                format!("encoding_format must be 'float' or 'base64', not '{other}'"),
+            )
+            .with_param("encoding_format")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmbeddingData {
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmbeddingResponse {
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sortition: Option<SortitionExt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_openai_sdk_sends() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"},
+            {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+            "stream":true,"stream_options":{"include_usage":true},"stop":"\n","logit_bias":{}}"#;
+        let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+        assert!(r.sampling.is_stream() && r.sampling.include_usage());
+        assert_eq!(r.messages[1].content.as_ref().unwrap().text().unwrap(), "ab");
+        assert_eq!(r.sampling.stop.clone().unwrap().into_vec(), vec!["\n".to_string()]);
+    }
+
+    #[test]
+    fn base64_embeddings_are_little_endian_f32() {
+        let EmbeddingVector::Base64(s) = EmbeddingVector::encode(vec![1.0], Some("base64")).unwrap()
+        else {
+            panic!("expected base64")
+        };
+        assert_eq!(s, "AACAPw==");
+        assert!(EmbeddingVector::encode(vec![1.0], Some("int8")).is_err());
+    }
+
+    #[test]
+    fn error_shape_and_status() {
+        let e = ApiError::new(crate::ErrorKind::RateLimited, "rate_limited", "slow down")
+            .with_retry_after(3);
+        assert_eq!(e.status().as_u16(), 429);
+        let v = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "rate_limited");
+        assert_eq!(v["error"]["message"], "slow down");
+    }
+}

@@ -1,0 +1,71 @@
+//! `sortition devnet`: the whole network on loopback, in this process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sortition_devnet::{Devnet, DevnetConfig};
+
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// Where the chain, keys, receipts and the gateway's database live (reused on the next run).
+    #[arg(long, default_value = ".devnet")]
+    data_dir: PathBuf,
+    /// Honest execution nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Probability that a receipt is audited (0 to 1). Fixed at the first run (in genesis).
+    #[arg(long, default_value_t = 0.0)]
+    audit_rate: f64,
+    /// Add one cheating node: truncate, random, over-report or skip-audits.
+    #[arg(long)]
+    adversary: Option<sortition_node::adversary::Mode>,
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    gateway_listen: SocketAddr,
+    /// Chat model: catalog name or GGUF path.
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    model: String,
+    /// Embedding model: catalog name, directory, or "none".
+    #[arg(long, default_value = "all-minilm-l6-v2")]
+    embed_model: String,
+}
+
+pub async fn run(a: DevnetArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.audit_rate) {
+        anyhow::bail!("--audit-rate must be between 0 and 1");
+    }
+    let mut cfg = DevnetConfig::new(&a.data_dir);
+    cfg.nodes = a.nodes.max(1);
+    cfg.audit_q_ppm = (a.audit_rate * 1_000_000.0).round() as u32;
+    cfg.adversary = a.adversary;
+    cfg.gateway_listen = a.gateway_listen;
+    cfg.chat_model = a.model;
+    cfg.embed_model = (a.embed_model != "none").then_some(a.embed_model);
+    eprintln!("starting devnet in {} (models are fetched on the first run)…", a.data_dir.display());
+    let net = Devnet::start(cfg).await.context("starting the devnet")?;
+    let i = &net.info;
+    println!("Sortition devnet is up.");
+    println!("  gateway  {}", i.gateway_url);
+    println!("  ledger   {}", i.ledger_url);
+    for n in &i.nodes {
+        println!("  {}  {}  class {}{}", n.id, n.url, &n.class[..16], n.adversary.as_ref().map(|m| format!("  ADVERSARY {m}")).unwrap_or_default());
+    }
+    println!("  API key  {}", i.api_key);
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s {}/v1/chat/completions -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":32}}'",
+        i.gateway_url,
+        i.api_key,
+        i.models.iter().find(|m| !m.contains("minilm")).cloned().unwrap_or_default()
+    );
+    println!();
+    println!("Wrote {}/devnet.json. Ctrl-C stops everything.", a.data_dir.display());
+    tokio::signal::ctrl_c().await?;
+    eprintln!("shutting down: draining requests, claiming earnings…");
+    net.shutdown().await;
+    eprintln!("stopped.");
+    Ok(())
+}

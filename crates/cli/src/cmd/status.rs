@@ -1,0 +1,100 @@
+//! `sortition status` and `sortition policy explain`: the network as the ledger sees it.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::de::DeserializeOwned;
+use sortition_ledger::{Audit, Claim, Stack, StackStatus};
+use sortition_ledger_service::LedgerClient;
+use sortition_types::Amount;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Ledger URL.
+    #[arg(long, default_value = "http://127.0.0.1:7400")]
+    ledger: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn get<T: DeserializeOwned>(base: &str, path: &str) -> Result<T> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let resp = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {text}");
+    serde_json::from_str(&text).with_context(|| format!("decoding {url}"))
+}
+
+pub async fn run(a: StatusArgs) -> Result<()> {
+    let client = LedgerClient::new(&a.ledger);
+    let status = client.status().await.context("ledger status")?;
+    let nodes = client.nodes().await?;
+    let models = client.models().await?;
+    let stacks: Vec<Stack> = get(&a.ledger, "/v1/stacks").await?;
+    let audits: Vec<Audit> = get(&a.ledger, "/v1/audits").await?;
+    let disputes = client.disputes().await?;
+    let slashes = client.slashes().await?;
+    let mut claims: Vec<Claim> = Vec::new();
+    for s in &stacks {
+        if let StackStatus::Claimed { claim } = s.status {
+            claims.push(client.claim(claim).await?);
+        }
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "status": status, "nodes": nodes, "models": models, "stacks": stacks, "claims": claims,
+            "audits": audits, "disputes": disputes, "slashes": slashes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("chain {}  height {}  state root {}", status.chain_id, status.height, status.state_root);
+    println!("\nMODELS");
+    println!("  {:<26} {:<22} {:>14}  policy", "ID", "WEIGHTS", "MIN COLLATERAL");
+    for m in &models {
+        let p = &m.spec.policy;
+        let policy = match p.audit {
+            Some(ap) => format!("audited q={}ppm k={}", ap.q_ppm, ap.k),
+            None => "plain".into(),
+        };
+        println!("  {:<26} {:<22} {:>14}  {policy}", m.spec.id, &m.spec.weights_digest.to_hex()[..20], m.min_collateral.to_string());
+    }
+    println!("\nNODES");
+    println!("  {:<8} {:<28} {:<10} {:<18} {:>14} {:>12}  models", "ID", "ENDPOINT", "STATUS", "CLASS", "COLLATERAL", "PRICE/M");
+    for n in &nodes {
+        let price = n.offers.iter().map(|o| o.unit_price_per_m()).max().unwrap_or(Amount::ZERO);
+        let models: Vec<String> = n.offers.iter().map(|o| o.model.to_string()).collect();
+        println!(
+            "  {:<8} {:<28} {:<10} {:<18} {:>14} {:>12}  {}",
+            n.id.to_string(),
+            n.endpoint,
+            format!("{:?}", n.status).split_whitespace().next().unwrap_or("").to_lowercase(),
+            &n.class_fingerprint.to_hex()[..16],
+            n.collateral.to_string(),
+            price.to_string(),
+            models.join(",")
+        );
+    }
+    let open = stacks.iter().filter(|s| matches!(s.status, StackStatus::Open)).count();
+    let escrow: u64 = stacks.iter().map(|s| s.escrow.0).sum();
+    println!("\nSTACKS  {} total, {} open, escrow {}", stacks.len(), open, Amount(escrow));
+    println!("CLAIMS  {} total", claims.len());
+    for c in &claims {
+        println!("  {} {} {} units {} receipts {} {:?}", c.id, c.stack, c.node, c.units_used, c.receipt_count, c.status);
+    }
+    let open_audits = audits.iter().filter(|a| a.outcome.is_none()).count();
+    println!("AUDITS  {} total, {} open", audits.len(), open_audits);
+    for au in audits.iter().rev().take(10) {
+        println!("  {} of {} receipt #{} auditors {:?} outcome {:?}", au.id, au.executor, au.receipt_index, au.auditors, au.outcome);
+    }
+    println!("DISPUTES  {}", disputes.len());
+    for d in &disputes {
+        println!("  {} audit {} executor {} resolution {:?}", d.id, d.audit, d.executor, d.resolution);
+    }
+    println!("SLASHES  {}", slashes.len());
+    for s in &slashes {
+        println!("  height {} {} {} {:?}", s.height, s.node, s.amount, s.reason);
+    }
+    Ok(())
+}

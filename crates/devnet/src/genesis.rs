@@ -1,0 +1,79 @@
+//! The devnet's genesis: created on the first run from the models it will serve, then kept in
+//! `genesis.json` so later runs reopen the same chain.
+
+use std::path::Path;
+
+use sortition_engine::ModelStore;
+use sortition_ledger::{AuditPolicy, Genesis, ModelSpec, Params, SecurityPolicy};
+use sortition_types::{Amount, Hash32, Keypair, ModelId};
+
+use crate::{DevnetConfig, DevnetError};
+
+/// Chain id of every devnet.
+pub const CHAIN_ID: &str = "sortition-devnet";
+
+/// The audit policy of the devnet's models: `q` from the config, `k = 2` (or fewer with fewer
+/// nodes), slash half the collateral; C, R and r as in Atoma's paper (R = 1.2 C, r = 0.5).
+pub fn policy(cfg: &DevnetConfig) -> SecurityPolicy {
+    let k = cfg.nodes.saturating_sub(1).clamp(1, 2) as u8;
+    SecurityPolicy {
+        audit: (cfg.audit_q_ppm > 0).then_some(AuditPolicy { q_ppm: cfg.audit_q_ppm, k }),
+        quorum: None,
+        confidential_required: false,
+        slash_bps: 5_000,
+        cost_per_request: Amount(1_000),
+        audit_reward: Amount(1_200),
+        colluding_share_ppm: 500_000,
+    }
+}
+
+/// Short windows so that claims settle and audits resolve within seconds on a devnet.
+pub fn params() -> Params {
+    Params {
+        challenge_window_blocks: 10,
+        unbonding_blocks: 20,
+        audit_commit_blocks: 30,
+        audit_reveal_blocks: 30,
+        dispute_commit_blocks: 30,
+        dispute_reveal_blocks: 30,
+        ..Params::default()
+    }
+}
+
+fn model_spec(name: &str, store: &ModelStore, cfg: &DevnetConfig) -> Result<ModelSpec, DevnetError> {
+    let path = Path::new(name);
+    let (id, digest) = if path.exists() {
+        let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+        let id = if path.is_dir() { path.file_name() } else { path.file_stem() }
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let d = sortition_engine::models::file_digest(&weights).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        (id, d)
+    } else {
+        let m = store.pull(name, true).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        (name.to_string(), m.digest)
+    };
+    // The tokenizer of a GGUF model is inside the file; its digest is covered by the weights'.
+    Ok(ModelSpec { id: ModelId::new(id), weights_digest: digest, tokenizer_digest: digest, policy: policy(cfg) })
+}
+
+/// Reads `genesis.json`, or builds and writes it on the first run.
+pub fn load_or_create(dir: &Path, admin: &Keypair, cfg: &DevnetConfig) -> Result<Genesis, DevnetError> {
+    let path = dir.join("genesis.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text).map_err(|e| DevnetError::Setup(format!("{}: {e}", path.display())));
+    }
+    let store = ModelStore::from_env();
+    let mut g = Genesis::devnet(CHAIN_ID, admin.public());
+    g.params = params();
+    g.models.push(model_spec(&cfg.chat_model, &store, cfg)?);
+    if let Some(e) = &cfg.embed_model {
+        g.models.push(model_spec(e, &store, cfg)?);
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| DevnetError::Setup(e.to_string()))?;
+    g.randomness_seed = Hash32(seed);
+    let text = serde_json::to_string_pretty(&g).map_err(|e| DevnetError::Setup(e.to_string()))?;
+    std::fs::write(&path, text)?;
+    Ok(g)
+}

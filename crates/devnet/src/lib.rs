@@ -1,0 +1,266 @@
+//! `sortition devnet`: the whole network in one process on loopback.
+//!
+//! Owns: the devnet's genesis (kept in the data directory so a second run reuses the chain),
+//! its keys, funding the nodes and the gateway from the faucet, starting a ledger, N nodes of
+//! one class and a gateway, and writing `devnet.json`.
+//!
+//! Does not own: any rule or behaviour of those services; it only wires real ones together.
+
+pub mod genesis;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sortition_engine::WeightFormat;
+use sortition_gateway::keys::ServerSecret;
+use sortition_gateway::ledger::HttpLedger;
+use sortition_gateway::router::{BreakerConfig, Router, RouterWeights};
+use sortition_gateway::state::{GatewayConfig, GatewayState};
+use sortition_gateway::store::{GatewayStore, UserId};
+use sortition_ledger::TxKind;
+use sortition_ledger_service::{Background, LedgerClient, LedgerServiceConfig};
+use sortition_node::adversary::Mode;
+use sortition_node::run::{NodeConfig, RunningNode};
+use sortition_types::{Amount, Keypair, NodeId};
+use tokio::sync::watch;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct DevnetConfig {
+    pub data_dir: PathBuf,
+    /// Honest nodes (plus one more when `adversary` is set).
+    pub nodes: usize,
+    /// Audit probability per receipt, in parts per million (0 disables audits).
+    pub audit_q_ppm: u32,
+    /// Adds one cheating node.
+    pub adversary: Option<Mode>,
+    /// Catalog name or GGUF path of the chat model.
+    pub chat_model: String,
+    /// Catalog name or directory of the embedding model, if any.
+    pub embed_model: Option<String>,
+    pub weight_format: WeightFormat,
+    pub gateway_listen: SocketAddr,
+    pub node_claim_interval: std::time::Duration,
+}
+
+impl DevnetConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        DevnetConfig {
+            data_dir: data_dir.into(),
+            nodes: 3,
+            audit_q_ppm: 0,
+            adversary: None,
+            chat_model: "smollm2-135m-instruct".into(),
+            embed_model: Some("all-minilm-l6-v2".into()),
+            weight_format: WeightFormat::default(),
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            node_claim_interval: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the devnet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("node: {0}")]
+    Node(#[from] sortition_node::run::StartError),
+    #[error("gateway: {0}")]
+    Gateway(String),
+}
+
+/// `devnet.json`: where everything is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetInfo {
+    pub gateway_url: String,
+    pub api_key: String,
+    pub ledger_url: String,
+    pub nodes: Vec<NodeEntry>,
+    pub models: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub url: String,
+    /// Node class fingerprint.
+    pub class: String,
+    pub adversary: Option<String>,
+}
+
+/// A running devnet.
+pub struct Devnet {
+    pub info: DevnetInfo,
+    pub ledger: Background,
+    pub nodes: Vec<RunningNode>,
+    pub gateway: Arc<GatewayState>,
+    stop: watch::Sender<bool>,
+    gateway_task: tokio::task::JoinHandle<()>,
+}
+
+fn key_file(dir: &Path, name: &str) -> Result<Keypair, DevnetError> {
+    let path = dir.join("keys").join(format!("{name}.key"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut secret)
+            .map_err(|e| DevnetError::Setup(format!("{}: {e}", path.display())))?;
+        return Ok(Keypair::from_secret(secret));
+    }
+    std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| DevnetError::Setup(format!("OS randomness: {e}")))?;
+    write_private(&path, &hex::encode(secret))?;
+    Ok(Keypair::from_secret(secret))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), DevnetError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Mints `amount` to `to` through the devnet faucet, signed by the admin.
+async fn fund(client: &LedgerClient, admin: &Keypair, to: &Keypair, amount: Amount) -> Result<(), DevnetError> {
+    let have = client.account(&to.public()).await.map(|a| a.balance).unwrap_or_default();
+    if have >= amount {
+        return Ok(());
+    }
+    client
+        .send(admin, TxKind::Faucet { to: to.public(), amount: Amount(amount.0 - have.0) })
+        .await
+        .map_err(|e| DevnetError::Ledger(format!("faucet: {e}")))?;
+    Ok(())
+}
+
+impl Devnet {
+    pub async fn start(cfg: DevnetConfig) -> Result<Devnet, DevnetError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let dir = cfg.data_dir.canonicalize()?;
+        let admin = key_file(&dir, "admin")?;
+        let genesis = genesis::load_or_create(&dir, &admin, &cfg)?;
+        let ledger = sortition_ledger_service::run_in_background(LedgerServiceConfig::new(dir.join("ledger"), genesis))
+            .await
+            .map_err(|e| DevnetError::Ledger(e.to_string()))?;
+        let client = ledger.client();
+        let float = Amount::from_units(1_000_000).unwrap_or(Amount(u64::MAX / 4));
+
+        let mut nodes = Vec::new();
+        let total = cfg.nodes + usize::from(cfg.adversary.is_some());
+        for i in 0..total {
+            let key = key_file(&dir, &format!("node-{i}"))?;
+            fund(&client, &admin, &key, float).await?;
+            let adversary = if i == cfg.nodes { cfg.adversary } else { None };
+            let nc = NodeConfig {
+                ledger_url: ledger.url.clone(),
+                data_dir: dir.join(format!("node-{i}")),
+                chat_models: vec![cfg.chat_model.clone()],
+                embed_models: cfg.embed_model.clone().into_iter().collect(),
+                weight_format: cfg.weight_format,
+                claim_interval: cfg.node_claim_interval,
+                adversary,
+                ..NodeConfig::default()
+            };
+            nodes.push(sortition_node::run::start(nc, key).await?);
+        }
+
+        let gw_dir = dir.join("gateway");
+        std::fs::create_dir_all(&gw_dir)?;
+        let account = key_file(&dir, "gateway")?;
+        fund(&client, &admin, &account, float).await?;
+        let secret = ServerSecret::load_or_create(&gw_dir).map_err(|e| DevnetError::Gateway(e.to_string()))?;
+        let store = GatewayStore::open_sqlite(&gw_dir, secret).await.map_err(|e| DevnetError::Gateway(e.to_string()))?;
+        let (user, api_key) = devnet_user(&store, &gw_dir).await?;
+        let port = Arc::new(HttpLedger { client: client.clone(), account: account.clone() });
+        let router = Router::new(RouterWeights::default(), BreakerConfig::default());
+        let gateway = GatewayState::new(GatewayConfig::default(), store, port, account, router)
+            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
+        gateway.refresh_nodes().await.map_err(DevnetError::Gateway)?;
+        let listener = tokio::net::TcpListener::bind(cfg.gateway_listen).await?;
+        let gateway_url = format!("http://{}", listener.local_addr()?);
+        let (stop, stop_rx) = watch::channel(false);
+        let gateway_task = {
+            let g = gateway.clone();
+            let mut rx1 = stop_rx.clone();
+            let mut rx2 = stop_rx.clone();
+            tokio::spawn(async move {
+                let refresh = tokio::spawn(sortition_gateway::server::refresh_loop(g.clone(), async move {
+                    let _ = rx1.wait_for(|s| *s).await;
+                }));
+                let shutdown = async move {
+                    let _ = rx2.wait_for(|s| *s).await;
+                };
+                if let Err(e) = sortition_gateway::server::serve(g, listener, shutdown).await {
+                    tracing::error!(error = %e, "gateway failed");
+                }
+                let _ = refresh.await;
+            })
+        };
+        tracing::info!(user = user.0, "devnet user ready");
+
+        let info = DevnetInfo {
+            gateway_url,
+            api_key,
+            ledger_url: ledger.url.clone(),
+            nodes: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeEntry {
+                    id: n.id,
+                    url: n.url.clone(),
+                    class: n.class.fingerprint().to_hex(),
+                    adversary: if i == cfg.nodes { cfg.adversary.map(|m| format!("{m:?}")) } else { None },
+                })
+                .collect(),
+            models: {
+                use sortition_gateway::server::RouterQueries;
+                gateway.router.lock().await.models().into_iter().map(|m| m.0).collect()
+            },
+        };
+        let json = serde_json::to_string_pretty(&info).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        write_private(&dir.join("devnet.json"), &json)?;
+        Ok(Devnet { info, ledger, nodes, gateway, stop, gateway_task })
+    }
+
+    /// Stops the gateway, then the nodes (which claim what they earned), then the ledger.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.gateway_task.await;
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+        if let Err(e) = self.ledger.shutdown().await {
+            tracing::warn!(error = %e, "ledger shutdown");
+        }
+    }
+}
+
+/// The devnet's user (created once, its id kept in the data dir), topped up, with a fresh key.
+async fn devnet_user(store: &GatewayStore, dir: &Path) -> Result<(UserId, String), DevnetError> {
+    let g = |e: sortition_gateway::store::StoreError| DevnetError::Gateway(e.to_string());
+    let id_file = dir.join("devnet-user");
+    let user = match std::fs::read_to_string(&id_file).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+        Some(id) => UserId(id),
+        None => {
+            let id = store.create_user("devnet").await.map_err(g)?;
+            std::fs::write(&id_file, id.0.to_string())?;
+            id
+        }
+    };
+    let credits = Amount::from_units(1_000).unwrap_or_default();
+    let have = store.user(user).await.map_err(g)?.credits;
+    if have < credits {
+        store.top_up(user, Amount(credits.0 - have.0)).await.map_err(g)?;
+    }
+    let (_, key) = store.create_key(user, "devnet", 600, None).await.map_err(g)?;
+    Ok((user, key.expose().to_string()))
+}

@@ -1,0 +1,372 @@
+//! The public generation API: a cheap cloneable [`Engine`] handle in front of the scheduler
+//! thread that owns the model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use serde::{Deserialize, Serialize};
+use sortition_types::{Hash32, ModelId, NodeClass};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{EngineError, Result};
+use crate::llama::{Llama, WeightFormat};
+use crate::sampling::SamplingParams;
+use crate::scheduler::{self, Job, Progress};
+use crate::tokenizer::{ChatMessage, ChatTokenizer};
+
+/// Version string recorded in the node class.
+pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"));
+
+/// How to load and run one model.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Path of the llama GGUF file.
+    pub model_path: PathBuf,
+    /// Name the model is served under.
+    pub model_id: ModelId,
+    /// Weight encoding in memory (Q8_0 re-encoding by default: fastest on AVX2).
+    pub weight_format: WeightFormat,
+    /// Most sequences decoded together in one step.
+    pub max_batch: usize,
+    /// Requests waiting for a batch slot before `generate` answers `Overloaded`.
+    pub queue_capacity: usize,
+    /// Caps the model's context (memory of RoPE tables and caches); `None` keeps the model's.
+    pub max_context: Option<usize>,
+    /// When set, loading fails with `DigestMismatch` unless the file has this SHA-256.
+    pub expected_digest: Option<Hash32>,
+    /// Start with the scheduler paused until [`Engine::resume`] (tests, warm-up control).
+    pub start_paused: bool,
+}
+
+impl EngineConfig {
+    pub fn new(model_path: impl Into<PathBuf>, model_id: impl Into<String>) -> Self {
+        EngineConfig {
+            model_path: model_path.into(),
+            model_id: ModelId::new(model_id),
+            weight_format: WeightFormat::default(),
+            max_batch: 16,
+            queue_capacity: 64,
+            max_context: Some(4096),
+            expected_digest: None,
+            start_paused: false,
+        }
+    }
+}
+
+/// What a node advertises about the model it serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    pub id: ModelId,
+    /// SHA-256 of the GGUF file.
+    pub digest: Hash32,
+    pub tokenizer_digest: Hash32,
+    pub quantization: String,
+    pub context_len: usize,
+    pub node_class: NodeClass,
+}
+
+/// The input of a generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// Attach the SHA-256 of each step's logits row to token events (for audits and tests).
+    pub trace_logits: bool,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt, params: SamplingParams) -> Self {
+        GenerateRequest { prompt, params, trace_logits: false }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+/// Token counts, as counted by the model's own tokenizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// What a generation stream yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// A generated token and the text it completes (may be empty while a UTF-8 character or a
+    /// possible stop string is incomplete). `logits_digest` only with `trace_logits`.
+    Token { id: u32, text: String, logits_digest: Option<Hash32> },
+    /// The last event of a successful generation. `text` excludes any stop string.
+    Done { finish_reason: FinishReason, usage: Usage, tokens: Vec<u32>, text: String },
+    Error(EngineError),
+}
+
+/// Teacher-forced check of one claimed token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenScore {
+    pub token: u32,
+    pub logit: f32,
+    /// Number of vocabulary entries with a strictly larger logit (0 = the argmax).
+    pub rank: u32,
+    pub max_logit: f32,
+    pub argmax: u32,
+}
+
+/// Receiving end of a generation. Dropping it cancels the sequence at the next step.
+pub struct GenerationStream {
+    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    progress: Arc<Progress>,
+    prompt_tokens: u32,
+}
+
+/// Survives the stream: how many tokens were generated (for billing a client who left).
+#[derive(Clone)]
+pub struct UsageHandle {
+    progress: Arc<Progress>,
+    prompt_tokens: u32,
+}
+
+impl UsageHandle {
+    pub fn usage(&self) -> Usage {
+        Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.progress.generated() }
+    }
+    /// True once the engine has retired the sequence (finished or cancelled).
+    pub fn is_retired(&self) -> bool {
+        self.progress.is_retired()
+    }
+}
+
+impl GenerationStream {
+    /// The next event, or `None` after `Done`/`Error`.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        self.rx.recv().await
+    }
+    /// Blocking variant for non-async callers (must not be called inside a runtime).
+    pub fn blocking_next(&mut self) -> Option<StreamEvent> {
+        self.rx.blocking_recv()
+    }
+    pub fn usage_handle(&self) -> UsageHandle {
+        UsageHandle { progress: self.progress.clone(), prompt_tokens: self.prompt_tokens }
+    }
+    /// Reads events until `Done`; returns it (or the error).
+    pub async fn collect(mut self) -> Result<(FinishReason, Usage, Vec<u32>, String)> {
+        while let Some(ev) = self.next().await {
+            match ev {
+                StreamEvent::Done { finish_reason, usage, tokens, text } => {
+                    return Ok((finish_reason, usage, tokens, text));
+                }
+                StreamEvent::Error(e) => return Err(e),
+                StreamEvent::Token { .. } => {}
+            }
+        }
+        Err(EngineError::Internal("stream ended without Done".into()))
+    }
+}
+
+/// Engine-wide counters.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub cancelled: AtomicU64,
+    pub completed: AtomicU64,
+    /// Largest number of sequences run in one decode step.
+    pub max_batch_seen: AtomicU64,
+}
+
+/// Engine-wide counters, as returned by [`Engine::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub completed: u64,
+    pub cancelled: u64,
+    pub max_batch_seen: u64,
+}
+
+struct Inner {
+    info: ModelInfo,
+    tokenizer: ChatTokenizer,
+    tx: SyncSender<Job>,
+    stats: Arc<Stats>,
+    resume: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// Cheap cloneable handle to a loaded model and its scheduler thread. The thread ends when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Name of the kernel set candle picks at run time on this CPU (part of the node class).
+pub fn kernel_set() -> String {
+    #[cfg(target_arch = "x86_64")]
+    let level = if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+        "avx512vnni"
+    } else if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
+        "avxvnni"
+    } else if is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "generic"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let level = std::env::consts::ARCH;
+    format!("candle-0.11.1/{level}")
+}
+
+impl Engine {
+    /// Loads the model (and verifies its digest when asked) and starts the scheduler thread.
+    pub fn load(cfg: EngineConfig) -> Result<Engine> {
+        if cfg.max_batch == 0 || cfg.queue_capacity == 0 {
+            return Err(EngineError::InvalidParams("max_batch and queue_capacity must be > 0".into()));
+        }
+        let digest = crate::models::file_digest(&cfg.model_path)?;
+        if let Some(expected) = cfg.expected_digest {
+            if expected != digest {
+                return Err(EngineError::DigestMismatch {
+                    file: cfg.model_path.display().to_string(),
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        let (mut model, md) = Llama::load(&cfg.model_path, cfg.weight_format)?;
+        if let Some(cap) = cfg.max_context {
+            model.cap_context(cap);
+        }
+        let tokenizer = ChatTokenizer::from_gguf_metadata(&md)?;
+        if tokenizer.vocab_size() != model.cfg.vocab {
+            return Err(EngineError::CorruptWeights("vocabulary and embedding sizes differ".into()));
+        }
+        let info = ModelInfo {
+            id: cfg.model_id.clone(),
+            digest,
+            tokenizer_digest: tokenizer.digest(),
+            quantization: model.quantization.clone(),
+            context_len: model.cfg.context_len,
+            node_class: NodeClass {
+                engine_version: ENGINE_VERSION.to_string(),
+                model_digest: digest,
+                quantization: model.quantization.clone(),
+                device: "cpu".into(),
+                kernels: kernel_set(),
+            },
+        };
+        let stats = Arc::new(Stats::default());
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel();
+        if !cfg.start_paused {
+            let _ = resume_tx.send(());
+        }
+        let opts = scheduler::Options { max_batch: cfg.max_batch, queue_capacity: cfg.queue_capacity };
+        let tx = scheduler::spawn(model, tokenizer.clone(), opts, stats.clone(), resume_rx)?;
+        let resume = std::sync::Mutex::new(cfg.start_paused.then_some(resume_tx));
+        Ok(Engine { inner: Arc::new(Inner { info, tokenizer, tx, stats, resume }) })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    pub fn tokenizer(&self) -> &ChatTokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// Counters of finished, cancelled and batched work so far.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.inner.stats;
+        EngineStats {
+            completed: s.completed.load(Ordering::Relaxed),
+            cancelled: s.cancelled.load(Ordering::Relaxed),
+            max_batch_seen: s.max_batch_seen.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts a scheduler created with `start_paused`; no effect otherwise.
+    pub fn resume(&self) {
+        if let Ok(mut g) = self.inner.resume.lock() {
+            if let Some(tx) = g.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Turns a prompt into token ids (chat template applied for `Prompt::Chat`).
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let tok = &self.inner.tokenizer;
+        let ids = match prompt {
+            Prompt::Chat(msgs) => tok.encode(&tok.apply_chat_template(msgs)?)?,
+            Prompt::Text(t) => tok.encode(t)?,
+            Prompt::Tokens(ids) => ids.clone(),
+        };
+        if ids.is_empty() {
+            return Err(EngineError::InvalidParams("empty prompt".into()));
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
+            return Err(EngineError::InvalidParams(format!("token id {bad} out of vocabulary")));
+        }
+        let context = self.inner.info.context_len;
+        if ids.len() >= context {
+            return Err(EngineError::PromptTooLong { tokens: ids.len(), context });
+        }
+        Ok(ids)
+    }
+
+    /// Validates and queues a generation. Answers `Overloaded` at once when the queue is full.
+    pub fn generate(&self, req: GenerateRequest) -> Result<GenerationStream> {
+        req.params.validate()?;
+        let prompt = self.prompt_tokens(&req.prompt)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let progress = Arc::new(Progress::default());
+        let prompt_tokens = prompt.len() as u32;
+        let job = Job::Generate {
+            prompt,
+            params: req.params,
+            trace: req.trace_logits,
+            tx,
+            progress: progress.clone(),
+        };
+        self.submit(job)?;
+        Ok(GenerationStream { rx, progress, prompt_tokens })
+    }
+
+    /// Teacher-forced scoring: one prefill over `prompt_tokens + claimed`; for each claimed
+    /// token, its logit, rank, the max logit and the argmax at that position.
+    pub async fn score(&self, prompt_tokens: Vec<u32>, claimed: Vec<u32>) -> Result<Vec<TokenScore>> {
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self.prompt_tokens(&Prompt::Tokens(prompt_tokens))?;
+        let total = ids.len() + claimed.len();
+        let context = self.inner.info.context_len;
+        if total > context {
+            return Err(EngineError::PromptTooLong { tokens: total, context });
+        }
+        if let Some(bad) = claimed.iter().find(|&&i| i as usize >= self.inner.tokenizer.vocab_size()) {
+            return Err(EngineError::InvalidParams(format!("token id {bad} out of vocabulary")));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Score { prompt: ids, claimed, tx })?;
+        rx.await.map_err(|_| EngineError::Internal("engine thread stopped".into()))?
+    }
+
+    fn submit(&self, job: Job) -> Result<()> {
+        match self.inner.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::Internal("engine thread stopped".into())),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The one error type of this crate.
+
+use sortition_types::Hash32;
+
+/// Everything that can go wrong in the engine, typed so that callers can map each case
+/// (e.g. to an HTTP status) without parsing strings.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    /// The model name is not in the built-in catalog.
+    #[error("unknown model `{0}`")]
+    UnknownModel(String),
+    /// The prompt (plus room for at least one generated token) does not fit the context.
+    #[error("prompt of {tokens} tokens does not fit the context of {context} tokens")]
+    PromptTooLong { tokens: usize, context: usize },
+    /// Sampling parameters or the request shape are invalid.
+    #[error("invalid parameters: {0}")]
+    InvalidParams(String),
+    /// The admission queue is full; retry later (maps to HTTP 429).
+    #[error("engine overloaded: admission queue is full")]
+    Overloaded,
+    /// A model file is not what it claims to be (bad GGUF, missing tensor, bad shape).
+    #[error("corrupt weights: {0}")]
+    CorruptWeights(String),
+    /// A downloaded or cached file does not have the pinned digest; it was deleted.
+    #[error("digest mismatch for {file}: expected {expected}, got {actual}")]
+    DigestMismatch { file: String, expected: Hash32, actual: Hash32 },
+    /// Fetching a model failed (pip, hub, unzip, file system).
+    #[error("model download failed: {0}")]
+    Download(String),
+    /// The engine thread is gone or a kernel failed: a bug or resource exhaustion.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Internal(format!("candle: {e}"))
+    }
+}
+
+impl From<std::io::Error> for EngineError {
+    fn from(e: std::io::Error) -> Self {
+        EngineError::Internal(format!("io: {e}"))
+    }
+}

@@ -1,0 +1,55 @@
+//! The seam between the gateway and the ledger: the node registry (prices, collateral, class
+//! and the key each node signs receipts with) and stack purchases. Everything the gateway
+//! trusts about a node comes from here, never from the node itself.
+
+use futures::future::BoxFuture;
+use sortition_types::{Amount, ModelId, NodeId, StackId};
+
+use crate::router::NodeView;
+
+/// A stack bought on the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoughtStack {
+    pub id: StackId,
+    pub units: u64,
+    pub expires_at_ms: u64,
+}
+
+/// What the gateway needs from the ledger. The production implementation wraps the ledger
+/// client; the seam keeps the proxy testable and the layers replaceable.
+pub trait LedgerPort: Send + Sync + 'static {
+    /// Every node that is active (registered, not paused, not leaving). A node's
+    /// `operator` key is also the key its receipts must be signed with.
+    fn active_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, String>>;
+    /// Buys a stack of `units` of `model` from `node`, owned by the gateway's account.
+    fn buy_stack(
+        &self,
+        node: NodeId,
+        model: ModelId,
+        units: u64,
+        max_price_per_m: Amount,
+    ) -> BoxFuture<'_, Result<BoughtStack, String>>;
+}
+
+/// Price per million units of a stack bought from `n` (the ledger charges the higher price).
+pub fn unit_price(n: &NodeView) -> Amount {
+    n.price_in.max(n.price_out)
+}
+
+/// Cost of `units` at `price_per_m`, rounded up to the next micro-unit.
+pub fn cost(units: u64, price_per_m: Amount) -> Amount {
+    let micro = (u128::from(units) * u128::from(price_per_m.0)).div_ceil(1_000_000);
+    Amount(u64::try_from(micro).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_rounds_up() {
+        assert_eq!(cost(1, Amount(1)), Amount(1));
+        assert_eq!(cost(1_000_000, Amount(7)), Amount(7));
+        assert_eq!(cost(0, Amount(7)), Amount(0));
+    }
+}

@@ -1,0 +1,273 @@
+//! Forwarding one user request to a node: choose, hold a stack, sign, send, fail over, check
+//! the receipt, bill.
+//!
+//! A request is billed only from a receipt that verifies against the key the ledger holds for
+//! the node that was chosen. Connect errors, 5xx and timeouts before the first byte are
+//! retried on another node; nothing is billed for them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use sortition_api::{ApiError, ErrorKind, unix_now_ms};
+use sortition_types::auth::{AUTH_HEADER, REQUEST_DOMAIN};
+use sortition_types::{Amount, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, sha256};
+
+use crate::directory::{cost, unit_price};
+use crate::router::{Constraints, NodeView, Outcome};
+use crate::state::GatewayState;
+use crate::store::{StackRecord, StoreError};
+
+/// Attempts per request before giving up (each on a different node).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// A node's answer whose headers arrived, with the stack and reservation it used.
+pub struct Dispatched {
+    pub node: NodeView,
+    pub stack: StackId,
+    pub reserved: u64,
+    pub response: reqwest::Response,
+    pub started: Instant,
+}
+
+/// Sends `body` to the best node for `model`, retrying on failures before the first byte.
+pub async fn dispatch(
+    g: &Arc<GatewayState>,
+    path: &str,
+    body: &Bytes,
+    model: &ModelId,
+    units_needed: u64,
+    constraints: &Constraints,
+) -> Result<Dispatched, ApiError> {
+    let mut tried: Vec<NodeId> = Vec::new();
+    let mut last_err = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let node = {
+            let mut r = g.router.lock().await;
+            match r.choose(model, constraints, &tried, Instant::now()) {
+                Ok(id) => r.node(id).cloned(),
+                Err(e) if tried.is_empty() => return Err(e.into()),
+                Err(_) => break,
+            }
+        };
+        let Some(node) = node else { break };
+        tried.push(node.id);
+        let stack = match hold_stack(g, &node, model, units_needed).await {
+            Ok(s) => s,
+            Err(e) => {
+                g.finish(node.id, Outcome::Failure).await;
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        match send(g, &node, path, body, stack.stack_id).await {
+            Ok(resp) if resp.status().is_server_error() => {
+                tracing::warn!(node = %node.id, status = %resp.status(), "node failed; trying another");
+                release(g, stack.stack_id, units_needed).await;
+                g.finish(node.id, Outcome::Failure).await;
+                last_err = Some(upstream_error(resp).await);
+            }
+            Ok(resp) if resp.status() == StatusCode::PAYMENT_REQUIRED => {
+                // The node thinks the stack is spent: our books disagree; stop using it.
+                tracing::warn!(node = %node.id, stack = %stack.stack_id, "node refused stack; closing it");
+                release(g, stack.stack_id, units_needed).await;
+                let _ = g.store.close_stack(stack.stack_id).await;
+                g.finish(node.id, Outcome::Cancelled).await;
+                tried.pop();
+                last_err = Some(upstream_error(resp).await);
+            }
+            Ok(resp) => {
+                return Ok(Dispatched { node, stack: stack.stack_id, reserved: units_needed, response: resp, started });
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "node unreachable; trying another");
+                release(g, stack.stack_id, units_needed).await;
+                g.finish(node.id, Outcome::Failure).await;
+                last_err = Some(ApiError::new(ErrorKind::BadGateway, "node_unreachable", format!("node {} failed: {e}", node.id)));
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        ApiError::new(ErrorKind::Unavailable, "no_route", format!("no node could serve {model}"))
+            .with_retry_after(1)
+    }))
+}
+
+async fn upstream_error(resp: reqwest::Response) -> ApiError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let msg = serde_json::from_str::<sortition_api::ErrorBody>(&text)
+        .map(|b| b.error.message)
+        .unwrap_or(text);
+    let kind = if status.is_server_error() { ErrorKind::BadGateway } else { ErrorKind::Unavailable };
+    ApiError::new(kind, "upstream_error", format!("node answered {status}: {msg}"))
+}
+
+/// A stack on `node` for `model` with `units` free, reserved for this request; buys one when
+/// none has room.
+async fn hold_stack(
+    g: &Arc<GatewayState>,
+    node: &NodeView,
+    model: &ModelId,
+    units: u64,
+) -> Result<StackRecord, ApiError> {
+    let now = unix_now_ms() as i64;
+    // Leave a margin before expiry so the node's signature check does not race it.
+    let horizon = now + 60_000;
+    for s in g.store.usable_stacks(node.id, model, horizon).await? {
+        match g.store.reserve_stack_units(s.stack_id, units, now).await {
+            Ok(_) => return Ok(s),
+            Err(StoreError::StackExhausted { .. } | StoreError::StackInactive(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // One purchase at a time, then look again: a concurrent request may have bought one.
+    let _guard = g.buying.lock().await;
+    for s in g.store.usable_stacks(node.id, model, horizon).await? {
+        if g.store.reserve_stack_units(s.stack_id, units, now).await.is_ok() {
+            return Ok(s);
+        }
+    }
+    let size = g.config.stack_units.max(units);
+    let bought = g
+        .ledger
+        .buy_stack(node.id, model.clone(), size, unit_price(node))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Unavailable, "stack_purchase_failed", e))?;
+    let record = StackRecord {
+        stack_id: bought.id,
+        model: model.clone(),
+        node_id: node.id,
+        owner: g.account.public().to_hex(),
+        units_total: bought.units,
+        units_reserved: 0,
+        units_used: 0,
+        expires_at_ms: bought.expires_at_ms as i64,
+        state: crate::store::StackState::Active,
+    };
+    g.store.insert_stack(&record).await?;
+    g.store.reserve_stack_units(record.stack_id, units, now).await?;
+    tracing::info!(stack = %record.stack_id, node = %node.id, units = record.units_total, "bought stack");
+    Ok(record)
+}
+
+async fn release(g: &GatewayState, stack: StackId, units: u64) {
+    if let Err(e) = g.store.release(stack, units).await {
+        tracing::error!(%stack, error = %e, "could not release stack units");
+    }
+}
+
+async fn send(
+    g: &GatewayState,
+    node: &NodeView,
+    path: &str,
+    body: &Bytes,
+    stack: StackId,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let expires = unix_now_ms() + g.config.request_validity.as_millis() as u64;
+    let nonce = rand::random::<u64>();
+    let auth = RequestAuth::new("POST", path, body, stack, nonce, expires);
+    let sig = g.account.sign(REQUEST_DOMAIN, &auth);
+    let url = format!("{}{}", node.url.trim_end_matches('/'), path);
+    g.http
+        .post(url)
+        .header("content-type", "application/json")
+        .header(AUTH_HEADER, auth.header_value(&sig))
+        .body(body.clone())
+        .send()
+        .await
+}
+
+/// Why a receipt was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("the response carries no receipt")]
+    Missing,
+    #[error("receipt signature does not match the key the ledger holds for node {0}")]
+    BadSignature(NodeId),
+    #[error("receipt is for {got}, not the chosen node {want}")]
+    WrongNode { want: NodeId, got: NodeId },
+    #[error("receipt does not commit to the request that was sent")]
+    WrongRequest,
+    #[error("receipt is for {got}, not the stack used ({want})")]
+    WrongStack { want: StackId, got: StackId },
+    #[error("receipt claims {claimed} units; at most {reserved} were reserved")]
+    OverReported { claimed: u64, reserved: u64 },
+}
+
+/// Checks a receipt against the chosen node's ledger key and the request actually sent.
+pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(), ReceiptError> {
+    if r.receipt.node != d.node.id {
+        return Err(ReceiptError::WrongNode { want: d.node.id, got: r.receipt.node });
+    }
+    r.verify(&d.node.operator).map_err(|_| ReceiptError::BadSignature(d.node.id))?;
+    if r.receipt.request_hash != sha256(body) {
+        return Err(ReceiptError::WrongRequest);
+    }
+    if r.receipt.stack != d.stack {
+        return Err(ReceiptError::WrongStack { want: d.stack, got: r.receipt.stack });
+    }
+    if r.receipt.units().0 > d.reserved {
+        return Err(ReceiptError::OverReported { claimed: r.receipt.units().0, reserved: d.reserved });
+    }
+    Ok(())
+}
+
+/// After a verified receipt: settle the stack's units, charge the user, keep the payload.
+pub async fn bill(
+    g: &GatewayState,
+    d: &Dispatched,
+    key: &crate::store::AuthedKey,
+    model: &ModelId,
+    body: &Bytes,
+    receipt: &SignedReceipt,
+) -> Amount {
+    let units = receipt.receipt.units().0;
+    if let Err(e) = g.store.settle_stack_units(d.stack, d.reserved, units).await {
+        tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
+    }
+    let price = cost(units, unit_price(&d.node));
+    let charged = match g.store.charge(key.key_id, price).await {
+        Ok(_) => price,
+        Err(e) => {
+            // The pre-check passed but a concurrent request spent the credits first: the
+            // usage row records the shortfall for the operator to see.
+            tracing::warn!(key = %key.key_id, error = %e, "could not charge a served request");
+            Amount::ZERO
+        }
+    };
+    let usage = crate::store::NewUsage {
+        key_id: key.key_id,
+        user_id: key.user_id,
+        model: model.clone(),
+        node_id: d.node.id,
+        stack_id: Some(d.stack),
+        prompt_tokens: receipt.receipt.input_tokens,
+        completion_tokens: receipt.receipt.output_tokens,
+        cost: charged,
+        status: crate::store::UsageStatus::Ok,
+        receipt_json: serde_json::to_string(receipt).ok(),
+        request_hash: receipt.receipt.request_hash,
+    };
+    if let Err(e) = g.store.record_usage(&usage).await {
+        tracing::error!(error = %e, "usage record failed");
+    }
+    let payload = crate::store::Payload {
+        request_hash: receipt.receipt.request_hash,
+        stack_id: d.stack,
+        receipt_seq: receipt.receipt.sequence,
+        body: body.to_vec(),
+        expires_at_ms: (unix_now_ms() + g.config.payload_retention.as_millis() as u64) as i64,
+    };
+    if let Err(e) = g.store.put_payload(&payload).await {
+        tracing::error!(error = %e, "payload custody failed; this request cannot be audited");
+    }
+    charged
+}
+
+/// Time since dispatch, for the router's latency statistics.
+pub fn elapsed(d: &Dispatched) -> Duration {
+    d.started.elapsed()
+}

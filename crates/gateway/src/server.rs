@@ -1,0 +1,109 @@
+//! The gateway's HTTP server: routes, limits, health, metrics, and the background refresh of
+//! the node registry.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use sortition_api::{ApiError, ErrorKind};
+use sortition_types::{Amount, ModelId};
+use tokio::net::TcpListener;
+
+use crate::routes;
+use crate::state::GatewayState;
+
+/// Read-only questions about the router's node set, answered through its public API.
+pub trait RouterQueries {
+    /// The highest stack price among nodes serving `model`, or `None` if none does.
+    fn worst_price(&self, model: &ModelId) -> Option<Amount>;
+    /// Every model some node serves, sorted.
+    fn models(&self) -> Vec<ModelId>;
+}
+
+impl RouterQueries for crate::router::Router {
+    fn worst_price(&self, model: &ModelId) -> Option<Amount> {
+        self.in_flight()
+            .keys()
+            .filter_map(|id| self.node(*id))
+            .filter(|n| n.models.contains(model))
+            .map(crate::directory::unit_price)
+            .max()
+    }
+
+    fn models(&self) -> Vec<ModelId> {
+        let mut v: Vec<ModelId> = self
+            .in_flight()
+            .keys()
+            .filter_map(|id| self.node(*id))
+            .flat_map(|n| n.models.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The gateway's router over its state.
+pub fn router(state: Arc<GatewayState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/embeddings", post(routes::embeddings))
+        .route("/v1/models", get(routes::models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(move |r| body_limit_to_openai(r, limit)))
+        .with_state(state)
+}
+
+async fn health(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
+    let nodes = g.router.lock().await.in_flight().len();
+    axum::Json(serde_json::json!({"status": "ok", "nodes": nodes}))
+}
+
+async fn metrics(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
+    g.metrics.render("sortition_gateway")
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "unknown_route", "no such route")
+}
+
+async fn body_limit_to_openai(resp: axum::response::Response, limit: usize) -> axum::response::Response {
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
+        && resp.headers().get("content-type").is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
+    {
+        return ApiError::new(ErrorKind::PayloadTooLarge, "body_too_large", format!("request body exceeds {limit} bytes"))
+            .into_response();
+    }
+    resp
+}
+
+/// Keeps the router's node set in step with the ledger until `shutdown`.
+pub async fn refresh_loop(g: Arc<GatewayState>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        if let Err(e) = g.refresh_nodes().await {
+            tracing::warn!(error = %e, "could not refresh nodes from the ledger");
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(g.config.refresh_interval) => {}
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    state: Arc<GatewayState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,214 @@
+//! The gateway's durable state, in SQLite by default or PostgreSQL, through one code path.
+//!
+//! Owns: users and their credits, API keys (only keyed hashes), usage records, the stacks the
+//! gateway holds on nodes and their unit reservations, and request payloads kept for audit
+//! delivery until a retention sweep. Every money or unit change is one conditional `UPDATE`
+//! (or one transaction of them), so it never overspends under concurrency.
+//!
+//! Both databases are reached through sqlx's `Any` driver with `$1`-style placeholders, which
+//! both accept; the only per-backend differences are a few DDL words and how a write
+//! transaction begins (`BEGIN IMMEDIATE` on SQLite, so writers queue instead of failing).
+//!
+//! Does not own: HTTP, rate limiting, the ledger's view of stacks (this is the gateway's cache
+//! of what it bought), or the plaintext of any key.
+
+mod accounts;
+mod schema;
+mod stacks;
+
+use std::fmt;
+use std::path::Path;
+
+use sortition_api::{ApiError, ErrorKind};
+use sortition_types::{Amount, StackId};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Transaction};
+
+use crate::keys::{KeyError, ServerSecret};
+
+pub use accounts::{AuthError, AuthedKey, Charged, KeyInfo, User};
+pub use stacks::{NewUsage, Payload, StackRecord, StackState, UsageRecord, UsageStatus};
+
+/// A gateway user (an account holding credits).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+/// One API key of a user.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(pub i64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "user-{}", self.0)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key-{}", self.0)
+    }
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("unsupported database URL scheme {0:?}: use sqlite: or postgres:")]
+    UnsupportedUrl(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{0} not found")]
+    UserNotFound(UserId),
+    #[error("{0} not found")]
+    KeyNotFound(KeyId),
+    #[error("{0} is revoked")]
+    KeyRevoked(KeyId),
+    #[error("insufficient credits: balance {balance}, cost {cost}")]
+    InsufficientCredits { balance: Amount, cost: Amount },
+    #[error("key budget exceeded: budget {budget}, spent {spent}, cost {cost}")]
+    OverBudget { budget: Amount, spent: Amount, cost: Amount },
+    #[error("{0} not found")]
+    StackNotFound(StackId),
+    #[error("{0} is expired or closed")]
+    StackInactive(StackId),
+    #[error("{stack} has {available} units free, {requested} requested")]
+    StackExhausted { stack: StackId, available: u64, requested: u64 },
+    #[error("{stack}: cannot settle {requested} units, only {reserved} are reserved")]
+    OverRelease { stack: StackId, reserved: u64, requested: u64 },
+    #[error("{0} is out of range")]
+    OutOfRange(&'static str),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The `Result` of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// All store errors become OpenAI-shaped errors here, and only here.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use StoreError as S;
+        match &e {
+            S::KeyRevoked(_) => ApiError::new(ErrorKind::Authentication, "key_revoked", e.to_string()),
+            S::InsufficientCredits { .. } => {
+                ApiError::new(ErrorKind::InsufficientFunds, "insufficient_credits", e.to_string())
+            }
+            S::OverBudget { .. } => {
+                ApiError::new(ErrorKind::InsufficientFunds, "key_budget_exceeded", e.to_string())
+            }
+            S::StackInactive(_) | S::StackExhausted { .. } => {
+                ApiError::new(ErrorKind::InsufficientFunds, "stack_exhausted", e.to_string())
+            }
+            S::UserNotFound(_) | S::KeyNotFound(_) | S::StackNotFound(_) => {
+                ApiError::new(ErrorKind::NotFound, "not_found", e.to_string())
+            }
+            S::OutOfRange(_) => ApiError::invalid("out_of_range", e.to_string()),
+            S::Db(_) | S::UnsupportedUrl(_) | S::Key(_) | S::OverRelease { .. } | S::Corrupt(_) => {
+                tracing::error!(error = %e, "gateway store failure");
+                ApiError::internal("the gateway's database failed")
+            }
+        }
+    }
+}
+
+/// Which database is behind the pool.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of_url(url: &str) -> Result<Backend> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            other => Err(StoreError::UnsupportedUrl(other.to_string())),
+        }
+    }
+}
+
+/// The gateway's store. Cheap to clone: a pool handle and the server secret.
+#[derive(Clone, Debug)]
+pub struct GatewayStore {
+    /// The connection pool (`Any` over SQLite or PostgreSQL).
+    pool: AnyPool,
+    /// Decides DDL words and how write transactions begin.
+    backend: Backend,
+    /// Keys API keys' hashes; the store never sees a key without it.
+    secret: ServerSecret,
+}
+
+/// The SQLite file inside the data directory.
+pub const SQLITE_FILE: &str = "gateway.db";
+
+impl GatewayStore {
+    /// Opens (creating if needed) `<data_dir>/gateway.db` in WAL mode.
+    pub async fn open_sqlite(data_dir: &Path, secret: ServerSecret) -> Result<GatewayStore> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| KeyError::Io { path: data_dir.to_path_buf(), source })?;
+        let path = data_dir.join(SQLITE_FILE);
+        Self::open(&format!("sqlite://{}?mode=rwc", path.display()), secret).await
+    }
+
+    /// Opens a `sqlite:` or `postgres:` URL and brings the schema up to date (idempotent, and
+    /// safe when several gateways start at once).
+    pub async fn open(url: &str, secret: ServerSecret) -> Result<GatewayStore> {
+        install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let max = match backend {
+            Backend::Sqlite => 8,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
+        let store = GatewayStore { pool, backend, secret };
+        schema::migrate(&store).await?;
+        Ok(store)
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for the few callers that need raw access (tests, admin tools).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock up front, so concurrent
+    /// writers wait (busy timeout) instead of failing on a lock upgrade.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, for `created` columns.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// An amount as the `BIGINT` the database holds.
+pub(crate) fn to_db(v: u64, what: &'static str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::OutOfRange(what))
+}
+
+/// A `BIGINT` from the database as an unsigned quantity.
+pub(crate) fn from_db(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {v}")))
+}

@@ -1,0 +1,157 @@
+//! `LedgerClient`: a typed Rust client of the HTTP API, for nodes, gateways, the CLI and tests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sortition_ledger::{Account, Audit, Claim, Dispute, Event, Genesis, ModelEntry, Node, SignedTx, SlashRecord, Stack, Tx, TxKind};
+use sortition_types::{AuditId, ClaimId, Hash32, Keypair, ModelId, NodeId, PublicKey, StackId};
+
+pub use crate::api::{StatusResponse, TxLocation, TxResponse as TxResult};
+pub use crate::sse::Cursor;
+
+/// How long a transaction signed by [`LedgerClient::send`] stays valid.
+pub const DEFAULT_TX_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The ledger refused: OpenAI-style `{"error": {message, type, code}}`.
+    #[error("ledger refused ({status}, {code}): {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("bad response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The refusal's code (e.g. `wrong_nonce`), if the ledger refused.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LedgerClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl LedgerClient {
+    pub fn new(url: impl Into<String>) -> Self {
+        LedgerClient { base: url.into().trim_end_matches('/').to_string(), http: reqwest::Client::new() }
+    }
+
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let field = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();
+            return Err(ClientError::Api { status: status.as_u16(), code: field("code"), message: field("message") });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Self::decode(self.http.get(format!("{}{path}", self.base)).send().await?).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.get("/v1/status").await
+    }
+    pub async fn genesis(&self) -> Result<Genesis, ClientError> {
+        self.get("/v1/genesis").await
+    }
+    pub async fn account(&self, pk: &PublicKey) -> Result<Account, ClientError> {
+        self.get(&format!("/v1/accounts/{pk}")).await
+    }
+    pub async fn next_nonce(&self, pk: &PublicKey) -> Result<u64, ClientError> {
+        Ok(self.account(pk).await?.nonce)
+    }
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+    pub async fn node(&self, id: NodeId) -> Result<Node, ClientError> {
+        self.get(&format!("/v1/nodes/{}", id.0)).await
+    }
+    pub async fn models(&self) -> Result<Vec<ModelEntry>, ClientError> {
+        self.get("/v1/models").await
+    }
+    pub async fn model(&self, id: &ModelId) -> Result<ModelEntry, ClientError> {
+        self.get(&format!("/v1/models/{id}")).await
+    }
+    pub async fn stack(&self, id: StackId) -> Result<Stack, ClientError> {
+        self.get(&format!("/v1/stacks/{}", id.0)).await
+    }
+    pub async fn stacks_of(&self, owner: &PublicKey) -> Result<Vec<Stack>, ClientError> {
+        self.get(&format!("/v1/stacks?owner={owner}")).await
+    }
+    pub async fn claim(&self, id: ClaimId) -> Result<Claim, ClientError> {
+        self.get(&format!("/v1/claims/{}", id.0)).await
+    }
+    pub async fn audit(&self, id: AuditId) -> Result<Audit, ClientError> {
+        self.get(&format!("/v1/audits/{}", id.0)).await
+    }
+    /// Audits where `auditor` is drawn; only open ones when `open`.
+    pub async fn audits_of(&self, auditor: NodeId, open: bool) -> Result<Vec<Audit>, ClientError> {
+        self.get(&format!("/v1/audits?auditor={}&open={open}", auditor.0)).await
+    }
+    pub async fn disputes(&self) -> Result<Vec<Dispute>, ClientError> {
+        self.get("/v1/disputes").await
+    }
+    pub async fn slashes(&self) -> Result<Vec<SlashRecord>, ClientError> {
+        self.get("/v1/slashes").await
+    }
+    pub async fn find_tx(&self, hash: &Hash32) -> Result<TxLocation, ClientError> {
+        self.get(&format!("/v1/txs/{hash}")).await
+    }
+
+    /// Submits a signed transaction and waits until its block is durable.
+    pub async fn submit(&self, tx: &SignedTx) -> Result<TxResult, ClientError> {
+        Self::decode(self.http.post(format!("{}/v1/tx", self.base)).json(tx).send().await?).await
+    }
+
+    /// Fetches the nonce, signs with the ledger's chain id and a 60 s expiry, submits; retries
+    /// once if another transaction of the same key took the nonce first.
+    pub async fn send(&self, key: &Keypair, kind: TxKind) -> Result<TxResult, ClientError> {
+        let chain_id = self.status().await?.chain_id;
+        let mut last = None;
+        for _ in 0..2 {
+            let nonce = self.next_nonce(&key.public()).await?;
+            let expires_at_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| (d + DEFAULT_TX_TTL).as_millis() as u64);
+            let tx = Tx { chain_id: chain_id.clone(), sender: key.public(), nonce, expires_at_ms, kind: kind.clone() }.sign(key);
+            match self.submit(&tx).await {
+                Err(e) if e.code() == Some("wrong_nonce") => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::Decode("no attempt made".into())))
+    }
+
+    /// The ledger's events from `from` on (inclusive), following new blocks.
+    pub async fn events(&self, from: Cursor) -> Result<impl Stream<Item = Result<(Cursor, Event), ClientError>> + use<>, ClientError> {
+        let resp = self.http.get(format!("{}/v1/events?from={from}", self.base)).send().await?;
+        if !resp.status().is_success() {
+            return Err(Self::decode::<Value>(resp).await.err().unwrap_or(ClientError::Decode("stream refused".into())));
+        }
+        Ok(resp.bytes_stream().eventsource().filter_map(|item| async move {
+            match item {
+                Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
+                Ok(ev) if ev.data.is_empty() || ev.id.is_empty() => None,
+                Ok(ev) => Some((|| {
+                    let c: Cursor = ev.id.parse().map_err(ClientError::Decode)?;
+                    let e: Event = serde_json::from_str(&ev.data).map_err(|e| ClientError::Decode(e.to_string()))?;
+                    Ok((c, e))
+                })()),
+            }
+        }))
+    }
+}

@@ -1,0 +1,80 @@
+//! Service errors and the one place that maps errors to HTTP statuses and OpenAI-style bodies.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sortition_ledger::LedgerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("the database was created for a different genesis")]
+    GenesisMismatch,
+    #[error("invalid genesis: {0}")]
+    Genesis(LedgerError),
+    #[error("replay diverged at height {height}: stored root {stored}, recomputed {recomputed}")]
+    RootMismatch { height: u64, stored: String, recomputed: String },
+    #[error("replay of block {height} failed: {reason}")]
+    Replay { height: u64, reason: String },
+    #[error("sequencer stopped")]
+    Stopped,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why an HTTP request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// snake_case name of a ledger error's variant, e.g. `wrong_nonce`.
+pub fn error_code(e: &LedgerError) -> String {
+    let v = serde_json::to_value(e).unwrap_or_default();
+    let name = match &v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut out = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.extend(ch.to_lowercase());
+    }
+    out
+}
+
+/// HTTP status for a refused transaction.
+pub fn ledger_status(e: &LedgerError) -> StatusCode {
+    use LedgerError::*;
+    match e {
+        BadSignature | WrongChain { .. } | Expired { .. } => StatusCode::BAD_REQUEST,
+        WrongNonce { .. } | AlreadyCommitted | AlreadyRevealed | ReceiptAlreadySubmitted | NodeExists(_) | ModelExists(_) => {
+            StatusCode::CONFLICT
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = match &self {
+            ApiError::Ledger(e) => (ledger_status(e), "invalid_request_error", error_code(e)),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request".into()),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", "not_found".into()),
+            ApiError::Service(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable".into()),
+        };
+        let body = serde_json::json!({ "error": { "message": self.to_string(), "type": kind, "code": code } });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,267 @@
+//! The sequencer actor: collects verified transactions, forms a block every `block_interval`
+//! or when `max_block_txs` are waiting, applies it, persists it durably, and only then answers
+//! the submitters and publishes the block's events.
+//!
+//! It runs on tokio's blocking pool (the fsync is blocking I/O) and is reached through a cheap
+//! cloneable [`Handle`]. Queries read the ledger under a read lock; they may see a block a few
+//! microseconds before its fsync completes, never a block that is later lost *and*
+//! acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sortition_ledger::{Event, Genesis, Ledger, LedgerError, SignedTx, TxResult, VerifiedTx};
+use sortition_types::{Hash32, canonical_bytes, sha256};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::ServiceError;
+use crate::store::{Store, StoredBlock};
+
+/// A transaction's inclusion: where it landed and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Included {
+    pub height: u64,
+    pub index: u32,
+    pub tx_hash: Hash32,
+    pub result: TxResult,
+}
+
+/// The events of one block, flattened: each transaction's in order, then end-of-block ones.
+#[derive(Debug, Clone)]
+pub struct BlockEvents {
+    pub height: u64,
+    pub events: Arc<Vec<Event>>,
+}
+
+/// Why a submission got no inclusion.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Refused before sequencing (bad signature, wrong chain, stale nonce, expired).
+    #[error(transparent)]
+    Refused(#[from] LedgerError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub height: AtomicU64,
+    pub txs_applied: AtomicU64,
+    pub tx_errors: AtomicU64,
+    pub blocks: AtomicU64,
+    pub block_apply_us_total: AtomicU64,
+    pub block_persist_us_total: AtomicU64,
+}
+
+pub struct Shared {
+    ledger: RwLock<Ledger>,
+    pub genesis: Genesis,
+    pub store: Store,
+    tx_index: RwLock<HashMap<Hash32, (u64, u32)>>,
+    pub metrics: Metrics,
+    pub events: broadcast::Sender<BlockEvents>,
+}
+
+struct Submission {
+    tx: VerifiedTx,
+    reply: oneshot::Sender<Result<Included, ServiceError>>,
+}
+
+/// Cheap, cloneable access to the sequencer and its state.
+#[derive(Clone)]
+pub struct Handle {
+    inbox: mpsc::Sender<Submission>,
+    shared: Arc<Shared>,
+}
+
+pub struct SequencerConfig {
+    pub block_interval: Duration,
+    pub max_block_txs: usize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens the store, replays every stored block (checking each state root and result), and
+/// starts the sequencer. Must be called inside a tokio runtime. The returned task finishes
+/// when every [`Handle`] is dropped and the database is closed.
+pub fn start(store: Store, genesis: Genesis, cfg: SequencerConfig) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
+    let mut ledger = Ledger::new(&genesis).map_err(ServiceError::Genesis)?;
+    let mut index = HashMap::new();
+    let metrics = Metrics::default();
+    for b in store.blocks()? {
+        let h = b.ctx.height;
+        let out = ledger.apply_block(b.ctx, &b.txs).map_err(|e| ServiceError::Replay { height: h, reason: e.to_string() })?;
+        if out.state_root != b.state_root {
+            return Err(ServiceError::RootMismatch { height: h, stored: b.state_root.to_hex(), recomputed: out.state_root.to_hex() });
+        }
+        let hashes: Vec<Hash32> = out.results.iter().map(|r| sha256(&canonical_bytes(r))).collect();
+        if hashes != b.result_hashes {
+            return Err(ServiceError::Replay { height: h, reason: "results differ from the stored ones".into() });
+        }
+        for (i, t) in b.txs.iter().enumerate() {
+            index.insert(t.hash(), (h, i as u32));
+        }
+        metrics.txs_applied.fetch_add(b.txs.len() as u64, Ordering::Relaxed);
+    }
+    metrics.height.store(ledger.height(), Ordering::Relaxed);
+    let (events, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared { ledger: RwLock::new(ledger), genesis, store, tx_index: RwLock::new(index), metrics, events });
+    let (inbox, rx) = mpsc::channel(cfg.max_block_txs.max(1) * 4);
+    let s = shared.clone();
+    let rt = tokio::runtime::Handle::current();
+    // The task ends (and closes the database) once every Handle is dropped.
+    let task = tokio::task::spawn_blocking(move || run(rt, s, rx, cfg));
+    Ok((Handle { inbox, shared }, task))
+}
+
+fn run(rt: tokio::runtime::Handle, shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>, cfg: SequencerConfig) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + cfg.block_interval;
+        while batch.len() < cfg.max_block_txs {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let next = rt.block_on(tokio::time::timeout_at(deadline.into(), rx.recv()));
+                    match next {
+                        Ok(Some(s)) => batch.push(s),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        if let Err(e) = seal(&shared, batch) {
+            tracing::error!("sequencer stopped: {e}");
+            return;
+        }
+    }
+}
+
+/// Applies, persists, then acknowledges one block.
+fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
+    let (txs, replies): (Vec<VerifiedTx>, Vec<_>) = batch.into_iter().map(|s| (s.tx, s.reply)).unzip();
+    let signed: Vec<SignedTx> = txs.iter().map(|t| t.signed().clone()).collect();
+    let started = Instant::now();
+    let (ctx, outcome) = {
+        let mut ledger = shared.ledger.write().unwrap_or_else(|p| p.into_inner());
+        let ctx = ledger.next_context(now_ms());
+        let out = ledger.apply_verified(ctx, txs.into_iter().map(Ok).collect());
+        (ctx, out.map_err(|e| ServiceError::Replay { height: ctx.height, reason: e.to_string() })?)
+    };
+    let applied = started.elapsed();
+    let block = StoredBlock {
+        ctx,
+        result_hashes: outcome.results.iter().map(|r| sha256(&canonical_bytes(r))).collect(),
+        txs: signed,
+        state_root: outcome.state_root,
+    };
+    let mut flat: Vec<Event> = outcome.results.iter().filter_map(|r| r.as_ref().ok()).flatten().cloned().collect();
+    flat.extend(outcome.end_block_events.iter().cloned());
+    let stored = shared.store.append(&block, &flat);
+    let m = &shared.metrics;
+    m.block_apply_us_total.fetch_add(applied.as_micros() as u64, Ordering::Relaxed);
+    m.block_persist_us_total.fetch_add((started.elapsed() - applied).as_micros() as u64, Ordering::Relaxed);
+    if let Err(e) = stored {
+        for r in replies {
+            let _ = r.send(Err(ServiceError::Storage(e.to_string())));
+        }
+        return Err(e);
+    }
+    {
+        let mut idx = shared.tx_index.write().unwrap_or_else(|p| p.into_inner());
+        for (i, t) in block.txs.iter().enumerate() {
+            idx.insert(t.hash(), (ctx.height, i as u32));
+        }
+    }
+    let errors = outcome.results.iter().filter(|r| r.is_err()).count() as u64;
+    m.txs_applied.fetch_add(block.txs.len() as u64, Ordering::Relaxed);
+    m.tx_errors.fetch_add(errors, Ordering::Relaxed);
+    m.blocks.fetch_add(1, Ordering::Relaxed);
+    m.height.store(ctx.height, Ordering::Relaxed);
+    for (i, ((reply, result), t)) in replies.into_iter().zip(outcome.results).zip(&block.txs).enumerate() {
+        let _ = reply.send(Ok(Included { height: ctx.height, index: i as u32, tx_hash: t.hash(), result }));
+    }
+    let _ = shared.events.send(BlockEvents { height: ctx.height, events: Arc::new(flat) });
+    Ok(())
+}
+
+impl Handle {
+    /// Verifies, pre-checks and sequences a transaction; resolves once its block is durable.
+    pub async fn submit(&self, tx: SignedTx) -> Result<Included, SubmitError> {
+        let v = tx.verify()?;
+        self.precheck(&v)?;
+        let (reply, rx) = oneshot::channel();
+        self.inbox.send(Submission { tx: v, reply }).await.map_err(|_| ServiceError::Stopped)?;
+        Ok(rx.await.map_err(|_| ServiceError::Stopped)??)
+    }
+
+    /// Submits several transactions in this order (so one sender's nonces may be pipelined
+    /// into the same or consecutive blocks) and waits for all of them.
+    pub async fn submit_many(&self, txs: Vec<SignedTx>) -> Vec<Result<Included, SubmitError>> {
+        let mut pending = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let sent = async {
+                let v = tx.verify()?;
+                self.precheck(&v)?;
+                let (reply, rx) = oneshot::channel();
+                self.inbox.send(Submission { tx: v, reply }).await.map_err(|_| ServiceError::Stopped)?;
+                Ok::<_, SubmitError>(rx)
+            };
+            pending.push(sent.await);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(match p {
+                Ok(rx) => rx.await.map_err(|_| SubmitError::Service(ServiceError::Stopped)).and_then(|r| Ok(r?)),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Cheap refusals before sequencing. Skipped while a block is being applied; the block is
+    /// the authority either way.
+    fn precheck(&self, v: &VerifiedTx) -> Result<(), LedgerError> {
+        let Ok(l) = self.shared.ledger.try_read() else { return Ok(()) };
+        let (st, tx) = (l.state(), v.tx());
+        if tx.chain_id != st.chain_id {
+            return Err(LedgerError::WrongChain { expected: st.chain_id.clone(), got: tx.chain_id.clone() });
+        }
+        let expected = st.account(&tx.sender).nonce;
+        if tx.nonce < expected {
+            return Err(LedgerError::WrongNonce { expected, got: tx.nonce });
+        }
+        if tx.expires_at_ms <= st.timestamp_ms {
+            return Err(LedgerError::Expired { expires_at_ms: tx.expires_at_ms, now_ms: st.timestamp_ms });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the current ledger under a read lock.
+    pub fn with_ledger<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
+        f(&read(&self.shared.ledger))
+    }
+
+    /// Where a transaction landed, if it did.
+    pub fn find_tx(&self, hash: &Hash32) -> Option<(u64, u32)> {
+        read(&self.shared.tx_index).get(hash).copied()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<BlockEvents> {
+        self.shared.events.subscribe()
+    }
+}

@@ -1,0 +1,99 @@
+//! Durable block storage in redb. One write transaction per block, committed with
+//! `Durability::Immediate` (fsync) before any submitter is acknowledged.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sortition_ledger::{BlockContext, Event, Genesis, SignedTx};
+use sortition_types::{Hash32, canonical_bytes};
+
+use crate::error::ServiceError;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// What is kept per block: enough to replay it and to check the replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBlock {
+    pub ctx: BlockContext,
+    pub txs: Vec<SignedTx>,
+    /// sha256 of each transaction's canonical result (events or error).
+    pub result_hashes: Vec<Hash32>,
+    pub state_root: Hash32,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn err(e: impl Into<redb::Error>) -> ServiceError {
+    ServiceError::Storage(e.into().to_string())
+}
+
+impl Store {
+    /// Opens (or creates) the database; a database made for another genesis is refused.
+    pub fn open(dir: &Path, genesis: &Genesis) -> Result<Store, ServiceError> {
+        std::fs::create_dir_all(dir).map_err(|e| ServiceError::Storage(e.to_string()))?;
+        let db = Database::create(dir.join("ledger.redb")).map_err(err)?;
+        let want = canonical_bytes(genesis);
+        let w = db.begin_write().map_err(err)?;
+        {
+            let mut meta = w.open_table(META).map_err(err)?;
+            let stored = meta.get("genesis").map_err(err)?.map(|v| v.value().to_vec());
+            match stored {
+                Some(bytes) if bytes != want => return Err(ServiceError::GenesisMismatch),
+                Some(_) => {}
+                None => {
+                    meta.insert("genesis", want.as_slice()).map_err(err)?;
+                }
+            }
+            w.open_table(BLOCKS).map_err(err)?;
+            w.open_table(EVENTS).map_err(err)?;
+        }
+        w.commit().map_err(err)?;
+        Ok(Store { db })
+    }
+
+    /// Persists a block and its events durably.
+    pub fn append(&self, block: &StoredBlock, events: &[Event]) -> Result<(), ServiceError> {
+        let mut w = self.db.begin_write().map_err(err)?;
+        w.set_durability(Durability::Immediate).map_err(|e| ServiceError::Storage(e.to_string()))?;
+        {
+            let mut blocks = w.open_table(BLOCKS).map_err(err)?;
+            blocks.insert(block.ctx.height, canonical_bytes(block).as_slice()).map_err(err)?;
+            let ev = serde_json::to_vec(events).map_err(|e| ServiceError::Storage(e.to_string()))?;
+            let mut t = w.open_table(EVENTS).map_err(err)?;
+            t.insert(block.ctx.height, ev.as_slice()).map_err(err)?;
+        }
+        w.commit().map_err(err)
+    }
+
+    /// All blocks in height order.
+    pub fn blocks(&self) -> Result<Vec<StoredBlock>, ServiceError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(BLOCKS).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(err)? {
+            let (_, v) = item.map_err(err)?;
+            let b: StoredBlock = sortition_types::encoding::from_canonical_bytes(v.value())
+                .map_err(|e| ServiceError::Storage(e.to_string()))?;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// Events of blocks `from..=to`, each with its height.
+    pub fn events(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<Event>)>, ServiceError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(EVENTS).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.range(from..=to).map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            let ev: Vec<Event> = serde_json::from_slice(v.value()).map_err(|e| ServiceError::Storage(e.to_string()))?;
+            out.push((k.value(), ev));
+        }
+        Ok(out)
+    }
+}

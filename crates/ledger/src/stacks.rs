@@ -1,0 +1,214 @@
+//! Stacks: buying prepaid compute into escrow, claiming it, and settling or refunding it.
+//!
+//! Price: a unit is one token, input or output, and a stack cannot know the mix in advance, so
+//! a stack's price per million units is the node's `max(input, output)` price. Escrow is
+//! `ceil(units * price / 1e6)`; a claim owes `ceil(units_used * price / 1e6)` (never more than
+//! the escrow).
+
+use sortition_types::{Amount, ClaimId, Hash32, ModelId, NodeId, PublicKey, StackId, Units};
+
+use crate::beacon::{below, draw};
+use crate::error::LedgerError;
+use crate::event::Event;
+use crate::nodes::eligible;
+use crate::ops::{add_work, bps, credit, debit, done_work, require_balance, to_treasury};
+use crate::state::{Claim, ClaimStatus, Stack, StackStatus, State};
+use crate::{BlockContext, TxResult, audits};
+
+/// `ceil(units * price_per_m / 1e6)`, or `None` if it does not fit in `u64`.
+pub fn cost(units: Units, price_per_m: Amount) -> Option<Amount> {
+    let c = (u128::from(units.0) * u128::from(price_per_m.0)).div_ceil(1_000_000);
+    u64::try_from(c).ok().map(Amount)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn buy(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    model: &ModelId,
+    node: Option<NodeId>,
+    cap: Amount,
+    units: Units,
+    expires_at_ms: u64,
+) -> TxResult {
+    if units.0 == 0 {
+        return Err(LedgerError::InvalidStack("zero units".into()));
+    }
+    if expires_at_ms <= ctx.timestamp_ms {
+        return Err(LedgerError::InvalidStack("expiry is not in the future".into()));
+    }
+    if !st.models.contains_key(model) {
+        return Err(LedgerError::UnknownModel(model.clone()));
+    }
+    let id = StackId(st.next_ids.stack);
+    let (node_id, price) = match node {
+        Some(nid) => {
+            let n = st.nodes.get(&nid).ok_or(LedgerError::UnknownNode(nid))?;
+            let offer = n
+                .offer(model)
+                .ok_or_else(|| LedgerError::ModelNotOffered { node: nid, model: model.clone() })?;
+            if !eligible(st, n, model) {
+                return Err(LedgerError::NodeNotEligible(nid));
+            }
+            let price = offer.unit_price_per_m();
+            if price > cap {
+                return Err(LedgerError::PriceAboveCap { price, cap });
+            }
+            (nid, price)
+        }
+        None => {
+            let pool: Vec<(NodeId, Amount)> = st
+                .nodes
+                .values()
+                .filter(|n| eligible(st, n, model))
+                .filter_map(|n| n.offer(model).map(|o| (n.id, o.unit_price_per_m())))
+                .filter(|(_, p)| *p <= cap)
+                .collect();
+            if pool.is_empty() {
+                return Err(LedgerError::NoEligibleNode(model.clone()));
+            }
+            let pick = below(draw(&ctx.randomness, "buy", id.0, 0), pool.len() as u64) as usize;
+            pool[pick]
+        }
+    };
+    let escrow = cost(units, price).ok_or(LedgerError::Overflow)?;
+    require_balance(st, sender, escrow)?;
+    debit(st, sender, escrow);
+    st.next_ids.stack += 1;
+    st.stacks.insert(
+        id,
+        Stack {
+            id,
+            owner: *sender,
+            node: node_id,
+            model: model.clone(),
+            units,
+            price_per_m: price,
+            escrow,
+            expires_at_ms,
+            status: StackStatus::Open,
+            bought_height: ctx.height,
+        },
+    );
+    st.stack_expiry.insert((expires_at_ms, id));
+    Ok(vec![Event::StackBought {
+        stack: id,
+        owner: *sender,
+        node: node_id,
+        model: model.clone(),
+        units,
+        price_per_m: price,
+        escrow,
+    }])
+}
+
+pub(crate) fn claim(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    stack_id: StackId,
+    units_used: Units,
+    receipts_root: Hash32,
+    receipt_count: u64,
+) -> TxResult {
+    let s = st.stacks.get(&stack_id).ok_or(LedgerError::UnknownStack(stack_id))?;
+    let node = st.nodes.get(&s.node).ok_or(LedgerError::UnknownNode(s.node))?;
+    if node.operator != *sender {
+        return Err(LedgerError::NotStackNode(stack_id));
+    }
+    if s.status != StackStatus::Open || ctx.timestamp_ms >= s.expires_at_ms {
+        return Err(LedgerError::StackNotOpen(stack_id));
+    }
+    if units_used > s.units {
+        return Err(LedgerError::ClaimExceedsStack { used: units_used, units: s.units });
+    }
+    let max = st.params.max_receipts_per_claim.min(units_used.0);
+    if receipt_count > max {
+        return Err(LedgerError::TooManyReceipts { count: receipt_count, max });
+    }
+    if units_used.0 > 0 && receipt_count == 0 {
+        return Err(LedgerError::InvalidStack("units claimed without receipts".into()));
+    }
+    let payment = cost(units_used, s.price_per_m).ok_or(LedgerError::Overflow)?.min(s.escrow);
+    let (node_id, expires) = (s.node, s.expires_at_ms);
+    // Validation done; mutate.
+    let id = ClaimId(st.next_ids.claim);
+    st.next_ids.claim += 1;
+    if let Some(s) = st.stacks.get_mut(&stack_id) {
+        s.status = StackStatus::Claimed { claim: id };
+    }
+    st.stack_expiry.remove(&(expires, stack_id));
+    let settles_at_height = ctx.height.saturating_add(st.params.challenge_window_blocks);
+    st.claims.insert(
+        id,
+        Claim {
+            id,
+            stack: stack_id,
+            node: node_id,
+            units_used,
+            receipts_root,
+            receipt_count,
+            payment,
+            committed_height: ctx.height,
+            settles_at_height,
+            audits: vec![],
+            open_audits: 0,
+            executor_at_fault: false,
+            status: ClaimStatus::Pending,
+        },
+    );
+    st.claim_queue.insert((settles_at_height, id));
+    add_work(st, node_id);
+    let mut events = vec![Event::ClaimCommitted { claim: id, stack: stack_id, node: node_id, units_used, settles_at_height }];
+    audits::open_for_claim(st, ctx, id, &mut events);
+    Ok(events)
+}
+
+/// Closes a claim whose window passed and whose audits finished: pays the node (minus the
+/// treasury fee) and refunds the owner the rest, or refunds everything if the node was at fault.
+pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>) {
+    let Some(c) = st.claims.get(&claim_id) else { return };
+    let (stack_id, node_id, at_fault, payment) = (c.stack, c.node, c.executor_at_fault, c.payment);
+    let Some(s) = st.stacks.get_mut(&stack_id) else { return };
+    let (owner, escrow) = (s.owner, s.escrow);
+    s.escrow = Amount::ZERO;
+    s.status = if at_fault { StackStatus::Refunded } else { StackStatus::Settled };
+    let operator = st.nodes.get(&node_id).map(|n| n.operator);
+    let (paid, fee) = match (at_fault, operator) {
+        (false, Some(op)) => {
+            let fee = bps(payment, st.params.treasury_fee_bps);
+            let paid = payment.saturating_sub(fee);
+            credit(st, &op, paid);
+            to_treasury(st, fee);
+            st.fees_this_epoch = Amount(st.fees_this_epoch.0.saturating_add(fee.0));
+            (paid, fee)
+        }
+        _ => (Amount::ZERO, Amount::ZERO),
+    };
+    let refund = escrow.saturating_sub(paid).saturating_sub(fee);
+    credit(st, &owner, refund);
+    if let Some(c) = st.claims.get_mut(&claim_id) {
+        c.status = if at_fault { ClaimStatus::Refunded } else { ClaimStatus::Settled };
+    }
+    done_work(st, node_id);
+    if at_fault {
+        events.push(Event::Refunded { stack: stack_id, owner, amount: refund });
+    } else {
+        events.push(Event::Settled { claim: claim_id, stack: stack_id, node: node_id, paid, fee, refunded: refund });
+    }
+}
+
+/// An open stack reached its expiry without a claim: the owner gets the escrow back.
+pub(crate) fn expire(st: &mut State, stack_id: StackId, events: &mut Vec<Event>) {
+    let Some(s) = st.stacks.get_mut(&stack_id) else { return };
+    if s.status != StackStatus::Open {
+        return;
+    }
+    let (owner, escrow) = (s.owner, s.escrow);
+    s.escrow = Amount::ZERO;
+    s.status = StackStatus::Expired;
+    credit(st, &owner, escrow);
+    events.push(Event::StackExpired { stack: stack_id });
+    events.push(Event::Refunded { stack: stack_id, owner, amount: escrow });
+}

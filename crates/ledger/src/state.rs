@@ -1,0 +1,297 @@
+//! The ledger's state: ordered maps only, so that its canonical bytes (and root) are identical
+//! on every replica. Query helpers live here too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sortition_types::{
+    Amount, AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeClass, NodeId, PublicKey, StackId,
+    Units, canonical_bytes, sha256,
+};
+
+use crate::genesis::Params;
+use crate::policy::ModelSpec;
+use crate::tx::{Offer, SealingKey, Verdict};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: Amount,
+    /// The nonce the next transaction must carry.
+    pub nonce: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub spec: ModelSpec,
+    pub min_collateral: Amount,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum NodeStatus {
+    Active,
+    Paused,
+    Unbonding { until_height: u64 },
+    Unbonded,
+    Withdrawn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    /// Operator account and receipt signing key.
+    pub operator: PublicKey,
+    pub endpoint: String,
+    pub confidential_key: SealingKey,
+    pub attestation: Vec<u8>,
+    pub class: NodeClass,
+    /// `class.fingerprint()`: auditors must share it with the executor.
+    pub class_fingerprint: Hash32,
+    pub offers: Vec<Offer>,
+    pub capacity: u32,
+    pub collateral: Amount,
+    pub status: NodeStatus,
+    pub rotations_this_epoch: u32,
+    /// Claims, audits (as executor or auditor) and disputes not yet closed; withdraw needs 0.
+    pub pending_work: u32,
+    pub registered_height: u64,
+}
+
+impl Node {
+    pub fn offer(&self, model: &ModelId) -> Option<&Offer> {
+        self.offers.iter().find(|o| &o.model == model)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StackStatus {
+    Open,
+    Claimed { claim: ClaimId },
+    Settled,
+    Refunded,
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stack {
+    pub id: StackId,
+    pub owner: PublicKey,
+    pub node: NodeId,
+    pub model: ModelId,
+    pub units: Units,
+    pub price_per_m: Amount,
+    /// Held by the ledger until settlement, refund or expiry; 0 afterwards.
+    pub escrow: Amount,
+    pub expires_at_ms: u64,
+    pub status: StackStatus,
+    pub bought_height: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimStatus {
+    Pending,
+    Settled,
+    /// The executor was proven at fault: the owner got the whole escrow back.
+    Refunded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub id: ClaimId,
+    pub stack: StackId,
+    pub node: NodeId,
+    pub units_used: Units,
+    pub receipts_root: Hash32,
+    pub receipt_count: u64,
+    /// What the node is owed before the treasury fee: ceil(units_used * price / 1e6) ≤ escrow.
+    pub payment: Amount,
+    pub committed_height: u64,
+    pub settles_at_height: u64,
+    pub audits: Vec<AuditId>,
+    /// Audits still open or in dispute.
+    pub open_audits: u32,
+    pub executor_at_fault: bool,
+    pub status: ClaimStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// Every revealed verdict matched and the receipt was produced.
+    Passed,
+    /// No eligible auditor of the executor's class existed, or none revealed: not verified.
+    Unverifiable,
+    /// The executor never produced the sampled receipt: at fault without a committee.
+    ReceiptMissing,
+    /// A mismatch was revealed; the dispute decides.
+    Disputed { dispute: DisputeId },
+    /// The dispute found the executor at fault.
+    ExecutorAtFault,
+    /// The dispute cleared the executor.
+    ExecutorCleared,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    pub id: AuditId,
+    pub claim: ClaimId,
+    pub stack: StackId,
+    /// Holds the request payload and must deliver it to the auditors off-ledger.
+    pub owner: PublicKey,
+    pub executor: NodeId,
+    pub model: ModelId,
+    pub receipt_index: u64,
+    pub wanted: u8,
+    pub auditors: Vec<NodeId>,
+    pub commits: BTreeMap<NodeId, Hash32>,
+    pub reveals: BTreeMap<NodeId, Verdict>,
+    /// Digest, request and response hashes of the submitted receipt.
+    pub receipt: Option<(Hash32, Hash32, Hash32)>,
+    pub opened_height: u64,
+    pub commit_deadline: u64,
+    pub reveal_deadline: u64,
+    /// `None` while open.
+    pub outcome: Option<AuditOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispute {
+    pub id: DisputeId,
+    pub audit: AuditId,
+    pub executor: NodeId,
+    pub committee: Vec<NodeId>,
+    pub commits: BTreeMap<NodeId, Hash32>,
+    pub votes: BTreeMap<NodeId, Verdict>,
+    pub opened_height: u64,
+    pub commit_deadline: u64,
+    pub reveal_deadline: u64,
+    /// `Some(executor_at_fault)` once resolved.
+    pub resolution: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlashReason {
+    ExecutorAtFault,
+    ReceiptMissing,
+    WrongVerdict,
+    MissedDeadline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlashRecord {
+    pub height: u64,
+    pub node: NodeId,
+    pub amount: Amount,
+    pub reason: SlashReason,
+    pub audit: Option<AuditId>,
+}
+
+/// Where all the money is. `balances + escrow + collateral + treasury == minted` always.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supply {
+    pub minted: Amount,
+    pub balances: Amount,
+    pub escrow: Amount,
+    pub collateral: Amount,
+    pub treasury: Amount,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub chain_id: String,
+    pub devnet: bool,
+    pub admin: PublicKey,
+    pub params: Params,
+    pub height: u64,
+    pub timestamp_ms: u64,
+    pub randomness: Hash32,
+    pub epoch: u64,
+    pub fees_this_epoch: Amount,
+    pub treasury: Amount,
+    pub minted: Amount,
+    pub accounts: BTreeMap<PublicKey, Account>,
+    pub models: BTreeMap<ModelId, ModelEntry>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub node_by_key: BTreeMap<PublicKey, NodeId>,
+    pub stacks: BTreeMap<StackId, Stack>,
+    /// Open (unclaimed) stacks by expiry time, for end-of-block expiry.
+    pub stack_expiry: BTreeSet<(u64, StackId)>,
+    pub claims: BTreeMap<ClaimId, Claim>,
+    /// Pending claims by the height they may settle at.
+    pub claim_queue: BTreeSet<(u64, ClaimId)>,
+    pub audits: BTreeMap<AuditId, Audit>,
+    pub open_audits: BTreeSet<AuditId>,
+    pub disputes: BTreeMap<DisputeId, Dispute>,
+    pub open_disputes: BTreeSet<DisputeId>,
+    pub unbonding: BTreeSet<(u64, NodeId)>,
+    pub slashes: Vec<SlashRecord>,
+    pub next_ids: NextIds,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextIds {
+    pub node: u64,
+    pub stack: u64,
+    pub claim: u64,
+    pub audit: u64,
+    pub dispute: u64,
+}
+
+impl State {
+    /// sha256 of the canonical (BCS) bytes of the whole state.
+    pub fn root(&self) -> Hash32 {
+        sha256(&canonical_bytes(self))
+    }
+
+    pub fn account(&self, pk: &PublicKey) -> Account {
+        self.accounts.get(pk).cloned().unwrap_or_default()
+    }
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+    pub fn node_by_key(&self, pk: &PublicKey) -> Option<&Node> {
+        self.node_by_key.get(pk).and_then(|id| self.nodes.get(id))
+    }
+    pub fn model(&self, id: &ModelId) -> Option<&ModelEntry> {
+        self.models.get(id)
+    }
+    pub fn stack(&self, id: StackId) -> Option<&Stack> {
+        self.stacks.get(&id)
+    }
+    pub fn stacks_of(&self, owner: &PublicKey) -> impl Iterator<Item = &Stack> {
+        self.stacks.values().filter(move |s| &s.owner == owner)
+    }
+    pub fn claim(&self, id: ClaimId) -> Option<&Claim> {
+        self.claims.get(&id)
+    }
+    pub fn audit(&self, id: AuditId) -> Option<&Audit> {
+        self.audits.get(&id)
+    }
+    /// Audits where `node` is an auditor; only open ones when `open_only`.
+    pub fn audits_of(&self, node: NodeId, open_only: bool) -> Vec<&Audit> {
+        let by: Box<dyn Iterator<Item = &Audit>> = if open_only {
+            Box::new(self.open_audits.iter().filter_map(|id| self.audits.get(id)))
+        } else {
+            Box::new(self.audits.values())
+        };
+        by.filter(|a| a.auditors.contains(&node)).collect()
+    }
+    pub fn dispute(&self, id: DisputeId) -> Option<&Dispute> {
+        self.disputes.get(&id)
+    }
+
+    /// Every unit of money by where it sits.
+    pub fn supply(&self) -> Supply {
+        let sum = |it: &mut dyn Iterator<Item = u64>| Amount(it.fold(0u64, |a, b| a.saturating_add(b)));
+        Supply {
+            minted: self.minted,
+            balances: sum(&mut self.accounts.values().map(|a| a.balance.0)),
+            escrow: sum(&mut self.stacks.values().map(|s| s.escrow.0)),
+            collateral: sum(&mut self.nodes.values().map(|n| n.collateral.0)),
+            treasury: self.treasury,
+        }
+    }
+}

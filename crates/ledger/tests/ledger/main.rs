@@ -1,0 +1,5 @@
+//! Integration tests of the ledger state machine: scenarios and property tests.
+
+mod harness;
+mod props;
+mod scenarios;

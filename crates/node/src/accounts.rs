@@ -1,0 +1,184 @@
+//! Unit accounting per stack: reservations are taken atomically with the ownership, expiry
+//! and balance checks, so parallel requests on one stack can never overspend it.
+//!
+//! A request reserves its worst case (prompt tokens + max new tokens) before it runs; when it
+//! finishes, the actual usage is committed with the next receipt sequence number and the rest
+//! returns to the stack.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sortition_types::{ModelId, NodeId, PublicKey, StackId};
+
+/// What the node knows of a stack from the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackInfo {
+    pub id: StackId,
+    pub owner: PublicKey,
+    pub node: NodeId,
+    pub model: ModelId,
+    pub units: u64,
+    pub expires_at_ms: u64,
+    /// False once claimed, settled or expired on the ledger.
+    pub open: bool,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    #[error("stack {0} is not held on this node")]
+    ForeignStack(StackId),
+    #[error("stack {0} is for model {1}, not {2}")]
+    WrongModel(StackId, ModelId, ModelId),
+    #[error("stack {0} has expired or is closed")]
+    Closed(StackId),
+    #[error("stack {stack} has {remaining} units left; this request may need {needed}")]
+    Exhausted { stack: StackId, remaining: u64, needed: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    used: u64,
+    reserved: u64,
+    next_seq: u64,
+}
+
+/// A granted reservation; give it back through [`StackAccounts::settle`].
+#[derive(Debug)]
+pub struct Reservation {
+    pub stack: StackId,
+    pub units: u64,
+}
+
+/// Reservation book for all stacks this node serves.
+#[derive(Default)]
+pub struct StackAccounts {
+    inner: Mutex<HashMap<StackId, Account>>,
+}
+
+impl StackAccounts {
+    /// Restores a stack's counters (from persisted receipts) after a restart.
+    pub fn restore(&self, stack: StackId, used: u64, next_seq: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.insert(stack, Account { used, reserved: 0, next_seq });
+    }
+
+    /// Reserves `needed` units if the stack is this node's, open, unexpired, for `model`, and
+    /// has them left. All checks and the reservation happen under one lock.
+    pub fn reserve(
+        &self,
+        info: &StackInfo,
+        me: NodeId,
+        model: &ModelId,
+        needed: u64,
+        now_ms: u64,
+    ) -> Result<Reservation, ReserveError> {
+        if info.node != me {
+            return Err(ReserveError::ForeignStack(info.id));
+        }
+        if &info.model != model {
+            return Err(ReserveError::WrongModel(info.id, info.model.clone(), model.clone()));
+        }
+        if !info.open || now_ms >= info.expires_at_ms {
+            return Err(ReserveError::Closed(info.id));
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let acct = g.entry(info.id).or_default();
+        let remaining = info.units.saturating_sub(acct.used).saturating_sub(acct.reserved);
+        if needed > remaining {
+            return Err(ReserveError::Exhausted { stack: info.id, remaining, needed });
+        }
+        acct.reserved += needed;
+        Ok(Reservation { stack: info.id, units: needed })
+    }
+
+    /// Ends a reservation: `used` units are charged (at most the reservation) and the receipt
+    /// sequence number is returned; the rest goes back to the stack. `used == 0` with
+    /// `charge == false` releases without a receipt.
+    pub fn settle(&self, r: Reservation, used: u64, charge: bool) -> Option<u64> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let acct = g.entry(r.stack).or_default();
+        acct.reserved = acct.reserved.saturating_sub(r.units);
+        if !charge {
+            return None;
+        }
+        acct.used += used.min(r.units);
+        let seq = acct.next_seq;
+        acct.next_seq += 1;
+        Some(seq)
+    }
+
+    /// Units charged so far on a stack.
+    pub fn used(&self, stack: StackId) -> u64 {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.get(&stack).map(|a| a.used).unwrap_or(0)
+    }
+
+    /// Units still reserved by requests in flight on a stack.
+    pub fn in_flight(&self, stack: StackId) -> u64 {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.get(&stack).map(|a| a.reserved).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sortition_types::Keypair;
+    use std::sync::Arc;
+
+    fn info(units: u64) -> StackInfo {
+        StackInfo {
+            id: StackId(1),
+            owner: Keypair::from_seed(b"o").public(),
+            node: NodeId(7),
+            model: ModelId::new("m"),
+            units,
+            expires_at_ms: 1_000,
+            open: true,
+        }
+    }
+
+    #[test]
+    fn parallel_reservations_never_overspend() {
+        let book = Arc::new(StackAccounts::default());
+        let inf = info(1_000);
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (book, inf) = (book.clone(), inf.clone());
+                std::thread::spawn(move || {
+                    let mut charged = 0;
+                    for _ in 0..100 {
+                        if let Ok(r) = book.reserve(&inf, NodeId(7), &ModelId::new("m"), 7, 0) {
+                            book.settle(r, 5, true);
+                            charged += 5;
+                        }
+                    }
+                    charged
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, book.used(StackId(1)));
+        assert!(total <= 1_000 && total >= 1_000 - 7, "charged {total}");
+        assert_eq!(book.in_flight(StackId(1)), 0);
+    }
+
+    #[test]
+    fn refusals_are_typed() {
+        let book = StackAccounts::default();
+        let inf = info(10);
+        let m = ModelId::new("m");
+        assert!(matches!(book.reserve(&inf, NodeId(8), &m, 1, 0), Err(ReserveError::ForeignStack(_))));
+        assert!(matches!(
+            book.reserve(&inf, NodeId(7), &ModelId::new("x"), 1, 0),
+            Err(ReserveError::WrongModel(..))
+        ));
+        assert!(matches!(book.reserve(&inf, NodeId(7), &m, 1, 1_000), Err(ReserveError::Closed(_))));
+        assert!(matches!(book.reserve(&inf, NodeId(7), &m, 11, 0), Err(ReserveError::Exhausted { .. })));
+        let r = book.reserve(&inf, NodeId(7), &m, 10, 0).unwrap();
+        assert!(matches!(book.reserve(&inf, NodeId(7), &m, 1, 0), Err(ReserveError::Exhausted { .. })));
+        assert_eq!(book.settle(r, 4, true), Some(0));
+        assert!(book.reserve(&inf, NodeId(7), &m, 6, 0).is_ok());
+    }
+}

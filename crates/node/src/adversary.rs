@@ -1,0 +1,59 @@
+//! Deliberate misbehaviour for devnet and tests: a node that cheats in one chosen way, so the
+//! verification layer can be shown to catch it.
+//!
+//! A node only accepts an adversary mode when the ledger it joins is a devnet (checked at
+//! startup); production ledgers refuse it. Every hook below is the identity for honest nodes.
+
+use sortition_engine::Prompt;
+
+use crate::service::Outcome;
+
+/// How the adversary cheats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Returns a truncated answer (saves compute) while claiming a full one.
+    Truncate,
+    /// Returns the answer with its characters scrambled (stands in for random tokens).
+    Random,
+    /// Reports twice the tokens it actually used.
+    OverReport,
+    /// Never performs the audits it is selected for.
+    SkipAudits,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "truncate" => Ok(Mode::Truncate),
+            "random" => Ok(Mode::Random),
+            "over-report" => Ok(Mode::OverReport),
+            "skip-audits" => Ok(Mode::SkipAudits),
+            other => Err(format!(
+                "unknown adversary mode '{other}'; expected truncate, random, over-report or skip-audits"
+            )),
+        }
+    }
+}
+
+/// The prompt the adversary actually runs.
+pub fn rewrite_prompt(_mode: Option<Mode>, prompt: Prompt) -> Prompt {
+    prompt
+}
+
+/// The text the adversary returns.
+pub fn rewrite_text(mode: Option<Mode>, text: String) -> String {
+    match mode {
+        Some(Mode::Truncate) => text.chars().take(text.chars().count() / 2).collect(),
+        Some(Mode::Random) => text.chars().rev().collect(),
+        _ => text,
+    }
+}
+
+/// The (input, output) token counts the adversary writes into its receipt.
+pub fn report_usage(mode: Option<Mode>, out: &Outcome) -> (u64, u64) {
+    match mode {
+        Some(Mode::OverReport) => (out.input_tokens * 2, out.output_tokens * 2),
+        _ => (out.input_tokens, out.output_tokens),
+    }
+}

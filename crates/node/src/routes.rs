@@ -1,0 +1,533 @@
+//! The node's OpenAI-compatible routes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use sortition_api::*;
+use sortition_engine::{FinishReason, GenerateRequest, Prompt, SamplingParams, StreamEvent};
+use sortition_types::{ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash};
+use tokio::sync::mpsc;
+
+use crate::auth::authenticate;
+use crate::service::{NodeState, Outcome, engine_error};
+
+type S = State<Arc<NodeState>>;
+
+/// Converts OpenAI sampling fields into engine parameters (validated by the engine).
+pub fn sampling_params(f: &SamplingFields, default_max: u32) -> Result<SamplingParams, ApiError> {
+    f.check_n()?;
+    let d = SamplingParams::default();
+    let p = SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_p: f.top_p.unwrap_or(d.top_p),
+        top_k: f.top_k.unwrap_or(d.top_k),
+        seed: f.seed.unwrap_or(0),
+        max_tokens: f.max_completion_tokens.or(f.max_tokens).unwrap_or(default_max),
+        stop: f.stop.clone().map(StopSpec::into_vec).unwrap_or_default(),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+    };
+    p.validate().map_err(engine_error)?;
+    Ok(p)
+}
+
+fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn receipt_header(r: &SignedReceipt) -> Option<HeaderValue> {
+    serde_json::to_string(r).ok().and_then(|s| HeaderValue::from_str(&s).ok())
+}
+
+/// A request after authentication, reservation and admission, ready to stream.
+struct Admitted {
+    job: Job,
+    stream: sortition_engine::GenerationStream,
+}
+
+/// What is needed to receipt a request once its generation ends.
+struct Job {
+    state: Arc<NodeState>,
+    reservation: crate::accounts::Reservation,
+    model: ModelId,
+    params: SamplingParams,
+    request_hash: sortition_types::Hash32,
+    started: Instant,
+}
+
+async fn admit(
+    s: Arc<NodeState>,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    model: &str,
+    prompt: Prompt,
+    fields: &SamplingFields,
+) -> Result<Admitted, ApiError> {
+    let stack =
+        authenticate(s.stacks.as_ref(), &s.store, "POST", path, headers, body, unix_now_ms()).await?;
+    let chat = s.engine(model)?;
+    let params = sampling_params(fields, 256)?;
+    let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
+    let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
+    let model_id = ModelId::new(model);
+    let reservation = s.reserve(&stack, &model_id, needed)?;
+    let prompt = crate::adversary::rewrite_prompt(s.adversary, Prompt::Tokens(prompt_tokens));
+    let stream = match chat.engine.generate(GenerateRequest::new(prompt, params.clone())) {
+        Ok(st) => st,
+        Err(e) => {
+            s.release(reservation);
+            return Err(engine_error(e));
+        }
+    };
+    let job = Job {
+        state: s.clone(),
+        reservation,
+        model: model_id,
+        params,
+        request_hash: sha256(body),
+        started: Instant::now(),
+    };
+    Ok(Admitted { job, stream })
+}
+
+impl Job {
+    /// Finishes with the generated text: receipt signed and persisted.
+    fn complete(
+        self,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        text: &str,
+        finish: &str,
+    ) -> Result<SignedReceipt, ApiError> {
+        let digest = self.state.engine(self.model.as_str())?.engine.info().digest;
+        self.state.finish(
+            self.reservation,
+            Outcome {
+                model: self.model,
+                model_digest: digest,
+                request_hash: self.request_hash,
+                response_hash: text_response_hash(text, finish),
+                input_tokens: prompt_tokens,
+                output_tokens: completion_tokens,
+                sampling: self.params.to_record(),
+            },
+        )
+    }
+}
+
+pub async fn chat_completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    s.metrics.inc("requests_total", "chat", 1);
+    let req: ChatCompletionRequest = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return error(&s, e),
+    };
+    let messages = match chat_messages(&req.messages) {
+        Ok(m) => m,
+        Err(e) => return error(&s, e),
+    };
+    let stream = req.sampling.is_stream();
+    let usage_chunk = req.sampling.include_usage();
+    let admitted = match admit(
+        s.clone(),
+        "/v1/chat/completions",
+        &headers,
+        &body,
+        &req.model,
+        Prompt::Chat(messages),
+        &req.sampling,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return error(&s, e),
+    };
+    let id = format!("chatcmpl-{}", &admitted.job.request_hash.to_hex()[..24]);
+    if stream {
+        sse(admitted, id, req.model, usage_chunk, Kind::Chat).into_response()
+    } else {
+        unary(admitted, id, req.model, Kind::Chat).await
+    }
+}
+
+pub async fn completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    s.metrics.inc("requests_total", "completions", 1);
+    let req: CompletionRequest = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return error(&s, e),
+    };
+    let prompt = match req.single_prompt() {
+        Ok(p) => p,
+        Err(e) => return error(&s, e),
+    };
+    let stream = req.sampling.is_stream();
+    let usage_chunk = req.sampling.include_usage();
+    let admitted = match admit(
+        s.clone(),
+        "/v1/completions",
+        &headers,
+        &body,
+        &req.model,
+        Prompt::Text(prompt),
+        &req.sampling,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return error(&s, e),
+    };
+    let id = format!("cmpl-{}", &admitted.job.request_hash.to_hex()[..24]);
+    if stream {
+        sse(admitted, id, req.model, usage_chunk, Kind::Text).into_response()
+    } else {
+        unary(admitted, id, req.model, Kind::Text).await
+    }
+}
+
+fn chat_messages(msgs: &[ChatMessage]) -> Result<Vec<sortition_engine::ChatMessage>, ApiError> {
+    if msgs.is_empty() {
+        return Err(ApiError::invalid("empty_messages", "messages must not be empty").with_param("messages"));
+    }
+    msgs.iter()
+        .map(|m| {
+            let text = m.content.as_ref().map(|c| c.text()).transpose()?.unwrap_or_default();
+            match m.role.as_str() {
+                "system" | "user" | "assistant" | "developer" => {}
+                other => {
+                    return Err(ApiError::invalid("invalid_role", format!("unsupported role '{other}'"))
+                        .with_param("messages"));
+                }
+            }
+            let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+            Ok(sortition_engine::ChatMessage::new(role, text))
+        })
+        .collect()
+}
+
+fn error(s: &NodeState, e: ApiError) -> Response {
+    s.metrics.inc("errors_total", e.code, 1);
+    e.into_response()
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
+    let s = a.job.state.clone();
+    // The generation runs to completion in its own task even if the client leaves, so the
+    // work done is always receipted.
+    let task = tokio::spawn(async move {
+        let Admitted { job, mut stream } = a;
+        let result = loop {
+            match stream.next().await {
+                Some(StreamEvent::Done { finish_reason, usage, text, .. }) => break Ok((finish_reason, usage, text)),
+                Some(StreamEvent::Error(e)) => break Err(engine_error(e)),
+                Some(StreamEvent::Token { .. }) => {}
+                None => break Err(ApiError::internal("generation ended without a result")),
+            }
+        };
+        match result {
+            Ok((finish, usage, text)) => {
+                let (p, c) = (u64::from(usage.prompt_tokens), u64::from(usage.completion_tokens));
+                let text = crate::adversary::rewrite_text(job.state.adversary, text);
+                let elapsed = job.started.elapsed();
+                let receipt = job.complete(p, c, &text, finish_str(finish))?;
+                Ok((finish, p, c, text, receipt, elapsed))
+            }
+            Err(e) => {
+                job.state.release(job.reservation);
+                Err(e)
+            }
+        }
+    });
+    let (finish, p, c, text, receipt, elapsed) = match task.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return error(&s, e),
+        Err(e) => return error(&s, ApiError::internal(format!("generation task failed: {e}"))),
+    };
+    s.metrics.observe("request_seconds", elapsed.as_secs_f64());
+    let ext = Some(SortitionExt { node: s.id, receipt: receipt.clone(), verified_by_gateway: None });
+    let usage = Usage::new(p, c);
+    let body = match kind {
+        Kind::Chat => serde_json::to_value(ChatCompletion {
+            id,
+            object: "chat.completion".into(),
+            created: unix_now(),
+            model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage { role: "assistant".into(), content: text },
+                finish_reason: finish_str(finish).into(),
+                logprobs: None,
+            }],
+            usage,
+            sortition: ext,
+        }),
+        Kind::Text => serde_json::to_value(Completion {
+            id,
+            object: "text_completion".into(),
+            created: unix_now(),
+            model,
+            choices: vec![CompletionChoice {
+                index: 0,
+                text,
+                finish_reason: Some(finish_str(finish).into()),
+                logprobs: None,
+            }],
+            usage: Some(usage),
+            sortition: ext,
+        }),
+    };
+    let mut resp = match body {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => return error(&s, ApiError::internal(e.to_string())),
+    };
+    if let Some(h) = receipt_header(&receipt) {
+        resp.headers_mut().insert(RECEIPT_HEADER, h);
+    }
+    resp
+}
+
+fn chunk_json(kind: Kind, id: &str, model: &str, text: Option<String>, finish: Option<&str>, first: bool) -> String {
+    let v = match kind {
+        Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
+            id: id.into(),
+            object: "chat.completion.chunk".into(),
+            created: unix_now(),
+            model: model.into(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: Delta { role: first.then(|| "assistant".into()), content: text },
+                finish_reason: finish.map(Into::into),
+                logprobs: None,
+            }],
+            usage: None,
+            sortition: None,
+        }),
+        Kind::Text => serde_json::to_string(&Completion {
+            id: id.into(),
+            object: "text_completion".into(),
+            created: unix_now(),
+            model: model.into(),
+            choices: vec![CompletionChoice {
+                index: 0,
+                text: text.unwrap_or_default(),
+                finish_reason: finish.map(Into::into),
+                logprobs: None,
+            }],
+            usage: None,
+            sortition: None,
+        }),
+    };
+    v.unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"{e}\"}}}}"))
+}
+
+fn final_json(kind: Kind, id: &str, model: &str, usage: Option<Usage>, ext: SortitionExt) -> String {
+    let v = match kind {
+        Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
+            id: id.into(),
+            object: "chat.completion.chunk".into(),
+            created: unix_now(),
+            model: model.into(),
+            choices: vec![],
+            usage,
+            sortition: Some(ext),
+        }),
+        Kind::Text => serde_json::to_string(&Completion {
+            id: id.into(),
+            object: "text_completion".into(),
+            created: unix_now(),
+            model: model.into(),
+            choices: vec![],
+            usage,
+            sortition: Some(ext),
+        }),
+    };
+    v.unwrap_or_default()
+}
+
+/// Streams tokens as SSE. A driver task owns the generation: if the client disconnects, the
+/// generation is cancelled and the tokens generated so far are receipted and billed.
+fn sse(a: Admitted, id: String, model: String, include_usage: bool, kind: Kind) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    tokio::spawn(drive_stream(a, id, model, include_usage, kind, tx));
+    let stream = async_stream::stream! {
+        while let Some(data) = rx.recv().await {
+            yield Ok(Event::default().data(data));
+        }
+        yield Ok(Event::default().data("[DONE]"));
+    };
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn drive_stream(a: Admitted, id: String, model: String, include_usage: bool, kind: Kind, tx: mpsc::Sender<String>) {
+    let Admitted { job, mut stream } = a;
+    let s = job.state.clone();
+    let usage_handle = stream.usage_handle();
+    let mut first = true;
+    let mut sent_text = String::new();
+    let mut first_token_at = None;
+    loop {
+        let ev = stream.next().await;
+        match ev {
+            Some(StreamEvent::Token { text, .. }) => {
+                if first_token_at.is_none() {
+                    first_token_at = Some(Instant::now());
+                    s.metrics.observe("time_to_first_token_seconds", job.started.elapsed().as_secs_f64());
+                }
+                if text.is_empty() {
+                    continue;
+                }
+                sent_text.push_str(&text);
+                if tx.send(chunk_json(kind, &id, &model, Some(text), None, first)).await.is_err() {
+                    // Client left: cancel generation, bill what was generated.
+                    drop(stream);
+                    let usage = usage_handle.usage();
+                    s.metrics.inc("client_disconnects_total", "", 1);
+                    let p = u64::from(usage.prompt_tokens);
+                    let c = u64::from(usage.completion_tokens);
+                    let _ = job.complete(p, c, &sent_text, "cancelled");
+                    return;
+                }
+                first = false;
+            }
+            Some(StreamEvent::Done { finish_reason, usage, text, .. }) => {
+                // Any text held back (e.g. a partial stop-string match that did not complete)
+                // is flushed so that the stream equals the non-streamed answer.
+                if let Some(rest) = text.strip_prefix(sent_text.as_str())
+                    && !rest.is_empty()
+                {
+                    let _ = tx.send(chunk_json(kind, &id, &model, Some(rest.to_string()), None, first)).await;
+                }
+                let finish = finish_str(finish_reason);
+                let _ = tx.send(chunk_json(kind, &id, &model, None, Some(finish), false)).await;
+                let (p, c) = (u64::from(usage.prompt_tokens), u64::from(usage.completion_tokens));
+                let text = crate::adversary::rewrite_text(s.adversary, text);
+                match job.complete(p, c, &text, finish) {
+                    Ok(receipt) => {
+                        let ext = SortitionExt { node: s.id, receipt, verified_by_gateway: None };
+                        let usage = include_usage.then(|| Usage::new(p, c));
+                        let _ = tx.send(final_json(kind, &id, &model, usage, ext)).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(serde_json::to_string(&e.body()).unwrap_or_default()).await;
+                    }
+                }
+                return;
+            }
+            Some(StreamEvent::Error(e)) => {
+                let usage = usage_handle.usage();
+                let e = engine_error(e);
+                let _ = tx.send(serde_json::to_string(&e.body()).unwrap_or_default()).await;
+                let p = u64::from(usage.prompt_tokens);
+                let c = u64::from(usage.completion_tokens);
+                if c == 0 {
+                    s.release(job.reservation);
+                } else {
+                    let _ = job.complete(p, c, &sent_text, "error");
+                }
+                return;
+            }
+            None => {
+                s.release(job.reservation);
+                return;
+            }
+        }
+    }
+}
+
+pub async fn embeddings(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    s.metrics.inc("requests_total", "embeddings", 1);
+    match embeddings_inner(&s, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => error(&s, e),
+    }
+}
+
+async fn embeddings_inner(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+    let req: EmbeddingRequest = parse_json(body)?;
+    let stack = authenticate(s.stacks.as_ref(), &s.store, "POST", "/v1/embeddings", headers, body, unix_now_ms()).await?;
+    let m = s.embedder(&req.model)?;
+    let format = req.encoding_format.clone();
+    EmbeddingVector::encode(vec![], format.as_deref())?;
+    if req.dimensions.is_some_and(|d| d as usize != m.embedder.dim) {
+        return Err(ApiError::invalid("unsupported_dimensions", format!("this model returns {} dimensions", m.embedder.dim)).with_param("dimensions"));
+    }
+    let inputs = req.input.into_vec();
+    if inputs.is_empty() || inputs.len() > 256 {
+        return Err(ApiError::invalid("invalid_input", "input must hold 1 to 256 strings").with_param("input"));
+    }
+    // Upper bound of the tokens: never more than bytes + [CLS]/[SEP], never more than 512.
+    let bound: u64 = inputs.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
+    let reservation = s.reserve(&stack, &m.id, bound)?;
+    let embedder = m.embedder.clone();
+    let texts = inputs.clone();
+    let result = tokio::task::spawn_blocking(move || embedder.embed(&texts)).await;
+    let (vectors, tokens) = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            s.release(reservation);
+            return Err(engine_error(e));
+        }
+        Err(e) => {
+            s.release(reservation);
+            return Err(ApiError::internal(e.to_string()));
+        }
+    };
+    let receipt = s.finish(
+        reservation,
+        Outcome {
+            model: m.id.clone(),
+            model_digest: m.digest,
+            request_hash: sha256(body),
+            response_hash: embedding_response_hash(&vectors),
+            input_tokens: tokens as u64,
+            output_tokens: 0,
+            sampling: Default::default(),
+        },
+    )?;
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(EmbeddingData { object: "embedding".into(), index: i as u32, embedding: EmbeddingVector::encode(v, format.as_deref())? })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut resp = Json(EmbeddingResponse {
+        object: "list".into(),
+        data,
+        model: req.model,
+        usage: EmbeddingUsage { prompt_tokens: tokens as u64, total_tokens: tokens as u64 },
+        sortition: Some(SortitionExt { node: s.id, receipt: receipt.clone(), verified_by_gateway: None }),
+    })
+    .into_response();
+    if let Some(h) = receipt_header(&receipt) {
+        resp.headers_mut().insert(RECEIPT_HEADER, h);
+    }
+    Ok(resp)
+}
+
+pub async fn models(State(s): S) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: s
+            .model_names()
+            .into_iter()
+            .map(|id| ModelCard { id, object: "model".into(), created: 0, owned_by: format!("{}", s.id) })
+            .collect(),
+    })
+}

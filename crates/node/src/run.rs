@@ -1,0 +1,322 @@
+//! Starting and running a node: load models, compute the class, register, serve, claim.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sortition_api::metrics::Registry;
+use sortition_api::unix_now_ms;
+use sortition_engine::{Embedder, Engine, EngineConfig, ModelStore, WeightFormat};
+use sortition_ledger::{Offer, TxKind};
+use sortition_ledger_service::LedgerClient;
+use sortition_types::{Amount, Keypair, ModelId, NodeClass, NodeId, StackId};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::accounts::StackAccounts;
+use crate::claims::{ClaimPolicy, claim_material};
+use crate::ledger::{LedgerStacks, Registration, register};
+use crate::service::{ChatModel, EmbedModel, NodeState};
+use crate::store::NodeStore;
+
+/// A node's settings. Every field has a default suited to a devnet on loopback.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// URL registered on the ledger; defaults to `http://<bound address>`.
+    pub advertise_url: Option<String>,
+    pub ledger_url: String,
+    /// Holds the node key, the receipt database and state.
+    pub data_dir: PathBuf,
+    /// Chat models: catalog names (pulled into the model cache) or GGUF paths.
+    pub chat_models: Vec<String>,
+    /// Embedding models: catalog names or directories.
+    pub embed_models: Vec<String>,
+    pub weight_format: WeightFormat,
+    pub price_per_m_input: Amount,
+    pub price_per_m_output: Amount,
+    /// `None`: the minimum the ledger requires for the offered models.
+    pub collateral: Option<Amount>,
+    pub capacity: u32,
+    pub max_batch: usize,
+    pub queue_capacity: usize,
+    pub claim_policy: ClaimPolicy,
+    /// How often stacks are checked for claims.
+    pub claim_interval: Duration,
+    pub adversary: Option<crate::adversary::Mode>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_url: None,
+            ledger_url: "http://127.0.0.1:7400".into(),
+            data_dir: PathBuf::from("node-data"),
+            chat_models: vec!["smollm2-135m-instruct".into()],
+            embed_models: vec![],
+            weight_format: WeightFormat::default(),
+            price_per_m_input: Amount(100_000),
+            price_per_m_output: Amount(200_000),
+            collateral: None,
+            capacity: 8,
+            max_batch: 8,
+            queue_capacity: 64,
+            claim_policy: ClaimPolicy::default(),
+            claim_interval: Duration::from_secs(5),
+            adversary: None,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("model: {0}")]
+    Model(#[from] sortition_engine::EngineError),
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A started node.
+pub struct RunningNode {
+    pub id: NodeId,
+    pub url: String,
+    pub class: NodeClass,
+    pub state: Arc<NodeState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting, drains in-flight requests, then claims every stack with receipts.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine, StartError> {
+    let path = PathBuf::from(name);
+    let (path, id) = if path.extension().is_some_and(|e| e == "gguf") {
+        let id = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        (path, id)
+    } else {
+        (store.pull(name, false)?.primary, name.to_string())
+    };
+    let mut ec = EngineConfig::new(path, id);
+    ec.weight_format = cfg.weight_format;
+    ec.max_batch = cfg.max_batch;
+    ec.queue_capacity = cfg.queue_capacity;
+    Ok(Engine::load(ec)?)
+}
+
+fn load_embed(name: &str, store: &ModelStore) -> Result<EmbedModel, StartError> {
+    let path = PathBuf::from(name);
+    let (dir, digest, id) = if path.is_dir() {
+        let weights = path.join("model.safetensors");
+        let id = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        (path.clone(), sortition_engine::models::file_digest(&weights)?, id)
+    } else {
+        let m = store.pull(name, false)?;
+        (m.dir, m.digest, name.to_string())
+    };
+    Ok(EmbedModel { embedder: Arc::new(Embedder::load(&dir)?), id: ModelId::new(id), digest })
+}
+
+/// Loads models, registers on the ledger, and serves until [`RunningNode::shutdown`].
+pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartError> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let client = LedgerClient::new(cfg.ledger_url.clone());
+    let genesis = client.genesis().await.map_err(|e| StartError::Ledger(e.to_string()))?;
+    if cfg.adversary.is_some() && !genesis.devnet {
+        return Err(StartError::Config("adversary modes exist only on a devnet ledger".into()));
+    }
+    let models = ModelStore::from_env();
+    let (chat, embed) = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+            let mut chat = HashMap::new();
+            for name in &cfg.chat_models {
+                let engine = load_chat(&cfg, name, &models)?;
+                chat.insert(engine.info().id.clone(), ChatModel { engine });
+            }
+            let mut embed = HashMap::new();
+            for name in &cfg.embed_models {
+                let m = load_embed(name, &models)?;
+                embed.insert(m.id.clone(), m);
+            }
+            Ok((chat, embed))
+        })
+        .await
+        .map_err(|e| StartError::Config(format!("model loading panicked: {e}")))??
+    };
+    let class = node_class(&chat, &embed)?;
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let url = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default()));
+    let offers: Vec<Offer> = chat
+        .keys()
+        .chain(embed.keys())
+        .map(|m| Offer { model: m.clone(), price_per_m_input: cfg.price_per_m_input, price_per_m_output: cfg.price_per_m_output })
+        .collect();
+    let id = register(
+        &client,
+        &key,
+        Registration {
+            endpoint: url.clone(),
+            class: class.clone(),
+            offers,
+            capacity: cfg.capacity,
+            collateral: cfg.collateral,
+            confidential_key: [0; 32],
+            attestation: Vec::new(),
+        },
+    )
+    .await
+    .map_err(StartError::Ledger)?;
+    let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
+    let accounts = StackAccounts::default();
+    restore_accounts(&store, &accounts)?;
+    let stacks = Arc::new(LedgerStacks::new(client.clone()));
+    let state = Arc::new(NodeState {
+        id,
+        key: key.clone(),
+        chat,
+        embed,
+        class: class.clone(),
+        store,
+        accounts,
+        stacks: stacks.clone(),
+        metrics: Registry::default(),
+        adversary: cfg.adversary,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let server = {
+        let state = state.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::server::serve(state, listener, shutdown).await {
+                tracing::error!(error = %e, "node server failed");
+            }
+        })
+    };
+    let claimer = tokio::spawn(claim_loop(state.clone(), client.clone(), stacks, cfg.claim_policy, cfg.claim_interval, stop_rx.clone()));
+    tracing::info!(node = %id, %url, "node serving");
+    Ok(RunningNode { id, url, class, state, stop, tasks: vec![server, claimer] })
+}
+
+fn node_class(chat: &HashMap<ModelId, ChatModel>, embed: &HashMap<ModelId, EmbedModel>) -> Result<NodeClass, StartError> {
+    if let Some(m) = chat.values().next() {
+        return Ok(m.engine.info().node_class.clone());
+    }
+    if let Some(m) = embed.values().next() {
+        return Ok(NodeClass {
+            engine_version: sortition_engine::ENGINE_VERSION.into(),
+            model_digest: m.digest,
+            quantization: "f32".into(),
+            device: "cpu".into(),
+            kernels: sortition_engine::kernel_set(),
+        });
+    }
+    Err(StartError::Config("a node needs at least one model".into()))
+}
+
+/// Restores per-stack counters from persisted receipts, so a restart neither forgets what a
+/// stack spent nor reuses a receipt sequence number.
+fn restore_accounts(store: &NodeStore, accounts: &StackAccounts) -> Result<(), StartError> {
+    for stack in store.stacks_with_receipts()? {
+        let rs = store.receipts(stack)?;
+        let used = rs.iter().map(|r| r.receipt.units().0).sum();
+        let next = rs.last().map(|r| r.receipt.sequence + 1).unwrap_or(0);
+        accounts.restore(stack, used, next);
+    }
+    Ok(())
+}
+
+fn claimed_key(stack: StackId) -> String {
+    format!("claimed/{}", stack.0)
+}
+
+/// Checks stacks periodically and claims those that are due; on stop, claims everything.
+async fn claim_loop(
+    state: Arc<NodeState>,
+    client: LedgerClient,
+    stacks: Arc<LedgerStacks>,
+    policy: ClaimPolicy,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Err(e) = claim_due(&state, &client, &stacks, policy, stopping).await {
+            tracing::warn!(error = %e, "claim round failed");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Claims every unclaimed stack that is due (all of them when `all`).
+pub async fn claim_due(
+    state: &NodeState,
+    client: &LedgerClient,
+    stacks: &LedgerStacks,
+    policy: ClaimPolicy,
+    all: bool,
+) -> Result<usize, String> {
+    let mut claimed = 0;
+    for stack in state.store.stacks_with_receipts().map_err(|e| e.to_string())? {
+        if state.store.get_meta(&claimed_key(stack)).map_err(|e| e.to_string())?.is_some() {
+            continue;
+        }
+        let Some(info) = state.stacks.stack(stack).await? else { continue };
+        let receipts = state.store.receipts(stack).map_err(|e| e.to_string())?;
+        if !all && !policy.due(&receipts, info.units, info.expires_at_ms, unix_now_ms()) {
+            continue;
+        }
+        // Close the stack to new requests, wait for those in flight, then claim.
+        stacks.close(stack);
+        for _ in 0..600 {
+            if state.accounts.in_flight(stack) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let receipts = state.store.receipts(stack).map_err(|e| e.to_string())?;
+        let m = claim_material(&receipts);
+        let kind = TxKind::ClaimStack {
+            stack,
+            units_used: m.units_used,
+            receipts_root: m.receipts_root,
+            receipt_count: m.receipt_count,
+        };
+        match client.send(&state.key, kind).await {
+            Ok(_) => {
+                state.store.set_meta(&claimed_key(stack), b"1").map_err(|e| e.to_string())?;
+                state.metrics.inc("claims_total", "", 1);
+                claimed += 1;
+                tracing::info!(%stack, units = m.units_used.0, receipts = m.receipt_count, "claimed stack");
+            }
+            Err(e) => tracing::warn!(%stack, error = %e, "claim refused"),
+        }
+    }
+    Ok(claimed)
+}

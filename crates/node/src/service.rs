@@ -1,0 +1,141 @@
+//! The node's shared state and the work common to every OpenAI route: authenticate, reserve
+//! units, run, settle, sign and persist the receipt.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sortition_api::{ApiError, ErrorKind, metrics::Registry, unix_now_ms};
+use sortition_engine::{Embedder, Engine, EngineError};
+use sortition_types::{
+    Hash32, Keypair, ModelId, NodeClass, NodeId, Receipt, SamplingRecord, SignedReceipt,
+};
+
+use crate::accounts::{Reservation, ReserveError, StackAccounts, StackInfo};
+use crate::auth::StackSource;
+use crate::store::NodeStore;
+
+/// A chat/text model served by this node.
+pub struct ChatModel {
+    pub engine: Engine,
+}
+
+/// An embedding model served by this node.
+pub struct EmbedModel {
+    pub embedder: Arc<Embedder>,
+    pub id: ModelId,
+    pub digest: Hash32,
+}
+
+/// Everything the handlers share.
+pub struct NodeState {
+    /// This node's id on the ledger; receipts carry it.
+    pub id: NodeId,
+    /// The node's signing key; the ledger holds its public half.
+    pub key: Keypair,
+    pub chat: HashMap<ModelId, ChatModel>,
+    pub embed: HashMap<ModelId, EmbedModel>,
+    /// Class fingerprint recorded in every receipt.
+    pub class: NodeClass,
+    pub store: NodeStore,
+    pub accounts: StackAccounts,
+    pub stacks: Arc<dyn StackSource>,
+    pub metrics: Registry,
+    /// Deliberate misbehaviour, only in devnet and test builds.
+    pub adversary: Option<crate::adversary::Mode>,
+}
+
+/// What a finished request reports for its receipt.
+pub struct Outcome {
+    pub model: ModelId,
+    pub model_digest: Hash32,
+    pub request_hash: Hash32,
+    pub response_hash: Hash32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub sampling: SamplingRecord,
+}
+
+impl NodeState {
+    pub fn engine(&self, model: &str) -> Result<&ChatModel, ApiError> {
+        self.chat.get(&ModelId::new(model)).ok_or_else(|| unknown_model(model, self.model_names()))
+    }
+
+    pub fn embedder(&self, model: &str) -> Result<&EmbedModel, ApiError> {
+        self.embed.get(&ModelId::new(model)).ok_or_else(|| unknown_model(model, self.model_names()))
+    }
+
+    pub fn model_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.chat.keys().chain(self.embed.keys()).map(|m| m.0.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Reserves units on an authenticated stack.
+    pub fn reserve(&self, stack: &StackInfo, model: &ModelId, needed: u64) -> Result<Reservation, ApiError> {
+        self.accounts.reserve(stack, self.id, model, needed, unix_now_ms()).map_err(|e| match e {
+            ReserveError::ForeignStack(_) => ApiError::new(ErrorKind::Permission, "foreign_stack", e.to_string()),
+            ReserveError::WrongModel(..) => ApiError::invalid("stack_model_mismatch", e.to_string()),
+            ReserveError::Closed(_) => ApiError::new(ErrorKind::InsufficientFunds, "stack_closed", e.to_string()),
+            ReserveError::Exhausted { .. } => {
+                ApiError::new(ErrorKind::InsufficientFunds, "stack_exhausted", e.to_string())
+            }
+        })
+    }
+
+    /// Charges the reservation, signs the receipt and persists it before returning it.
+    pub fn finish(&self, r: Reservation, out: Outcome) -> Result<SignedReceipt, ApiError> {
+        let stack = r.stack;
+        let used = out.input_tokens + out.output_tokens;
+        let (input_tokens, output_tokens) = crate::adversary::report_usage(self.adversary, &out);
+        let sequence = self
+            .accounts
+            .settle(r, used, true)
+            .ok_or_else(|| ApiError::internal("settle returned no sequence"))?;
+        let receipt = Receipt {
+            node: self.id,
+            stack,
+            sequence,
+            model: out.model,
+            model_digest: out.model_digest,
+            node_class: self.class.fingerprint(),
+            request_hash: out.request_hash,
+            response_hash: out.response_hash,
+            input_tokens,
+            output_tokens,
+            sampling: out.sampling,
+            timestamp_ms: unix_now_ms(),
+        };
+        let signed = SignedReceipt::sign(receipt, &self.key);
+        self.store.put_receipt(&signed).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.metrics.inc("tokens_total", "input", out.input_tokens);
+        self.metrics.inc("tokens_total", "output", out.output_tokens);
+        Ok(signed)
+    }
+
+    /// Returns a reservation unused (the request failed before any work was done).
+    pub fn release(&self, r: Reservation) {
+        self.accounts.settle(r, 0, false);
+    }
+}
+
+fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "model_not_found",
+        format!("model '{model}' is not served here; available: {}", known.join(", ")),
+    )
+    .with_param("model")
+}
+
+/// Maps engine errors to API errors (one place).
+pub fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::UnknownModel(m) => ApiError::new(ErrorKind::NotFound, "model_not_found", format!("unknown model '{m}'")),
+        EngineError::PromptTooLong { .. } => ApiError::invalid("context_length_exceeded", e.to_string()).with_param("messages"),
+        EngineError::InvalidParams(m) => ApiError::invalid("invalid_parameter", m),
+        EngineError::Overloaded => {
+            ApiError::new(ErrorKind::RateLimited, "overloaded", "node is at capacity; retry shortly").with_retry_after(1)
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command. Installs what the tests need (PostgreSQL from Debian, the default models,
+# the OpenAI Python SDK), then runs the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/sortition"
+export SORTITION_MODEL_CACHE="${SORTITION_MODEL_CACHE:-$CACHE/models}"
+mkdir -p "$CACHE"
+
+echo "== PostgreSQL (for the gateway's shared-store tests)"
+SORTITION_TEST_PG_URL="$(bash scripts/pg.sh | tail -n 1)"
+export SORTITION_TEST_PG_URL
+
+echo "== Python SDK for the OpenAI-compatibility test"
+if ! python3 -c 'import openai' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.50,<3'
+fi
+
+echo "== build"
+cargo build --locked --bin sortition
+
+BIN="${CARGO_TARGET_DIR:-target}/debug/sortition"
+echo "== default models"
+"$BIN" model pull smollm2-135m-instruct
+"$BIN" model pull all-minilm-l6-v2
+
+echo "== tests"
+cargo test --locked --workspace -- --test-threads 2
