@@ -65,7 +65,10 @@ async fn main() {
     let nodes: Vec<Keypair> = (0..NODES).map(|i| Keypair::from_seed(format!("n{i}").as_bytes())).collect();
     let funded: Vec<Keypair> = users.iter().chain(&nodes).cloned().collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = LedgerServiceConfig::new(dir.path(), genesis(&admin, &funded));
+    let mut cfg = LedgerServiceConfig::new(dir.path(), genesis(&admin, &funded));
+    // Bigger blocks amortize the per-block state root and fsync.
+    cfg.block_interval = Duration::from_millis(std::env::var("BLOCK_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(20));
+    cfg.max_block_txs = 4096;
     let (h, _task) = start_sequencer(&cfg).expect("sequencer");
 
     let class = NodeClass { engine_version: "e".into(), model_digest: sha256(b"w"), quantization: "q".into(), device: "cpu".into(), kernels: "k".into() };
@@ -88,12 +91,19 @@ async fn main() {
     let (na, ra, ta) = run(&h, phase_a).await;
 
     // Phase B: each node claims every stack sold by it (4 receipts each), users transfer again.
-    let stacks: Vec<(NodeId, sortition_types::StackId)> = h.with_ledger(|l| l.state().stacks.values().map(|s| (s.node, s.id)).collect());
+    // Node ids follow registration order, which concurrency decides: map them back to keys.
+    let stacks: Vec<(usize, sortition_types::StackId)> = h.with_ledger(|l| {
+        let st = l.state();
+        st.stacks.values().filter_map(|s| {
+            let op = st.nodes.get(&s.node)?.operator;
+            Some((nodes.iter().position(|k| k.public() == op)?, s.id))
+        }).collect()
+    });
     let mut per_node: Vec<Vec<SignedTx>> = vec![vec![]; NODES];
-    for (node, stack) in stacks {
-        let k = &nodes[node.0 as usize];
-        let nonce = 1 + per_node[node.0 as usize].len() as u64;
-        per_node[node.0 as usize].push(tx(k, nonce, TxKind::ClaimStack { stack, units_used: Units(50_000), receipts_root: sha256(&stack.0.to_le_bytes()), receipt_count: 4 }));
+    for (ni, stack) in stacks {
+        let k = &nodes[ni];
+        let nonce = 1 + per_node[ni].len() as u64;
+        per_node[ni].push(tx(k, nonce, TxKind::ClaimStack { stack, units_used: Units(50_000), receipts_root: sha256(&stack.0.to_le_bytes()), receipt_count: 4 }));
     }
     per_node.extend(users.iter().enumerate().map(|(i, k)| vec![tx(k, 3, TxKind::Transfer { to: users[(i + 7) % users_n].public(), amount: Amount(1) })]));
     let (nb, rb, tb) = run(&h, per_node).await;

@@ -40,15 +40,22 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim)
 }
 
+/// Authenticates the API key and applies its rate limit: the first thing every route does,
+/// so an unauthenticated caller learns nothing about the request's validity.
+async fn authenticate(g: &Arc<GatewayState>, headers: &HeaderMap) -> Result<AuthedKey, ApiError> {
+    let key = g.store.authenticate(bearer(headers)).await?;
+    g.limiter.check(key.key_id, key.rpm)?;
+    Ok(key)
+}
+
 async fn admit(
     g: &Arc<GatewayState>,
+    key: AuthedKey,
     headers: &HeaderMap,
     model: &str,
     stream: bool,
     units: u64,
 ) -> Result<Admitted, ApiError> {
-    let key = g.store.authenticate(bearer(headers)).await?;
-    g.limiter.check(key.key_id, key.rpm)?;
     let permit = g.in_flight.try_acquire()?;
     let constraints = Constraints::from_header(
         headers.get(CONSTRAINTS_HEADER).and_then(|v| v.to_str().ok()),
@@ -94,9 +101,10 @@ fn generation_units(body: &[u8], messages: usize, s: &SamplingFields) -> u64 {
 pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "chat", 1);
     let result = async {
+        let key = authenticate(&g, &headers).await?;
         let req: ChatCompletionRequest = parse_json(&body)?;
         let units = generation_units(&body, req.messages.len(), &req.sampling);
-        let a = admit(&g, &headers, &req.model, req.sampling.is_stream(), units).await?;
+        let a = admit(&g, key, &headers, &req.model, req.sampling.is_stream(), units).await?;
         forward(&g, a, "/v1/chat/completions", body).await
     }
     .await;
@@ -106,9 +114,10 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
 pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "completions", 1);
     let result = async {
+        let key = authenticate(&g, &headers).await?;
         let req: CompletionRequest = parse_json(&body)?;
         let units = generation_units(&body, 1, &req.sampling);
-        let a = admit(&g, &headers, &req.model, req.sampling.is_stream(), units).await?;
+        let a = admit(&g, key, &headers, &req.model, req.sampling.is_stream(), units).await?;
         forward(&g, a, "/v1/completions", body).await
     }
     .await;
@@ -118,10 +127,11 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
 pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "embeddings", 1);
     let result = async {
+        let key = authenticate(&g, &headers).await?;
         let req: EmbeddingRequest = parse_json(&body)?;
         let texts = req.input.clone().into_vec();
         let units: u64 = texts.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
-        let a = admit(&g, &headers, &req.model, false, units.max(1)).await?;
+        let a = admit(&g, key, &headers, &req.model, false, units.max(1)).await?;
         forward(&g, a, "/v1/embeddings", body).await
     }
     .await;
