@@ -8,14 +8,16 @@ TOKENS="${2:-128}"
 PY="${LLAMACPP_PYTHON:-python3}"
 export CANDLE_NUM_THREADS="$THREADS" RAYON_NUM_THREADS="$THREADS"
 
-ours=$(cargo run --release -q -p sortition-engine --example engine_bench -- both "$TOKENS" | tee /dev/stderr)
+ours=$(cargo run --release -q -p sortition-engine --example engine_bench -- both "$TOKENS")
+echo "$ours"
 model=$(python3 - <<'PY'
 import os, pathlib
 root = os.environ.get("SORTITION_MODEL_CACHE") or os.path.join(os.environ["HOME"], ".cache/sortition/models")
 print(pathlib.Path(root) / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 PY
 )
-if base=$("$PY" bench/engine/llamacpp.py "$model" "$THREADS" "$TOKENS" | tee /dev/stderr); then
+if base=$("$PY" bench/engine/llamacpp.py "$model" "$THREADS" "$TOKENS"); then
+  echo "$base"
   python3 - "$ours" "$base" <<'PY'
 import re, sys
 ours, base = sys.argv[1], sys.argv[2]

@@ -29,6 +29,18 @@ enum Cmd {
     /// Check receipts.
     #[command(subcommand)]
     Receipt(cmd::receipt::ReceiptCmd),
+    /// Run an execution node (settings: --config TOML, SORTITION_NODE_* env, flags).
+    Node(cmd::node::NodeArgs),
+    /// Run a gateway (settings: --config TOML, SORTITION_GATEWAY_* env, flags), or manage its
+    /// users and API keys with `gateway keys …` / `gateway users …`.
+    Gateway(cmd::gateway::GatewayArgs),
+    /// Chat with a model through a gateway; each answer shows its receipt status.
+    Chat(cmd::chat::ChatArgs),
+    /// Explain a model's audit policy, minimum collateral and detection odds.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
+    /// Mint test currency to an account (devnet ledgers only).
+    Faucet(cmd::faucet::FaucetArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,6 +60,11 @@ fn main() -> Result<()> {
             Cmd::Keys(c) => cmd::keys::run(c),
             Cmd::Status(a) => cmd::status::run(a).await,
             Cmd::Receipt(c) => cmd::receipt::run(c).await,
+            Cmd::Node(a) => cmd::node::run(a).await,
+            Cmd::Gateway(a) => cmd::gateway::run(a).await,
+            Cmd::Chat(a) => cmd::chat::run(a).await,
+            Cmd::Policy(c) => cmd::policy::run(c).await,
+            Cmd::Faucet(a) => cmd::faucet::run(a).await,
         }
     })
 }

@@ -30,12 +30,14 @@ pub fn policy(cfg: &DevnetConfig) -> SecurityPolicy {
 /// Short windows so that claims settle and audits resolve within seconds on a devnet.
 pub fn params() -> Params {
     Params {
-        challenge_window_blocks: 10,
-        unbonding_blocks: 20,
-        audit_commit_blocks: 30,
-        audit_reveal_blocks: 30,
-        dispute_commit_blocks: 30,
-        dispute_reveal_blocks: 30,
+        challenge_window_blocks: 20,
+        unbonding_blocks: 40,
+        // Re-executing a request takes seconds on a CPU; blocks come every 250 ms when idle
+        // and faster under load, so these windows are at most ~30 s and never too short.
+        audit_commit_blocks: 120,
+        audit_reveal_blocks: 120,
+        dispute_commit_blocks: 120,
+        dispute_reveal_blocks: 120,
         ..Params::default()
     }
 }

@@ -43,6 +43,8 @@ pub struct DevnetConfig {
     pub weight_format: WeightFormat,
     pub gateway_listen: SocketAddr,
     pub node_claim_interval: std::time::Duration,
+    /// When nodes claim their stacks (devnet: soon, so settlement and audits are visible).
+    pub claim_policy: sortition_node::claims::ClaimPolicy,
 }
 
 impl DevnetConfig {
@@ -57,6 +59,7 @@ impl DevnetConfig {
             weight_format: WeightFormat::default(),
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             node_claim_interval: std::time::Duration::from_secs(5),
+            claim_policy: sortition_node::claims::ClaimPolicy { max_age_ms: 20_000, ..Default::default() },
         }
     }
 }
@@ -148,7 +151,13 @@ impl Devnet {
         let dir = cfg.data_dir.canonicalize()?;
         let admin = key_file(&dir, "admin")?;
         let genesis = genesis::load_or_create(&dir, &admin, &cfg)?;
-        let ledger = sortition_ledger_service::run_in_background(LedgerServiceConfig::new(dir.join("ledger"), genesis))
+        let mut lcfg = LedgerServiceConfig::new(dir.join("ledger"), genesis);
+        // Blocks are the ledger's clock: keep it ticking on an idle devnet.
+        // Blocks are sealed at a steady pace (a block collects transactions for 250 ms), so a
+        // deadline of N blocks is N/4 seconds whatever the load.
+        lcfg.idle_block_interval = Some(std::time::Duration::from_millis(250));
+        lcfg.block_interval = std::time::Duration::from_millis(250);
+        let ledger = sortition_ledger_service::run_in_background(lcfg)
             .await
             .map_err(|e| DevnetError::Ledger(e.to_string()))?;
         let client = ledger.client();
@@ -167,7 +176,9 @@ impl Devnet {
                 embed_models: cfg.embed_model.clone().into_iter().collect(),
                 weight_format: cfg.weight_format,
                 claim_interval: cfg.node_claim_interval,
+                claim_policy: cfg.claim_policy,
                 adversary,
+                collateral: Some(Amount::from_units(100).unwrap_or_default()),
                 ..NodeConfig::default()
             };
             nodes.push(sortition_node::run::start(nc, key).await?);
@@ -192,6 +203,15 @@ impl Devnet {
             let g = gateway.clone();
             let mut rx1 = stop_rx.clone();
             let mut rx2 = stop_rx.clone();
+            let mut rx3 = stop_rx.clone();
+            let audits = tokio::spawn(sortition_gateway::audits::follow(
+                gateway.clone(),
+                client.clone(),
+                gw_dir.join("audit-cursor"),
+                async move {
+                    let _ = rx3.wait_for(|s| *s).await;
+                },
+            ));
             tokio::spawn(async move {
                 let refresh = tokio::spawn(sortition_gateway::server::refresh_loop(g.clone(), async move {
                     let _ = rx1.wait_for(|s| *s).await;
@@ -203,6 +223,7 @@ impl Devnet {
                     tracing::error!(error = %e, "gateway failed");
                 }
                 let _ = refresh.await;
+                let _ = audits.await;
             })
         };
         tracing::info!(user = user.0, "devnet user ready");

@@ -37,11 +37,14 @@ pub struct LedgerServiceConfig {
     pub block_interval: Duration,
     /// A block is sealed at once when this many transactions wait.
     pub max_block_txs: usize,
+    /// Empty blocks are sealed after this long without transactions, so deadlines measured in
+    /// blocks pass even on an idle network. `None` seals blocks only for transactions.
+    pub idle_block_interval: Option<Duration>,
 }
 
 impl LedgerServiceConfig {
     pub fn new(data_dir: impl Into<PathBuf>, genesis: Genesis) -> Self {
-        LedgerServiceConfig { data_dir: data_dir.into(), genesis, block_interval: Duration::from_millis(2), max_block_txs: 2048 }
+        LedgerServiceConfig { data_dir: data_dir.into(), genesis, block_interval: Duration::from_millis(2), max_block_txs: 2048, idle_block_interval: Some(Duration::from_secs(1)) }
     }
 }
 
@@ -49,7 +52,11 @@ impl LedgerServiceConfig {
 /// finishes once every [`Handle`] is dropped.
 pub fn start_sequencer(config: &LedgerServiceConfig) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
     let store = store::Store::open(&config.data_dir, &config.genesis)?;
-    let cfg = sequencer::SequencerConfig { block_interval: config.block_interval, max_block_txs: config.max_block_txs };
+    let cfg = sequencer::SequencerConfig {
+        block_interval: config.block_interval,
+        max_block_txs: config.max_block_txs,
+        idle_block_interval: config.idle_block_interval,
+    };
     sequencer::start(store, config.genesis.clone(), cfg)
 }
 

@@ -80,6 +80,9 @@ pub struct Handle {
 pub struct SequencerConfig {
     pub block_interval: Duration,
     pub max_block_txs: usize,
+    /// When no transaction arrives for this long, an empty block is sealed, so that block
+    /// heights (the ledger's clock for challenge windows and deadlines) keep advancing.
+    pub idle_block_interval: Option<Duration>,
 }
 
 fn now_ms() -> u64 {
@@ -124,7 +127,21 @@ pub fn start(store: Store, genesis: Genesis, cfg: SequencerConfig) -> Result<(Ha
 }
 
 fn run(rt: tokio::runtime::Handle, shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>, cfg: SequencerConfig) {
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let first = match cfg.idle_block_interval {
+            None => rx.blocking_recv(),
+            Some(idle) => match rt.block_on(tokio::time::timeout(idle, rx.recv())) {
+                Ok(next) => next,
+                Err(_) => {
+                    if let Err(e) = seal(&shared, Vec::new()) {
+                        tracing::error!("sequencer stopped: {e}");
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(first) = first else { return };
         let mut batch = vec![first];
         let deadline = Instant::now() + cfg.block_interval;
         while batch.len() < cfg.max_block_txs {

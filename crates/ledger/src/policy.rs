@@ -126,8 +126,8 @@ mod tests {
         let c = 1_000_000; // C = 1 unit
         let p = policy(7_962, 1, c, 1_200_000, 500_000);
         // 1e6 / (0.5 * 0.007962) = 251_193_167.54… → ceil 251_193_168, minus R.
-        assert_eq!(min_collateral(&p).unwrap(), Amount(249_993_168));
-        let ratio = min_collateral(&p).unwrap().0 as f64 / c as f64;
+        assert_eq!(min_collateral(&p).expect("valid policy"), Amount(249_993_168));
+        let ratio = min_collateral(&p).expect("valid policy").0 as f64 / c as f64;
         assert!((ratio - 250.0).abs() < 0.01, "{ratio}");
     }
 
@@ -135,22 +135,22 @@ mod tests {
     fn more_auditors_need_less_stake_and_k2_is_exact() {
         // k = 2: 1 - 0.25 = 0.75 → 1e6 / (0.75 * 0.01) = 133_333_333.3 → 133_333_334 - R.
         let p = policy(10_000, 2, 1_000_000, 1_000_000, 500_000);
-        assert_eq!(min_collateral(&p).unwrap(), Amount(132_333_334));
-        let k1 = min_collateral(&policy(10_000, 1, 1_000_000, 1_000_000, 500_000)).unwrap();
-        assert!(k1 > min_collateral(&p).unwrap());
-        let k9 = min_collateral(&policy(10_000, 9, 1_000_000, 1_000_000, 500_000)).unwrap();
-        assert!(k9 < min_collateral(&p).unwrap() && k9.0 >= 99_000_000);
+        assert_eq!(min_collateral(&p).expect("valid policy"), Amount(132_333_334));
+        let k1 = min_collateral(&policy(10_000, 1, 1_000_000, 1_000_000, 500_000)).expect("valid policy");
+        assert!(k1 > min_collateral(&p).expect("valid policy"));
+        let k9 = min_collateral(&policy(10_000, 9, 1_000_000, 1_000_000, 500_000)).expect("valid policy");
+        assert!(k9 < min_collateral(&p).expect("valid policy") && k9.0 >= 99_000_000);
     }
 
     #[test]
     fn clamps_at_zero_and_rejects_bad_policies() {
-        assert_eq!(min_collateral(&policy(1_000_000, 1, 1, 1_000_000, 0)).unwrap(), Amount::ZERO);
+        assert_eq!(min_collateral(&policy(1_000_000, 1, 1, 1_000_000, 0)).expect("valid policy"), Amount::ZERO);
         assert!(min_collateral(&policy(0, 1, 1, 1, 0)).is_err());
         assert!(min_collateral(&policy(10, 0, 1, 1, 0)).is_err());
         assert!(min_collateral(&policy(10, 1, 1, 1, 1_000_000)).is_err());
         assert!(min_collateral(&policy(1, 1, u64::MAX, 0, 999_999)).is_err());
         let mut none = policy(10, 1, 1, 1, 0);
         none.audit = None;
-        assert_eq!(min_collateral(&none).unwrap(), Amount::ZERO);
+        assert_eq!(min_collateral(&none).expect("valid policy"), Amount::ZERO);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod adversary;
+pub mod audit;
 pub mod auth;
 pub mod claims;
 pub mod ledger;

@@ -195,7 +195,7 @@ pub async fn completions(State(s): S, headers: HeaderMap, body: Bytes) -> Respon
     }
 }
 
-fn chat_messages(msgs: &[ChatMessage]) -> Result<Vec<sortition_engine::ChatMessage>, ApiError> {
+pub fn chat_messages(msgs: &[ChatMessage]) -> Result<Vec<sortition_engine::ChatMessage>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::invalid("empty_messages", "messages must not be empty").with_param("messages"));
     }
@@ -530,4 +530,20 @@ pub async fn models(State(s): S) -> Json<ModelList> {
             .map(|id| ModelCard { id, object: "model".into(), created: 0, owned_by: format!("{}", s.id) })
             .collect(),
     })
+}
+
+/// `POST /sortition/v1/audits/{id}/payload`: the holder of an audited request delivers it.
+pub async fn audit_payload(
+    State(s): S,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    body: Bytes,
+) -> Response {
+    let payload: crate::audit::AuditPayload = match parse_json(&body) {
+        Ok(p) => p,
+        Err(e) => return error(&s, e),
+    };
+    match s.audits.deliver(sortition_types::AuditId(id), payload) {
+        Ok(()) => axum::http::StatusCode::ACCEPTED.into_response(),
+        Err(m) => error(&s, ApiError::invalid("invalid_payload", m)),
+    }
 }

@@ -200,6 +200,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         stacks: stacks.clone(),
         metrics: Registry::default(),
         adversary: cfg.adversary,
+        audits: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let server = {
@@ -215,8 +216,9 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         })
     };
     let claimer = tokio::spawn(claim_loop(state.clone(), client.clone(), stacks, cfg.claim_policy, cfg.claim_interval, stop_rx.clone()));
+    let auditor = tokio::spawn(crate::audit::follow(state.clone(), client.clone(), stop_rx.clone()));
     tracing::info!(node = %id, %url, "node serving");
-    Ok(RunningNode { id, url, class, state, stop, tasks: vec![server, claimer] })
+    Ok(RunningNode { id, url, class, state, stop, tasks: vec![server, claimer, auditor] })
 }
 
 fn node_class(chat: &HashMap<ModelId, ChatModel>, embed: &HashMap<ModelId, EmbedModel>) -> Result<NodeClass, StartError> {

@@ -23,6 +23,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/completions", post(routes::completions))
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/models", get(routes::models))
+        .route("/sortition/v1/audits/{id}/payload", post(routes::audit_payload))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

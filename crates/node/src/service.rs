@@ -42,6 +42,8 @@ pub struct NodeState {
     pub metrics: Registry,
     /// Deliberate misbehaviour, only in devnet and test builds.
     pub adversary: Option<crate::adversary::Mode>,
+    /// Audits and disputes this node must judge.
+    pub audits: crate::audit::AuditDesk,
 }
 
 /// What a finished request reports for its receipt.

@@ -16,7 +16,7 @@ pub struct DevnetArgs {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Probability that a receipt is audited (0 to 1). Fixed at the first run (in genesis).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.05)]
     audit_rate: f64,
     /// Add one cheating node: truncate, random, over-report or skip-audits.
     #[arg(long)]

@@ -1,6 +1,14 @@
+pub mod chat;
+pub mod chat_receipt;
+pub mod common;
 pub mod devnet;
+pub mod faucet;
+pub mod gateway;
+pub mod gateway_admin;
 pub mod keys;
 pub mod ledger;
 pub mod model;
+pub mod node;
+pub mod policy;
 pub mod receipt;
 pub mod status;

@@ -1,4 +1,4 @@
-//! `sortition status` and `sortition policy explain`: the network as the ledger sees it.
+//! `sortition status`: the network as the ledger sees it.
 
 use anyhow::{Context, Result};
 use clap::Args;

@@ -1,0 +1,280 @@
+//! `sortition chat`: talk to a model through a gateway, streaming tokens as they arrive, and
+//! say for each answer whether its receipt checks out.
+//!
+//! With `--prompt`, one answer (exit status non-zero on a gateway error or a receipt that
+//! fails); without, an interactive loop on stdin that keeps the conversation (`/exit` quits).
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sortition_api::SortitionExt;
+use tokio::io::AsyncBufReadExt;
+
+use super::chat_receipt::check;
+use super::common::{base_url, describe_api_error, describe_error_value};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// Gateway URL, e.g. the `gateway_url` of DATA_DIR/devnet.json.
+    #[arg(long, env = "SORTITION_GATEWAY")]
+    gateway: String,
+    /// API key (sk-sort-…), e.g. the `api_key` of DATA_DIR/devnet.json.
+    #[arg(long, env = "SORTITION_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Model id [default: the first model the gateway lists].
+    #[arg(long)]
+    model: Option<String>,
+    /// Ask one question, print the answer and its receipt status, and exit.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// Sampling temperature in [0, 2]; 0 is greedy [default: the node's].
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Ledger URL: also check the receipt's signature against the ledger's key for the node,
+    /// the text against the receipt's response hash, and look for an audit of the receipt.
+    #[arg(long, env = "SORTITION_LEDGER")]
+    ledger: Option<String>,
+}
+
+/// Validated chat settings.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub gateway: String,
+    pub api_key: String,
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub ledger: Option<String>,
+}
+
+impl TryFrom<ChatArgs> for ChatConfig {
+    type Error = anyhow::Error;
+    fn try_from(a: ChatArgs) -> Result<Self> {
+        anyhow::ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
+        if let Some(t) = a.temperature {
+            anyhow::ensure!(
+                t.is_finite() && (0.0..=2.0).contains(&t),
+                "--temperature must be within [0, 2]"
+            );
+        }
+        anyhow::ensure!(!a.api_key.trim().is_empty(), "--api-key is empty");
+        Ok(ChatConfig {
+            gateway: base_url("gateway", &a.gateway)?,
+            api_key: a.api_key.trim().to_string(),
+            model: a.model,
+            prompt: a.prompt,
+            max_tokens: a.max_tokens,
+            temperature: a.temperature,
+            ledger: a.ledger.map(|l| base_url("ledger", &l)).transpose()?,
+        })
+    }
+}
+
+/// One streamed answer.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub ext: Option<SortitionExt>,
+}
+
+pub async fn run(a: ChatArgs) -> Result<()> {
+    let cfg = ChatConfig::try_from(a)?;
+    let http = reqwest::Client::new();
+    let model = match &cfg.model {
+        Some(m) => m.clone(),
+        None => first_model(&http, &cfg).await?,
+    };
+    let mut history: Vec<Value> = Vec::new();
+    if let Some(prompt) = &cfg.prompt {
+        history.push(json!({"role": "user", "content": prompt}));
+        let answer = ask(&http, &cfg, &model, &history).await?;
+        let status = check(&answer, cfg.ledger.as_deref()).await;
+        println!("{status}");
+        if !status.is_ok() {
+            bail!("the answer's receipt did not check out");
+        }
+        return Ok(());
+    }
+    eprintln!("chatting with {model} via {} (/exit to quit)", cfg.gateway);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next_line().await.context("reading stdin")? else {
+            break;
+        };
+        let line = line.trim();
+        if line == "/exit" {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        history.push(json!({"role": "user", "content": line}));
+        match ask(&http, &cfg, &model, &history).await {
+            Ok(answer) => {
+                println!("{}", check(&answer, cfg.ledger.as_deref()).await);
+                history.push(json!({"role": "assistant", "content": answer.text}));
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                history.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn first_model(http: &reqwest::Client, cfg: &ChatConfig) -> Result<String> {
+    let url = format!("{}/v1/models", cfg.gateway);
+    let resp = http
+        .get(&url)
+        .bearer_auth(&cfg.api_key)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        bail!(
+            "listing models: {}",
+            describe_api_error(status.as_u16(), &body)
+        );
+    }
+    let v: Value = serde_json::from_str(&body).context("the gateway's model list is not JSON")?;
+    v["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("the gateway serves no model yet; pass --model")
+}
+
+/// Sends the conversation, prints tokens as they arrive, and returns the answer.
+async fn ask(
+    http: &reqwest::Client,
+    cfg: &ChatConfig,
+    model: &str,
+    history: &[Value],
+) -> Result<Answer> {
+    let mut body =
+        json!({"model": model, "messages": history, "stream": true, "max_tokens": cfg.max_tokens});
+    if let Some(t) = cfg.temperature {
+        body["temperature"] = json!(t);
+    }
+    let url = format!("{}/v1/chat/completions", cfg.gateway);
+    let resp = http
+        .post(&url)
+        .bearer_auth(&cfg.api_key)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        bail!(
+            "the gateway refused: {}",
+            describe_api_error(status.as_u16(), &text)
+        );
+    }
+    let mut answer = Answer::default();
+    let mut buf = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.context("the stream broke")?);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Some(piece) = on_line(line.trim_end(), &mut answer)? {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            }
+        }
+    }
+    if let Some(piece) = on_line(String::from_utf8_lossy(&buf).trim_end(), &mut answer)? {
+        print!("{piece}");
+    }
+    println!();
+    Ok(answer)
+}
+
+/// Folds one SSE line into the answer; returns new text to print.
+pub fn on_line(line: &str, answer: &mut Answer) -> Result<Option<String>> {
+    let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+        return Ok(None);
+    };
+    if data.is_empty() || data == "[DONE]" {
+        return Ok(None);
+    }
+    let v: Value =
+        serde_json::from_str(data).with_context(|| format!("bad stream event: {data}"))?;
+    if let Some(e) = v.get("error") {
+        let msg = describe_error_value(e).unwrap_or_else(|| e.to_string());
+        bail!("the stream ended with an error: {msg}");
+    }
+    if let Some(e) = v.get("sortition") {
+        answer.ext =
+            Some(serde_json::from_value(e.clone()).context("malformed `sortition` receipt field")?);
+    }
+    let Some(choice) = v["choices"].get(0) else {
+        return Ok(None);
+    };
+    if let Some(f) = choice["finish_reason"].as_str() {
+        answer.finish_reason = Some(f.to_string());
+    }
+    match choice["delta"]["content"].as_str() {
+        Some(t) if !t.is_empty() => {
+            answer.text.push_str(t);
+            Ok(Some(t.to_string()))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_lines_build_the_answer() {
+        let mut a = Answer::default();
+        let ev = |s: &str| format!("data: {s}");
+        assert_eq!(
+            on_line(&ev(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#), &mut a)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("Hi")
+        );
+        assert!(on_line(": keep-alive", &mut a).is_ok_and(|p| p.is_none()));
+        assert!(
+            on_line(
+                &ev(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#),
+                &mut a
+            )
+            .is_ok()
+        );
+        assert!(on_line("data: [DONE]", &mut a).is_ok());
+        assert_eq!(a.text, "Hi");
+        assert_eq!(a.finish_reason.as_deref(), Some("stop"));
+        assert!(a.ext.is_none());
+    }
+
+    #[test]
+    fn an_error_event_is_an_error() {
+        let mut a = Answer::default();
+        let e = on_line(
+            r#"data: {"error":{"message":"node died","type":"server_error","code":"upstream"}}"#,
+            &mut a,
+        );
+        let msg = format!("{:#}", e.err().map(|e| e.to_string()).unwrap_or_default());
+        assert!(msg.contains("node died"), "{msg}");
+    }
+}

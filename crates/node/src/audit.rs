@@ -1,0 +1,271 @@
+//! Audit duty: following the ledger's events, a node
+//! - as **executor** of a sampled receipt, publishes the receipt with its Merkle proof;
+//! - as **auditor** or **dispute committee member**, receives the request from its holder
+//!   (`POST /sortition/v1/audits/{id}/payload`), re-executes it exactly, and commits then
+//!   reveals its verdict before the deadlines.
+//!
+//! A payload is accepted only if its SHA-256 equals the request hash of the receipt the
+//! ledger holds for the audit, so no one can make an auditor judge a different request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_json};
+use sortition_engine::{GenerateRequest, Prompt};
+use sortition_ledger::{Event, TxKind, Verdict, verdict_commitment};
+use sortition_ledger_service::{Cursor, LedgerClient};
+use sortition_types::{AuditId, DisputeId, Hash32, SignedReceipt, embedding_response_hash, sha256, text_response_hash};
+use tokio::sync::watch;
+
+use crate::claims::receipt_with_proof;
+use crate::service::NodeState;
+
+/// What the holder of a request delivers to an auditor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditPayload {
+    /// The route the request was sent to (`/v1/chat/completions`, …).
+    pub path: String,
+    /// The exact request body (UTF-8 JSON) the receipt's `request_hash` commits to.
+    pub body: String,
+    /// The executor's signed receipt.
+    pub receipt: SignedReceipt,
+}
+
+/// Where an audit or dispute this node must judge stands.
+#[derive(Default)]
+struct Pending {
+    payload: Option<AuditPayload>,
+    /// Disputes this node sits on, about this audit.
+    disputes: Vec<DisputeId>,
+    /// The audit itself (not only a dispute about it) is this node's to judge.
+    auditor: bool,
+    started: bool,
+}
+
+/// Audit work in progress, shared between the event follower and the payload route.
+#[derive(Default)]
+pub struct AuditDesk {
+    pending: Mutex<HashMap<AuditId, Pending>>,
+}
+
+impl AuditDesk {
+    /// Takes a delivered payload; `Err` if it cannot be the audited request.
+    pub fn deliver(&self, id: AuditId, p: AuditPayload) -> Result<(), String> {
+        if sha256(p.body.as_bytes()) != p.receipt.receipt.request_hash {
+            return Err("payload does not hash to the receipt's request_hash".into());
+        }
+        let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        g.entry(id).or_default().payload = Some(p);
+        Ok(())
+    }
+}
+
+/// Follows the ledger's events from the stored cursor until `stop`.
+pub async fn follow(state: Arc<NodeState>, client: LedgerClient, mut stop: watch::Receiver<bool>) {
+    loop {
+        let from = load_cursor(&state);
+        let stream = match client.events(from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        tokio::pin!(stream);
+        loop {
+            let item = tokio::select! {
+                i = stream.next() => i,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match item {
+                Some(Ok((cursor, event))) => {
+                    handle(&state, &client, event).await;
+                    if let Err(e) = state.store.set_meta("cursor", cursor.next().to_string().as_bytes()) {
+                        tracing::error!(error = %e, "could not store the event cursor");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "event stream error");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn load_cursor(state: &NodeState) -> Cursor {
+    state
+        .store
+        .get_meta("cursor")
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Cursor::START)
+}
+
+async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
+    match event {
+        Event::AuditOpened { audit, stack, executor, receipt_index, auditors, .. } => {
+            if executor == state.id {
+                submit_receipt(state, client, audit, stack, receipt_index).await;
+            }
+            if auditors.contains(&state.id) && state.adversary != Some(crate::adversary::Mode::SkipAudits) {
+                state.audits.pending.lock().unwrap_or_else(|e| e.into_inner()).entry(audit).or_default().auditor = true;
+                spawn_judge(state.clone(), client.clone(), audit);
+            }
+        }
+        Event::DisputeOpened { dispute, audit, committee, .. } => {
+            if committee.contains(&state.id) && state.adversary != Some(crate::adversary::Mode::SkipAudits) {
+                state.audits.pending.lock().unwrap_or_else(|e| e.into_inner()).entry(audit).or_default().disputes.push(dispute);
+                spawn_judge(state.clone(), client.clone(), audit);
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn submit_receipt(state: &NodeState, client: &LedgerClient, audit: AuditId, stack: sortition_types::StackId, index: u64) {
+    let receipts = match state.store.receipts(stack) {
+        Ok(r) => r,
+        Err(e) => return tracing::error!(%audit, error = %e, "cannot read receipts"),
+    };
+    let Some((receipt, proof)) = receipt_with_proof(&receipts, index) else {
+        return tracing::error!(%audit, %stack, index, "sampled receipt not found");
+    };
+    match client.send(&state.key, TxKind::SubmitReceipt { audit, receipt, proof }).await {
+        Ok(_) => tracing::info!(%audit, "submitted sampled receipt"),
+        Err(e) => tracing::warn!(%audit, error = %e, "receipt submission refused"),
+    }
+}
+
+/// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
+/// dispute about it that this node sits on.
+fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
+    tokio::spawn(async move {
+        let mut payload = None;
+        for _ in 0..600 {
+            {
+                let g = state.audits.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = g.get(&audit).and_then(|p| p.payload.clone()) {
+                    payload = Some(p);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(payload) = payload else {
+            return tracing::warn!(%audit, "no payload delivered for audit; cannot judge");
+        };
+        let (is_auditor, disputes) = {
+            let mut g = state.audits.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = g.get_mut(&audit) else { return };
+            let disputes = std::mem::take(&mut p.disputes);
+            let auditor = p.auditor && !p.started;
+            p.started = true;
+            (auditor, disputes)
+        };
+        let verdict = judge(&state, &payload).await;
+        tracing::info!(%audit, ?verdict, "re-executed audited request");
+        if is_auditor {
+            vote(&state, &client, Ballot::Audit(audit), verdict).await;
+        }
+        for d in disputes {
+            vote(&state, &client, Ballot::Dispute(d), verdict).await;
+        }
+    });
+}
+
+/// Re-executes the request exactly and compares with the receipt.
+pub async fn judge(state: &NodeState, p: &AuditPayload) -> Verdict {
+    let r = &p.receipt.receipt;
+    let (hash, tokens) = match reexecute(state, p).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "re-execution failed");
+            return Verdict::Mismatch { evidence_hash: sha256(e.as_bytes()) };
+        }
+    };
+    if hash == r.response_hash && tokens == (r.input_tokens, r.output_tokens) && r.node_class == state.class.fingerprint() {
+        Verdict::Match
+    } else {
+        Verdict::Mismatch { evidence_hash: hash }
+    }
+}
+
+async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64, u64)), String> {
+    let body = p.body.as_bytes();
+    let (model, prompt, fields) = match p.path.as_str() {
+        "/v1/chat/completions" => {
+            let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
+            let msgs = crate::routes::chat_messages(&req.messages).map_err(|e| e.message)?;
+            (req.model, Prompt::Chat(msgs), req.sampling)
+        }
+        "/v1/completions" => {
+            let req: CompletionRequest = parse_json(body).map_err(|e| e.message)?;
+            let prompt = req.single_prompt().map_err(|e| e.message)?;
+            (req.model, Prompt::Text(prompt), req.sampling)
+        }
+        "/v1/embeddings" => {
+            let req: EmbeddingRequest = parse_json(body).map_err(|e| e.message)?;
+            let m = state.embedder(&req.model).map_err(|e| e.message)?;
+            let (embedder, texts) = (m.embedder.clone(), req.input.into_vec());
+            let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            return Ok((embedding_response_hash(&vectors), (tokens as u64, 0)));
+        }
+        other => return Err(format!("unknown route {other}")),
+    };
+    let chat = state.engine(&model).map_err(|e| e.message)?;
+    let params = crate::routes::sampling_params(&fields, 256).map_err(|e| e.message)?;
+    let stream = chat.engine.generate(GenerateRequest::new(prompt, params)).map_err(|e| e.to_string())?;
+    let (finish, usage, _, text) = stream.collect().await.map_err(|e| e.to_string())?;
+    let finish = match finish {
+        sortition_engine::FinishReason::Stop => "stop",
+        sortition_engine::FinishReason::Length => "length",
+    };
+    Ok((text_response_hash(&text, finish), (u64::from(usage.prompt_tokens), u64::from(usage.completion_tokens))))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ballot {
+    Audit(AuditId),
+    Dispute(DisputeId),
+}
+
+/// Commits, then reveals once the ledger lets it (all committed, or the commit phase over).
+async fn vote(state: &NodeState, client: &LedgerClient, ballot: Ballot, verdict: Verdict) {
+    let mut salt = [0u8; 32];
+    if getrandom::fill(&mut salt).is_err() {
+        return tracing::error!("no OS randomness for a verdict salt");
+    }
+    let salt = Hash32(salt);
+    let commitment = verdict_commitment(&verdict, &salt, &state.key.public());
+    let commit = match ballot {
+        Ballot::Audit(audit) => TxKind::CommitVerdict { audit, commitment },
+        Ballot::Dispute(dispute) => TxKind::CommitVote { dispute, commitment },
+    };
+    if let Err(e) = client.send(&state.key, commit).await {
+        return tracing::warn!(?ballot, error = %e, "commit refused");
+    }
+    for _ in 0..300 {
+        let reveal = match ballot {
+            Ballot::Audit(audit) => TxKind::RevealVerdict { audit, verdict, salt },
+            Ballot::Dispute(dispute) => TxKind::RevealVote { dispute, verdict, salt },
+        };
+        match client.send(&state.key, reveal).await {
+            Ok(_) => return tracing::info!(?ballot, ?verdict, "verdict revealed"),
+            Err(e) if e.code() == Some("reveal_too_early") => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => return tracing::warn!(?ballot, error = %e, "reveal refused"),
+        }
+    }
+}
