@@ -54,8 +54,7 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
 
     // Follow the ledger until the cheater is slashed and an honest claim is settled.
     let ledger = LedgerClient::new(&net.info.ledger_url);
-    let events = ledger.events(Cursor::START).await.expect("event stream");
-    tokio::pin!(events);
+    let mut events = Box::pin(ledger.events(Cursor::START).await.expect("event stream"));
     let (mut cheater_slashed, mut honest_paid, mut refunded) = (false, false, false);
     let mut honest_slashes = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(240), async {
@@ -83,5 +82,6 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
     let disputes = ledger.disputes().await.unwrap();
     assert!(disputes.iter().all(|d| d.resolution.is_some() || d.executor == cheater));
     assert!(disputes.iter().all(|d| d.executor == cheater), "only the cheater is ever disputed: {disputes:?}");
+    drop(events);
     net.shutdown().await;
 }

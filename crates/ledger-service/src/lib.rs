@@ -93,7 +93,17 @@ impl Background {
         if let Some(s) = stop {
             let _ = s.send(());
         }
-        task.await.map_err(|e| ServiceError::Storage(e.to_string()))??;
+        // Graceful shutdown waits for open connections; an event-stream subscriber that never
+        // hangs up must not keep the ledger from stopping, so the wait is bounded.
+        let mut task = task;
+        match tokio::time::timeout(std::time::Duration::from_secs(5), &mut task).await {
+            Ok(joined) => joined.map_err(|e| ServiceError::Storage(e.to_string()))??,
+            Err(_) => {
+                tracing::warn!("ledger API did not drain within 5 s; closing open event streams");
+                task.abort();
+                let _ = task.await;
+            }
+        }
         drop(handle);
         sequencer.await.map_err(|e| ServiceError::Storage(e.to_string()))
     }

@@ -68,15 +68,12 @@ struct Job {
 
 async fn admit(
     s: Arc<NodeState>,
-    path: &str,
-    headers: &HeaderMap,
+    stack: crate::accounts::StackInfo,
     body: &Bytes,
     model: &str,
     prompt: Prompt,
     fields: &SamplingFields,
 ) -> Result<Admitted, ApiError> {
-    let stack =
-        authenticate(s.stacks.as_ref(), &s.store, "POST", path, headers, body, unix_now_ms()).await?;
     let chat = s.engine(model)?;
     let params = sampling_params(fields, 256)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
@@ -129,69 +126,43 @@ impl Job {
 
 pub async fn chat_completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.inc("requests_total", "chat", 1);
-    let req: ChatCompletionRequest = match parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return error(&s, e),
-    };
-    let messages = match chat_messages(&req.messages) {
-        Ok(m) => m,
-        Err(e) => return error(&s, e),
-    };
-    let stream = req.sampling.is_stream();
-    let usage_chunk = req.sampling.include_usage();
-    let admitted = match admit(
-        s.clone(),
-        "/v1/chat/completions",
-        &headers,
-        &body,
-        &req.model,
-        Prompt::Chat(messages),
-        &req.sampling,
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => return error(&s, e),
-    };
-    let id = format!("chatcmpl-{}", &admitted.job.request_hash.to_hex()[..24]);
-    if stream {
-        sse(admitted, id, req.model, usage_chunk, Kind::Chat).into_response()
-    } else {
-        unary(admitted, id, req.model, Kind::Chat).await
-    }
+    generation(&s, &headers, &body, Kind::Chat).await.unwrap_or_else(|e| error(&s, e))
 }
 
 pub async fn completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.inc("requests_total", "completions", 1);
-    let req: CompletionRequest = match parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return error(&s, e),
+    generation(&s, &headers, &body, Kind::Text).await.unwrap_or_else(|e| error(&s, e))
+}
+
+/// Chat and text completions: authenticate first (so an unauthenticated caller learns nothing
+/// about the body), then parse, admit, and answer as a stream or at once.
+async fn generation(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes, kind: Kind) -> Result<Response, ApiError> {
+    let path = match kind {
+        Kind::Chat => "/v1/chat/completions",
+        Kind::Text => "/v1/completions",
     };
-    let prompt = match req.single_prompt() {
-        Ok(p) => p,
-        Err(e) => return error(&s, e),
+    let stack = authenticate(s.stacks.as_ref(), &s.store, "POST", path, headers, body, unix_now_ms()).await?;
+    let (model, prompt, sampling) = match kind {
+        Kind::Chat => {
+            let req: ChatCompletionRequest = parse_json(body)?;
+            (req.model, Prompt::Chat(chat_messages(&req.messages)?), req.sampling)
+        }
+        Kind::Text => {
+            let req: CompletionRequest = parse_json(body)?;
+            let prompt = req.single_prompt()?;
+            (req.model, Prompt::Text(prompt), req.sampling)
+        }
     };
-    let stream = req.sampling.is_stream();
-    let usage_chunk = req.sampling.include_usage();
-    let admitted = match admit(
-        s.clone(),
-        "/v1/completions",
-        &headers,
-        &body,
-        &req.model,
-        Prompt::Text(prompt),
-        &req.sampling,
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => return error(&s, e),
+    let admitted = admit(s.clone(), stack, body, &model, prompt, &sampling).await?;
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Text => "cmpl",
     };
-    let id = format!("cmpl-{}", &admitted.job.request_hash.to_hex()[..24]);
-    if stream {
-        sse(admitted, id, req.model, usage_chunk, Kind::Text).into_response()
+    let id = format!("{prefix}-{}", &admitted.job.request_hash.to_hex()[..24]);
+    if sampling.is_stream() {
+        Ok(sse(admitted, id, model, sampling.include_usage(), kind).into_response())
     } else {
-        unary(admitted, id, req.model, Kind::Text).await
+        Ok(unary(admitted, id, model, kind).await)
     }
 }
 
@@ -459,8 +430,8 @@ pub async fn embeddings(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
 }
 
 async fn embeddings_inner(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
-    let req: EmbeddingRequest = parse_json(body)?;
     let stack = authenticate(s.stacks.as_ref(), &s.store, "POST", "/v1/embeddings", headers, body, unix_now_ms()).await?;
+    let req: EmbeddingRequest = parse_json(body)?;
     let m = s.embedder(&req.model)?;
     let format = req.encoding_format.clone();
     EmbeddingVector::encode(vec![], format.as_deref())?;
