@@ -16,8 +16,8 @@ if ! python3 -c 'import openai' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.50,<3'
 fi
 
-echo "== build"
-cargo build --locked --bin sortition
+echo "== build (the test build also builds the sortition binary, with the same features)"
+cargo test --locked --workspace --no-run
 
 BIN="${CARGO_TARGET_DIR:-target}/debug/sortition"
 echo "== default models"
