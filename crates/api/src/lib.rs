@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod openai;
 
 pub use error::{ApiError, ErrorBody, ErrorKind, parse_json};

@@ -56,6 +56,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/models", get(routes::models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(move |r| body_limit_to_openai(r, limit)))
@@ -69,6 +70,10 @@ async fn health(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
 
 async fn metrics(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
     g.metrics.render("sortition_gateway")
+}
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(sortition_api::openapi::document(sortition_api::openapi::Surface::Gateway))
 }
 
 async fn not_found() -> ApiError {

@@ -26,6 +26,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/sortition/v1/audits/{id}/payload", post(routes::audit_payload))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(body_limit_to_openai))
@@ -38,6 +39,10 @@ async fn health(State(s): State<Arc<NodeState>>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<Arc<NodeState>>) -> impl IntoResponse {
     s.metrics.render("sortition_node")
+}
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(sortition_api::openapi::document(sortition_api::openapi::Surface::Node))
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,153 @@
+//! The OpenAPI 3.1 document of the OpenAI-compatible surface, served at `/openapi.json` by
+//! nodes and gateways. Written by hand from the wire types in [`crate::openai`], so it states
+//! exactly what Sortition accepts, including its extensions (`top_k`, the `sortition` receipt
+//! field, the auth and constraints headers).
+
+use serde_json::{Value, json};
+
+/// Who serves the document: decides the security scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// Requests carry the stack owner's signature (`x-sortition-auth`).
+    Node,
+    /// Requests carry an API key (`Authorization: Bearer sk-sort-…`).
+    Gateway,
+}
+
+fn error_responses() -> Value {
+    let e = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut m = serde_json::Map::new();
+    for (code, what) in [
+        ("400", "malformed JSON or invalid parameters"),
+        ("401", "missing, invalid or revoked credentials, or a bad signature"),
+        ("402", "out of credits, over budget, or an exhausted stack"),
+        ("403", "the stack belongs to another node"),
+        ("404", "unknown model"),
+        ("409", "a replayed request"),
+        ("413", "body too large"),
+        ("429", "rate limited or overloaded (see Retry-After)"),
+        ("502", "a node failed or sent an invalid receipt"),
+        ("503", "no node can serve now"),
+    ] {
+        let mut r = e.clone();
+        r["description"] = json!(what);
+        m.insert(code.into(), r);
+    }
+    Value::Object(m)
+}
+
+fn post(summary: &str, request: &str, response: &str, streams: bool) -> Value {
+    let mut responses = error_responses();
+    let mut ok = json!({
+        "description": "the answer, with the node's signed receipt in the `sortition` field and the x-sortition-receipt header",
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}
+    });
+    if streams {
+        ok["content"]["text/event-stream"] = json!({
+            "schema": {"type": "string", "description": "SSE chunks; the last data event before [DONE] carries `sortition` with the receipt (and `usage` with stream_options.include_usage)"}
+        });
+    }
+    responses["200"] = ok;
+    json!({
+        "summary": summary,
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{request}")}}}},
+        "responses": responses
+    })
+}
+
+/// The document for `surface`.
+pub fn document(surface: Surface) -> Value {
+    let (title, security) = match surface {
+        Surface::Node => (
+            "Sortition node",
+            json!({"stackAuth": {"type": "apiKey", "in": "header", "name": "x-sortition-auth",
+                "description": "stack=N,nonce=N,exp=UNIX_MS,sig=HEX: the stack owner's ed25519 signature over (method, path, body digest, stack, nonce, expiry)"}}),
+        ),
+        Surface::Gateway => (
+            "Sortition gateway",
+            json!({"apiKey": {"type": "http", "scheme": "bearer", "description": "an API key issued by this gateway (sk-sort-…)"}}),
+        ),
+    };
+    let scheme = security.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": env!("CARGO_PKG_VERSION"),
+            "description": "OpenAI-compatible inference with signed receipts. Errors use {\"error\": {message, type, code, param}}."},
+        "security": [{scheme: []}],
+        "paths": {
+            "/v1/chat/completions": {"post": post("Chat completion (set stream=true for SSE)", "ChatCompletionRequest", "ChatCompletion", true)},
+            "/v1/completions": {"post": post("Text completion (set stream=true for SSE)", "CompletionRequest", "Completion", true)},
+            "/v1/embeddings": {"post": post("Embeddings (encoding_format float or base64)", "EmbeddingRequest", "EmbeddingResponse", false)},
+            "/v1/models": {"get": {"summary": "Models served", "security": [], "responses": {"200": {"description": "model list",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}}}}},
+            "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+        },
+        "components": {"securitySchemes": security, "schemas": schemas()}
+    })
+}
+
+fn schemas() -> Value {
+    let sampling = json!({
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 1},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 0, "description": "extension: top-k sampling"},
+        "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
+        "seed": {"type": "integer", "minimum": 0}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"},
+        "n": {"type": "integer", "enum": [1]}, "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}, "user": {"type": "string"}
+    });
+    let with = |extra: Value, required: &[&str]| {
+        let mut props = sampling.clone();
+        if let (Some(p), Some(e)) = (props.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        json!({"type": "object", "required": required, "properties": props})
+    };
+    let usage = json!({"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}});
+    let ext = json!({"$ref": "#/components/schemas/SortitionExt"});
+    json!({
+        "ChatCompletionRequest": with(json!({"model": {"type": "string"}, "messages": {"type": "array", "minItems": 1, "items": {"type": "object",
+            "required": ["role"], "properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}, "content": {"oneOf": [{"type": "string"},
+            {"type": "array", "items": {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}}}}}), &["model", "messages"]),
+        "CompletionRequest": with(json!({"model": {"type": "string"}, "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 1}]}}), &["model", "prompt"]),
+        "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {"model": {"type": "string"},
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 256}]},
+            "encoding_format": {"enum": ["float", "base64"]}, "dimensions": {"type": "integer"}}},
+        "ChatCompletion": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"},
+            "model": {"type": "string"}, "choices": {"type": "array"}, "usage": usage, "sortition": ext}},
+        "Completion": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "text_completion"}, "choices": {"type": "array"}, "usage": usage, "sortition": ext}},
+        "EmbeddingResponse": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}, "sortition": ext}},
+        "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object",
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "owned_by": {"type": "string"}}}}}},
+        "SortitionExt": {"type": "object", "description": "the node's signed receipt; check it against the key the ledger holds for `node`",
+            "properties": {"node": {"type": "integer"}, "receipt": {"type": "object", "properties": {"receipt": {"type": "object"}, "signature": {"type": "string"}}},
+            "verified_by_gateway": {"type": "boolean"}}},
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["message", "type"],
+            "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}}}}}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_every_route_and_resolves_every_reference() {
+        for surface in [Surface::Node, Surface::Gateway] {
+            let doc = document(surface);
+            for route in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics"] {
+                assert!(doc["paths"].get(route).is_some(), "{route} missing");
+            }
+            let text = doc.to_string();
+            for piece in text.split("#/components/schemas/").skip(1) {
+                let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
+                assert!(doc["components"]["schemas"].get(&name).is_some(), "dangling reference {name}");
+            }
+        }
+        assert!(document(Surface::Node)["components"]["securitySchemes"].get("stackAuth").is_some());
+        assert!(document(Surface::Gateway)["components"]["securitySchemes"].get("apiKey").is_some());
+    }
+}
