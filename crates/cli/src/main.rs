@@ -43,7 +43,19 @@ enum Cmd {
     Faucet(cmd::faucet::FaucetArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes on one line each, without a backtrace: users get the
+            // message; RUST_BACKTRACE is for developers running under a debugger.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

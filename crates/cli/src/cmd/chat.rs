@@ -40,6 +40,10 @@ pub struct ChatArgs {
     /// the text against the receipt's response hash, and look for an audit of the receipt.
     #[arg(long, env = "SORTITION_LEDGER")]
     ledger: Option<String>,
+    /// Seal the prompt to an attested node (HPKE). Not available yet: refused with an error
+    /// rather than silently sending the prompt in the clear.
+    #[arg(long)]
+    confidential: bool,
 }
 
 /// Validated chat settings.
@@ -57,6 +61,12 @@ pub struct ChatConfig {
 impl TryFrom<ChatArgs> for ChatConfig {
     type Error = anyhow::Error;
     fn try_from(a: ChatArgs) -> Result<Self> {
+        anyhow::ensure!(
+            !a.confidential,
+            "--confidential is not built yet: nodes do not publish attested sealing keys on the \
+             ledger and gateways do not carry sealed requests, so the prompt would not be \
+             protected; refusing instead of sending it in the clear"
+        );
         anyhow::ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
         if let Some(t) = a.temperature {
             anyhow::ensure!(
