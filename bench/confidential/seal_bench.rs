@@ -31,15 +31,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let seal_us = seal_ns as f64 / f64::from(iters) / 1000.0;
     let open_us = open_ns as f64 / f64::from(iters) / 1000.0;
-    println!("request 2048 B: seal {seal_us:.1} µs, open {open_us:.1} µs, total {:.1} µs ({:.2}% of one 15 ms token)",
-        seal_us + open_us, (seal_us + open_us) / DECODE_US_PER_TOKEN * 100.0);
+    println!(
+        "request 2048 B: seal {seal_us:.1} µs, open {open_us:.1} µs, total {:.1} µs ({:.2}% of one 15 ms token)",
+        seal_us + open_us,
+        (seal_us + open_us) / DECODE_US_PER_TOKEN * 100.0
+    );
 
     // Streaming: 256 chunks of 20 bytes, sealed by the node and opened by the client.
     let chunk = [b'x'; 20];
     let streams = 200u32;
     let (mut s_ns, mut o_ns) = (0u128, 0u128);
     for i in 0..streams {
-        let (sealed, mut opener) = seal_request(&recipient, sha256(&(i + iters).to_be_bytes()), b"q", b"")?;
+        let (sealed, mut opener) =
+            seal_request(&recipient, sha256(&(i + iters).to_be_bytes()), b"q", b"")?;
         let (_, mut sealer) = open_request(&key, &sealed)?;
         let mut chunks = Vec::with_capacity(256);
         let t = Instant::now();
@@ -57,9 +61,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let per = f64::from(streams) * 256.0 * 1000.0;
     let (cs, co) = (s_ns as f64 / per, o_ns as f64 / per);
-    println!("stream chunk 20 B (256/response): seal {cs:.2} µs, open {co:.2} µs, total {:.2} µs per chunk ({:.4}% of a 15 ms token)",
-        cs + co, (cs + co) / DECODE_US_PER_TOKEN * 100.0);
-    println!("whole 256-chunk response: {:.1} µs ({:.3}% of 256 × 15 ms decode)",
-        (cs + co) * 256.0, (cs + co) / DECODE_US_PER_TOKEN * 100.0);
+    println!(
+        "stream chunk 20 B (256/response): seal {cs:.2} µs, open {co:.2} µs, total {:.2} µs per chunk ({:.4}% of a 15 ms token)",
+        cs + co,
+        (cs + co) / DECODE_US_PER_TOKEN * 100.0
+    );
+    println!(
+        "whole 256-chunk response: {:.1} µs ({:.3}% of 256 × 15 ms decode)",
+        (cs + co) * 256.0,
+        (cs + co) / DECODE_US_PER_TOKEN * 100.0
+    );
     Ok(())
 }

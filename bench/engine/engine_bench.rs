@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use sortition_engine::{
-    ChatMessage, Engine, EngineConfig, GenerateRequest, Prompt, SamplingParams, StreamEvent, WeightFormat,
+    ChatMessage, Engine, EngineConfig, GenerateRequest, Prompt, SamplingParams, StreamEvent,
+    WeightFormat,
 };
 
 fn peak_rss_mb() -> f64 {
@@ -21,14 +22,22 @@ fn peak_rss_mb() -> f64 {
 
 fn request(prompt: Vec<u32>, max_tokens: u32, seed: u64) -> GenerateRequest {
     // Sampled (seeded) so that streams differ and rarely end early on a repetition loop.
-    let params = SamplingParams { temperature: 0.8, top_p: 0.95, seed, max_tokens, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed,
+        max_tokens,
+        ..Default::default()
+    };
     GenerateRequest::new(Prompt::Tokens(prompt), params)
 }
 
 /// Runs one stream; returns (time to first token, tokens, total seconds).
 async fn one(e: &Engine, prompt: Vec<u32>, max_tokens: u32, seed: u64) -> (f64, u32, f64) {
     let t0 = Instant::now();
-    let mut s = e.generate(request(prompt, max_tokens, seed)).expect("generate");
+    let mut s = e
+        .generate(request(prompt, max_tokens, seed))
+        .expect("generate");
     let mut first = None;
     let mut n = 0;
     while let Some(ev) = s.next().await {
@@ -47,15 +56,21 @@ async fn one(e: &Engine, prompt: Vec<u32>, max_tokens: u32, seed: u64) -> (f64, 
 async fn bench(format: WeightFormat, tokens: u32) {
     let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
     let t = Instant::now();
-    let e = Engine::load(EngineConfig { weight_format: format, ..EngineConfig::new(&m.primary, "smollm2") })
-        .expect("load");
+    let e = Engine::load(EngineConfig {
+        weight_format: format,
+        ..EngineConfig::new(&m.primary, "smollm2")
+    })
+    .expect("load");
     let load_s = t.elapsed().as_secs_f64();
     let q = e.info().quantization.clone();
     let long: String = "The history of computing is long and full of surprising turns. ".repeat(12);
     let long_prompt = e.tokenizer().encode(&long).expect("encode");
     let chat = |i: usize| {
-        e.prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", format!("Write a long story about dragon number {i}."))]))
-            .expect("prompt")
+        e.prompt_tokens(&Prompt::Chat(vec![ChatMessage::new(
+            "user",
+            format!("Write a long story about dragon number {i}."),
+        )]))
+        .expect("prompt")
     };
     // Warm-up (thread pool, caches).
     one(&e, chat(0), 4, 0).await;

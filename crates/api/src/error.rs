@@ -81,7 +81,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into(), code, param: None, retry_after_secs: None }
+        ApiError {
+            kind,
+            message: message.into(),
+            code,
+            param: None,
+            retry_after_secs: None,
+        }
     }
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidRequest, code, message)
@@ -151,7 +157,10 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::new(ErrorKind::PayloadTooLarge, "body_too_large", b.body_text())
             }
-            other => ApiError::invalid("invalid_json", format!("invalid JSON body: {}", other.body_text())),
+            other => ApiError::invalid(
+                "invalid_json",
+                format!("invalid JSON body: {}", other.body_text()),
+            ),
         }
     }
 }

@@ -9,8 +9,8 @@
 
 pub mod error;
 pub mod metrics;
-pub mod openapi;
 pub mod openai;
+pub mod openapi;
 
 pub use error::{ApiError, ErrorBody, ErrorKind, parse_json};
 pub use openai::*;

@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Upper bounds (seconds) of latency histogram buckets.
-const BUCKETS: [f64; 14] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -77,7 +78,12 @@ impl Registry {
         for (name, v) in self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "# TYPE {prefix}_{name} gauge\n{prefix}_{name} {v}");
         }
-        for (name, h) in self.histograms.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (name, h) in self
+            .histograms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = writeln!(out, "# TYPE {prefix}_{name} histogram");
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(out, "{prefix}_{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
@@ -119,6 +125,7 @@ pub fn read(c: &AtomicU64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

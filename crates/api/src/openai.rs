@@ -114,14 +114,19 @@ impl SamplingFields {
         self.stream.unwrap_or(false)
     }
     pub fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
     /// Refuses `n > 1`, which Sortition does not serve (one receipt per answer).
     pub fn check_n(&self) -> Result<(), ApiError> {
         match self.n {
             None | Some(1) => Ok(()),
-            Some(n) => Err(ApiError::invalid("unsupported_n", format!("n={n} is not supported; use n=1"))
-                .with_param("n")),
+            Some(n) => Err(ApiError::invalid(
+                "unsupported_n",
+                format!("n={n} is not supported; use n=1"),
+            )
+            .with_param("n")),
         }
     }
 }
@@ -173,7 +178,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt: u64, completion: u64) -> Self {
-        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+        }
     }
 }
 
@@ -308,7 +317,9 @@ impl EmbeddingVector {
             None | Some("float") => Ok(EmbeddingVector::Float(v)),
             Some("base64") => {
                 let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-                Ok(EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)))
+                Ok(EmbeddingVector::Base64(
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                ))
             }
             Some(other) => Err(ApiError::invalid(
                 "invalid_encoding_format",
@@ -357,6 +368,7 @@ pub struct ModelList {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -367,13 +379,20 @@ mod tests {
             "stream":true,"stream_options":{"include_usage":true},"stop":"\n","logit_bias":{}}"#;
         let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
         assert!(r.sampling.is_stream() && r.sampling.include_usage());
-        assert_eq!(r.messages[1].content.as_ref().unwrap().text().unwrap(), "ab");
-        assert_eq!(r.sampling.stop.clone().unwrap().into_vec(), vec!["\n".to_string()]);
+        assert_eq!(
+            r.messages[1].content.as_ref().unwrap().text().unwrap(),
+            "ab"
+        );
+        assert_eq!(
+            r.sampling.stop.clone().unwrap().into_vec(),
+            vec!["\n".to_string()]
+        );
     }
 
     #[test]
     fn base64_embeddings_are_little_endian_f32() {
-        let EmbeddingVector::Base64(s) = EmbeddingVector::encode(vec![1.0], Some("base64")).unwrap()
+        let EmbeddingVector::Base64(s) =
+            EmbeddingVector::encode(vec![1.0], Some("base64")).unwrap()
         else {
             panic!("expected base64")
         };

@@ -19,7 +19,10 @@ fn error_responses() -> Value {
     let mut m = serde_json::Map::new();
     for (code, what) in [
         ("400", "malformed JSON or invalid parameters"),
-        ("401", "missing, invalid or revoked credentials, or a bad signature"),
+        (
+            "401",
+            "missing, invalid or revoked credentials, or a bad signature",
+        ),
         ("402", "out of credits, over budget, or an exhausted stack"),
         ("403", "the stack belongs to another node"),
         ("404", "unknown model"),
@@ -68,7 +71,10 @@ pub fn document(surface: Surface) -> Value {
             json!({"apiKey": {"type": "http", "scheme": "bearer", "description": "an API key issued by this gateway (sk-sort-…)"}}),
         ),
     };
-    let scheme = security.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+    let scheme = security
+        .as_object()
+        .and_then(|o| o.keys().next().cloned())
+        .unwrap_or_default();
     json!({
         "openapi": "3.1.0",
         "info": {"title": title, "version": env!("CARGO_PKG_VERSION"),
@@ -131,6 +137,7 @@ fn schemas() -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -138,16 +145,34 @@ mod tests {
     fn documents_every_route_and_resolves_every_reference() {
         for surface in [Surface::Node, Surface::Gateway] {
             let doc = document(surface);
-            for route in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics"] {
+            for route in [
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/embeddings",
+                "/v1/models",
+                "/health",
+                "/metrics",
+            ] {
                 assert!(doc["paths"].get(route).is_some(), "{route} missing");
             }
             let text = doc.to_string();
             for piece in text.split("#/components/schemas/").skip(1) {
                 let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
-                assert!(doc["components"]["schemas"].get(&name).is_some(), "dangling reference {name}");
+                assert!(
+                    doc["components"]["schemas"].get(&name).is_some(),
+                    "dangling reference {name}"
+                );
             }
         }
-        assert!(document(Surface::Node)["components"]["securitySchemes"].get("stackAuth").is_some());
-        assert!(document(Surface::Gateway)["components"]["securitySchemes"].get("apiKey").is_some());
+        assert!(
+            document(Surface::Node)["components"]["securitySchemes"]
+                .get("stackAuth")
+                .is_some()
+        );
+        assert!(
+            document(Surface::Gateway)["components"]["securitySchemes"]
+                .get("apiKey")
+                .is_some()
+        );
     }
 }

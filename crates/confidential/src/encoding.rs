@@ -21,7 +21,9 @@ pub(crate) mod b64 {
         use serde::de::Error;
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
-            STANDARD.decode(s.as_bytes()).map_err(|e| D::Error::custom(format!("bad base64: {e}")))
+            STANDARD
+                .decode(s.as_bytes())
+                .map_err(|e| D::Error::custom(format!("bad base64: {e}")))
         } else {
             Vec::<u8>::deserialize(d)
         }

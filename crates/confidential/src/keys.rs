@@ -66,13 +66,31 @@ pub struct ConfidentialKey {
 }
 
 impl ConfidentialKey {
-    fn from_secret(node_id: NodeId, epoch: u64, epoch_nonce: Hash32, secret: [u8; 32], source: Source) -> Self {
+    fn from_secret(
+        node_id: NodeId,
+        epoch: u64,
+        epoch_nonce: Hash32,
+        secret: [u8; 32],
+        source: Source,
+    ) -> Self {
         let sk = x25519_dalek::StaticSecret::from(secret);
         let public = x25519_dalek::PublicKey::from(&sk).to_bytes();
-        ConfidentialKey { node_id, epoch, epoch_nonce, secret: Zeroizing::new(sk.to_bytes()), public, source }
+        ConfidentialKey {
+            node_id,
+            epoch,
+            epoch_nonce,
+            secret: Zeroizing::new(sk.to_bytes()),
+            public,
+            source,
+        }
     }
 
-    fn derive_seeded(root: &[u8; 32], node_id: NodeId, epoch: u64, epoch_nonce: &Hash32) -> [u8; 32] {
+    fn derive_seeded(
+        root: &[u8; 32],
+        node_id: NodeId,
+        epoch: u64,
+        epoch_nonce: &Hash32,
+    ) -> [u8; 32] {
         let hk = Hkdf::<Sha256>::new(Some(SEED_SALT), root);
         let mut info = Vec::with_capacity(48);
         info.extend_from_slice(&node_id.0.to_be_bytes());
@@ -90,7 +108,13 @@ impl ConfidentialKey {
     pub fn generate(node_id: NodeId, epoch: u64, epoch_nonce: Hash32) -> Result<Self, KeyError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut()).map_err(|e| KeyError::Randomness(e.to_string()))?;
-        Ok(Self::from_secret(node_id, epoch, epoch_nonce, *secret, Source::Os))
+        Ok(Self::from_secret(
+            node_id,
+            epoch,
+            epoch_nonce,
+            *secret,
+            Source::Os,
+        ))
     }
 
     /// A deterministic key derived from `seed` (tests and simulations only): the secret is
@@ -106,13 +130,23 @@ impl ConfidentialKey {
     /// The old key is unaffected; drop it once in-flight requests for its epoch are done.
     pub fn rotate(&self, epoch: u64, epoch_nonce: Hash32) -> Result<Self, KeyError> {
         if epoch <= self.epoch {
-            return Err(KeyError::EpochNotIncreasing { current: self.epoch, requested: epoch });
+            return Err(KeyError::EpochNotIncreasing {
+                current: self.epoch,
+                requested: epoch,
+            });
         }
         match &self.source {
             Source::Os => Self::generate(self.node_id, epoch, epoch_nonce),
             Source::Seed(root) => {
-                let secret = Zeroizing::new(Self::derive_seeded(root, self.node_id, epoch, &epoch_nonce));
-                Ok(Self::from_secret(self.node_id, epoch, epoch_nonce, *secret, self.source.clone()))
+                let secret =
+                    Zeroizing::new(Self::derive_seeded(root, self.node_id, epoch, &epoch_nonce));
+                Ok(Self::from_secret(
+                    self.node_id,
+                    epoch,
+                    epoch_nonce,
+                    *secret,
+                    self.source.clone(),
+                ))
             }
         }
     }
@@ -141,7 +175,11 @@ impl ConfidentialKey {
 
     /// What a client needs to seal to this key.
     pub fn recipient(&self) -> RecipientKey {
-        RecipientKey { node_id: self.node_id, key_epoch: self.epoch, public_key: self.public }
+        RecipientKey {
+            node_id: self.node_id,
+            key_epoch: self.epoch,
+            public_key: self.public,
+        }
     }
 }
 
@@ -181,6 +219,13 @@ impl RecipientKey {
     ) -> Result<(RecipientKey, VerifiedReport), AttestationError> {
         let expected = report_data(&public_key, epoch_nonce, node_id);
         let report = verifier.verify(evidence, &expected, now_unix)?;
-        Ok((RecipientKey { node_id, key_epoch, public_key }, report))
+        Ok((
+            RecipientKey {
+                node_id,
+                key_epoch,
+                public_key,
+            },
+            report,
+        ))
     }
 }

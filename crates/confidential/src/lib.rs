@@ -25,11 +25,11 @@ pub mod seal;
 pub mod stream;
 
 pub use attest::{
-    AttestationError, DcapVerifier, DevEvidence, DevVerifier, Evidence, Measurement, Policy,
-    PolicyVerifier, SnpProduct, SnpVerifier, TeeKind, VerifiedReport, Verifier,
-    INSECURE_DEV_LABEL,
+    AttestationError, DcapVerifier, DevEvidence, DevVerifier, Evidence, INSECURE_DEV_LABEL,
+    Measurement, Policy, PolicyVerifier, SnpProduct, SnpVerifier, TeeKind, VerifiedReport,
+    Verifier,
 };
-pub use keys::{ConfidentialKey, KeyError, RecipientKey, REPORT_DATA_DOMAIN, report_data};
+pub use keys::{ConfidentialKey, KeyError, REPORT_DATA_DOMAIN, RecipientKey, report_data};
 pub use seal::{SealError, SealedRequest, open_request, seal_request};
 pub use stream::{ResponseOpener, ResponseSealer, SealedChunk, StreamError};
 

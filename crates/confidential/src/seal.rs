@@ -34,7 +34,10 @@ pub enum SealError {
     #[error("malformed encapsulated key")]
     MalformedEnc,
     #[error("request sealed for {sealed_for}, this key belongs to {this_node}")]
-    WrongNode { sealed_for: NodeId, this_node: NodeId },
+    WrongNode {
+        sealed_for: NodeId,
+        this_node: NodeId,
+    },
     #[error("request sealed for key epoch {sealed_for}, this key is epoch {this_epoch}")]
     WrongEpoch { sealed_for: u64, this_epoch: u64 },
     #[error("request could not be opened (wrong key, or tampered ciphertext, aad or header)")]
@@ -83,9 +86,12 @@ pub fn seal_request(
     let info = info(recipient.node_id, recipient.key_epoch, &request_id);
     let (enc, mut ctx) = hpke::setup_sender::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, &info)
         .map_err(|_| SealError::InvalidPublicKey)?;
-    let ciphertext = ctx.seal(plaintext, aad).map_err(|e| SealError::Hpke(e.to_string()))?;
+    let ciphertext = ctx
+        .seal(plaintext, aad)
+        .map_err(|e| SealError::Hpke(e.to_string()))?;
     let mut key = Zeroizing::new([0u8; 32]);
-    ctx.export(RESPONSE_EXPORT_CONTEXT, key.as_mut()).map_err(|e| SealError::Hpke(e.to_string()))?;
+    ctx.export(RESPONSE_EXPORT_CONTEXT, key.as_mut())
+        .map_err(|e| SealError::Hpke(e.to_string()))?;
     let enc_bytes: [u8; 32] = enc.to_bytes().into();
     let sealed = SealedRequest {
         node_id: recipient.node_id,
@@ -105,19 +111,32 @@ pub fn open_request(
     sealed: &SealedRequest,
 ) -> Result<(Zeroizing<Vec<u8>>, ResponseSealer), SealError> {
     if sealed.node_id != key.node_id() {
-        return Err(SealError::WrongNode { sealed_for: sealed.node_id, this_node: key.node_id() });
+        return Err(SealError::WrongNode {
+            sealed_for: sealed.node_id,
+            this_node: key.node_id(),
+        });
     }
     if sealed.key_epoch != key.epoch() {
-        return Err(SealError::WrongEpoch { sealed_for: sealed.key_epoch, this_epoch: key.epoch() });
+        return Err(SealError::WrongEpoch {
+            sealed_for: sealed.key_epoch,
+            this_epoch: key.epoch(),
+        });
     }
     let sk = <Kem as KemTrait>::PrivateKey::from_bytes(key.secret_bytes())
         .map_err(|e| SealError::Hpke(e.to_string()))?;
-    let enc = <Kem as KemTrait>::EncappedKey::from_bytes(&sealed.enc).map_err(|_| SealError::MalformedEnc)?;
+    let enc = <Kem as KemTrait>::EncappedKey::from_bytes(&sealed.enc)
+        .map_err(|_| SealError::MalformedEnc)?;
     let info = info(sealed.node_id, sealed.key_epoch, &sealed.request_id);
     let mut ctx = hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Base, &sk, &enc, &info)
         .map_err(|_| SealError::OpenFailed)?;
-    let plaintext = ctx.open(&sealed.ciphertext, &sealed.aad).map_err(|_| SealError::OpenFailed)?;
+    let plaintext = ctx
+        .open(&sealed.ciphertext, &sealed.aad)
+        .map_err(|_| SealError::OpenFailed)?;
     let mut rk = Zeroizing::new([0u8; 32]);
-    ctx.export(RESPONSE_EXPORT_CONTEXT, rk.as_mut()).map_err(|e| SealError::Hpke(e.to_string()))?;
-    Ok((Zeroizing::new(plaintext), ResponseSealer::new(&rk, sealed.request_id)))
+    ctx.export(RESPONSE_EXPORT_CONTEXT, rk.as_mut())
+        .map_err(|e| SealError::Hpke(e.to_string()))?;
+    Ok((
+        Zeroizing::new(plaintext),
+        ResponseSealer::new(&rk, sealed.request_id),
+    ))
 }

@@ -67,7 +67,12 @@ fn nonce(seq: u64) -> Nonce {
 fn aad(request_id: &Hash32, seq: u64, is_final: bool) -> [u8; 71] {
     let mut a = [0u8; 71];
     let mut i = 0;
-    for part in [CHUNK_DOMAIN, &request_id.0[..], DIRECTION_NODE_TO_CLIENT, &seq.to_be_bytes()[..]] {
+    for part in [
+        CHUNK_DOMAIN,
+        &request_id.0[..],
+        DIRECTION_NODE_TO_CLIENT,
+        &seq.to_be_bytes()[..],
+    ] {
         a[i..i + part.len()].copy_from_slice(part);
         i += part.len();
     }
@@ -89,11 +94,20 @@ pub struct ResponseSealer {
 
 impl ResponseSealer {
     pub(crate) fn new(key: &[u8; 32], request_id: Hash32) -> Self {
-        ResponseSealer { cipher: cipher(key), request_id, next_seq: 0, finished: false }
+        ResponseSealer {
+            cipher: cipher(key),
+            request_id,
+            next_seq: 0,
+            finished: false,
+        }
     }
 
     /// Seal the next chunk; `is_final` closes the stream.
-    pub fn seal_chunk(&mut self, plaintext: &[u8], is_final: bool) -> Result<SealedChunk, StreamError> {
+    pub fn seal_chunk(
+        &mut self,
+        plaintext: &[u8],
+        is_final: bool,
+    ) -> Result<SealedChunk, StreamError> {
         if self.finished {
             return Err(StreamError::AlreadyFinished);
         }
@@ -105,11 +119,21 @@ impl ResponseSealer {
         let ad = aad(&self.request_id, seq, is_final);
         let ciphertext = self
             .cipher
-            .encrypt(&nonce(seq), Payload { msg: plaintext, aad: &ad })
+            .encrypt(
+                &nonce(seq),
+                Payload {
+                    msg: plaintext,
+                    aad: &ad,
+                },
+            )
             .map_err(|_| StreamError::Encrypt)?;
         self.next_seq = seq + 1;
         self.finished = is_final;
-        Ok(SealedChunk { seq, is_final, ciphertext })
+        Ok(SealedChunk {
+            seq,
+            is_final,
+            ciphertext,
+        })
     }
 
     /// A non-streamed response: a single final chunk.
@@ -144,7 +168,13 @@ pub struct ResponseOpener {
 
 impl ResponseOpener {
     pub(crate) fn new(key: &[u8; 32], request_id: Hash32) -> Self {
-        ResponseOpener { cipher: cipher(key), request_id, next_seq: 0, finished: false, poisoned: false }
+        ResponseOpener {
+            cipher: cipher(key),
+            request_id,
+            next_seq: 0,
+            finished: false,
+            poisoned: false,
+        }
     }
 
     /// Open the next chunk. Any error poisons the opener.
@@ -165,15 +195,27 @@ impl ResponseOpener {
         }
         let expected = self.next_seq;
         if chunk.seq < expected {
-            return Err(StreamError::Replayed { expected, got: chunk.seq });
+            return Err(StreamError::Replayed {
+                expected,
+                got: chunk.seq,
+            });
         }
         if chunk.seq > expected {
-            return Err(StreamError::OutOfOrder { expected, got: chunk.seq });
+            return Err(StreamError::OutOfOrder {
+                expected,
+                got: chunk.seq,
+            });
         }
         let ad = aad(&self.request_id, chunk.seq, chunk.is_final);
         let plaintext = self
             .cipher
-            .decrypt(&nonce(chunk.seq), Payload { msg: &chunk.ciphertext, aad: &ad })
+            .decrypt(
+                &nonce(chunk.seq),
+                Payload {
+                    msg: &chunk.ciphertext,
+                    aad: &ad,
+                },
+            )
             .map_err(|_| StreamError::Tampered { seq: chunk.seq })?;
         self.next_seq = expected.saturating_add(1);
         self.finished = chunk.is_final;
@@ -192,7 +234,9 @@ impl ResponseOpener {
         } else if self.finished {
             Ok(())
         } else {
-            Err(StreamError::Truncated { received: self.next_seq })
+            Err(StreamError::Truncated {
+                received: self.next_seq,
+            })
         }
     }
 

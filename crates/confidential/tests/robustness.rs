@@ -12,7 +12,10 @@ fn key() -> ConfidentialKey {
 fn snp_policy() -> PolicyVerifier {
     PolicyVerifier::new(Policy {
         allow_insecure_dev: true,
-        accepted_measurements: vec![Measurement { tee: TeeKind::AmdSevSnp, value: vec![0; 48] }],
+        accepted_measurements: vec![Measurement {
+            tee: TeeKind::AmdSevSnp,
+            value: vec![0; 48],
+        }],
         accepted_tcb_statuses: vec!["UpToDate".into()],
         max_age_secs: u64::MAX,
     })

@@ -43,16 +43,25 @@ fn request_header_tampering_and_wrong_key_refused() {
     assert!(open_request(&k, &s).is_err());
     let mut s = sealed.clone();
     s.node_id = NodeId(8);
-    assert!(matches!(open_request(&k, &s), Err(SealError::WrongNode { .. })));
+    assert!(matches!(
+        open_request(&k, &s),
+        Err(SealError::WrongNode { .. })
+    ));
     // Right node, other epoch's key.
     let k2 = k.rotate(2, sha256(b"e2")).unwrap();
-    assert!(matches!(open_request(&k2, &sealed), Err(SealError::WrongEpoch { .. })));
+    assert!(matches!(
+        open_request(&k2, &sealed),
+        Err(SealError::WrongEpoch { .. })
+    ));
     let mut s = sealed.clone();
     s.key_epoch = 2;
     assert_eq!(open_request(&k2, &s).unwrap_err(), SealError::OpenFailed);
     // Another node's key with forged header.
     let other = ConfidentialKey::from_seed(NodeId(7), &[1u8; 32], 1, sha256(&1u64.to_be_bytes()));
-    assert_eq!(open_request(&other, &sealed).unwrap_err(), SealError::OpenFailed);
+    assert_eq!(
+        open_request(&other, &sealed).unwrap_err(),
+        SealError::OpenFailed
+    );
 }
 
 fn stream(n: usize) -> (Vec<SealedChunk>, ResponseOpener) {
@@ -61,9 +70,16 @@ fn stream(n: usize) -> (Vec<SealedChunk>, ResponseOpener) {
     let (_, mut sealer) = open_request(&k, &sealed).unwrap();
     let mut chunks = Vec::new();
     for i in 0..n {
-        chunks.push(sealer.seal_chunk(format!("tok{i}").as_bytes(), i + 1 == n).unwrap());
+        chunks.push(
+            sealer
+                .seal_chunk(format!("tok{i}").as_bytes(), i + 1 == n)
+                .unwrap(),
+        );
     }
-    assert_eq!(sealer.seal_chunk(b"more", false).unwrap_err(), StreamError::AlreadyFinished);
+    assert_eq!(
+        sealer.seal_chunk(b"more", false).unwrap_err(),
+        StreamError::AlreadyFinished
+    );
     (chunks, opener)
 }
 
@@ -76,7 +92,10 @@ fn stream_in_order_opens() {
     }
     assert_eq!(text, "tok0tok1tok2tok3tok4");
     o.finish().unwrap();
-    assert_eq!(o.open_chunk(&chunks[4]).unwrap_err(), StreamError::AfterFinal { seq: 4 });
+    assert_eq!(
+        o.open_chunk(&chunks[4]).unwrap_err(),
+        StreamError::AfterFinal { seq: 4 }
+    );
 }
 
 #[test]
@@ -84,39 +103,69 @@ fn stream_attacks_refused() {
     // Reordered.
     let (c, mut o) = stream(4);
     o.open_chunk(&c[0]).unwrap();
-    assert_eq!(o.open_chunk(&c[2]).unwrap_err(), StreamError::OutOfOrder { expected: 1, got: 2 });
+    assert_eq!(
+        o.open_chunk(&c[2]).unwrap_err(),
+        StreamError::OutOfOrder {
+            expected: 1,
+            got: 2
+        }
+    );
     assert_eq!(o.open_chunk(&c[1]).unwrap_err(), StreamError::Poisoned);
     // Replayed.
     let (c, mut o) = stream(4);
     o.open_chunk(&c[0]).unwrap();
     o.open_chunk(&c[1]).unwrap();
-    assert_eq!(o.open_chunk(&c[1]).unwrap_err(), StreamError::Replayed { expected: 2, got: 1 });
+    assert_eq!(
+        o.open_chunk(&c[1]).unwrap_err(),
+        StreamError::Replayed {
+            expected: 2,
+            got: 1
+        }
+    );
     // Dropped (the final one arrives after a gap).
     let (c, o) = stream(4);
-    assert!(matches!(o.open_all([&c[0], &c[1], &c[3]]), Err(StreamError::OutOfOrder { .. })));
+    assert!(matches!(
+        o.open_all([&c[0], &c[1], &c[3]]),
+        Err(StreamError::OutOfOrder { .. })
+    ));
     // Truncated: no final chunk.
     let (c, o) = stream(4);
-    assert_eq!(o.open_all(&c[..3]).unwrap_err(), StreamError::Truncated { received: 3 });
+    assert_eq!(
+        o.open_all(&c[..3]).unwrap_err(),
+        StreamError::Truncated { received: 3 }
+    );
     // Tampered ciphertext.
     let (mut c, mut o) = stream(4);
     c[0].ciphertext[0] ^= 0x80;
-    assert_eq!(o.open_chunk(&c[0]).unwrap_err(), StreamError::Tampered { seq: 0 });
+    assert_eq!(
+        o.open_chunk(&c[0]).unwrap_err(),
+        StreamError::Tampered { seq: 0 }
+    );
     // Final flag flipped (an attacker ending the stream early).
     let (mut c, mut o) = stream(4);
     o.open_chunk(&c[0]).unwrap();
     c[1].is_final = true;
-    assert_eq!(o.open_chunk(&c[1]).unwrap_err(), StreamError::Tampered { seq: 1 });
+    assert_eq!(
+        o.open_chunk(&c[1]).unwrap_err(),
+        StreamError::Tampered { seq: 1 }
+    );
     // Sequence number rewritten.
     let (mut c, mut o) = stream(4);
     c[1].seq = 0;
-    assert_eq!(o.open_chunk(&c[1]).unwrap_err(), StreamError::Tampered { seq: 0 });
+    assert_eq!(
+        o.open_chunk(&c[1]).unwrap_err(),
+        StreamError::Tampered { seq: 0 }
+    );
     // Chunk of another request's stream.
     let (c_other, _) = stream(2);
     let (_, mut o) = stream(2);
     let mut foreign = c_other[0].clone();
     foreign.ciphertext = c_other[0].ciphertext.clone();
     // Same key seed but a different HPKE context => different response key.
-    assert_eq!(o.open_chunk(&foreign).unwrap_err(), StreamError::Tampered { seq: 0 });
+    assert_eq!(
+        o.open_chunk(&foreign).unwrap_err(),
+        StreamError::Tampered { seq: 0 }
+    );
 }
 
 #[test]
@@ -132,7 +181,10 @@ fn wire_types_roundtrip_json() {
     assert!(j.contains("\"final\":true"));
     assert_eq!(serde_json::from_str::<SealedChunk>(&j).unwrap(), chunks[0]);
     let r = k.recipient();
-    assert_eq!(serde_json::from_str::<RecipientKey>(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+    assert_eq!(
+        serde_json::from_str::<RecipientKey>(&serde_json::to_string(&r).unwrap()).unwrap(),
+        r
+    );
 }
 
 #[test]
@@ -151,13 +203,19 @@ fn rotation_and_binding() {
     let k1 = key(1);
     assert_eq!(
         k1.rotate(1, sha256(b"x")).unwrap_err(),
-        KeyError::EpochNotIncreasing { current: 1, requested: 1 }
+        KeyError::EpochNotIncreasing {
+            current: 1,
+            requested: 1
+        }
     );
     let k2 = k1.rotate(2, sha256(b"e2")).unwrap();
     assert_ne!(k1.public_key(), k2.public_key());
     assert_eq!(k2.epoch(), 2);
     // Seeded derivation is deterministic.
-    assert_eq!(k1.rotate(2, sha256(b"e2")).unwrap().public_key(), k2.public_key());
+    assert_eq!(
+        k1.rotate(2, sha256(b"e2")).unwrap().public_key(),
+        k2.public_key()
+    );
     // OS keys are fresh each time.
     let a = ConfidentialKey::generate(NodeId(1), 1, Hash32::ZERO).unwrap();
     let b = a.rotate(2, Hash32::ZERO).unwrap();
@@ -166,6 +224,12 @@ fn rotation_and_binding() {
     let rd = k1.report_data();
     assert_eq!(rd[32..], [0u8; 32]);
     assert_ne!(rd, k2.report_data());
-    assert_ne!(rd, report_data(&k1.public_key(), &sha256(b"other"), NodeId(7)));
-    assert_ne!(rd, report_data(&k1.public_key(), &k1.epoch_nonce(), NodeId(8)));
+    assert_ne!(
+        rd,
+        report_data(&k1.public_key(), &sha256(b"other"), NodeId(7))
+    );
+    assert_ne!(
+        rd,
+        report_data(&k1.public_key(), &k1.epoch_nonce(), NodeId(8))
+    );
 }

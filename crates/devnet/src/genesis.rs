@@ -17,7 +17,10 @@ pub const CHAIN_ID: &str = "sortition-devnet";
 pub fn policy(cfg: &DevnetConfig) -> SecurityPolicy {
     let k = cfg.nodes.saturating_sub(1).clamp(1, 2) as u8;
     SecurityPolicy {
-        audit: (cfg.audit_q_ppm > 0).then_some(AuditPolicy { q_ppm: cfg.audit_q_ppm, k }),
+        audit: (cfg.audit_q_ppm > 0).then_some(AuditPolicy {
+            q_ppm: cfg.audit_q_ppm,
+            k,
+        }),
         quorum: None,
         confidential_required: false,
         slash_bps: 5_000,
@@ -42,28 +45,53 @@ pub fn params() -> Params {
     }
 }
 
-fn model_spec(name: &str, store: &ModelStore, cfg: &DevnetConfig) -> Result<ModelSpec, DevnetError> {
+fn model_spec(
+    name: &str,
+    store: &ModelStore,
+    cfg: &DevnetConfig,
+) -> Result<ModelSpec, DevnetError> {
     let path = Path::new(name);
     let (id, digest) = if path.exists() {
-        let weights = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-        let id = if path.is_dir() { path.file_name() } else { path.file_stem() }
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let d = sortition_engine::models::file_digest(&weights).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        let weights = if path.is_dir() {
+            path.join("model.safetensors")
+        } else {
+            path.to_path_buf()
+        };
+        let id = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        }
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+        let d = sortition_engine::models::file_digest(&weights)
+            .map_err(|e| DevnetError::Setup(e.to_string()))?;
         (id, d)
     } else {
-        let m = store.pull(name, true).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        let m = store
+            .pull(name, true)
+            .map_err(|e| DevnetError::Setup(e.to_string()))?;
         (name.to_string(), m.digest)
     };
     // The tokenizer of a GGUF model is inside the file; its digest is covered by the weights'.
-    Ok(ModelSpec { id: ModelId::new(id), weights_digest: digest, tokenizer_digest: digest, policy: policy(cfg) })
+    Ok(ModelSpec {
+        id: ModelId::new(id),
+        weights_digest: digest,
+        tokenizer_digest: digest,
+        policy: policy(cfg),
+    })
 }
 
 /// Reads `genesis.json`, or builds and writes it on the first run.
-pub fn load_or_create(dir: &Path, admin: &Keypair, cfg: &DevnetConfig) -> Result<Genesis, DevnetError> {
+pub fn load_or_create(
+    dir: &Path,
+    admin: &Keypair,
+    cfg: &DevnetConfig,
+) -> Result<Genesis, DevnetError> {
     let path = dir.join("genesis.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text).map_err(|e| DevnetError::Setup(format!("{}: {e}", path.display())));
+        return serde_json::from_str(&text)
+            .map_err(|e| DevnetError::Setup(format!("{}: {e}", path.display())));
     }
     let store = ModelStore::from_env();
     let mut g = Genesis::devnet(CHAIN_ID, admin.public());

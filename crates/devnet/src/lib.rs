@@ -59,7 +59,10 @@ impl DevnetConfig {
             weight_format: WeightFormat::default(),
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             node_claim_interval: std::time::Duration::from_secs(5),
-            claim_policy: sortition_node::claims::ClaimPolicy { max_age_ms: 20_000, ..Default::default() },
+            claim_policy: sortition_node::claims::ClaimPolicy {
+                max_age_ms: 20_000,
+                ..Default::default()
+            },
         }
     }
 }
@@ -126,20 +129,40 @@ fn key_file(dir: &Path, name: &str) -> Result<Keypair, DevnetError> {
 fn write_private(path: &Path, text: &str) -> Result<(), DevnetError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
 }
 
 /// Mints `amount` to `to` through the devnet faucet, signed by the admin.
-async fn fund(client: &LedgerClient, admin: &Keypair, to: &Keypair, amount: Amount) -> Result<(), DevnetError> {
-    let have = client.account(&to.public()).await.map(|a| a.balance).unwrap_or_default();
+async fn fund(
+    client: &LedgerClient,
+    admin: &Keypair,
+    to: &Keypair,
+    amount: Amount,
+) -> Result<(), DevnetError> {
+    let have = client
+        .account(&to.public())
+        .await
+        .map(|a| a.balance)
+        .unwrap_or_default();
     if have >= amount {
         return Ok(());
     }
     client
-        .send(admin, TxKind::Faucet { to: to.public(), amount: Amount(amount.0 - have.0) })
+        .send(
+            admin,
+            TxKind::Faucet {
+                to: to.public(),
+                amount: Amount(amount.0 - have.0),
+            },
+        )
         .await
         .map_err(|e| DevnetError::Ledger(format!("faucet: {e}")))?;
     Ok(())
@@ -188,14 +211,23 @@ impl Devnet {
         std::fs::create_dir_all(&gw_dir)?;
         let account = key_file(&dir, "gateway")?;
         fund(&client, &admin, &account, float).await?;
-        let secret = ServerSecret::load_or_create(&gw_dir).map_err(|e| DevnetError::Gateway(e.to_string()))?;
-        let store = GatewayStore::open_sqlite(&gw_dir, secret).await.map_err(|e| DevnetError::Gateway(e.to_string()))?;
+        let secret = ServerSecret::load_or_create(&gw_dir)
+            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
+        let store = GatewayStore::open_sqlite(&gw_dir, secret)
+            .await
+            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
         let (user, api_key) = devnet_user(&store, &gw_dir).await?;
-        let port = Arc::new(HttpLedger { client: client.clone(), account: account.clone() });
+        let port = Arc::new(HttpLedger {
+            client: client.clone(),
+            account: account.clone(),
+        });
         let router = Router::new(RouterWeights::default(), BreakerConfig::default());
         let gateway = GatewayState::new(GatewayConfig::default(), store, port, account, router)
             .map_err(|e| DevnetError::Gateway(e.to_string()))?;
-        gateway.refresh_nodes().await.map_err(DevnetError::Gateway)?;
+        gateway
+            .refresh_nodes()
+            .await
+            .map_err(DevnetError::Gateway)?;
         let listener = tokio::net::TcpListener::bind(cfg.gateway_listen).await?;
         let gateway_url = format!("http://{}", listener.local_addr()?);
         let (stop, stop_rx) = watch::channel(false);
@@ -213,9 +245,12 @@ impl Devnet {
                 },
             ));
             tokio::spawn(async move {
-                let refresh = tokio::spawn(sortition_gateway::server::refresh_loop(g.clone(), async move {
-                    let _ = rx1.wait_for(|s| *s).await;
-                }));
+                let refresh = tokio::spawn(sortition_gateway::server::refresh_loop(
+                    g.clone(),
+                    async move {
+                        let _ = rx1.wait_for(|s| *s).await;
+                    },
+                ));
                 let shutdown = async move {
                     let _ = rx2.wait_for(|s| *s).await;
                 };
@@ -239,17 +274,36 @@ impl Devnet {
                     id: n.id,
                     url: n.url.clone(),
                     class: n.class.fingerprint().to_hex(),
-                    adversary: if i == cfg.nodes { cfg.adversary.map(|m| format!("{m:?}")) } else { None },
+                    adversary: if i == cfg.nodes {
+                        cfg.adversary.map(|m| format!("{m:?}"))
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
             models: {
                 use sortition_gateway::server::RouterQueries;
-                gateway.router.lock().await.models().into_iter().map(|m| m.0).collect()
+                gateway
+                    .router
+                    .lock()
+                    .await
+                    .models()
+                    .into_iter()
+                    .map(|m| m.0)
+                    .collect()
             },
         };
-        let json = serde_json::to_string_pretty(&info).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&info).map_err(|e| DevnetError::Setup(e.to_string()))?;
         write_private(&dir.join("devnet.json"), &json)?;
-        Ok(Devnet { info, ledger, nodes, gateway, stop, gateway_task })
+        Ok(Devnet {
+            info,
+            ledger,
+            nodes,
+            gateway,
+            stop,
+            gateway_task,
+        })
     }
 
     /// Stops the gateway, then the nodes (which claim what they earned), then the ledger.
@@ -269,7 +323,10 @@ impl Devnet {
 async fn devnet_user(store: &GatewayStore, dir: &Path) -> Result<(UserId, String), DevnetError> {
     let g = |e: sortition_gateway::store::StoreError| DevnetError::Gateway(e.to_string());
     let id_file = dir.join("devnet-user");
-    let user = match std::fs::read_to_string(&id_file).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+    let user = match std::fs::read_to_string(&id_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
         Some(id) => UserId(id),
         None => {
             let id = store.create_user("devnet").await.map_err(g)?;
@@ -280,8 +337,14 @@ async fn devnet_user(store: &GatewayStore, dir: &Path) -> Result<(UserId, String
     let credits = Amount::from_units(1_000).unwrap_or_default();
     let have = store.user(user).await.map_err(g)?.credits;
     if have < credits {
-        store.top_up(user, Amount(credits.0 - have.0)).await.map_err(g)?;
+        store
+            .top_up(user, Amount(credits.0 - have.0))
+            .await
+            .map_err(g)?;
     }
-    let (_, key) = store.create_key(user, "devnet", 600, None).await.map_err(g)?;
+    let (_, key) = store
+        .create_key(user, "devnet", 600, None)
+        .await
+        .map_err(g)?;
     Ok((user, key.expose().to_string()))
 }

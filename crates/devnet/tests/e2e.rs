@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End-to-end: a real devnet (real ledger, three nodes running the default model, a gateway)
 //! on loopback, driven over HTTP as users and the OpenAI SDK would.
 
@@ -10,7 +11,10 @@ use sortition_devnet::{Devnet, DevnetConfig};
 use sortition_ledger::{Event, TxKind};
 use sortition_ledger_service::LedgerClient;
 use sortition_types::auth::{AUTH_HEADER, REQUEST_DOMAIN};
-use sortition_types::{Amount, Keypair, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, Units, text_response_hash};
+use sortition_types::{
+    Amount, Keypair, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, Units,
+    text_response_hash,
+};
 
 const CHAT: &str = "smollm2-135m-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
@@ -22,10 +26,19 @@ async fn start(dir: &Path) -> Devnet {
 }
 
 async fn post(url: &str, key: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new().post(url).bearer_auth(key).json(body).send().await.expect("request");
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn chat_body(content: &str, max_tokens: u32) -> Value {
@@ -43,36 +56,70 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
     let info = net.info.clone();
     let ledger = LedgerClient::new(&info.ledger_url);
     assert_eq!(info.nodes.len(), 3);
-    assert!(info.nodes.iter().all(|n| n.class == info.nodes[0].class), "one node class");
-    let written: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("devnet.json")).unwrap()).unwrap();
+    assert!(
+        info.nodes.iter().all(|n| n.class == info.nodes[0].class),
+        "one node class"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("devnet.json")).unwrap())
+            .unwrap();
     assert_eq!(written["gateway_url"], info.gateway_url);
     assert_eq!(written["api_key"], info.api_key);
 
     // A greedy answer, with a receipt that checks against the ledger's key for the node.
     let url = format!("{}/v1/chat/completions", info.gateway_url);
-    let (status, first) = post(&url, &info.api_key, &chat_body("What is the capital of France?", 12)).await;
+    let (status, first) = post(
+        &url,
+        &info.api_key,
+        &chat_body("What is the capital of France?", 12),
+    )
+    .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["sortition"]["verified_by_gateway"], true);
     let r = receipt_of(&first);
     let node = ledger.node(r.receipt.node).await.unwrap();
-    r.verify(&node.operator).expect("receipt signed by the node's registered key");
-    let text = first["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    r.verify(&node.operator)
+        .expect("receipt signed by the node's registered key");
+    let text = first["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let finish = first["choices"][0]["finish_reason"].as_str().unwrap();
     assert_eq!(r.receipt.response_hash, text_response_hash(&text, finish));
-    assert_eq!(r.receipt.output_tokens, first["usage"]["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        r.receipt.output_tokens,
+        first["usage"]["completion_tokens"].as_u64().unwrap()
+    );
 
     // The same request through the gateway again: the same answer.
-    let (s2, again) = post(&url, &info.api_key, &chat_body("What is the capital of France?", 12)).await;
+    let (s2, again) = post(
+        &url,
+        &info.api_key,
+        &chat_body("What is the capital of France?", 12),
+    )
+    .await;
     assert_eq!(s2, 200, "{again}");
-    assert_eq!(again["choices"][0]["message"]["content"], first["choices"][0]["message"]["content"]);
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
 
     // Streaming gives the same text, ends with the receipt and [DONE].
     let mut body = chat_body("What is the capital of France?", 12);
     body["stream"] = json!(true);
-    let sse = reqwest::Client::new().post(&url).bearer_auth(&info.api_key).json(&body).send().await.unwrap();
+    let sse = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&info.api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.status(), 200);
     let raw = sse.text().await.unwrap();
-    let data: Vec<&str> = raw.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let data: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
     assert_eq!(data.last(), Some(&"[DONE]"));
     let mut streamed = String::new();
     let mut final_receipt = None;
@@ -86,32 +133,72 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         }
     }
     assert_eq!(streamed, text);
-    assert_eq!(final_receipt.expect("final event has the receipt").receipt.response_hash, r.receipt.response_hash);
+    assert_eq!(
+        final_receipt
+            .expect("final event has the receipt")
+            .receipt
+            .response_hash,
+        r.receipt.response_hash
+    );
 
     // Embeddings: unit vectors, identical alone and in a batch.
     let eurl = format!("{}/v1/embeddings", info.gateway_url);
-    let (s, e) = post(&eurl, &info.api_key, &json!({"model": EMBED, "input": ["a cat sat", "the quick brown fox jumps"]})).await;
+    let (s, e) = post(
+        &eurl,
+        &info.api_key,
+        &json!({"model": EMBED, "input": ["a cat sat", "the quick brown fox jumps"]}),
+    )
+    .await;
     assert_eq!(s, 200, "{e}");
     let v0: Vec<f64> = serde_json::from_value(e["data"][0]["embedding"].clone()).unwrap();
     assert_eq!(v0.len(), 384);
     assert!((v0.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() < 1e-3);
-    let (_, alone) = post(&eurl, &info.api_key, &json!({"model": EMBED, "input": "a cat sat"})).await;
-    assert_eq!(alone["data"][0]["embedding"], e["data"][0]["embedding"], "batch-invariant embeddings");
+    let (_, alone) = post(
+        &eurl,
+        &info.api_key,
+        &json!({"model": EMBED, "input": "a cat sat"}),
+    )
+    .await;
+    assert_eq!(
+        alone["data"][0]["embedding"], e["data"][0]["embedding"],
+        "batch-invariant embeddings"
+    );
 
     // Both surfaces publish their OpenAPI document.
     for base in [info.gateway_url.as_str(), info.nodes[0].url.as_str()] {
-        let doc: Value = reqwest::get(format!("{base}/openapi.json")).await.unwrap().json().await.unwrap();
+        let doc: Value = reqwest::get(format!("{base}/openapi.json"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
     }
 
     // Bad input: OpenAI-shaped errors with the right status.
     let (s, v) = post(&url, "sk-sort-nope", &chat_body("hi", 4)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("invalid_api_key")));
-    let resp = reqwest::Client::new().post(&url).json(&chat_body("hi", 4)).send().await.unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&chat_body("hi", 4))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
-    let (s, v) = post(&url, &info.api_key, &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let (s, v) = post(
+        &url,
+        &info.api_key,
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     let resp = reqwest::Client::new()
         .post(&url)
         .bearer_auth(&info.api_key)
@@ -124,23 +211,45 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
     let huge = "x".repeat(5 * 1024 * 1024);
-    let resp = reqwest::Client::new().post(&url).bearer_auth(&info.api_key).body(huge).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&info.api_key)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 413);
-    let (s, v) = post(&url, &info.api_key, &json!({"model": CHAT, "messages": [{"role": "user", "content": "x"}], "temperature": 9})).await;
+    let (s, v) = post(
+        &url,
+        &info.api_key,
+        &json!({"model": CHAT, "messages": [{"role": "user", "content": "x"}], "temperature": 9}),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
 
     // The official OpenAI Python SDK, unchanged.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_sdk.py");
-    let has_sdk = std::process::Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    let has_sdk = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
     if has_sdk {
         let out = std::process::Command::new("python3")
             .arg(&script)
             .args([&info.gateway_url, &info.api_key, CHAT, EMBED])
             .output()
             .expect("python3 runs");
-        assert!(out.status.success(), "openai sdk: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openai sdk: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     } else {
-        assert!(std::env::var_os("CI").is_none(), "CI must install the openai package (scripts/test.sh does)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install the openai package (scripts/test.sh does)"
+        );
         eprintln!("SKIPPED: the OpenAI SDK check (pip install openai to run it)");
     }
 
@@ -165,11 +274,33 @@ async fn buy(ledger: &LedgerClient, owner: &Keypair, node: NodeId, units: u64) -
         expires_at_ms: unix_now_ms() + 600_000,
     };
     let r = ledger.send(owner, kind).await.unwrap();
-    r.events.iter().find_map(|e| if let Event::StackBought { stack, .. } = e { Some(*stack) } else { None }).unwrap()
+    r.events
+        .iter()
+        .find_map(|e| {
+            if let Event::StackBought { stack, .. } = e {
+                Some(*stack)
+            } else {
+                None
+            }
+        })
+        .unwrap()
 }
 
-async fn signed_post(node_url: &str, owner: &Keypair, stack: StackId, nonce: u64, body: &[u8]) -> (u16, Value) {
-    let auth = RequestAuth::new("POST", "/v1/chat/completions", body, stack, nonce, unix_now_ms() + 60_000);
+async fn signed_post(
+    node_url: &str,
+    owner: &Keypair,
+    stack: StackId,
+    nonce: u64,
+    body: &[u8],
+) -> (u16, Value) {
+    let auth = RequestAuth::new(
+        "POST",
+        "/v1/chat/completions",
+        body,
+        stack,
+        nonce,
+        unix_now_ms() + 60_000,
+    );
     let sig = owner.sign(REQUEST_DOMAIN, &auth);
     let resp = reqwest::Client::new()
         .post(format!("{node_url}/v1/chat/completions"))
@@ -187,7 +318,16 @@ async fn signed_post(node_url: &str, owner: &Keypair, stack: StackId, nonce: u64
 async fn node_refuses_unauthorized_requests(net: &Devnet, dir: &Path, ledger: &LedgerClient) {
     let admin = load_admin(dir);
     let user = Keypair::from_seed(b"e2e user");
-    ledger.send(&admin, TxKind::Faucet { to: user.public(), amount: Amount(1_000_000_000) }).await.unwrap();
+    ledger
+        .send(
+            &admin,
+            TxKind::Faucet {
+                to: user.public(),
+                amount: Amount(1_000_000_000),
+            },
+        )
+        .await
+        .unwrap();
     let (n0, n1) = (&net.info.nodes[0], &net.info.nodes[1]);
     let stack = buy(ledger, &user, n0.id, 400).await;
     let body = serde_json::to_vec(&chat_body("Hi", 4)).unwrap();
@@ -195,13 +335,27 @@ async fn node_refuses_unauthorized_requests(net: &Devnet, dir: &Path, ledger: &L
     let (s, v) = signed_post(&n0.url, &user, stack, 1, &body).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = signed_post(&n0.url, &user, stack, 1, &body).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("replayed_request")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("replayed_request"))
+    );
     let stranger = Keypair::from_seed(b"stranger");
     let (s, v) = signed_post(&n0.url, &stranger, stack, 2, &body).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("invalid_signature")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
     let (s, v) = signed_post(&n1.url, &user, stack, 3, &body).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("foreign_stack")));
-    let resp = reqwest::Client::new().post(format!("{}/v1/chat/completions", n0.url)).body(body.clone()).send().await.unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("foreign_stack"))
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", n0.url))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
 
     // Parallel requests on one small stack never overspend it.
@@ -223,20 +377,42 @@ async fn node_refuses_unauthorized_requests(net: &Devnet, dir: &Path, ledger: &L
         }
     }
     assert!(spent <= 150, "stack overspent: {spent}");
-    assert!(refused >= 1, "a 150-unit stack cannot hold six ~40-unit requests");
+    assert!(
+        refused >= 1,
+        "a 150-unit stack cannot hold six ~40-unit requests"
+    );
 }
 
 /// Bit-identical greedy answers from every node of the class, asked directly.
-async fn every_node_of_the_class_answers_alike(net: &Devnet, dir: &Path, ledger: &LedgerClient, expected: &str) {
+async fn every_node_of_the_class_answers_alike(
+    net: &Devnet,
+    dir: &Path,
+    ledger: &LedgerClient,
+    expected: &str,
+) {
     let admin = load_admin(dir);
     let user = Keypair::from_seed(b"e2e determinism user");
-    ledger.send(&admin, TxKind::Faucet { to: user.public(), amount: Amount(1_000_000_000) }).await.unwrap();
+    ledger
+        .send(
+            &admin,
+            TxKind::Faucet {
+                to: user.public(),
+                amount: Amount(1_000_000_000),
+            },
+        )
+        .await
+        .unwrap();
     let body = serde_json::to_vec(&chat_body("What is the capital of France?", 12)).unwrap();
     for (i, node) in net.info.nodes.iter().enumerate() {
         let stack = buy(ledger, &user, node.id, 1_000).await;
         let (s, v) = signed_post(&node.url, &user, stack, 7_000 + i as u64, &body).await;
         assert_eq!(s, 200, "{v}");
-        assert_eq!(v["choices"][0]["message"]["content"].as_str(), Some(expected), "{} answered differently", node.id);
+        assert_eq!(
+            v["choices"][0]["message"]["content"].as_str(),
+            Some(expected),
+            "{} answered differently",
+            node.id
+        );
         assert_eq!(receipt_of(&v).receipt.node, node.id);
     }
 }

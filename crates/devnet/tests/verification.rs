@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Verification end to end: a devnet with every receipt audited and one cheating node. The
 //! cheater is caught by re-execution, loses a dispute and is slashed; the owner is refunded;
 //! honest nodes are paid and never slashed.
@@ -36,21 +37,42 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
     cfg.adversary = Some(Mode::Truncate);
     cfg.embed_model = None;
     cfg.node_claim_interval = Duration::from_millis(500);
-    cfg.claim_policy = ClaimPolicy { max_age_ms: 1_000, ..ClaimPolicy::default() };
+    cfg.claim_policy = ClaimPolicy {
+        max_age_ms: 1_000,
+        ..ClaimPolicy::default()
+    };
     let net = Devnet::start(cfg).await.expect("devnet starts");
-    let cheater = net.info.nodes.iter().find(|n| n.adversary.is_some()).expect("adversary").id;
-    let honest: HashSet<NodeId> = net.info.nodes.iter().filter(|n| n.adversary.is_none()).map(|n| n.id).collect();
+    let cheater = net
+        .info
+        .nodes
+        .iter()
+        .find(|n| n.adversary.is_some())
+        .expect("adversary")
+        .id;
+    let honest: HashSet<NodeId> = net
+        .info
+        .nodes
+        .iter()
+        .filter(|n| n.adversary.is_none())
+        .map(|n| n.id)
+        .collect();
 
     // Send requests until the cheater and at least one honest node have served some.
     let mut served: Vec<NodeId> = Vec::new();
     for i in 0..40 {
         let v = ask(&net.info.gateway_url, &net.info.api_key, i).await;
         served.push(serde_json::from_value(v["sortition"]["node"].clone()).unwrap());
-        if served.contains(&cheater) && served.iter().any(|n| honest.contains(n)) && served.len() >= 4 {
+        if served.contains(&cheater)
+            && served.iter().any(|n| honest.contains(n))
+            && served.len() >= 4
+        {
             break;
         }
     }
-    assert!(served.contains(&cheater), "the router never chose the cheater in 40 requests");
+    assert!(
+        served.contains(&cheater),
+        "the router never chose the cheater in 40 requests"
+    );
 
     // Follow the ledger until the cheater is slashed and an honest claim is settled.
     let ledger = LedgerClient::new(&net.info.ledger_url);
@@ -62,12 +84,12 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
             let (_, ev) = item.expect("event");
             match ev {
                 Event::Slashed { node, reason, .. } if node == cheater => {
-                    if reason == SlashReason::ExecutorAtFault {
-                        cheater_slashed = true;
-                    }
+                    cheater_slashed |= reason == SlashReason::ExecutorAtFault;
                 }
                 Event::Slashed { node, reason, .. } => honest_slashes.push((node, reason)),
-                Event::Settled { node, paid, .. } if honest.contains(&node) && paid.0 > 0 => honest_paid = true,
+                Event::Settled { node, paid, .. } if honest.contains(&node) && paid.0 > 0 => {
+                    honest_paid = true
+                }
                 Event::Refunded { .. } => refunded = true,
                 _ => {}
             }
@@ -77,11 +99,24 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
         }
     })
     .await;
-    assert!(outcome.is_ok(), "timed out: cheater slashed {cheater_slashed}, honest paid {honest_paid}, refunded {refunded}");
-    assert!(honest_slashes.is_empty(), "honest nodes were slashed: {honest_slashes:?}");
+    assert!(
+        outcome.is_ok(),
+        "timed out: cheater slashed {cheater_slashed}, honest paid {honest_paid}, refunded {refunded}"
+    );
+    assert!(
+        honest_slashes.is_empty(),
+        "honest nodes were slashed: {honest_slashes:?}"
+    );
     let disputes = ledger.disputes().await.unwrap();
-    assert!(disputes.iter().all(|d| d.resolution.is_some() || d.executor == cheater));
-    assert!(disputes.iter().all(|d| d.executor == cheater), "only the cheater is ever disputed: {disputes:?}");
+    assert!(
+        disputes
+            .iter()
+            .all(|d| d.resolution.is_some() || d.executor == cheater)
+    );
+    assert!(
+        disputes.iter().all(|d| d.executor == cheater),
+        "only the cheater is ever disputed: {disputes:?}"
+    );
     drop(events);
     net.shutdown().await;
 }

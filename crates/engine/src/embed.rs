@@ -31,24 +31,37 @@ impl Embedder {
         let corrupt = |what: &str, e: String| EngineError::CorruptWeights(format!("{what}: {e}"));
         let cfg_text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| corrupt("config.json", e.to_string()))?;
-        let config: Config = serde_json::from_str(&cfg_text).map_err(|e| corrupt("config.json", e.to_string()))?;
+        let config: Config =
+            serde_json::from_str(&cfg_text).map_err(|e| corrupt("config.json", e.to_string()))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| corrupt("tokenizer.json", e.to_string()))?;
-        let pad = PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() };
+        let pad = PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        };
         tokenizer.with_padding(Some(pad));
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
             .map_err(|e| corrupt("tokenizer.json", e.to_string()))?;
         let weights = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|e| corrupt("model.safetensors", e.to_string()))?;
+        let bytes =
+            std::fs::read(&weights).map_err(|e| corrupt("model.safetensors", e.to_string()))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
             .map_err(|e| corrupt("model.safetensors", e.to_string()))?;
-        let model = BertModel::load(vb, &config).map_err(|e| corrupt("model.safetensors", e.to_string()))?;
+        let model = BertModel::load(vb, &config)
+            .map_err(|e| corrupt("model.safetensors", e.to_string()))?;
         let dim = serde_json::from_str::<serde_json::Value>(&cfg_text)
             .ok()
             .and_then(|v| v.get("hidden_size").and_then(|h| h.as_u64()))
             .unwrap_or(384) as usize;
-        Ok(Embedder { model, tokenizer, dim })
+        Ok(Embedder {
+            model,
+            tokenizer,
+            dim,
+        })
     }
 
     /// Embeds each text; returns the vectors and the number of (unpadded) tokens used.

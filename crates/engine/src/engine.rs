@@ -86,7 +86,11 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, params: SamplingParams) -> Self {
-        GenerateRequest { prompt, params, trace_logits: false }
+        GenerateRequest {
+            prompt,
+            params,
+            trace_logits: false,
+        }
     }
 }
 
@@ -110,9 +114,18 @@ pub struct Usage {
 pub enum StreamEvent {
     /// A generated token and the text it completes (may be empty while a UTF-8 character or a
     /// possible stop string is incomplete). `logits_digest` only with `trace_logits`.
-    Token { id: u32, text: String, logits_digest: Option<Hash32> },
+    Token {
+        id: u32,
+        text: String,
+        logits_digest: Option<Hash32>,
+    },
     /// The last event of a successful generation. `text` excludes any stop string.
-    Done { finish_reason: FinishReason, usage: Usage, tokens: Vec<u32>, text: String },
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+        tokens: Vec<u32>,
+        text: String,
+    },
     Error(EngineError),
 }
 
@@ -143,7 +156,10 @@ pub struct UsageHandle {
 
 impl UsageHandle {
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.progress.generated() }
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.progress.generated(),
+        }
     }
     /// True once the engine has retired the sequence (finished or cancelled).
     pub fn is_retired(&self) -> bool {
@@ -161,13 +177,21 @@ impl GenerationStream {
         self.rx.blocking_recv()
     }
     pub fn usage_handle(&self) -> UsageHandle {
-        UsageHandle { progress: self.progress.clone(), prompt_tokens: self.prompt_tokens }
+        UsageHandle {
+            progress: self.progress.clone(),
+            prompt_tokens: self.prompt_tokens,
+        }
     }
     /// Reads events until `Done`; returns it (or the error).
     pub async fn collect(mut self) -> Result<(FinishReason, Usage, Vec<u32>, String)> {
         while let Some(ev) = self.next().await {
             match ev {
-                StreamEvent::Done { finish_reason, usage, tokens, text } => {
+                StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    tokens,
+                    text,
+                } => {
                     return Ok((finish_reason, usage, tokens, text));
                 }
                 StreamEvent::Error(e) => return Err(e),
@@ -231,17 +255,19 @@ impl Engine {
     /// Loads the model (and verifies its digest when asked) and starts the scheduler thread.
     pub fn load(cfg: EngineConfig) -> Result<Engine> {
         if cfg.max_batch == 0 || cfg.queue_capacity == 0 {
-            return Err(EngineError::InvalidParams("max_batch and queue_capacity must be > 0".into()));
+            return Err(EngineError::InvalidParams(
+                "max_batch and queue_capacity must be > 0".into(),
+            ));
         }
         let digest = crate::models::file_digest(&cfg.model_path)?;
-        if let Some(expected) = cfg.expected_digest {
-            if expected != digest {
-                return Err(EngineError::DigestMismatch {
-                    file: cfg.model_path.display().to_string(),
-                    expected,
-                    actual: digest,
-                });
-            }
+        if let Some(expected) = cfg.expected_digest
+            && expected != digest
+        {
+            return Err(EngineError::DigestMismatch {
+                file: cfg.model_path.display().to_string(),
+                expected,
+                actual: digest,
+            });
         }
         let (mut model, md) = Llama::load(&cfg.model_path, cfg.weight_format)?;
         if let Some(cap) = cfg.max_context {
@@ -249,7 +275,9 @@ impl Engine {
         }
         let tokenizer = ChatTokenizer::from_gguf_metadata(&md)?;
         if tokenizer.vocab_size() != model.cfg.vocab {
-            return Err(EngineError::CorruptWeights("vocabulary and embedding sizes differ".into()));
+            return Err(EngineError::CorruptWeights(
+                "vocabulary and embedding sizes differ".into(),
+            ));
         }
         let info = ModelInfo {
             id: cfg.model_id.clone(),
@@ -270,10 +298,21 @@ impl Engine {
         if !cfg.start_paused {
             let _ = resume_tx.send(());
         }
-        let opts = scheduler::Options { max_batch: cfg.max_batch, queue_capacity: cfg.queue_capacity };
+        let opts = scheduler::Options {
+            max_batch: cfg.max_batch,
+            queue_capacity: cfg.queue_capacity,
+        };
         let tx = scheduler::spawn(model, tokenizer.clone(), opts, stats.clone(), resume_rx)?;
         let resume = std::sync::Mutex::new(cfg.start_paused.then_some(resume_tx));
-        Ok(Engine { inner: Arc::new(Inner { info, tokenizer, tx, stats, resume }) })
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                info,
+                tokenizer,
+                tx,
+                stats,
+                resume,
+            }),
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -296,10 +335,10 @@ impl Engine {
 
     /// Starts a scheduler created with `start_paused`; no effect otherwise.
     pub fn resume(&self) {
-        if let Ok(mut g) = self.inner.resume.lock() {
-            if let Some(tx) = g.take() {
-                let _ = tx.send(());
-            }
+        if let Ok(mut g) = self.inner.resume.lock()
+            && let Some(tx) = g.take()
+        {
+            let _ = tx.send(());
         }
     }
 
@@ -315,11 +354,16 @@ impl Engine {
             return Err(EngineError::InvalidParams("empty prompt".into()));
         }
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
-            return Err(EngineError::InvalidParams(format!("token id {bad} out of vocabulary")));
+            return Err(EngineError::InvalidParams(format!(
+                "token id {bad} out of vocabulary"
+            )));
         }
         let context = self.inner.info.context_len;
         if ids.len() >= context {
-            return Err(EngineError::PromptTooLong { tokens: ids.len(), context });
+            return Err(EngineError::PromptTooLong {
+                tokens: ids.len(),
+                context,
+            });
         }
         Ok(ids)
     }
@@ -339,12 +383,20 @@ impl Engine {
             progress: progress.clone(),
         };
         self.submit(job)?;
-        Ok(GenerationStream { rx, progress, prompt_tokens })
+        Ok(GenerationStream {
+            rx,
+            progress,
+            prompt_tokens,
+        })
     }
 
     /// Teacher-forced scoring: one prefill over `prompt_tokens + claimed`; for each claimed
     /// token, its logit, rank, the max logit and the argmax at that position.
-    pub async fn score(&self, prompt_tokens: Vec<u32>, claimed: Vec<u32>) -> Result<Vec<TokenScore>> {
+    pub async fn score(
+        &self,
+        prompt_tokens: Vec<u32>,
+        claimed: Vec<u32>,
+    ) -> Result<Vec<TokenScore>> {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
@@ -352,21 +404,36 @@ impl Engine {
         let total = ids.len() + claimed.len();
         let context = self.inner.info.context_len;
         if total > context {
-            return Err(EngineError::PromptTooLong { tokens: total, context });
+            return Err(EngineError::PromptTooLong {
+                tokens: total,
+                context,
+            });
         }
-        if let Some(bad) = claimed.iter().find(|&&i| i as usize >= self.inner.tokenizer.vocab_size()) {
-            return Err(EngineError::InvalidParams(format!("token id {bad} out of vocabulary")));
+        if let Some(bad) = claimed
+            .iter()
+            .find(|&&i| i as usize >= self.inner.tokenizer.vocab_size())
+        {
+            return Err(EngineError::InvalidParams(format!(
+                "token id {bad} out of vocabulary"
+            )));
         }
         let (tx, rx) = oneshot::channel();
-        self.submit(Job::Score { prompt: ids, claimed, tx })?;
-        rx.await.map_err(|_| EngineError::Internal("engine thread stopped".into()))?
+        self.submit(Job::Score {
+            prompt: ids,
+            claimed,
+            tx,
+        })?;
+        rx.await
+            .map_err(|_| EngineError::Internal("engine thread stopped".into()))?
     }
 
     fn submit(&self, job: Job) -> Result<()> {
         match self.inner.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::Internal("engine thread stopped".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(EngineError::Internal("engine thread stopped".into()))
+            }
         }
     }
 }

@@ -23,7 +23,11 @@ pub enum EngineError {
     CorruptWeights(String),
     /// A downloaded or cached file does not have the pinned digest; it was deleted.
     #[error("digest mismatch for {file}: expected {expected}, got {actual}")]
-    DigestMismatch { file: String, expected: Hash32, actual: Hash32 },
+    DigestMismatch {
+        file: String,
+        expected: Hash32,
+        actual: Hash32,
+    },
     /// Fetching a model failed (pip, hub, unzip, file system).
     #[error("model download failed: {0}")]
     Download(String),

@@ -42,6 +42,7 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -25,8 +25,8 @@ pub mod tokenizer;
 
 pub use embed::Embedder;
 pub use engine::{
-    ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, GenerationStream,
-    ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,
+    ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest,
+    GenerationStream, ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,
 };
 pub use error::{EngineError, Result};
 pub use llama::WeightFormat;

@@ -112,7 +112,9 @@ impl LlamaConfig {
         let heads = md_usize(md, "llama.attention.head_count")?;
         let kv_heads = md_usize(md, "llama.attention.head_count_kv").unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
-            return Err(EngineError::CorruptWeights("inconsistent head counts".into()));
+            return Err(EngineError::CorruptWeights(
+                "inconsistent head counts".into(),
+            ));
         }
         Ok(LlamaConfig {
             hidden,
@@ -146,24 +148,42 @@ impl Loader<'_> {
         let t = self.qtensor(name)?.dequantize(&Device::Cpu)?;
         let v = t.flatten_all()?.to_vec1::<f32>()?;
         if v.len() != len {
-            return Err(EngineError::CorruptWeights(format!("{name}: length {}", v.len())));
+            return Err(EngineError::CorruptWeights(format!(
+                "{name}: length {}",
+                v.len()
+            )));
         }
         Ok(v)
     }
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
         let qt = self.qtensor(name)?;
-        self.to_matmul(name, qt, rows, cols)
+        self.make_matmul(name, qt, rows, cols)
     }
-    fn to_matmul(&mut self, name: &str, qt: QTensor, rows: usize, cols: usize) -> Result<QMatMul> {
+    fn make_matmul(
+        &mut self,
+        name: &str,
+        qt: QTensor,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatMul> {
         if qt.shape().dims() != [rows, cols] {
-            return Err(EngineError::CorruptWeights(format!("{name}: shape {:?}", qt.shape())));
+            return Err(EngineError::CorruptWeights(format!(
+                "{name}: shape {:?}",
+                qt.shape()
+            )));
         }
-        if !matches!(qt.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        if !matches!(
+            qt.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
             self.shipped.get_or_insert(qt.dtype());
         }
         // Dense matrices would go through f32 gemm (not proven batch invariant): quantize them.
         let needs_q8 = self.format == WeightFormat::Q8_0
-            || matches!(qt.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            || matches!(
+                qt.dtype(),
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            );
         let qt = if needs_q8 && qt.dtype() != GgmlDType::Q8_0 {
             QTensor::quantize(&qt.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
         } else {
@@ -181,21 +201,36 @@ impl Llama {
         let content = Content::read(&mut file)
             .map_err(|e| EngineError::CorruptWeights(format!("gguf header: {e}")))?;
         let md = content.metadata.clone();
-        match md.get("general.architecture").and_then(|v| v.to_string().ok()) {
+        match md
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+        {
             Some(a) if a == "llama" => {}
             other => {
-                return Err(EngineError::CorruptWeights(format!("architecture {other:?}")));
+                return Err(EngineError::CorruptWeights(format!(
+                    "architecture {other:?}"
+                )));
             }
         }
         let mut cfg = LlamaConfig::from_metadata(&md)?;
-        let mut ld = Loader { content: &content, file, format, shipped: None };
+        let mut ld = Loader {
+            content: &content,
+            file,
+            format,
+            shipped: None,
+        };
         let emb_q = ld.qtensor("token_embd.weight")?;
         let dims = emb_q.shape().dims().to_vec();
         if dims.len() != 2 || dims[1] != cfg.hidden {
-            return Err(EngineError::CorruptWeights(format!("token_embd shape {dims:?}")));
+            return Err(EngineError::CorruptWeights(format!(
+                "token_embd shape {dims:?}"
+            )));
         }
         cfg.vocab = dims[0];
-        let embed = emb_q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let embed = emb_q
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let (h, kvd) = (cfg.hidden, cfg.kv_heads * cfg.head_dim);
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -216,15 +251,27 @@ impl Llama {
         let output = if content.tensor_infos.contains_key("output.weight") {
             ld.matrix("output.weight", cfg.vocab, h)?
         } else {
-            ld.to_matmul("token_embd.weight", emb_q, cfg.vocab, h)?
+            ld.make_matmul("token_embd.weight", emb_q, cfg.vocab, h)?
         };
-        let shipped = ld.shipped.map(|d| format!("{d:?}").to_lowercase()).unwrap_or("f32".into());
+        let shipped = ld
+            .shipped
+            .map(|d| format!("{d:?}").to_lowercase())
+            .unwrap_or("f32".into());
         let quantization = match format {
             WeightFormat::Q8_0 if shipped != "q8_0" => format!("q8_0(from {shipped})"),
             _ => shipped,
         };
         let (cos, sin) = rope_tables(&cfg);
-        let model = Llama { cfg, embed, layers, out_norm, output, cos, sin, quantization };
+        let model = Llama {
+            cfg,
+            embed,
+            layers,
+            out_norm,
+            output,
+            cos,
+            sin,
+            quantization,
+        };
         Ok((model, md))
     }
 
@@ -242,8 +289,12 @@ impl Llama {
     pub fn new_cache(&self) -> KvCache {
         let cap = 256 * self.cfg.kv_heads * self.cfg.head_dim;
         KvCache {
-            k: (0..self.cfg.layers).map(|_| Vec::with_capacity(cap)).collect(),
-            v: (0..self.cfg.layers).map(|_| Vec::with_capacity(cap)).collect(),
+            k: (0..self.cfg.layers)
+                .map(|_| Vec::with_capacity(cap))
+                .collect(),
+            v: (0..self.cfg.layers)
+                .map(|_| Vec::with_capacity(cap))
+                .collect(),
             len: 0,
         }
     }
@@ -268,7 +319,9 @@ impl Llama {
                 });
             }
             if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(EngineError::InvalidParams(format!("token id {t} out of vocabulary")));
+                return Err(EngineError::InvalidParams(format!(
+                    "token id {t} out of vocabulary"
+                )));
             }
         }
         let mut x = Vec::with_capacity(rows * h);
@@ -280,7 +333,12 @@ impl Llama {
         let mut xn = vec![0f32; rows * h];
         for (li, layer) in self.layers.iter().enumerate() {
             for r in 0..rows {
-                rms_norm_row(&x[r * h..(r + 1) * h], &layer.attn_norm, c.rms_eps, &mut xn[r * h..(r + 1) * h]);
+                rms_norm_row(
+                    &x[r * h..(r + 1) * h],
+                    &layer.attn_norm,
+                    c.rms_eps,
+                    &mut xn[r * h..(r + 1) * h],
+                );
             }
             let mut q = self.linear(&layer.wq, &xn, rows, h)?;
             let mut k = self.linear(&layer.wk, &xn, rows, h)?;
@@ -295,14 +353,25 @@ impl Llama {
                     self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
                     s.cache.k[li].extend_from_slice(&k[r * kvd..(r + 1) * kvd]);
                     s.cache.v[li].extend_from_slice(&v[r * kvd..(r + 1) * kvd]);
-                    self.attend(&q[r * h..(r + 1) * h], &s.cache.k[li], &s.cache.v[li], pos + 1, &mut attn[r * h..(r + 1) * h]);
+                    self.attend(
+                        &q[r * h..(r + 1) * h],
+                        &s.cache.k[li],
+                        &s.cache.v[li],
+                        pos + 1,
+                        &mut attn[r * h..(r + 1) * h],
+                    );
                 }
                 r0 += s.tokens.len();
             }
             let o = self.linear(&layer.wo, &attn, rows, h)?;
             add_into(&mut x, &o);
             for r in 0..rows {
-                rms_norm_row(&x[r * h..(r + 1) * h], &layer.ffn_norm, c.rms_eps, &mut xn[r * h..(r + 1) * h]);
+                rms_norm_row(
+                    &x[r * h..(r + 1) * h],
+                    &layer.ffn_norm,
+                    c.rms_eps,
+                    &mut xn[r * h..(r + 1) * h],
+                );
             }
             let mut g = self.linear(&layer.w_gate, &xn, rows, h)?;
             let u = self.linear(&layer.w_up, &xn, rows, h)?;
@@ -340,7 +409,10 @@ impl Llama {
     /// Interleaved (GGUF llama layout) rotary embedding of every head in `x`, in place.
     fn rope(&self, x: &mut [f32], pos: usize) {
         let half = self.cfg.head_dim / 2;
-        let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+        let (cos, sin) = (
+            &self.cos[pos * half..(pos + 1) * half],
+            &self.sin[pos * half..(pos + 1) * half],
+        );
         for head in x.chunks_exact_mut(self.cfg.head_dim) {
             for i in 0..half {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);

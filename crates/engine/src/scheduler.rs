@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::{FinishReason, Stats, StreamEvent, TokenScore, Usage};
 use crate::error::{EngineError, Result};
 use crate::llama::{KvCache, Llama, Segment};
-use crate::sampling::{SamplingParams, Sampler};
+use crate::sampling::{Sampler, SamplingParams};
 use crate::text::TextTracker;
 use crate::tokenizer::ChatTokenizer;
 
@@ -42,7 +42,11 @@ pub enum Job {
         tx: mpsc::UnboundedSender<StreamEvent>,
         progress: Arc<Progress>,
     },
-    Score { prompt: Vec<u32>, claimed: Vec<u32>, tx: oneshot::Sender<Result<Vec<TokenScore>>> },
+    Score {
+        prompt: Vec<u32>,
+        claimed: Vec<u32>,
+        tx: oneshot::Sender<Result<Vec<TokenScore>>>,
+    },
 }
 
 struct Seq {
@@ -83,7 +87,13 @@ pub fn spawn(
     resume: Receiver<()>,
 ) -> Result<SyncSender<Job>> {
     let (tx, rx) = sync_channel(opts.queue_capacity);
-    let mut w = Worker { model, tok, max_batch: opts.max_batch, stats, active: Vec::new() };
+    let mut w = Worker {
+        model,
+        tok,
+        max_batch: opts.max_batch,
+        stats,
+        active: Vec::new(),
+    };
     std::thread::Builder::new()
         .name("sortition-engine".into())
         .spawn(move || {
@@ -121,10 +131,20 @@ impl Worker {
 
     fn admit(&mut self, job: Job) {
         match job {
-            Job::Score { prompt, claimed, tx } => {
+            Job::Score {
+                prompt,
+                claimed,
+                tx,
+            } => {
                 let _ = tx.send(self.score(&prompt, &claimed));
             }
-            Job::Generate { prompt, params, trace, tx, progress } => {
+            Job::Generate {
+                prompt,
+                params,
+                trace,
+                tx,
+                progress,
+            } => {
                 let seq = Seq {
                     cache: self.model.new_cache(),
                     prompt_len: prompt.len() as u32,
@@ -159,7 +179,11 @@ impl Worker {
         let mut cache = self.model.new_cache();
         let mut all: Vec<u32> = prompt.to_vec();
         all.extend_from_slice(claimed);
-        let mut segs = [Segment { cache: &mut cache, tokens: &all, all_logits: true }];
+        let mut segs = [Segment {
+            cache: &mut cache,
+            tokens: &all,
+            all_logits: true,
+        }];
         let logits = self.model.forward(&mut segs)?.pop().unwrap_or_default();
         let v = self.model.cfg.vocab;
         let first = prompt.len() - 1;
@@ -183,14 +207,24 @@ impl Worker {
 
     /// One forward call for all active sequences, then sampling and streaming.
     fn step(&mut self) {
-        self.stats.max_batch_seen.fetch_max(self.active.len() as u64, Ordering::Relaxed);
-        let feeds: Vec<Vec<u32>> = self.active.iter_mut().map(|s| std::mem::take(&mut s.feed)).collect();
+        self.stats
+            .max_batch_seen
+            .fetch_max(self.active.len() as u64, Ordering::Relaxed);
+        let feeds: Vec<Vec<u32>> = self
+            .active
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.feed))
+            .collect();
         let result = {
             let mut segs: Vec<Segment<'_>> = self
                 .active
                 .iter_mut()
                 .zip(feeds.iter())
-                .map(|(s, f)| Segment { cache: &mut s.cache, tokens: f, all_logits: false })
+                .map(|(s, f)| Segment {
+                    cache: &mut s.cache,
+                    tokens: f,
+                    all_logits: false,
+                })
                 .collect();
             self.model.forward(&mut segs)
         };
@@ -209,7 +243,9 @@ impl Worker {
         for (mut s, row) in self.active.drain(..).zip(rows) {
             let id = s.sampler.sample(&row);
             s.generated.push(id);
-            s.progress.generated.store(s.generated.len() as u32, Ordering::Release);
+            s.progress
+                .generated
+                .store(s.generated.len() as u32, Ordering::Release);
             let eos = self.tok.stop_ids().contains(&id);
             let (delta, stopped) = s.text.push(&self.tok, &s.generated, eos);
             let finish = if eos || stopped {
@@ -227,10 +263,17 @@ impl Worker {
                 let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
                 sha256(&bytes)
             });
-            let _ = s.tx.send(StreamEvent::Token { id, text: delta, logits_digest });
+            let _ = s.tx.send(StreamEvent::Token {
+                id,
+                text: delta,
+                logits_digest,
+            });
             match finish {
                 Some(finish_reason) => {
-                    let usage = Usage { prompt_tokens: s.prompt_len, completion_tokens: s.generated.len() as u32 };
+                    let usage = Usage {
+                        prompt_tokens: s.prompt_len,
+                        completion_tokens: s.generated.len() as u32,
+                    };
                     let _ = s.tx.send(StreamEvent::Done {
                         finish_reason,
                         usage,

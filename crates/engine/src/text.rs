@@ -16,7 +16,12 @@ pub struct TextTracker {
 
 impl TextTracker {
     pub fn new(stop: Vec<String>) -> Self {
-        TextTracker { stop, full: String::new(), emitted: 0, cut: None }
+        TextTracker {
+            stop,
+            full: String::new(),
+            emitted: 0,
+            cut: None,
+        }
     }
 
     /// Updates with all generated ids; returns the new text that is safe to stream and
@@ -26,7 +31,12 @@ impl TextTracker {
             return (String::new(), true);
         }
         self.full = tok.decode(generated, true).unwrap_or_default();
-        if let Some(p) = self.stop.iter().filter_map(|s| self.full.find(s.as_str())).min() {
+        if let Some(p) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.full.find(s.as_str()))
+            .min()
+        {
             self.cut = Some(p);
             let delta = self.full.get(self.emitted..p).unwrap_or("").to_string();
             self.emitted = self.emitted.max(p);

@@ -24,7 +24,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -78,8 +81,11 @@ impl ChatTokenizer {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned();
-        let vocab: tokenizers::models::bpe::Vocab =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut merges = Vec::with_capacity(merges_raw.len());
         for m in &merges_raw {
             let (a, b) = m
@@ -111,13 +117,14 @@ impl ChatTokenizer {
         let bos = md_u32(md, "tokenizer.ggml.bos_token_id");
         let eos = md_u32(md, "tokenizer.ggml.eos_token_id");
         let name = |id: Option<u32>| {
-            id.and_then(|i| tokens.get(i as usize).cloned()).unwrap_or_default()
+            id.and_then(|i| tokens.get(i as usize).cloned())
+                .unwrap_or_default()
         };
         let mut stop_ids: Vec<u32> = eos.into_iter().collect();
-        if let Some(i) = tokens.iter().position(|t| t == "<|im_end|>") {
-            if !stop_ids.contains(&(i as u32)) {
-                stop_ids.push(i as u32);
-            }
+        if let Some(i) = tokens.iter().position(|t| t == "<|im_end|>")
+            && !stop_ids.contains(&(i as u32))
+        {
+            stop_ids.push(i as u32);
         }
         let mut parts: Vec<u8> = Vec::new();
         for t in tokens.iter().chain(merges_raw.iter()) {
@@ -154,7 +161,9 @@ impl ChatTokenizer {
     /// Decodes ids; special tokens are kept when `skip_special` is false.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.vocab_size) {
-            return Err(EngineError::InvalidParams(format!("token id {bad} out of vocabulary")));
+            return Err(EngineError::InvalidParams(format!(
+                "token id {bad} out of vocabulary"
+            )));
         }
         self.inner
             .decode(ids, skip_special)
@@ -167,15 +176,24 @@ impl ChatTokenizer {
         let Some(src) = &self.template else {
             let mut s = String::new();
             for m in messages {
-                s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                s.push_str(&format!(
+                    "<|im_start|>{}\n{}<|im_end|>\n",
+                    m.role, m.content
+                ));
             }
             s.push_str("<|im_start|>assistant\n");
             return Ok(s);
         };
         let mut env = minijinja::Environment::new();
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", src)
             .map_err(|e| EngineError::CorruptWeights(format!("chat template: {e}")))?;
         let tmpl = env

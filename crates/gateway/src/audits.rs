@@ -27,40 +27,67 @@ fn route_of(body: &serde_json::Value) -> &'static str {
 }
 
 /// The stored request and receipt behind receipt `seq` of `stack`.
-async fn find(g: &GatewayState, stack: StackId, seq: u64) -> Result<Option<(String, SignedReceipt)>, String> {
-    let row = sqlx::query("SELECT request_hash, body FROM payloads WHERE stack_id = $1 AND receipt_seq = $2")
-        .bind(stack.0 as i64)
-        .bind(seq as i64)
-        .fetch_optional(g.store.pool())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn find(
+    g: &GatewayState,
+    stack: StackId,
+    seq: u64,
+) -> Result<Option<(String, SignedReceipt)>, String> {
+    let row = sqlx::query(
+        "SELECT request_hash, body FROM payloads WHERE stack_id = $1 AND receipt_seq = $2",
+    )
+    .bind(stack.0 as i64)
+    .bind(seq as i64)
+    .fetch_optional(g.store.pool())
+    .await
+    .map_err(|e| e.to_string())?;
     let Some(row) = row else { return Ok(None) };
     let hash: String = row.try_get("request_hash").map_err(|e| e.to_string())?;
     let body: Vec<u8> = row.try_get("body").map_err(|e| e.to_string())?;
-    let receipt_row = sqlx::query("SELECT receipt_json FROM usage WHERE request_hash = $1 AND receipt_json IS NOT NULL")
-        .bind(&hash)
-        .fetch_optional(g.store.pool())
-        .await
+    let receipt_row = sqlx::query(
+        "SELECT receipt_json FROM usage WHERE request_hash = $1 AND receipt_json IS NOT NULL",
+    )
+    .bind(&hash)
+    .fetch_optional(g.store.pool())
+    .await
+    .map_err(|e| e.to_string())?;
+    let Some(receipt_row) = receipt_row else {
+        return Ok(None);
+    };
+    let json: String = receipt_row
+        .try_get("receipt_json")
         .map_err(|e| e.to_string())?;
-    let Some(receipt_row) = receipt_row else { return Ok(None) };
-    let json: String = receipt_row.try_get("receipt_json").map_err(|e| e.to_string())?;
     let receipt: SignedReceipt = serde_json::from_str(&json).map_err(|e| e.to_string())?;
     let body = String::from_utf8(body).map_err(|e| e.to_string())?;
     Ok(Some((body, receipt)))
 }
 
 /// Sends the payload of audit `audit` to `nodes`, a few tries each.
-async fn deliver(g: &GatewayState, client: &LedgerClient, audit: AuditId, stack: StackId, seq: u64, nodes: &[NodeId]) {
+async fn deliver(
+    g: &GatewayState,
+    client: &LedgerClient,
+    audit: AuditId,
+    stack: StackId,
+    seq: u64,
+    nodes: &[NodeId],
+) {
     let (body, receipt) = match find(g, stack, seq).await {
         Ok(Some(v)) => v,
-        Ok(None) => return tracing::error!(%audit, %stack, seq, "audited request is not in custody; it cannot be re-checked"),
+        Ok(None) => {
+            return tracing::error!(%audit, %stack, seq, "audited request is not in custody; it cannot be re-checked");
+        }
         Err(e) => return tracing::error!(%audit, error = %e, "payload lookup failed"),
     };
-    let path = serde_json::from_str::<serde_json::Value>(&body).map(|v| route_of(&v)).unwrap_or("/v1/chat/completions");
+    let path = serde_json::from_str::<serde_json::Value>(&body)
+        .map(|v| route_of(&v))
+        .unwrap_or("/v1/chat/completions");
     let payload = json!({"path": path, "body": body, "receipt": receipt});
     for node in nodes {
         let url = match client.node(*node).await {
-            Ok(n) => format!("{}/sortition/v1/audits/{}/payload", n.endpoint.trim_end_matches('/'), audit.0),
+            Ok(n) => format!(
+                "{}/sortition/v1/audits/{}/payload",
+                n.endpoint.trim_end_matches('/'),
+                audit.0
+            ),
             Err(e) => {
                 tracing::warn!(%node, error = %e, "auditor unknown");
                 continue;
@@ -72,7 +99,9 @@ async fn deliver(g: &GatewayState, client: &LedgerClient, audit: AuditId, stack:
                     g.metrics.inc("audit_payloads_delivered_total", "", 1);
                     break;
                 }
-                Ok(r) => tracing::warn!(%node, %audit, status = %r.status(), "auditor refused payload"),
+                Ok(r) => {
+                    tracing::warn!(%node, %audit, status = %r.status(), "auditor refused payload")
+                }
                 Err(e) => tracing::warn!(%node, %audit, error = %e, "auditor unreachable"),
             }
             tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
@@ -82,11 +111,19 @@ async fn deliver(g: &GatewayState, client: &LedgerClient, audit: AuditId, stack:
 
 /// Follows the ledger's events and delivers payloads of this gateway's audited receipts. The
 /// cursor is kept in `cursor_file` so a restart resumes where it stopped.
-pub async fn follow(g: Arc<GatewayState>, client: LedgerClient, cursor_file: PathBuf, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn follow(
+    g: Arc<GatewayState>,
+    client: LedgerClient,
+    cursor_file: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let me = g.account.public();
     loop {
-        let from: Cursor = std::fs::read_to_string(&cursor_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(Cursor::START);
+        let from: Cursor = std::fs::read_to_string(&cursor_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(Cursor::START);
         let stream = match client.events(from).await {
             Ok(s) => s,
             Err(e) => {
@@ -103,12 +140,23 @@ pub async fn follow(g: Arc<GatewayState>, client: LedgerClient, cursor_file: Pat
                 _ = &mut shutdown => return,
                 i = stream.next() => i,
             };
-            let Some(Ok((cursor, event))) = item else { break };
+            let Some(Ok((cursor, event))) = item else {
+                break;
+            };
             match event {
-                Event::AuditOpened { audit, stack, owner, receipt_index, auditors, .. } if owner == me => {
+                Event::AuditOpened {
+                    audit,
+                    stack,
+                    owner,
+                    receipt_index,
+                    auditors,
+                    ..
+                } if owner == me => {
                     deliver(&g, &client, audit, stack, receipt_index, &auditors).await;
                 }
-                Event::DisputeOpened { audit, committee, .. } => {
+                Event::DisputeOpened {
+                    audit, committee, ..
+                } => {
                     if let Ok(a) = client.audit(audit).await
                         && a.owner == me
                     {

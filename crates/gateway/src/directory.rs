@@ -43,6 +43,7 @@ pub fn cost(units: u64, price_per_m: Amount) -> Amount {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

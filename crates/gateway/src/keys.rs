@@ -30,7 +30,10 @@ pub enum KeyError {
     #[error("the operating system's random source failed: {0}")]
     Random(String),
     #[error("server secret file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("server secret file {0} is corrupt: expected {len} hex-encoded bytes", len = KEY_RANDOM_BYTES)]
     CorruptSecret(PathBuf),
     #[error("server secret file {0} is readable by group or others; chmod 600 it")]
@@ -55,7 +58,9 @@ impl ApiKey {
     pub fn parse(s: &str) -> Option<ApiKey> {
         let rest = s.strip_prefix(KEY_PREFIX)?;
         let ok = rest.len() == 2 * KEY_RANDOM_BYTES
-            && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| ApiKey(s.to_string()))
     }
 
@@ -127,12 +132,16 @@ impl ServerSecret {
     /// Refuses a file that group or others can read.
     pub fn load_or_create(dir: &Path) -> Result<ServerSecret, KeyError> {
         let path = dir.join(SECRET_FILE);
-        let io = |source| KeyError::Io { path: path.clone(), source };
+        let io = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         match open_new_private(&path) {
             Ok(mut file) => {
                 let secret = ServerSecret::generate()?;
-                file.write_all(hex::encode(secret.0).as_bytes()).map_err(io)?;
+                file.write_all(hex::encode(secret.0).as_bytes())
+                    .map_err(io)?;
                 file.sync_all().map_err(io)?;
                 tracing::info!(path = %path.display(), "created a new gateway server secret");
                 Ok(secret)
@@ -143,14 +152,18 @@ impl ServerSecret {
     }
 
     fn load(path: &Path) -> Result<ServerSecret, KeyError> {
-        let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+        let io = |source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = std::fs::File::open(path).map_err(io)?;
         check_private(path, &file)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
         let bytes = hex::decode(text.trim()).map_err(|_| KeyError::CorruptSecret(path.into()))?;
-        let arr: [u8; 32] =
-            bytes.try_into().map_err(|_| KeyError::CorruptSecret(path.to_path_buf()))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| KeyError::CorruptSecret(path.to_path_buf()))?;
         Ok(ServerSecret(arr))
     }
 
@@ -169,18 +182,28 @@ impl ServerSecret {
 #[cfg(unix)]
 fn open_new_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(not(unix))]
 fn open_new_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create_new(true).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
 }
 
 #[cfg(unix)]
 fn check_private(path: &Path, file: &std::fs::File) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = file.metadata().map_err(|source| KeyError::Io { path: path.into(), source })?;
+    let meta = file.metadata().map_err(|source| KeyError::Io {
+        path: path.into(),
+        source,
+    })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(KeyError::InsecurePermissions(path.into()));
     }
@@ -193,6 +216,7 @@ fn check_private(_: &Path, _: &std::fs::File) -> Result<(), KeyError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -209,7 +233,12 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_rejected() {
-        for bad in ["", "sk-sort-", "sk-other-00", &format!("sk-sort-{}", "G".repeat(64))] {
+        for bad in [
+            "",
+            "sk-sort-",
+            "sk-other-00",
+            &format!("sk-sort-{}", "G".repeat(64)),
+        ] {
             assert!(ApiKey::parse(bad).is_none(), "{bad}");
         }
         assert!(ApiKey::parse(&format!("sk-sort-{}", "0".repeat(63))).is_none());
@@ -222,7 +251,10 @@ mod tests {
         let b = ServerSecret::from_bytes([2; 32]).hash_key(&k);
         assert!(a.ct_eq(&a) && !a.ct_eq(&b));
         assert!(!ct_eq(b"ab", b"abc"));
-        assert_eq!(format!("{:?}", ServerSecret::from_bytes([7; 32])), "ServerSecret(<redacted>)");
+        assert_eq!(
+            format!("{:?}", ServerSecret::from_bytes([7; 32])),
+            "ServerSecret(<redacted>)"
+        );
     }
 
     #[test]

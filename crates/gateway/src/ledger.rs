@@ -33,8 +33,18 @@ impl LedgerPort for HttpLedger {
                         id: n.id,
                         url: n.endpoint.clone(),
                         operator: n.operator,
-                        price_in: n.offers.iter().map(|o| o.price_per_m_input).max().unwrap_or_default(),
-                        price_out: n.offers.iter().map(|o| o.price_per_m_output).max().unwrap_or_default(),
+                        price_in: n
+                            .offers
+                            .iter()
+                            .map(|o| o.price_per_m_input)
+                            .max()
+                            .unwrap_or_default(),
+                        price_out: n
+                            .offers
+                            .iter()
+                            .map(|o| o.price_per_m_output)
+                            .max()
+                            .unwrap_or_default(),
                         collateral: n.collateral,
                         class: n.class_fingerprint,
                         confidential: !n.attestation.is_empty(),
@@ -56,14 +66,26 @@ impl LedgerPort for HttpLedger {
     ) -> BoxFuture<'_, Result<BoughtStack, String>> {
         Box::pin(async move {
             let expires_at_ms = unix_now_ms() + STACK_LIFETIME_MS;
-            let kind = TxKind::BuyStack { model, node: Some(node), max_price_per_m, units: Units(units), expires_at_ms };
-            let r = self.client.send(&self.account, kind).await.map_err(|e| e.to_string())?;
+            let kind = TxKind::BuyStack {
+                model,
+                node: Some(node),
+                max_price_per_m,
+                units: Units(units),
+                expires_at_ms,
+            };
+            let r = self
+                .client
+                .send(&self.account, kind)
+                .await
+                .map_err(|e| e.to_string())?;
             r.events
                 .iter()
                 .find_map(|e| match e {
-                    Event::StackBought { stack, units, .. } => {
-                        Some(BoughtStack { id: *stack, units: units.0, expires_at_ms })
-                    }
+                    Event::StackBought { stack, units, .. } => Some(BoughtStack {
+                        id: *stack,
+                        units: units.0,
+                        expires_at_ms,
+                    }),
                     _ => None,
                 })
                 .ok_or_else(|| "stack purchase produced no StackBought event".to_string())

@@ -11,15 +11,15 @@
 //! `sortition_api::ApiError` through one `From` impl beside it: 401 for authentication, 402
 //! for credits, budgets and exhausted stacks, 429 for limits, 503 when no node can serve.
 
-pub mod keys;
-pub mod limits;
-pub mod router;
-pub mod store;
 pub mod audits;
 pub mod directory;
+pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod proxy;
+pub mod router;
 pub mod routes;
+pub mod run;
 pub mod server;
 pub mod state;
-pub mod run;
+pub mod store;

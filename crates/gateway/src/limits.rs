@@ -32,7 +32,9 @@ pub enum LimitError {
 impl From<LimitError> for ApiError {
     fn from(e: LimitError) -> Self {
         let (code, secs) = match &e {
-            LimitError::RateLimited { retry_after_secs, .. } => ("rate_limit_exceeded", *retry_after_secs),
+            LimitError::RateLimited {
+                retry_after_secs, ..
+            } => ("rate_limit_exceeded", *retry_after_secs),
             LimitError::Overloaded { .. } => ("gateway_overloaded", 1),
         };
         ApiError::new(ErrorKind::RateLimited, code, e.to_string()).with_retry_after(secs)
@@ -41,13 +43,16 @@ impl From<LimitError> for ApiError {
 
 type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// Each key's limiter, with the rpm it was built for.
+type LimiterMap<C> = HashMap<KeyId, (u32, Arc<Limiter<C>>)>;
+
 /// Per-key rate limiters. Cheap to share behind an `Arc`; the clock is injectable for tests
 /// (`governor::clock::FakeRelativeClock`).
 pub struct KeyRateLimiter<C: Clock = DefaultClock> {
     /// The clock every limiter reads; cloned into each.
     clock: C,
     /// One limiter per key, with the rpm it was built for.
-    limiters: Mutex<HashMap<KeyId, (u32, Arc<Limiter<C>>)>>,
+    limiters: Mutex<LimiterMap<C>>,
 }
 
 impl KeyRateLimiter<DefaultClock> {
@@ -64,7 +69,10 @@ impl Default for KeyRateLimiter<DefaultClock> {
 
 impl<C: Clock + Clone> KeyRateLimiter<C> {
     pub fn with_clock(clock: C) -> Self {
-        KeyRateLimiter { clock, limiters: Mutex::new(HashMap::new()) }
+        KeyRateLimiter {
+            clock,
+            limiters: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Admits one request for `key` allowed `rpm` requests per minute (burst of `rpm`), or says
@@ -79,7 +87,10 @@ impl<C: Clock + Clone> KeyRateLimiter<C> {
                 if wait.subsec_nanos() > 0 || secs == 0 {
                     secs += 1;
                 }
-                Err(LimitError::RateLimited { rpm, retry_after_secs: secs })
+                Err(LimitError::RateLimited {
+                    rpm,
+                    retry_after_secs: secs,
+                })
             }
         }
     }
@@ -98,7 +109,7 @@ impl<C: Clock + Clone> KeyRateLimiter<C> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, (u32, Arc<Limiter<C>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LimiterMap<C>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.limiters.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -111,7 +122,10 @@ impl<C: Clock + Clone> KeyRateLimiter<C> {
             return l.clone();
         }
         let burst = NonZeroU32::new(rpm).unwrap_or(NonZeroU32::MIN);
-        let limiter = Arc::new(RateLimiter::direct_with_clock(Quota::per_minute(burst), self.clock.clone()));
+        let limiter = Arc::new(RateLimiter::direct_with_clock(
+            Quota::per_minute(burst),
+            self.clock.clone(),
+        ));
         map.insert(key, (rpm, limiter.clone()));
         limiter
     }
@@ -128,13 +142,19 @@ pub struct ConcurrencyLimit {
 
 impl ConcurrencyLimit {
     pub fn new(max: usize) -> Self {
-        ConcurrencyLimit { sem: Arc::new(Semaphore::new(max)), max }
+        ConcurrencyLimit {
+            sem: Arc::new(Semaphore::new(max)),
+            max,
+        }
     }
 
     /// Takes a slot without waiting, or fails with [`LimitError::Overloaded`] (a 429). The slot
     /// is given back when the permit drops (the response is finished or abandoned).
     pub fn try_acquire(&self) -> Result<OwnedSemaphorePermit, LimitError> {
-        self.sem.clone().try_acquire_owned().map_err(|_| LimitError::Overloaded { max: self.max })
+        self.sem
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitError::Overloaded { max: self.max })
     }
 
     /// Slots free now.
@@ -144,6 +164,7 @@ impl ConcurrencyLimit {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 
@@ -161,7 +182,13 @@ mod tests {
         }
         let err = rl.check(k, 3).expect_err("over the limit");
         // 3 per minute: one cell every 20 s.
-        assert_eq!(err, LimitError::RateLimited { rpm: 3, retry_after_secs: 20 });
+        assert_eq!(
+            err,
+            LimitError::RateLimited {
+                rpm: 3,
+                retry_after_secs: 20
+            }
+        );
         let api: ApiError = err.into();
         assert_eq!(api.status().as_u16(), 429);
         assert_eq!(api.retry_after_secs, Some(20));

@@ -79,19 +79,33 @@ pub async fn dispatch(
                 last_err = Some(upstream_error(resp).await);
             }
             Ok(resp) => {
-                return Ok(Dispatched { node, stack: stack.stack_id, reserved: units_needed, response: resp, started });
+                return Ok(Dispatched {
+                    node,
+                    stack: stack.stack_id,
+                    reserved: units_needed,
+                    response: resp,
+                    started,
+                });
             }
             Err(e) => {
                 tracing::warn!(node = %node.id, error = %e, "node unreachable; trying another");
                 release(g, stack.stack_id, units_needed).await;
                 g.finish(node.id, Outcome::Failure).await;
-                last_err = Some(ApiError::new(ErrorKind::BadGateway, "node_unreachable", format!("node {} failed: {e}", node.id)));
+                last_err = Some(ApiError::new(
+                    ErrorKind::BadGateway,
+                    "node_unreachable",
+                    format!("node {} failed: {e}", node.id),
+                ));
             }
         }
     }
     Err(last_err.unwrap_or_else(|| {
-        ApiError::new(ErrorKind::Unavailable, "no_route", format!("no node could serve {model}"))
-            .with_retry_after(1)
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "no_route",
+            format!("no node could serve {model}"),
+        )
+        .with_retry_after(1)
     }))
 }
 
@@ -101,8 +115,16 @@ async fn upstream_error(resp: reqwest::Response) -> ApiError {
     let msg = serde_json::from_str::<sortition_api::ErrorBody>(&text)
         .map(|b| b.error.message)
         .unwrap_or(text);
-    let kind = if status.is_server_error() { ErrorKind::BadGateway } else { ErrorKind::Unavailable };
-    ApiError::new(kind, "upstream_error", format!("node answered {status}: {msg}"))
+    let kind = if status.is_server_error() {
+        ErrorKind::BadGateway
+    } else {
+        ErrorKind::Unavailable
+    };
+    ApiError::new(
+        kind,
+        "upstream_error",
+        format!("node answered {status}: {msg}"),
+    )
 }
 
 /// A stack on `node` for `model` with `units` free, reserved for this request; buys one when
@@ -126,7 +148,11 @@ async fn hold_stack(
     // One purchase at a time, then look again: a concurrent request may have bought one.
     let _guard = g.buying.lock().await;
     for s in g.store.usable_stacks(node.id, model, horizon).await? {
-        if g.store.reserve_stack_units(s.stack_id, units, now).await.is_ok() {
+        if g.store
+            .reserve_stack_units(s.stack_id, units, now)
+            .await
+            .is_ok()
+        {
             return Ok(s);
         }
     }
@@ -148,7 +174,9 @@ async fn hold_stack(
         state: crate::store::StackState::Active,
     };
     g.store.insert_stack(&record).await?;
-    g.store.reserve_stack_units(record.stack_id, units, now).await?;
+    g.store
+        .reserve_stack_units(record.stack_id, units, now)
+        .await?;
     tracing::info!(stack = %record.stack_id, node = %node.id, units = record.units_total, "bought stack");
     Ok(record)
 }
@@ -200,17 +228,27 @@ pub enum ReceiptError {
 /// Checks a receipt against the chosen node's ledger key and the request actually sent.
 pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(), ReceiptError> {
     if r.receipt.node != d.node.id {
-        return Err(ReceiptError::WrongNode { want: d.node.id, got: r.receipt.node });
+        return Err(ReceiptError::WrongNode {
+            want: d.node.id,
+            got: r.receipt.node,
+        });
     }
-    r.verify(&d.node.operator).map_err(|_| ReceiptError::BadSignature(d.node.id))?;
+    r.verify(&d.node.operator)
+        .map_err(|_| ReceiptError::BadSignature(d.node.id))?;
     if r.receipt.request_hash != sha256(body) {
         return Err(ReceiptError::WrongRequest);
     }
     if r.receipt.stack != d.stack {
-        return Err(ReceiptError::WrongStack { want: d.stack, got: r.receipt.stack });
+        return Err(ReceiptError::WrongStack {
+            want: d.stack,
+            got: r.receipt.stack,
+        });
     }
     if r.receipt.units().0 > d.reserved {
-        return Err(ReceiptError::OverReported { claimed: r.receipt.units().0, reserved: d.reserved });
+        return Err(ReceiptError::OverReported {
+            claimed: r.receipt.units().0,
+            reserved: d.reserved,
+        });
     }
     Ok(())
 }

@@ -37,7 +37,9 @@ struct Admitted {
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim)
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 /// Authenticates the API key and applies its rate limit: the first thing every route does,
@@ -58,7 +60,9 @@ async fn admit(
 ) -> Result<Admitted, ApiError> {
     let permit = g.in_flight.try_acquire()?;
     let constraints = Constraints::from_header(
-        headers.get(CONSTRAINTS_HEADER).and_then(|v| v.to_str().ok()),
+        headers
+            .get(CONSTRAINTS_HEADER)
+            .and_then(|v| v.to_str().ok()),
     )?;
     let model = ModelId::new(model);
     // Refuse up front what the user could not pay for at the dearest serving node, so that a
@@ -68,15 +72,22 @@ async fn admit(
         r.worst_price(&model)
     };
     let Some(worst) = worst else {
-        return Err(ApiError::new(ErrorKind::NotFound, "model_not_found", format!("no node serves model '{model}'"))
-            .with_param("model"));
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "model_not_found",
+            format!("no node serves model '{model}'"),
+        )
+        .with_param("model"));
     };
     let need = cost(units, worst);
     if key.credits < need {
         return Err(ApiError::new(
             ErrorKind::InsufficientFunds,
             "insufficient_credits",
-            format!("this request may cost up to {need}; the balance is {}", key.credits),
+            format!(
+                "this request may cost up to {need}; the balance is {}",
+                key.credits
+            ),
         ));
     }
     if let Some(budget) = key.budget
@@ -85,10 +96,20 @@ async fn admit(
         return Err(ApiError::new(
             ErrorKind::InsufficientFunds,
             "key_budget_exceeded",
-            format!("this key's budget {budget} would be exceeded (spent {})", key.spent),
+            format!(
+                "this key's budget {budget} would be exceeded (spent {})",
+                key.spent
+            ),
         ));
     }
-    Ok(Admitted { key, model, stream, units, constraints, _permit: permit })
+    Ok(Admitted {
+        key,
+        model,
+        stream,
+        units,
+        constraints,
+        _permit: permit,
+    })
 }
 
 /// Worst-case units of a generation request: every body byte a prompt token (a token is at
@@ -104,7 +125,15 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
         let key = authenticate(&g, &headers).await?;
         let req: ChatCompletionRequest = parse_json(&body)?;
         let units = generation_units(&body, req.messages.len(), &req.sampling);
-        let a = admit(&g, key, &headers, &req.model, req.sampling.is_stream(), units).await?;
+        let a = admit(
+            &g,
+            key,
+            &headers,
+            &req.model,
+            req.sampling.is_stream(),
+            units,
+        )
+        .await?;
         forward(&g, a, "/v1/chat/completions", body).await
     }
     .await;
@@ -117,7 +146,15 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
         let key = authenticate(&g, &headers).await?;
         let req: CompletionRequest = parse_json(&body)?;
         let units = generation_units(&body, 1, &req.sampling);
-        let a = admit(&g, key, &headers, &req.model, req.sampling.is_stream(), units).await?;
+        let a = admit(
+            &g,
+            key,
+            &headers,
+            &req.model,
+            req.sampling.is_stream(),
+            units,
+        )
+        .await?;
         forward(&g, a, "/v1/completions", body).await
     }
     .await;
@@ -143,9 +180,17 @@ pub async fn models(State(g): S) -> Json<ModelList> {
     let data = r
         .models()
         .into_iter()
-        .map(|m| ModelCard { id: m.0, object: "model".into(), created: 0, owned_by: "sortition".into() })
+        .map(|m| ModelCard {
+            id: m.0,
+            object: "model".into(),
+            created: 0,
+            owned_by: "sortition".into(),
+        })
         .collect();
-    Json(ModelList { object: "list".into(), data })
+    Json(ModelList {
+        object: "list".into(),
+        data,
+    })
 }
 
 fn error(g: &GatewayState, e: ApiError) -> Response {
@@ -153,7 +198,12 @@ fn error(g: &GatewayState, e: ApiError) -> Response {
     e.into_response()
 }
 
-async fn forward(g: &Arc<GatewayState>, a: Admitted, path: &str, body: Bytes) -> Result<Response, ApiError> {
+async fn forward(
+    g: &Arc<GatewayState>,
+    a: Admitted,
+    path: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let d = proxy::dispatch(g, path, &body, &a.model, a.units, &a.constraints).await?;
     if !d.response.status().is_success() {
         // A client error from the node (bad parameters, too long a prompt): pass it on,
@@ -163,7 +213,10 @@ async fn forward(g: &Arc<GatewayState>, a: Admitted, path: &str, body: Bytes) ->
         g.finish(d.node.id, Outcome::Cancelled).await;
         let text = d.response.bytes().await.unwrap_or_default();
         let mut resp = (status, text).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         return Ok(resp);
     }
     if a.stream {
@@ -173,26 +226,60 @@ async fn forward(g: &Arc<GatewayState>, a: Admitted, path: &str, body: Bytes) ->
     }
 }
 
-async fn unary(g: &Arc<GatewayState>, a: Admitted, d: Dispatched, body: Bytes) -> Result<Response, ApiError> {
+async fn unary(
+    g: &Arc<GatewayState>,
+    a: Admitted,
+    d: Dispatched,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let node_id = d.node.id;
     let ttft = proxy::elapsed(&d);
     let bytes = match tokio::time::timeout(g.config.upstream_timeout, d.response.bytes()).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(fail(g, &d.node.id, d.stack, d.reserved, format!("reading the node's answer: {e}")).await),
-        Err(_) => return Err(fail(g, &d.node.id, d.stack, d.reserved, "node timed out".into()).await),
+        Ok(Err(e)) => {
+            return Err(fail(
+                g,
+                &d.node.id,
+                d.stack,
+                d.reserved,
+                format!("reading the node's answer: {e}"),
+            )
+            .await);
+        }
+        Err(_) => {
+            return Err(fail(g, &d.node.id, d.stack, d.reserved, "node timed out".into()).await);
+        }
     };
-    let d = Dispatched { response: empty_response(), ..d };
+    let d = Dispatched {
+        response: empty_response(),
+        ..d
+    };
     let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => return Err(fail(g, &node_id, d.stack, d.reserved, format!("node sent invalid JSON: {e}")).await),
+        Err(e) => {
+            return Err(fail(
+                g,
+                &node_id,
+                d.stack,
+                d.reserved,
+                format!("node sent invalid JSON: {e}"),
+            )
+            .await);
+        }
     };
-    let receipt: Option<SignedReceipt> =
-        value.get("sortition").and_then(|s| s.get("receipt")).and_then(|r| serde_json::from_value(r.clone()).ok());
-    let receipt = match receipt.ok_or(proxy::ReceiptError::Missing).and_then(|r| check_receipt(&d, &body, &r).map(|_| r)) {
+    let receipt: Option<SignedReceipt> = value
+        .get("sortition")
+        .and_then(|s| s.get("receipt"))
+        .and_then(|r| serde_json::from_value(r.clone()).ok());
+    let receipt = match receipt
+        .ok_or(proxy::ReceiptError::Missing)
+        .and_then(|r| check_receipt(&d, &body, &r).map(|_| r))
+    {
         Ok(r) => r,
         Err(e) => return Err(bad_receipt(g, &d, e).await),
     };
-    g.finish(node_id, Outcome::Success { ttft, itl: None }).await;
+    g.finish(node_id, Outcome::Success { ttft, itl: None })
+        .await;
     proxy::bill(g, &d, &a.key, &a.model, &body, &receipt).await;
     if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
         ext.insert("verified_by_gateway".into(), serde_json::Value::Bool(true));
@@ -201,17 +288,27 @@ async fn unary(g: &Arc<GatewayState>, a: Admitted, d: Dispatched, body: Bytes) -
     if let Ok(v) = HeaderValue::from_str(&node_id.to_string()) {
         resp.headers_mut().insert(NODE_HEADER, v);
     }
-    if let Ok(v) = serde_json::to_string(&receipt).map(HeaderValue::try_from) && let Ok(v) = v {
+    if let Ok(v) = serde_json::to_string(&receipt).map(HeaderValue::try_from)
+        && let Ok(v) = v
+    {
         resp.headers_mut().insert(RECEIPT_HEADER, v);
     }
     Ok(resp)
 }
 
 fn empty_response() -> reqwest::Response {
-    reqwest::Response::from(axum::http::Response::new(reqwest::Body::from(Vec::<u8>::new())))
+    reqwest::Response::from(axum::http::Response::new(reqwest::Body::from(
+        Vec::<u8>::new(),
+    )))
 }
 
-async fn fail(g: &GatewayState, node: &sortition_types::NodeId, stack: sortition_types::StackId, reserved: u64, msg: String) -> ApiError {
+async fn fail(
+    g: &GatewayState,
+    node: &sortition_types::NodeId,
+    stack: sortition_types::StackId,
+    reserved: u64,
+    msg: String,
+) -> ApiError {
     g.store.release(stack, reserved).await.ok();
     g.finish(*node, Outcome::Failure).await;
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
@@ -222,12 +319,24 @@ async fn bad_receipt(g: &GatewayState, d: &Dispatched, e: proxy::ReceiptError) -
     g.metrics.inc("receipts_refused_total", "", 1);
     g.store.release(d.stack, d.reserved).await.ok();
     g.finish(d.node.id, Outcome::Failure).await;
-    ApiError::new(ErrorKind::BadGateway, "receipt_invalid", format!("node {}: {e}; the answer was withheld and nothing was billed", d.node.id))
+    ApiError::new(
+        ErrorKind::BadGateway,
+        "receipt_invalid",
+        format!(
+            "node {}: {e}; the answer was withheld and nothing was billed",
+            d.node.id
+        ),
+    )
 }
 
 /// Relays a node's SSE stream, checking the receipt in its final event. A driver task owns
 /// the upstream so billing happens even if the client disconnects.
-fn relay_stream(g: Arc<GatewayState>, a: Admitted, d: Dispatched, body: Bytes) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+fn relay_stream(
+    g: Arc<GatewayState>,
+    a: Admitted,
+    d: Dispatched,
+    body: Bytes,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let (tx, mut rx) = mpsc::channel::<String>(64);
     tokio::spawn(drive_relay(g, a, d, body, tx));
     let out = async_stream::stream! {
@@ -238,7 +347,13 @@ fn relay_stream(g: Arc<GatewayState>, a: Admitted, d: Dispatched, body: Bytes) -
     Sse::new(out).keep_alive(KeepAlive::default())
 }
 
-async fn drive_relay(g: Arc<GatewayState>, a: Admitted, mut d: Dispatched, body: Bytes, tx: mpsc::Sender<String>) {
+async fn drive_relay(
+    g: Arc<GatewayState>,
+    a: Admitted,
+    mut d: Dispatched,
+    body: Bytes,
+    tx: mpsc::Sender<String>,
+) {
     let response = std::mem::replace(&mut d.response, empty_response());
     let mut events = response.bytes_stream().eventsource();
     let mut delivered_chunks: u64 = 0;
@@ -276,7 +391,9 @@ async fn drive_relay(g: Arc<GatewayState>, a: Admitted, mut d: Dispatched, body:
                 }
                 Err(e) => {
                     let err = bad_receipt(&g, &d, e).await;
-                    let _ = tx.send(serde_json::to_string(&err.body()).unwrap_or_default()).await;
+                    let _ = tx
+                        .send(serde_json::to_string(&err.body()).unwrap_or_default())
+                        .await;
                     let _ = tx.send("[DONE]".into()).await;
                     return;
                 }
@@ -293,23 +410,47 @@ async fn drive_relay(g: Arc<GatewayState>, a: Admitted, mut d: Dispatched, body:
     match receipt_ok {
         Some(r) => {
             let _ = tx.send("[DONE]".into()).await;
-            g.finish(d.node.id, Outcome::Success { ttft: ttft.unwrap_or_default(), itl: None }).await;
+            g.finish(
+                d.node.id,
+                Outcome::Success {
+                    ttft: ttft.unwrap_or_default(),
+                    itl: None,
+                },
+            )
+            .await;
             proxy::bill(&g, &d, &a.key, &a.model, &body, &r).await;
         }
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill
             // only the chunks actually delivered, one unit each.
-            let outcome = if client_gone { Outcome::Cancelled } else { Outcome::Failure };
+            let outcome = if client_gone {
+                Outcome::Cancelled
+            } else {
+                Outcome::Failure
+            };
             g.finish(d.node.id, outcome).await;
             if !client_gone {
-                let err = ApiError::new(ErrorKind::BadGateway, "stream_interrupted", "the node's stream ended before its receipt");
-                let _ = tx.send(serde_json::to_string(&err.body()).unwrap_or_default()).await;
+                let err = ApiError::new(
+                    ErrorKind::BadGateway,
+                    "stream_interrupted",
+                    "the node's stream ended before its receipt",
+                );
+                let _ = tx
+                    .send(serde_json::to_string(&err.body()).unwrap_or_default())
+                    .await;
                 let _ = tx.send("[DONE]".into()).await;
             }
             let units = delivered_chunks.min(d.reserved);
-            g.store.settle_stack_units(d.stack, d.reserved, units).await.ok();
+            g.store
+                .settle_stack_units(d.stack, d.reserved, units)
+                .await
+                .ok();
             let price = cost(units, unit_price(&d.node));
-            let charged = if g.store.charge(a.key.key_id, price).await.is_ok() { price } else { Default::default() };
+            let charged = if g.store.charge(a.key.key_id, price).await.is_ok() {
+                price
+            } else {
+                Default::default()
+            };
             let usage = NewUsage {
                 key_id: a.key.key_id,
                 user_id: a.key.user_id,
@@ -319,7 +460,11 @@ async fn drive_relay(g: Arc<GatewayState>, a: Admitted, mut d: Dispatched, body:
                 prompt_tokens: 0,
                 completion_tokens: units,
                 cost: charged,
-                status: if client_gone { UsageStatus::Cancelled } else { UsageStatus::Failed },
+                status: if client_gone {
+                    UsageStatus::Cancelled
+                } else {
+                    UsageStatus::Failed
+                },
                 receipt_json: None,
                 request_hash: sortition_types::sha256(&body),
             };

@@ -59,7 +59,9 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(move |r| body_limit_to_openai(r, limit)))
+        .layer(axum::middleware::map_response(move |r| {
+            body_limit_to_openai(r, limit)
+        }))
         .with_state(state)
 }
 
@@ -73,19 +75,31 @@ async fn metrics(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
 }
 
 async fn openapi() -> axum::Json<serde_json::Value> {
-    axum::Json(sortition_api::openapi::document(sortition_api::openapi::Surface::Gateway))
+    axum::Json(sortition_api::openapi::document(
+        sortition_api::openapi::Surface::Gateway,
+    ))
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "unknown_route", "no such route")
 }
 
-async fn body_limit_to_openai(resp: axum::response::Response, limit: usize) -> axum::response::Response {
+async fn body_limit_to_openai(
+    resp: axum::response::Response,
+    limit: usize,
+) -> axum::response::Response {
     if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
-        && resp.headers().get("content-type").is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
+        && resp
+            .headers()
+            .get("content-type")
+            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
     {
-        return ApiError::new(ErrorKind::PayloadTooLarge, "body_too_large", format!("request body exceeds {limit} bytes"))
-            .into_response();
+        return ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "body_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+        .into_response();
     }
     resp
 }
@@ -110,5 +124,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

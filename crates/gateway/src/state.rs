@@ -90,7 +90,10 @@ impl GatewayState {
 
     /// Reports how a dispatched request ended to the router.
     pub async fn finish(&self, node: NodeId, outcome: Outcome) {
-        self.router.lock().await.finish(node, outcome, Instant::now());
+        self.router
+            .lock()
+            .await
+            .finish(node, outcome, Instant::now());
         let label = match outcome {
             Outcome::Success { .. } => "success",
             Outcome::Failure => "failure",
@@ -104,7 +107,12 @@ impl GatewayState {
         let nodes = self.ledger.active_nodes().await?;
         let mut r = self.router.lock().await;
         let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
-        let stale: Vec<NodeId> = r.in_flight().keys().copied().filter(|id| !ids.contains(id)).collect();
+        let stale: Vec<NodeId> = r
+            .in_flight()
+            .keys()
+            .copied()
+            .filter(|id| !ids.contains(id))
+            .collect();
         for id in stale {
             r.remove_node(id);
         }

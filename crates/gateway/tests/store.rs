@@ -9,7 +9,8 @@ use std::sync::Arc;
 use sortition_api::ApiError;
 use sortition_gateway::keys::ServerSecret;
 use sortition_gateway::store::{
-    AuthError, Backend, GatewayStore, NewUsage, Payload, StackRecord, StackState, StoreError, UsageStatus,
+    AuthError, Backend, GatewayStore, NewUsage, Payload, StackRecord, StackState, StoreError,
+    UsageStatus,
 };
 use sortition_types::{Amount, Hash32, ModelId, NodeId, StackId, sha256};
 use sqlx::AssertSqlSafe;
@@ -27,7 +28,10 @@ impl Db {
         if let Some((url, schema)) = self.pg_schema {
             let admin = admin_pool(&url).await;
             let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-            sqlx::query(AssertSqlSafe(sql)).execute(&admin).await.expect("drop schema");
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .expect("drop schema");
         }
     }
 }
@@ -40,7 +44,9 @@ fn pg_url() -> Option<String> {
     match std::env::var("SORTITION_TEST_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var_os("CI").is_some() => {
-            panic!("SORTITION_TEST_PG_URL is not set and CI is: the PostgreSQL tests must run in CI")
+            panic!(
+                "SORTITION_TEST_PG_URL is not set and CI is: the PostgreSQL tests must run in CI"
+            )
         }
         _ => {
             eprintln!(
@@ -54,13 +60,23 @@ fn pg_url() -> Option<String> {
 
 async fn admin_pool(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
-    sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url).await.expect("connect to PostgreSQL")
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect to PostgreSQL")
 }
 
 async fn sqlite() -> Db {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = GatewayStore::open_sqlite(dir.path(), secret()).await.expect("open sqlite");
-    Db { store, _dir: Some(dir), pg_schema: None }
+    let store = GatewayStore::open_sqlite(dir.path(), secret())
+        .await
+        .expect("open sqlite");
+    Db {
+        store,
+        _dir: Some(dir),
+        pg_schema: None,
+    }
 }
 
 async fn postgres(url: &str) -> Db {
@@ -68,13 +84,22 @@ async fn postgres(url: &str) -> Db {
     getrandom::fill(&mut rnd).expect("random");
     let schema = format!("t_{}", hex::encode(rnd));
     let admin = admin_pool(url).await;
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("schema");
     admin.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    let store = GatewayStore::open(&scoped, secret()).await.expect("open postgres");
+    let store = GatewayStore::open(&scoped, secret())
+        .await
+        .expect("open postgres");
     assert_eq!(store.backend(), Backend::Postgres);
-    Db { store, _dir: None, pg_schema: Some((url.to_string(), schema)) }
+    Db {
+        store,
+        _dir: None,
+        pg_schema: Some((url.to_string(), schema)),
+    }
 }
 
 /// SQLite always; PostgreSQL when configured.
@@ -105,31 +130,66 @@ async fn keys_authenticate_list_and_revoke() {
     for db in backends().await {
         let s = &db.store;
         let user = s.create_user("alice").await.expect("user");
-        assert_eq!(s.top_up(user, Amount(5_000)).await.expect("top up"), Amount(5_000));
-        let (kid, key) = s.create_key(user, "laptop", 60, Some(Amount(1_000))).await.expect("key");
+        assert_eq!(
+            s.top_up(user, Amount(5_000)).await.expect("top up"),
+            Amount(5_000)
+        );
+        let (kid, key) = s
+            .create_key(user, "laptop", 60, Some(Amount(1_000)))
+            .await
+            .expect("key");
 
-        let authed = s.authenticate(Some(&format!("  {}  ", key.expose()))).await.expect("valid key");
+        let authed = s
+            .authenticate(Some(&format!("  {}  ", key.expose())))
+            .await
+            .expect("valid key");
         assert_eq!((authed.key_id, authed.user_id, authed.rpm), (kid, user, 60));
-        assert_eq!((authed.budget, authed.spent, authed.credits), (Some(Amount(1_000)), Amount(0), Amount(5_000)));
+        assert_eq!(
+            (authed.budget, authed.spent, authed.credits),
+            (Some(Amount(1_000)), Amount(0), Amount(5_000))
+        );
 
-        assert!(matches!(s.authenticate(None).await, Err(AuthError::Missing)));
-        assert!(matches!(s.authenticate(Some("")).await, Err(AuthError::Missing)));
-        assert!(matches!(s.authenticate(Some("sk-sort-nothex")).await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            s.authenticate(None).await,
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            s.authenticate(Some("")).await,
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            s.authenticate(Some("sk-sort-nothex")).await,
+            Err(AuthError::Invalid)
+        ));
         let other = sortition_gateway::keys::ApiKey::generate().expect("key");
-        assert!(matches!(s.authenticate(Some(other.expose())).await, Err(AuthError::Invalid)));
+        assert!(matches!(
+            s.authenticate(Some(other.expose())).await,
+            Err(AuthError::Invalid)
+        ));
 
         let keys = s.list_keys(user).await.expect("list");
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].prefix, key.display_prefix());
-        assert!(!format!("{keys:?}").contains(&key.expose()[20..]), "listing leaks the key");
+        assert!(
+            !format!("{keys:?}").contains(&key.expose()[20..]),
+            "listing leaks the key"
+        );
 
         s.revoke_key(user, kid).await.expect("revoke");
-        s.revoke_key(user, kid).await.expect("revoking twice is fine");
-        let err = s.authenticate(Some(key.expose())).await.expect_err("revoked");
+        s.revoke_key(user, kid)
+            .await
+            .expect("revoking twice is fine");
+        let err = s
+            .authenticate(Some(key.expose()))
+            .await
+            .expect_err("revoked");
         assert!(matches!(err, AuthError::Revoked));
         assert_eq!(ApiError::from(err).status().as_u16(), 401);
         let stranger = s.create_user("mallory").await.expect("user");
-        assert!(matches!(s.revoke_key(stranger, kid).await, Err(StoreError::KeyNotFound(_))));
+        assert!(matches!(
+            s.revoke_key(stranger, kid).await,
+            Err(StoreError::KeyNotFound(_))
+        ));
         db.cleanup().await;
     }
 }
@@ -137,14 +197,25 @@ async fn keys_authenticate_list_and_revoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_different_secret_does_not_authenticate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = GatewayStore::open_sqlite(dir.path(), secret()).await.expect("open");
+    let s = GatewayStore::open_sqlite(dir.path(), secret())
+        .await
+        .expect("open");
     let user = s.create_user("bob").await.expect("user");
     let (_, key) = s.create_key(user, "k", 10, None).await.expect("key");
     s.close().await;
-    let s2 = GatewayStore::open_sqlite(dir.path(), ServerSecret::from_bytes([1; 32])).await.expect("reopen");
-    assert!(matches!(s2.authenticate(Some(key.expose())).await, Err(AuthError::Invalid)));
-    let s3 = GatewayStore::open_sqlite(dir.path(), secret()).await.expect("reopen, idempotent migrations");
-    s3.authenticate(Some(key.expose())).await.expect("same secret");
+    let s2 = GatewayStore::open_sqlite(dir.path(), ServerSecret::from_bytes([1; 32]))
+        .await
+        .expect("reopen");
+    assert!(matches!(
+        s2.authenticate(Some(key.expose())).await,
+        Err(AuthError::Invalid)
+    ));
+    let s3 = GatewayStore::open_sqlite(dir.path(), secret())
+        .await
+        .expect("reopen, idempotent migrations");
+    s3.authenticate(Some(key.expose()))
+        .await
+        .expect("same secret");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -153,25 +224,56 @@ async fn charge_applies_both_debits_or_neither() {
         let s = &db.store;
         let user = s.create_user("carol").await.expect("user");
         s.top_up(user, Amount(1_000)).await.expect("top up");
-        let (budgeted, _) = s.create_key(user, "b", 60, Some(Amount(300))).await.expect("key");
+        let (budgeted, _) = s
+            .create_key(user, "b", 60, Some(Amount(300)))
+            .await
+            .expect("key");
         let (open, _) = s.create_key(user, "o", 60, None).await.expect("key");
 
-        let c = s.charge(budgeted, Amount(200)).await.expect("within budget");
+        let c = s
+            .charge(budgeted, Amount(200))
+            .await
+            .expect("within budget");
         assert_eq!((c.credits_left, c.key_spent), (Amount(800), Amount(200)));
-        let err = s.charge(budgeted, Amount(101)).await.expect_err("over budget");
+        let err = s
+            .charge(budgeted, Amount(101))
+            .await
+            .expect_err("over budget");
         assert!(matches!(err, StoreError::OverBudget { .. }), "{err}");
         assert_eq!(ApiError::from(err).status().as_u16(), 402);
-        assert_eq!(s.user(user).await.expect("user").credits, Amount(800), "nothing applied");
+        assert_eq!(
+            s.user(user).await.expect("user").credits,
+            Amount(800),
+            "nothing applied"
+        );
 
         let err = s.charge(open, Amount(801)).await.expect_err("insufficient");
-        assert!(matches!(err, StoreError::InsufficientCredits { balance: Amount(800), .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::InsufficientCredits {
+                    balance: Amount(800),
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(ApiError::from(err).status().as_u16(), 402);
         let keys = s.list_keys(user).await.expect("list");
-        assert_eq!(keys.iter().find(|k| k.id == open).map(|k| k.spent), Some(Amount(0)), "rolled back");
+        assert_eq!(
+            keys.iter().find(|k| k.id == open).map(|k| k.spent),
+            Some(Amount(0)),
+            "rolled back"
+        );
 
-        s.charge(open, Amount(800)).await.expect("exactly the balance");
+        s.charge(open, Amount(800))
+            .await
+            .expect("exactly the balance");
         assert_eq!(s.user(user).await.expect("user").credits, Amount(0));
-        assert!(matches!(s.top_up(user, Amount(u64::MAX)).await, Err(StoreError::OutOfRange(_))));
+        assert!(matches!(
+            s.top_up(user, Amount(u64::MAX)).await,
+            Err(StoreError::OutOfRange(_))
+        ));
         db.cleanup().await;
     }
 }
@@ -185,7 +287,10 @@ async fn parallel_charges_never_overspend() {
         let (key, _) = s.create_key(user, "k", 60, None).await.expect("key");
         let rich = s.create_user("frank").await.expect("user");
         s.top_up(rich, Amount(1_000)).await.expect("top up");
-        let (capped, _) = s.create_key(rich, "capped", 60, Some(Amount(100))).await.expect("key");
+        let (capped, _) = s
+            .create_key(rich, "capped", 60, Some(Amount(100)))
+            .await
+            .expect("key");
         let mut tasks = Vec::new();
         for i in 0..96 {
             let s = s.clone();
@@ -212,12 +317,18 @@ async fn parallel_charges_never_overspend() {
 async fn parallel_reservations_never_overspend_a_stack() {
     for db in backends().await {
         let s = Arc::new(db.store.clone());
-        s.insert_stack(&stack(7, 1_000, i64::MAX)).await.expect("stack");
-        s.insert_stack(&stack(7, 5, 0)).await.expect("re-insert is a no-op");
+        s.insert_stack(&stack(7, 1_000, i64::MAX))
+            .await
+            .expect("stack");
+        s.insert_stack(&stack(7, 5, 0))
+            .await
+            .expect("re-insert is a no-op");
         let mut tasks = Vec::new();
         for _ in 0..100 {
             let s = s.clone();
-            tasks.push(tokio::spawn(async move { s.reserve_stack_units(StackId(7), 13, 0).await }));
+            tasks.push(tokio::spawn(async move {
+                s.reserve_stack_units(StackId(7), 13, 0).await
+            }));
         }
         let mut granted = 0u64;
         for t in tasks {
@@ -229,14 +340,19 @@ async fn parallel_reservations_never_overspend_a_stack() {
         }
         assert_eq!(granted, 1_000 / 13);
         let st = s.stack(StackId(7)).await.expect("stack");
-        assert_eq!((st.units_reserved, st.available()), (granted * 13, 1_000 - granted * 13));
+        assert_eq!(
+            (st.units_reserved, st.available()),
+            (granted * 13, 1_000 - granted * 13)
+        );
 
         // Half finish using 10 of 13; the rest release everything.
         let mut tasks = Vec::new();
         for i in 0..granted {
             let s = s.clone();
             let used = if i % 2 == 0 { 10 } else { 0 };
-            tasks.push(tokio::spawn(async move { s.settle_stack_units(StackId(7), 13, used).await }));
+            tasks.push(tokio::spawn(async move {
+                s.settle_stack_units(StackId(7), 13, used).await
+            }));
         }
         for t in tasks {
             t.await.expect("task").expect("settle");
@@ -244,7 +360,10 @@ async fn parallel_reservations_never_overspend_a_stack() {
         let st = s.stack(StackId(7)).await.expect("stack");
         assert_eq!(st.units_reserved, 0);
         assert_eq!(st.units_used, granted.div_ceil(2) * 10);
-        assert!(matches!(s.release(StackId(7), 1).await, Err(StoreError::OverRelease { .. })));
+        assert!(matches!(
+            s.release(StackId(7), 1).await,
+            Err(StoreError::OverRelease { .. })
+        ));
         db.cleanup().await;
     }
 }
@@ -257,14 +376,32 @@ async fn stacks_expire_close_and_are_listed() {
         s.insert_stack(&stack(2, 500, 1_000)).await.expect("stack");
         let m = ModelId::new("smollm2-135m-instruct");
         let usable = s.usable_stacks(NodeId(3), &m, 500).await.expect("list");
-        assert_eq!(usable.iter().map(|x| x.stack_id).collect::<Vec<_>>(), vec![StackId(2), StackId(1)]);
-        let err = s.reserve_stack_units(StackId(1), 1, 1_000).await.expect_err("expired");
+        assert_eq!(
+            usable.iter().map(|x| x.stack_id).collect::<Vec<_>>(),
+            vec![StackId(2), StackId(1)]
+        );
+        let err = s
+            .reserve_stack_units(StackId(1), 1, 1_000)
+            .await
+            .expect_err("expired");
         assert!(matches!(err, StoreError::StackInactive(_)));
         assert_eq!(ApiError::from(err).status().as_u16(), 402);
         s.close_stack(StackId(2)).await.expect("close");
-        assert!(matches!(s.reserve_stack_units(StackId(2), 1, 0).await, Err(StoreError::StackInactive(_))));
-        assert!(matches!(s.reserve_stack_units(StackId(9), 1, 0).await, Err(StoreError::StackNotFound(_))));
-        assert_eq!(s.usable_stacks(NodeId(3), &m, 500).await.expect("list").len(), 1);
+        assert!(matches!(
+            s.reserve_stack_units(StackId(2), 1, 0).await,
+            Err(StoreError::StackInactive(_))
+        ));
+        assert!(matches!(
+            s.reserve_stack_units(StackId(9), 1, 0).await,
+            Err(StoreError::StackNotFound(_))
+        ));
+        assert_eq!(
+            s.usable_stacks(NodeId(3), &m, 500)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
         db.cleanup().await;
     }
 }
@@ -289,7 +426,12 @@ async fn usage_and_payloads_round_trip_and_sweep() {
             request_hash: sha256(b"req-1"),
         };
         s.record_usage(&usage).await.expect("usage");
-        let failed = NewUsage { status: UsageStatus::Failed, receipt_json: None, stack_id: None, ..usage.clone() };
+        let failed = NewUsage {
+            status: UsageStatus::Failed,
+            receipt_json: None,
+            stack_id: None,
+            ..usage.clone()
+        };
         s.record_usage(&failed).await.expect("usage");
         let got = s.usage_for_user(user, 10).await.expect("list");
         assert_eq!(got.len(), 2);
@@ -297,13 +439,27 @@ async fn usage_and_payloads_round_trip_and_sweep() {
 
         let body: Vec<u8> = (0..=255u8).collect();
         for (i, expires) in [(1u64, 100i64), (2, 200)] {
-            let p = Payload { request_hash: sha256(&[i as u8]), stack_id: StackId(1), receipt_seq: i, body: body.clone(), expires_at_ms: expires };
+            let p = Payload {
+                request_hash: sha256(&[i as u8]),
+                stack_id: StackId(1),
+                receipt_seq: i,
+                body: body.clone(),
+                expires_at_ms: expires,
+            };
             s.put_payload(&p).await.expect("payload");
             s.put_payload(&p).await.expect("idempotent");
         }
-        let p1 = s.payload(&sha256(&[1]), 50).await.expect("get").expect("kept");
+        let p1 = s
+            .payload(&sha256(&[1]), 50)
+            .await
+            .expect("get")
+            .expect("kept");
         assert_eq!((p1.body, p1.receipt_seq), (body, 1));
-        assert_eq!(s.payload(&sha256(&[1]), 100).await.expect("get"), None, "expired");
+        assert_eq!(
+            s.payload(&sha256(&[1]), 100).await.expect("get"),
+            None,
+            "expired"
+        );
         assert_eq!(s.payload(&Hash32([0; 32]), 0).await.expect("get"), None);
         assert_eq!(s.sweep_payloads(150).await.expect("sweep"), 1);
         assert_eq!(s.sweep_payloads(150).await.expect("sweep"), 0);

@@ -65,18 +65,27 @@ pub fn router(h: Handle) -> Router {
         .with_state(h)
 }
 
-async fn submit(State(h): State<Handle>, body: Result<Json<SignedTx>, axum::extract::rejection::JsonRejection>) -> ApiResult<TxResponse> {
+async fn submit(
+    State(h): State<Handle>,
+    body: Result<Json<SignedTx>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<TxResponse> {
     let Json(tx) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let inc = h.submit(tx).await.map_err(|e| match e {
         SubmitError::Refused(l) => ApiError::Ledger(l),
         SubmitError::Service(s) => ApiError::Service(s),
     })?;
     let events = inc.result?;
-    Ok(Json(TxResponse { height: inc.height, index: inc.index, tx_hash: inc.tx_hash, events }))
+    Ok(Json(TxResponse {
+        height: inc.height,
+        index: inc.index,
+        tx_hash: inc.tx_hash,
+        events,
+    }))
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
-    s.parse().map_err(|_| ApiError::BadRequest(format!("malformed {what}: {s}")))
+    s.parse()
+        .map_err(|_| ApiError::BadRequest(format!("malformed {what}: {s}")))
 }
 
 fn found<T>(v: Option<T>, what: String) -> ApiResult<T> {
@@ -85,7 +94,11 @@ fn found<T>(v: Option<T>, what: String) -> ApiResult<T> {
 
 async fn find_tx(State(h): State<Handle>, Path(hash): Path<String>) -> ApiResult<TxLocation> {
     let hash: Hash32 = parse(&hash, "tx hash")?;
-    found(h.find_tx(&hash).map(|(height, index)| TxLocation { height, index }), format!("tx {hash}"))
+    found(
+        h.find_tx(&hash)
+            .map(|(height, index)| TxLocation { height, index }),
+        format!("tx {hash}"),
+    )
 }
 
 async fn status(State(h): State<Handle>) -> Json<StatusResponse> {
@@ -112,7 +125,10 @@ async fn nodes(State(h): State<Handle>) -> Json<Value> {
 
 async fn node(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: NodeId = parse(&id, "node id")?;
-    found(h.with_ledger(|l| l.state().node(id).map(|n| json!(n))), id.to_string())
+    found(
+        h.with_ledger(|l| l.state().node(id).map(|n| json!(n))),
+        id.to_string(),
+    )
 }
 
 async fn models(State(h): State<Handle>) -> Json<Value> {
@@ -121,7 +137,10 @@ async fn models(State(h): State<Handle>) -> Json<Value> {
 
 async fn model(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = ModelId::new(id);
-    found(h.with_ledger(|l| l.state().model(&id).map(|m| json!(m))), id.to_string())
+    found(
+        h.with_ledger(|l| l.state().model(&id).map(|m| json!(m))),
+        id.to_string(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -133,18 +152,29 @@ async fn stacks(State(h): State<Handle>, Query(q): Query<StackQuery>) -> ApiResu
     let owner: Option<PublicKey> = q.owner.as_deref().map(|o| parse(o, "owner")).transpose()?;
     Ok(Json(h.with_ledger(|l| {
         let st = l.state();
-        json!(st.stacks.values().filter(|s| owner.is_none_or(|o| s.owner == o)).collect::<Vec<_>>())
+        json!(
+            st.stacks
+                .values()
+                .filter(|s| owner.is_none_or(|o| s.owner == o))
+                .collect::<Vec<_>>()
+        )
     })))
 }
 
 async fn stack(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: StackId = parse(&id, "stack id")?;
-    found(h.with_ledger(|l| l.state().stack(id).map(|s| json!(s))), id.to_string())
+    found(
+        h.with_ledger(|l| l.state().stack(id).map(|s| json!(s))),
+        id.to_string(),
+    )
 }
 
 async fn claim(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: ClaimId = parse(&id, "claim id")?;
-    found(h.with_ledger(|l| l.state().claim(id).map(|c| json!(c))), id.to_string())
+    found(
+        h.with_ledger(|l| l.state().claim(id).map(|c| json!(c))),
+        id.to_string(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -154,13 +184,21 @@ struct AuditQuery {
 }
 
 async fn audits(State(h): State<Handle>, Query(q): Query<AuditQuery>) -> ApiResult<Value> {
-    let auditor: Option<NodeId> = q.auditor.as_deref().map(|a| parse(a, "auditor")).transpose()?;
+    let auditor: Option<NodeId> = q
+        .auditor
+        .as_deref()
+        .map(|a| parse(a, "auditor"))
+        .transpose()?;
     let open = q.open.unwrap_or(false);
     Ok(Json(h.with_ledger(|l| {
         let st = l.state();
         let list: Vec<_> = match auditor {
             Some(a) => st.audits_of(a, open),
-            None if open => st.open_audits.iter().filter_map(|id| st.audit(*id)).collect(),
+            None if open => st
+                .open_audits
+                .iter()
+                .filter_map(|id| st.audit(*id))
+                .collect(),
             None => st.audits.values().collect(),
         };
         json!(list)
@@ -169,7 +207,10 @@ async fn audits(State(h): State<Handle>, Query(q): Query<AuditQuery>) -> ApiResu
 
 async fn audit(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: AuditId = parse(&id, "audit id")?;
-    found(h.with_ledger(|l| l.state().audit(id).map(|a| json!(a))), id.to_string())
+    found(
+        h.with_ledger(|l| l.state().audit(id).map(|a| json!(a))),
+        id.to_string(),
+    )
 }
 
 async fn disputes(State(h): State<Handle>) -> Json<Value> {
@@ -188,11 +229,44 @@ async fn metrics(State(h): State<Handle>) -> impl IntoResponse {
     let m = &h.shared().metrics;
     let mut v = BTreeMap::new();
     v.insert("sortition_ledger_height", m.height.load(Ordering::Relaxed));
-    v.insert("sortition_ledger_txs_applied_total", m.txs_applied.load(Ordering::Relaxed));
-    v.insert("sortition_ledger_tx_errors_total", m.tx_errors.load(Ordering::Relaxed));
-    v.insert("sortition_ledger_blocks_total", m.blocks.load(Ordering::Relaxed));
-    v.insert("sortition_ledger_block_apply_microseconds_total", m.block_apply_us_total.load(Ordering::Relaxed));
-    v.insert("sortition_ledger_block_persist_microseconds_total", m.block_persist_us_total.load(Ordering::Relaxed));
-    let body: String = v.iter().map(|(k, x)| format!("# TYPE {k} {}\n{k} {x}\n", if k.ends_with("total") { "counter" } else { "gauge" })).collect();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    v.insert(
+        "sortition_ledger_txs_applied_total",
+        m.txs_applied.load(Ordering::Relaxed),
+    );
+    v.insert(
+        "sortition_ledger_tx_errors_total",
+        m.tx_errors.load(Ordering::Relaxed),
+    );
+    v.insert(
+        "sortition_ledger_blocks_total",
+        m.blocks.load(Ordering::Relaxed),
+    );
+    v.insert(
+        "sortition_ledger_block_apply_microseconds_total",
+        m.block_apply_us_total.load(Ordering::Relaxed),
+    );
+    v.insert(
+        "sortition_ledger_block_persist_microseconds_total",
+        m.block_persist_us_total.load(Ordering::Relaxed),
+    );
+    let body: String = v
+        .iter()
+        .map(|(k, x)| {
+            format!(
+                "# TYPE {k} {}\n{k} {x}\n",
+                if k.ends_with("total") {
+                    "counter"
+                } else {
+                    "gauge"
+                }
+            )
+        })
+        .collect();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }

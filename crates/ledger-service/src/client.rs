@@ -6,7 +6,10 @@ use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sortition_ledger::{Account, Audit, Claim, Dispute, Event, Genesis, ModelEntry, Node, SignedTx, SlashRecord, Stack, Tx, TxKind};
+use sortition_ledger::{
+    Account, Audit, Claim, Dispute, Event, Genesis, ModelEntry, Node, SignedTx, SlashRecord, Stack,
+    Tx, TxKind,
+};
 use sortition_types::{AuditId, ClaimId, Hash32, Keypair, ModelId, NodeId, PublicKey, StackId};
 
 pub use crate::api::{StatusResponse, TxLocation, TxResponse as TxResult};
@@ -21,7 +24,11 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     /// The ledger refused: OpenAI-style `{"error": {message, type, code}}`.
     #[error("ledger refused ({status}, {code}): {message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("bad response: {0}")]
     Decode(String),
 }
@@ -44,7 +51,10 @@ pub struct LedgerClient {
 
 impl LedgerClient {
     pub fn new(url: impl Into<String>) -> Self {
-        LedgerClient { base: url.into().trim_end_matches('/').to_string(), http: reqwest::Client::new() }
+        LedgerClient {
+            base: url.into().trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
@@ -53,7 +63,11 @@ impl LedgerClient {
         if !status.is_success() {
             let v: Value = serde_json::from_slice(&body).unwrap_or_default();
             let field = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();
-            return Err(ClientError::Api { status: status.as_u16(), code: field("code"), message: field("message") });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: field("code"),
+                message: field("message"),
+            });
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -100,7 +114,8 @@ impl LedgerClient {
     }
     /// Audits where `auditor` is drawn; only open ones when `open`.
     pub async fn audits_of(&self, auditor: NodeId, open: bool) -> Result<Vec<Audit>, ClientError> {
-        self.get(&format!("/v1/audits?auditor={}&open={open}", auditor.0)).await
+        self.get(&format!("/v1/audits?auditor={}&open={open}", auditor.0))
+            .await
     }
     pub async fn disputes(&self) -> Result<Vec<Dispute>, ClientError> {
         self.get("/v1/disputes").await
@@ -114,7 +129,14 @@ impl LedgerClient {
 
     /// Submits a signed transaction and waits until its block is durable.
     pub async fn submit(&self, tx: &SignedTx) -> Result<TxResult, ClientError> {
-        Self::decode(self.http.post(format!("{}/v1/tx", self.base)).json(tx).send().await?).await
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/tx", self.base))
+                .json(tx)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Fetches the nonce, signs with the ledger's chain id and a 60 s expiry, submits; retries
@@ -127,7 +149,14 @@ impl LedgerClient {
             let expires_at_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| (d + DEFAULT_TX_TTL).as_millis() as u64);
-            let tx = Tx { chain_id: chain_id.clone(), sender: key.public(), nonce, expires_at_ms, kind: kind.clone() }.sign(key);
+            let tx = Tx {
+                chain_id: chain_id.clone(),
+                sender: key.public(),
+                nonce,
+                expires_at_ms,
+                kind: kind.clone(),
+            }
+            .sign(key);
             match self.submit(&tx).await {
                 Err(e) if e.code() == Some("wrong_nonce") => last = Some(e),
                 other => return other,
@@ -137,21 +166,35 @@ impl LedgerClient {
     }
 
     /// The ledger's events from `from` on (inclusive), following new blocks.
-    pub async fn events(&self, from: Cursor) -> Result<impl Stream<Item = Result<(Cursor, Event), ClientError>> + use<>, ClientError> {
-        let resp = self.http.get(format!("{}/v1/events?from={from}", self.base)).send().await?;
+    pub async fn events(
+        &self,
+        from: Cursor,
+    ) -> Result<impl Stream<Item = Result<(Cursor, Event), ClientError>> + use<>, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/events?from={from}", self.base))
+            .send()
+            .await?;
         if !resp.status().is_success() {
-            return Err(Self::decode::<Value>(resp).await.err().unwrap_or(ClientError::Decode("stream refused".into())));
+            return Err(Self::decode::<Value>(resp)
+                .await
+                .err()
+                .unwrap_or(ClientError::Decode("stream refused".into())));
         }
-        Ok(resp.bytes_stream().eventsource().filter_map(|item| async move {
-            match item {
-                Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
-                Ok(ev) if ev.data.is_empty() || ev.id.is_empty() => None,
-                Ok(ev) => Some((|| {
-                    let c: Cursor = ev.id.parse().map_err(ClientError::Decode)?;
-                    let e: Event = serde_json::from_str(&ev.data).map_err(|e| ClientError::Decode(e.to_string()))?;
-                    Ok((c, e))
-                })()),
-            }
-        }))
+        Ok(resp
+            .bytes_stream()
+            .eventsource()
+            .filter_map(|item| async move {
+                match item {
+                    Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
+                    Ok(ev) if ev.data.is_empty() || ev.id.is_empty() => None,
+                    Ok(ev) => Some((|| {
+                        let c: Cursor = ev.id.parse().map_err(ClientError::Decode)?;
+                        let e: Event = serde_json::from_str(&ev.data)
+                            .map_err(|e| ClientError::Decode(e.to_string()))?;
+                        Ok((c, e))
+                    })()),
+                }
+            }))
     }
 }

@@ -14,7 +14,11 @@ pub enum ServiceError {
     #[error("invalid genesis: {0}")]
     Genesis(LedgerError),
     #[error("replay diverged at height {height}: stored root {stored}, recomputed {recomputed}")]
-    RootMismatch { height: u64, stored: String, recomputed: String },
+    RootMismatch {
+        height: u64,
+        stored: String,
+        recomputed: String,
+    },
     #[error("replay of block {height} failed: {reason}")]
     Replay { height: u64, reason: String },
     #[error("sequencer stopped")]
@@ -59,9 +63,12 @@ pub fn ledger_status(e: &LedgerError) -> StatusCode {
     use LedgerError::*;
     match e {
         BadSignature | WrongChain { .. } | Expired { .. } => StatusCode::BAD_REQUEST,
-        WrongNonce { .. } | AlreadyCommitted | AlreadyRevealed | ReceiptAlreadySubmitted | NodeExists(_) | ModelExists(_) => {
-            StatusCode::CONFLICT
-        }
+        WrongNonce { .. }
+        | AlreadyCommitted
+        | AlreadyRevealed
+        | ReceiptAlreadySubmitted
+        | NodeExists(_)
+        | ModelExists(_) => StatusCode::CONFLICT,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
@@ -70,9 +77,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code) = match &self {
             ApiError::Ledger(e) => (ledger_status(e), "invalid_request_error", error_code(e)),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request".into()),
+            ApiError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "bad_request".into(),
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", "not_found".into()),
-            ApiError::Service(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable".into()),
+            ApiError::Service(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "unavailable".into(),
+            ),
         };
         let body = serde_json::json!({ "error": { "message": self.to_string(), "type": kind, "code": code } });
         (status, Json(body)).into_response()

@@ -44,13 +44,21 @@ pub struct LedgerServiceConfig {
 
 impl LedgerServiceConfig {
     pub fn new(data_dir: impl Into<PathBuf>, genesis: Genesis) -> Self {
-        LedgerServiceConfig { data_dir: data_dir.into(), genesis, block_interval: Duration::from_millis(2), max_block_txs: 2048, idle_block_interval: Some(Duration::from_secs(1)) }
+        LedgerServiceConfig {
+            data_dir: data_dir.into(),
+            genesis,
+            block_interval: Duration::from_millis(2),
+            max_block_txs: 2048,
+            idle_block_interval: Some(Duration::from_secs(1)),
+        }
     }
 }
 
 /// Opens storage, replays it and starts the sequencer (inside a tokio runtime). The task
 /// finishes once every [`Handle`] is dropped.
-pub fn start_sequencer(config: &LedgerServiceConfig) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
+pub fn start_sequencer(
+    config: &LedgerServiceConfig,
+) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
     let store = store::Store::open(&config.data_dir, &config.genesis)?;
     let cfg = sequencer::SequencerConfig {
         block_interval: config.block_interval,
@@ -61,15 +69,27 @@ pub fn start_sequencer(config: &LedgerServiceConfig) -> Result<(Handle, tokio::t
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(config: LedgerServiceConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServiceError> {
+pub async fn serve(
+    config: LedgerServiceConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
     let (handle, sequencer) = start_sequencer(&config)?;
     serve_handle(handle, listener, shutdown).await?;
-    sequencer.await.map_err(|e| ServiceError::Storage(e.to_string()))
+    sequencer
+        .await
+        .map_err(|e| ServiceError::Storage(e.to_string()))
 }
 
 /// Serves the API of an already started sequencer.
-pub async fn serve_handle(handle: Handle, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServiceError> {
-    axum::serve(listener, api::router(handle)).with_graceful_shutdown(shutdown).await?;
+pub async fn serve_handle(
+    handle: Handle,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    axum::serve(listener, api::router(handle))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -89,7 +109,13 @@ impl Background {
     /// Stops the server and waits until the sequencer has closed the database (other clones
     /// of the handle must be dropped first).
     pub async fn shutdown(self) -> Result<(), ServiceError> {
-        let Background { handle, stop, sequencer, task, .. } = self;
+        let Background {
+            handle,
+            stop,
+            sequencer,
+            task,
+            ..
+        } = self;
         if let Some(s) = stop {
             let _ = s.send(());
         }
@@ -105,7 +131,9 @@ impl Background {
             }
         }
         drop(handle);
-        sequencer.await.map_err(|e| ServiceError::Storage(e.to_string()))
+        sequencer
+            .await
+            .map_err(|e| ServiceError::Storage(e.to_string()))
     }
 }
 
@@ -118,5 +146,11 @@ pub async fn run_in_background(config: LedgerServiceConfig) -> Result<Background
     let task = tokio::spawn(serve_handle(handle.clone(), listener, async move {
         let _ = rx.await;
     }));
-    Ok(Background { url, handle, stop: Some(stop), sequencer, task })
+    Ok(Background {
+        url,
+        handle,
+        stop: Some(stop),
+        sequencer,
+        task,
+    })
 }

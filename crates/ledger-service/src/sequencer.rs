@@ -86,7 +86,9 @@ pub struct SequencerConfig {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -96,28 +98,57 @@ fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Opens the store, replays every stored block (checking each state root and result), and
 /// starts the sequencer. Must be called inside a tokio runtime. The returned task finishes
 /// when every [`Handle`] is dropped and the database is closed.
-pub fn start(store: Store, genesis: Genesis, cfg: SequencerConfig) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
+pub fn start(
+    store: Store,
+    genesis: Genesis,
+    cfg: SequencerConfig,
+) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
     let mut ledger = Ledger::new(&genesis).map_err(ServiceError::Genesis)?;
     let mut index = HashMap::new();
     let metrics = Metrics::default();
     for b in store.blocks()? {
         let h = b.ctx.height;
-        let out = ledger.apply_block(b.ctx, &b.txs).map_err(|e| ServiceError::Replay { height: h, reason: e.to_string() })?;
+        let out = ledger
+            .apply_block(b.ctx, &b.txs)
+            .map_err(|e| ServiceError::Replay {
+                height: h,
+                reason: e.to_string(),
+            })?;
         if out.state_root != b.state_root {
-            return Err(ServiceError::RootMismatch { height: h, stored: b.state_root.to_hex(), recomputed: out.state_root.to_hex() });
+            return Err(ServiceError::RootMismatch {
+                height: h,
+                stored: b.state_root.to_hex(),
+                recomputed: out.state_root.to_hex(),
+            });
         }
-        let hashes: Vec<Hash32> = out.results.iter().map(|r| sha256(&canonical_bytes(r))).collect();
+        let hashes: Vec<Hash32> = out
+            .results
+            .iter()
+            .map(|r| sha256(&canonical_bytes(r)))
+            .collect();
         if hashes != b.result_hashes {
-            return Err(ServiceError::Replay { height: h, reason: "results differ from the stored ones".into() });
+            return Err(ServiceError::Replay {
+                height: h,
+                reason: "results differ from the stored ones".into(),
+            });
         }
         for (i, t) in b.txs.iter().enumerate() {
             index.insert(t.hash(), (h, i as u32));
         }
-        metrics.txs_applied.fetch_add(b.txs.len() as u64, Ordering::Relaxed);
+        metrics
+            .txs_applied
+            .fetch_add(b.txs.len() as u64, Ordering::Relaxed);
     }
     metrics.height.store(ledger.height(), Ordering::Relaxed);
     let (events, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared { ledger: RwLock::new(ledger), genesis, store, tx_index: RwLock::new(index), metrics, events });
+    let shared = Arc::new(Shared {
+        ledger: RwLock::new(ledger),
+        genesis,
+        store,
+        tx_index: RwLock::new(index),
+        metrics,
+        events,
+    });
     let (inbox, rx) = mpsc::channel(cfg.max_block_txs.max(1) * 4);
     let s = shared.clone();
     let rt = tokio::runtime::Handle::current();
@@ -126,7 +157,12 @@ pub fn start(store: Store, genesis: Genesis, cfg: SequencerConfig) -> Result<(Ha
     Ok((Handle { inbox, shared }, task))
 }
 
-fn run(rt: tokio::runtime::Handle, shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>, cfg: SequencerConfig) {
+fn run(
+    rt: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Submission>,
+    cfg: SequencerConfig,
+) {
     loop {
         let first = match cfg.idle_block_interval {
             None => rx.blocking_recv(),
@@ -166,28 +202,49 @@ fn run(rt: tokio::runtime::Handle, shared: Arc<Shared>, mut rx: mpsc::Receiver<S
 
 /// Applies, persists, then acknowledges one block.
 fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
-    let (txs, replies): (Vec<VerifiedTx>, Vec<_>) = batch.into_iter().map(|s| (s.tx, s.reply)).unzip();
+    let (txs, replies): (Vec<VerifiedTx>, Vec<_>) =
+        batch.into_iter().map(|s| (s.tx, s.reply)).unzip();
     let signed: Vec<SignedTx> = txs.iter().map(|t| t.signed().clone()).collect();
     let started = Instant::now();
     let (ctx, outcome) = {
         let mut ledger = shared.ledger.write().unwrap_or_else(|p| p.into_inner());
         let ctx = ledger.next_context(now_ms());
         let out = ledger.apply_verified(ctx, txs.into_iter().map(Ok).collect());
-        (ctx, out.map_err(|e| ServiceError::Replay { height: ctx.height, reason: e.to_string() })?)
+        (
+            ctx,
+            out.map_err(|e| ServiceError::Replay {
+                height: ctx.height,
+                reason: e.to_string(),
+            })?,
+        )
     };
     let applied = started.elapsed();
     let block = StoredBlock {
         ctx,
-        result_hashes: outcome.results.iter().map(|r| sha256(&canonical_bytes(r))).collect(),
+        result_hashes: outcome
+            .results
+            .iter()
+            .map(|r| sha256(&canonical_bytes(r)))
+            .collect(),
         txs: signed,
         state_root: outcome.state_root,
     };
-    let mut flat: Vec<Event> = outcome.results.iter().filter_map(|r| r.as_ref().ok()).flatten().cloned().collect();
+    let mut flat: Vec<Event> = outcome
+        .results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
+        .cloned()
+        .collect();
     flat.extend(outcome.end_block_events.iter().cloned());
     let stored = shared.store.append(&block, &flat);
     let m = &shared.metrics;
-    m.block_apply_us_total.fetch_add(applied.as_micros() as u64, Ordering::Relaxed);
-    m.block_persist_us_total.fetch_add((started.elapsed() - applied).as_micros() as u64, Ordering::Relaxed);
+    m.block_apply_us_total
+        .fetch_add(applied.as_micros() as u64, Ordering::Relaxed);
+    m.block_persist_us_total.fetch_add(
+        (started.elapsed() - applied).as_micros() as u64,
+        Ordering::Relaxed,
+    );
     if let Err(e) = stored {
         for r in replies {
             let _ = r.send(Err(ServiceError::Storage(e.to_string())));
@@ -201,14 +258,28 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
         }
     }
     let errors = outcome.results.iter().filter(|r| r.is_err()).count() as u64;
-    m.txs_applied.fetch_add(block.txs.len() as u64, Ordering::Relaxed);
+    m.txs_applied
+        .fetch_add(block.txs.len() as u64, Ordering::Relaxed);
     m.tx_errors.fetch_add(errors, Ordering::Relaxed);
     m.blocks.fetch_add(1, Ordering::Relaxed);
     m.height.store(ctx.height, Ordering::Relaxed);
-    for (i, ((reply, result), t)) in replies.into_iter().zip(outcome.results).zip(&block.txs).enumerate() {
-        let _ = reply.send(Ok(Included { height: ctx.height, index: i as u32, tx_hash: t.hash(), result }));
+    for (i, ((reply, result), t)) in replies
+        .into_iter()
+        .zip(outcome.results)
+        .zip(&block.txs)
+        .enumerate()
+    {
+        let _ = reply.send(Ok(Included {
+            height: ctx.height,
+            index: i as u32,
+            tx_hash: t.hash(),
+            result,
+        }));
     }
-    let _ = shared.events.send(BlockEvents { height: ctx.height, events: Arc::new(flat) });
+    let _ = shared.events.send(BlockEvents {
+        height: ctx.height,
+        events: Arc::new(flat),
+    });
     Ok(())
 }
 
@@ -218,7 +289,10 @@ impl Handle {
         let v = tx.verify()?;
         self.precheck(&v)?;
         let (reply, rx) = oneshot::channel();
-        self.inbox.send(Submission { tx: v, reply }).await.map_err(|_| ServiceError::Stopped)?;
+        self.inbox
+            .send(Submission { tx: v, reply })
+            .await
+            .map_err(|_| ServiceError::Stopped)?;
         Ok(rx.await.map_err(|_| ServiceError::Stopped)??)
     }
 
@@ -231,7 +305,10 @@ impl Handle {
                 let v = tx.verify()?;
                 self.precheck(&v)?;
                 let (reply, rx) = oneshot::channel();
-                self.inbox.send(Submission { tx: v, reply }).await.map_err(|_| ServiceError::Stopped)?;
+                self.inbox
+                    .send(Submission { tx: v, reply })
+                    .await
+                    .map_err(|_| ServiceError::Stopped)?;
                 Ok::<_, SubmitError>(rx)
             };
             pending.push(sent.await);
@@ -239,7 +316,10 @@ impl Handle {
         let mut out = Vec::with_capacity(pending.len());
         for p in pending {
             out.push(match p {
-                Ok(rx) => rx.await.map_err(|_| SubmitError::Service(ServiceError::Stopped)).and_then(|r| Ok(r?)),
+                Ok(rx) => rx
+                    .await
+                    .map_err(|_| SubmitError::Service(ServiceError::Stopped))
+                    .and_then(|r| Ok(r?)),
                 Err(e) => Err(e),
             });
         }
@@ -249,17 +329,28 @@ impl Handle {
     /// Cheap refusals before sequencing. Skipped while a block is being applied; the block is
     /// the authority either way.
     fn precheck(&self, v: &VerifiedTx) -> Result<(), LedgerError> {
-        let Ok(l) = self.shared.ledger.try_read() else { return Ok(()) };
+        let Ok(l) = self.shared.ledger.try_read() else {
+            return Ok(());
+        };
         let (st, tx) = (l.state(), v.tx());
         if tx.chain_id != st.chain_id {
-            return Err(LedgerError::WrongChain { expected: st.chain_id.clone(), got: tx.chain_id.clone() });
+            return Err(LedgerError::WrongChain {
+                expected: st.chain_id.clone(),
+                got: tx.chain_id.clone(),
+            });
         }
         let expected = st.account(&tx.sender).nonce;
         if tx.nonce < expected {
-            return Err(LedgerError::WrongNonce { expected, got: tx.nonce });
+            return Err(LedgerError::WrongNonce {
+                expected,
+                got: tx.nonce,
+            });
         }
         if tx.expires_at_ms <= st.timestamp_ms {
-            return Err(LedgerError::Expired { expires_at_ms: tx.expires_at_ms, now_ms: st.timestamp_ms });
+            return Err(LedgerError::Expired {
+                expires_at_ms: tx.expires_at_ms,
+                now_ms: st.timestamp_ms,
+            });
         }
         Ok(())
     }

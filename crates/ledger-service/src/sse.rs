@@ -25,10 +25,16 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub const START: Cursor = Cursor { height: 1, index: 0 };
+    pub const START: Cursor = Cursor {
+        height: 1,
+        index: 0,
+    };
     /// The cursor right after this one.
     pub fn next(self) -> Cursor {
-        Cursor { height: self.height, index: self.index + 1 }
+        Cursor {
+            height: self.height,
+            index: self.index + 1,
+        }
     }
 }
 
@@ -41,8 +47,13 @@ impl fmt::Display for Cursor {
 impl std::str::FromStr for Cursor {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (h, i) = s.split_once(':').ok_or_else(|| format!("cursor {s:?} is not HEIGHT:INDEX"))?;
-        Ok(Cursor { height: h.parse().map_err(|_| "bad height".to_string())?, index: i.parse().map_err(|_| "bad index".to_string())? })
+        let (h, i) = s
+            .split_once(':')
+            .ok_or_else(|| format!("cursor {s:?} is not HEIGHT:INDEX"))?;
+        Ok(Cursor {
+            height: h.parse().map_err(|_| "bad height".to_string())?,
+            index: i.parse().map_err(|_| "bad index".to_string())?,
+        })
     }
 }
 
@@ -52,14 +63,23 @@ pub(crate) struct EventsQuery {
 }
 
 fn sse(cursor: Cursor, e: &Event) -> SseEvent {
-    SseEvent::default().id(cursor.to_string()).json_data(e).unwrap_or_else(|_| SseEvent::default().comment("unencodable"))
+    SseEvent::default()
+        .id(cursor.to_string())
+        .json_data(e)
+        .unwrap_or_else(|_| SseEvent::default().comment("unencodable"))
 }
 
 pub(crate) async fn events(
     State(h): State<Handle>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let from: Cursor = q.from.as_deref().map(str::parse).transpose().map_err(ApiError::BadRequest)?.unwrap_or(Cursor::START);
+    let from: Cursor = q
+        .from
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?
+        .unwrap_or(Cursor::START);
     let mut live = h.subscribe();
     let stream = async_stream::stream! {
         let mut cur = from;

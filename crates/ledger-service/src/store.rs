@@ -41,7 +41,10 @@ impl Store {
         let w = db.begin_write().map_err(err)?;
         {
             let mut meta = w.open_table(META).map_err(err)?;
-            let stored = meta.get("genesis").map_err(err)?.map(|v| v.value().to_vec());
+            let stored = meta
+                .get("genesis")
+                .map_err(err)?
+                .map(|v| v.value().to_vec());
             match stored {
                 Some(bytes) if bytes != want => return Err(ServiceError::GenesisMismatch),
                 Some(_) => {}
@@ -59,11 +62,15 @@ impl Store {
     /// Persists a block and its events durably.
     pub fn append(&self, block: &StoredBlock, events: &[Event]) -> Result<(), ServiceError> {
         let mut w = self.db.begin_write().map_err(err)?;
-        w.set_durability(Durability::Immediate).map_err(|e| ServiceError::Storage(e.to_string()))?;
+        w.set_durability(Durability::Immediate)
+            .map_err(|e| ServiceError::Storage(e.to_string()))?;
         {
             let mut blocks = w.open_table(BLOCKS).map_err(err)?;
-            blocks.insert(block.ctx.height, canonical_bytes(block).as_slice()).map_err(err)?;
-            let ev = serde_json::to_vec(events).map_err(|e| ServiceError::Storage(e.to_string()))?;
+            blocks
+                .insert(block.ctx.height, canonical_bytes(block).as_slice())
+                .map_err(err)?;
+            let ev =
+                serde_json::to_vec(events).map_err(|e| ServiceError::Storage(e.to_string()))?;
             let mut t = w.open_table(EVENTS).map_err(err)?;
             t.insert(block.ctx.height, ev.as_slice()).map_err(err)?;
         }
@@ -91,7 +98,8 @@ impl Store {
         let mut out = Vec::new();
         for item in t.range(from..=to).map_err(err)? {
             let (k, v) = item.map_err(err)?;
-            let ev: Vec<Event> = serde_json::from_slice(v.value()).map_err(|e| ServiceError::Storage(e.to_string()))?;
+            let ev: Vec<Event> = serde_json::from_slice(v.value())
+                .map_err(|e| ServiceError::Storage(e.to_string()))?;
             out.push((k.value(), ev));
         }
         Ok(out)

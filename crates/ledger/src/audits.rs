@@ -18,7 +18,9 @@
 //! matches: `Passed`, each revealing auditor paid `audit_reward` from the treasury (as far as the
 //! treasury holds). No reveals at all: `Unverifiable`.
 
-use sortition_types::{Amount, AuditId, ClaimId, Hash32, MerkleProof, NodeId, PublicKey, SignedReceipt};
+use sortition_types::{
+    Amount, AuditId, ClaimId, Hash32, MerkleProof, NodeId, PublicKey, SignedReceipt,
+};
 
 use crate::beacon::{below, choose, draw};
 use crate::error::LedgerError;
@@ -31,8 +33,15 @@ use crate::tx::{Verdict, verdict_commitment};
 use crate::{BlockContext, TxResult, disputes};
 
 /// Nodes that may check `executor`'s work on `model`, excluding `exclude`.
-pub(crate) fn peer_pool(st: &State, executor: NodeId, model: &sortition_types::ModelId, exclude: &[NodeId]) -> Vec<NodeId> {
-    let Some(ex) = st.nodes.get(&executor) else { return vec![] };
+pub(crate) fn peer_pool(
+    st: &State,
+    executor: NodeId,
+    model: &sortition_types::ModelId,
+    exclude: &[NodeId],
+) -> Vec<NodeId> {
+    let Some(ex) = st.nodes.get(&executor) else {
+        return vec![];
+    };
     st.nodes
         .values()
         .filter(|n| n.id != executor && !exclude.contains(&n.id))
@@ -41,13 +50,27 @@ pub(crate) fn peer_pool(st: &State, executor: NodeId, model: &sortition_types::M
         .collect()
 }
 
-pub(crate) fn open_for_claim(st: &mut State, ctx: &BlockContext, claim_id: ClaimId, events: &mut Vec<Event>) {
-    let Some(c) = st.claims.get(&claim_id) else { return };
-    let Some(s) = st.stacks.get(&c.stack) else { return };
-    let Some(policy) = st.models.get(&s.model).and_then(|m| m.spec.policy.audit) else { return };
-    let (stack, owner, model, executor, count) = (s.id, s.owner, s.model.clone(), c.node, c.receipt_count);
+pub(crate) fn open_for_claim(
+    st: &mut State,
+    ctx: &BlockContext,
+    claim_id: ClaimId,
+    events: &mut Vec<Event>,
+) {
+    let Some(c) = st.claims.get(&claim_id) else {
+        return;
+    };
+    let Some(s) = st.stacks.get(&c.stack) else {
+        return;
+    };
+    let Some(policy) = st.models.get(&s.model).and_then(|m| m.spec.policy.audit) else {
+        return;
+    };
+    let (stack, owner, model, executor, count) =
+        (s.id, s.owner, s.model.clone(), c.node, c.receipt_count);
     let mut picked: Vec<u64> = (0..count)
-        .filter(|i| below(draw(&ctx.randomness, "sample", claim_id.0, *i), PPM) < u64::from(policy.q_ppm))
+        .filter(|i| {
+            below(draw(&ctx.randomness, "sample", claim_id.0, *i), PPM) < u64::from(policy.q_ppm)
+        })
         .collect();
     let cap = st.params.max_audits_per_claim as usize;
     if picked.len() > cap {
@@ -60,7 +83,13 @@ pub(crate) fn open_for_claim(st: &mut State, ctx: &BlockContext, claim_id: Claim
     for receipt_index in picked {
         let id = AuditId(st.next_ids.audit);
         st.next_ids.audit += 1;
-        let auditors = choose(&pool, usize::from(policy.k), &ctx.randomness, "auditors", id.0);
+        let auditors = choose(
+            &pool,
+            usize::from(policy.k),
+            &ctx.randomness,
+            "auditors",
+            id.0,
+        );
         let outcome = auditors.is_empty().then_some(AuditOutcome::Unverifiable);
         events.push(Event::AuditOpened {
             audit: id,
@@ -87,16 +116,36 @@ pub(crate) fn open_for_claim(st: &mut State, ctx: &BlockContext, claim_id: Claim
         if let Some(c) = st.claims.get_mut(&claim_id) {
             c.audits.push(id);
         }
-        st.audits.insert(id, Audit {
-            id, claim: claim_id, stack, owner, executor, model: model.clone(), receipt_index,
-            wanted: policy.k, auditors, commits: Default::default(), reveals: Default::default(),
-            receipt: None, opened_height: ctx.height, commit_deadline, reveal_deadline, outcome,
-        });
+        st.audits.insert(
+            id,
+            Audit {
+                id,
+                claim: claim_id,
+                stack,
+                owner,
+                executor,
+                model: model.clone(),
+                receipt_index,
+                wanted: policy.k,
+                auditors,
+                commits: Default::default(),
+                reveals: Default::default(),
+                receipt: None,
+                opened_height: ctx.height,
+                commit_deadline,
+                reveal_deadline,
+                outcome,
+            },
+        );
     }
 }
 
 /// The open audit and the sender's node id as one of its auditors.
-fn as_auditor<'a>(st: &'a State, sender: &PublicKey, id: AuditId) -> Result<(NodeId, &'a Audit), LedgerError> {
+fn as_auditor<'a>(
+    st: &'a State,
+    sender: &PublicKey,
+    id: AuditId,
+) -> Result<(NodeId, &'a Audit), LedgerError> {
     let a = st.audits.get(&id).ok_or(LedgerError::UnknownAudit(id))?;
     if a.outcome.is_some() {
         return Err(LedgerError::AuditClosed(id));
@@ -108,10 +157,18 @@ fn as_auditor<'a>(st: &'a State, sender: &PublicKey, id: AuditId) -> Result<(Nod
     Ok((me, a))
 }
 
-pub(crate) fn commit(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id: AuditId, commitment: Hash32) -> TxResult {
+pub(crate) fn commit(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    id: AuditId,
+    commitment: Hash32,
+) -> TxResult {
     let (me, a) = as_auditor(st, sender, id)?;
     if ctx.height > a.commit_deadline {
-        return Err(LedgerError::PhaseOver { phase: "commit".into() });
+        return Err(LedgerError::PhaseOver {
+            phase: "commit".into(),
+        });
     }
     if a.commits.contains_key(&me) {
         return Err(LedgerError::AlreadyCommitted);
@@ -119,10 +176,20 @@ pub(crate) fn commit(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id:
     if let Some(a) = st.audits.get_mut(&id) {
         a.commits.insert(me, commitment);
     }
-    Ok(vec![Event::VerdictCommitted { audit: id, auditor: me }])
+    Ok(vec![Event::VerdictCommitted {
+        audit: id,
+        auditor: me,
+    }])
 }
 
-pub(crate) fn reveal(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id: AuditId, verdict: &Verdict, salt: &Hash32) -> TxResult {
+pub(crate) fn reveal(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    id: AuditId,
+    verdict: &Verdict,
+    salt: &Hash32,
+) -> TxResult {
     let (me, a) = as_auditor(st, sender, id)?;
     let committed = a.commits.get(&me).ok_or(LedgerError::NotCommitted)?;
     if a.reveals.contains_key(&me) {
@@ -132,7 +199,9 @@ pub(crate) fn reveal(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id:
         return Err(LedgerError::RevealTooEarly);
     }
     if ctx.height > a.reveal_deadline {
-        return Err(LedgerError::PhaseOver { phase: "reveal".into() });
+        return Err(LedgerError::PhaseOver {
+            phase: "reveal".into(),
+        });
     }
     if *committed != verdict_commitment(verdict, salt, sender) {
         return Err(LedgerError::CommitmentMismatch);
@@ -140,7 +209,11 @@ pub(crate) fn reveal(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id:
     if let Some(a) = st.audits.get_mut(&id) {
         a.reveals.insert(me, *verdict);
     }
-    Ok(vec![Event::VerdictRevealed { audit: id, auditor: me, verdict: *verdict }])
+    Ok(vec![Event::VerdictRevealed {
+        audit: id,
+        auditor: me,
+        verdict: *verdict,
+    }])
 }
 
 pub(crate) fn submit_receipt(
@@ -155,7 +228,10 @@ pub(crate) fn submit_receipt(
     if a.outcome.is_some() {
         return Err(LedgerError::AuditClosed(id));
     }
-    let executor = st.nodes.get(&a.executor).ok_or(LedgerError::UnknownNode(a.executor))?;
+    let executor = st
+        .nodes
+        .get(&a.executor)
+        .ok_or(LedgerError::UnknownNode(a.executor))?;
     if *sender != executor.operator && *sender != a.owner {
         return Err(LedgerError::NotReceiptSubmitter);
     }
@@ -163,9 +239,14 @@ pub(crate) fn submit_receipt(
         return Err(LedgerError::ReceiptAlreadySubmitted);
     }
     if ctx.height > a.reveal_deadline {
-        return Err(LedgerError::PhaseOver { phase: "receipt".into() });
+        return Err(LedgerError::PhaseOver {
+            phase: "receipt".into(),
+        });
     }
-    let claim = st.claims.get(&a.claim).ok_or(LedgerError::UnknownClaim(a.claim))?;
+    let claim = st
+        .claims
+        .get(&a.claim)
+        .ok_or(LedgerError::UnknownClaim(a.claim))?;
     let r = &receipt.receipt;
     let bad = |m: &str| Err(LedgerError::InvalidReceipt(m.into()));
     if proof.index != a.receipt_index || proof.leaf_count != claim.receipt_count {
@@ -185,7 +266,11 @@ pub(crate) fn submit_receipt(
     if let Some(a) = st.audits.get_mut(&id) {
         a.receipt = Some((digest, req, resp));
     }
-    Ok(vec![Event::ReceiptSubmitted { audit: id, request_hash: req, response_hash: resp }])
+    Ok(vec![Event::ReceiptSubmitted {
+        audit: id,
+        request_hash: req,
+        response_hash: resp,
+    }])
 }
 
 /// Closes audits whose deadline passed or that are complete.
@@ -195,7 +280,8 @@ pub(crate) fn close_due(st: &mut State, ctx: &BlockContext, events: &mut Vec<Eve
         .iter()
         .filter(|id| {
             st.audits.get(id).is_some_and(|a| {
-                ctx.height >= a.reveal_deadline || (a.receipt.is_some() && a.reveals.len() == a.auditors.len())
+                ctx.height >= a.reveal_deadline
+                    || (a.receipt.is_some() && a.reveals.len() == a.auditors.len())
             })
         })
         .copied()
@@ -206,26 +292,45 @@ pub(crate) fn close_due(st: &mut State, ctx: &BlockContext, events: &mut Vec<Eve
 }
 
 fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event>) {
-    let Some(a) = st.audits.get(&id).cloned() else { return };
+    let Some(a) = st.audits.get(&id).cloned() else {
+        return;
+    };
     st.open_audits.remove(&id);
     let p = st.params.clone();
     for auditor in &a.auditors {
         if !a.reveals.contains_key(auditor) {
-            let taken = slash(st, *auditor, p.missed_deadline_slash, SlashReason::MissedDeadline, Some(id), events);
+            let taken = slash(
+                st,
+                *auditor,
+                p.missed_deadline_slash,
+                SlashReason::MissedDeadline,
+                Some(id),
+                events,
+            );
             to_treasury(st, taken);
         }
         done_work(st, *auditor);
     }
-    let mismatch: Vec<NodeId> = a.reveals.iter().filter(|(_, v)| matches!(v, Verdict::Mismatch { .. })).map(|(n, _)| *n).collect();
+    let mismatch: Vec<NodeId> = a
+        .reveals
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Mismatch { .. }))
+        .map(|(n, _)| *n)
+        .collect();
     let outcome = if a.receipt.is_none() {
         executor_fault(st, &a, &mismatch, SlashReason::ReceiptMissing, events);
         AuditOutcome::ReceiptMissing
     } else if !mismatch.is_empty() {
-        AuditOutcome::Disputed { dispute: disputes::open(st, ctx, &a, events) }
+        AuditOutcome::Disputed {
+            dispute: disputes::open(st, ctx, &a, events),
+        }
     } else if a.reveals.is_empty() {
         AuditOutcome::Unverifiable
     } else {
-        let r = st.models.get(&a.model).map_or(Amount::ZERO, |m| m.spec.policy.audit_reward);
+        let r = st
+            .models
+            .get(&a.model)
+            .map_or(Amount::ZERO, |m| m.spec.policy.audit_reward);
         for auditor in a.reveals.keys() {
             let pay = r.min(st.treasury);
             st.treasury = st.treasury.saturating_sub(pay);
@@ -252,17 +357,36 @@ pub(crate) fn finish_for_claim(st: &mut State, claim: ClaimId) {
 /// The executor was proven at fault on audit `a`: slash the policy fraction of its collateral
 /// (clamped to what it holds), pay `dispute_reward_bps` of it equally to `honest`, the rest to
 /// the treasury, and mark the claim so that its owner is refunded in full at settlement.
-pub(crate) fn executor_fault(st: &mut State, a: &Audit, honest: &[NodeId], reason: SlashReason, events: &mut Vec<Event>) {
-    let slash_bps = st.models.get(&a.model).map_or(0, |m| m.spec.policy.slash_bps);
-    let collateral = st.nodes.get(&a.executor).map_or(Amount::ZERO, |n| n.collateral);
+pub(crate) fn executor_fault(
+    st: &mut State,
+    a: &Audit,
+    honest: &[NodeId],
+    reason: SlashReason,
+    events: &mut Vec<Event>,
+) {
+    let slash_bps = st
+        .models
+        .get(&a.model)
+        .map_or(0, |m| m.spec.policy.slash_bps);
+    let collateral = st
+        .nodes
+        .get(&a.executor)
+        .map_or(Amount::ZERO, |n| n.collateral);
     let amount = crate::ops::bps(collateral, slash_bps);
     let pot = slash(st, a.executor, amount, reason, Some(a.id), events);
     let share_total = crate::ops::bps(pot, st.params.dispute_reward_bps);
-    let each = if honest.is_empty() { Amount::ZERO } else { Amount(share_total.0 / honest.len() as u64) };
+    let each = if honest.is_empty() {
+        Amount::ZERO
+    } else {
+        Amount(share_total.0 / honest.len() as u64)
+    };
     for n in honest {
         reward(st, *n, each, events);
     }
-    to_treasury(st, pot.saturating_sub(Amount(each.0.saturating_mul(honest.len() as u64))));
+    to_treasury(
+        st,
+        pot.saturating_sub(Amount(each.0.saturating_mul(honest.len() as u64))),
+    );
     if let Some(c) = st.claims.get_mut(&a.claim) {
         c.executor_at_fault = true;
     }

@@ -16,7 +16,12 @@ pub fn next_beacon(previous: &Hash32, height: u64) -> Hash32 {
 
 /// A 64-bit draw bound to a purpose, an object and an index.
 pub fn draw(seed: &Hash32, purpose: &str, object: u64, index: u64) -> u64 {
-    let h = sha256_parts(&[&seed.0, purpose.as_bytes(), &object.to_le_bytes(), &index.to_le_bytes()]);
+    let h = sha256_parts(&[
+        &seed.0,
+        purpose.as_bytes(),
+        &object.to_le_bytes(),
+        &index.to_le_bytes(),
+    ]);
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.0[..8]);
     u64::from_le_bytes(b)
@@ -41,6 +46,7 @@ pub fn choose<T: Copy>(pool: &[T], k: usize, seed: &Hash32, purpose: &str, objec
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

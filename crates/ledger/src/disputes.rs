@@ -25,7 +25,12 @@ use crate::state::{Audit, AuditOutcome, Dispute, SlashReason, State};
 use crate::tx::{Verdict, verdict_commitment};
 use crate::{BlockContext, TxResult};
 
-pub(crate) fn open(st: &mut State, ctx: &BlockContext, a: &Audit, events: &mut Vec<Event>) -> DisputeId {
+pub(crate) fn open(
+    st: &mut State,
+    ctx: &BlockContext,
+    a: &Audit,
+    events: &mut Vec<Event>,
+) -> DisputeId {
     let id = DisputeId(st.next_ids.dispute);
     st.next_ids.dispute += 1;
     let pool = peer_pool(st, a.executor, &a.model, &a.auditors);
@@ -34,17 +39,41 @@ pub(crate) fn open(st: &mut State, ctx: &BlockContext, a: &Audit, events: &mut V
     committee.iter().for_each(|m| add_work(st, *m));
     let commit_deadline = ctx.height.saturating_add(st.params.dispute_commit_blocks);
     let reveal_deadline = commit_deadline.saturating_add(st.params.dispute_reveal_blocks);
-    events.push(Event::DisputeOpened { dispute: id, audit: a.id, committee: committee.clone(), commit_deadline, reveal_deadline });
-    st.disputes.insert(id, Dispute {
-        id, audit: a.id, executor: a.executor, committee, commits: Default::default(),
-        votes: Default::default(), opened_height: ctx.height, commit_deadline, reveal_deadline, resolution: None,
+    events.push(Event::DisputeOpened {
+        dispute: id,
+        audit: a.id,
+        committee: committee.clone(),
+        commit_deadline,
+        reveal_deadline,
     });
+    st.disputes.insert(
+        id,
+        Dispute {
+            id,
+            audit: a.id,
+            executor: a.executor,
+            committee,
+            commits: Default::default(),
+            votes: Default::default(),
+            opened_height: ctx.height,
+            commit_deadline,
+            reveal_deadline,
+            resolution: None,
+        },
+    );
     st.open_disputes.insert(id);
     id
 }
 
-fn as_member<'a>(st: &'a State, sender: &PublicKey, id: DisputeId) -> Result<(NodeId, &'a Dispute), LedgerError> {
-    let d = st.disputes.get(&id).ok_or(LedgerError::UnknownDispute(id))?;
+fn as_member<'a>(
+    st: &'a State,
+    sender: &PublicKey,
+    id: DisputeId,
+) -> Result<(NodeId, &'a Dispute), LedgerError> {
+    let d = st
+        .disputes
+        .get(&id)
+        .ok_or(LedgerError::UnknownDispute(id))?;
     if d.resolution.is_some() {
         return Err(LedgerError::DisputeClosed(id));
     }
@@ -55,10 +84,18 @@ fn as_member<'a>(st: &'a State, sender: &PublicKey, id: DisputeId) -> Result<(No
     Ok((me, d))
 }
 
-pub(crate) fn commit(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id: DisputeId, commitment: Hash32) -> TxResult {
+pub(crate) fn commit(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    id: DisputeId,
+    commitment: Hash32,
+) -> TxResult {
     let (me, d) = as_member(st, sender, id)?;
     if ctx.height > d.commit_deadline {
-        return Err(LedgerError::PhaseOver { phase: "commit".into() });
+        return Err(LedgerError::PhaseOver {
+            phase: "commit".into(),
+        });
     }
     if d.commits.contains_key(&me) {
         return Err(LedgerError::AlreadyCommitted);
@@ -66,10 +103,20 @@ pub(crate) fn commit(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id:
     if let Some(d) = st.disputes.get_mut(&id) {
         d.commits.insert(me, commitment);
     }
-    Ok(vec![Event::VoteCommitted { dispute: id, member: me }])
+    Ok(vec![Event::VoteCommitted {
+        dispute: id,
+        member: me,
+    }])
 }
 
-pub(crate) fn reveal(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id: DisputeId, verdict: &Verdict, salt: &Hash32) -> TxResult {
+pub(crate) fn reveal(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    id: DisputeId,
+    verdict: &Verdict,
+    salt: &Hash32,
+) -> TxResult {
     let (me, d) = as_member(st, sender, id)?;
     let committed = d.commits.get(&me).ok_or(LedgerError::NotCommitted)?;
     if d.votes.contains_key(&me) {
@@ -79,7 +126,9 @@ pub(crate) fn reveal(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id:
         return Err(LedgerError::RevealTooEarly);
     }
     if ctx.height > d.reveal_deadline {
-        return Err(LedgerError::PhaseOver { phase: "reveal".into() });
+        return Err(LedgerError::PhaseOver {
+            phase: "reveal".into(),
+        });
     }
     if *committed != verdict_commitment(verdict, salt, sender) {
         return Err(LedgerError::CommitmentMismatch);
@@ -87,14 +136,22 @@ pub(crate) fn reveal(st: &mut State, ctx: &BlockContext, sender: &PublicKey, id:
     if let Some(d) = st.disputes.get_mut(&id) {
         d.votes.insert(me, *verdict);
     }
-    Ok(vec![Event::VoteRevealed { dispute: id, member: me, verdict: *verdict }])
+    Ok(vec![Event::VoteRevealed {
+        dispute: id,
+        member: me,
+        verdict: *verdict,
+    }])
 }
 
 pub(crate) fn resolve_due(st: &mut State, ctx: &BlockContext, events: &mut Vec<Event>) {
     let due: Vec<DisputeId> = st
         .open_disputes
         .iter()
-        .filter(|id| st.disputes.get(id).is_some_and(|d| ctx.height >= d.reveal_deadline || d.votes.len() == d.committee.len()))
+        .filter(|id| {
+            st.disputes.get(id).is_some_and(|d| {
+                ctx.height >= d.reveal_deadline || d.votes.len() == d.committee.len()
+            })
+        })
         .copied()
         .collect();
     for id in due {
@@ -107,13 +164,24 @@ fn is_mismatch(v: &Verdict) -> bool {
 }
 
 fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
-    let Some(d) = st.disputes.get(&id).cloned() else { return };
-    let Some(a) = st.audits.get(&d.audit).cloned() else { return };
+    let Some(d) = st.disputes.get(&id).cloned() else {
+        return;
+    };
+    let Some(a) = st.audits.get(&d.audit).cloned() else {
+        return;
+    };
     st.open_disputes.remove(&id);
     let p = st.params.clone();
     for m in &d.committee {
         if !d.votes.contains_key(m) {
-            let taken = slash(st, *m, p.missed_deadline_slash, SlashReason::MissedDeadline, Some(a.id), events);
+            let taken = slash(
+                st,
+                *m,
+                p.missed_deadline_slash,
+                SlashReason::MissedDeadline,
+                Some(a.id),
+                events,
+            );
             to_treasury(st, taken);
         }
         done_work(st, *m);
@@ -122,11 +190,20 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
     let matched = d.votes.len() as u32 - mismatch;
     let at_fault = mismatch > matched;
     let auditors_said = |want_mismatch: bool| -> Vec<NodeId> {
-        a.reveals.iter().filter(|(_, v)| is_mismatch(v) == want_mismatch).map(|(n, _)| *n).collect()
+        a.reveals
+            .iter()
+            .filter(|(_, v)| is_mismatch(v) == want_mismatch)
+            .map(|(n, _)| *n)
+            .collect()
     };
     let wrong_auditors = if at_fault {
         let mut honest = auditors_said(true);
-        honest.extend(d.votes.iter().filter(|(_, v)| is_mismatch(v)).map(|(n, _)| *n));
+        honest.extend(
+            d.votes
+                .iter()
+                .filter(|(_, v)| is_mismatch(v))
+                .map(|(n, _)| *n),
+        );
         executor_fault(st, &a, &honest, SlashReason::ExecutorAtFault, events);
         auditors_said(false)
     } else if matched > mismatch {
@@ -135,17 +212,36 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
         vec![]
     };
     for n in wrong_auditors {
-        let taken = slash(st, n, p.wrong_auditor_slash, SlashReason::WrongVerdict, Some(a.id), events);
+        let taken = slash(
+            st,
+            n,
+            p.wrong_auditor_slash,
+            SlashReason::WrongVerdict,
+            Some(a.id),
+            events,
+        );
         to_treasury(st, taken);
     }
-    let outcome = if at_fault { AuditOutcome::ExecutorAtFault } else { AuditOutcome::ExecutorCleared };
+    let outcome = if at_fault {
+        AuditOutcome::ExecutorAtFault
+    } else {
+        AuditOutcome::ExecutorCleared
+    };
     if let Some(d) = st.disputes.get_mut(&id) {
         d.resolution = Some(at_fault);
     }
     if let Some(x) = st.audits.get_mut(&a.id) {
         x.outcome = Some(outcome);
     }
-    events.push(Event::DisputeResolved { dispute: id, executor_at_fault: at_fault, mismatch_votes: mismatch, match_votes: matched });
-    events.push(Event::AuditClosed { audit: a.id, outcome });
+    events.push(Event::DisputeResolved {
+        dispute: id,
+        executor_at_fault: at_fault,
+        mismatch_votes: mismatch,
+        match_votes: matched,
+    });
+    events.push(Event::AuditClosed {
+        audit: a.id,
+        outcome,
+    });
     finish_for_claim(st, a.claim);
 }

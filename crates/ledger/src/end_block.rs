@@ -24,14 +24,21 @@ pub(crate) fn run(st: &mut State, ctx: &BlockContext) -> Vec<Event> {
         stacks::settle(st, key.1, &mut events);
     }
 
-    let expired: Vec<(u64, StackId)> =
-        st.stack_expiry.range(..=(ctx.timestamp_ms, StackId(u64::MAX))).copied().collect();
+    let expired: Vec<(u64, StackId)> = st
+        .stack_expiry
+        .range(..=(ctx.timestamp_ms, StackId(u64::MAX)))
+        .copied()
+        .collect();
     for key in expired {
         st.stack_expiry.remove(&key);
         stacks::expire(st, key.1, &mut events);
     }
 
-    let unbonded: Vec<(u64, NodeId)> = st.unbonding.range(..=(ctx.height, NodeId(u64::MAX))).copied().collect();
+    let unbonded: Vec<(u64, NodeId)> = st
+        .unbonding
+        .range(..=(ctx.height, NodeId(u64::MAX)))
+        .copied()
+        .collect();
     for key in unbonded {
         st.unbonding.remove(&key);
         if let Some(n) = st.nodes.get_mut(&key.1) {
@@ -40,12 +47,20 @@ pub(crate) fn run(st: &mut State, ctx: &BlockContext) -> Vec<Event> {
         }
     }
 
-    if ctx.height.is_multiple_of(st.params.epoch_length_blocks.max(1)) {
+    if ctx
+        .height
+        .is_multiple_of(st.params.epoch_length_blocks.max(1))
+    {
         st.epoch += 1;
         let fees = st.fees_this_epoch;
         st.fees_this_epoch = Amount::ZERO;
-        st.nodes.values_mut().for_each(|n| n.rotations_this_epoch = 0);
-        events.push(Event::EpochTurned { epoch: st.epoch, fees_last_epoch: fees });
+        st.nodes
+            .values_mut()
+            .for_each(|n| n.rotations_this_epoch = 0);
+        events.push(Event::EpochTurned {
+            epoch: st.epoch,
+            fees_last_epoch: fees,
+        });
     }
     events
 }

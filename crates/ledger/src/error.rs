@@ -39,7 +39,11 @@ pub enum LedgerError {
     #[error("collateral below minimum: need {need}, have {have}")]
     CollateralBelowMinimum { need: Amount, have: Amount },
     #[error("node {node} is {status}, not {wanted}")]
-    WrongNodeStatus { node: NodeId, status: String, wanted: String },
+    WrongNodeStatus {
+        node: NodeId,
+        status: String,
+        wanted: String,
+    },
     #[error("node {0} still has unsettled claims, audits or disputes")]
     NodeHasPendingWork(NodeId),
     #[error("invalid node registration: {0}")]

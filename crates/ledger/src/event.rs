@@ -12,17 +12,50 @@ use crate::tx::Verdict;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Minted { to: PublicKey, amount: Amount },
-    Transferred { from: PublicKey, to: PublicKey, amount: Amount },
-    ModelRegistered { model: ModelId, min_collateral: Amount },
-    NodeRegistered { node: NodeId, operator: PublicKey, collateral: Amount },
-    NodeUpdated { node: NodeId, collateral: Amount },
-    NodePaused { node: NodeId },
-    NodeResumed { node: NodeId },
-    NodeLeaving { node: NodeId, unbonded_at_height: u64 },
-    NodeUnbonded { node: NodeId },
-    CollateralWithdrawn { node: NodeId, amount: Amount },
-    KeyRotated { node: NodeId, epoch: u64, key: Hash32 },
+    Minted {
+        to: PublicKey,
+        amount: Amount,
+    },
+    Transferred {
+        from: PublicKey,
+        to: PublicKey,
+        amount: Amount,
+    },
+    ModelRegistered {
+        model: ModelId,
+        min_collateral: Amount,
+    },
+    NodeRegistered {
+        node: NodeId,
+        operator: PublicKey,
+        collateral: Amount,
+    },
+    NodeUpdated {
+        node: NodeId,
+        collateral: Amount,
+    },
+    NodePaused {
+        node: NodeId,
+    },
+    NodeResumed {
+        node: NodeId,
+    },
+    NodeLeaving {
+        node: NodeId,
+        unbonded_at_height: u64,
+    },
+    NodeUnbonded {
+        node: NodeId,
+    },
+    CollateralWithdrawn {
+        node: NodeId,
+        amount: Amount,
+    },
+    KeyRotated {
+        node: NodeId,
+        epoch: u64,
+        key: Hash32,
+    },
     StackBought {
         stack: StackId,
         owner: PublicKey,
@@ -32,7 +65,13 @@ pub enum Event {
         price_per_m: Amount,
         escrow: Amount,
     },
-    ClaimCommitted { claim: ClaimId, stack: StackId, node: NodeId, units_used: Units, settles_at_height: u64 },
+    ClaimCommitted {
+        claim: ClaimId,
+        stack: StackId,
+        node: NodeId,
+        units_used: Units,
+        settles_at_height: u64,
+    },
     AuditOpened {
         audit: AuditId,
         claim: ClaimId,
@@ -46,18 +85,74 @@ pub enum Event {
         commit_deadline: u64,
         reveal_deadline: u64,
     },
-    ReceiptSubmitted { audit: AuditId, request_hash: Hash32, response_hash: Hash32 },
-    VerdictCommitted { audit: AuditId, auditor: NodeId },
-    VerdictRevealed { audit: AuditId, auditor: NodeId, verdict: Verdict },
-    AuditClosed { audit: AuditId, outcome: AuditOutcome },
-    DisputeOpened { dispute: DisputeId, audit: AuditId, committee: Vec<NodeId>, commit_deadline: u64, reveal_deadline: u64 },
-    VoteCommitted { dispute: DisputeId, member: NodeId },
-    VoteRevealed { dispute: DisputeId, member: NodeId, verdict: Verdict },
-    DisputeResolved { dispute: DisputeId, executor_at_fault: bool, mismatch_votes: u32, match_votes: u32 },
-    Slashed { node: NodeId, amount: Amount, reason: SlashReason },
-    Rewarded { node: NodeId, to: PublicKey, amount: Amount },
-    Settled { claim: ClaimId, stack: StackId, node: NodeId, paid: Amount, fee: Amount, refunded: Amount },
-    Refunded { stack: StackId, owner: PublicKey, amount: Amount },
-    StackExpired { stack: StackId },
-    EpochTurned { epoch: u64, fees_last_epoch: Amount },
+    ReceiptSubmitted {
+        audit: AuditId,
+        request_hash: Hash32,
+        response_hash: Hash32,
+    },
+    VerdictCommitted {
+        audit: AuditId,
+        auditor: NodeId,
+    },
+    VerdictRevealed {
+        audit: AuditId,
+        auditor: NodeId,
+        verdict: Verdict,
+    },
+    AuditClosed {
+        audit: AuditId,
+        outcome: AuditOutcome,
+    },
+    DisputeOpened {
+        dispute: DisputeId,
+        audit: AuditId,
+        committee: Vec<NodeId>,
+        commit_deadline: u64,
+        reveal_deadline: u64,
+    },
+    VoteCommitted {
+        dispute: DisputeId,
+        member: NodeId,
+    },
+    VoteRevealed {
+        dispute: DisputeId,
+        member: NodeId,
+        verdict: Verdict,
+    },
+    DisputeResolved {
+        dispute: DisputeId,
+        executor_at_fault: bool,
+        mismatch_votes: u32,
+        match_votes: u32,
+    },
+    Slashed {
+        node: NodeId,
+        amount: Amount,
+        reason: SlashReason,
+    },
+    Rewarded {
+        node: NodeId,
+        to: PublicKey,
+        amount: Amount,
+    },
+    Settled {
+        claim: ClaimId,
+        stack: StackId,
+        node: NodeId,
+        paid: Amount,
+        fee: Amount,
+        refunded: Amount,
+    },
+    Refunded {
+        stack: StackId,
+        owner: PublicKey,
+        amount: Amount,
+    },
+    StackExpired {
+        stack: StackId,
+    },
+    EpochTurned {
+        epoch: u64,
+        fees_last_epoch: Amount,
+    },
 }

@@ -39,7 +39,9 @@ pub use event::Event;
 pub use genesis::{Genesis, Params};
 pub use policy::{AuditPolicy, ModelSpec, SecurityPolicy, min_collateral};
 pub use state::*;
-pub use tx::{Offer, SealingKey, SignedTx, TX_DOMAIN, Tx, TxKind, VerifiedTx, Verdict, verdict_commitment};
+pub use tx::{
+    Offer, SealingKey, SignedTx, TX_DOMAIN, Tx, TxKind, Verdict, VerifiedTx, verdict_commitment,
+};
 
 /// What the sequencer supplies with each block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +69,9 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(genesis: &Genesis) -> std::result::Result<Self, LedgerError> {
-        Ok(Ledger { state: ops::genesis_state(genesis)? })
+        Ok(Ledger {
+            state: ops::genesis_state(genesis)?,
+        })
     }
 
     pub fn state(&self) -> &State {
@@ -92,7 +96,11 @@ impl Ledger {
 
     /// Verifies signatures, then applies the block. A transaction with a bad signature is
     /// refused with [`LedgerError::BadSignature`] like any other refusal.
-    pub fn apply_block(&mut self, ctx: BlockContext, txs: &[SignedTx]) -> std::result::Result<BlockOutcome, BlockError> {
+    pub fn apply_block(
+        &mut self,
+        ctx: BlockContext,
+        txs: &[SignedTx],
+    ) -> std::result::Result<BlockOutcome, BlockError> {
         let verified: Vec<std::result::Result<VerifiedTx, LedgerError>> =
             txs.iter().map(|t| t.clone().verify()).collect();
         self.apply_verified(ctx, verified)
@@ -114,7 +122,11 @@ impl Ledger {
             })
             .collect();
         let end_block_events = self.end_block(&ctx);
-        Ok(BlockOutcome { results, end_block_events, state_root: self.state.root() })
+        Ok(BlockOutcome {
+            results,
+            end_block_events,
+            state_root: self.state.root(),
+        })
     }
 
     /// Checks and enters a block; then call [`Ledger::apply_tx`] per transaction and
@@ -122,10 +134,16 @@ impl Ledger {
     pub fn begin_block(&mut self, ctx: &BlockContext) -> std::result::Result<(), BlockError> {
         let expected = self.state.height + 1;
         if ctx.height != expected {
-            return Err(BlockError::WrongHeight { expected, got: ctx.height });
+            return Err(BlockError::WrongHeight {
+                expected,
+                got: ctx.height,
+            });
         }
         if ctx.timestamp_ms < self.state.timestamp_ms {
-            return Err(BlockError::TimeWentBack { previous: self.state.timestamp_ms, got: ctx.timestamp_ms });
+            return Err(BlockError::TimeWentBack {
+                previous: self.state.timestamp_ms,
+                got: ctx.timestamp_ms,
+            });
         }
         self.state.height = ctx.height;
         self.state.timestamp_ms = ctx.timestamp_ms;
@@ -138,14 +156,23 @@ impl Ledger {
         let tx = vtx.tx();
         let st = &mut self.state;
         if tx.chain_id != st.chain_id {
-            return Err(LedgerError::WrongChain { expected: st.chain_id.clone(), got: tx.chain_id.clone() });
+            return Err(LedgerError::WrongChain {
+                expected: st.chain_id.clone(),
+                got: tx.chain_id.clone(),
+            });
         }
         if ctx.timestamp_ms >= tx.expires_at_ms {
-            return Err(LedgerError::Expired { expires_at_ms: tx.expires_at_ms, now_ms: ctx.timestamp_ms });
+            return Err(LedgerError::Expired {
+                expires_at_ms: tx.expires_at_ms,
+                now_ms: ctx.timestamp_ms,
+            });
         }
         let expected = st.accounts.get(&tx.sender).map_or(0, |a| a.nonce);
         if tx.nonce != expected {
-            return Err(LedgerError::WrongNonce { expected, got: tx.nonce });
+            return Err(LedgerError::WrongNonce {
+                expected,
+                got: tx.nonce,
+            });
         }
         let events = dispatch(st, ctx, &tx.sender, &tx.kind)?;
         st.accounts.entry(tx.sender).or_default().nonce = expected + 1;
@@ -165,24 +192,73 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
         Transfer { to, amount } => ops::transfer(st, sender, to, *amount),
         RegisterModel { spec } => ops::register_model(st, sender, spec),
         RegisterNode { .. } => nodes::register(st, ctx, sender, kind),
-        UpdateNode { endpoint, offers, capacity, add_collateral } => {
-            nodes::update(st, sender, endpoint.as_ref(), offers.as_ref(), *capacity, *add_collateral)
-        }
+        UpdateNode {
+            endpoint,
+            offers,
+            capacity,
+            add_collateral,
+        } => nodes::update(
+            st,
+            sender,
+            endpoint.as_ref(),
+            offers.as_ref(),
+            *capacity,
+            *add_collateral,
+        ),
         PauseNode => nodes::pause(st, sender),
         ResumeNode => nodes::resume(st, sender),
         LeaveNode => nodes::leave(st, ctx, sender),
         WithdrawCollateral => nodes::withdraw(st, sender),
         RotateConfidentialKey { key, attestation } => nodes::rotate(st, sender, *key, attestation),
-        BuyStack { model, node, max_price_per_m, units, expires_at_ms } => {
-            stacks::buy(st, ctx, sender, model, *node, *max_price_per_m, *units, *expires_at_ms)
-        }
-        ClaimStack { stack, units_used, receipts_root, receipt_count } => {
-            stacks::claim(st, ctx, sender, *stack, *units_used, *receipts_root, *receipt_count)
-        }
+        BuyStack {
+            model,
+            node,
+            max_price_per_m,
+            units,
+            expires_at_ms,
+        } => stacks::buy(
+            st,
+            ctx,
+            sender,
+            model,
+            *node,
+            *max_price_per_m,
+            *units,
+            *expires_at_ms,
+        ),
+        ClaimStack {
+            stack,
+            units_used,
+            receipts_root,
+            receipt_count,
+        } => stacks::claim(
+            st,
+            ctx,
+            sender,
+            *stack,
+            *units_used,
+            *receipts_root,
+            *receipt_count,
+        ),
         CommitVerdict { audit, commitment } => audits::commit(st, ctx, sender, *audit, *commitment),
-        RevealVerdict { audit, verdict, salt } => audits::reveal(st, ctx, sender, *audit, verdict, salt),
-        SubmitReceipt { audit, receipt, proof } => audits::submit_receipt(st, ctx, sender, *audit, receipt, proof),
-        CommitVote { dispute, commitment } => disputes::commit(st, ctx, sender, *dispute, *commitment),
-        RevealVote { dispute, verdict, salt } => disputes::reveal(st, ctx, sender, *dispute, verdict, salt),
+        RevealVerdict {
+            audit,
+            verdict,
+            salt,
+        } => audits::reveal(st, ctx, sender, *audit, verdict, salt),
+        SubmitReceipt {
+            audit,
+            receipt,
+            proof,
+        } => audits::submit_receipt(st, ctx, sender, *audit, receipt, proof),
+        CommitVote {
+            dispute,
+            commitment,
+        } => disputes::commit(st, ctx, sender, *dispute, *commitment),
+        RevealVote {
+            dispute,
+            verdict,
+            salt,
+        } => disputes::reveal(st, ctx, sender, *dispute, verdict, salt),
     }
 }

@@ -17,14 +17,22 @@ const MAX_OFFERS: usize = 64;
 /// The collateral the offers require: the largest policy minimum among their models.
 pub(crate) fn required_collateral(st: &State, offers: &[Offer]) -> Result<Amount, LedgerError> {
     if offers.is_empty() || offers.len() > MAX_OFFERS {
-        return Err(LedgerError::InvalidNode(format!("between 1 and {MAX_OFFERS} offers required")));
+        return Err(LedgerError::InvalidNode(format!(
+            "between 1 and {MAX_OFFERS} offers required"
+        )));
     }
     let mut need = Amount::ZERO;
     for (i, o) in offers.iter().enumerate() {
         if offers[..i].iter().any(|p| p.model == o.model) {
-            return Err(LedgerError::InvalidNode(format!("model {} offered twice", o.model)));
+            return Err(LedgerError::InvalidNode(format!(
+                "model {} offered twice",
+                o.model
+            )));
         }
-        let m = st.models.get(&o.model).ok_or_else(|| LedgerError::UnknownModel(o.model.clone()))?;
+        let m = st
+            .models
+            .get(&o.model)
+            .ok_or_else(|| LedgerError::UnknownModel(o.model.clone()))?;
         need = need.max(m.min_collateral);
     }
     Ok(need)
@@ -35,7 +43,10 @@ pub(crate) fn required_collateral(st: &State, offers: &[Offer]) -> Result<Amount
 pub(crate) fn eligible(st: &State, node: &Node, model: &ModelId) -> bool {
     node.status == NodeStatus::Active
         && node.offer(model).is_some()
-        && st.models.get(model).is_some_and(|m| node.collateral >= m.min_collateral)
+        && st
+            .models
+            .get(model)
+            .is_some_and(|m| node.collateral >= m.min_collateral)
 }
 
 fn own_node<'a>(st: &'a State, sender: &PublicKey) -> Result<&'a Node, LedgerError> {
@@ -54,11 +65,28 @@ fn status_name(s: NodeStatus) -> String {
 }
 
 fn wrong_status(n: &Node, wanted: &str) -> LedgerError {
-    LedgerError::WrongNodeStatus { node: n.id, status: status_name(n.status), wanted: wanted.into() }
+    LedgerError::WrongNodeStatus {
+        node: n.id,
+        status: status_name(n.status),
+        wanted: wanted.into(),
+    }
 }
 
-pub(crate) fn register(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKind) -> TxResult {
-    let TxKind::RegisterNode { endpoint, confidential_key, attestation, class, offers, capacity, collateral } = kind
+pub(crate) fn register(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    kind: &TxKind,
+) -> TxResult {
+    let TxKind::RegisterNode {
+        endpoint,
+        confidential_key,
+        attestation,
+        class,
+        offers,
+        capacity,
+        collateral,
+    } = kind
     else {
         return Err(LedgerError::InvalidNode("not a registration".into()));
     };
@@ -66,11 +94,16 @@ pub(crate) fn register(st: &mut State, ctx: &BlockContext, sender: &PublicKey, k
         return Err(LedgerError::NodeExists(*id));
     }
     if endpoint.is_empty() || endpoint.len() > MAX_ENDPOINT || attestation.len() > MAX_ATTESTATION {
-        return Err(LedgerError::InvalidNode("endpoint or attestation size out of range".into()));
+        return Err(LedgerError::InvalidNode(
+            "endpoint or attestation size out of range".into(),
+        ));
     }
     let need = required_collateral(st, offers)?;
     if *collateral < need {
-        return Err(LedgerError::CollateralBelowMinimum { need, have: *collateral });
+        return Err(LedgerError::CollateralBelowMinimum {
+            need,
+            have: *collateral,
+        });
     }
     require_balance(st, sender, *collateral)?;
     debit(st, sender, *collateral);
@@ -96,7 +129,11 @@ pub(crate) fn register(st: &mut State, ctx: &BlockContext, sender: &PublicKey, k
         },
     );
     st.node_by_key.insert(*sender, id);
-    Ok(vec![Event::NodeRegistered { node: id, operator: *sender, collateral: *collateral }])
+    Ok(vec![Event::NodeRegistered {
+        node: id,
+        operator: *sender,
+        collateral: *collateral,
+    }])
 }
 
 pub(crate) fn update(
@@ -112,18 +149,28 @@ pub(crate) fn update(
         return Err(wrong_status(n, "registered"));
     }
     let id = n.id;
-    let new_collateral = n.collateral.checked_add(add_collateral).ok_or(LedgerError::Overflow)?;
+    let new_collateral = n
+        .collateral
+        .checked_add(add_collateral)
+        .ok_or(LedgerError::Overflow)?;
     let offers_now = offers.unwrap_or(&n.offers);
     let need = required_collateral(st, offers_now)?;
     if new_collateral < need {
-        return Err(LedgerError::CollateralBelowMinimum { need, have: new_collateral });
+        return Err(LedgerError::CollateralBelowMinimum {
+            need,
+            have: new_collateral,
+        });
     }
     if endpoint.is_some_and(|e| e.is_empty() || e.len() > MAX_ENDPOINT) {
-        return Err(LedgerError::InvalidNode("endpoint size out of range".into()));
+        return Err(LedgerError::InvalidNode(
+            "endpoint size out of range".into(),
+        ));
     }
     require_balance(st, sender, add_collateral)?;
     debit(st, sender, add_collateral);
-    let Some(n) = st.nodes.get_mut(&id) else { return Err(LedgerError::UnknownNode(id)) };
+    let Some(n) = st.nodes.get_mut(&id) else {
+        return Err(LedgerError::UnknownNode(id));
+    };
     if let Some(e) = endpoint {
         n.endpoint = e.clone();
     }
@@ -134,10 +181,19 @@ pub(crate) fn update(
         n.capacity = c;
     }
     n.collateral = new_collateral;
-    Ok(vec![Event::NodeUpdated { node: id, collateral: new_collateral }])
+    Ok(vec![Event::NodeUpdated {
+        node: id,
+        collateral: new_collateral,
+    }])
 }
 
-fn set_status(st: &mut State, sender: &PublicKey, from: NodeStatus, to: NodeStatus, ev: fn(NodeId) -> Event) -> TxResult {
+fn set_status(
+    st: &mut State,
+    sender: &PublicKey,
+    from: NodeStatus,
+    to: NodeStatus,
+    ev: fn(NodeId) -> Event,
+) -> TxResult {
     let n = own_node(st, sender)?;
     if n.status != from {
         return Err(wrong_status(n, &status_name(from)));
@@ -150,11 +206,15 @@ fn set_status(st: &mut State, sender: &PublicKey, from: NodeStatus, to: NodeStat
 }
 
 pub(crate) fn pause(st: &mut State, sender: &PublicKey) -> TxResult {
-    set_status(st, sender, NodeStatus::Active, NodeStatus::Paused, |node| Event::NodePaused { node })
+    set_status(st, sender, NodeStatus::Active, NodeStatus::Paused, |node| {
+        Event::NodePaused { node }
+    })
 }
 
 pub(crate) fn resume(st: &mut State, sender: &PublicKey) -> TxResult {
-    set_status(st, sender, NodeStatus::Paused, NodeStatus::Active, |node| Event::NodeResumed { node })
+    set_status(st, sender, NodeStatus::Paused, NodeStatus::Active, |node| {
+        Event::NodeResumed { node }
+    })
 }
 
 pub(crate) fn leave(st: &mut State, ctx: &BlockContext, sender: &PublicKey) -> TxResult {
@@ -165,10 +225,15 @@ pub(crate) fn leave(st: &mut State, ctx: &BlockContext, sender: &PublicKey) -> T
     let id = n.id;
     let until = ctx.height.saturating_add(st.params.unbonding_blocks);
     if let Some(n) = st.nodes.get_mut(&id) {
-        n.status = NodeStatus::Unbonding { until_height: until };
+        n.status = NodeStatus::Unbonding {
+            until_height: until,
+        };
     }
     st.unbonding.insert((until, id));
-    Ok(vec![Event::NodeLeaving { node: id, unbonded_at_height: until }])
+    Ok(vec![Event::NodeLeaving {
+        node: id,
+        unbonded_at_height: until,
+    }])
 }
 
 pub(crate) fn withdraw(st: &mut State, sender: &PublicKey) -> TxResult {
@@ -188,7 +253,12 @@ pub(crate) fn withdraw(st: &mut State, sender: &PublicKey) -> TxResult {
     Ok(vec![Event::CollateralWithdrawn { node: id, amount }])
 }
 
-pub(crate) fn rotate(st: &mut State, sender: &PublicKey, key: SealingKey, attestation: &[u8]) -> TxResult {
+pub(crate) fn rotate(
+    st: &mut State,
+    sender: &PublicKey,
+    key: SealingKey,
+    attestation: &[u8],
+) -> TxResult {
     let n = own_node(st, sender)?;
     let limit = st.params.max_key_rotations_per_epoch;
     if n.rotations_this_epoch >= limit {
@@ -204,5 +274,9 @@ pub(crate) fn rotate(st: &mut State, sender: &PublicKey, key: SealingKey, attest
         n.attestation = attestation.to_vec();
         n.rotations_this_epoch += 1;
     }
-    Ok(vec![Event::KeyRotated { node: id, epoch, key: key.0 }])
+    Ok(vec![Event::KeyRotated {
+        node: id,
+        epoch,
+        key: key.0,
+    }])
 }

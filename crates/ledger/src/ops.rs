@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sortition_types::{Amount, AuditId, NodeId, PublicKey};
 
+use crate::TxResult;
 use crate::error::LedgerError;
 use crate::event::Event;
 use crate::genesis::Genesis;
 use crate::policy::{BPS, ModelSpec, min_collateral};
 use crate::state::{ModelEntry, NextIds, SlashReason, SlashRecord, State};
-use crate::TxResult;
 
 pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
     let mut st = State {
@@ -45,14 +45,19 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         next_ids: NextIds::default(),
     };
     for (pk, amount) in &g.balances {
-        st.minted = st.minted.checked_add(*amount).ok_or(LedgerError::Overflow)?;
+        st.minted = st
+            .minted
+            .checked_add(*amount)
+            .ok_or(LedgerError::Overflow)?;
         credit(&mut st, pk, *amount);
     }
     for spec in &g.models {
         add_model(&mut st, spec)?;
     }
     if g.params.epoch_length_blocks == 0 {
-        return Err(LedgerError::InvalidPolicy("epoch length must be positive".into()));
+        return Err(LedgerError::InvalidPolicy(
+            "epoch length must be positive".into(),
+        ));
     }
     Ok(st)
 }
@@ -102,14 +107,26 @@ pub(crate) fn slash(
     audit: Option<AuditId>,
     events: &mut Vec<Event>,
 ) -> Amount {
-    let Some(n) = st.nodes.get_mut(&node) else { return Amount::ZERO };
+    let Some(n) = st.nodes.get_mut(&node) else {
+        return Amount::ZERO;
+    };
     let taken = amount.min(n.collateral);
     if taken == Amount::ZERO {
         return taken;
     }
     n.collateral = n.collateral.saturating_sub(taken);
-    st.slashes.push(SlashRecord { height: st.height, node, amount: taken, reason, audit });
-    events.push(Event::Slashed { node, amount: taken, reason });
+    st.slashes.push(SlashRecord {
+        height: st.height,
+        node,
+        amount: taken,
+        reason,
+        audit,
+    });
+    events.push(Event::Slashed {
+        node,
+        amount: taken,
+        reason,
+    });
     taken
 }
 
@@ -150,14 +167,23 @@ pub(crate) fn faucet(st: &mut State, to: &PublicKey, amount: Amount) -> TxResult
     Ok(vec![Event::Minted { to: *to, amount }])
 }
 
-pub(crate) fn transfer(st: &mut State, from: &PublicKey, to: &PublicKey, amount: Amount) -> TxResult {
+pub(crate) fn transfer(
+    st: &mut State,
+    from: &PublicKey,
+    to: &PublicKey,
+    amount: Amount,
+) -> TxResult {
     if amount == Amount::ZERO {
         return Err(LedgerError::ZeroAmount);
     }
     require_balance(st, from, amount)?;
     debit(st, from, amount);
     credit(st, to, amount);
-    Ok(vec![Event::Transferred { from: *from, to: *to, amount }])
+    Ok(vec![Event::Transferred {
+        from: *from,
+        to: *to,
+        amount,
+    }])
 }
 
 pub(crate) fn register_model(st: &mut State, sender: &PublicKey, spec: &ModelSpec) -> TxResult {
@@ -172,6 +198,15 @@ fn add_model(st: &mut State, spec: &ModelSpec) -> TxResult {
         return Err(LedgerError::ModelExists(spec.id.clone()));
     }
     let min = min_collateral(&spec.policy)?;
-    st.models.insert(spec.id.clone(), ModelEntry { spec: spec.clone(), min_collateral: min });
-    Ok(vec![Event::ModelRegistered { model: spec.id.clone(), min_collateral: min }])
+    st.models.insert(
+        spec.id.clone(),
+        ModelEntry {
+            spec: spec.clone(),
+            min_collateral: min,
+        },
+    );
+    Ok(vec![Event::ModelRegistered {
+        model: spec.id.clone(),
+        min_collateral: min,
+    }])
 }

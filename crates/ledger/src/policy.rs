@@ -55,7 +55,9 @@ const SCALE: u128 = 1_000_000_000_000_000_000; // 1e18
 /// `k`, `r^k` is rounded *up* at each step, which only raises the minimum (conservative).
 pub fn min_collateral(policy: &SecurityPolicy) -> Result<Amount, LedgerError> {
     validate(policy)?;
-    let Some(audit) = policy.audit else { return Ok(Amount::ZERO) };
+    let Some(audit) = policy.audit else {
+        return Ok(Amount::ZERO);
+    };
     let r = u128::from(policy.colluding_share_ppm);
     let ppm = u128::from(PPM);
     // r^k at scale 1e18, rounded up.
@@ -104,6 +106,7 @@ pub fn validate(policy: &SecurityPolicy) -> Result<(), LedgerError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -126,7 +129,10 @@ mod tests {
         let c = 1_000_000; // C = 1 unit
         let p = policy(7_962, 1, c, 1_200_000, 500_000);
         // 1e6 / (0.5 * 0.007962) = 251_193_167.54… → ceil 251_193_168, minus R.
-        assert_eq!(min_collateral(&p).expect("valid policy"), Amount(249_993_168));
+        assert_eq!(
+            min_collateral(&p).expect("valid policy"),
+            Amount(249_993_168)
+        );
         let ratio = min_collateral(&p).expect("valid policy").0 as f64 / c as f64;
         assert!((ratio - 250.0).abs() < 0.01, "{ratio}");
     }
@@ -135,16 +141,24 @@ mod tests {
     fn more_auditors_need_less_stake_and_k2_is_exact() {
         // k = 2: 1 - 0.25 = 0.75 → 1e6 / (0.75 * 0.01) = 133_333_333.3 → 133_333_334 - R.
         let p = policy(10_000, 2, 1_000_000, 1_000_000, 500_000);
-        assert_eq!(min_collateral(&p).expect("valid policy"), Amount(132_333_334));
-        let k1 = min_collateral(&policy(10_000, 1, 1_000_000, 1_000_000, 500_000)).expect("valid policy");
+        assert_eq!(
+            min_collateral(&p).expect("valid policy"),
+            Amount(132_333_334)
+        );
+        let k1 = min_collateral(&policy(10_000, 1, 1_000_000, 1_000_000, 500_000))
+            .expect("valid policy");
         assert!(k1 > min_collateral(&p).expect("valid policy"));
-        let k9 = min_collateral(&policy(10_000, 9, 1_000_000, 1_000_000, 500_000)).expect("valid policy");
+        let k9 = min_collateral(&policy(10_000, 9, 1_000_000, 1_000_000, 500_000))
+            .expect("valid policy");
         assert!(k9 < min_collateral(&p).expect("valid policy") && k9.0 >= 99_000_000);
     }
 
     #[test]
     fn clamps_at_zero_and_rejects_bad_policies() {
-        assert_eq!(min_collateral(&policy(1_000_000, 1, 1, 1_000_000, 0)).expect("valid policy"), Amount::ZERO);
+        assert_eq!(
+            min_collateral(&policy(1_000_000, 1, 1, 1_000_000, 0)).expect("valid policy"),
+            Amount::ZERO
+        );
         assert!(min_collateral(&policy(0, 1, 1, 1, 0)).is_err());
         assert!(min_collateral(&policy(10, 0, 1, 1, 0)).is_err());
         assert!(min_collateral(&policy(10, 1, 1, 1, 1_000_000)).is_err());

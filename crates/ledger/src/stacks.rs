@@ -36,7 +36,9 @@ pub(crate) fn buy(
         return Err(LedgerError::InvalidStack("zero units".into()));
     }
     if expires_at_ms <= ctx.timestamp_ms {
-        return Err(LedgerError::InvalidStack("expiry is not in the future".into()));
+        return Err(LedgerError::InvalidStack(
+            "expiry is not in the future".into(),
+        ));
     }
     if !st.models.contains_key(model) {
         return Err(LedgerError::UnknownModel(model.clone()));
@@ -45,9 +47,10 @@ pub(crate) fn buy(
     let (node_id, price) = match node {
         Some(nid) => {
             let n = st.nodes.get(&nid).ok_or(LedgerError::UnknownNode(nid))?;
-            let offer = n
-                .offer(model)
-                .ok_or_else(|| LedgerError::ModelNotOffered { node: nid, model: model.clone() })?;
+            let offer = n.offer(model).ok_or_else(|| LedgerError::ModelNotOffered {
+                node: nid,
+                model: model.clone(),
+            })?;
             if !eligible(st, n, model) {
                 return Err(LedgerError::NodeNotEligible(nid));
             }
@@ -112,8 +115,14 @@ pub(crate) fn claim(
     receipts_root: Hash32,
     receipt_count: u64,
 ) -> TxResult {
-    let s = st.stacks.get(&stack_id).ok_or(LedgerError::UnknownStack(stack_id))?;
-    let node = st.nodes.get(&s.node).ok_or(LedgerError::UnknownNode(s.node))?;
+    let s = st
+        .stacks
+        .get(&stack_id)
+        .ok_or(LedgerError::UnknownStack(stack_id))?;
+    let node = st
+        .nodes
+        .get(&s.node)
+        .ok_or(LedgerError::UnknownNode(s.node))?;
     if node.operator != *sender {
         return Err(LedgerError::NotStackNode(stack_id));
     }
@@ -121,16 +130,26 @@ pub(crate) fn claim(
         return Err(LedgerError::StackNotOpen(stack_id));
     }
     if units_used > s.units {
-        return Err(LedgerError::ClaimExceedsStack { used: units_used, units: s.units });
+        return Err(LedgerError::ClaimExceedsStack {
+            used: units_used,
+            units: s.units,
+        });
     }
     let max = st.params.max_receipts_per_claim.min(units_used.0);
     if receipt_count > max {
-        return Err(LedgerError::TooManyReceipts { count: receipt_count, max });
+        return Err(LedgerError::TooManyReceipts {
+            count: receipt_count,
+            max,
+        });
     }
     if units_used.0 > 0 && receipt_count == 0 {
-        return Err(LedgerError::InvalidStack("units claimed without receipts".into()));
+        return Err(LedgerError::InvalidStack(
+            "units claimed without receipts".into(),
+        ));
     }
-    let payment = cost(units_used, s.price_per_m).ok_or(LedgerError::Overflow)?.min(s.escrow);
+    let payment = cost(units_used, s.price_per_m)
+        .ok_or(LedgerError::Overflow)?
+        .min(s.escrow);
     let (node_id, expires) = (s.node, s.expires_at_ms);
     // Validation done; mutate.
     let id = ClaimId(st.next_ids.claim);
@@ -160,7 +179,13 @@ pub(crate) fn claim(
     );
     st.claim_queue.insert((settles_at_height, id));
     add_work(st, node_id);
-    let mut events = vec![Event::ClaimCommitted { claim: id, stack: stack_id, node: node_id, units_used, settles_at_height }];
+    let mut events = vec![Event::ClaimCommitted {
+        claim: id,
+        stack: stack_id,
+        node: node_id,
+        units_used,
+        settles_at_height,
+    }];
     audits::open_for_claim(st, ctx, id, &mut events);
     Ok(events)
 }
@@ -168,12 +193,20 @@ pub(crate) fn claim(
 /// Closes a claim whose window passed and whose audits finished: pays the node (minus the
 /// treasury fee) and refunds the owner the rest, or refunds everything if the node was at fault.
 pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>) {
-    let Some(c) = st.claims.get(&claim_id) else { return };
+    let Some(c) = st.claims.get(&claim_id) else {
+        return;
+    };
     let (stack_id, node_id, at_fault, payment) = (c.stack, c.node, c.executor_at_fault, c.payment);
-    let Some(s) = st.stacks.get_mut(&stack_id) else { return };
+    let Some(s) = st.stacks.get_mut(&stack_id) else {
+        return;
+    };
     let (owner, escrow) = (s.owner, s.escrow);
     s.escrow = Amount::ZERO;
-    s.status = if at_fault { StackStatus::Refunded } else { StackStatus::Settled };
+    s.status = if at_fault {
+        StackStatus::Refunded
+    } else {
+        StackStatus::Settled
+    };
     let operator = st.nodes.get(&node_id).map(|n| n.operator);
     let (paid, fee) = match (at_fault, operator) {
         (false, Some(op)) => {
@@ -189,19 +222,36 @@ pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>)
     let refund = escrow.saturating_sub(paid).saturating_sub(fee);
     credit(st, &owner, refund);
     if let Some(c) = st.claims.get_mut(&claim_id) {
-        c.status = if at_fault { ClaimStatus::Refunded } else { ClaimStatus::Settled };
+        c.status = if at_fault {
+            ClaimStatus::Refunded
+        } else {
+            ClaimStatus::Settled
+        };
     }
     done_work(st, node_id);
     if at_fault {
-        events.push(Event::Refunded { stack: stack_id, owner, amount: refund });
+        events.push(Event::Refunded {
+            stack: stack_id,
+            owner,
+            amount: refund,
+        });
     } else {
-        events.push(Event::Settled { claim: claim_id, stack: stack_id, node: node_id, paid, fee, refunded: refund });
+        events.push(Event::Settled {
+            claim: claim_id,
+            stack: stack_id,
+            node: node_id,
+            paid,
+            fee,
+            refunded: refund,
+        });
     }
 }
 
 /// An open stack reached its expiry without a claim: the owner gets the escrow back.
 pub(crate) fn expire(st: &mut State, stack_id: StackId, events: &mut Vec<Event>) {
-    let Some(s) = st.stacks.get_mut(&stack_id) else { return };
+    let Some(s) = st.stacks.get_mut(&stack_id) else {
+        return;
+    };
     if s.status != StackStatus::Open {
         return;
     }
@@ -210,5 +260,9 @@ pub(crate) fn expire(st: &mut State, stack_id: StackId, events: &mut Vec<Event>)
     s.status = StackStatus::Expired;
     credit(st, &owner, escrow);
     events.push(Event::StackExpired { stack: stack_id });
-    events.push(Event::Refunded { stack: stack_id, owner, amount: escrow });
+    events.push(Event::Refunded {
+        stack: stack_id,
+        owner,
+        amount: escrow,
+    });
 }

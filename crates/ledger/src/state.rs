@@ -285,7 +285,8 @@ impl State {
 
     /// Every unit of money by where it sits.
     pub fn supply(&self) -> Supply {
-        let sum = |it: &mut dyn Iterator<Item = u64>| Amount(it.fold(0u64, |a, b| a.saturating_add(b)));
+        let sum =
+            |it: &mut dyn Iterator<Item = u64>| Amount(it.fold(0u64, |a, b| a.saturating_add(b)));
         Supply {
             minted: self.minted,
             balances: sum(&mut self.accounts.values().map(|a| a.balance.0)),

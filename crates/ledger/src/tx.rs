@@ -68,10 +68,18 @@ pub fn verdict_commitment(verdict: &Verdict, salt: &Hash32, auditor: &PublicKey)
 #[serde(rename_all = "snake_case")]
 pub enum TxKind {
     /// Devnet only: mint to an account.
-    Faucet { to: PublicKey, amount: Amount },
-    Transfer { to: PublicKey, amount: Amount },
+    Faucet {
+        to: PublicKey,
+        amount: Amount,
+    },
+    Transfer {
+        to: PublicKey,
+        amount: Amount,
+    },
     /// Admin only.
-    RegisterModel { spec: ModelSpec },
+    RegisterModel {
+        spec: ModelSpec,
+    },
     RegisterNode {
         endpoint: String,
         confidential_key: SealingKey,
@@ -94,7 +102,10 @@ pub enum TxKind {
     LeaveNode,
     /// After unbonding completes and nothing is pending.
     WithdrawCollateral,
-    RotateConfidentialKey { key: SealingKey, attestation: Vec<u8> },
+    RotateConfidentialKey {
+        key: SealingKey,
+        attestation: Vec<u8>,
+    },
     BuyStack {
         model: ModelId,
         /// `None`: the block randomness picks among eligible nodes within the cap.
@@ -103,13 +114,36 @@ pub enum TxKind {
         units: Units,
         expires_at_ms: u64,
     },
-    ClaimStack { stack: StackId, units_used: Units, receipts_root: Hash32, receipt_count: u64 },
-    CommitVerdict { audit: AuditId, commitment: Hash32 },
-    RevealVerdict { audit: AuditId, verdict: Verdict, salt: Hash32 },
+    ClaimStack {
+        stack: StackId,
+        units_used: Units,
+        receipts_root: Hash32,
+        receipt_count: u64,
+    },
+    CommitVerdict {
+        audit: AuditId,
+        commitment: Hash32,
+    },
+    RevealVerdict {
+        audit: AuditId,
+        verdict: Verdict,
+        salt: Hash32,
+    },
     /// The executor or the stack owner publishes the sampled receipt with its Merkle proof.
-    SubmitReceipt { audit: AuditId, receipt: SignedReceipt, proof: MerkleProof },
-    CommitVote { dispute: DisputeId, commitment: Hash32 },
-    RevealVote { dispute: DisputeId, verdict: Verdict, salt: Hash32 },
+    SubmitReceipt {
+        audit: AuditId,
+        receipt: SignedReceipt,
+        proof: MerkleProof,
+    },
+    CommitVote {
+        dispute: DisputeId,
+        commitment: Hash32,
+    },
+    RevealVote {
+        dispute: DisputeId,
+        verdict: Verdict,
+        salt: Hash32,
+    },
 }
 
 /// A transaction with its sender's signature.
@@ -122,7 +156,10 @@ pub struct SignedTx {
 impl Tx {
     pub fn sign(self, key: &Keypair) -> SignedTx {
         let signature = key.sign(TX_DOMAIN, &self);
-        SignedTx { tx: self, signature }
+        SignedTx {
+            tx: self,
+            signature,
+        }
     }
 }
 

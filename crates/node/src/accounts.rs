@@ -33,7 +33,11 @@ pub enum ReserveError {
     #[error("stack {0} has expired or is closed")]
     Closed(StackId),
     #[error("stack {stack} has {remaining} units left; this request may need {needed}")]
-    Exhausted { stack: StackId, remaining: u64, needed: u64 },
+    Exhausted {
+        stack: StackId,
+        remaining: u64,
+        needed: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +64,14 @@ impl StackAccounts {
     /// Restores a stack's counters (from persisted receipts) after a restart.
     pub fn restore(&self, stack: StackId, used: u64, next_seq: u64) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.insert(stack, Account { used, reserved: 0, next_seq });
+        g.insert(
+            stack,
+            Account {
+                used,
+                reserved: 0,
+                next_seq,
+            },
+        );
     }
 
     /// Reserves `needed` units if the stack is this node's, open, unexpired, for `model`, and
@@ -77,19 +88,33 @@ impl StackAccounts {
             return Err(ReserveError::ForeignStack(info.id));
         }
         if &info.model != model {
-            return Err(ReserveError::WrongModel(info.id, info.model.clone(), model.clone()));
+            return Err(ReserveError::WrongModel(
+                info.id,
+                info.model.clone(),
+                model.clone(),
+            ));
         }
         if !info.open || now_ms >= info.expires_at_ms {
             return Err(ReserveError::Closed(info.id));
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let acct = g.entry(info.id).or_default();
-        let remaining = info.units.saturating_sub(acct.used).saturating_sub(acct.reserved);
+        let remaining = info
+            .units
+            .saturating_sub(acct.used)
+            .saturating_sub(acct.reserved);
         if needed > remaining {
-            return Err(ReserveError::Exhausted { stack: info.id, remaining, needed });
+            return Err(ReserveError::Exhausted {
+                stack: info.id,
+                remaining,
+                needed,
+            });
         }
         acct.reserved += needed;
-        Ok(Reservation { stack: info.id, units: needed })
+        Ok(Reservation {
+            stack: info.id,
+            units: needed,
+        })
     }
 
     /// Ends a reservation: `used` units are charged (at most the reservation) and the receipt
@@ -122,6 +147,7 @@ impl StackAccounts {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sortition_types::Keypair;
@@ -160,7 +186,7 @@ mod tests {
             .collect();
         let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(total, book.used(StackId(1)));
-        assert!(total <= 1_000 && total >= 1_000 - 7, "charged {total}");
+        assert!((1_000 - 7..=1_000).contains(&total), "charged {total}");
         assert_eq!(book.in_flight(StackId(1)), 0);
     }
 
@@ -169,15 +195,27 @@ mod tests {
         let book = StackAccounts::default();
         let inf = info(10);
         let m = ModelId::new("m");
-        assert!(matches!(book.reserve(&inf, NodeId(8), &m, 1, 0), Err(ReserveError::ForeignStack(_))));
+        assert!(matches!(
+            book.reserve(&inf, NodeId(8), &m, 1, 0),
+            Err(ReserveError::ForeignStack(_))
+        ));
         assert!(matches!(
             book.reserve(&inf, NodeId(7), &ModelId::new("x"), 1, 0),
             Err(ReserveError::WrongModel(..))
         ));
-        assert!(matches!(book.reserve(&inf, NodeId(7), &m, 1, 1_000), Err(ReserveError::Closed(_))));
-        assert!(matches!(book.reserve(&inf, NodeId(7), &m, 11, 0), Err(ReserveError::Exhausted { .. })));
+        assert!(matches!(
+            book.reserve(&inf, NodeId(7), &m, 1, 1_000),
+            Err(ReserveError::Closed(_))
+        ));
+        assert!(matches!(
+            book.reserve(&inf, NodeId(7), &m, 11, 0),
+            Err(ReserveError::Exhausted { .. })
+        ));
         let r = book.reserve(&inf, NodeId(7), &m, 10, 0).unwrap();
-        assert!(matches!(book.reserve(&inf, NodeId(7), &m, 1, 0), Err(ReserveError::Exhausted { .. })));
+        assert!(matches!(
+            book.reserve(&inf, NodeId(7), &m, 1, 0),
+            Err(ReserveError::Exhausted { .. })
+        ));
         assert_eq!(book.settle(r, 4, true), Some(0));
         assert!(book.reserve(&inf, NodeId(7), &m, 6, 0).is_ok());
     }

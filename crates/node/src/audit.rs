@@ -17,7 +17,9 @@ use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, 
 use sortition_engine::{GenerateRequest, Prompt};
 use sortition_ledger::{Event, TxKind, Verdict, verdict_commitment};
 use sortition_ledger_service::{Cursor, LedgerClient};
-use sortition_types::{AuditId, DisputeId, Hash32, SignedReceipt, embedding_response_hash, sha256, text_response_hash};
+use sortition_types::{
+    AuditId, DisputeId, Hash32, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
+};
 use tokio::sync::watch;
 
 use crate::claims::receipt_with_proof;
@@ -86,7 +88,10 @@ pub async fn follow(state: Arc<NodeState>, client: LedgerClient, mut stop: watch
             match item {
                 Some(Ok((cursor, event))) => {
                     handle(&state, &client, event).await;
-                    if let Err(e) = state.store.set_meta("cursor", cursor.next().to_string().as_bytes()) {
+                    if let Err(e) = state
+                        .store
+                        .set_meta("cursor", cursor.next().to_string().as_bytes())
+                    {
                         tracing::error!(error = %e, "could not store the event cursor");
                     }
                 }
@@ -113,26 +118,61 @@ fn load_cursor(state: &NodeState) -> Cursor {
 
 async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
     match event {
-        Event::AuditOpened { audit, stack, executor, receipt_index, auditors, .. } => {
+        Event::AuditOpened {
+            audit,
+            stack,
+            executor,
+            receipt_index,
+            auditors,
+            ..
+        } => {
             if executor == state.id {
                 submit_receipt(state, client, audit, stack, receipt_index).await;
             }
-            if auditors.contains(&state.id) && state.adversary != Some(crate::adversary::Mode::SkipAudits) {
-                state.audits.pending.lock().unwrap_or_else(|e| e.into_inner()).entry(audit).or_default().auditor = true;
+            if auditors.contains(&state.id)
+                && state.adversary != Some(crate::adversary::Mode::SkipAudits)
+            {
+                state
+                    .audits
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(audit)
+                    .or_default()
+                    .auditor = true;
                 spawn_judge(state.clone(), client.clone(), audit);
             }
         }
-        Event::DisputeOpened { dispute, audit, committee, .. } => {
-            if committee.contains(&state.id) && state.adversary != Some(crate::adversary::Mode::SkipAudits) {
-                state.audits.pending.lock().unwrap_or_else(|e| e.into_inner()).entry(audit).or_default().disputes.push(dispute);
-                spawn_judge(state.clone(), client.clone(), audit);
-            }
+        Event::DisputeOpened {
+            dispute,
+            audit,
+            committee,
+            ..
+        } if committee.contains(&state.id)
+            && state.adversary != Some(crate::adversary::Mode::SkipAudits) =>
+        {
+            state
+                .audits
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(audit)
+                .or_default()
+                .disputes
+                .push(dispute);
+            spawn_judge(state.clone(), client.clone(), audit);
         }
         _ => {}
     }
 }
 
-async fn submit_receipt(state: &NodeState, client: &LedgerClient, audit: AuditId, stack: sortition_types::StackId, index: u64) {
+async fn submit_receipt(
+    state: &NodeState,
+    client: &LedgerClient,
+    audit: AuditId,
+    stack: sortition_types::StackId,
+    index: u64,
+) {
     let receipts = match state.store.receipts(stack) {
         Ok(r) => r,
         Err(e) => return tracing::error!(%audit, error = %e, "cannot read receipts"),
@@ -140,7 +180,17 @@ async fn submit_receipt(state: &NodeState, client: &LedgerClient, audit: AuditId
     let Some((receipt, proof)) = receipt_with_proof(&receipts, index) else {
         return tracing::error!(%audit, %stack, index, "sampled receipt not found");
     };
-    match client.send(&state.key, TxKind::SubmitReceipt { audit, receipt, proof }).await {
+    match client
+        .send(
+            &state.key,
+            TxKind::SubmitReceipt {
+                audit,
+                receipt,
+                proof,
+            },
+        )
+        .await
+    {
         Ok(_) => tracing::info!(%audit, "submitted sampled receipt"),
         Err(e) => tracing::warn!(%audit, error = %e, "receipt submission refused"),
     }
@@ -153,7 +203,11 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
         let mut payload = None;
         for _ in 0..600 {
             {
-                let g = state.audits.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let g = state
+                    .audits
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if let Some(p) = g.get(&audit).and_then(|p| p.payload.clone()) {
                     payload = Some(p);
                     break;
@@ -165,7 +219,11 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
             return tracing::warn!(%audit, "no payload delivered for audit; cannot judge");
         };
         let (is_auditor, disputes) = {
-            let mut g = state.audits.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = state
+                .audits
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let Some(p) = g.get_mut(&audit) else { return };
             let disputes = std::mem::take(&mut p.disputes);
             let auditor = p.auditor && !p.started;
@@ -190,13 +248,20 @@ pub async fn judge(state: &NodeState, p: &AuditPayload) -> Verdict {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "re-execution failed");
-            return Verdict::Mismatch { evidence_hash: sha256(e.as_bytes()) };
+            return Verdict::Mismatch {
+                evidence_hash: sha256(e.as_bytes()),
+            };
         }
     };
-    if hash == r.response_hash && tokens == (r.input_tokens, r.output_tokens) && r.node_class == state.class.fingerprint() {
+    if hash == r.response_hash
+        && tokens == (r.input_tokens, r.output_tokens)
+        && r.node_class == state.class.fingerprint()
+    {
         Verdict::Match
     } else {
-        Verdict::Mismatch { evidence_hash: hash }
+        Verdict::Mismatch {
+            evidence_hash: hash,
+        }
     }
 }
 
@@ -227,13 +292,22 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
     };
     let chat = state.engine(&model).map_err(|e| e.message)?;
     let params = crate::routes::sampling_params(&fields, 256).map_err(|e| e.message)?;
-    let stream = chat.engine.generate(GenerateRequest::new(prompt, params)).map_err(|e| e.to_string())?;
+    let stream = chat
+        .engine
+        .generate(GenerateRequest::new(prompt, params))
+        .map_err(|e| e.to_string())?;
     let (finish, usage, _, text) = stream.collect().await.map_err(|e| e.to_string())?;
     let finish = match finish {
         sortition_engine::FinishReason::Stop => "stop",
         sortition_engine::FinishReason::Length => "length",
     };
-    Ok((text_response_hash(&text, finish), (u64::from(usage.prompt_tokens), u64::from(usage.completion_tokens))))
+    Ok((
+        text_response_hash(&text, finish),
+        (
+            u64::from(usage.prompt_tokens),
+            u64::from(usage.completion_tokens),
+        ),
+    ))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -252,19 +326,32 @@ async fn vote(state: &NodeState, client: &LedgerClient, ballot: Ballot, verdict:
     let commitment = verdict_commitment(&verdict, &salt, &state.key.public());
     let commit = match ballot {
         Ballot::Audit(audit) => TxKind::CommitVerdict { audit, commitment },
-        Ballot::Dispute(dispute) => TxKind::CommitVote { dispute, commitment },
+        Ballot::Dispute(dispute) => TxKind::CommitVote {
+            dispute,
+            commitment,
+        },
     };
     if let Err(e) = client.send(&state.key, commit).await {
         return tracing::warn!(?ballot, error = %e, "commit refused");
     }
     for _ in 0..300 {
         let reveal = match ballot {
-            Ballot::Audit(audit) => TxKind::RevealVerdict { audit, verdict, salt },
-            Ballot::Dispute(dispute) => TxKind::RevealVote { dispute, verdict, salt },
+            Ballot::Audit(audit) => TxKind::RevealVerdict {
+                audit,
+                verdict,
+                salt,
+            },
+            Ballot::Dispute(dispute) => TxKind::RevealVote {
+                dispute,
+                verdict,
+                salt,
+            },
         };
         match client.send(&state.key, reveal).await {
             Ok(_) => return tracing::info!(?ballot, ?verdict, "verdict revealed"),
-            Err(e) if e.code() == Some("reveal_too_early") => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) if e.code() == Some("reveal_too_early") => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             Err(e) => return tracing::warn!(?ballot, error = %e, "reveal refused"),
         }
     }

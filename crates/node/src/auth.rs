@@ -39,14 +39,20 @@ pub async fn authenticate(
     let value = headers
         .get(AUTH_HEADER)
         .ok_or_else(|| {
-            unauthorized("missing_auth", format!("missing {AUTH_HEADER} header (stack owner's signature)"))
+            unauthorized(
+                "missing_auth",
+                format!("missing {AUTH_HEADER} header (stack owner's signature)"),
+            )
         })?
         .to_str()
         .map_err(|_| unauthorized("invalid_auth", format!("{AUTH_HEADER} is not ASCII")))?;
     let (auth, sig) = RequestAuth::parse_header(value, method, path, body)
         .map_err(|e| unauthorized("invalid_auth", e.to_string()))?;
     if auth.expires_at_ms <= now_ms {
-        return Err(unauthorized("expired_auth", "request signature has expired".into()));
+        return Err(unauthorized(
+            "expired_auth",
+            "request signature has expired".into(),
+        ));
     }
     if auth.expires_at_ms > now_ms + MAX_REQUEST_VALIDITY_MS {
         return Err(unauthorized(
@@ -58,15 +64,27 @@ pub async fn authenticate(
         .stack(auth.stack)
         .await
         .map_err(|e| ApiError::new(ErrorKind::Unavailable, "ledger_unavailable", e))?
-        .ok_or_else(|| unauthorized("unknown_stack", format!("{} is not on the ledger", auth.stack)))?;
+        .ok_or_else(|| {
+            unauthorized(
+                "unknown_stack",
+                format!("{} is not on the ledger", auth.stack),
+            )
+        })?;
     auth.verify(&stack.owner, &sig).map_err(|_| {
-        unauthorized("invalid_signature", "signature does not match the stack owner's key".into())
+        unauthorized(
+            "invalid_signature",
+            "signature does not match the stack owner's key".into(),
+        )
     })?;
     let fresh = store
         .insert_nonce(auth.stack, auth.nonce, auth.expires_at_ms)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     if !fresh {
-        return Err(ApiError::new(ErrorKind::Conflict, "replayed_request", "this request nonce was already used"));
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "replayed_request",
+            "this request nonce was already used",
+        ));
     }
     Ok(stack)
 }

@@ -14,7 +14,9 @@ pub struct ClaimMaterial {
 /// Sums the units and builds the Merkle root of the receipts' digests.
 pub fn claim_material(receipts: &[SignedReceipt]) -> ClaimMaterial {
     let leaves: Vec<Hash32> = receipts.iter().map(|r| r.receipt.digest()).collect();
-    let units = receipts.iter().fold(0u64, |acc, r| acc.saturating_add(r.receipt.units().0));
+    let units = receipts
+        .iter()
+        .fold(0u64, |acc, r| acc.saturating_add(r.receipt.units().0));
     ClaimMaterial {
         units_used: Units(units),
         receipts_root: merkle_root(&leaves),
@@ -23,7 +25,10 @@ pub fn claim_material(receipts: &[SignedReceipt]) -> ClaimMaterial {
 }
 
 /// The receipt at `index` of a claim with its inclusion proof.
-pub fn receipt_with_proof(receipts: &[SignedReceipt], index: u64) -> Option<(SignedReceipt, MerkleProof)> {
+pub fn receipt_with_proof(
+    receipts: &[SignedReceipt],
+    index: u64,
+) -> Option<(SignedReceipt, MerkleProof)> {
     let leaves: Vec<Hash32> = receipts.iter().map(|r| r.receipt.digest()).collect();
     let i = usize::try_from(index).ok()?;
     let proof = MerkleProof::build(&leaves, i)?;
@@ -43,13 +48,25 @@ pub struct ClaimPolicy {
 
 impl Default for ClaimPolicy {
     fn default() -> Self {
-        ClaimPolicy { before_expiry_ms: 120_000, used_permille: 900, max_age_ms: 15 * 60_000 }
+        ClaimPolicy {
+            before_expiry_ms: 120_000,
+            used_permille: 900,
+            max_age_ms: 15 * 60_000,
+        }
     }
 }
 
 impl ClaimPolicy {
-    pub fn due(&self, receipts: &[SignedReceipt], stack_units: u64, expires_at_ms: u64, now_ms: u64) -> bool {
-        let Some(first) = receipts.first() else { return false };
+    pub fn due(
+        &self,
+        receipts: &[SignedReceipt],
+        stack_units: u64,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let Some(first) = receipts.first() else {
+            return false;
+        };
         let used: u64 = receipts.iter().map(|r| r.receipt.units().0).sum();
         now_ms + self.before_expiry_ms >= expires_at_ms
             || used.saturating_mul(1000) >= stack_units.saturating_mul(self.used_permille)
@@ -58,6 +75,7 @@ impl ClaimPolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sortition_types::*;
@@ -102,7 +120,11 @@ mod tests {
 
     #[test]
     fn claim_is_due_near_expiry_when_full_or_old() {
-        let p = ClaimPolicy { before_expiry_ms: 100, used_permille: 900, max_age_ms: 1_000 };
+        let p = ClaimPolicy {
+            before_expiry_ms: 100,
+            used_permille: 900,
+            max_age_ms: 1_000,
+        };
         let rs = receipts(2);
         assert!(!p.due(&[], 100, 0, 0));
         assert!(!p.due(&rs, 1_000, 10_000, 1_500));

@@ -21,18 +21,30 @@ pub struct LedgerStacks {
 
 impl LedgerStacks {
     pub fn new(client: LedgerClient) -> Self {
-        LedgerStacks { client, cache: Mutex::new(HashMap::new()) }
+        LedgerStacks {
+            client,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Marks a stack closed locally (e.g. once this node claimed it).
     pub fn close(&self, id: StackId) {
-        if let Some(s) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+        if let Some(s) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&id)
+        {
             s.open = false;
         }
     }
 
     pub fn cached(&self, id: StackId) -> Option<StackInfo> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
     }
 }
 
@@ -50,7 +62,10 @@ pub fn stack_info(s: &Stack) -> StackInfo {
 }
 
 impl StackSource for LedgerStacks {
-    fn stack(&self, id: StackId) -> Pin<Box<dyn Future<Output = Result<Option<StackInfo>, String>> + Send + '_>> {
+    fn stack(
+        &self,
+        id: StackId,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<StackInfo>, String>> + Send + '_>> {
         Box::pin(async move {
             if let Some(s) = self.cached(id) {
                 return Ok(Some(s));
@@ -58,7 +73,10 @@ impl StackSource for LedgerStacks {
             match self.client.stack(id).await {
                 Ok(s) => {
                     let info = stack_info(&s);
-                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(id, info.clone());
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, info.clone());
                     Ok(Some(info))
                 }
                 Err(ClientError::Api { status: 404, .. }) => Ok(None),
@@ -82,7 +100,11 @@ pub struct Registration {
 
 /// Registers the node, or updates its registration if the key is already known. Returns the
 /// node's id.
-pub async fn register(client: &LedgerClient, key: &Keypair, reg: Registration) -> Result<NodeId, String> {
+pub async fn register(
+    client: &LedgerClient,
+    key: &Keypair,
+    reg: Registration,
+) -> Result<NodeId, String> {
     let existing: Option<Node> = client
         .nodes()
         .await
@@ -103,17 +125,28 @@ pub async fn register(client: &LedgerClient, key: &Keypair, reg: Registration) -
             .await
             .map_err(|e| format!("updating registration: {e}"))?;
         if matches!(n.status, sortition_ledger::NodeStatus::Paused) {
-            client.send(key, TxKind::ResumeNode).await.map_err(|e| format!("resuming: {e}"))?;
+            client
+                .send(key, TxKind::ResumeNode)
+                .await
+                .map_err(|e| format!("resuming: {e}"))?;
         }
         return Ok(n.id);
     }
     let collateral = match reg.collateral {
         Some(c) => c,
         None => {
-            let models = client.models().await.map_err(|e| format!("reading models: {e}"))?;
+            let models = client
+                .models()
+                .await
+                .map_err(|e| format!("reading models: {e}"))?;
             reg.offers
                 .iter()
-                .filter_map(|o| models.iter().find(|m| m.spec.id == o.model).map(|m| m.min_collateral))
+                .filter_map(|o| {
+                    models
+                        .iter()
+                        .find(|m| m.spec.id == o.model)
+                        .map(|m| m.min_collateral)
+                })
                 .max()
                 .unwrap_or(Amount::ZERO)
         }

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use sortition_api::*;
 use sortition_engine::{FinishReason, GenerateRequest, Prompt, SamplingParams, StreamEvent};
-use sortition_types::{ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash};
+use sortition_types::{
+    ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
+};
 use tokio::sync::mpsc;
 
 use crate::auth::authenticate;
@@ -30,7 +32,10 @@ pub fn sampling_params(f: &SamplingFields, default_max: u32) -> Result<SamplingP
         top_p: f.top_p.unwrap_or(d.top_p),
         top_k: f.top_k.unwrap_or(d.top_k),
         seed: f.seed.unwrap_or(0),
-        max_tokens: f.max_completion_tokens.or(f.max_tokens).unwrap_or(default_max),
+        max_tokens: f
+            .max_completion_tokens
+            .or(f.max_tokens)
+            .unwrap_or(default_max),
         stop: f.stop.clone().map(StopSpec::into_vec).unwrap_or_default(),
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
@@ -47,7 +52,9 @@ fn finish_str(f: FinishReason) -> &'static str {
 }
 
 fn receipt_header(r: &SignedReceipt) -> Option<HeaderValue> {
-    serde_json::to_string(r).ok().and_then(|s| HeaderValue::from_str(&s).ok())
+    serde_json::to_string(r)
+        .ok()
+        .and_then(|s| HeaderValue::from_str(&s).ok())
 }
 
 /// A request after authentication, reservation and admission, ready to stream.
@@ -81,7 +88,10 @@ async fn admit(
     let model_id = ModelId::new(model);
     let reservation = s.reserve(&stack, &model_id, needed)?;
     let prompt = crate::adversary::rewrite_prompt(s.adversary, Prompt::Tokens(prompt_tokens));
-    let stream = match chat.engine.generate(GenerateRequest::new(prompt, params.clone())) {
+    let stream = match chat
+        .engine
+        .generate(GenerateRequest::new(prompt, params.clone()))
+    {
         Ok(st) => st,
         Err(e) => {
             s.release(reservation);
@@ -126,26 +136,48 @@ impl Job {
 
 pub async fn chat_completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.inc("requests_total", "chat", 1);
-    generation(&s, &headers, &body, Kind::Chat).await.unwrap_or_else(|e| error(&s, e))
+    generation(&s, &headers, &body, Kind::Chat)
+        .await
+        .unwrap_or_else(|e| error(&s, e))
 }
 
 pub async fn completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.inc("requests_total", "completions", 1);
-    generation(&s, &headers, &body, Kind::Text).await.unwrap_or_else(|e| error(&s, e))
+    generation(&s, &headers, &body, Kind::Text)
+        .await
+        .unwrap_or_else(|e| error(&s, e))
 }
 
 /// Chat and text completions: authenticate first (so an unauthenticated caller learns nothing
 /// about the body), then parse, admit, and answer as a stream or at once.
-async fn generation(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes, kind: Kind) -> Result<Response, ApiError> {
+async fn generation(
+    s: &Arc<NodeState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    kind: Kind,
+) -> Result<Response, ApiError> {
     let path = match kind {
         Kind::Chat => "/v1/chat/completions",
         Kind::Text => "/v1/completions",
     };
-    let stack = authenticate(s.stacks.as_ref(), &s.store, "POST", path, headers, body, unix_now_ms()).await?;
+    let stack = authenticate(
+        s.stacks.as_ref(),
+        &s.store,
+        "POST",
+        path,
+        headers,
+        body,
+        unix_now_ms(),
+    )
+    .await?;
     let (model, prompt, sampling) = match kind {
         Kind::Chat => {
             let req: ChatCompletionRequest = parse_json(body)?;
-            (req.model, Prompt::Chat(chat_messages(&req.messages)?), req.sampling)
+            (
+                req.model,
+                Prompt::Chat(chat_messages(&req.messages)?),
+                req.sampling,
+            )
         }
         Kind::Text => {
             let req: CompletionRequest = parse_json(body)?;
@@ -168,19 +200,34 @@ async fn generation(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes, kind:
 
 pub fn chat_messages(msgs: &[ChatMessage]) -> Result<Vec<sortition_engine::ChatMessage>, ApiError> {
     if msgs.is_empty() {
-        return Err(ApiError::invalid("empty_messages", "messages must not be empty").with_param("messages"));
+        return Err(
+            ApiError::invalid("empty_messages", "messages must not be empty")
+                .with_param("messages"),
+        );
     }
     msgs.iter()
         .map(|m| {
-            let text = m.content.as_ref().map(|c| c.text()).transpose()?.unwrap_or_default();
+            let text = m
+                .content
+                .as_ref()
+                .map(|c| c.text())
+                .transpose()?
+                .unwrap_or_default();
             match m.role.as_str() {
                 "system" | "user" | "assistant" | "developer" => {}
                 other => {
-                    return Err(ApiError::invalid("invalid_role", format!("unsupported role '{other}'"))
-                        .with_param("messages"));
+                    return Err(ApiError::invalid(
+                        "invalid_role",
+                        format!("unsupported role '{other}'"),
+                    )
+                    .with_param("messages"));
                 }
             }
-            let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                m.role.as_str()
+            };
             Ok(sortition_engine::ChatMessage::new(role, text))
         })
         .collect()
@@ -205,7 +252,12 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
         let Admitted { job, mut stream } = a;
         let result = loop {
             match stream.next().await {
-                Some(StreamEvent::Done { finish_reason, usage, text, .. }) => break Ok((finish_reason, usage, text)),
+                Some(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    text,
+                    ..
+                }) => break Ok((finish_reason, usage, text)),
                 Some(StreamEvent::Error(e)) => break Err(engine_error(e)),
                 Some(StreamEvent::Token { .. }) => {}
                 None => break Err(ApiError::internal("generation ended without a result")),
@@ -213,7 +265,10 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
         };
         match result {
             Ok((finish, usage, text)) => {
-                let (p, c) = (u64::from(usage.prompt_tokens), u64::from(usage.completion_tokens));
+                let (p, c) = (
+                    u64::from(usage.prompt_tokens),
+                    u64::from(usage.completion_tokens),
+                );
                 let text = crate::adversary::rewrite_text(job.state.adversary, text);
                 let elapsed = job.started.elapsed();
                 let receipt = job.complete(p, c, &text, finish_str(finish))?;
@@ -228,10 +283,19 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
     let (finish, p, c, text, receipt, elapsed) = match task.await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return error(&s, e),
-        Err(e) => return error(&s, ApiError::internal(format!("generation task failed: {e}"))),
+        Err(e) => {
+            return error(
+                &s,
+                ApiError::internal(format!("generation task failed: {e}")),
+            );
+        }
     };
     s.metrics.observe("request_seconds", elapsed.as_secs_f64());
-    let ext = Some(SortitionExt { node: s.id, receipt: receipt.clone(), verified_by_gateway: None });
+    let ext = Some(SortitionExt {
+        node: s.id,
+        receipt: receipt.clone(),
+        verified_by_gateway: None,
+    });
     let usage = Usage::new(p, c);
     let body = match kind {
         Kind::Chat => serde_json::to_value(ChatCompletion {
@@ -241,7 +305,10 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
             model,
             choices: vec![ChatChoice {
                 index: 0,
-                message: AssistantMessage { role: "assistant".into(), content: text },
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: text,
+                },
                 finish_reason: finish_str(finish).into(),
                 logprobs: None,
             }],
@@ -273,7 +340,14 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
     resp
 }
 
-fn chunk_json(kind: Kind, id: &str, model: &str, text: Option<String>, finish: Option<&str>, first: bool) -> String {
+fn chunk_json(
+    kind: Kind,
+    id: &str,
+    model: &str,
+    text: Option<String>,
+    finish: Option<&str>,
+    first: bool,
+) -> String {
     let v = match kind {
         Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
             id: id.into(),
@@ -282,7 +356,10 @@ fn chunk_json(kind: Kind, id: &str, model: &str, text: Option<String>, finish: O
             model: model.into(),
             choices: vec![ChunkChoice {
                 index: 0,
-                delta: Delta { role: first.then(|| "assistant".into()), content: text },
+                delta: Delta {
+                    role: first.then(|| "assistant".into()),
+                    content: text,
+                },
                 finish_reason: finish.map(Into::into),
                 logprobs: None,
             }],
@@ -307,7 +384,13 @@ fn chunk_json(kind: Kind, id: &str, model: &str, text: Option<String>, finish: O
     v.unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"{e}\"}}}}"))
 }
 
-fn final_json(kind: Kind, id: &str, model: &str, usage: Option<Usage>, ext: SortitionExt) -> String {
+fn final_json(
+    kind: Kind,
+    id: &str,
+    model: &str,
+    usage: Option<Usage>,
+    ext: SortitionExt,
+) -> String {
     let v = match kind {
         Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
             id: id.into(),
@@ -333,7 +416,13 @@ fn final_json(kind: Kind, id: &str, model: &str, usage: Option<Usage>, ext: Sort
 
 /// Streams tokens as SSE. A driver task owns the generation: if the client disconnects, the
 /// generation is cancelled and the tokens generated so far are receipted and billed.
-fn sse(a: Admitted, id: String, model: String, include_usage: bool, kind: Kind) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+fn sse(
+    a: Admitted,
+    id: String,
+    model: String,
+    include_usage: bool,
+    kind: Kind,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, mut rx) = mpsc::channel::<String>(64);
     tokio::spawn(drive_stream(a, id, model, include_usage, kind, tx));
     let stream = async_stream::stream! {
@@ -345,7 +434,14 @@ fn sse(a: Admitted, id: String, model: String, include_usage: bool, kind: Kind) 
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-async fn drive_stream(a: Admitted, id: String, model: String, include_usage: bool, kind: Kind, tx: mpsc::Sender<String>) {
+async fn drive_stream(
+    a: Admitted,
+    id: String,
+    model: String,
+    include_usage: bool,
+    kind: Kind,
+    tx: mpsc::Sender<String>,
+) {
     let Admitted { job, mut stream } = a;
     let s = job.state.clone();
     let usage_handle = stream.usage_handle();
@@ -358,13 +454,20 @@ async fn drive_stream(a: Admitted, id: String, model: String, include_usage: boo
             Some(StreamEvent::Token { text, .. }) => {
                 if first_token_at.is_none() {
                     first_token_at = Some(Instant::now());
-                    s.metrics.observe("time_to_first_token_seconds", job.started.elapsed().as_secs_f64());
+                    s.metrics.observe(
+                        "time_to_first_token_seconds",
+                        job.started.elapsed().as_secs_f64(),
+                    );
                 }
                 if text.is_empty() {
                     continue;
                 }
                 sent_text.push_str(&text);
-                if tx.send(chunk_json(kind, &id, &model, Some(text), None, first)).await.is_err() {
+                if tx
+                    .send(chunk_json(kind, &id, &model, Some(text), None, first))
+                    .await
+                    .is_err()
+                {
                     // Client left: cancel generation, bill what was generated.
                     drop(stream);
                     let usage = usage_handle.usage();
@@ -376,26 +479,51 @@ async fn drive_stream(a: Admitted, id: String, model: String, include_usage: boo
                 }
                 first = false;
             }
-            Some(StreamEvent::Done { finish_reason, usage, text, .. }) => {
+            Some(StreamEvent::Done {
+                finish_reason,
+                usage,
+                text,
+                ..
+            }) => {
                 // Any text held back (e.g. a partial stop-string match that did not complete)
                 // is flushed so that the stream equals the non-streamed answer.
                 if let Some(rest) = text.strip_prefix(sent_text.as_str())
                     && !rest.is_empty()
                 {
-                    let _ = tx.send(chunk_json(kind, &id, &model, Some(rest.to_string()), None, first)).await;
+                    let _ = tx
+                        .send(chunk_json(
+                            kind,
+                            &id,
+                            &model,
+                            Some(rest.to_string()),
+                            None,
+                            first,
+                        ))
+                        .await;
                 }
                 let finish = finish_str(finish_reason);
-                let _ = tx.send(chunk_json(kind, &id, &model, None, Some(finish), false)).await;
-                let (p, c) = (u64::from(usage.prompt_tokens), u64::from(usage.completion_tokens));
+                let _ = tx
+                    .send(chunk_json(kind, &id, &model, None, Some(finish), false))
+                    .await;
+                let (p, c) = (
+                    u64::from(usage.prompt_tokens),
+                    u64::from(usage.completion_tokens),
+                );
                 let text = crate::adversary::rewrite_text(s.adversary, text);
                 match job.complete(p, c, &text, finish) {
                     Ok(receipt) => {
-                        let ext = SortitionExt { node: s.id, receipt, verified_by_gateway: None };
+                        let ext = SortitionExt {
+                            node: s.id,
+                            receipt,
+                            verified_by_gateway: None,
+                        };
                         let usage = include_usage.then(|| Usage::new(p, c));
                         let _ = tx.send(final_json(kind, &id, &model, usage, ext)).await;
                     }
                     Err(e) => {
-                        let _ = tx.send(serde_json::to_string(&e.body()).unwrap_or_default()).await;
+                        let _ = tx
+                            .send(serde_json::to_string(&e.body()).unwrap_or_default())
+                            .await;
                     }
                 }
                 return;
@@ -403,7 +531,9 @@ async fn drive_stream(a: Admitted, id: String, model: String, include_usage: boo
             Some(StreamEvent::Error(e)) => {
                 let usage = usage_handle.usage();
                 let e = engine_error(e);
-                let _ = tx.send(serde_json::to_string(&e.body()).unwrap_or_default()).await;
+                let _ = tx
+                    .send(serde_json::to_string(&e.body()).unwrap_or_default())
+                    .await;
                 let p = u64::from(usage.prompt_tokens);
                 let c = u64::from(usage.completion_tokens);
                 if c == 0 {
@@ -429,18 +559,38 @@ pub async fn embeddings(State(s): S, headers: HeaderMap, body: Bytes) -> Respons
     }
 }
 
-async fn embeddings_inner(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
-    let stack = authenticate(s.stacks.as_ref(), &s.store, "POST", "/v1/embeddings", headers, body, unix_now_ms()).await?;
+async fn embeddings_inner(
+    s: &Arc<NodeState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let stack = authenticate(
+        s.stacks.as_ref(),
+        &s.store,
+        "POST",
+        "/v1/embeddings",
+        headers,
+        body,
+        unix_now_ms(),
+    )
+    .await?;
     let req: EmbeddingRequest = parse_json(body)?;
     let m = s.embedder(&req.model)?;
     let format = req.encoding_format.clone();
     EmbeddingVector::encode(vec![], format.as_deref())?;
     if req.dimensions.is_some_and(|d| d as usize != m.embedder.dim) {
-        return Err(ApiError::invalid("unsupported_dimensions", format!("this model returns {} dimensions", m.embedder.dim)).with_param("dimensions"));
+        return Err(ApiError::invalid(
+            "unsupported_dimensions",
+            format!("this model returns {} dimensions", m.embedder.dim),
+        )
+        .with_param("dimensions"));
     }
     let inputs = req.input.into_vec();
     if inputs.is_empty() || inputs.len() > 256 {
-        return Err(ApiError::invalid("invalid_input", "input must hold 1 to 256 strings").with_param("input"));
+        return Err(
+            ApiError::invalid("invalid_input", "input must hold 1 to 256 strings")
+                .with_param("input"),
+        );
     }
     // Upper bound of the tokens: never more than bytes + [CLS]/[SEP], never more than 512.
     let bound: u64 = inputs.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
@@ -475,15 +625,26 @@ async fn embeddings_inner(s: &Arc<NodeState>, headers: &HeaderMap, body: &Bytes)
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            Ok(EmbeddingData { object: "embedding".into(), index: i as u32, embedding: EmbeddingVector::encode(v, format.as_deref())? })
+            Ok(EmbeddingData {
+                object: "embedding".into(),
+                index: i as u32,
+                embedding: EmbeddingVector::encode(v, format.as_deref())?,
+            })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let mut resp = Json(EmbeddingResponse {
         object: "list".into(),
         data,
         model: req.model,
-        usage: EmbeddingUsage { prompt_tokens: tokens as u64, total_tokens: tokens as u64 },
-        sortition: Some(SortitionExt { node: s.id, receipt: receipt.clone(), verified_by_gateway: None }),
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens as u64,
+            total_tokens: tokens as u64,
+        },
+        sortition: Some(SortitionExt {
+            node: s.id,
+            receipt: receipt.clone(),
+            verified_by_gateway: None,
+        }),
     })
     .into_response();
     if let Some(h) = receipt_header(&receipt) {
@@ -498,7 +659,12 @@ pub async fn models(State(s): S) -> Json<ModelList> {
         data: s
             .model_names()
             .into_iter()
-            .map(|id| ModelCard { id, object: "model".into(), created: 0, owned_by: format!("{}", s.id) })
+            .map(|id| ModelCard {
+                id,
+                object: "model".into(),
+                created: 0,
+                owned_by: format!("{}", s.id),
+            })
             .collect(),
     })
 }

@@ -110,7 +110,10 @@ impl RunningNode {
 fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine, StartError> {
     let path = PathBuf::from(name);
     let (path, id) = if path.extension().is_some_and(|e| e == "gguf") {
-        let id = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let id = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         (path, id)
     } else {
         (store.pull(name, false)?.primary, name.to_string())
@@ -126,22 +129,38 @@ fn load_embed(name: &str, store: &ModelStore) -> Result<EmbedModel, StartError> 
     let path = PathBuf::from(name);
     let (dir, digest, id) = if path.is_dir() {
         let weights = path.join("model.safetensors");
-        let id = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        (path.clone(), sortition_engine::models::file_digest(&weights)?, id)
+        let id = path
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        (
+            path.clone(),
+            sortition_engine::models::file_digest(&weights)?,
+            id,
+        )
     } else {
         let m = store.pull(name, false)?;
         (m.dir, m.digest, name.to_string())
     };
-    Ok(EmbedModel { embedder: Arc::new(Embedder::load(&dir)?), id: ModelId::new(id), digest })
+    Ok(EmbedModel {
+        embedder: Arc::new(Embedder::load(&dir)?),
+        id: ModelId::new(id),
+        digest,
+    })
 }
 
 /// Loads models, registers on the ledger, and serves until [`RunningNode::shutdown`].
 pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartError> {
     std::fs::create_dir_all(&cfg.data_dir)?;
     let client = LedgerClient::new(cfg.ledger_url.clone());
-    let genesis = client.genesis().await.map_err(|e| StartError::Ledger(e.to_string()))?;
+    let genesis = client
+        .genesis()
+        .await
+        .map_err(|e| StartError::Ledger(e.to_string()))?;
     if cfg.adversary.is_some() && !genesis.devnet {
-        return Err(StartError::Config("adversary modes exist only on a devnet ledger".into()));
+        return Err(StartError::Config(
+            "adversary modes exist only on a devnet ledger".into(),
+        ));
     }
     let models = ModelStore::from_env();
     let (chat, embed) = {
@@ -164,11 +183,23 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
     };
     let class = node_class(&chat, &embed)?;
     let listener = TcpListener::bind(cfg.listen).await?;
-    let url = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default()));
+    let url = cfg.advertise_url.clone().unwrap_or_else(|| {
+        format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        )
+    });
     let offers: Vec<Offer> = chat
         .keys()
         .chain(embed.keys())
-        .map(|m| Offer { model: m.clone(), price_per_m_input: cfg.price_per_m_input, price_per_m_output: cfg.price_per_m_output })
+        .map(|m| Offer {
+            model: m.clone(),
+            price_per_m_input: cfg.price_per_m_input,
+            price_per_m_output: cfg.price_per_m_output,
+        })
         .collect();
     let id = register(
         &client,
@@ -215,13 +246,34 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
             }
         })
     };
-    let claimer = tokio::spawn(claim_loop(state.clone(), client.clone(), stacks, cfg.claim_policy, cfg.claim_interval, stop_rx.clone()));
-    let auditor = tokio::spawn(crate::audit::follow(state.clone(), client.clone(), stop_rx.clone()));
+    let claimer = tokio::spawn(claim_loop(
+        state.clone(),
+        client.clone(),
+        stacks,
+        cfg.claim_policy,
+        cfg.claim_interval,
+        stop_rx.clone(),
+    ));
+    let auditor = tokio::spawn(crate::audit::follow(
+        state.clone(),
+        client.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(node = %id, %url, "node serving");
-    Ok(RunningNode { id, url, class, state, stop, tasks: vec![server, claimer, auditor] })
+    Ok(RunningNode {
+        id,
+        url,
+        class,
+        state,
+        stop,
+        tasks: vec![server, claimer, auditor],
+    })
 }
 
-fn node_class(chat: &HashMap<ModelId, ChatModel>, embed: &HashMap<ModelId, EmbedModel>) -> Result<NodeClass, StartError> {
+fn node_class(
+    chat: &HashMap<ModelId, ChatModel>,
+    embed: &HashMap<ModelId, EmbedModel>,
+) -> Result<NodeClass, StartError> {
     if let Some(m) = chat.values().next() {
         return Ok(m.engine.info().node_class.clone());
     }
@@ -285,11 +337,22 @@ pub async fn claim_due(
     all: bool,
 ) -> Result<usize, String> {
     let mut claimed = 0;
-    for stack in state.store.stacks_with_receipts().map_err(|e| e.to_string())? {
-        if state.store.get_meta(&claimed_key(stack)).map_err(|e| e.to_string())?.is_some() {
+    for stack in state
+        .store
+        .stacks_with_receipts()
+        .map_err(|e| e.to_string())?
+    {
+        if state
+            .store
+            .get_meta(&claimed_key(stack))
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
             continue;
         }
-        let Some(info) = state.stacks.stack(stack).await? else { continue };
+        let Some(info) = state.stacks.stack(stack).await? else {
+            continue;
+        };
         let receipts = state.store.receipts(stack).map_err(|e| e.to_string())?;
         if !all && !policy.due(&receipts, info.units, info.expires_at_ms, unix_now_ms()) {
             continue;
@@ -312,7 +375,10 @@ pub async fn claim_due(
         };
         match client.send(&state.key, kind).await {
             Ok(_) => {
-                state.store.set_meta(&claimed_key(stack), b"1").map_err(|e| e.to_string())?;
+                state
+                    .store
+                    .set_meta(&claimed_key(stack), b"1")
+                    .map_err(|e| e.to_string())?;
                 state.metrics.inc("claims_total", "", 1);
                 claimed += 1;
                 tracing::info!(%stack, units = m.units_used.0, receipts = m.receipt_count, "claimed stack");

@@ -23,7 +23,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/completions", post(routes::completions))
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/models", get(routes::models))
-        .route("/sortition/v1/audits/{id}/payload", post(routes::audit_payload))
+        .route(
+            "/sortition/v1/audits/{id}/payload",
+            post(routes::audit_payload),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -42,7 +45,9 @@ async fn metrics(State(s): State<Arc<NodeState>>) -> impl IntoResponse {
 }
 
 async fn openapi() -> axum::Json<serde_json::Value> {
-    axum::Json(sortition_api::openapi::document(sortition_api::openapi::Surface::Node))
+    axum::Json(sortition_api::openapi::document(
+        sortition_api::openapi::Surface::Node,
+    ))
 }
 
 async fn not_found() -> ApiError {
@@ -52,7 +57,10 @@ async fn not_found() -> ApiError {
 /// axum answers an oversized body with a plain-text 413; give it the OpenAI shape.
 async fn body_limit_to_openai(resp: axum::response::Response) -> axum::response::Response {
     if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
-        && resp.headers().get("content-type").is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
+        && resp
+            .headers()
+            .get("content-type")
+            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
     {
         return ApiError::new(
             ErrorKind::PayloadTooLarge,
@@ -70,5 +78,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

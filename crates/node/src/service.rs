@@ -59,29 +59,53 @@ pub struct Outcome {
 
 impl NodeState {
     pub fn engine(&self, model: &str) -> Result<&ChatModel, ApiError> {
-        self.chat.get(&ModelId::new(model)).ok_or_else(|| unknown_model(model, self.model_names()))
+        self.chat
+            .get(&ModelId::new(model))
+            .ok_or_else(|| unknown_model(model, self.model_names()))
     }
 
     pub fn embedder(&self, model: &str) -> Result<&EmbedModel, ApiError> {
-        self.embed.get(&ModelId::new(model)).ok_or_else(|| unknown_model(model, self.model_names()))
+        self.embed
+            .get(&ModelId::new(model))
+            .ok_or_else(|| unknown_model(model, self.model_names()))
     }
 
     pub fn model_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.chat.keys().chain(self.embed.keys()).map(|m| m.0.clone()).collect();
+        let mut v: Vec<String> = self
+            .chat
+            .keys()
+            .chain(self.embed.keys())
+            .map(|m| m.0.clone())
+            .collect();
         v.sort();
         v
     }
 
     /// Reserves units on an authenticated stack.
-    pub fn reserve(&self, stack: &StackInfo, model: &ModelId, needed: u64) -> Result<Reservation, ApiError> {
-        self.accounts.reserve(stack, self.id, model, needed, unix_now_ms()).map_err(|e| match e {
-            ReserveError::ForeignStack(_) => ApiError::new(ErrorKind::Permission, "foreign_stack", e.to_string()),
-            ReserveError::WrongModel(..) => ApiError::invalid("stack_model_mismatch", e.to_string()),
-            ReserveError::Closed(_) => ApiError::new(ErrorKind::InsufficientFunds, "stack_closed", e.to_string()),
-            ReserveError::Exhausted { .. } => {
-                ApiError::new(ErrorKind::InsufficientFunds, "stack_exhausted", e.to_string())
-            }
-        })
+    pub fn reserve(
+        &self,
+        stack: &StackInfo,
+        model: &ModelId,
+        needed: u64,
+    ) -> Result<Reservation, ApiError> {
+        self.accounts
+            .reserve(stack, self.id, model, needed, unix_now_ms())
+            .map_err(|e| match e {
+                ReserveError::ForeignStack(_) => {
+                    ApiError::new(ErrorKind::Permission, "foreign_stack", e.to_string())
+                }
+                ReserveError::WrongModel(..) => {
+                    ApiError::invalid("stack_model_mismatch", e.to_string())
+                }
+                ReserveError::Closed(_) => {
+                    ApiError::new(ErrorKind::InsufficientFunds, "stack_closed", e.to_string())
+                }
+                ReserveError::Exhausted { .. } => ApiError::new(
+                    ErrorKind::InsufficientFunds,
+                    "stack_exhausted",
+                    e.to_string(),
+                ),
+            })
     }
 
     /// Charges the reservation, signs the receipt and persists it before returning it.
@@ -108,9 +132,12 @@ impl NodeState {
             timestamp_ms: unix_now_ms(),
         };
         let signed = SignedReceipt::sign(receipt, &self.key);
-        self.store.put_receipt(&signed).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.store
+            .put_receipt(&signed)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         self.metrics.inc("tokens_total", "input", out.input_tokens);
-        self.metrics.inc("tokens_total", "output", out.output_tokens);
+        self.metrics
+            .inc("tokens_total", "output", out.output_tokens);
         Ok(signed)
     }
 
@@ -124,7 +151,10 @@ fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
         "model_not_found",
-        format!("model '{model}' is not served here; available: {}", known.join(", ")),
+        format!(
+            "model '{model}' is not served here; available: {}",
+            known.join(", ")
+        ),
     )
     .with_param("model")
 }
@@ -132,12 +162,21 @@ fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
 /// Maps engine errors to API errors (one place).
 pub fn engine_error(e: EngineError) -> ApiError {
     match e {
-        EngineError::UnknownModel(m) => ApiError::new(ErrorKind::NotFound, "model_not_found", format!("unknown model '{m}'")),
-        EngineError::PromptTooLong { .. } => ApiError::invalid("context_length_exceeded", e.to_string()).with_param("messages"),
-        EngineError::InvalidParams(m) => ApiError::invalid("invalid_parameter", m),
-        EngineError::Overloaded => {
-            ApiError::new(ErrorKind::RateLimited, "overloaded", "node is at capacity; retry shortly").with_retry_after(1)
+        EngineError::UnknownModel(m) => ApiError::new(
+            ErrorKind::NotFound,
+            "model_not_found",
+            format!("unknown model '{m}'"),
+        ),
+        EngineError::PromptTooLong { .. } => {
+            ApiError::invalid("context_length_exceeded", e.to_string()).with_param("messages")
         }
+        EngineError::InvalidParams(m) => ApiError::invalid("invalid_parameter", m),
+        EngineError::Overloaded => ApiError::new(
+            ErrorKind::RateLimited,
+            "overloaded",
+            "node is at capacity; retry shortly",
+        )
+        .with_retry_after(1),
         other => ApiError::internal(other.to_string()),
     }
 }

@@ -57,7 +57,12 @@ impl NodeStore {
     }
 
     /// Records a nonce for a stack. Returns `false` (and writes nothing) if it was seen before.
-    pub fn insert_nonce(&self, stack: StackId, nonce: u64, expires_ms: u64) -> Result<bool, StoreError> {
+    pub fn insert_nonce(
+        &self,
+        stack: StackId,
+        nonce: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError> {
         let tx = self.db.begin_write()?;
         let fresh = {
             let mut t = tx.open_table(NONCES)?;
@@ -100,7 +105,8 @@ impl NodeStore {
     pub fn put_receipt(&self, r: &SignedReceipt) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tx = self.db.begin_write()?;
-        tx.open_table(RECEIPTS)?.insert((r.receipt.stack.0, r.receipt.sequence), bytes.as_slice())?;
+        tx.open_table(RECEIPTS)?
+            .insert((r.receipt.stack.0, r.receipt.sequence), bytes.as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -112,7 +118,10 @@ impl NodeStore {
         let mut out = Vec::new();
         for row in t.range((stack.0, 0)..=(stack.0, u64::MAX))? {
             let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
         }
         Ok(out)
     }

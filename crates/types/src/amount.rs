@@ -51,7 +51,12 @@ impl fmt::Debug for Amount {
 
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}", self.0 / MICRO_PER_UNIT, self.0 % MICRO_PER_UNIT)
+        write!(
+            f,
+            "{}.{:06}",
+            self.0 / MICRO_PER_UNIT,
+            self.0 % MICRO_PER_UNIT
+        )
     }
 }
 
@@ -78,6 +83,7 @@ impl fmt::Display for Units {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -32,7 +32,14 @@ pub struct RequestAuth {
 pub const AUTH_HEADER: &str = "x-sortition-auth";
 
 impl RequestAuth {
-    pub fn new(method: &str, path: &str, body: &[u8], stack: StackId, nonce: u64, exp: u64) -> Self {
+    pub fn new(
+        method: &str,
+        path: &str,
+        body: &[u8],
+        stack: StackId,
+        nonce: u64,
+        exp: u64,
+    ) -> Self {
         RequestAuth {
             method: method.to_ascii_uppercase(),
             path: path.to_string(),
@@ -68,19 +75,27 @@ impl RequestAuth {
     ) -> Result<(RequestAuth, Signature), AuthHeaderError> {
         let (mut stack, mut nonce, mut exp, mut sig) = (None, None, None, None);
         for part in value.split(',') {
-            let (k, v) = part.trim().split_once('=').ok_or(AuthHeaderError::Malformed)?;
+            let (k, v) = part
+                .trim()
+                .split_once('=')
+                .ok_or(AuthHeaderError::Malformed)?;
             match k {
                 "stack" => stack = Some(v.parse().map_err(|_| AuthHeaderError::Malformed)?),
                 "nonce" => nonce = Some(v.parse().map_err(|_| AuthHeaderError::Malformed)?),
                 "exp" => exp = Some(v.parse().map_err(|_| AuthHeaderError::Malformed)?),
-                "sig" => sig = Some(Signature::from_hex(v).map_err(|_| AuthHeaderError::Malformed)?),
+                "sig" => {
+                    sig = Some(Signature::from_hex(v).map_err(|_| AuthHeaderError::Malformed)?)
+                }
                 _ => return Err(AuthHeaderError::Malformed),
             }
         }
         let (Some(stack), Some(nonce), Some(exp), Some(sig)) = (stack, nonce, exp, sig) else {
             return Err(AuthHeaderError::Malformed);
         };
-        Ok((RequestAuth::new(method, path, body, StackId(stack), nonce, exp), sig))
+        Ok((
+            RequestAuth::new(method, path, body, StackId(stack), nonce, exp),
+            sig,
+        ))
     }
 }
 
@@ -92,6 +107,7 @@ pub enum AuthHeaderError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::Keypair;

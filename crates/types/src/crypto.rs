@@ -37,7 +37,9 @@ pub struct Keypair {
 impl Keypair {
     /// A key from 32 secret bytes (from the OS RNG, a seed, or a key file).
     pub fn from_secret(secret: [u8; 32]) -> Self {
-        Keypair { key: SigningKey::from_bytes(&secret) }
+        Keypair {
+            key: SigningKey::from_bytes(&secret),
+        }
     }
 
     /// A deterministic key for tests and devnet fixtures: sha256(seed) as the secret.
@@ -158,6 +160,7 @@ impl<'de> Deserialize<'de> for Signature {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -166,8 +169,14 @@ mod tests {
         let k = Keypair::from_seed(b"alice");
         let sig = k.sign("tx", &42u64);
         assert!(k.public().verify("tx", &42u64, &sig).is_ok());
-        assert_eq!(k.public().verify("receipt", &42u64, &sig), Err(SignatureError::Invalid));
-        assert_eq!(k.public().verify("tx", &43u64, &sig), Err(SignatureError::Invalid));
+        assert_eq!(
+            k.public().verify("receipt", &42u64, &sig),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            k.public().verify("tx", &43u64, &sig),
+            Err(SignatureError::Invalid)
+        );
         let other = Keypair::from_seed(b"bob");
         assert!(other.public().verify("tx", &42u64, &sig).is_err());
     }

@@ -79,7 +79,9 @@ pub(crate) mod fixed_bytes {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         use serde::de::Error;
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
@@ -94,7 +96,10 @@ pub(crate) mod fixed_bytes {
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     write!(f, "{N} bytes")
                 }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<[u8; N], A::Error> {
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<[u8; N], A::Error> {
                     let mut out = [0u8; N];
                     for (i, slot) in out.iter_mut().enumerate() {
                         *slot = a
@@ -122,6 +127,7 @@ impl<'de> Deserialize<'de> for Hash32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

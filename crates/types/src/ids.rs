@@ -70,6 +70,7 @@ impl fmt::Display for ModelId {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

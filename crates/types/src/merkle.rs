@@ -72,7 +72,11 @@ impl MerkleProof {
             level = next_level(&level);
             i /= 2;
         }
-        Some(MerkleProof { index: index as u64, leaf_count: leaves.len() as u64, siblings })
+        Some(MerkleProof {
+            index: index as u64,
+            leaf_count: leaves.len() as u64,
+            siblings,
+        })
     }
 
     /// Whether `leaf` is at `self.index` under `root`.
@@ -87,7 +91,11 @@ impl MerkleProof {
             let sib = i ^ 1;
             if sib < width {
                 let Some(s) = sibs.next() else { return false };
-                acc = if i % 2 == 0 { node_hash(&acc, s) } else { node_hash(s, &acc) };
+                acc = if i % 2 == 0 {
+                    node_hash(&acc, s)
+                } else {
+                    node_hash(s, &acc)
+                };
             }
             i /= 2;
             width = width.div_ceil(2);
@@ -97,12 +105,15 @@ impl MerkleProof {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn leaves(n: usize) -> Vec<Hash32> {
-        (0..n).map(|i| crate::sha256(&(i as u64).to_le_bytes())).collect()
+        (0..n)
+            .map(|i| crate::sha256(&(i as u64).to_le_bytes()))
+            .collect()
     }
 
     #[test]

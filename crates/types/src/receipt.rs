@@ -101,16 +101,24 @@ struct TextCommitment<'a> {
 
 /// `response_hash` of a chat or text completion.
 pub fn text_response_hash(text: &str, finish_reason: &str) -> Hash32 {
-    crate::sha256(&crate::canonical_bytes(&TextCommitment { kind: "text", text, finish_reason }))
+    crate::sha256(&crate::canonical_bytes(&TextCommitment {
+        kind: "text",
+        text,
+        finish_reason,
+    }))
 }
 
 /// `response_hash` of an embeddings answer: the exact f32 bit patterns of every vector.
 pub fn embedding_response_hash(vectors: &[Vec<f32>]) -> Hash32 {
-    let bits: Vec<Vec<u32>> = vectors.iter().map(|v| v.iter().map(|f| f.to_bits()).collect()).collect();
+    let bits: Vec<Vec<u32>> = vectors
+        .iter()
+        .map(|v| v.iter().map(|f| f.to_bits()).collect())
+        .collect();
     crate::sha256(&crate::canonical_bytes(&("embedding", bits)))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::{Keypair, sha256};
@@ -146,7 +154,13 @@ mod tests {
 
     #[test]
     fn response_hashes_distinguish_content() {
-        assert_ne!(text_response_hash("a", "stop"), text_response_hash("a", "length"));
-        assert_ne!(embedding_response_hash(&[vec![0.0]]), embedding_response_hash(&[vec![-0.0]]));
+        assert_ne!(
+            text_response_hash("a", "stop"),
+            text_response_hash("a", "length")
+        );
+        assert_ne!(
+            embedding_response_hash(&[vec![0.0]]),
+            embedding_response_hash(&[vec![-0.0]])
+        );
     }
 }

@@ -249,6 +249,7 @@ pub fn on_line(line: &str, answer: &mut Answer) -> Result<Option<String>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

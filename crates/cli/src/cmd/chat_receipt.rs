@@ -183,6 +183,7 @@ pub fn audit_word(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

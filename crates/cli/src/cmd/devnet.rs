@@ -43,14 +43,26 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     cfg.gateway_listen = a.gateway_listen;
     cfg.chat_model = a.model;
     cfg.embed_model = (a.embed_model != "none").then_some(a.embed_model);
-    eprintln!("starting devnet in {} (models are fetched on the first run)…", a.data_dir.display());
+    eprintln!(
+        "starting devnet in {} (models are fetched on the first run)…",
+        a.data_dir.display()
+    );
     let net = Devnet::start(cfg).await.context("starting the devnet")?;
     let i = &net.info;
     println!("Sortition devnet is up.");
     println!("  gateway  {}", i.gateway_url);
     println!("  ledger   {}", i.ledger_url);
     for n in &i.nodes {
-        println!("  {}  {}  class {}{}", n.id, n.url, &n.class[..16], n.adversary.as_ref().map(|m| format!("  ADVERSARY {m}")).unwrap_or_default());
+        println!(
+            "  {}  {}  class {}{}",
+            n.id,
+            n.url,
+            &n.class[..16],
+            n.adversary
+                .as_ref()
+                .map(|m| format!("  ADVERSARY {m}"))
+                .unwrap_or_default()
+        );
     }
     println!("  API key  {}", i.api_key);
     println!();
@@ -59,10 +71,17 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
         "  curl -s {}/v1/chat/completions -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":32}}'",
         i.gateway_url,
         i.api_key,
-        i.models.iter().find(|m| !m.contains("minilm")).cloned().unwrap_or_default()
+        i.models
+            .iter()
+            .find(|m| !m.contains("minilm"))
+            .cloned()
+            .unwrap_or_default()
     );
     println!();
-    println!("Wrote {}/devnet.json. Ctrl-C stops everything.", a.data_dir.display());
+    println!(
+        "Wrote {}/devnet.json. Ctrl-C stops everything.",
+        a.data_dir.display()
+    );
     tokio::signal::ctrl_c().await?;
     eprintln!("shutting down: draining requests, claiming earnings…");
     net.shutdown().await;

@@ -21,7 +21,10 @@ pub fn run(cmd: KeysCmd) -> Result<()> {
     match cmd {
         KeysCmd::New { out } => {
             if out.exists() {
-                bail!("{} already exists; refusing to overwrite a key", out.display());
+                bail!(
+                    "{} already exists; refusing to overwrite a key",
+                    out.display()
+                );
             }
             let k = new_key_file(&out)?;
             println!("{}", k.public());
@@ -63,7 +66,8 @@ pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
 }
 
 pub fn load_key(path: &Path) -> Result<Keypair> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
     let mut secret = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut secret)
         .with_context(|| format!("{} does not hold a 32-byte hex secret", path.display()))?;
@@ -72,5 +76,9 @@ pub fn load_key(path: &Path) -> Result<Keypair> {
 
 /// Loads the key at `path`, creating it first if missing.
 pub fn load_or_create(path: &Path) -> Result<Keypair> {
-    if path.exists() { load_key(path) } else { new_key_file(path) }
+    if path.exists() {
+        load_key(path)
+    } else {
+        new_key_file(path)
+    }
 }

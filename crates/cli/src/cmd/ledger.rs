@@ -23,11 +23,22 @@ pub struct LedgerArgs {
 
 pub async fn run(a: LedgerArgs) -> Result<()> {
     let path = a.genesis.unwrap_or_else(|| a.data_dir.join("genesis.json"));
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading genesis {} (create one with `sortition devnet` or by hand)", path.display()))?;
-    let genesis: Genesis = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-    eprintln!("ledger {} listening on http://{}", genesis.chain_id, listener.local_addr()?);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading genesis {} (create one with `sortition devnet` or by hand)",
+            path.display()
+        )
+    })?;
+    let genesis: Genesis =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    eprintln!(
+        "ledger {} listening on http://{}",
+        genesis.chain_id,
+        listener.local_addr()?
+    );
     let cfg = LedgerServiceConfig::new(a.data_dir.join("ledger"), genesis);
     sortition_ledger_service::serve(cfg, listener, async {
         let _ = tokio::signal::ctrl_c().await;

@@ -28,10 +28,17 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
         }
         ModelCmd::List => {
             println!("cache: {}", store.root().display());
-            println!("{:<24} {:<10} {:<8} {:<28} sha256", "NAME", "KIND", "CACHED", "SOURCE");
+            println!(
+                "{:<24} {:<10} {:<8} {:<28} sha256",
+                "NAME", "KIND", "CACHED", "SOURCE"
+            );
             for l in store.list()? {
                 let source = format!("{}=={}", l.entry.package, l.entry.version);
-                let digest = l.digests.first().map(|(_, d)| d.to_hex()[..16].to_string()).unwrap_or_default();
+                let digest = l
+                    .digests
+                    .first()
+                    .map(|(_, d)| d.to_hex()[..16].to_string())
+                    .unwrap_or_default();
                 println!(
                     "{:<24} {:<10} {:<8} {:<28} {}…",
                     l.entry.name,

@@ -199,6 +199,7 @@ pub async fn run(a: NodeArgs) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -158,6 +158,7 @@ pub fn explain(entry: &ModelEntry) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sortition_ledger::{AuditPolicy, ModelSpec};

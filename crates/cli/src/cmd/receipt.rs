@@ -27,26 +27,42 @@ pub fn extract(input: &str) -> Result<(SortitionExt, Option<(String, String)>)> 
     let trimmed = input.trim_start();
     if trimmed.starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(trimmed).context("stdin is not JSON")?;
-        let ext: SortitionExt = serde_json::from_value(v.get("sortition").cloned().context("no `sortition` field: not a Sortition response")?)?;
+        let ext: SortitionExt = serde_json::from_value(
+            v.get("sortition")
+                .cloned()
+                .context("no `sortition` field: not a Sortition response")?,
+        )?;
         let choice = &v["choices"][0];
-        let text = choice["message"]["content"].as_str().or_else(|| choice["text"].as_str());
+        let text = choice["message"]["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str());
         let finish = choice["finish_reason"].as_str();
-        return Ok((ext, text.zip(finish).map(|(t, f)| (t.to_string(), f.to_string()))));
+        return Ok((
+            ext,
+            text.zip(finish)
+                .map(|(t, f)| (t.to_string(), f.to_string())),
+        ));
     }
     let mut text = String::new();
     let mut finish = None;
     let mut ext = None;
     for line in input.lines() {
-        let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+            continue;
+        };
         if data == "[DONE]" {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(data).with_context(|| format!("bad SSE event: {data}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(data).with_context(|| format!("bad SSE event: {data}"))?;
         if let Some(e) = v.get("sortition") {
             ext = Some(serde_json::from_value::<SortitionExt>(e.clone())?);
         }
         if let Some(c) = v["choices"].get(0) {
-            if let Some(t) = c["delta"]["content"].as_str().or_else(|| c["text"].as_str()) {
+            if let Some(t) = c["delta"]["content"]
+                .as_str()
+                .or_else(|| c["text"].as_str())
+            {
                 text.push_str(t);
             }
             if let Some(f) = c["finish_reason"].as_str() {
@@ -64,9 +80,15 @@ pub async fn run(cmd: ReceiptCmd) -> Result<()> {
     std::io::stdin().read_to_string(&mut input)?;
     let (ext, answer) = extract(&input)?;
     let r = &ext.receipt.receipt;
-    let node = LedgerClient::new(&a.ledger).node(r.node).await.with_context(|| format!("{} on the ledger", r.node))?;
+    let node = LedgerClient::new(&a.ledger)
+        .node(r.node)
+        .await
+        .with_context(|| format!("{} on the ledger", r.node))?;
     if ext.receipt.verify(&node.operator).is_err() {
-        bail!("INVALID: the receipt is not signed by the key the ledger holds for {}", r.node);
+        bail!(
+            "INVALID: the receipt is not signed by the key the ledger holds for {}",
+            r.node
+        );
     }
     println!("signature  ok ({} key {})", r.node, node.operator);
     match answer {

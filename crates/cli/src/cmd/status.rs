@@ -19,7 +19,9 @@ pub struct StatusArgs {
 
 async fn get<T: DeserializeOwned>(base: &str, path: &str) -> Result<T> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let resp = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let text = resp.text().await?;
     anyhow::ensure!(status.is_success(), "GET {url}: {status}: {text}");
@@ -49,52 +51,95 @@ pub async fn run(a: StatusArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("chain {}  height {}  state root {}", status.chain_id, status.height, status.state_root);
+    println!(
+        "chain {}  height {}  state root {}",
+        status.chain_id, status.height, status.state_root
+    );
     println!("\nMODELS");
-    println!("  {:<26} {:<22} {:>14}  policy", "ID", "WEIGHTS", "MIN COLLATERAL");
+    println!(
+        "  {:<26} {:<22} {:>14}  policy",
+        "ID", "WEIGHTS", "MIN COLLATERAL"
+    );
     for m in &models {
         let p = &m.spec.policy;
         let policy = match p.audit {
             Some(ap) => format!("audited q={}ppm k={}", ap.q_ppm, ap.k),
             None => "plain".into(),
         };
-        println!("  {:<26} {:<22} {:>14}  {policy}", m.spec.id, &m.spec.weights_digest.to_hex()[..20], m.min_collateral.to_string());
+        println!(
+            "  {:<26} {:<22} {:>14}  {policy}",
+            m.spec.id,
+            &m.spec.weights_digest.to_hex()[..20],
+            m.min_collateral.to_string()
+        );
     }
     println!("\nNODES");
-    println!("  {:<8} {:<28} {:<10} {:<18} {:>14} {:>12}  models", "ID", "ENDPOINT", "STATUS", "CLASS", "COLLATERAL", "PRICE/M");
+    println!(
+        "  {:<8} {:<28} {:<10} {:<18} {:>14} {:>12}  models",
+        "ID", "ENDPOINT", "STATUS", "CLASS", "COLLATERAL", "PRICE/M"
+    );
     for n in &nodes {
-        let price = n.offers.iter().map(|o| o.unit_price_per_m()).max().unwrap_or(Amount::ZERO);
+        let price = n
+            .offers
+            .iter()
+            .map(|o| o.unit_price_per_m())
+            .max()
+            .unwrap_or(Amount::ZERO);
         let models: Vec<String> = n.offers.iter().map(|o| o.model.to_string()).collect();
         println!(
             "  {:<8} {:<28} {:<10} {:<18} {:>14} {:>12}  {}",
             n.id.to_string(),
             n.endpoint,
-            format!("{:?}", n.status).split_whitespace().next().unwrap_or("").to_lowercase(),
+            format!("{:?}", n.status)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_lowercase(),
             &n.class_fingerprint.to_hex()[..16],
             n.collateral.to_string(),
             price.to_string(),
             models.join(",")
         );
     }
-    let open = stacks.iter().filter(|s| matches!(s.status, StackStatus::Open)).count();
+    let open = stacks
+        .iter()
+        .filter(|s| matches!(s.status, StackStatus::Open))
+        .count();
     let escrow: u64 = stacks.iter().map(|s| s.escrow.0).sum();
-    println!("\nSTACKS  {} total, {} open, escrow {}", stacks.len(), open, Amount(escrow));
+    println!(
+        "\nSTACKS  {} total, {} open, escrow {}",
+        stacks.len(),
+        open,
+        Amount(escrow)
+    );
     println!("CLAIMS  {} total", claims.len());
     for c in &claims {
-        println!("  {} {} {} units {} receipts {} {:?}", c.id, c.stack, c.node, c.units_used, c.receipt_count, c.status);
+        println!(
+            "  {} {} {} units {} receipts {} {:?}",
+            c.id, c.stack, c.node, c.units_used, c.receipt_count, c.status
+        );
     }
     let open_audits = audits.iter().filter(|a| a.outcome.is_none()).count();
     println!("AUDITS  {} total, {} open", audits.len(), open_audits);
     for au in audits.iter().rev().take(10) {
-        println!("  {} of {} receipt #{} auditors {:?} outcome {:?}", au.id, au.executor, au.receipt_index, au.auditors, au.outcome);
+        println!(
+            "  {} of {} receipt #{} auditors {:?} outcome {:?}",
+            au.id, au.executor, au.receipt_index, au.auditors, au.outcome
+        );
     }
     println!("DISPUTES  {}", disputes.len());
     for d in &disputes {
-        println!("  {} audit {} executor {} resolution {:?}", d.id, d.audit, d.executor, d.resolution);
+        println!(
+            "  {} audit {} executor {} resolution {:?}",
+            d.id, d.audit, d.executor, d.resolution
+        );
     }
     println!("SLASHES  {}", slashes.len());
     for s in &slashes {
-        println!("  height {} {} {} {:?}", s.height, s.node, s.amount, s.reason);
+        println!(
+            "  height {} {} {} {:?}",
+            s.height, s.node, s.amount, s.reason
+        );
     }
     Ok(())
 }

@@ -24,7 +24,13 @@ impl DcapVerifier {
 /// Seconds since the Unix epoch of an RFC 3339 UTC time `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
 pub(crate) fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     if *b.last()? != b'Z' {
@@ -34,7 +40,9 @@ pub(crate) fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let frac = &b[19..b.len() - 1];
-    if !(frac.is_empty() || (frac[0] == b'.' && frac.len() > 1 && frac[1..].iter().all(u8::is_ascii_digit))) {
+    if !(frac.is_empty()
+        || (frac[0] == b'.' && frac.len() > 1 && frac[1..].iter().all(u8::is_ascii_digit)))
+    {
         return None;
     }
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
@@ -73,7 +81,12 @@ fn collateral_window(c: &QuoteCollateralV3) -> Result<(u64, u64, u64), Attestati
 }
 
 impl Verifier for DcapVerifier {
-    fn verify(&self, evidence: &Evidence, expected: &[u8; 64], now_unix: u64) -> Result<VerifiedReport, AttestationError> {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected: &[u8; 64],
+        now_unix: u64,
+    ) -> Result<VerifiedReport, AttestationError> {
         let (quote, collateral, tee) = match evidence {
             Evidence::Tdx { quote, collateral } => (quote, collateral, TeeKind::IntelTdx),
             Evidence::Sgx { quote, collateral } => (quote, collateral, TeeKind::IntelSgx),
@@ -82,26 +95,41 @@ impl Verifier for DcapVerifier {
         // 1. Collateral time window and age (distinct errors for expired / not yet valid).
         let (valid_from, valid_until, tcb_issued) = collateral_window(collateral)?;
         if now_unix >= valid_until {
-            return Err(AttestationError::CollateralExpired { expired_at: valid_until, now: now_unix });
+            return Err(AttestationError::CollateralExpired {
+                expired_at: valid_until,
+                now: now_unix,
+            });
         }
         if now_unix < valid_from {
-            return Err(AttestationError::CollateralNotYetValid { valid_from, now: now_unix });
+            return Err(AttestationError::CollateralNotYetValid {
+                valid_from,
+                now: now_unix,
+            });
         }
         self.policy.check_age(tcb_issued, now_unix)?;
 
         // 2. Quote signature, QE report, PCK chain to Intel's root, CRLs, TCB info and QE
         //    identity signatures; debug TDs/enclaves are refused by dcap-qvl's defaults.
-        let result = catch_unwind(AssertUnwindSafe(|| dcap_qvl::verify::verify(quote, collateral, now_unix)))
-            .map_err(|_| AttestationError::Parse("quote verifier panicked".into()))?;
-        let verified = result.map_err(|e| AttestationError::SignatureOrCollateral(format!("{e:#}")))?;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            dcap_qvl::verify::verify(quote, collateral, now_unix)
+        }))
+        .map_err(|_| AttestationError::Parse("quote verifier panicked".into()))?;
+        let verified =
+            result.map_err(|e| AttestationError::SignatureOrCollateral(format!("{e:#}")))?;
 
         // 3. Evidence kind must match the quote's body.
         let (measurement, report_data) = match (&verified.report, tee) {
             (Report::SgxEnclave(r), TeeKind::IntelSgx) => (r.mr_enclave.to_vec(), r.report_data),
             (Report::TD10(r), TeeKind::IntelTdx) => (r.mr_td.to_vec(), r.report_data),
             (Report::TD15(r), TeeKind::IntelTdx) => (r.base.mr_td.to_vec(), r.base.report_data),
-            (Report::TD15Ex(r), TeeKind::IntelTdx) => (r.base.base.mr_td.to_vec(), r.base.base.report_data),
-            _ => return Err(AttestationError::Parse(format!("quote body does not match evidence kind {tee:?}"))),
+            (Report::TD15Ex(r), TeeKind::IntelTdx) => {
+                (r.base.base.mr_td.to_vec(), r.base.base.report_data)
+            }
+            _ => {
+                return Err(AttestationError::Parse(format!(
+                    "quote body does not match evidence kind {tee:?}"
+                )));
+            }
         };
 
         // 4. TCB status, 5. measurement, 6. binding.
@@ -122,14 +150,21 @@ impl Verifier for DcapVerifier {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::parse_rfc3339_utc;
 
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_utc("2025-07-01T00:00:00Z"), Some(1_751_328_000));
-        assert_eq!(parse_rfc3339_utc("2025-07-01T00:00:00.123Z"), Some(1_751_328_000));
+        assert_eq!(
+            parse_rfc3339_utc("2025-07-01T00:00:00Z"),
+            Some(1_751_328_000)
+        );
+        assert_eq!(
+            parse_rfc3339_utc("2025-07-01T00:00:00.123Z"),
+            Some(1_751_328_000)
+        );
         assert_eq!(parse_rfc3339_utc("2025-07-01T00:00:00+01:00"), None);
         assert_eq!(parse_rfc3339_utc("2025-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339_utc("garbage"), None);

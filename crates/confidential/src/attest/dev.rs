@@ -24,7 +24,11 @@ pub struct DevEvidence {
 
 impl DevEvidence {
     pub fn new(report_data: [u8; 64], issued_at_unix: u64) -> Self {
-        DevEvidence { label: INSECURE_DEV_LABEL.to_string(), report_data, issued_at_unix }
+        DevEvidence {
+            label: INSECURE_DEV_LABEL.to_string(),
+            report_data,
+            issued_at_unix,
+        }
     }
 }
 
@@ -58,7 +62,12 @@ impl DevVerifier {
 }
 
 impl Verifier for DevVerifier {
-    fn verify(&self, evidence: &Evidence, expected: &[u8; 64], now_unix: u64) -> Result<VerifiedReport, AttestationError> {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected: &[u8; 64],
+        now_unix: u64,
+    ) -> Result<VerifiedReport, AttestationError> {
         let Evidence::Dev(dev) = evidence else {
             return Err(AttestationError::UnsupportedEvidence(evidence.kind()));
         };
@@ -69,7 +78,10 @@ impl Verifier for DevVerifier {
             return Err(AttestationError::BadDevLabel);
         }
         if dev.issued_at_unix > now_unix.saturating_add(300) {
-            return Err(AttestationError::CollateralNotYetValid { valid_from: dev.issued_at_unix, now: now_unix });
+            return Err(AttestationError::CollateralNotYetValid {
+                valid_from: dev.issued_at_unix,
+                now: now_unix,
+            });
         }
         self.policy.check_age(dev.issued_at_unix, now_unix)?;
         check_binding(&dev.report_data, expected)?;

@@ -109,18 +109,36 @@ impl Default for Policy {
 }
 
 impl Policy {
-    pub(crate) fn check_measurement(&self, tee: TeeKind, value: &[u8]) -> Result<(), AttestationError> {
-        if self.accepted_measurements.iter().any(|m| m.tee == tee && m.value == value) {
+    pub(crate) fn check_measurement(
+        &self,
+        tee: TeeKind,
+        value: &[u8],
+    ) -> Result<(), AttestationError> {
+        if self
+            .accepted_measurements
+            .iter()
+            .any(|m| m.tee == tee && m.value == value)
+        {
             Ok(())
         } else {
-            Err(AttestationError::MeasurementNotAccepted { tee, measurement: hex::encode(value) })
+            Err(AttestationError::MeasurementNotAccepted {
+                tee,
+                measurement: hex::encode(value),
+            })
         }
     }
 
-    pub(crate) fn check_age(&self, issued_unix: u64, now_unix: u64) -> Result<(), AttestationError> {
+    pub(crate) fn check_age(
+        &self,
+        issued_unix: u64,
+        now_unix: u64,
+    ) -> Result<(), AttestationError> {
         let age = now_unix.saturating_sub(issued_unix);
         if age > self.max_age_secs {
-            Err(AttestationError::TooOld { age_secs: age, max_age_secs: self.max_age_secs })
+            Err(AttestationError::TooOld {
+                age_secs: age,
+                max_age_secs: self.max_age_secs,
+            })
         } else {
             Ok(())
         }
@@ -184,8 +202,15 @@ pub trait Verifier {
     ) -> Result<VerifiedReport, AttestationError>;
 }
 
-pub(crate) fn check_binding(actual: &[u8; 64], expected: &[u8; 64]) -> Result<(), AttestationError> {
-    if actual == expected { Ok(()) } else { Err(AttestationError::ReportDataMismatch) }
+pub(crate) fn check_binding(
+    actual: &[u8; 64],
+    expected: &[u8; 64],
+) -> Result<(), AttestationError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(AttestationError::ReportDataMismatch)
+    }
 }
 
 /// Dispatches on the evidence kind to the dev, DCAP and SEV-SNP verifiers under one policy.
@@ -201,13 +226,22 @@ impl PolicyVerifier {
 }
 
 impl Verifier for PolicyVerifier {
-    fn verify(&self, evidence: &Evidence, expected: &[u8; 64], now_unix: u64) -> Result<VerifiedReport, AttestationError> {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected: &[u8; 64],
+        now_unix: u64,
+    ) -> Result<VerifiedReport, AttestationError> {
         match evidence {
-            Evidence::Dev(_) => DevVerifier::new(self.policy.clone()).verify(evidence, expected, now_unix),
+            Evidence::Dev(_) => {
+                DevVerifier::new(self.policy.clone()).verify(evidence, expected, now_unix)
+            }
             Evidence::Tdx { .. } | Evidence::Sgx { .. } => {
                 DcapVerifier::new(self.policy.clone()).verify(evidence, expected, now_unix)
             }
-            Evidence::SevSnp { .. } => SnpVerifier::new(self.policy.clone()).verify(evidence, expected, now_unix),
+            Evidence::SevSnp { .. } => {
+                SnpVerifier::new(self.policy.clone()).verify(evidence, expected, now_unix)
+            }
         }
     }
 }

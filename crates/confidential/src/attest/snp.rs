@@ -37,7 +37,9 @@ impl SnpProduct {
         };
         match pair {
             (Ok(ark), Ok(ask)) => Ok(ca::Chain { ark, ask }),
-            _ => Err(AttestationError::Parse("built-in AMD root certificates unreadable".into())),
+            _ => Err(AttestationError::Parse(
+                "built-in AMD root certificates unreadable".into(),
+            )),
         }
     }
 }
@@ -57,7 +59,10 @@ impl SnpVerifier {
 fn vcek_validity(vcek: &Certificate) -> (u64, u64) {
     let x: x509_cert::Certificate = vcek.clone().into();
     let v = &x.tbs_certificate.validity;
-    (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs())
+    (
+        v.not_before.to_unix_duration().as_secs(),
+        v.not_after.to_unix_duration().as_secs(),
+    )
 }
 
 fn verify_chain_and_signature(
@@ -74,12 +79,16 @@ fn verify_chain_and_signature(
     }
     let report = AttestationReport::from_bytes(report_bytes)
         .map_err(|e| AttestationError::Parse(format!("SEV-SNP report: {e}")))?;
-    let vcek = Certificate::from_der(vcek_der).map_err(|e| AttestationError::Parse(format!("VCEK: {e}")))?;
+    let vcek = Certificate::from_der(vcek_der)
+        .map_err(|e| AttestationError::Parse(format!("VCEK: {e}")))?;
     let (not_before, not_after) = vcek_validity(&vcek);
     if now_unix < not_before || now_unix > not_after {
         return Err(AttestationError::CertificateNotValidNow { now: now_unix });
     }
-    let chain = Chain { ca: product.ca_chain()?, vek: vcek };
+    let chain = Chain {
+        ca: product.ca_chain()?,
+        vek: vcek,
+    };
     chain
         .verify()
         .map_err(|e| AttestationError::SignatureOrCollateral(format!("ARK→ASK→VCEK chain: {e}")))?;
@@ -90,8 +99,18 @@ fn verify_chain_and_signature(
 }
 
 impl Verifier for SnpVerifier {
-    fn verify(&self, evidence: &Evidence, expected: &[u8; 64], now_unix: u64) -> Result<VerifiedReport, AttestationError> {
-        let Evidence::SevSnp { report, vcek_der, product } = evidence else {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected: &[u8; 64],
+        now_unix: u64,
+    ) -> Result<VerifiedReport, AttestationError> {
+        let Evidence::SevSnp {
+            report,
+            vcek_der,
+            product,
+        } = evidence
+        else {
             return Err(AttestationError::UnsupportedEvidence(evidence.kind()));
         };
         let report = catch_unwind(AssertUnwindSafe(|| {
@@ -101,7 +120,8 @@ impl Verifier for SnpVerifier {
         if report.policy.debug_allowed() {
             return Err(AttestationError::DebugEnabled);
         }
-        self.policy.check_measurement(TeeKind::AmdSevSnp, &report.measurement)?;
+        self.policy
+            .check_measurement(TeeKind::AmdSevSnp, &report.measurement)?;
         check_binding(&report.report_data, expected)?;
         Ok(VerifiedReport {
             tee: TeeKind::AmdSevSnp,

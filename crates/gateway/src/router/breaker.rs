@@ -16,7 +16,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: 5, cooldown: Duration::from_secs(30) }
+        BreakerConfig {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(30),
+        }
     }
 }
 
@@ -42,13 +45,18 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig) -> Self {
-        CircuitBreaker { cfg, state: BreakerState::Closed { failures: 0 } }
+        CircuitBreaker {
+            cfg,
+            state: BreakerState::Closed { failures: 0 },
+        }
     }
 
     /// The state as of `now` (an open breaker whose cooldown ended reads as half-open).
     pub fn state(&self, now: Instant) -> BreakerState {
         match self.state {
-            BreakerState::Open { until } if now >= until => BreakerState::HalfOpen { probing: false },
+            BreakerState::Open { until } if now >= until => {
+                BreakerState::HalfOpen { probing: false }
+            }
             s => s,
         }
     }
@@ -76,11 +84,17 @@ impl CircuitBreaker {
 
     /// A request failed (5xx, timeout, connection error).
     pub fn on_failure(&mut self, now: Instant) {
-        let open = BreakerState::Open { until: now + self.cfg.cooldown };
+        let open = BreakerState::Open {
+            until: now + self.cfg.cooldown,
+        };
         self.state = match self.state(now) {
             BreakerState::Closed { failures } => {
                 let failures = failures.saturating_add(1);
-                if failures >= self.cfg.failure_threshold { open } else { BreakerState::Closed { failures } }
+                if failures >= self.cfg.failure_threshold {
+                    open
+                } else {
+                    BreakerState::Closed { failures }
+                }
             }
             BreakerState::HalfOpen { .. } => open,
             s @ BreakerState::Open { .. } => s,
@@ -89,11 +103,15 @@ impl CircuitBreaker {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::new(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_secs(10) })
+        CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(10),
+        })
     }
 
     #[test]
@@ -107,7 +125,12 @@ mod tests {
         b.on_failure(t0);
         assert_eq!(b.state(t0), BreakerState::Closed { failures: 2 });
         b.on_failure(t0);
-        assert_eq!(b.state(t0), BreakerState::Open { until: t0 + Duration::from_secs(10) });
+        assert_eq!(
+            b.state(t0),
+            BreakerState::Open {
+                until: t0 + Duration::from_secs(10)
+            }
+        );
         assert!(!b.allows(t0 + Duration::from_secs(9)));
     }
 
@@ -124,7 +147,12 @@ mod tests {
         b.on_dispatch(t1);
         assert!(!b.allows(t1), "only one probe at a time");
         b.on_failure(t1);
-        assert_eq!(b.state(t1), BreakerState::Open { until: t1 + Duration::from_secs(10) });
+        assert_eq!(
+            b.state(t1),
+            BreakerState::Open {
+                until: t1 + Duration::from_secs(10)
+            }
+        );
 
         let t2 = t1 + Duration::from_secs(10);
         b.on_dispatch(t2);

@@ -57,9 +57,13 @@ impl Constraints {
             return Ok(Constraints::default());
         };
         if value.len() > MAX_HEADER_LEN {
-            return Err(ConstraintError::TooLong { len: value.len(), max: MAX_HEADER_LEN });
+            return Err(ConstraintError::TooLong {
+                len: value.len(),
+                max: MAX_HEADER_LEN,
+            });
         }
-        let c: Constraints = serde_json::from_str(value).map_err(|e| ConstraintError::Json(e.to_string()))?;
+        let c: Constraints =
+            serde_json::from_str(value).map_err(|e| ConstraintError::Json(e.to_string()))?;
         if let Some(q) = c.require_quorum
             && !(2..=MAX_QUORUM).contains(&q)
         {
@@ -70,7 +74,9 @@ impl Constraints {
 
     /// Whether `node` meets every per-node demand (the quorum is decided by the router).
     pub fn admits(&self, node: &NodeView) -> bool {
-        let price_ok = self.max_price.is_none_or(|m| node.price_in <= m && node.price_out <= m);
+        let price_ok = self
+            .max_price
+            .is_none_or(|m| node.price_in <= m && node.price_out <= m);
         let conf_ok = !self.require_confidential || node.confidential;
         let coll_ok = self.min_collateral.is_none_or(|m| node.collateral >= m);
         let class_ok = self.node_class.is_none_or(|c| node.class == c);
@@ -79,13 +85,17 @@ impl Constraints {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn absent_header_means_no_constraints() {
         assert_eq!(Constraints::from_header(None), Ok(Constraints::default()));
-        assert_eq!(Constraints::from_header(Some("  ")), Ok(Constraints::default()));
+        assert_eq!(
+            Constraints::from_header(Some("  ")),
+            Ok(Constraints::default())
+        );
     }
 
     #[test]
@@ -106,7 +116,10 @@ mod tests {
 
     #[test]
     fn errors_are_typed_and_400() {
-        assert!(matches!(Constraints::from_header(Some("{")), Err(ConstraintError::Json(_))));
+        assert!(matches!(
+            Constraints::from_header(Some("{")),
+            Err(ConstraintError::Json(_))
+        ));
         assert!(matches!(
             Constraints::from_header(Some(r#"{"max_prise": 1}"#)),
             Err(ConstraintError::Json(_))
@@ -116,7 +129,10 @@ mod tests {
             Err(ConstraintError::Quorum { got: 1 })
         );
         let long = format!(r#"{{"max_price": {}}}"#, "1".repeat(MAX_HEADER_LEN));
-        assert!(matches!(Constraints::from_header(Some(&long)), Err(ConstraintError::TooLong { .. })));
+        assert!(matches!(
+            Constraints::from_header(Some(&long)),
+            Err(ConstraintError::TooLong { .. })
+        ));
         let api: ApiError = ConstraintError::Quorum { got: 0 }.into();
         assert_eq!(api.status().as_u16(), 400);
     }

@@ -59,7 +59,10 @@ pub struct NodeView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The node answered; latencies feed the EWMAs.
-    Success { ttft: Duration, itl: Option<Duration> },
+    Success {
+        ttft: Duration,
+        itl: Option<Duration>,
+    },
     /// 5xx, timeout, connection failure or a bad receipt: counts toward the breaker.
     Failure,
     /// The client went away; neither success nor failure.
@@ -75,14 +78,22 @@ pub enum NoRoute {
     Unsatisfiable(ModelId),
     #[error("every node serving {0} is unavailable right now")]
     AllUnavailable(ModelId),
-    #[error("no class serving {model} has {wanted} available nodes of distinct operators (best: {have})")]
-    NoQuorum { model: ModelId, wanted: u8, have: usize },
+    #[error(
+        "no class serving {model} has {wanted} available nodes of distinct operators (best: {have})"
+    )]
+    NoQuorum {
+        model: ModelId,
+        wanted: u8,
+        have: usize,
+    },
 }
 
 impl From<NoRoute> for ApiError {
     fn from(e: NoRoute) -> Self {
         match &e {
-            NoRoute::UnknownModel(_) => ApiError::new(ErrorKind::NotFound, "model_not_found", e.to_string()),
+            NoRoute::UnknownModel(_) => {
+                ApiError::new(ErrorKind::NotFound, "model_not_found", e.to_string())
+            }
             NoRoute::Unsatisfiable(_) | NoRoute::NoQuorum { .. } => {
                 ApiError::new(ErrorKind::Unavailable, "no_route", e.to_string())
             }
@@ -118,7 +129,9 @@ impl Router<StdRng> {
     /// A router seeded from the operating system.
     pub fn new(weights: RouterWeights, breaker_cfg: BreakerConfig) -> Self {
         let seed = getrandom::u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
         });
         Self::with_rng(weights, breaker_cfg, StdRng::seed_from_u64(seed))
     }
@@ -126,7 +139,12 @@ impl Router<StdRng> {
 
 impl<R: Rng> Router<R> {
     pub fn with_rng(weights: RouterWeights, breaker_cfg: BreakerConfig, rng: R) -> Self {
-        Router { weights, breaker_cfg, nodes: BTreeMap::new(), rng }
+        Router {
+            weights,
+            breaker_cfg,
+            nodes: BTreeMap::new(),
+            rng,
+        }
     }
 
     /// Adds a node or replaces its view, keeping what has been observed of it.
@@ -135,7 +153,14 @@ impl<R: Rng> Router<R> {
             Some(e) => e.view = view,
             None => {
                 let breaker = CircuitBreaker::new(self.breaker_cfg);
-                self.nodes.insert(view.id, Entry { view, stats: NodeStats::default(), breaker });
+                self.nodes.insert(
+                    view.id,
+                    Entry {
+                        view,
+                        stats: NodeStats::default(),
+                        breaker,
+                    },
+                );
             }
         }
     }
@@ -169,7 +194,9 @@ impl<R: Rng> Router<R> {
     /// dispatched to `id`.
     pub fn finish(&mut self, id: NodeId, outcome: Outcome, now: Instant) {
         let alpha = self.weights.ewma_alpha;
-        let Some(e) = self.nodes.get_mut(&id) else { return };
+        let Some(e) = self.nodes.get_mut(&id) else {
+            return;
+        };
         e.stats.in_flight = e.stats.in_flight.saturating_sub(1);
         match outcome {
             Outcome::Success { ttft, itl } => {
@@ -192,7 +219,11 @@ impl<R: Rng> Router<R> {
         exclude: &[NodeId],
         now: Instant,
     ) -> Result<Vec<(NodeId, f64)>, NoRoute> {
-        let serving: Vec<&Entry> = self.nodes.values().filter(|e| e.view.models.contains(model)).collect();
+        let serving: Vec<&Entry> = self
+            .nodes
+            .values()
+            .filter(|e| e.view.models.contains(model))
+            .collect();
         if serving.is_empty() {
             return Err(NoRoute::UnknownModel(model.clone()));
         }
@@ -208,8 +239,15 @@ impl<R: Rng> Router<R> {
             return Err(NoRoute::AllUnavailable(model.clone()));
         }
         let base = score::Baseline::of(live.iter().map(|e| (&e.view, &e.stats)), &self.weights);
-        let mut scored: Vec<(NodeId, f64)> =
-            live.iter().map(|e| (e.view.id, score::score(&e.view, &e.stats, base, &self.weights))).collect();
+        let mut scored: Vec<(NodeId, f64)> = live
+            .iter()
+            .map(|e| {
+                (
+                    e.view.id,
+                    score::score(&e.view, &e.stats, base, &self.weights),
+                )
+            })
+            .collect();
         scored.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         Ok(scored)
     }
@@ -242,7 +280,11 @@ impl<R: Rng> Router<R> {
                 j += 1;
             }
             // Ties go to the first draw, so equal nodes share load evenly.
-            if top[j].1 < top[i].1 { top[j].0 } else { top[i].0 }
+            if top[j].1 < top[i].1 {
+                top[j].0
+            } else {
+                top[i].0
+            }
         };
         self.dispatch(pick, now);
         Ok(pick)
@@ -261,9 +303,11 @@ impl<R: Rng> Router<R> {
         let wanted = usize::from(n);
         let scored = self.candidates(model, c, exclude, now)?;
         // Per class, best first, one node per operator.
-        let mut classes: BTreeMap<Hash32, (Vec<PublicKey>, Vec<(NodeId, f64)>)> = BTreeMap::new();
+        let mut classes: BTreeMap<Hash32, ClassPick> = BTreeMap::new();
         for (id, s) in scored {
-            let Some(e) = self.nodes.get(&id) else { continue };
+            let Some(e) = self.nodes.get(&id) else {
+                continue;
+            };
             let (ops, picked) = classes.entry(e.view.class).or_default();
             if picked.len() < wanted && !ops.contains(&e.view.operator) {
                 ops.push(e.view.operator);
@@ -276,7 +320,11 @@ impl<R: Rng> Router<R> {
             .map(|(_, p)| p)
             .filter(|p| p.len() == wanted)
             .min_by(|a, b| total(a).total_cmp(&total(b)))
-            .ok_or_else(|| NoRoute::NoQuorum { model: model.clone(), wanted: n, have })?;
+            .ok_or_else(|| NoRoute::NoQuorum {
+                model: model.clone(),
+                wanted: n,
+                have,
+            })?;
         let ids: Vec<NodeId> = best.into_iter().map(|(id, _)| id).collect();
         for id in &ids {
             self.dispatch(*id, now);
@@ -286,13 +334,20 @@ impl<R: Rng> Router<R> {
 
     /// How many requests this gateway has in flight per node (for metrics).
     pub fn in_flight(&self) -> HashMap<NodeId, u32> {
-        self.nodes.iter().map(|(id, e)| (*id, e.stats.in_flight)).collect()
+        self.nodes
+            .iter()
+            .map(|(id, e)| (*id, e.stats.in_flight))
+            .collect()
     }
 }
+
+/// Per class: the operators already picked and the picks (node, score), best first.
+type ClassPick = (Vec<PublicKey>, Vec<(NodeId, f64)>);
 
 fn total(p: &[(NodeId, f64)]) -> f64 {
     p.iter().map(|(_, s)| s).sum()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -98,7 +98,11 @@ fn ewma(old: f64, new: f64, alpha: f64) -> f64 {
 }
 
 fn saturating(x: f64, reference: f64) -> f64 {
-    if x <= 0.0 || reference <= 0.0 { 0.0 } else { x / (x + reference) }
+    if x <= 0.0 || reference <= 0.0 {
+        0.0
+    } else {
+        x / (x + reference)
+    }
 }
 
 impl NodeStats {
@@ -146,7 +150,11 @@ impl Baseline {
         nodes: impl Iterator<Item = (&'a NodeView, &'a NodeStats)>,
         w: &RouterWeights,
     ) -> Baseline {
-        let mut b = Baseline { cheapest: u64::MAX, max_collateral: 0, typical_latency: 0.5 };
+        let mut b = Baseline {
+            cheapest: u64::MAX,
+            max_collateral: 0,
+            typical_latency: 0.5,
+        };
         let (mut sum, mut known) = (0.0, 0u32);
         for (n, s) in nodes {
             b.cheapest = b.cheapest.min(blended_price(n));
@@ -207,13 +215,18 @@ pub(crate) fn score(view: &NodeView, stats: &NodeStats, base: Baseline, w: &Rout
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn ewma_moves_toward_observations() {
         let mut s = NodeStats::default();
-        s.record_success(Duration::from_millis(100), Some(Duration::from_millis(10)), 0.5);
+        s.record_success(
+            Duration::from_millis(100),
+            Some(Duration::from_millis(10)),
+            0.5,
+        );
         assert_eq!(s.ttft_ms, Some(100.0));
         s.record_success(Duration::from_millis(300), None, 0.5);
         assert_eq!(s.ttft_ms, Some(200.0));

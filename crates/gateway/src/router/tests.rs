@@ -23,7 +23,11 @@ fn node(id: u64, price: u64) -> NodeView {
 }
 
 fn router(nodes: impl IntoIterator<Item = NodeView>) -> Router {
-    let mut r = Router::with_rng(RouterWeights::default(), BreakerConfig::default(), StdRng::seed_from_u64(7));
+    let mut r = Router::with_rng(
+        RouterWeights::default(),
+        BreakerConfig::default(),
+        StdRng::seed_from_u64(7),
+    );
     for n in nodes {
         r.upsert_node(n);
     }
@@ -31,7 +35,10 @@ fn router(nodes: impl IntoIterator<Item = NodeView>) -> Router {
 }
 
 fn ok() -> Outcome {
-    Outcome::Success { ttft: Duration::from_millis(100), itl: Some(Duration::from_millis(20)) }
+    Outcome::Success {
+        ttft: Duration::from_millis(100),
+        itl: Some(Duration::from_millis(20)),
+    }
 }
 
 #[test]
@@ -39,12 +46,17 @@ fn cheapest_but_overloaded_loses_to_slightly_pricier_idle() {
     let now = Instant::now();
     let mut r = router([node(1, 100), node(2, 110)]);
     // Equal load: the cheaper one wins.
-    assert_eq!(r.choose(&model(), &Constraints::default(), &[], now), Ok(NodeId(1)));
+    assert_eq!(
+        r.choose(&model(), &Constraints::default(), &[], now),
+        Ok(NodeId(1))
+    );
     r.finish(NodeId(1), ok(), now);
     // The cheap node reports a deep queue: the idle, 10% pricier node wins every time.
     r.record_health(NodeId(1), true, 20);
     for _ in 0..10 {
-        let id = r.choose(&model(), &Constraints::default(), &[], now).expect("route");
+        let id = r
+            .choose(&model(), &Constraints::default(), &[], now)
+            .expect("route");
         assert_eq!(id, NodeId(2));
         r.finish(id, ok(), now);
     }
@@ -61,30 +73,57 @@ fn constraints_filter_nodes() {
     let mut r = router([node(1, 100), conf, other_class]);
     let m = model();
 
-    let c = Constraints { require_confidential: true, ..Default::default() };
+    let c = Constraints {
+        require_confidential: true,
+        ..Default::default()
+    };
     assert_eq!(r.choose(&m, &c, &[], now), Ok(NodeId(2)));
-    let c = Constraints { min_collateral: Some(Amount(10_000_000)), ..Default::default() };
+    let c = Constraints {
+        min_collateral: Some(Amount(10_000_000)),
+        ..Default::default()
+    };
     assert_eq!(r.choose(&m, &c, &[], now), Ok(NodeId(2)));
-    let c = Constraints { node_class: Some(Hash32([9; 32])), ..Default::default() };
+    let c = Constraints {
+        node_class: Some(Hash32([9; 32])),
+        ..Default::default()
+    };
     assert_eq!(r.choose(&m, &c, &[], now), Ok(NodeId(3)));
-    let c = Constraints { max_price: Some(Amount(100)), require_confidential: true, ..Default::default() };
-    assert_eq!(r.choose(&m, &c, &[], now), Err(NoRoute::Unsatisfiable(m.clone())));
-    let c = Constraints { max_price: Some(Amount(100)), ..Default::default() };
+    let c = Constraints {
+        max_price: Some(Amount(100)),
+        require_confidential: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        r.choose(&m, &c, &[], now),
+        Err(NoRoute::Unsatisfiable(m.clone()))
+    );
+    let c = Constraints {
+        max_price: Some(Amount(100)),
+        ..Default::default()
+    };
     for _ in 0..20 {
         let id = r.choose(&m, &c, &[], now).expect("route");
         assert!(id == NodeId(1) || id == NodeId(3));
     }
     // Excluding every match leaves nothing available.
-    assert_eq!(r.choose(&m, &c, &[NodeId(1), NodeId(3)], now), Err(NoRoute::AllUnavailable(m.clone())));
+    assert_eq!(
+        r.choose(&m, &c, &[NodeId(1), NodeId(3)], now),
+        Err(NoRoute::AllUnavailable(m.clone()))
+    );
     let unknown = ModelId::new("nope");
-    let err = r.choose(&unknown, &Constraints::default(), &[], now).expect_err("unknown");
+    let err = r
+        .choose(&unknown, &Constraints::default(), &[], now)
+        .expect_err("unknown");
     assert_eq!(ApiError::from(err).status().as_u16(), 404);
 }
 
 #[test]
 fn breaker_takes_a_failing_node_out_and_probes_it_back() {
     let t0 = Instant::now();
-    let cfg = BreakerConfig { failure_threshold: 3, cooldown: Duration::from_secs(30) };
+    let cfg = BreakerConfig {
+        failure_threshold: 3,
+        cooldown: Duration::from_secs(30),
+    };
     let mut r = Router::with_rng(RouterWeights::default(), cfg, StdRng::seed_from_u64(1));
     r.upsert_node(node(1, 100));
     r.upsert_node(node(2, 200));
@@ -94,17 +133,29 @@ fn breaker_takes_a_failing_node_out_and_probes_it_back() {
         assert_eq!(r.choose(&m, &c, &[NodeId(2)], t0), Ok(NodeId(1)));
         r.finish(NodeId(1), Outcome::Failure, t0);
     }
-    assert!(matches!(r.breaker_state(NodeId(1), t0), Some(BreakerState::Open { .. })));
+    assert!(matches!(
+        r.breaker_state(NodeId(1), t0),
+        Some(BreakerState::Open { .. })
+    ));
     assert_eq!(r.stats(NodeId(1)).map(|s| s.consecutive_failures), Some(3));
     // While open, everything goes to node 2.
-    assert_eq!(r.choose(&m, &c, &[], t0 + Duration::from_secs(29)), Ok(NodeId(2)));
+    assert_eq!(
+        r.choose(&m, &c, &[], t0 + Duration::from_secs(29)),
+        Ok(NodeId(2))
+    );
     r.finish(NodeId(2), ok(), t0);
     // After the cooldown node 1 gets exactly one probe.
     let t1 = t0 + Duration::from_secs(30);
     assert_eq!(r.choose(&m, &c, &[NodeId(2)], t1), Ok(NodeId(1)));
-    assert_eq!(r.choose(&m, &c, &[NodeId(2)], t1), Err(NoRoute::AllUnavailable(m.clone())));
+    assert_eq!(
+        r.choose(&m, &c, &[NodeId(2)], t1),
+        Err(NoRoute::AllUnavailable(m.clone()))
+    );
     r.finish(NodeId(1), ok(), t1);
-    assert_eq!(r.breaker_state(NodeId(1), t1), Some(BreakerState::Closed { failures: 0 }));
+    assert_eq!(
+        r.breaker_state(NodeId(1), t1),
+        Some(BreakerState::Closed { failures: 0 })
+    );
 }
 
 #[test]
@@ -121,7 +172,10 @@ fn power_of_two_choices_spreads_load_deterministically() {
         *counts.entry(id).or_insert(0u32) += 1;
     }
     assert_eq!(counts.len(), 4, "{counts:?}");
-    assert!(counts.values().all(|&n| (60..=140).contains(&n)), "{counts:?}");
+    assert!(
+        counts.values().all(|&n| (60..=140).contains(&n)),
+        "{counts:?}"
+    );
 
     // Requests held open: in-flight counts stay balanced.
     let mut r = router((1..=4).map(|i| node(i, 100)));
@@ -129,7 +183,10 @@ fn power_of_two_choices_spreads_load_deterministically() {
         r.choose(&m, &c, &[], now).expect("route");
     }
     let inflight = r.in_flight();
-    let (lo, hi) = (inflight.values().min().copied(), inflight.values().max().copied());
+    let (lo, hi) = (
+        inflight.values().min().copied(),
+        inflight.values().max().copied(),
+    );
     assert_eq!(inflight.values().sum::<u32>(), 40);
     assert!(hi.unwrap_or(0) - lo.unwrap_or(0) <= 2, "{inflight:?}");
 }
@@ -152,12 +209,21 @@ fn quorum_picks_one_class_with_distinct_operators() {
     }
     let mut r = router([a1, a2, a3].into_iter().chain(bs));
     let c = Constraints::default();
-    let two = r.choose_quorum(&m, &c, 2, &[], now).expect("class A has 2 operators");
+    let two = r
+        .choose_quorum(&m, &c, 2, &[], now)
+        .expect("class A has 2 operators");
     assert_eq!(two.len(), 2);
     assert!(two.contains(&NodeId(3)), "{two:?}");
     let three = r.choose_quorum(&m, &c, 3, &[], now).expect("class B");
     assert_eq!(three, vec![NodeId(4), NodeId(5), NodeId(6)]);
     let err = r.choose_quorum(&m, &c, 4, &[], now).expect_err("too many");
-    assert_eq!(err, NoRoute::NoQuorum { model: m.clone(), wanted: 4, have: 3 });
+    assert_eq!(
+        err,
+        NoRoute::NoQuorum {
+            model: m.clone(),
+            wanted: 4,
+            have: 3
+        }
+    );
     assert_eq!(ApiError::from(err).status().as_u16(), 503);
 }

@@ -91,7 +91,9 @@ fn key_info(row: &AnyRow) -> Result<KeyInfo> {
         created_ms: row.try_get("created_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
         rate_limit_rpm: rpm_from_db(row.try_get("rate_limit_rpm")?)?,
-        budget: budget.map(|b| from_db(b, "budget").map(Amount)).transpose()?,
+        budget: budget
+            .map(|b| from_db(b, "budget").map(Amount))
+            .transpose()?,
         spent: Amount(from_db(row.try_get("spent_micro")?, "spent")?),
     })
 }
@@ -115,11 +117,12 @@ impl GatewayStore {
 
     /// A user and their current balance.
     pub async fn user(&self, user: UserId) -> Result<User> {
-        let row = sqlx::query("SELECT id, name, credits_micro, created_ms FROM users WHERE id = $1")
-            .bind(user.0)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::UserNotFound(user))?;
+        let row =
+            sqlx::query("SELECT id, name, credits_micro, created_ms FROM users WHERE id = $1")
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::UserNotFound(user))?;
         Ok(User {
             id: UserId(row.try_get("id")?),
             name: row.try_get("name")?,
@@ -158,7 +161,9 @@ impl GatewayStore {
         budget: Option<Amount>,
     ) -> Result<(KeyId, ApiKey)> {
         if rpm == 0 {
-            return Err(StoreError::OutOfRange("rate_limit_rpm (must be at least 1)"));
+            return Err(StoreError::OutOfRange(
+                "rate_limit_rpm (must be at least 1)",
+            ));
         }
         let budget = budget.map(|b| to_db(b.0, "budget")).transpose()?;
         self.user(user).await?;
@@ -206,7 +211,10 @@ impl GatewayStore {
 
     /// Checks a presented key (the bearer token, if any) and loads what it may do.
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<AuthedKey, AuthError> {
-        let presented = presented.map(str::trim).filter(|s| !s.is_empty()).ok_or(AuthError::Missing)?;
+        let presented = presented
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::Missing)?;
         let key = ApiKey::parse(presented).ok_or(AuthError::Invalid)?;
         let hash = self.secret.hash_key(&key);
         let row = sqlx::query(
@@ -234,7 +242,9 @@ impl GatewayStore {
                 key_id: KeyId(row.try_get("id")?),
                 user_id: UserId(row.try_get("user_id")?),
                 rpm: rpm_from_db(row.try_get("rate_limit_rpm")?)?,
-                budget: budget.map(|b| from_db(b, "budget").map(Amount)).transpose()?,
+                budget: budget
+                    .map(|b| from_db(b, "budget").map(Amount))
+                    .transpose()?,
                 spent: Amount(from_db(row.try_get("spent_micro")?, "spent")?),
                 credits: Amount(from_db(row.try_get("credits_micro")?, "credits")?),
             })
@@ -278,16 +288,22 @@ impl GatewayStore {
         };
         let credits_left = Amount(from_db(row.try_get("credits_micro")?, "credits")?);
         tx.commit().await?;
-        Ok(Charged { credits_left, key_spent })
+        Ok(Charged {
+            credits_left,
+            key_spent,
+        })
     }
 
     /// Explains why the key's conditional update matched nothing.
     async fn why_key_refused(&self, key: KeyId, cost: Amount) -> Result<StoreError> {
-        let row = sqlx::query("SELECT revoked_ms, budget_micro, spent_micro FROM api_keys WHERE id = $1")
-            .bind(key.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(StoreError::KeyNotFound(key)) };
+        let row =
+            sqlx::query("SELECT revoked_ms, budget_micro, spent_micro FROM api_keys WHERE id = $1")
+                .bind(key.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(StoreError::KeyNotFound(key));
+        };
         let revoked: Option<i64> = row.try_get("revoked_ms")?;
         if revoked.is_some() {
             return Ok(StoreError::KeyRevoked(key));
@@ -295,7 +311,11 @@ impl GatewayStore {
         let budget: Option<i64> = row.try_get("budget_micro")?;
         let spent = Amount(from_db(row.try_get("spent_micro")?, "spent")?);
         match budget {
-            Some(b) => Ok(StoreError::OverBudget { budget: Amount(from_db(b, "budget")?), spent, cost }),
+            Some(b) => Ok(StoreError::OverBudget {
+                budget: Amount(from_db(b, "budget")?),
+                spent,
+                cost,
+            }),
             None => Ok(StoreError::OutOfRange("key spend after charge")),
         }
     }

@@ -30,12 +30,16 @@ pub use accounts::{AuthError, AuthedKey, Charged, KeyInfo, User};
 pub use stacks::{NewUsage, Payload, StackRecord, StackState, UsageRecord, UsageStatus};
 
 /// A gateway user (an account holding credits).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct UserId(pub i64);
 
 /// One API key of a user.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct KeyId(pub i64);
 
@@ -69,15 +73,27 @@ pub enum StoreError {
     #[error("insufficient credits: balance {balance}, cost {cost}")]
     InsufficientCredits { balance: Amount, cost: Amount },
     #[error("key budget exceeded: budget {budget}, spent {spent}, cost {cost}")]
-    OverBudget { budget: Amount, spent: Amount, cost: Amount },
+    OverBudget {
+        budget: Amount,
+        spent: Amount,
+        cost: Amount,
+    },
     #[error("{0} not found")]
     StackNotFound(StackId),
     #[error("{0} is expired or closed")]
     StackInactive(StackId),
     #[error("{stack} has {available} units free, {requested} requested")]
-    StackExhausted { stack: StackId, available: u64, requested: u64 },
+    StackExhausted {
+        stack: StackId,
+        available: u64,
+        requested: u64,
+    },
     #[error("{stack}: cannot settle {requested} units, only {reserved} are reserved")]
-    OverRelease { stack: StackId, reserved: u64, requested: u64 },
+    OverRelease {
+        stack: StackId,
+        reserved: u64,
+        requested: u64,
+    },
     #[error("{0} is out of range")]
     OutOfRange(&'static str),
     #[error("corrupt row: {0}")]
@@ -92,16 +108,24 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         use StoreError as S;
         match &e {
-            S::KeyRevoked(_) => ApiError::new(ErrorKind::Authentication, "key_revoked", e.to_string()),
-            S::InsufficientCredits { .. } => {
-                ApiError::new(ErrorKind::InsufficientFunds, "insufficient_credits", e.to_string())
+            S::KeyRevoked(_) => {
+                ApiError::new(ErrorKind::Authentication, "key_revoked", e.to_string())
             }
-            S::OverBudget { .. } => {
-                ApiError::new(ErrorKind::InsufficientFunds, "key_budget_exceeded", e.to_string())
-            }
-            S::StackInactive(_) | S::StackExhausted { .. } => {
-                ApiError::new(ErrorKind::InsufficientFunds, "stack_exhausted", e.to_string())
-            }
+            S::InsufficientCredits { .. } => ApiError::new(
+                ErrorKind::InsufficientFunds,
+                "insufficient_credits",
+                e.to_string(),
+            ),
+            S::OverBudget { .. } => ApiError::new(
+                ErrorKind::InsufficientFunds,
+                "key_budget_exceeded",
+                e.to_string(),
+            ),
+            S::StackInactive(_) | S::StackExhausted { .. } => ApiError::new(
+                ErrorKind::InsufficientFunds,
+                "stack_exhausted",
+                e.to_string(),
+            ),
             S::UserNotFound(_) | S::KeyNotFound(_) | S::StackNotFound(_) => {
                 ApiError::new(ErrorKind::NotFound, "not_found", e.to_string())
             }
@@ -149,8 +173,10 @@ pub const SQLITE_FILE: &str = "gateway.db";
 impl GatewayStore {
     /// Opens (creating if needed) `<data_dir>/gateway.db` in WAL mode.
     pub async fn open_sqlite(data_dir: &Path, secret: ServerSecret) -> Result<GatewayStore> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| KeyError::Io { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| KeyError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join(SQLITE_FILE);
         Self::open(&format!("sqlite://{}?mode=rwc", path.display()), secret).await
     }
@@ -164,8 +190,15 @@ impl GatewayStore {
             Backend::Sqlite => 8,
             Backend::Postgres => 16,
         };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
-        let store = GatewayStore { pool, backend, secret };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await?;
+        let store = GatewayStore {
+            pool,
+            backend,
+            secret,
+        };
         schema::migrate(&store).await?;
         Ok(store)
     }

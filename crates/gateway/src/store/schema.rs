@@ -80,7 +80,9 @@ fn render(stmt: &str, backend: Backend) -> String {
 pub(super) async fn migrate(store: &GatewayStore) -> Result<()> {
     if store.backend == Backend::Sqlite {
         // Persistent for the file: readers never block the writer.
-        sqlx::query("PRAGMA journal_mode = WAL").execute(&store.pool).await?;
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&store.pool)
+            .await?;
     }
     let mut tx = store.begin_write().await?;
     if store.backend == Backend::Postgres {
@@ -91,13 +93,16 @@ pub(super) async fn migrate(store: &GatewayStore) -> Result<()> {
     }
     for stmt in DDL {
         // The DDL is constant text with constant substitutions: no input reaches it.
-        sqlx::query(AssertSqlSafe(render(stmt, store.backend))).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(render(stmt, store.backend)))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -49,7 +49,9 @@ pub struct StackRecord {
 impl StackRecord {
     /// Units neither reserved nor used.
     pub fn available(&self) -> u64 {
-        self.units_total.saturating_sub(self.units_reserved).saturating_sub(self.units_used)
+        self.units_total
+            .saturating_sub(self.units_reserved)
+            .saturating_sub(self.units_used)
     }
 }
 
@@ -171,7 +173,12 @@ impl GatewayStore {
     }
 
     /// Active, unexpired stacks on `node` for `model`, most free units first.
-    pub async fn usable_stacks(&self, node: NodeId, model: &ModelId, now_ms: i64) -> Result<Vec<StackRecord>> {
+    pub async fn usable_stacks(
+        &self,
+        node: NodeId,
+        model: &ModelId,
+        now_ms: i64,
+    ) -> Result<Vec<StackRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM stacks WHERE node_id = $1 AND model = $2 AND state = 'active' \
              AND expires_at_ms > $3 ORDER BY units_total - units_reserved - units_used DESC",
@@ -206,7 +213,11 @@ impl GatewayStore {
         if s.state != StackState::Active || s.expires_at_ms <= now_ms {
             return Err(StoreError::StackInactive(stack));
         }
-        Err(StoreError::StackExhausted { stack, available: s.available(), requested: n })
+        Err(StoreError::StackExhausted {
+            stack,
+            available: s.available(),
+            requested: n,
+        })
     }
 
     /// Returns `n` reserved units unused (the request failed before any work was done).
@@ -231,7 +242,11 @@ impl GatewayStore {
         .await?;
         if done.rows_affected() == 0 {
             let s = self.stack(stack).await?;
-            return Err(StoreError::OverRelease { stack, reserved: s.units_reserved, requested: reserved });
+            return Err(StoreError::OverRelease {
+                stack,
+                reserved: s.units_reserved,
+                requested: reserved,
+            });
         }
         Ok(())
     }
@@ -292,9 +307,14 @@ impl GatewayStore {
                         user_id: UserId(row.try_get("user_id")?),
                         model: ModelId(row.try_get("model")?),
                         node_id: NodeId(from_db(row.try_get("node_id")?, "node_id")?),
-                        stack_id: stack.map(|s| from_db(s, "stack_id").map(StackId)).transpose()?,
+                        stack_id: stack
+                            .map(|s| from_db(s, "stack_id").map(StackId))
+                            .transpose()?,
                         prompt_tokens: from_db(row.try_get("prompt_tokens")?, "prompt_tokens")?,
-                        completion_tokens: from_db(row.try_get("completion_tokens")?, "completion_tokens")?,
+                        completion_tokens: from_db(
+                            row.try_get("completion_tokens")?,
+                            "completion_tokens",
+                        )?,
                         cost: Amount(from_db(row.try_get("cost_micro")?, "cost")?),
                         status: UsageStatus::parse(&status)?,
                         receipt_json: row.try_get("receipt_json")?,
@@ -323,13 +343,12 @@ impl GatewayStore {
 
     /// A kept payload, if it exists and has not expired at `now_ms`.
     pub async fn payload(&self, request_hash: &Hash32, now_ms: i64) -> Result<Option<Payload>> {
-        let row = sqlx::query(
-            "SELECT * FROM payloads WHERE request_hash = $1 AND expires_at_ms > $2",
-        )
-        .bind(request_hash.to_hex())
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT * FROM payloads WHERE request_hash = $1 AND expires_at_ms > $2")
+                .bind(request_hash.to_hex())
+                .bind(now_ms)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: String = row.try_get("request_hash")?;
         Ok(Some(Payload {

@@ -13,7 +13,9 @@ pub fn devnet_genesis() -> Genesis {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: ledger-devnode DATA_DIR [LISTEN_ADDR]")?;
+    let dir = args
+        .next()
+        .ok_or("usage: ledger-devnode DATA_DIR [LISTEN_ADDR]")?;
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("LISTENING http://{}", listener.local_addr()?);

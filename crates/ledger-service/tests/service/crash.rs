@@ -19,22 +19,32 @@ fn spawn(dir: &std::path::Path) -> (Child, String) {
         .expect("spawn ledger-devnode");
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout).read_line(&mut line).expect("read url");
-    let url = line.trim().strip_prefix("LISTENING ").expect("LISTENING line").to_string();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read url");
+    let url = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .expect("LISTENING line")
+        .to_string();
     (child, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_transaction() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys: Vec<Keypair> = (0..8).map(|i| Keypair::from_seed(format!("crash-{i}").as_bytes())).collect();
+    let keys: Vec<Keypair> = (0..8)
+        .map(|i| Keypair::from_seed(format!("crash-{i}").as_bytes()))
+        .collect();
     let mut acked: Vec<Hash32> = Vec::new();
     for round in 0..5u64 {
         let (mut child, url) = spawn(dir.path());
         let c = LedgerClient::new(&url);
         // Every earlier acknowledgement survived the previous SIGKILL.
         for h in &acked {
-            c.find_tx(h).await.unwrap_or_else(|e| panic!("round {round}: acknowledged tx {h} lost: {e}"));
+            c.find_tx(h)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: acknowledged tx {h} lost: {e}"));
         }
         // Eight writers submit in a loop; the process is killed once 40 more acks arrived,
         // while other submissions are still in flight.
@@ -73,14 +83,21 @@ async fn sigkill_loses_no_acknowledged_transaction() {
     let (mut child, url) = spawn(dir.path());
     let c = LedgerClient::new(&url);
     for h in &acked {
-        c.find_tx(h).await.unwrap_or_else(|e| panic!("acknowledged tx {h} lost: {e}"));
+        c.find_tx(h)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged tx {h} lost: {e}"));
     }
     let served = c.status().await.expect("status");
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     // A fresh in-process replay of the same database agrees.
-    let bg = run_in_background(LedgerServiceConfig::new(dir.path(), genesis())).await.expect("replay");
-    assert_eq!(bg.client().status().await.expect("status").state_root, served.state_root);
+    let bg = run_in_background(LedgerServiceConfig::new(dir.path(), genesis()))
+        .await
+        .expect("replay");
+    assert_eq!(
+        bg.client().status().await.expect("status").state_root,
+        served.state_root
+    );
     assert!(acked.len() >= 200);
     bg.shutdown().await.expect("shutdown");
 }

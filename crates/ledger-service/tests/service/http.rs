@@ -10,53 +10,137 @@ use crate::{faucet, genesis};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_query_refuse_and_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bg = run_in_background(LedgerServiceConfig::new(dir.path(), genesis())).await.expect("start");
+    let bg = run_in_background(LedgerServiceConfig::new(dir.path(), genesis()))
+        .await
+        .expect("start");
     let c = bg.client();
     let alice = Keypair::from_seed(b"alice");
     let bob = Keypair::from_seed(b"bob");
 
-    let r = c.send(&alice, TxKind::Faucet { to: alice.public(), amount: Amount(1_000) }).await.expect("faucet");
-    assert_eq!(r.events, vec![Event::Minted { to: alice.public(), amount: Amount(1_000) }]);
-    let r2 = c.send(&alice, TxKind::Transfer { to: bob.public(), amount: Amount(400) }).await.expect("transfer");
+    let r = c
+        .send(
+            &alice,
+            TxKind::Faucet {
+                to: alice.public(),
+                amount: Amount(1_000),
+            },
+        )
+        .await
+        .expect("faucet");
+    assert_eq!(
+        r.events,
+        vec![Event::Minted {
+            to: alice.public(),
+            amount: Amount(1_000)
+        }]
+    );
+    let r2 = c
+        .send(
+            &alice,
+            TxKind::Transfer {
+                to: bob.public(),
+                amount: Amount(400),
+            },
+        )
+        .await
+        .expect("transfer");
     assert!(r2.height > r.height);
-    assert_eq!(c.account(&bob.public()).await.expect("account").balance, Amount(400));
+    assert_eq!(
+        c.account(&bob.public()).await.expect("account").balance,
+        Amount(400)
+    );
     assert_eq!(c.next_nonce(&alice.public()).await.expect("nonce"), 2);
-    assert_eq!(c.find_tx(&r2.tx_hash).await.expect("located").height, r2.height);
+    assert_eq!(
+        c.find_tx(&r2.tx_hash).await.expect("located").height,
+        r2.height
+    );
 
     // Refusals: replay (409), bad signature (400), insufficient funds (422), unknown (404).
     let replay = faucet(&alice, 0, 1);
     let e = c.submit(&replay).await.expect_err("replay");
     assert_eq!(e.code(), Some("wrong_nonce"));
-    assert!(matches!(e, sortition_ledger_service::ClientError::Api { status: 409, .. }));
+    assert!(matches!(
+        e,
+        sortition_ledger_service::ClientError::Api { status: 409, .. }
+    ));
     let mut forged = faucet(&alice, 2, 1);
     forged.signature.0[3] ^= 1;
-    assert!(matches!(c.submit(&forged).await, Err(sortition_ledger_service::ClientError::Api { status: 400, .. })));
-    let e = c.send(&bob, TxKind::Transfer { to: alice.public(), amount: Amount(401) }).await.expect_err("too poor");
-    assert!(matches!(e, sortition_ledger_service::ClientError::Api { status: 422, ref code, .. } if code == "insufficient_funds"));
+    assert!(matches!(
+        c.submit(&forged).await,
+        Err(sortition_ledger_service::ClientError::Api { status: 400, .. })
+    ));
+    let e = c
+        .send(
+            &bob,
+            TxKind::Transfer {
+                to: alice.public(),
+                amount: Amount(401),
+            },
+        )
+        .await
+        .expect_err("too poor");
+    assert!(
+        matches!(e, sortition_ledger_service::ClientError::Api { status: 422, ref code, .. } if code == "insufficient_funds")
+    );
     assert!(c.stack(sortition_types::StackId(7)).await.is_err());
-    let wrong_chain = Tx { chain_id: "other".into(), sender: bob.public(), nonce: 0, expires_at_ms: u64::MAX, kind: TxKind::PauseNode }.sign(&bob);
-    assert!(matches!(c.submit(&wrong_chain).await, Err(sortition_ledger_service::ClientError::Api { status: 400, .. })));
+    let wrong_chain = Tx {
+        chain_id: "other".into(),
+        sender: bob.public(),
+        nonce: 0,
+        expires_at_ms: u64::MAX,
+        kind: TxKind::PauseNode,
+    }
+    .sign(&bob);
+    assert!(matches!(
+        c.submit(&wrong_chain).await,
+        Err(sortition_ledger_service::ClientError::Api { status: 400, .. })
+    ));
 
     let status = c.status().await.expect("status");
     assert_eq!(status.chain_id, "devnet");
     assert_eq!(c.genesis().await.expect("genesis"), genesis());
     assert!(c.nodes().await.expect("nodes").is_empty());
-    assert!(c.stacks_of(&alice.public()).await.expect("stacks").is_empty());
+    assert!(
+        c.stacks_of(&alice.public())
+            .await
+            .expect("stacks")
+            .is_empty()
+    );
     assert!(c.slashes().await.expect("slashes").is_empty());
 
     // Events: catch-up from storage, then live, with resumable cursors.
     let mut s = Box::pin(c.events(Cursor::START).await.expect("stream"));
     let (c1, e1) = s.next().await.expect("item").expect("event");
-    assert_eq!(e1, Event::Minted { to: alice.public(), amount: Amount(1_000) });
+    assert_eq!(
+        e1,
+        Event::Minted {
+            to: alice.public(),
+            amount: Amount(1_000)
+        }
+    );
     let (c2, e2) = s.next().await.expect("item").expect("event");
     assert!(c2 > c1 && matches!(e2, Event::Transferred { .. }));
-    let live = c.send(&bob, TxKind::Transfer { to: alice.public(), amount: Amount(1) }).await.expect("transfer");
+    let live = c
+        .send(
+            &bob,
+            TxKind::Transfer {
+                to: alice.public(),
+                amount: Amount(1),
+            },
+        )
+        .await
+        .expect("transfer");
     let (c3, _) = s.next().await.expect("item").expect("event");
     assert_eq!(c3.height, live.height);
     let mut resumed = Box::pin(c.events(c2).await.expect("stream"));
     assert_eq!(resumed.next().await.expect("item").expect("event").0, c2);
 
-    let metrics = reqwest::get(format!("{}/metrics", bg.url)).await.expect("metrics").text().await.expect("body");
+    let metrics = reqwest::get(format!("{}/metrics", bg.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
     assert!(metrics.contains("sortition_ledger_height"), "{metrics}");
     assert!(metrics.contains("sortition_ledger_tx_errors_total"));
     drop((s, resumed));

@@ -18,6 +18,15 @@ pub fn genesis() -> Genesis {
 }
 
 pub fn faucet(key: &Keypair, nonce: u64, amount: u64) -> SignedTx {
-    Tx { chain_id: "devnet".into(), sender: key.public(), nonce, expires_at_ms: u64::MAX, kind: TxKind::Faucet { to: key.public(), amount: Amount(amount) } }
-        .sign(key)
+    Tx {
+        chain_id: "devnet".into(),
+        sender: key.public(),
+        nonce,
+        expires_at_ms: u64::MAX,
+        kind: TxKind::Faucet {
+            to: key.public(),
+            amount: Amount(amount),
+        },
+    }
+    .sign(key)
 }

@@ -2,7 +2,9 @@
 //! is refused.
 
 use sortition_ledger::TxKind;
-use sortition_ledger_service::{LedgerServiceConfig, ServiceError, run_in_background, start_sequencer};
+use sortition_ledger_service::{
+    LedgerServiceConfig, ServiceError, run_in_background, start_sequencer,
+};
 use sortition_types::{Amount, Keypair};
 
 use crate::genesis;
@@ -15,14 +17,29 @@ async fn restart_replays_to_the_same_root_and_refuses_other_genesis() {
     let c = bg.client();
     let k = Keypair::from_seed(b"k");
     for i in 1..=5 {
-        c.send(&k, TxKind::Faucet { to: k.public(), amount: Amount(i) }).await.expect("faucet");
+        c.send(
+            &k,
+            TxKind::Faucet {
+                to: k.public(),
+                amount: Amount(i),
+            },
+        )
+        .await
+        .expect("faucet");
     }
     let before = c.status().await.expect("status");
     bg.shutdown().await.expect("shutdown");
 
     let bg = run_in_background(cfg.clone()).await.expect("restart");
     assert_eq!(bg.client().status().await.expect("status"), before);
-    assert_eq!(bg.client().account(&k.public()).await.expect("acct").balance, Amount(15));
+    assert_eq!(
+        bg.client()
+            .account(&k.public())
+            .await
+            .expect("acct")
+            .balance,
+        Amount(15)
+    );
     bg.shutdown().await.expect("shutdown");
 
     let mut other = cfg.clone();

@@ -81,8 +81,15 @@ impl Chain {
         for k in users.iter().chain(nodes.iter()) {
             g.balances.push((k.public(), Amount(10_000_000_000)));
         }
-        let mut c = Chain { ledger: Ledger::new(&g).expect("genesis"), admin, users, nodes };
-        let regs: Vec<SignedTx> = (0..n_nodes).map(|i| c.sign(&c.nodes[i].clone(), register_kind(i))).collect();
+        let mut c = Chain {
+            ledger: Ledger::new(&g).expect("genesis"),
+            admin,
+            users,
+            nodes,
+        };
+        let regs: Vec<SignedTx> = (0..n_nodes)
+            .map(|i| c.sign(&c.nodes[i].clone(), register_kind(i)))
+            .collect();
         let out = c.block(&regs);
         assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
         c
@@ -97,7 +104,14 @@ impl Chain {
     }
 
     pub fn sign_nonce(&self, k: &Keypair, kind: TxKind, nonce: u64) -> SignedTx {
-        Tx { chain_id: CHAIN.into(), sender: k.public(), nonce, expires_at_ms: u64::MAX, kind }.sign(k)
+        Tx {
+            chain_id: CHAIN.into(),
+            sender: k.public(),
+            nonce,
+            expires_at_ms: u64::MAX,
+            kind,
+        }
+        .sign(k)
     }
 
     /// One block, one second after the previous.
@@ -122,7 +136,10 @@ impl Chain {
 
     /// Several transactions (distinct senders) in one block, all of which must succeed.
     pub fn all_ok(&mut self, txs: Vec<(Keypair, TxKind)>) -> Vec<Event> {
-        let signed: Vec<SignedTx> = txs.into_iter().map(|(k, kind)| self.sign(&k, kind)).collect();
+        let signed: Vec<SignedTx> = txs
+            .into_iter()
+            .map(|(k, kind)| self.sign(&k, kind))
+            .collect();
         let out = self.block(&signed);
         let mut ev = vec![];
         for r in out.results {
@@ -149,12 +166,21 @@ impl Chain {
     }
 
     pub fn node_id(&self, i: usize) -> NodeId {
-        *self.ledger.state().node_by_key.get(&self.nodes[i].public()).expect("registered")
+        *self
+            .ledger
+            .state()
+            .node_by_key
+            .get(&self.nodes[i].public())
+            .expect("registered")
     }
 
     pub fn node_key(&self, id: NodeId) -> Keypair {
         let pk = self.ledger.state().nodes[&id].operator;
-        self.nodes.iter().find(|k| k.public() == pk).expect("known node").clone()
+        self.nodes
+            .iter()
+            .find(|k| k.public() == pk)
+            .expect("known node")
+            .clone()
     }
 }
 
@@ -168,7 +194,11 @@ pub fn register_with(i: usize, collateral: Amount) -> TxKind {
         confidential_key: SealingKey(sha256(format!("ck{i}").as_bytes())),
         attestation: vec![],
         class: class(),
-        offers: vec![Offer { model: model(), price_per_m_input: Amount(1_000), price_per_m_output: Amount(1_000_000) }],
+        offers: vec![Offer {
+            model: model(),
+            price_per_m_input: Amount(1_000),
+            price_per_m_output: Amount(1_000_000),
+        }],
         capacity: 8,
         collateral,
     }
@@ -209,7 +239,11 @@ impl Receipts {
     }
     pub fn submit(&self, audit: sortition_types::AuditId, index: u64) -> TxKind {
         let proof = MerkleProof::build(&self.leaves, index as usize).expect("index in range");
-        TxKind::SubmitReceipt { audit, receipt: self.signed[index as usize].clone(), proof }
+        TxKind::SubmitReceipt {
+            audit,
+            receipt: self.signed[index as usize].clone(),
+            proof,
+        }
     }
 }
 
@@ -218,7 +252,9 @@ pub fn salt(i: u64) -> Hash32 {
 }
 
 pub fn mismatch() -> Verdict {
-    Verdict::Mismatch { evidence_hash: sha256(b"evidence") }
+    Verdict::Mismatch {
+        evidence_hash: sha256(b"evidence"),
+    }
 }
 
 pub fn units(n: u64) -> Units {

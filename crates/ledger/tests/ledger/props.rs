@@ -62,7 +62,11 @@ struct Runner {
 
 impl Runner {
     fn key(&self, a: usize) -> sortition_types::Keypair {
-        if a < USERS { self.c.users[a].clone() } else { self.c.nodes[a - USERS].clone() }
+        if a < USERS {
+            self.c.users[a].clone()
+        } else {
+            self.c.nodes[a - USERS].clone()
+        }
     }
     fn nth<T: Copy>(items: impl Iterator<Item = T>, sel: usize) -> Option<T> {
         let v: Vec<T> = items.collect();
@@ -74,8 +78,16 @@ impl Runner {
 
     fn build(&mut self, op: &Op) -> Option<sortition_types::Keypair> {
         None.or(Some(self.key(match op {
-            Op::Faucet(a, _) | Op::Transfer(a, _, _) | Op::Buy(a, ..) | Op::Submit(a, _) | Op::BadNonce(a) => *a,
-            Op::Claim(n, ..) | Op::Commit(n, ..) | Op::Reveal(n, _) | Op::Vote(n, ..) | Op::RevealVote(n, _) => USERS + n,
+            Op::Faucet(a, _)
+            | Op::Transfer(a, _, _)
+            | Op::Buy(a, ..)
+            | Op::Submit(a, _)
+            | Op::BadNonce(a) => *a,
+            Op::Claim(n, ..)
+            | Op::Commit(n, ..)
+            | Op::Reveal(n, _)
+            | Op::Vote(n, ..)
+            | Op::RevealVote(n, _) => USERS + n,
             Op::Leave(n) | Op::Withdraw(n) | Op::Pause(n) | Op::Resume(n) => USERS + n,
             Op::EndBlock => return None,
         })))
@@ -85,11 +97,25 @@ impl Runner {
         let st = self.c.ledger.state();
         let now = st.timestamp_ms;
         let audit = |sel: usize| Self::nth(st.audits.keys().copied(), sel).unwrap_or(AuditId(999));
-        let dispute = |sel: usize| Self::nth(st.disputes.keys().copied(), sel).unwrap_or(sortition_types::DisputeId(999));
+        let dispute = |sel: usize| {
+            Self::nth(st.disputes.keys().copied(), sel).unwrap_or(sortition_types::DisputeId(999))
+        };
         match *op {
-            Op::Faucet(a, x) => TxKind::Faucet { to: self.key(a).public(), amount: Amount(x) },
-            Op::Transfer(_, b, x) => TxKind::Transfer { to: self.key(b).public(), amount: Amount(x) },
-            Op::Buy(_, n, u, e) => TxKind::BuyStack { model: model(), node: n.map(|n| NodeId(n as u64)), max_price_per_m: Amount(1_000_000), units: units(u), expires_at_ms: now + e * 1_000 },
+            Op::Faucet(a, x) => TxKind::Faucet {
+                to: self.key(a).public(),
+                amount: Amount(x),
+            },
+            Op::Transfer(_, b, x) => TxKind::Transfer {
+                to: self.key(b).public(),
+                amount: Amount(x),
+            },
+            Op::Buy(_, n, u, e) => TxKind::BuyStack {
+                model: model(),
+                node: n.map(|n| NodeId(n as u64)),
+                max_price_per_m: Amount(1_000_000),
+                units: units(u),
+                expires_at_ms: now + e * 1_000,
+            },
             Op::Claim(n, sel, u, count) => {
                 let stack = Self::nth(st.stacks.keys().copied(), sel).unwrap_or(StackId(999));
                 let node = st.stacks.get(&stack).map_or(NodeId(n as u64), |s| s.node);
@@ -97,22 +123,41 @@ impl Runner {
                 let rs = Receipts::new(node, stack, &key, count);
                 let root = rs.root();
                 self.receipts.entry(stack).or_insert(rs);
-                TxKind::ClaimStack { stack, units_used: units(u), receipts_root: root, receipt_count: count }
+                TxKind::ClaimStack {
+                    stack,
+                    units_used: units(u),
+                    receipts_root: root,
+                    receipt_count: count,
+                }
             }
             Op::Commit(n, sel, m) => {
                 let a = audit(sel);
                 let (v, s) = (Self::verdict(m), salt(sel as u64 * 31 + n as u64));
                 self.secrets.insert((n, a.0, false), (v, s));
-                TxKind::CommitVerdict { audit: a, commitment: verdict_commitment(&v, &s, &self.c.nodes[n].public()) }
+                TxKind::CommitVerdict {
+                    audit: a,
+                    commitment: verdict_commitment(&v, &s, &self.c.nodes[n].public()),
+                }
             }
             Op::Reveal(n, sel) => {
                 let a = audit(sel);
-                let (verdict, salt) = self.secrets.get(&(n, a.0, false)).copied().unwrap_or((Verdict::Match, Hash32::ZERO));
-                TxKind::RevealVerdict { audit: a, verdict, salt }
+                let (verdict, salt) = self
+                    .secrets
+                    .get(&(n, a.0, false))
+                    .copied()
+                    .unwrap_or((Verdict::Match, Hash32::ZERO));
+                TxKind::RevealVerdict {
+                    audit: a,
+                    verdict,
+                    salt,
+                }
             }
             Op::Submit(_, sel) => {
                 let a = audit(sel);
-                let (stack, idx) = st.audits.get(&a).map_or((StackId(999), 0), |x| (x.stack, x.receipt_index));
+                let (stack, idx) = st
+                    .audits
+                    .get(&a)
+                    .map_or((StackId(999), 0), |x| (x.stack, x.receipt_index));
                 match self.receipts.get(&stack) {
                     Some(rs) if (idx as usize) < rs.signed.len() => rs.submit(a, idx),
                     _ => TxKind::PauseNode,
@@ -122,18 +167,32 @@ impl Runner {
                 let d = dispute(sel);
                 let (v, s) = (Self::verdict(m), salt(sel as u64 * 17 + n as u64));
                 self.secrets.insert((n, d.0, true), (v, s));
-                TxKind::CommitVote { dispute: d, commitment: verdict_commitment(&v, &s, &self.c.nodes[n].public()) }
+                TxKind::CommitVote {
+                    dispute: d,
+                    commitment: verdict_commitment(&v, &s, &self.c.nodes[n].public()),
+                }
             }
             Op::RevealVote(n, sel) => {
                 let d = dispute(sel);
-                let (verdict, salt) = self.secrets.get(&(n, d.0, true)).copied().unwrap_or((Verdict::Match, Hash32::ZERO));
-                TxKind::RevealVote { dispute: d, verdict, salt }
+                let (verdict, salt) = self
+                    .secrets
+                    .get(&(n, d.0, true))
+                    .copied()
+                    .unwrap_or((Verdict::Match, Hash32::ZERO));
+                TxKind::RevealVote {
+                    dispute: d,
+                    verdict,
+                    salt,
+                }
             }
             Op::Leave(_) => TxKind::LeaveNode,
             Op::Withdraw(_) => TxKind::WithdrawCollateral,
             Op::Pause(_) => TxKind::PauseNode,
             Op::Resume(_) => TxKind::ResumeNode,
-            Op::BadNonce(_) | Op::EndBlock => TxKind::Transfer { to: self.c.users[0].public(), amount: Amount(1) },
+            Op::BadNonce(_) | Op::EndBlock => TxKind::Transfer {
+                to: self.c.users[0].public(),
+                amount: Amount(1),
+            },
         }
     }
 }
@@ -141,10 +200,14 @@ impl Runner {
 /// Money is conserved and escrow is exactly the open stacks' escrow.
 fn check(st: &State) {
     let s = st.supply();
-    let total = s.balances.0 as u128 + s.escrow.0 as u128 + s.collateral.0 as u128 + s.treasury.0 as u128;
+    let total =
+        s.balances.0 as u128 + s.escrow.0 as u128 + s.collateral.0 as u128 + s.treasury.0 as u128;
     assert_eq!(total, s.minted.0 as u128, "supply {s:?}");
     for stack in st.stacks.values() {
-        let live = matches!(stack.status, StackStatus::Open | StackStatus::Claimed { .. });
+        let live = matches!(
+            stack.status,
+            StackStatus::Open | StackStatus::Claimed { .. }
+        );
         assert!(live || stack.escrow == Amount::ZERO, "{stack:?}");
     }
 }
@@ -162,7 +225,11 @@ fn check_slashes(before: &State, events: &[Event]) {
 }
 
 fn run(q_ppm: u32, ops: Vec<Op>) -> State {
-    let mut r = Runner { c: Chain::new(NODES, q_ppm), receipts: BTreeMap::new(), secrets: BTreeMap::new() };
+    let mut r = Runner {
+        c: Chain::new(NODES, q_ppm),
+        receipts: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    };
     let mut ctx: Option<BlockContext> = None;
     for op in &ops {
         let Some(key) = r.build(op) else {
@@ -180,13 +247,18 @@ fn run(q_ppm: u32, ops: Vec<Op>) -> State {
             c
         });
         let kind = r.kind(op);
-        let nonce = r.c.ledger.state().account(&key.public()).nonce + u64::from(matches!(op, Op::BadNonce(_)));
+        let nonce = r.c.ledger.state().account(&key.public()).nonce
+            + u64::from(matches!(op, Op::BadNonce(_)));
         let tx = r.c.sign_nonce(&key, kind, nonce).verify().expect("signed");
         let before = r.c.ledger.state().clone();
         let root = r.c.ledger.state_root();
         match r.c.ledger.apply_tx(&c, &tx) {
             Ok(ev) => check_slashes(&before, &ev),
-            Err(_) => assert_eq!(r.c.ledger.state_root(), root, "refused {op:?} changed the state"),
+            Err(_) => assert_eq!(
+                r.c.ledger.state_root(),
+                root,
+                "refused {op:?} changed the state"
+            ),
         }
         check(r.c.ledger.state());
     }
@@ -200,7 +272,10 @@ fn run(q_ppm: u32, ops: Vec<Op>) -> State {
         check(r.c.ledger.state());
     }
     let st = r.c.ledger.state();
-    assert!(st.open_audits.is_empty() && st.open_disputes.is_empty(), "unresolved audits or disputes");
+    assert!(
+        st.open_audits.is_empty() && st.open_disputes.is_empty(),
+        "unresolved audits or disputes"
+    );
     assert!(st.claim_queue.is_empty() && st.stack_expiry.is_empty());
     assert!(st.disputes.values().all(|d| d.resolution.is_some()));
     assert!(st.stacks.values().all(|s| s.escrow == Amount::ZERO));
@@ -219,7 +294,12 @@ proptest! {
 fn disputes_are_reached_by_the_generator() {
     // A fixed sequence that goes claim → mismatch → dispute, so the property above is not
     // vacuous about disputes.
-    let mut ops = vec![Op::Buy(0, Some(0), 1_000, 30), Op::EndBlock, Op::Claim(0, 0, 500, 1), Op::EndBlock];
+    let mut ops = vec![
+        Op::Buy(0, Some(0), 1_000, 30),
+        Op::EndBlock,
+        Op::Claim(0, 0, 500, 1),
+        Op::EndBlock,
+    ];
     for n in 1..NODES {
         ops.push(Op::Commit(n, 0, true));
     }

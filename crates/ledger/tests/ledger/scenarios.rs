@@ -10,15 +10,39 @@ use crate::harness::*;
 fn buy_and_claim(c: &mut Chain) -> (StackId, AuditId, Vec<NodeId>, Receipts) {
     let user = c.users[0].clone();
     let n0 = c.node_id(0);
-    let ev = c.ok(&user, TxKind::BuyStack { model: model(), node: Some(n0), max_price_per_m: Amount(1_000_000), units: units(1_000), expires_at_ms: c.now() + 1_000_000 });
-    let Event::StackBought { stack, escrow, .. } = ev[0].clone() else { panic!("{ev:?}") };
+    let ev = c.ok(
+        &user,
+        TxKind::BuyStack {
+            model: model(),
+            node: Some(n0),
+            max_price_per_m: Amount(1_000_000),
+            units: units(1_000),
+            expires_at_ms: c.now() + 1_000_000,
+        },
+    );
+    let Event::StackBought { stack, escrow, .. } = ev[0].clone() else {
+        panic!("{ev:?}")
+    };
     assert_eq!(escrow, Amount(1_000)); // 1000 units * 1_000_000 / 1e6 (max of in/out price)
     let rs = Receipts::new(n0, stack, &c.nodes[0].clone(), 1);
-    let ev = c.ok(&c.nodes[0].clone(), TxKind::ClaimStack { stack, units_used: units(20), receipts_root: rs.root(), receipt_count: 1 });
+    let ev = c.ok(
+        &c.nodes[0].clone(),
+        TxKind::ClaimStack {
+            stack,
+            units_used: units(20),
+            receipts_root: rs.root(),
+            receipt_count: 1,
+        },
+    );
     let (audit, auditors) = ev
         .iter()
         .find_map(|e| match e {
-            Event::AuditOpened { audit, auditors, receipt_index: 0, .. } => Some((*audit, auditors.clone())),
+            Event::AuditOpened {
+                audit,
+                auditors,
+                receipt_index: 0,
+                ..
+            } => Some((*audit, auditors.clone())),
             _ => None,
         })
         .expect("q = 1 audits the receipt");
@@ -32,7 +56,14 @@ fn vote(c: &mut Chain, k: &Keypair, audit: AuditId, v: Verdict, s: u64) {
 }
 
 fn reveal(c: &mut Chain, k: &Keypair, audit: AuditId, v: Verdict, s: u64) -> Vec<Event> {
-    c.ok(k, TxKind::RevealVerdict { audit, verdict: v, salt: salt(s) })
+    c.ok(
+        k,
+        TxKind::RevealVerdict {
+            audit,
+            verdict: v,
+            salt: salt(s),
+        },
+    )
 }
 
 #[test]
@@ -77,24 +108,52 @@ fn cheating_executor_is_caught_slashed_and_owner_refunded() {
     let commits = committee.iter().enumerate().map(|(i, m)| {
         let k = c.node_key(*m);
         let commitment = verdict_commitment(&mismatch(), &salt(10 + i as u64), &k.public());
-        (k, TxKind::CommitVote { dispute, commitment })
+        (
+            k,
+            TxKind::CommitVote {
+                dispute,
+                commitment,
+            },
+        )
     });
     let commits: Vec<_> = commits.collect();
     c.all_ok(commits);
     let reveals: Vec<_> = committee
         .iter()
         .enumerate()
-        .map(|(i, m)| (c.node_key(*m), TxKind::RevealVote { dispute, verdict: mismatch(), salt: salt(10 + i as u64) }))
+        .map(|(i, m)| {
+            (
+                c.node_key(*m),
+                TxKind::RevealVote {
+                    dispute,
+                    verdict: mismatch(),
+                    salt: salt(10 + i as u64),
+                },
+            )
+        })
         .collect();
     let ev = c.all_ok(reveals);
-    assert!(ev.iter().any(|e| matches!(e, Event::DisputeResolved { executor_at_fault: true, mismatch_votes: 3, .. })));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::DisputeResolved {
+            executor_at_fault: true,
+            mismatch_votes: 3,
+            ..
+        }
+    )));
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Refunded);
     let st = c.ledger.state();
     assert_eq!(st.nodes[&c.node_id(0)].collateral, Amount(COLLATERAL.0 / 2));
     assert_eq!(c.balance(&user), before_user, "owner refunded in full");
     // pot 500_000_000; half shared by 4 honest voters = 62_500_000 each
-    assert_eq!(c.balance(&ak.public()), Amount(before_auditor.0 + 62_500_000));
-    assert_eq!(st.audits[&audit].outcome, Some(AuditOutcome::ExecutorAtFault));
+    assert_eq!(
+        c.balance(&ak.public()),
+        Amount(before_auditor.0 + 62_500_000)
+    );
+    assert_eq!(
+        st.audits[&audit].outcome,
+        Some(AuditOutcome::ExecutorAtFault)
+    );
     use sortition_types::DisputeId;
 }
 
@@ -106,22 +165,58 @@ fn lying_auditor_is_slashed_and_executor_paid() {
     let ak = c.node_key(auditors[0]);
     vote(&mut c, &ak, audit, mismatch(), 1);
     let ev = reveal(&mut c, &ak, audit, mismatch(), 1);
-    let Some(Event::DisputeOpened { dispute, committee, .. }) = ev.iter().find(|e| matches!(e, Event::DisputeOpened { .. })).cloned() else { panic!() };
-    let commits: Vec<_> = committee.iter().enumerate().map(|(i, m)| {
-        let k = c.node_key(*m);
-        let commitment = verdict_commitment(&Verdict::Match, &salt(i as u64), &k.public());
-        (k, TxKind::CommitVote { dispute, commitment })
-    }).collect();
+    let Some(Event::DisputeOpened {
+        dispute, committee, ..
+    }) = ev
+        .iter()
+        .find(|e| matches!(e, Event::DisputeOpened { .. }))
+        .cloned()
+    else {
+        panic!()
+    };
+    let commits: Vec<_> = committee
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let k = c.node_key(*m);
+            let commitment = verdict_commitment(&Verdict::Match, &salt(i as u64), &k.public());
+            (
+                k,
+                TxKind::CommitVote {
+                    dispute,
+                    commitment,
+                },
+            )
+        })
+        .collect();
     c.all_ok(commits);
-    let reveals: Vec<_> = committee.iter().enumerate()
-        .map(|(i, m)| (c.node_key(*m), TxKind::RevealVote { dispute, verdict: Verdict::Match, salt: salt(i as u64) }))
+    let reveals: Vec<_> = committee
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            (
+                c.node_key(*m),
+                TxKind::RevealVote {
+                    dispute,
+                    verdict: Verdict::Match,
+                    salt: salt(i as u64),
+                },
+            )
+        })
         .collect();
     c.all_ok(reveals);
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
     let st = c.ledger.state();
-    assert_eq!(st.nodes[&auditors[0]].collateral, Amount(COLLATERAL.0 - 5_000));
+    assert_eq!(
+        st.nodes[&auditors[0]].collateral,
+        Amount(COLLATERAL.0 - 5_000)
+    );
     assert_eq!(st.nodes[&c.node_id(0)].collateral, COLLATERAL);
-    assert!(st.slashes.iter().any(|s| s.node == auditors[0] && s.reason == SlashReason::WrongVerdict));
+    assert!(
+        st.slashes
+            .iter()
+            .any(|s| s.node == auditors[0] && s.reason == SlashReason::WrongVerdict)
+    );
 }
 
 #[test]
@@ -131,7 +226,10 @@ fn auditor_missing_deadline_is_slashed_small_and_claim_still_settles() {
     c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
     let st = c.ledger.state();
-    assert_eq!(st.nodes[&auditors[0]].collateral, Amount(COLLATERAL.0 - 1_000));
+    assert_eq!(
+        st.nodes[&auditors[0]].collateral,
+        Amount(COLLATERAL.0 - 1_000)
+    );
     assert_eq!(st.audits[&audit].outcome, Some(AuditOutcome::Unverifiable));
 }
 
@@ -146,7 +244,10 @@ fn missing_receipt_is_the_executors_fault() {
     reveal(&mut c, &ak, audit, Verdict::Match, 1);
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Refunded);
     let st = c.ledger.state();
-    assert_eq!(st.audits[&audit].outcome, Some(AuditOutcome::ReceiptMissing));
+    assert_eq!(
+        st.audits[&audit].outcome,
+        Some(AuditOutcome::ReceiptMissing)
+    );
     assert!(st.nodes[&c.node_id(0)].collateral < COLLATERAL);
     assert_eq!(c.balance(&user), before);
 }
@@ -159,17 +260,46 @@ fn tie_clears_executor_and_spares_the_disputing_auditor() {
     let ak = c.node_key(auditors[0]);
     vote(&mut c, &ak, audit, mismatch(), 1);
     let ev = reveal(&mut c, &ak, audit, mismatch(), 1);
-    let Some(Event::DisputeOpened { dispute, committee, .. }) = ev.iter().find(|e| matches!(e, Event::DisputeOpened { .. })).cloned() else { panic!() };
+    let Some(Event::DisputeOpened {
+        dispute, committee, ..
+    }) = ev
+        .iter()
+        .find(|e| matches!(e, Event::DisputeOpened { .. }))
+        .cloned()
+    else {
+        panic!()
+    };
     let votes = [Verdict::Match, mismatch()];
-    let commits: Vec<_> = votes.iter().enumerate().map(|(i, v)| {
-        let k = c.node_key(committee[i]);
-        let commitment = verdict_commitment(v, &salt(i as u64), &k.public());
-        (k, TxKind::CommitVote { dispute, commitment })
-    }).collect();
+    let commits: Vec<_> = votes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let k = c.node_key(committee[i]);
+            let commitment = verdict_commitment(v, &salt(i as u64), &k.public());
+            (
+                k,
+                TxKind::CommitVote {
+                    dispute,
+                    commitment,
+                },
+            )
+        })
+        .collect();
     c.all_ok(commits);
     c.block(&[]); // the silent member never commits: reveals open after the commit deadline
-    let reveals: Vec<_> = votes.iter().enumerate()
-        .map(|(i, v)| (c.node_key(committee[i]), TxKind::RevealVote { dispute, verdict: *v, salt: salt(i as u64) }))
+    let reveals: Vec<_> = votes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                c.node_key(committee[i]),
+                TxKind::RevealVote {
+                    dispute,
+                    verdict: *v,
+                    salt: salt(i as u64),
+                },
+            )
+        })
         .collect();
     c.all_ok(reveals);
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
@@ -177,7 +307,11 @@ fn tie_clears_executor_and_spares_the_disputing_auditor() {
     assert_eq!(st.disputes[&dispute].resolution, Some(false));
     assert_eq!(st.nodes[&c.node_id(0)].collateral, COLLATERAL);
     assert_eq!(st.nodes[&auditors[0]].collateral, COLLATERAL);
-    assert_eq!(st.nodes[&committee[2]].collateral, Amount(COLLATERAL.0 - 1_000), "silent member pays the small slash");
+    assert_eq!(
+        st.nodes[&committee[2]].collateral,
+        Amount(COLLATERAL.0 - 1_000),
+        "silent member pays the small slash"
+    );
 }
 
 #[test]
@@ -186,16 +320,46 @@ fn no_eligible_auditor_is_unverifiable_not_passed() {
     let (stack, audit, auditors, _) = {
         let user = c.users[0].clone();
         let n0 = c.node_id(0);
-        let ev = c.ok(&user, TxKind::BuyStack { model: model(), node: None, max_price_per_m: Amount(1_000_000), units: units(100), expires_at_ms: c.now() + 1_000_000 });
-        let Event::StackBought { stack, node, .. } = ev[0].clone() else { panic!() };
+        let ev = c.ok(
+            &user,
+            TxKind::BuyStack {
+                model: model(),
+                node: None,
+                max_price_per_m: Amount(1_000_000),
+                units: units(100),
+                expires_at_ms: c.now() + 1_000_000,
+            },
+        );
+        let Event::StackBought { stack, node, .. } = ev[0].clone() else {
+            panic!()
+        };
         assert_eq!(node, n0);
         let rs = Receipts::new(n0, stack, &c.nodes[0].clone(), 1);
-        let ev = c.ok(&c.nodes[0].clone(), TxKind::ClaimStack { stack, units_used: units(20), receipts_root: rs.root(), receipt_count: 1 });
-        let Some(Event::AuditOpened { audit, auditors, .. }) = ev.iter().find(|e| matches!(e, Event::AuditOpened { .. })).cloned() else { panic!() };
+        let ev = c.ok(
+            &c.nodes[0].clone(),
+            TxKind::ClaimStack {
+                stack,
+                units_used: units(20),
+                receipts_root: rs.root(),
+                receipt_count: 1,
+            },
+        );
+        let Some(Event::AuditOpened {
+            audit, auditors, ..
+        }) = ev
+            .iter()
+            .find(|e| matches!(e, Event::AuditOpened { .. }))
+            .cloned()
+        else {
+            panic!()
+        };
         (stack, audit, auditors, rs)
     };
     assert!(auditors.is_empty());
-    assert_eq!(c.ledger.state().audits[&audit].outcome, Some(AuditOutcome::Unverifiable));
+    assert_eq!(
+        c.ledger.state().audits[&audit].outcome,
+        Some(AuditOutcome::Unverifiable)
+    );
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
 }
 
@@ -205,11 +369,41 @@ fn refusals_are_typed_and_change_nothing() {
     let u = c.users[0].clone();
     let root = c.ledger.state_root();
     let to = c.users[1].public();
-    let replay = c.sign_nonce(&u, TxKind::Transfer { to, amount: Amount(1) }, 5);
-    let mut bad_sig = c.sign(&u, TxKind::Transfer { to, amount: Amount(1) });
+    let replay = c.sign_nonce(
+        &u,
+        TxKind::Transfer {
+            to,
+            amount: Amount(1),
+        },
+        5,
+    );
+    let mut bad_sig = c.sign(
+        &u,
+        TxKind::Transfer {
+            to,
+            amount: Amount(1),
+        },
+    );
     bad_sig.signature.0[0] ^= 1;
-    let expired = Tx { chain_id: CHAIN.into(), sender: u.public(), nonce: 0, expires_at_ms: 1, kind: TxKind::Transfer { to, amount: Amount(1) } }.sign(&u);
-    let wrong_chain = Tx { chain_id: "other".into(), sender: u.public(), nonce: 0, expires_at_ms: u64::MAX, kind: TxKind::PauseNode }.sign(&u);
+    let expired = Tx {
+        chain_id: CHAIN.into(),
+        sender: u.public(),
+        nonce: 0,
+        expires_at_ms: 1,
+        kind: TxKind::Transfer {
+            to,
+            amount: Amount(1),
+        },
+    }
+    .sign(&u);
+    let wrong_chain = Tx {
+        chain_id: "other".into(),
+        sender: u.public(),
+        nonce: 0,
+        expires_at_ms: u64::MAX,
+        kind: TxKind::PauseNode,
+    }
+    .sign(&u);
     let ctx = c.ledger.next_context(c.now() + 1_000);
     c.ledger.begin_block(&ctx).expect("block");
     let root_in_block = c.ledger.state_root();
@@ -220,7 +414,13 @@ fn refusals_are_typed_and_change_nothing() {
             Err(e) => e,
         })
         .collect();
-    assert!(matches!(errs[0], LedgerError::WrongNonce { expected: 0, got: 5 }));
+    assert!(matches!(
+        errs[0],
+        LedgerError::WrongNonce {
+            expected: 0,
+            got: 5
+        }
+    ));
     assert_eq!(errs[1], LedgerError::BadSignature);
     assert!(matches!(errs[2], LedgerError::Expired { .. }));
     assert!(matches!(errs[3], LedgerError::WrongChain { .. }));
@@ -229,23 +429,45 @@ fn refusals_are_typed_and_change_nothing() {
     c.ledger.end_block(&ctx);
     let admin = c.admin.clone();
     let cases: Vec<(Keypair, TxKind)> = vec![
-        (u.clone(), TxKind::Transfer { to, amount: Amount(u64::MAX) }),
+        (
+            u.clone(),
+            TxKind::Transfer {
+                to,
+                amount: Amount(u64::MAX),
+            },
+        ),
         (u.clone(), TxKind::RegisterModel { spec: spec(1) }),
         (admin.clone(), TxKind::RegisterModel { spec: spec(1) }),
         (u.clone(), register_with(9, Amount(899))),
-        (u.clone(), TxKind::ClaimStack { stack: StackId(9), units_used: units(1), receipts_root: salt(0), receipt_count: 1 }),
+        (
+            u.clone(),
+            TxKind::ClaimStack {
+                stack: StackId(9),
+                units_used: units(1),
+                receipts_root: salt(0),
+                receipt_count: 1,
+            },
+        ),
         (u.clone(), TxKind::WithdrawCollateral),
     ];
-    let got: Vec<LedgerError> = cases.into_iter().map(|(k, kind)| c.tx(&k, kind).0.expect_err("refused")).collect();
+    let got: Vec<LedgerError> = cases
+        .into_iter()
+        .map(|(k, kind)| c.tx(&k, kind).0.expect_err("refused"))
+        .collect();
     assert!(matches!(got[0], LedgerError::InsufficientFunds { .. }));
     assert_eq!(got[1], LedgerError::NotAdmin);
     assert!(matches!(got[2], LedgerError::ModelExists(_)));
-    assert_eq!(got[3], LedgerError::CollateralBelowMinimum { need: Amount(900), have: Amount(899) });
+    assert_eq!(
+        got[3],
+        LedgerError::CollateralBelowMinimum {
+            need: Amount(900),
+            have: Amount(899)
+        }
+    );
     assert_eq!(got[4], LedgerError::UnknownStack(StackId(9)));
     assert_eq!(got[5], LedgerError::NotANode);
     assert_eq!(c.ledger.state().account(&u.public()).nonce, 0);
 }
-
 
 #[test]
 fn stack_expiry_refunds_and_unbonding_releases_collateral() {
@@ -253,8 +475,19 @@ fn stack_expiry_refunds_and_unbonding_releases_collateral() {
     let user = c.users[0].clone();
     let before = c.balance(&user.public());
     let n1 = c.node_id(1);
-    let ev = c.ok(&user, TxKind::BuyStack { model: model(), node: Some(n1), max_price_per_m: Amount(1_000_000), units: units(5_000), expires_at_ms: c.now() + 3_000 });
-    let Event::StackBought { stack, .. } = ev[0] else { panic!() };
+    let ev = c.ok(
+        &user,
+        TxKind::BuyStack {
+            model: model(),
+            node: Some(n1),
+            max_price_per_m: Amount(1_000_000),
+            units: units(5_000),
+            expires_at_ms: c.now() + 3_000,
+        },
+    );
+    let Event::StackBought { stack, .. } = ev[0] else {
+        panic!()
+    };
     c.run_until(|s| s.stacks[&stack].status == StackStatus::Expired);
     assert_eq!(c.balance(&user.public()), before);
     let nk = c.nodes[1].clone();
