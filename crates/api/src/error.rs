@@ -170,3 +170,30 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid("invalid_json", format!("invalid JSON body: {e}")))
 }
+
+/// The fallback of every service's router: an unknown route, in the OpenAI shape.
+pub async fn unknown_route() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "unknown_route", "no such route")
+}
+
+/// axum answers an oversized body with a plain-text 413; this gives it the OpenAI shape.
+/// Used as `map_response` middleware by nodes and gateways with their body `limit`.
+pub fn payload_too_large_to_openai(
+    resp: axum::response::Response,
+    limit: usize,
+) -> axum::response::Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
+    {
+        return ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "body_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+        .into_response();
+    }
+    resp
+}

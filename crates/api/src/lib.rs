@@ -12,7 +12,9 @@ pub mod metrics;
 pub mod openai;
 pub mod openapi;
 
-pub use error::{ApiError, ErrorBody, ErrorKind, parse_json};
+pub use error::{
+    ApiError, ErrorBody, ErrorKind, parse_json, payload_too_large_to_openai, unknown_route,
+};
 pub use openai::*;
 
 /// Header that carries a JSON-encoded receipt on non-streaming responses.

@@ -121,44 +121,38 @@ fn generation_units(body: &[u8], messages: usize, s: &SamplingFields) -> u64 {
 
 pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "chat", 1);
-    let result = async {
-        let key = authenticate(&g, &headers).await?;
-        let req: ChatCompletionRequest = parse_json(&body)?;
-        let units = generation_units(&body, req.messages.len(), &req.sampling);
-        let a = admit(
-            &g,
-            key,
-            &headers,
-            &req.model,
-            req.sampling.is_stream(),
-            units,
-        )
-        .await?;
-        forward(&g, a, "/v1/chat/completions", body).await
-    }
-    .await;
-    result.unwrap_or_else(|e| error(&g, e))
+    generation(&g, &headers, body, "/v1/chat/completions", |body| {
+        let req: ChatCompletionRequest = parse_json(body)?;
+        Ok((req.model, req.messages.len(), req.sampling))
+    })
+    .await
+    .unwrap_or_else(|e| error(&g, e))
 }
 
 pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "completions", 1);
-    let result = async {
-        let key = authenticate(&g, &headers).await?;
-        let req: CompletionRequest = parse_json(&body)?;
-        let units = generation_units(&body, 1, &req.sampling);
-        let a = admit(
-            &g,
-            key,
-            &headers,
-            &req.model,
-            req.sampling.is_stream(),
-            units,
-        )
-        .await?;
-        forward(&g, a, "/v1/completions", body).await
-    }
-    .await;
-    result.unwrap_or_else(|e| error(&g, e))
+    generation(&g, &headers, body, "/v1/completions", |body| {
+        let req: CompletionRequest = parse_json(body)?;
+        Ok((req.model, 1, req.sampling))
+    })
+    .await
+    .unwrap_or_else(|e| error(&g, e))
+}
+
+/// Chat and text completions: authenticate, parse (model, message count, sampling) with
+/// `parse`, admit with the worst-case units, forward.
+async fn generation(
+    g: &Arc<GatewayState>,
+    headers: &HeaderMap,
+    body: Bytes,
+    path: &str,
+    parse: impl FnOnce(&[u8]) -> Result<(String, usize, SamplingFields), ApiError>,
+) -> Result<Response, ApiError> {
+    let key = authenticate(g, headers).await?;
+    let (model, messages, sampling) = parse(&body)?;
+    let units = generation_units(&body, messages, &sampling);
+    let a = admit(g, key, headers, &model, sampling.is_stream(), units).await?;
+    forward(g, a, path, body).await
 }
 
 pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Response {

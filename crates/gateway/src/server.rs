@@ -8,7 +8,6 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{Amount, ModelId};
 use tokio::net::TcpListener;
 
@@ -57,10 +56,10 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .fallback(not_found)
+        .fallback(sortition_api::unknown_route)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(move |r| {
-            body_limit_to_openai(r, limit)
+        .layer(axum::middleware::map_response(move |r| async move {
+            sortition_api::payload_too_large_to_openai(r, limit)
         }))
         .with_state(state)
 }
@@ -78,30 +77,6 @@ async fn openapi() -> axum::Json<serde_json::Value> {
     axum::Json(sortition_api::openapi::document(
         sortition_api::openapi::Surface::Gateway,
     ))
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorKind::NotFound, "unknown_route", "no such route")
-}
-
-async fn body_limit_to_openai(
-    resp: axum::response::Response,
-    limit: usize,
-) -> axum::response::Response {
-    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
-        && resp
-            .headers()
-            .get("content-type")
-            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
-    {
-        return ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            "body_too_large",
-            format!("request body exceeds {limit} bytes"),
-        )
-        .into_response();
-    }
-    resp
 }
 
 /// Keeps the router's node set in step with the ledger until `shutdown`.

@@ -7,7 +7,6 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use sortition_api::{ApiError, ErrorKind};
 use tokio::net::TcpListener;
 
 use crate::routes;
@@ -30,9 +29,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .fallback(not_found)
+        .fallback(sortition_api::unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(body_limit_to_openai))
+        .layer(axum::middleware::map_response(|r| async move {
+            sortition_api::payload_too_large_to_openai(r, MAX_BODY_BYTES)
+        }))
         .with_state(state)
 }
 
@@ -48,28 +49,6 @@ async fn openapi() -> axum::Json<serde_json::Value> {
     axum::Json(sortition_api::openapi::document(
         sortition_api::openapi::Surface::Node,
     ))
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorKind::NotFound, "unknown_route", "no such route")
-}
-
-/// axum answers an oversized body with a plain-text 413; give it the OpenAI shape.
-async fn body_limit_to_openai(resp: axum::response::Response) -> axum::response::Response {
-    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
-        && resp
-            .headers()
-            .get("content-type")
-            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
-    {
-        return ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            "body_too_large",
-            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-        )
-        .into_response();
-    }
-    resp
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
