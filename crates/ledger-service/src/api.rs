@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sortition_ledger::{Account, Event, SignedTx};
-use sortition_types::{AuditId, ClaimId, Hash32, ModelId, NodeId, PublicKey, StackId};
+use sortition_types::{AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeId, PublicKey, StackId};
 
 use crate::error::ApiError;
 use crate::sequencer::{Handle, SubmitError};
@@ -59,6 +59,7 @@ pub fn router(h: Handle) -> Router {
         .route("/v1/audits", get(audits))
         .route("/v1/audits/{id}", get(audit))
         .route("/v1/disputes", get(disputes))
+        .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/slashes", get(slashes))
         .route("/v1/supply", get(supply))
         .route("/v1/events", get(crate::sse::events))
@@ -215,6 +216,14 @@ async fn audit(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Val
 
 async fn disputes(State(h): State<Handle>) -> Json<Value> {
     Json(h.with_ledger(|l| json!(l.state().disputes.values().collect::<Vec<_>>())))
+}
+
+async fn dispute(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
+    let id: DisputeId = parse(&id, "dispute id")?;
+    found(
+        h.with_ledger(|l| l.state().disputes.get(&id).map(|d| json!(d))),
+        id.to_string(),
+    )
 }
 
 async fn slashes(State(h): State<Handle>) -> Json<Value> {

@@ -1,5 +1,7 @@
 //! `LedgerClient`: a typed Rust client of the HTTP API, for nodes, gateways, the CLI and tests.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventsource_stream::Eventsource;
@@ -10,7 +12,9 @@ use sortition_ledger::{
     Account, Audit, Claim, Dispute, Event, Genesis, ModelEntry, Node, SignedTx, SlashRecord, Stack,
     Tx, TxKind,
 };
-use sortition_types::{AuditId, ClaimId, Hash32, Keypair, ModelId, NodeId, PublicKey, StackId};
+use sortition_types::{
+    AuditId, ClaimId, DisputeId, Hash32, Keypair, ModelId, NodeId, PublicKey, StackId,
+};
 
 pub use crate::api::{StatusResponse, TxLocation, TxResponse as TxResult};
 pub use crate::sse::Cursor;
@@ -41,6 +45,18 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// One async mutex per signing key in this process, held across nonce lookup and submission.
+fn sender_lock(pk: &PublicKey) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<PublicKey, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(*pk)
+        .or_default()
+        .clone()
 }
 
 #[derive(Clone, Debug)]
@@ -139,12 +155,19 @@ impl LedgerClient {
         .await
     }
 
-    /// Fetches the nonce, signs with the ledger's chain id and a 60 s expiry, submits; retries
-    /// once if another transaction of the same key took the nonce first.
+    /// Fetches the nonce, signs with the ledger's chain id and a 60 s expiry, submits, and
+    /// waits for the block.
+    ///
+    /// Sends of one key are serialized within this process (whichever client instance they
+    /// go through), so concurrent tasks of one node never race for a nonce; a `wrong_nonce`
+    /// refusal can then only come from another process using the same key, and is retried
+    /// a few times with a fresh nonce.
     pub async fn send(&self, key: &Keypair, kind: TxKind) -> Result<TxResult, ClientError> {
+        let sender_lock = sender_lock(&key.public());
+        let _turn = sender_lock.lock().await;
         let chain_id = self.status().await?.chain_id;
         let mut last = None;
-        for _ in 0..2 {
+        for _ in 0..4 {
             let nonce = self.next_nonce(&key.public()).await?;
             let expires_at_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -163,6 +186,11 @@ impl LedgerClient {
             }
         }
         Err(last.unwrap_or(ClientError::Decode("no attempt made".into())))
+    }
+
+    /// Fetches one dispute.
+    pub async fn dispute(&self, id: DisputeId) -> Result<Dispute, ClientError> {
+        self.get(&format!("/v1/disputes/{}", id.0)).await
     }
 
     /// The ledger's events from `from` on (inclusive), following new blocks.

@@ -334,25 +334,51 @@ async fn vote(state: &NodeState, client: &LedgerClient, ballot: Ballot, verdict:
     if let Err(e) = client.send(&state.key, commit).await {
         return tracing::warn!(?ballot, error = %e, "commit refused");
     }
-    for _ in 0..300 {
-        let reveal = match ballot {
-            Ballot::Audit(audit) => TxKind::RevealVerdict {
-                audit,
-                verdict,
-                salt,
-            },
-            Ballot::Dispute(dispute) => TxKind::RevealVote {
-                dispute,
-                verdict,
-                salt,
-            },
-        };
-        match client.send(&state.key, reveal).await {
-            Ok(_) => return tracing::info!(?ballot, ?verdict, "verdict revealed"),
-            Err(e) if e.code() == Some("reveal_too_early") => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => return tracing::warn!(?ballot, error = %e, "reveal refused"),
+    // Reveal once the ledger allows it: every member committed, or the commit phase over.
+    // Polling the ledger's state (not retrying the transaction) keeps this key's
+    // transaction queue free for other work meanwhile.
+    for _ in 0..600 {
+        match reveal_open(client, ballot).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(?ballot, error = %e, "could not read the ballot's phase"),
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let reveal = match ballot {
+        Ballot::Audit(audit) => TxKind::RevealVerdict {
+            audit,
+            verdict,
+            salt,
+        },
+        Ballot::Dispute(dispute) => TxKind::RevealVote {
+            dispute,
+            verdict,
+            salt,
+        },
+    };
+    match client.send(&state.key, reveal).await {
+        Ok(_) => tracing::info!(?ballot, ?verdict, "verdict revealed"),
+        Err(e) => tracing::warn!(?ballot, error = %e, "reveal refused"),
+    }
+}
+
+/// Whether the reveal phase of `ballot` has begun, by the ledger's current state.
+async fn reveal_open(
+    client: &LedgerClient,
+    ballot: Ballot,
+) -> Result<bool, sortition_ledger_service::ClientError> {
+    let height = client.status().await?.height;
+    let (committed, members, commit_deadline) = match ballot {
+        Ballot::Audit(id) => {
+            let a = client.audit(id).await?;
+            (a.commits.len(), a.auditors.len(), a.commit_deadline)
+        }
+        Ballot::Dispute(id) => {
+            let d = client.dispute(id).await?;
+            (d.commits.len(), d.committee.len(), d.commit_deadline)
+        }
+    };
+    // The next block is the earliest a reveal can land in.
+    Ok(committed >= members || height + 1 > commit_deadline)
 }
