@@ -41,6 +41,7 @@ fn genesis(admin: &Keypair, funded: &[Keypair]) -> Genesis {
             audit: Some(AuditPolicy {
                 q_ppm: 10_000,
                 k: 2,
+                method: Default::default(),
             }),
             quorum: None,
             confidential_required: false,

@@ -102,6 +102,7 @@ fn audited_policy() -> SecurityPolicy {
         audit: Some(AuditPolicy {
             q_ppm: 100_000,
             k: 2,
+            method: Default::default(),
         }),
         quorum: Some(3),
         confidential_required: false,

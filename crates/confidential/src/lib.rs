@@ -12,6 +12,11 @@
 //!   quotes (offline, collateral carried in the evidence, via `dcap-qvl`), AMD SEV-SNP reports
 //!   (ARK→ASK→VCEK chain and report signature, via `sev`), and an explicitly INSECURE dev attester.
 //!
+//! - the node-side [`Attester`] (only the INSECURE dev one is built; TDX/SEV-SNP say so);
+//! - the wire shapes of a confidential chat request and its answer ([`wire`]);
+//! - with feature `client`, the client SDK ([`client`]): selects nodes from the ledger,
+//!   verifies their evidence itself, seals, sends through a gateway, opens and checks.
+//!
 //! Does not own: publishing keys or evidence on the ledger, fetching collateral from Intel/AMD,
 //! networking, HTTP/SSE framing, or deciding which nodes to trust beyond a [`Policy`].
 //!
@@ -19,16 +24,21 @@
 //! measurements, mismatched bindings and any cryptographic failure are typed errors.
 
 pub mod attest;
+pub mod attester;
+#[cfg(feature = "client")]
+pub mod client;
 mod encoding;
 pub mod keys;
 pub mod seal;
 pub mod stream;
+pub mod wire;
 
 pub use attest::{
     AttestationError, DcapVerifier, DevEvidence, DevVerifier, Evidence, INSECURE_DEV_LABEL,
     Measurement, Policy, PolicyVerifier, SnpProduct, SnpVerifier, TeeKind, VerifiedReport,
     Verifier,
 };
+pub use attester::{Attester, AttesterError, AttesterKind, DevAttester};
 pub use keys::{ConfidentialKey, KeyError, REPORT_DATA_DOMAIN, RecipientKey, report_data};
 pub use seal::{SealError, SealedRequest, open_request, seal_request};
 pub use stream::{ResponseOpener, ResponseSealer, SealedChunk, StreamError};

@@ -20,6 +20,7 @@ pub fn policy(cfg: &DevnetConfig) -> SecurityPolicy {
         audit: (cfg.audit_q_ppm > 0).then_some(AuditPolicy {
             q_ppm: cfg.audit_q_ppm,
             k,
+            method: cfg.audit_method,
         }),
         quorum: None,
         confidential_required: false,
@@ -30,17 +31,16 @@ pub fn policy(cfg: &DevnetConfig) -> SecurityPolicy {
     }
 }
 
-/// Short windows so that claims settle and audits resolve within seconds on a devnet.
-pub fn params() -> Params {
+/// Short windows so that claims settle and audits resolve within seconds on a devnet; each
+/// audit and dispute phase lasts `phase_blocks` (blocks come every 250 ms).
+pub fn params(phase_blocks: u64) -> Params {
     Params {
         challenge_window_blocks: 20,
         unbonding_blocks: 40,
-        // Re-executing a request takes seconds on a CPU; blocks come every 250 ms when idle
-        // and faster under load, so these windows are at most ~30 s and never too short.
-        audit_commit_blocks: 120,
-        audit_reveal_blocks: 120,
-        dispute_commit_blocks: 120,
-        dispute_reveal_blocks: 120,
+        audit_commit_blocks: phase_blocks,
+        audit_reveal_blocks: phase_blocks,
+        dispute_commit_blocks: phase_blocks,
+        dispute_reveal_blocks: phase_blocks,
         ..Params::default()
     }
 }
@@ -95,7 +95,10 @@ pub fn load_or_create(
     }
     let store = ModelStore::from_env();
     let mut g = Genesis::devnet(CHAIN_ID, admin.public());
-    g.params = params();
+    g.params = params(cfg.audit_phase_blocks);
+    if let Some(n) = cfg.epoch_length_blocks {
+        g.params.epoch_length_blocks = n.max(1);
+    }
     g.models.push(model_spec(&cfg.chat_model, &store, cfg)?);
     if let Some(e) = &cfg.embed_model {
         g.models.push(model_spec(e, &store, cfg)?);

@@ -34,6 +34,12 @@ pub struct DevnetConfig {
     pub nodes: usize,
     /// Audit probability per receipt, in parts per million (0 disables audits).
     pub audit_q_ppm: u32,
+    /// How auditors check sampled requests (fixed in genesis).
+    pub audit_method: sortition_ledger::AuditMethod,
+    /// Blocks (250 ms each) of every audit and dispute commit or reveal phase. The default,
+    /// 120 (30 s), covers re-executing a few requests at a time on a CPU; a devnet auditing
+    /// every request under heavy load needs longer.
+    pub audit_phase_blocks: u64,
     /// Adds one cheating node.
     pub adversary: Option<Mode>,
     /// Catalog name or GGUF path of the chat model.
@@ -45,6 +51,11 @@ pub struct DevnetConfig {
     pub node_claim_interval: std::time::Duration,
     /// When nodes claim their stacks (devnet: soon, so settlement and audits are visible).
     pub claim_policy: sortition_node::claims::ClaimPolicy,
+    /// Nodes publish attested confidential keys and serve sealed requests. `InsecureDev`
+    /// (the only one built) proves nothing: clients must allow it explicitly.
+    pub attester: Option<sortition_confidential::AttesterKind>,
+    /// Blocks per epoch (confidential keys rotate at every turn); `None`: the default.
+    pub epoch_length_blocks: Option<u64>,
 }
 
 impl DevnetConfig {
@@ -53,6 +64,8 @@ impl DevnetConfig {
             data_dir: data_dir.into(),
             nodes: 3,
             audit_q_ppm: 0,
+            audit_method: sortition_ledger::AuditMethod::Reexecute,
+            audit_phase_blocks: 120,
             adversary: None,
             chat_model: "smollm2-135m-instruct".into(),
             embed_model: Some("all-minilm-l6-v2".into()),
@@ -63,7 +76,21 @@ impl DevnetConfig {
                 max_age_ms: 20_000,
                 ..Default::default()
             },
+            attester: None,
+            epoch_length_blocks: None,
         }
+    }
+}
+
+/// The scoring tolerance calibrated for the default model (`bench/verification`): honest
+/// greedy answers scored exactly the argmax at every position (gap 0.000), and honest sampled
+/// answers (t = 0.7) reached rank 200 at worst. A random token passes rank 1000 of the
+/// 49 152-token vocabulary with probability ~2 %, so a few cheated tokens almost never all
+/// pass; and a failed score only triggers re-execution, never a verdict.
+pub fn default_score_method() -> sortition_ledger::AuditMethod {
+    sortition_ledger::AuditMethod::Score {
+        max_rank: 1_000,
+        logit_slack_milli: 250,
     }
 }
 
@@ -201,6 +228,7 @@ impl Devnet {
                 claim_interval: cfg.node_claim_interval,
                 claim_policy: cfg.claim_policy,
                 adversary,
+                attester: cfg.attester,
                 collateral: Some(Amount::from_units(100).unwrap_or_default()),
                 ..NodeConfig::default()
             };

@@ -91,6 +91,55 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         first["usage"]["completion_tokens"].as_u64().unwrap()
     );
 
+    // The node proves the receipt's inclusion under the root its claim will commit to.
+    let node_url = &info
+        .nodes
+        .iter()
+        .find(|n| n.id == r.receipt.node)
+        .unwrap()
+        .url;
+    let proof: Value = reqwest::get(format!(
+        "{node_url}/sortition/v1/stacks/{}/receipts/{}/proof",
+        r.receipt.stack.0, r.receipt.sequence
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let proven: SignedReceipt = serde_json::from_value(proof["receipt"].clone()).unwrap();
+    assert_eq!(proven, r);
+    let mp: sortition_types::MerkleProof = serde_json::from_value(proof["proof"].clone()).unwrap();
+    let root: sortition_types::Hash32 =
+        serde_json::from_value(proof["receipts_root"].clone()).unwrap();
+    assert!(mp.verify(&r.receipt.digest(), &root), "{proof}");
+    let missing = reqwest::get(format!(
+        "{node_url}/sortition/v1/stacks/{}/receipts/999999/proof",
+        r.receipt.stack.0
+    ))
+    .await
+    .unwrap();
+    assert_eq!(missing.status(), 404);
+    let e: Value = missing.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "receipt_not_found");
+
+    // Its metrics show latency per token and the scheduler's queue and batch.
+    let m = reqwest::get(format!("{node_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sortition_node_time_to_first_token_seconds_count ",
+        "sortition_node_inter_token_seconds_count ",
+        "sortition_node_engine_queue_depth ",
+        "sortition_node_engine_batch_size ",
+        "sortition_node_engine_steps ",
+    ] {
+        assert!(m.contains(name), "{name} missing from\n{m}");
+    }
+
     // The same request through the gateway again: the same answer.
     let (s2, again) = post(
         &url,

@@ -1,22 +1,28 @@
 #![allow(clippy::unwrap_used)]
-//! Verification end to end: a devnet with every receipt audited and one cheating node. The
-//! cheater is caught by re-execution, loses a dispute and is slashed; the owner is refunded;
-//! honest nodes are paid and never slashed.
+//! Verification end to end: devnets with every receipt audited and one adversarial node each.
+//! A cheating executor is caught (by re-execution or scoring), loses a dispute and is slashed,
+//! and the owner is refunded; an auditor that skips its duty is slashed for the missed
+//! deadline; honest nodes are paid and never slashed, and only the adversary is disputed.
+//!
+//! The scenarios run one at a time (a lock below): each is a whole network with real models
+//! and deadlines counted in blocks, and two at once on a 2-core machine only slows both.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sortition_devnet::{Devnet, DevnetConfig};
-use sortition_ledger::{Event, SlashReason};
+use sortition_devnet::{Devnet, DevnetConfig, default_score_method};
+use sortition_ledger::{AuditMethod, Event, SlashReason};
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_node::adversary::Mode;
 use sortition_node::claims::ClaimPolicy;
 use sortition_types::NodeId;
 
-async fn ask(gateway: &str, key: &str, i: u32) -> Value {
-    let body = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 6,
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn ask(gateway: &str, key: &str, i: u32) -> (u16, Value) {
+    let body = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 8,
         "messages": [{"role": "user", "content": format!("Say the number {i}.")}]});
     let resp = reqwest::Client::new()
         .post(format!("{gateway}/v1/chat/completions"))
@@ -25,16 +31,30 @@ async fn ask(gateway: &str, key: &str, i: u32) -> Value {
         .send()
         .await
         .expect("gateway answers");
-    assert_eq!(resp.status(), 200);
-    resp.json().await.expect("json")
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("json"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn truncating_node_is_caught_slashed_and_owner_refunded() {
+/// What a scenario must show on the ledger.
+struct Expect {
+    /// The adversary's slash reason.
+    slashed_for: SlashReason,
+    /// The owner gets a refund (the adversary cheated as executor).
+    refund: bool,
+}
+
+struct Outcome {
+    net: Devnet,
+    _dir: tempfile::TempDir,
+    honest: HashSet<NodeId>,
+}
+
+async fn scenario(mode: Mode, method: AuditMethod, expect: Expect) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = DevnetConfig::new(dir.path());
     cfg.audit_q_ppm = 1_000_000;
-    cfg.adversary = Some(Mode::Truncate);
+    cfg.audit_method = method;
+    cfg.adversary = Some(mode);
     cfg.embed_model = None;
     cfg.node_claim_interval = Duration::from_millis(500);
     cfg.claim_policy = ClaimPolicy {
@@ -42,7 +62,7 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
         ..ClaimPolicy::default()
     };
     let net = Devnet::start(cfg).await.expect("devnet starts");
-    let cheater = net
+    let adversary = net
         .info
         .nodes
         .iter()
@@ -57,12 +77,17 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
         .map(|n| n.id)
         .collect();
 
-    // Send requests until the cheater and at least one honest node have served some.
+    // Send requests until the adversary and at least one honest node have served some (an
+    // over-reporting node's answers may be refused by the gateway: that still counts).
     let mut served: Vec<NodeId> = Vec::new();
     for i in 0..40 {
-        let v = ask(&net.info.gateway_url, &net.info.api_key, i).await;
-        served.push(serde_json::from_value(v["sortition"]["node"].clone()).unwrap());
-        if served.contains(&cheater)
+        let (status, v) = ask(&net.info.gateway_url, &net.info.api_key, i).await;
+        match status {
+            200 => served.push(serde_json::from_value(v["sortition"]["node"].clone()).unwrap()),
+            502 if v["error"]["code"] == "receipt_invalid" => served.push(adversary),
+            other => panic!("unexpected answer {other}: {v}"),
+        }
+        if served.contains(&adversary)
             && served.iter().any(|n| honest.contains(n))
             && served.len() >= 4
         {
@@ -70,21 +95,21 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
         }
     }
     assert!(
-        served.contains(&cheater),
-        "the router never chose the cheater in 40 requests"
+        served.contains(&adversary),
+        "the router never chose the adversary in 40 requests"
     );
 
-    // Follow the ledger until the cheater is slashed and an honest claim is settled.
+    // Follow the ledger until the adversary is slashed and an honest claim is settled.
     let ledger = LedgerClient::new(&net.info.ledger_url);
     let mut events = Box::pin(ledger.events(Cursor::START).await.expect("event stream"));
-    let (mut cheater_slashed, mut honest_paid, mut refunded) = (false, false, false);
+    let (mut adversary_slashed, mut honest_paid, mut refunded) = (false, false, false);
     let mut honest_slashes = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(240), async {
         while let Some(item) = events.next().await {
             let (_, ev) = item.expect("event");
             match ev {
-                Event::Slashed { node, reason, .. } if node == cheater => {
-                    cheater_slashed |= reason == SlashReason::ExecutorAtFault;
+                Event::Slashed { node, reason, .. } if node == adversary => {
+                    adversary_slashed |= reason == expect.slashed_for;
                 }
                 Event::Slashed { node, reason, .. } => honest_slashes.push((node, reason)),
                 Event::Settled { node, paid, .. } if honest.contains(&node) && paid.0 > 0 => {
@@ -93,7 +118,7 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
                 Event::Refunded { .. } => refunded = true,
                 _ => {}
             }
-            if cheater_slashed && honest_paid && refunded {
+            if adversary_slashed && honest_paid && (refunded || !expect.refund) {
                 return;
             }
         }
@@ -101,22 +126,304 @@ async fn truncating_node_is_caught_slashed_and_owner_refunded() {
     .await;
     assert!(
         outcome.is_ok(),
-        "timed out: cheater slashed {cheater_slashed}, honest paid {honest_paid}, refunded {refunded}"
+        "timed out: adversary slashed {adversary_slashed}, honest paid {honest_paid}, refunded {refunded}"
     );
     assert!(
         honest_slashes.is_empty(),
         "honest nodes were slashed: {honest_slashes:?}"
     );
+    // An adversary that also audits may dispute honest receipts: those disputes must clear
+    // the honest executor (its wrong verdict is the adversary's loss).
     let disputes = ledger.disputes().await.unwrap();
     assert!(
         disputes
             .iter()
-            .all(|d| d.resolution.is_some() || d.executor == cheater)
-    );
-    assert!(
-        disputes.iter().all(|d| d.executor == cheater),
-        "only the cheater is ever disputed: {disputes:?}"
+            .all(|d| d.executor == adversary || d.resolution != Some(true)),
+        "an honest executor lost a dispute: {disputes:?}"
     );
     drop(events);
+    Outcome {
+        net,
+        _dir: dir,
+        honest,
+    }
+}
+
+/// Sum over the given nodes of `sortition_node_audits_total{label="LABEL"}`.
+async fn audit_count(net: &Devnet, nodes: &HashSet<NodeId>, label: &str) -> u64 {
+    let mut total = 0;
+    for n in net.info.nodes.iter().filter(|n| nodes.contains(&n.id)) {
+        let text = reqwest::get(format!("{}/metrics", n.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let key = format!("sortition_node_audits_total{{label=\"{label}\"}} ");
+        total += text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&key))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn truncating_node_is_caught_by_reexecution_slashed_and_owner_refunded() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::Truncate,
+        AuditMethod::Reexecute,
+        Expect {
+            slashed_for: SlashReason::ExecutorAtFault,
+            refund: true,
+        },
+    )
+    .await;
+    assert!(audit_count(&o.net, &o.honest, "reexecuted_mismatch").await > 0);
+    o.net.shutdown().await;
+}
+
+/// Under the scoring policy, honest receipts are cleared by one teacher-forced pass and the
+/// scrambled answers fail scoring, are confirmed by re-execution, and lose their dispute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_answers_fail_scoring_and_are_slashed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::Random,
+        default_score_method(),
+        Expect {
+            slashed_for: SlashReason::ExecutorAtFault,
+            refund: true,
+        },
+    )
+    .await;
+    assert!(
+        audit_count(&o.net, &o.honest, "scored_match").await > 0,
+        "honest receipts were never cleared by scoring"
+    );
+    assert!(audit_count(&o.net, &o.honest, "reexecuted_mismatch").await > 0);
+    o.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_reporting_node_is_caught_and_slashed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::OverReport,
+        AuditMethod::Reexecute,
+        Expect {
+            slashed_for: SlashReason::ExecutorAtFault,
+            refund: true,
+        },
+    )
+    .await;
+    o.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auditor_skipping_its_duty_is_slashed_for_the_missed_deadline() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::SkipAudits,
+        AuditMethod::Reexecute,
+        Expect {
+            slashed_for: SlashReason::MissedDeadline,
+            refund: false,
+        },
+    )
+    .await;
+    o.net.shutdown().await;
+}
+
+/// A node serving a smaller model under the full model's name and class is caught by
+/// re-execution (its answers differ), slashed, and the owner refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_serving_a_smaller_model_is_caught_and_slashed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::SmallerModel,
+        default_score_method(),
+        Expect {
+            slashed_for: SlashReason::ExecutorAtFault,
+            refund: true,
+        },
+    )
+    .await;
+    o.net.shutdown().await;
+}
+
+/// An auditor that would copy another auditor's verdict instead of re-executing finds
+/// nothing to copy before its commit is too late, and is slashed for the missed deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auditor_copying_verdicts_is_slashed_for_the_missed_deadline() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::Copy,
+        AuditMethod::Reexecute,
+        Expect {
+            slashed_for: SlashReason::MissedDeadline,
+            refund: false,
+        },
+    )
+    .await;
+    o.net.shutdown().await;
+}
+
+/// Synchronous quorum: three nodes of one class (two honest, one answering scrambled text)
+/// serve every request; the answer is the honest majority's and the adversary is named as
+/// the dissenter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_answers_from_the_majority_and_names_the_dissenter() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DevnetConfig::new(dir.path());
+    cfg.nodes = 2;
+    cfg.adversary = Some(Mode::Random);
+    cfg.embed_model = None;
+    let net = Devnet::start(cfg).await.expect("devnet starts");
+    let adversary = net
+        .info
+        .nodes
+        .iter()
+        .find(|n| n.adversary.is_some())
+        .unwrap()
+        .id;
+    let honest: HashSet<NodeId> = net
+        .info
+        .nodes
+        .iter()
+        .filter(|n| n.adversary.is_none())
+        .map(|n| n.id)
+        .collect();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", net.info.gateway_url);
+    let post = |body: Value, quorum: u8| {
+        http.post(&url)
+            .bearer_auth(&net.info.api_key)
+            .header(
+                "x-sortition-constraints",
+                json!({"require_quorum": quorum}).to_string(),
+            )
+            .json(&body)
+            .send()
+    };
+    for (i, topic) in ["colors", "fruits", "planets"].iter().enumerate() {
+        let body = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 12,
+            "messages": [{"role": "user", "content": format!("Name three {topic}.")}]});
+        let resp = post(body, 3).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        let v: Value = resp.json().await.unwrap();
+        let q = &v["sortition"]["quorum"];
+        assert_eq!(q["size"], 3, "{v}");
+        let agreeing: HashSet<NodeId> = serde_json::from_value(q["agreeing"].clone()).unwrap();
+        let dissenting: Vec<NodeId> = serde_json::from_value(q["dissenting"].clone()).unwrap();
+        assert_eq!(agreeing, honest, "{v}");
+        assert_eq!(dissenting, vec![adversary], "{v}");
+        let node: NodeId = serde_json::from_value(v["sortition"]["node"].clone()).unwrap();
+        assert!(honest.contains(&node));
+        assert_eq!(v["sortition"]["verified_by_gateway"], true);
+    }
+    // Bad quorum requests are refused with clear errors.
+    let body = json!({"model": "smollm2-135m-instruct", "max_tokens": 4, "stream": true,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let resp = post(body.clone(), 3).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "quorum_stream_unsupported");
+    let mut unary = body;
+    unary["stream"] = json!(false);
+    let resp = post(unary, 4).await.unwrap();
+    assert_eq!(resp.status(), 503, "a quorum of 4 with 3 nodes");
+    let metrics = reqwest::get(format!("{}/metrics", net.info.gateway_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sortition_gateway_quorum_dissent_total 3"),
+        "{metrics}"
+    );
+    net.shutdown().await;
+}
+
+/// False positives: an honest network serving concurrent requests (greedy and seeded
+/// sampling, batched together by the engines) with every receipt audited never disputes
+/// anyone: auditors re-running a request alone reproduce exactly what the executor produced
+/// inside a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn honest_network_under_concurrent_load_has_no_false_positives() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DevnetConfig::new(dir.path());
+    cfg.audit_q_ppm = 1_000_000;
+    cfg.audit_method = default_score_method();
+    // Every request audited twice on a 2-core machine running all three nodes: give each
+    // phase 2 minutes, so that only verdicts (not capacity) are under test.
+    cfg.audit_phase_blocks = 480;
+    cfg.embed_model = None;
+    cfg.node_claim_interval = Duration::from_millis(500);
+    cfg.claim_policy = ClaimPolicy {
+        max_age_ms: 1_000,
+        ..ClaimPolicy::default()
+    };
+    let net = Devnet::start(cfg).await.expect("devnet starts");
+    const REQUESTS: usize = 24;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", net.info.gateway_url);
+    let topics = ["rivers", "birds", "tools", "songs", "stars", "boats"];
+    let sends = (0..REQUESTS).map(|i| {
+        let mut body = json!({"model": "smollm2-135m-instruct", "max_tokens": 10 + (i % 4) * 4,
+            "messages": [{"role": "user", "content": format!("Tell me about {}.", topics[i % 6])}]});
+        if i % 2 == 0 {
+            body["temperature"] = json!(0);
+        } else {
+            body["temperature"] = json!(0.8);
+            body["seed"] = json!(i);
+        }
+        let req = http.post(&url).bearer_auth(&net.info.api_key).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    });
+    // Eight at a time, so the engines batch requests of different lengths together.
+    futures::stream::iter(sends)
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+
+    // Every receipt is claimed and audited; wait until all those audits have closed.
+    let audits_url = format!("{}/v1/audits", net.info.ledger_url);
+    let closed = tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            let all: Vec<Value> = reqwest::get(&audits_url)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if all.len() >= REQUESTS && all.iter().all(|a| !a["outcome"].is_null()) {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("every request audited and closed within 300 s");
+    let ledger = LedgerClient::new(&net.info.ledger_url);
+    let disputes = ledger.disputes().await.unwrap();
+    assert!(disputes.is_empty(), "no disputes: {disputes:?}");
+    let slashes = ledger.slashes().await.unwrap();
+    assert!(slashes.is_empty(), "no slashes: {slashes:?}");
+    assert!(
+        closed.iter().all(|a| a["outcome"]["outcome"] == "passed"),
+        "every audit passed: {closed:?}"
+    );
+    let everyone: HashSet<NodeId> = net.info.nodes.iter().map(|n| n.id).collect();
+    assert!(audit_count(&net, &everyone, "scored_match").await > 0);
+    assert_eq!(audit_count(&net, &everyone, "reexecuted_mismatch").await, 0);
     net.shutdown().await;
 }

@@ -26,7 +26,7 @@ pub struct EngineConfig {
     pub model_path: PathBuf,
     /// Name the model is served under.
     pub model_id: ModelId,
-    /// Weight encoding in memory (Q8_0 re-encoding by default: fastest on AVX2).
+    /// Weight encoding in memory (Q8_0 re-encoding by default).
     pub weight_format: WeightFormat,
     /// Most sequences decoded together in one step.
     pub max_batch: usize,
@@ -38,6 +38,14 @@ pub struct EngineConfig {
     pub expected_digest: Option<Hash32>,
     /// Start with the scheduler paused until [`Engine::resume`] (tests, warm-up control).
     pub start_paused: bool,
+    /// Threads of the matmul kernel; `None`: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`,
+    /// else the available parallelism. Results do not depend on it.
+    pub threads: Option<usize>,
+    /// Runs only the first N transformer blocks: a cheaper and *different* model that still
+    /// reports the full model's identity. Exists only so the devnet's `smaller-model`
+    /// adversary can cheat realistically (nodes accept adversary modes on devnet ledgers
+    /// only); honest nodes never set it.
+    pub truncate_layers: Option<usize>,
 }
 
 impl EngineConfig {
@@ -51,6 +59,8 @@ impl EngineConfig {
             max_context: Some(4096),
             expected_digest: None,
             start_paused: false,
+            threads: None,
+            truncate_layers: None,
         }
     }
 }
@@ -209,14 +219,35 @@ pub(crate) struct Stats {
     pub completed: AtomicU64,
     /// Largest number of sequences run in one decode step.
     pub max_batch_seen: AtomicU64,
+    /// Jobs submitted and not yet taken by the scheduler.
+    pub queued: AtomicU64,
+    /// Sequences in the running batch.
+    pub active: AtomicU64,
+    /// Forward steps run for the batch.
+    pub decode_steps: AtomicU64,
+    /// Sequences summed over those steps.
+    pub decode_rows: AtomicU64,
 }
 
 /// Engine-wide counters, as returned by [`Engine::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Generations finished (stop or length), cumulative.
     pub completed: u64,
+    /// Generations whose stream was dropped before the end, cumulative.
     pub cancelled: u64,
+    /// Largest number of sequences run in one step.
     pub max_batch_seen: u64,
+    /// Jobs (generations and scores) waiting for admission right now.
+    pub queued: u64,
+    /// Sequences in the running batch right now.
+    pub active: u64,
+    /// Batched forward steps run, cumulative (a step prefills new sequences and decodes one
+    /// token for the others).
+    pub decode_steps: u64,
+    /// Sequences summed over all steps, cumulative: `decode_rows / decode_steps` is the mean
+    /// batch size.
+    pub decode_rows: u64,
 }
 
 struct Inner {
@@ -234,21 +265,26 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// Name of the kernel set candle picks at run time on this CPU (part of the node class).
+/// Name of the matmul kernel this CPU runs (part of the node class), e.g.
+/// `sortition-q8/avx2`. A model kept in a shipped quantization other than Q8_0 also runs
+/// candle's kernels; its [`ModelInfo`] node class then says `sortition-q8/avx2+candle-0.11.1`.
 pub fn kernel_set() -> String {
-    #[cfg(target_arch = "x86_64")]
-    let level = if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
-        "avx512vnni"
-    } else if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
-        "avxvnni"
-    } else if is_x86_feature_detected!("avx2") {
-        "avx2"
-    } else {
-        "generic"
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let level = std::env::consts::ARCH;
-    format!("candle-0.11.1/{level}")
+    crate::llama::kernel_name(crate::q8::Kernel::detect())
+}
+
+/// Matmul threads when the config does not say: `CANDLE_NUM_THREADS`, `RAYON_NUM_THREADS`,
+/// else the available parallelism.
+fn default_threads() -> usize {
+    ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
+        .iter()
+        .find_map(|k| {
+            std::env::var(k)
+                .ok()?
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 impl Engine {
@@ -269,9 +305,13 @@ impl Engine {
                 actual: digest,
             });
         }
-        let (mut model, md) = Llama::load(&cfg.model_path, cfg.weight_format)?;
+        let threads = cfg.threads.unwrap_or_else(default_threads);
+        let (mut model, md) = Llama::load(&cfg.model_path, cfg.weight_format, threads)?;
         if let Some(cap) = cfg.max_context {
             model.cap_context(cap);
+        }
+        if let Some(n) = cfg.truncate_layers {
+            model.truncate_layers(n);
         }
         let tokenizer = ChatTokenizer::from_gguf_metadata(&md)?;
         if tokenizer.vocab_size() != model.cfg.vocab {
@@ -290,7 +330,7 @@ impl Engine {
                 model_digest: digest,
                 quantization: model.quantization.clone(),
                 device: "cpu".into(),
-                kernels: kernel_set(),
+                kernels: model.kernels.clone(),
             },
         };
         let stats = Arc::new(Stats::default());
@@ -330,6 +370,10 @@ impl Engine {
             completed: s.completed.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
             max_batch_seen: s.max_batch_seen.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+            active: s.active.load(Ordering::Relaxed),
+            decode_steps: s.decode_steps.load(Ordering::Relaxed),
+            decode_rows: s.decode_rows.load(Ordering::Relaxed),
         }
     }
 
@@ -428,7 +472,14 @@ impl Engine {
     }
 
     fn submit(&self, job: Job) -> Result<()> {
-        match self.inner.tx.try_send(job) {
+        // Counted before sending so that the scheduler's decrement never comes first.
+        let queued = &self.inner.stats.queued;
+        queued.fetch_add(1, Ordering::Relaxed);
+        let sent = self.inner.tx.try_send(job);
+        if sent.is_err() {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
             Err(TrySendError::Disconnected(_)) => {

@@ -1,8 +1,13 @@
 //! Row kernels in plain Rust with a fixed summation order, so that results never depend on
 //! batch size, thread count or which other rows are computed alongside.
 
-/// Dot product with eight fixed partial sums combined in a fixed order.
+/// Dot product with eight fixed partial sums combined in a fixed order (AVX when present:
+/// the same operations, so the same bits).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    crate::q8::Kernel::dot_f32(a, b).unwrap_or_else(|| dot_portable(a, b))
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -45,6 +50,26 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_dot_is_bit_identical_to_portable() {
+        let mut seed = 0x2545_f491_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for n in [0, 1, 7, 8, 9, 64, 100, 576] {
+            let a: Vec<f32> = (0..n).map(|_| next() * 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|_| next()).collect();
+            assert_eq!(
+                dot(&a, &b).to_bits(),
+                dot_portable(&a, &b).to_bits(),
+                "n={n}"
+            );
+        }
+    }
 
     #[test]
     fn dot_matches_naive_on_small_ints() {

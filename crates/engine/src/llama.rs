@@ -1,11 +1,16 @@
-//! A llama forward pass of our own on candle's quantized matmuls, with per-sequence KV caches.
+//! A llama forward pass of our own on our Q8_0 matmul kernel ([`crate::q8`]), with
+//! per-sequence KV caches.
 //!
 //! Determinism: every operation here is computed per row in a fixed order. The linear layers
-//! use candle's CPU quantized matmul, which computes each output element with the same dot
-//! product whatever the number of rows or threads (checked in candle 0.11.1 `k_quants::matmul`
-//! and proven by this crate's tests). Norms, RoPE, SwiGLU and attention are plain Rust loops
-//! over one row at a time, so a token's logits are bit-identical whether it is computed in a
-//! prefill, in a batched decode step next to other sequences, or in a teacher-forced score.
+//! compute each output element with one fixed dot routine whatever the number of rows or
+//! threads (see `q8`). Norms, RoPE, SwiGLU and attention are plain Rust loops over one row at a
+//! time, so a token's logits are bit-identical whether it is computed in a prefill, in a
+//! batched decode step next to other sequences, or in a teacher-forced score.
+//!
+//! Weights kept in a shipped quantization ([`WeightFormat::Shipped`]) run on the same kernel
+//! when it is Q4_1 (SmolLM2's file); any other shipped quantization runs on candle's quantized
+//! matmul, which has the same per-element property (checked in candle 0.11.1
+//! `k_quants::matmul`) but reads the weights once per activation row.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,14 +21,16 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::{add_into, dot, rms_norm_row, silu_mul};
+use crate::q8::{Kernel, Pool, Q8Rows, QMatrix, WeightQuant};
 
 /// How weight matrices are held in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// Re-encode every matrix to Q8_0 at load (fastest on AVX2; the default).
+    /// Re-encode every matrix to Q8_0 at load (the default; most accurate of the two).
     #[default]
     Q8_0,
-    /// Keep the quantization shipped in the GGUF file.
+    /// Keep the quantization shipped in the GGUF file (Q4_1 runs on our kernel too; fewer
+    /// bytes per token, so faster single-stream decode).
     Shipped,
 }
 
@@ -42,16 +49,76 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
 }
 
+/// A linear layer, or several stacked ones that share their input.
+enum Linear {
+    /// Our kernel (Q8_0 or Q4_1); stacked parts are computed in one pass over the weights.
+    Ours(QMatrix),
+    /// candle's quantized matmul, one per part (other shipped quantizations).
+    Candle(Vec<QMatMul>),
+}
+
+impl Linear {
+    fn new(parts: Vec<QTensor>) -> Result<Linear> {
+        let ours = |d: GgmlDType| match d {
+            GgmlDType::Q8_0 => Some(WeightQuant::Q8_0),
+            GgmlDType::Q4_1 => Some(WeightQuant::Q4_1),
+            _ => None,
+        };
+        let quant = parts.first().and_then(|t| ours(t.dtype()));
+        if let Some(quant) = quant
+            && parts.iter().all(|t| ours(t.dtype()) == Some(quant))
+        {
+            let mats = parts
+                .iter()
+                .map(|t| {
+                    let (r, c) = t.shape().dims2()?;
+                    QMatrix::from_ggml_bytes(quant, &t.data()?, r, c)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Linear::Ours(QMatrix::stack(mats)?))
+        } else {
+            // Built directly (not `from_qtensor`) so CANDLE_DEQUANTIZE_ALL cannot change kernels.
+            Ok(Linear::Candle(
+                parts
+                    .into_iter()
+                    .map(|t| QMatMul::QTensor(std::sync::Arc::new(t)))
+                    .collect(),
+            ))
+        }
+    }
+
+    /// `x · Wᵀ` for each of the `N` parts; `x` is `rows × cols`.
+    fn forward<const N: usize>(
+        &self,
+        pool: &Pool,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<[Vec<f32>; N]> {
+        let outs = match self {
+            Linear::Ours(w) => pool.matmul(w, &Q8Rows::quantize(x, rows, cols)),
+            Linear::Candle(parts) => {
+                let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
+                parts
+                    .iter()
+                    .map(|w| Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?))
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+        outs.try_into()
+            .map_err(|_| EngineError::Internal("linear layer part count".into()))
+    }
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    /// Query, key and value projections, stacked.
+    qkv: Linear,
+    wo: Linear,
     ffn_norm: Vec<f32>,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    /// Gate and up projections, stacked.
+    gate_up: Linear,
+    w_down: Linear,
 }
 
 /// The loaded network. Immutable; sequences keep their state in a [`KvCache`].
@@ -61,12 +128,16 @@ pub struct Llama {
     embed: Vec<f32>,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
-    output: QMatMul,
+    output: Linear,
+    /// Threads and kernel of the linear layers.
+    pool: Pool,
     /// RoPE tables `[context_len * head_dim/2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
     /// Human-readable quantization, recorded in the node class.
     pub quantization: String,
+    /// Matmul kernels in use, recorded in the node class.
+    pub kernels: String,
 }
 
 /// Keys and values of one sequence, all layers, post-RoPE.
@@ -155,17 +226,12 @@ impl Loader<'_> {
         }
         Ok(v)
     }
-    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QTensor> {
         let qt = self.qtensor(name)?;
-        self.make_matmul(name, qt, rows, cols)
+        self.encode(name, qt, rows, cols)
     }
-    fn make_matmul(
-        &mut self,
-        name: &str,
-        qt: QTensor,
-        rows: usize,
-        cols: usize,
-    ) -> Result<QMatMul> {
+    /// Checks the shape and re-encodes to Q8_0 when asked (or when dense).
+    fn encode(&mut self, name: &str, qt: QTensor, rows: usize, cols: usize) -> Result<QTensor> {
         if qt.shape().dims() != [rows, cols] {
             return Err(EngineError::CorruptWeights(format!(
                 "{name}: shape {:?}",
@@ -178,25 +244,28 @@ impl Loader<'_> {
         ) {
             self.shipped.get_or_insert(qt.dtype());
         }
-        // Dense matrices would go through f32 gemm (not proven batch invariant): quantize them.
+        // Dense matrices go to our Q8_0 kernel too.
         let needs_q8 = self.format == WeightFormat::Q8_0
             || matches!(
                 qt.dtype(),
                 GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
             );
-        let qt = if needs_q8 && qt.dtype() != GgmlDType::Q8_0 {
+        Ok(if needs_q8 && qt.dtype() != GgmlDType::Q8_0 {
             QTensor::quantize(&qt.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
         } else {
             qt
-        };
-        // Built directly (not `from_qtensor`) so CANDLE_DEQUANTIZE_ALL cannot change the kernels.
-        Ok(QMatMul::QTensor(std::sync::Arc::new(qt)))
+        })
     }
 }
 
 impl Llama {
-    /// Loads a llama-architecture GGUF file. Returns the model and the file's metadata.
-    pub fn load(path: &Path, format: WeightFormat) -> Result<(Llama, HashMap<String, Value>)> {
+    /// Loads a llama-architecture GGUF file; its linear layers run on `threads` threads.
+    /// Returns the model and the file's metadata.
+    pub fn load(
+        path: &Path,
+        format: WeightFormat,
+        threads: usize,
+    ) -> Result<(Llama, HashMap<String, Value>)> {
         let mut file = std::fs::File::open(path)?;
         let content = Content::read(&mut file)
             .map_err(|e| EngineError::CorruptWeights(format!("gguf header: {e}")))?;
@@ -237,22 +306,28 @@ impl Llama {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
                 attn_norm: ld.vector(&p("attn_norm"), h)?,
-                wq: ld.matrix(&p("attn_q"), h, h)?,
-                wk: ld.matrix(&p("attn_k"), kvd, h)?,
-                wv: ld.matrix(&p("attn_v"), kvd, h)?,
-                wo: ld.matrix(&p("attn_output"), h, h)?,
+                qkv: Linear::new(vec![
+                    ld.matrix(&p("attn_q"), h, h)?,
+                    ld.matrix(&p("attn_k"), kvd, h)?,
+                    ld.matrix(&p("attn_v"), kvd, h)?,
+                ])?,
+                wo: Linear::new(vec![ld.matrix(&p("attn_output"), h, h)?])?,
                 ffn_norm: ld.vector(&p("ffn_norm"), h)?,
-                w_gate: ld.matrix(&p("ffn_gate"), cfg.ffn, h)?,
-                w_up: ld.matrix(&p("ffn_up"), cfg.ffn, h)?,
-                w_down: ld.matrix(&p("ffn_down"), h, cfg.ffn)?,
+                gate_up: Linear::new(vec![
+                    ld.matrix(&p("ffn_gate"), cfg.ffn, h)?,
+                    ld.matrix(&p("ffn_up"), cfg.ffn, h)?,
+                ])?,
+                w_down: Linear::new(vec![ld.matrix(&p("ffn_down"), h, cfg.ffn)?])?,
             });
         }
         let out_norm = ld.vector("output_norm.weight", h)?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            ld.matrix("output.weight", cfg.vocab, h)?
-        } else {
-            ld.make_matmul("token_embd.weight", emb_q, cfg.vocab, h)?
-        };
+        let output = Linear::new(vec![
+            if content.tensor_infos.contains_key("output.weight") {
+                ld.matrix("output.weight", cfg.vocab, h)?
+            } else {
+                ld.encode("token_embd.weight", emb_q, cfg.vocab, h)?
+            },
+        ])?;
         let shipped = ld
             .shipped
             .map(|d| format!("{d:?}").to_lowercase())
@@ -262,20 +337,41 @@ impl Llama {
             _ => shipped,
         };
         let (cos, sin) = rope_tables(&cfg);
+        let kernel = Kernel::detect();
+        let uses_candle = std::iter::once(&output)
+            .chain(
+                layers
+                    .iter()
+                    .flat_map(|l| [&l.qkv, &l.wo, &l.gate_up, &l.w_down]),
+            )
+            .any(|l| matches!(l, Linear::Candle(_)));
+        let kernels = if uses_candle {
+            format!("{}+candle-0.11.1", kernel_name(kernel))
+        } else {
+            kernel_name(kernel)
+        };
         let model = Llama {
             cfg,
             embed,
             layers,
             out_norm,
             output,
+            pool: Pool::new(threads.max(1), kernel)?,
             cos,
             sin,
             quantization,
+            kernels,
         };
         Ok((model, md))
     }
 
     /// Lowers the context length (smaller RoPE tables and caches).
+    /// Keeps only the first `n` (at least one) transformer blocks. The caches keep room for
+    /// all of them; the forward pass runs the ones kept.
+    pub fn truncate_layers(&mut self, n: usize) {
+        self.layers.truncate(n.max(1));
+    }
+
     pub fn cap_context(&mut self, cap: usize) {
         if cap > 0 && cap < self.cfg.context_len {
             self.cfg.context_len = cap;
@@ -299,9 +395,14 @@ impl Llama {
         }
     }
 
-    fn linear(&self, w: &QMatMul, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
-        let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
-        Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
+    /// Threads the linear layers run on.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// The model's worker threads, for other per-row work (sampling).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Runs the new tokens of every segment through the network, all rows stacked into one
@@ -340,10 +441,9 @@ impl Llama {
                     &mut xn[r * h..(r + 1) * h],
                 );
             }
-            let mut q = self.linear(&layer.wq, &xn, rows, h)?;
-            let mut k = self.linear(&layer.wk, &xn, rows, h)?;
-            let v = self.linear(&layer.wv, &xn, rows, h)?;
-            let mut attn = vec![0f32; rows * h];
+            let [mut q, mut k, v] = layer.qkv.forward(&self.pool, &xn, rows, h)?;
+            // RoPE and cache appends first, then every (row, head) attends in parallel over
+            // its own causal prefix of its sequence's cache.
             let mut r0 = 0;
             for s in segs.iter_mut() {
                 let start = s.cache.len;
@@ -353,17 +453,26 @@ impl Llama {
                     self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
                     s.cache.k[li].extend_from_slice(&k[r * kvd..(r + 1) * kvd]);
                     s.cache.v[li].extend_from_slice(&v[r * kvd..(r + 1) * kvd]);
-                    self.attend(
-                        &q[r * h..(r + 1) * h],
-                        &s.cache.k[li],
-                        &s.cache.v[li],
-                        pos + 1,
-                        &mut attn[r * h..(r + 1) * h],
-                    );
                 }
                 r0 += s.tokens.len();
             }
-            let o = self.linear(&layer.wo, &attn, rows, h)?;
+            // Per row: its sequence's keys and values, and how many positions it sees.
+            let mut row_ctx: Vec<(&[f32], &[f32], usize)> = Vec::with_capacity(rows);
+            for s in segs.iter() {
+                let start = s.cache.len;
+                for i in 0..s.tokens.len() {
+                    row_ctx.push((&s.cache.k[li], &s.cache.v[li], start + i + 1));
+                }
+            }
+            let mut attn = vec![0f32; rows * h];
+            let items: Vec<(usize, &mut [f32])> =
+                attn.chunks_exact_mut(c.head_dim).enumerate().collect();
+            self.pool.for_each(items, |(i, out)| {
+                let (r, head) = (i / c.heads, i % c.heads);
+                let (kc, vc, n) = row_ctx[r];
+                self.attend_head(&q[r * h..(r + 1) * h], head, kc, vc, n, out);
+            });
+            let [o] = layer.wo.forward(&self.pool, &attn, rows, h)?;
             add_into(&mut x, &o);
             for r in 0..rows {
                 rms_norm_row(
@@ -373,10 +482,9 @@ impl Llama {
                     &mut xn[r * h..(r + 1) * h],
                 );
             }
-            let mut g = self.linear(&layer.w_gate, &xn, rows, h)?;
-            let u = self.linear(&layer.w_up, &xn, rows, h)?;
+            let [mut g, u] = layer.gate_up.forward(&self.pool, &xn, rows, h)?;
             silu_mul(&mut g, &u);
-            let d = self.linear(&layer.w_down, &g, rows, c.ffn)?;
+            let [d] = layer.w_down.forward(&self.pool, &g, rows, c.ffn)?;
             add_into(&mut x, &d);
         }
         // Only the rows whose logits are wanted go through the (large) output matmul.
@@ -396,7 +504,7 @@ impl Llama {
             r0 += n;
         }
         let total: usize = counts.iter().sum();
-        let logits = self.linear(&self.output, &picked, total, h)?;
+        let [logits] = self.output.forward(&self.pool, &picked, total, h)?;
         let mut out = Vec::with_capacity(segs.len());
         let mut at = 0;
         for n in counts {
@@ -422,33 +530,39 @@ impl Llama {
         }
     }
 
-    /// Causal attention of one query row over the first `n` cached positions.
-    fn attend(&self, q: &[f32], kc: &[f32], vc: &[f32], n: usize, out: &mut [f32]) {
+    /// Causal attention of one head of query row `q` over the first `n` cached positions,
+    /// into `oh` (`head_dim` wide).
+    fn attend_head(
+        &self,
+        q: &[f32],
+        head: usize,
+        kc: &[f32],
+        vc: &[f32],
+        n: usize,
+        oh: &mut [f32],
+    ) {
         let c = &self.cfg;
         let (hd, kvd, group) = (c.head_dim, c.kv_heads * c.head_dim, c.heads / c.kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = vec![0f32; n];
-        for head in 0..c.heads {
-            let kvh = head / group;
-            let qh = &q[head * hd..(head + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                *s = dot(qh, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let oh = &mut out[head * hd..(head + 1) * hd];
-            oh.fill(0.0);
-            for (j, s) in scores.iter().enumerate() {
-                let p = s / sum;
-                let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                for (o, v) in oh.iter_mut().zip(vj) {
-                    *o += p * v;
-                }
+        let kvh = head / group;
+        let qh = &q[head * hd..(head + 1) * hd];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot(qh, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]) * scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        oh.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let p = s / sum;
+            let vj = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+            for (o, v) in oh.iter_mut().zip(vj) {
+                *o += p * v;
             }
         }
     }
@@ -467,4 +581,9 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (cos, sin)
+}
+
+/// Name of our matmul kernel on this CPU, e.g. `sortition-q8/avx2`.
+pub fn kernel_name(kernel: Kernel) -> String {
+    format!("sortition-q8/{}", kernel.name())
 }

@@ -112,6 +112,12 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// The bits of `v` as a u32 whose unsigned order is `f32::total_cmp`'s order.
+fn total_order_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha20Rng::seed_from_u64(params.seed);
@@ -145,10 +151,15 @@ impl Sampler {
     fn draw(&mut self, row: &[f32]) -> u32 {
         let p = &self.params;
         // Candidates by logit descending, id ascending: a total order, so no tie is ambiguous.
-        let mut idx: Vec<u32> = (0..row.len() as u32)
-            .filter(|&i| !row[i as usize].is_nan())
+        // Sorted as packed u64 keys (descending `total_cmp` order of the logit, then the id).
+        let mut keys: Vec<u64> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, v)| (u64::from(!total_order_bits(*v)) << 32) | i as u64)
             .collect();
-        idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        keys.sort_unstable();
+        let mut idx: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
         if p.top_k > 0 {
             idx.truncate(p.top_k as usize);
         }
@@ -194,6 +205,32 @@ impl Sampler {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_sort_keys_follow_total_cmp() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut row: Vec<f32> = (0..4000)
+            .map(|_| ((rng.next_u32() % 200) as f32 - 100.0) / 8.0)
+            .collect();
+        row.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            -1e-40,
+        ]);
+        let mut expect: Vec<u32> = (0..row.len() as u32).collect();
+        expect.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        let mut keys: Vec<u64> = row
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (u64::from(!total_order_bits(*v)) << 32) | i as u64)
+            .collect();
+        keys.sort_unstable();
+        let got: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        assert_eq!(got, expect);
+    }
 
     #[test]
     fn validate_rejects_out_of_range() {

@@ -130,6 +130,7 @@ impl Worker {
     }
 
     fn admit(&mut self, job: Job) {
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
         match job {
             Job::Score {
                 prompt,
@@ -158,6 +159,7 @@ impl Worker {
                     progress,
                 };
                 self.active.push(seq);
+                self.publish_active();
             }
         }
     }
@@ -173,6 +175,13 @@ impl Worker {
         });
         let n = (before - self.active.len()) as u64;
         self.stats.cancelled.fetch_add(n, Ordering::Relaxed);
+        self.publish_active();
+    }
+
+    fn publish_active(&self) {
+        self.stats
+            .active
+            .store(self.active.len() as u64, Ordering::Relaxed);
     }
 
     fn score(&self, prompt: &[u32], claimed: &[u32]) -> Result<Vec<TokenScore>> {
@@ -207,9 +216,10 @@ impl Worker {
 
     /// One forward call for all active sequences, then sampling and streaming.
     fn step(&mut self) {
-        self.stats
-            .max_batch_seen
-            .fetch_max(self.active.len() as u64, Ordering::Relaxed);
+        let n = self.active.len() as u64;
+        self.stats.max_batch_seen.fetch_max(n, Ordering::Relaxed);
+        self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.decode_rows.fetch_add(n, Ordering::Relaxed);
         let feeds: Vec<Vec<u32>> = self
             .active
             .iter_mut()
@@ -235,13 +245,32 @@ impl Worker {
                     s.progress.retired.store(true, Ordering::Release);
                     let _ = s.tx.send(StreamEvent::Error(e.clone()));
                 }
+                self.publish_active();
                 return;
             }
         };
+        // Each sequence samples from its own row with its own state: in parallel.
+        let mut picks: Vec<(u32, Option<sortition_types::Hash32>)> = vec![(0, None); rows.len()];
+        let items: Vec<_> = self
+            .active
+            .iter_mut()
+            .zip(&rows)
+            .zip(picks.iter_mut())
+            .map(|((s, row), pick)| (&mut s.sampler, s.trace, row, pick))
+            .collect();
+        self.model
+            .pool()
+            .for_each(items, |(sampler, trace, row, pick)| {
+                let digest = trace.then(|| {
+                    let bytes: Vec<u8> =
+                        row.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+                    sha256(&bytes)
+                });
+                *pick = (sampler.sample(row), digest);
+            });
         let context = self.model.cfg.context_len;
         let mut keep = Vec::with_capacity(self.active.len());
-        for (mut s, row) in self.active.drain(..).zip(rows) {
-            let id = s.sampler.sample(&row);
+        for (mut s, (id, logits_digest)) in self.active.drain(..).zip(picks) {
             s.generated.push(id);
             s.progress
                 .generated
@@ -259,10 +288,6 @@ impl Worker {
                 Some(_) if !stopped => delta + &s.text.flush(),
                 _ => delta,
             };
-            let logits_digest = s.trace.then(|| {
-                let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
-                sha256(&bytes)
-            });
             let _ = s.tx.send(StreamEvent::Token {
                 id,
                 text: delta,
@@ -270,6 +295,8 @@ impl Worker {
             });
             match finish {
                 Some(finish_reason) => {
+                    // Out of the batch before the client can see the end.
+                    self.stats.active.fetch_sub(1, Ordering::Relaxed);
                     let usage = Usage {
                         prompt_tokens: s.prompt_len,
                         completion_tokens: s.generated.len() as u32,
@@ -290,5 +317,6 @@ impl Worker {
             }
         }
         self.active = keep;
+        self.publish_active();
     }
 }

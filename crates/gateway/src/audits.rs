@@ -11,7 +11,6 @@ use serde_json::json;
 use sortition_ledger::Event;
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_types::{AuditId, NodeId, SignedReceipt, StackId};
-use sqlx::Row;
 
 use crate::state::GatewayState;
 
@@ -26,39 +25,28 @@ fn route_of(body: &serde_json::Value) -> &'static str {
     }
 }
 
-/// The stored request and receipt behind receipt `seq` of `stack`.
+/// The stored request, receipt and answer behind receipt `seq` of `stack`.
 async fn find(
     g: &GatewayState,
     stack: StackId,
     seq: u64,
-) -> Result<Option<(String, SignedReceipt)>, String> {
-    let row = sqlx::query(
-        "SELECT request_hash, body FROM payloads WHERE stack_id = $1 AND receipt_seq = $2",
-    )
-    .bind(stack.0 as i64)
-    .bind(seq as i64)
-    .fetch_optional(g.store.pool())
-    .await
-    .map_err(|e| e.to_string())?;
-    let Some(row) = row else { return Ok(None) };
-    let hash: String = row.try_get("request_hash").map_err(|e| e.to_string())?;
-    let body: Vec<u8> = row.try_get("body").map_err(|e| e.to_string())?;
-    let receipt_row = sqlx::query(
-        "SELECT receipt_json FROM usage WHERE request_hash = $1 AND receipt_json IS NOT NULL",
-    )
-    .bind(&hash)
-    .fetch_optional(g.store.pool())
-    .await
-    .map_err(|e| e.to_string())?;
-    let Some(receipt_row) = receipt_row else {
+) -> Result<Option<(String, SignedReceipt, Option<serde_json::Value>)>, String> {
+    let now = sortition_api::unix_now_ms() as i64;
+    let Some(p) = g
+        .store
+        .payload(stack, seq, now)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
     };
-    let json: String = receipt_row
-        .try_get("receipt_json")
-        .map_err(|e| e.to_string())?;
+    let Some(json) = p.receipt_json else {
+        return Ok(None);
+    };
     let receipt: SignedReceipt = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-    let body = String::from_utf8(body).map_err(|e| e.to_string())?;
-    Ok(Some((body, receipt)))
+    let body = String::from_utf8(p.body).map_err(|e| e.to_string())?;
+    let answer = p.answer.and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(Some((body, receipt, answer)))
 }
 
 /// Sends the payload of audit `audit` to `nodes`, a few tries each.
@@ -70,7 +58,7 @@ async fn deliver(
     seq: u64,
     nodes: &[NodeId],
 ) {
-    let (body, receipt) = match find(g, stack, seq).await {
+    let (body, receipt, answer) = match find(g, stack, seq).await {
         Ok(Some(v)) => v,
         Ok(None) => {
             return tracing::error!(%audit, %stack, seq, "audited request is not in custody; it cannot be re-checked");
@@ -80,7 +68,9 @@ async fn deliver(
     let path = serde_json::from_str::<serde_json::Value>(&body)
         .map(|v| route_of(&v))
         .unwrap_or("/v1/chat/completions");
-    let payload = json!({"path": path, "body": body, "receipt": receipt});
+    // The answer lets auditors score instead of regenerate; they check it against the
+    // receipt's response hash, so a wrong one only costs them a regeneration.
+    let payload = json!({"path": path, "body": body, "receipt": receipt, "answer": answer});
     for node in nodes {
         let url = match client.node(*node).await {
             Ok(n) => format!(

@@ -2,6 +2,8 @@
 //! and the key each node signs receipts with) and stack purchases. Everything the gateway
 //! trusts about a node comes from here, never from the node itself.
 
+use std::collections::HashMap;
+
 use futures::future::BoxFuture;
 use sortition_types::{Amount, ModelId, NodeId, StackId};
 
@@ -21,6 +23,10 @@ pub trait LedgerPort: Send + Sync + 'static {
     /// Every node that is active (registered, not paused, not leaving). A node's
     /// `operator` key is also the key its receipts must be signed with.
     fn active_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, String>>;
+    /// The synchronous quorum each model's policy demands (models without one are absent).
+    fn model_quorums(&self) -> BoxFuture<'_, Result<HashMap<ModelId, u8>, String>> {
+        Box::pin(async { Ok(HashMap::new()) })
+    }
     /// Buys a stack of `units` of `model` from `node`, owned by the gateway's account.
     fn buy_stack(
         &self,

@@ -57,6 +57,18 @@ impl LedgerPort for HttpLedger {
         })
     }
 
+    fn model_quorums(
+        &self,
+    ) -> BoxFuture<'_, Result<std::collections::HashMap<ModelId, u8>, String>> {
+        Box::pin(async move {
+            let models = self.client.models().await.map_err(|e| e.to_string())?;
+            Ok(models
+                .into_iter()
+                .filter_map(|m| m.spec.policy.quorum.map(|q| (m.spec.id, q)))
+                .collect())
+        })
+    }
+
     fn buy_stack(
         &self,
         node: NodeId,

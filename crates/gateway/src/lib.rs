@@ -12,11 +12,13 @@
 //! for credits, budgets and exhausted stacks, 429 for limits, 503 when no node can serve.
 
 pub mod audits;
+pub mod confidential;
 pub mod directory;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod proxy;
+pub mod quorum;
 pub mod router;
 pub mod routes;
 pub mod run;

@@ -129,7 +129,7 @@ async fn upstream_error(resp: reqwest::Response) -> ApiError {
 
 /// A stack on `node` for `model` with `units` free, reserved for this request; buys one when
 /// none has room.
-async fn hold_stack(
+pub async fn hold_stack(
     g: &Arc<GatewayState>,
     node: &NodeView,
     model: &ModelId,
@@ -181,13 +181,13 @@ async fn hold_stack(
     Ok(record)
 }
 
-async fn release(g: &GatewayState, stack: StackId, units: u64) {
+pub async fn release(g: &GatewayState, stack: StackId, units: u64) {
     if let Err(e) = g.store.release(stack, units).await {
         tracing::error!(%stack, error = %e, "could not release stack units");
     }
 }
 
-async fn send(
+pub async fn send(
     g: &GatewayState,
     node: &NodeView,
     path: &str,
@@ -227,6 +227,9 @@ pub enum ReceiptError {
 
 /// Checks a receipt against the chosen node's ledger key and the request actually sent.
 pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(), ReceiptError> {
+    if r.receipt.request_hash != sha256(body) {
+        return Err(ReceiptError::WrongRequest);
+    }
     if r.receipt.node != d.node.id {
         return Err(ReceiptError::WrongNode {
             want: d.node.id,
@@ -235,9 +238,6 @@ pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(
     }
     r.verify(&d.node.operator)
         .map_err(|_| ReceiptError::BadSignature(d.node.id))?;
-    if r.receipt.request_hash != sha256(body) {
-        return Err(ReceiptError::WrongRequest);
-    }
     if r.receipt.stack != d.stack {
         return Err(ReceiptError::WrongStack {
             want: d.stack,
@@ -253,7 +253,31 @@ pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(
     Ok(())
 }
 
-/// After a verified receipt: settle the stack's units, charge the user, keep the payload.
+/// The generated answer behind a receipt, kept with the payload so that auditors can score
+/// it instead of regenerating it. Its hash is checked against the receipt by the auditor.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    pub text: String,
+    pub finish_reason: String,
+}
+
+impl Answer {
+    /// Adds what one chat or text completion object, or one streamed chunk, carries.
+    pub fn absorb(&mut self, v: &serde_json::Value) {
+        let c = &v["choices"][0];
+        for t in [&c["message"]["content"], &c["delta"]["content"], &c["text"]] {
+            if let Some(t) = t.as_str() {
+                self.text.push_str(t);
+            }
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            self.finish_reason = f.to_string();
+        }
+    }
+}
+
+/// After a verified receipt: settle the stack's units, charge the user, keep the payload
+/// (and the answer, when there is one) for auditors.
 pub async fn bill(
     g: &GatewayState,
     d: &Dispatched,
@@ -261,6 +285,7 @@ pub async fn bill(
     model: &ModelId,
     body: &Bytes,
     receipt: &SignedReceipt,
+    answer: Option<&Answer>,
 ) -> Amount {
     let units = receipt.receipt.units().0;
     if let Err(e) = g.store.settle_stack_units(d.stack, d.reserved, units).await {
@@ -292,17 +317,31 @@ pub async fn bill(
     if let Err(e) = g.store.record_usage(&usage).await {
         tracing::error!(error = %e, "usage record failed");
     }
+    keep_payload(g, d, body, receipt, answer).await;
+    charged
+}
+
+/// Keeps a request (and its answer) behind a receipt the node signed, so that auditors can
+/// be given it if the ledger samples the receipt.
+pub async fn keep_payload(
+    g: &GatewayState,
+    d: &Dispatched,
+    body: &Bytes,
+    receipt: &SignedReceipt,
+    answer: Option<&Answer>,
+) {
     let payload = crate::store::Payload {
         request_hash: receipt.receipt.request_hash,
         stack_id: d.stack,
         receipt_seq: receipt.receipt.sequence,
         body: body.to_vec(),
+        receipt_json: serde_json::to_string(receipt).ok(),
+        answer: answer.and_then(|a| serde_json::to_vec(a).ok()),
         expires_at_ms: (unix_now_ms() + g.config.payload_retention.as_millis() as u64) as i64,
     };
     if let Err(e) = g.store.put_payload(&payload).await {
         tracing::error!(error = %e, "payload custody failed; this request cannot be audited");
     }
-    charged
 }
 
 /// Time since dispatch, for the router's latency statistics.

@@ -79,7 +79,20 @@ async fn admit(
         )
         .with_param("model"));
     };
-    let need = cost(units, worst);
+    affordable(&key, cost(units, worst))?;
+    Ok(Admitted {
+        key,
+        model,
+        stream,
+        units,
+        constraints,
+        _permit: permit,
+    })
+}
+
+/// Refuses (402) a request that may cost `need` when the key's credits or budget cannot
+/// cover it, so that a request is never served unpaid.
+pub(crate) fn affordable(key: &AuthedKey, need: sortition_types::Amount) -> Result<(), ApiError> {
     if key.credits < need {
         return Err(ApiError::new(
             ErrorKind::InsufficientFunds,
@@ -102,14 +115,7 @@ async fn admit(
             ),
         ));
     }
-    Ok(Admitted {
-        key,
-        model,
-        stream,
-        units,
-        constraints,
-        _permit: permit,
-    })
+    Ok(())
 }
 
 /// Worst-case units of a generation request: every body byte a prompt token (a token is at
@@ -152,6 +158,25 @@ async fn generation(
     let (model, messages, sampling) = parse(&body)?;
     let units = generation_units(&body, messages, &sampling);
     let a = admit(g, key, headers, &model, sampling.is_stream(), units).await?;
+    let size = g
+        .policy_quorum(&a.model)
+        .max(a.constraints.require_quorum.unwrap_or(1));
+    if size > 1 {
+        return crate::quorum::serve(
+            g,
+            crate::quorum::QuorumRequest {
+                key: &a.key,
+                model: &a.model,
+                units: a.units,
+                constraints: &a.constraints,
+                stream: a.stream,
+                size,
+                path,
+                body: &body,
+            },
+        )
+        .await;
+    }
     forward(g, a, path, body).await
 }
 
@@ -265,16 +290,18 @@ async fn unary(
         .get("sortition")
         .and_then(|s| s.get("receipt"))
         .and_then(|r| serde_json::from_value(r.clone()).ok());
-    let receipt = match receipt
-        .ok_or(proxy::ReceiptError::Missing)
-        .and_then(|r| check_receipt(&d, &body, &r).map(|_| r))
-    {
-        Ok(r) => r,
-        Err(e) => return Err(bad_receipt(g, &d, e).await),
+    let Some(receipt) = receipt else {
+        return Err(bad_receipt(g, &d, proxy::ReceiptError::Missing, None).await);
     };
+    if let Err(e) = check_receipt(&d, &body, &receipt) {
+        return Err(bad_receipt(g, &d, e, Some((&body, &receipt))).await);
+    }
     g.finish(node_id, Outcome::Success { ttft, itl: None })
         .await;
-    proxy::bill(g, &d, &a.key, &a.model, &body, &receipt).await;
+    let mut answer = proxy::Answer::default();
+    answer.absorb(&value);
+    let answer = (!answer.finish_reason.is_empty()).then_some(answer);
+    proxy::bill(g, &d, &a.key, &a.model, &body, &receipt, answer.as_ref()).await;
     if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
         ext.insert("verified_by_gateway".into(), serde_json::Value::Bool(true));
     }
@@ -290,7 +317,7 @@ async fn unary(
     Ok(resp)
 }
 
-fn empty_response() -> reqwest::Response {
+pub(crate) fn empty_response() -> reqwest::Response {
     reqwest::Response::from(axum::http::Response::new(reqwest::Body::from(
         Vec::<u8>::new(),
     )))
@@ -308,8 +335,19 @@ async fn fail(
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
 }
 
-async fn bad_receipt(g: &GatewayState, d: &Dispatched, e: proxy::ReceiptError) -> ApiError {
+/// Refuses a node's answer whose receipt does not check out. A receipt the node did sign for
+/// this request (it only over-reports) will still be claimed by the node, so the request is
+/// kept for the auditors who will re-check it.
+async fn bad_receipt(
+    g: &GatewayState,
+    d: &Dispatched,
+    e: proxy::ReceiptError,
+    signed: Option<(&Bytes, &SignedReceipt)>,
+) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's receipt");
+    if let (proxy::ReceiptError::OverReported { .. }, Some((body, r))) = (&e, signed) {
+        proxy::keep_payload(g, d, body, r, None).await;
+    }
     g.metrics.inc("receipts_refused_total", "", 1);
     g.store.release(d.stack, d.reserved).await.ok();
     g.finish(d.node.id, Outcome::Failure).await;
@@ -354,6 +392,7 @@ async fn drive_relay(
     let mut ttft = None;
     let mut receipt_ok = None;
     let mut client_gone = false;
+    let mut answer = proxy::Answer::default();
     while let Some(ev) = events.next().await {
         let ev = match ev {
             Ok(ev) => ev,
@@ -373,9 +412,11 @@ async fn drive_relay(
             ttft = Some(proxy::elapsed(&d));
         }
         if let Some(r) = v.get("sortition").and_then(|s| s.get("receipt")) {
-            let checked = serde_json::from_value::<SignedReceipt>(r.clone())
-                .map_err(|_| proxy::ReceiptError::Missing)
-                .and_then(|r| check_receipt(&d, &body, &r).map(|_| r));
+            let parsed = serde_json::from_value::<SignedReceipt>(r.clone()).ok();
+            let checked = match &parsed {
+                None => Err(proxy::ReceiptError::Missing),
+                Some(r) => check_receipt(&d, &body, r).map(|_| r.clone()),
+            };
             match checked {
                 Ok(r) => {
                     if let Some(ext) = v.get_mut("sortition").and_then(|s| s.as_object_mut()) {
@@ -384,7 +425,7 @@ async fn drive_relay(
                     receipt_ok = Some(r);
                 }
                 Err(e) => {
-                    let err = bad_receipt(&g, &d, e).await;
+                    let err = bad_receipt(&g, &d, e, parsed.as_ref().map(|r| (&body, r))).await;
                     let _ = tx
                         .send(serde_json::to_string(&err.body()).unwrap_or_default())
                         .await;
@@ -394,6 +435,7 @@ async fn drive_relay(
             }
         } else {
             delivered_chunks += 1;
+            answer.absorb(&v);
         }
         if tx.send(v.to_string()).await.is_err() {
             client_gone = true;
@@ -412,7 +454,8 @@ async fn drive_relay(
                 },
             )
             .await;
-            proxy::bill(&g, &d, &a.key, &a.model, &body, &r).await;
+            let answer = (!answer.finish_reason.is_empty()).then_some(&answer);
+            proxy::bill(&g, &d, &a.key, &a.model, &body, &r, answer).await;
         }
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill

@@ -53,6 +53,10 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/completions", post(routes::completions))
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/models", get(routes::models))
+        .route(
+            sortition_confidential::wire::CONFIDENTIAL_CHAT_PATH,
+            post(crate::confidential::chat_completions),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

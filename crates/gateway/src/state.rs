@@ -59,6 +59,8 @@ pub struct GatewayState {
     pub metrics: Registry,
     /// Serializes stack purchases so concurrent requests don't buy one each.
     pub buying: Mutex<()>,
+    /// Synchronous quorum per model, from the models' ledger policies.
+    pub quorums: std::sync::RwLock<std::collections::HashMap<sortition_types::ModelId, u8>>,
 }
 
 impl GatewayState {
@@ -85,6 +87,7 @@ impl GatewayState {
             http,
             metrics: Registry::default(),
             buying: Mutex::new(()),
+            quorums: Default::default(),
         }))
     }
 
@@ -102,8 +105,20 @@ impl GatewayState {
         self.metrics.inc("upstream_total", label, 1);
     }
 
-    /// Re-reads the node registry from the ledger into the router.
+    /// The quorum the model's policy demands (1: none).
+    pub fn policy_quorum(&self, model: &sortition_types::ModelId) -> u8 {
+        self.quorums
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Re-reads the node registry and the models' quorum policies from the ledger.
     pub async fn refresh_nodes(&self) -> Result<usize, String> {
+        let quorums = self.ledger.model_quorums().await?;
+        *self.quorums.write().unwrap_or_else(|e| e.into_inner()) = quorums;
         let nodes = self.ledger.active_nodes().await?;
         let mut r = self.router.lock().await;
         let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();

@@ -12,7 +12,7 @@ use sortition_gateway::store::{
     AuthError, Backend, GatewayStore, NewUsage, Payload, StackRecord, StackState, StoreError,
     UsageStatus,
 };
-use sortition_types::{Amount, Hash32, ModelId, NodeId, StackId, sha256};
+use sortition_types::{Amount, ModelId, NodeId, StackId, sha256};
 use sqlx::AssertSqlSafe;
 
 /// One store under test, and what to clean up after it.
@@ -438,32 +438,46 @@ async fn usage_and_payloads_round_trip_and_sweep() {
         assert_eq!((&got[0].usage, &got[1].usage), (&failed, &usage));
 
         let body: Vec<u8> = (0..=255u8).collect();
+        // The same request (same hash) on two receipts is kept twice.
         for (i, expires) in [(1u64, 100i64), (2, 200)] {
             let p = Payload {
-                request_hash: sha256(&[i as u8]),
+                request_hash: sha256(&[7]),
                 stack_id: StackId(1),
                 receipt_seq: i,
                 body: body.clone(),
+                receipt_json: Some(format!("{{\"seq\":{i}}}")),
+                answer: (i == 2).then(|| b"{}".to_vec()),
                 expires_at_ms: expires,
             };
             s.put_payload(&p).await.expect("payload");
             s.put_payload(&p).await.expect("idempotent");
         }
         let p1 = s
-            .payload(&sha256(&[1]), 50)
+            .payload(StackId(1), 1, 50)
             .await
             .expect("get")
             .expect("kept");
         assert_eq!((p1.body, p1.receipt_seq), (body, 1));
+        assert_eq!(p1.receipt_json.as_deref(), Some("{\"seq\":1}"));
+        assert_eq!(p1.answer, None);
+        let p2 = s
+            .payload(StackId(1), 2, 50)
+            .await
+            .expect("get")
+            .expect("kept");
         assert_eq!(
-            s.payload(&sha256(&[1]), 100).await.expect("get"),
+            (p2.request_hash, p2.answer),
+            (sha256(&[7]), Some(b"{}".to_vec()))
+        );
+        assert_eq!(
+            s.payload(StackId(1), 1, 100).await.expect("get"),
             None,
             "expired"
         );
-        assert_eq!(s.payload(&Hash32([0; 32]), 0).await.expect("get"), None);
+        assert_eq!(s.payload(StackId(9), 1, 0).await.expect("get"), None);
         assert_eq!(s.sweep_payloads(150).await.expect("sweep"), 1);
         assert_eq!(s.sweep_payloads(150).await.expect("sweep"), 0);
-        assert!(s.payload(&sha256(&[2]), 150).await.expect("get").is_some());
+        assert!(s.payload(StackId(1), 2, 150).await.expect("get").is_some());
         db.cleanup().await;
     }
 }

@@ -32,6 +32,12 @@ pub struct StatusResponse {
     pub height: u64,
     pub state_root: Hash32,
     pub timestamp: u64,
+    /// The current epoch: clients seal only to keys published in it.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The current epoch's nonce, which TEE evidence of this epoch's keys binds.
+    #[serde(default)]
+    pub epoch_nonce: Hash32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +114,8 @@ async fn status(State(h): State<Handle>) -> Json<StatusResponse> {
         height: l.height(),
         state_root: l.state_root(),
         timestamp: l.state().timestamp_ms,
+        epoch: l.state().epoch,
+        epoch_nonce: l.state().epoch_nonce,
     }))
 }
 

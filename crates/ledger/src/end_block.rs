@@ -52,6 +52,7 @@ pub(crate) fn run(st: &mut State, ctx: &BlockContext) -> Vec<Event> {
         .is_multiple_of(st.params.epoch_length_blocks.max(1))
     {
         st.epoch += 1;
+        st.epoch_nonce = crate::state::epoch_nonce(&ctx.randomness, st.epoch);
         let fees = st.fees_this_epoch;
         st.fees_this_epoch = Amount::ZERO;
         st.nodes
@@ -59,6 +60,7 @@ pub(crate) fn run(st: &mut State, ctx: &BlockContext) -> Vec<Event> {
             .for_each(|n| n.rotations_this_epoch = 0);
         events.push(Event::EpochTurned {
             epoch: st.epoch,
+            nonce: st.epoch_nonce,
             fees_last_epoch: fees,
         });
     }

@@ -48,6 +48,8 @@ pub enum LedgerError {
     NodeHasPendingWork(NodeId),
     #[error("invalid node registration: {0}")]
     InvalidNode(String),
+    #[error("key is for epoch {got}, the ledger is in epoch {current}")]
+    StaleEpoch { current: u64, got: u64 },
     #[error("key rotation limit of {limit} per epoch reached")]
     RotationLimit { limit: u32 },
     #[error("node {node} does not offer model {model}")]

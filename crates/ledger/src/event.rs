@@ -153,6 +153,8 @@ pub enum Event {
     },
     EpochTurned {
         epoch: u64,
+        /// The new epoch's nonce: confidential keys of this epoch must bind it.
+        nonce: Hash32,
         fees_last_epoch: Amount,
     },
 }

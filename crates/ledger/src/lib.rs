@@ -37,7 +37,7 @@ use sortition_types::{Hash32, PublicKey};
 pub use error::{BlockError, LedgerError, Result};
 pub use event::Event;
 pub use genesis::{Genesis, Params};
-pub use policy::{AuditPolicy, ModelSpec, SecurityPolicy, min_collateral};
+pub use policy::{AuditMethod, AuditPolicy, ModelSpec, SecurityPolicy, min_collateral};
 pub use state::*;
 pub use tx::{
     Offer, SealingKey, SignedTx, TX_DOMAIN, Tx, TxKind, Verdict, VerifiedTx, verdict_commitment,
@@ -209,7 +209,11 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
         ResumeNode => nodes::resume(st, sender),
         LeaveNode => nodes::leave(st, ctx, sender),
         WithdrawCollateral => nodes::withdraw(st, sender),
-        RotateConfidentialKey { key, attestation } => nodes::rotate(st, sender, *key, attestation),
+        RotateConfidentialKey {
+            key,
+            attestation,
+            epoch,
+        } => nodes::rotate(st, sender, *key, attestation, *epoch),
         BuyStack {
             model,
             node,

@@ -117,6 +117,8 @@ pub(crate) fn register(
             endpoint: endpoint.clone(),
             confidential_key: *confidential_key,
             attestation: attestation.clone(),
+            key_epoch: st.epoch,
+            key_nonce: st.epoch_nonce,
             class_fingerprint: class.fingerprint(),
             class: class.clone(),
             offers: offers.clone(),
@@ -258,8 +260,15 @@ pub(crate) fn rotate(
     sender: &PublicKey,
     key: SealingKey,
     attestation: &[u8],
+    epoch: u64,
 ) -> TxResult {
     let n = own_node(st, sender)?;
+    if epoch != st.epoch {
+        return Err(LedgerError::StaleEpoch {
+            current: st.epoch,
+            got: epoch,
+        });
+    }
     let limit = st.params.max_key_rotations_per_epoch;
     if n.rotations_this_epoch >= limit {
         return Err(LedgerError::RotationLimit { limit });
@@ -268,10 +277,12 @@ pub(crate) fn rotate(
         return Err(LedgerError::InvalidNode("attestation too large".into()));
     }
     let id = n.id;
-    let epoch = st.epoch;
+    let nonce = st.epoch_nonce;
     if let Some(n) = st.nodes.get_mut(&id) {
         n.confidential_key = key;
         n.attestation = attestation.to_vec();
+        n.key_epoch = epoch;
+        n.key_nonce = nonce;
         n.rotations_this_epoch += 1;
     }
     Ok(vec![Event::KeyRotated {

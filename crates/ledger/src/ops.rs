@@ -25,6 +25,7 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         timestamp_ms: g.genesis_time_ms,
         randomness: g.randomness_seed,
         epoch: 0,
+        epoch_nonce: crate::state::epoch_nonce(&g.randomness_seed, 0),
         fees_this_epoch: Amount::ZERO,
         treasury: g.treasury,
         minted: g.treasury,

@@ -44,6 +44,27 @@ pub struct AuditPolicy {
     pub q_ppm: u32,
     /// Auditors per sampled receipt.
     pub k: u8,
+    /// How auditors check a sampled request.
+    #[serde(default)]
+    pub method: AuditMethod,
+}
+
+/// How an auditor checks a sampled request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMethod {
+    /// Regenerate the answer and compare response hashes and token counts exactly.
+    #[default]
+    Reexecute,
+    /// Teacher-forced scoring of the claimed answer in one prefill pass: every claimed token
+    /// must be within `max_rank` of the argmax (greedy requests: the argmax itself, or within
+    /// `logit_slack_milli` thousandths of the top logit to absorb kernel rounding between
+    /// prefill and decode). A failed or inconclusive score is confirmed by re-execution
+    /// before any mismatch verdict, so scoring never convicts on its own.
+    Score {
+        max_rank: u32,
+        logit_slack_milli: u32,
+    },
 }
 
 /// Fixed-point scale for `1 - r^k`.
@@ -112,7 +133,11 @@ mod tests {
 
     fn policy(q_ppm: u32, k: u8, c: u64, r_reward: u64, r_ppm: u32) -> SecurityPolicy {
         SecurityPolicy {
-            audit: Some(AuditPolicy { q_ppm, k }),
+            audit: Some(AuditPolicy {
+                q_ppm,
+                k,
+                method: AuditMethod::Reexecute,
+            }),
             quorum: None,
             confidential_required: false,
             slash_bps: 10_000,

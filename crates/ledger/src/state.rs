@@ -42,8 +42,15 @@ pub struct Node {
     /// Operator account and receipt signing key.
     pub operator: PublicKey,
     pub endpoint: String,
+    /// The node's confidential (sealing) key; all zeros until the node publishes one.
     pub confidential_key: SealingKey,
+    /// TEE evidence (opaque to the ledger) whose report data binds `confidential_key`,
+    /// `key_nonce` and this node's id; clients verify it themselves.
     pub attestation: Vec<u8>,
+    /// The epoch the confidential key was published in; clients use only current-epoch keys.
+    pub key_epoch: u64,
+    /// The epoch nonce the key's evidence must bind (the ledger's nonce of `key_epoch`).
+    pub key_nonce: Hash32,
     pub class: NodeClass,
     /// `class.fingerprint()`: auditors must share it with the executor.
     pub class_fingerprint: Hash32,
@@ -209,6 +216,10 @@ pub struct State {
     pub timestamp_ms: u64,
     pub randomness: Hash32,
     pub epoch: u64,
+    /// The current epoch's nonce, fixed at the epoch turn from that block's beacon (see
+    /// [`epoch_nonce`]); TEE evidence of confidential keys binds it, so it cannot be made
+    /// before the epoch began.
+    pub epoch_nonce: Hash32,
     pub fees_this_epoch: Amount,
     pub treasury: Amount,
     pub minted: Amount,
@@ -238,6 +249,17 @@ pub struct NextIds {
     pub claim: u64,
     pub audit: u64,
     pub dispute: u64,
+}
+
+/// The nonce of `epoch`: `sha256("sortition/epoch-nonce" || randomness || epoch as u64 LE)`,
+/// where `randomness` is the beacon of the block that turned the epoch (the genesis seed for
+/// epoch 0).
+pub fn epoch_nonce(randomness: &Hash32, epoch: u64) -> Hash32 {
+    sortition_types::hash::sha256_parts(&[
+        b"sortition/epoch-nonce",
+        &randomness.0,
+        &epoch.to_le_bytes(),
+    ])
 }
 
 impl State {

@@ -102,9 +102,14 @@ pub enum TxKind {
     LeaveNode,
     /// After unbonding completes and nothing is pending.
     WithdrawCollateral,
+    /// Publishes this epoch's confidential key with TEE evidence whose report data binds
+    /// (key, the epoch's nonce, node id). `epoch` must be the ledger's current epoch, so
+    /// evidence made against a nonce that has since turned is refused instead of recorded
+    /// under the wrong epoch.
     RotateConfidentialKey {
         key: SealingKey,
         attestation: Vec<u8>,
+        epoch: u64,
     },
     BuyStack {
         model: ModelId,

@@ -19,7 +19,17 @@ pub enum Mode {
     OverReport,
     /// Never performs the audits it is selected for.
     SkipAudits,
+    /// As an auditor, copies another auditor's verdict instead of re-executing. Commit-reveal
+    /// defeats it: verdicts become visible only after every auditor committed or the commit
+    /// phase ended, so there is nothing to copy until its own commit is too late.
+    Copy,
+    /// Serves a smaller model (the first 8 of the default model's 30 blocks: several times
+    /// cheaper, and often fluent) while claiming the full model and its node class.
+    SmallerModel,
 }
+
+/// Blocks the `smaller-model` adversary keeps.
+pub const SMALLER_MODEL_LAYERS: usize = 8;
 
 impl std::str::FromStr for Mode {
     type Err = String;
@@ -29,8 +39,10 @@ impl std::str::FromStr for Mode {
             "random" => Ok(Mode::Random),
             "over-report" => Ok(Mode::OverReport),
             "skip-audits" => Ok(Mode::SkipAudits),
+            "copy" => Ok(Mode::Copy),
+            "smaller-model" => Ok(Mode::SmallerModel),
             other => Err(format!(
-                "unknown adversary mode '{other}'; expected truncate, random, over-report or skip-audits"
+                "unknown adversary mode '{other}'; expected truncate, random, over-report, skip-audits, copy or smaller-model"
             )),
         }
     }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_json};
 use sortition_engine::{GenerateRequest, Prompt};
-use sortition_ledger::{Event, TxKind, Verdict, verdict_commitment};
+use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_types::{
     AuditId, DisputeId, Hash32, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
@@ -34,6 +34,17 @@ pub struct AuditPayload {
     pub body: String,
     /// The executor's signed receipt.
     pub receipt: SignedReceipt,
+    /// The answer the user received, when the holder kept it: lets a scoring audit check it
+    /// in one pass. Checked against the receipt's response hash before use.
+    #[serde(default)]
+    pub answer: Option<Answer>,
+}
+
+/// A generated answer as the user received it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    pub finish_reason: String,
 }
 
 /// Where an audit or dispute this node must judge stands.
@@ -129,7 +140,10 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
             if executor == state.id {
                 submit_receipt(state, client, audit, stack, receipt_index).await;
             }
-            if auditors.contains(&state.id)
+            if auditors.contains(&state.id) && state.adversary == Some(crate::adversary::Mode::Copy)
+            {
+                spawn_copier(state.clone(), client.clone(), audit);
+            } else if auditors.contains(&state.id)
                 && state.adversary != Some(crate::adversary::Mode::SkipAudits)
             {
                 state
@@ -196,6 +210,24 @@ async fn submit_receipt(
     }
 }
 
+/// The `copy` adversary's audit duty: wait for another auditor's revealed verdict and vote
+/// the same, without re-executing. Its commit can only come after the commit phase.
+fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
+    tokio::spawn(async move {
+        for _ in 0..1200 {
+            if let Ok(a) = client.audit(audit).await {
+                if a.outcome.is_some() {
+                    return;
+                }
+                if let Some(v) = a.reveals.values().next() {
+                    return vote(&state, &client, Ballot::Audit(audit), *v).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
 /// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
 /// dispute about it that this node sits on.
 fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
@@ -230,7 +262,14 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
             p.started = true;
             (auditor, disputes)
         };
-        let verdict = judge(&state, &payload).await;
+        let method = match client.model(&payload.receipt.receipt.model).await {
+            Ok(m) => m.spec.policy.audit.map(|a| a.method).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(%audit, error = %e, "model policy unavailable; re-executing");
+                AuditMethod::Reexecute
+            }
+        };
+        let verdict = judge(&state, &payload, method).await;
         tracing::info!(%audit, ?verdict, "re-executed audited request");
         if is_auditor {
             vote(&state, &client, Ballot::Audit(audit), verdict).await;
@@ -241,8 +280,175 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
     });
 }
 
+/// Judges a request by the model's audit method. Scoring can only clear a receipt: a failed
+/// or inconclusive score falls through to exact re-execution, the authority for a mismatch.
+pub async fn judge(state: &NodeState, p: &AuditPayload, method: AuditMethod) -> Verdict {
+    if let AuditMethod::Score {
+        max_rank,
+        logit_slack_milli,
+    } = method
+    {
+        let tolerance = Tolerance {
+            max_rank,
+            logit_slack: logit_slack_milli as f32 / 1000.0,
+        };
+        match score(state, p, tolerance).await {
+            Scored::Pass => {
+                state.metrics.inc("audits_total", "scored_match", 1);
+                return Verdict::Match;
+            }
+            Scored::Fail(why) => {
+                state.metrics.inc("audits_total", "scored_fail", 1);
+                tracing::info!(%why, "scoring failed; confirming by re-execution");
+            }
+            Scored::Inconclusive(why) => {
+                state.metrics.inc("audits_total", "scored_inconclusive", 1);
+                tracing::debug!(%why, "scoring inconclusive; re-executing");
+            }
+        }
+    }
+    let verdict = reexecute_and_compare(state, p).await;
+    let label = match verdict {
+        Verdict::Match => "reexecuted_match",
+        Verdict::Mismatch { .. } => "reexecuted_mismatch",
+    };
+    state.metrics.inc("audits_total", label, 1);
+    verdict
+}
+
+/// Scoring tolerance (see `AuditMethod::Score`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    pub max_rank: u32,
+    pub logit_slack: f32,
+}
+
+/// What teacher-forced scoring concluded.
+#[derive(Debug)]
+pub enum Scored {
+    /// Every claimed token is one the model would produce under the request's parameters.
+    Pass,
+    /// Some token is not (re-execution confirms before any verdict).
+    Fail(String),
+    /// Scoring cannot decide (answer missing or not matching the receipt, stop strings,
+    /// penalties, a tokenization that does not round-trip).
+    Inconclusive(String),
+}
+
+/// Checks the claimed answer in one teacher-forced pass: token counts, each token's rank and
+/// logit gap, and the end of generation.
+pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Scored {
+    use Scored::Inconclusive;
+    let r = &p.receipt.receipt;
+    let Some(answer) = &p.answer else {
+        return Inconclusive("no answer delivered".into());
+    };
+    if text_response_hash(&answer.text, &answer.finish_reason) != r.response_hash {
+        return Inconclusive("answer does not match the receipt's response hash".into());
+    }
+    let (model, prompt, fields) = match generation_request(p) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Inconclusive("not a generation request".into()),
+        Err(e) => return Inconclusive(e),
+    };
+    let params = match crate::routes::sampling_params(&fields, 256) {
+        Ok(p) => p,
+        Err(e) => return Inconclusive(e.message),
+    };
+    if !params.stop.is_empty() || params.presence_penalty != 0.0 || params.frequency_penalty != 0.0
+    {
+        return Inconclusive("stop strings or penalties: scoring does not model them".into());
+    }
+    let Ok(chat) = state.engine(&model) else {
+        return Inconclusive(format!("model {model} not served here"));
+    };
+    let engine = &chat.engine;
+    let prompt_ids = match engine.prompt_tokens(&prompt) {
+        Ok(ids) => ids,
+        Err(e) => return Inconclusive(e.to_string()),
+    };
+    if prompt_ids.len() as u64 != r.input_tokens {
+        return Scored::Fail(format!(
+            "receipt claims {} input tokens, the prompt has {}",
+            r.input_tokens,
+            prompt_ids.len()
+        ));
+    }
+    let mut claimed = match engine.tokenizer().encode(&answer.text) {
+        Ok(ids) => ids,
+        Err(e) => return Inconclusive(e.to_string()),
+    };
+    let stops = engine.tokenizer().stop_ids().to_vec();
+    let ended_by_eos = answer.finish_reason == "stop";
+    if ended_by_eos {
+        let Some(&eos) = stops.first() else {
+            return Inconclusive("model has no stop token".into());
+        };
+        claimed.push(eos);
+    } else if answer.finish_reason != "length" {
+        return Inconclusive(format!("finish reason {}", answer.finish_reason));
+    }
+    if claimed.len() as u64 != r.output_tokens {
+        // Re-tokenizing decoded text need not give back the generated ids.
+        return Inconclusive(format!(
+            "{} tokens re-tokenized, receipt claims {}",
+            claimed.len(),
+            r.output_tokens
+        ));
+    }
+    if answer.finish_reason == "length" && claimed.len() as u64 != u64::from(params.max_tokens) {
+        return Inconclusive("length finish below max_tokens (context limit)".into());
+    }
+    let n = claimed.len();
+    let scores = match engine.score(prompt_ids, claimed).await {
+        Ok(s) => s,
+        Err(e) => return Inconclusive(e.to_string()),
+    };
+    let greedy = params.temperature == 0.0;
+    for (i, t) in scores.iter().enumerate() {
+        let last_eos = ended_by_eos && i + 1 == n;
+        let ok = if last_eos {
+            stops.contains(&t.argmax) || (!greedy && t.rank <= tol.max_rank)
+        } else if greedy {
+            t.token == t.argmax || t.max_logit - t.logit <= tol.logit_slack
+        } else {
+            t.rank <= tol.max_rank
+        };
+        if !ok {
+            return Scored::Fail(format!(
+                "token {i} ({}) has rank {} and is {:.3} below the top logit",
+                t.token,
+                t.rank,
+                t.max_logit - t.logit
+            ));
+        }
+    }
+    Scored::Pass
+}
+
+/// The model, prompt and sampling fields of a chat or text completion payload; `None` for
+/// other routes.
+fn generation_request(
+    p: &AuditPayload,
+) -> Result<Option<(String, Prompt, sortition_api::SamplingFields)>, String> {
+    let body = p.body.as_bytes();
+    Ok(Some(match p.path.as_str() {
+        "/v1/chat/completions" => {
+            let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
+            let msgs = crate::routes::chat_messages(&req.messages).map_err(|e| e.message)?;
+            (req.model, Prompt::Chat(msgs), req.sampling)
+        }
+        "/v1/completions" => {
+            let req: CompletionRequest = parse_json(body).map_err(|e| e.message)?;
+            let prompt = req.single_prompt().map_err(|e| e.message)?;
+            (req.model, Prompt::Text(prompt), req.sampling)
+        }
+        _ => return Ok(None),
+    }))
+}
+
 /// Re-executes the request exactly and compares with the receipt.
-pub async fn judge(state: &NodeState, p: &AuditPayload) -> Verdict {
+async fn reexecute_and_compare(state: &NodeState, p: &AuditPayload) -> Verdict {
     let r = &p.receipt.receipt;
     let (hash, tokens) = match reexecute(state, p).await {
         Ok(v) => v,
@@ -266,20 +472,10 @@ pub async fn judge(state: &NodeState, p: &AuditPayload) -> Verdict {
 }
 
 async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64, u64)), String> {
-    let body = p.body.as_bytes();
-    let (model, prompt, fields) = match p.path.as_str() {
-        "/v1/chat/completions" => {
-            let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let msgs = crate::routes::chat_messages(&req.messages).map_err(|e| e.message)?;
-            (req.model, Prompt::Chat(msgs), req.sampling)
-        }
-        "/v1/completions" => {
-            let req: CompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let prompt = req.single_prompt().map_err(|e| e.message)?;
-            (req.model, Prompt::Text(prompt), req.sampling)
-        }
-        "/v1/embeddings" => {
-            let req: EmbeddingRequest = parse_json(body).map_err(|e| e.message)?;
+    let (model, prompt, fields) = match (generation_request(p)?, p.path.as_str()) {
+        (Some(v), _) => v,
+        (None, "/v1/embeddings") => {
+            let req: EmbeddingRequest = parse_json(p.body.as_bytes()).map_err(|e| e.message)?;
             let m = state.embedder(&req.model).map_err(|e| e.message)?;
             let (embedder, texts) = (m.embedder.clone(), req.input.into_vec());
             let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
@@ -288,7 +484,7 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
                 .map_err(|e| e.to_string())?;
             return Ok((embedding_response_hash(&vectors), (tokens as u64, 0)));
         }
-        other => return Err(format!("unknown route {other}")),
+        (None, other) => return Err(format!("unknown route {other}")),
     };
     let chat = state.engine(&model).map_err(|e| e.message)?;
     let params = crate::routes::sampling_params(&fields, 256).map_err(|e| e.message)?;

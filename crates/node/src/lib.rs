@@ -12,6 +12,7 @@ pub mod adversary;
 pub mod audit;
 pub mod auth;
 pub mod claims;
+pub mod confidential;
 pub mod ledger;
 pub mod routes;
 pub mod run;

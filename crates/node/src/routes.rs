@@ -238,8 +238,35 @@ fn error(s: &NodeState, e: ApiError) -> Response {
     e.into_response()
 }
 
+/// Observes time to first token and inter-token latency as a request's tokens arrive.
+struct TokenClock {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl TokenClock {
+    fn new(started: Instant) -> Self {
+        TokenClock {
+            started,
+            last: None,
+        }
+    }
+
+    fn tick(&mut self, m: &sortition_api::metrics::Registry) {
+        let now = Instant::now();
+        match self.last {
+            None => m.observe(
+                "time_to_first_token_seconds",
+                (now - self.started).as_secs_f64(),
+            ),
+            Some(prev) => m.observe("inter_token_seconds", (now - prev).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+}
+
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Chat,
     Text,
 }
@@ -250,6 +277,7 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
     // work done is always receipted.
     let task = tokio::spawn(async move {
         let Admitted { job, mut stream } = a;
+        let mut clock = TokenClock::new(job.started);
         let result = loop {
             match stream.next().await {
                 Some(StreamEvent::Done {
@@ -259,7 +287,7 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                     ..
                 }) => break Ok((finish_reason, usage, text)),
                 Some(StreamEvent::Error(e)) => break Err(engine_error(e)),
-                Some(StreamEvent::Token { .. }) => {}
+                Some(StreamEvent::Token { .. }) => clock.tick(&job.state.metrics),
                 None => break Err(ApiError::internal("generation ended without a result")),
             }
         };
@@ -340,7 +368,7 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
     resp
 }
 
-fn chunk_json(
+pub(crate) fn chunk_json(
     kind: Kind,
     id: &str,
     model: &str,
@@ -447,18 +475,12 @@ async fn drive_stream(
     let usage_handle = stream.usage_handle();
     let mut first = true;
     let mut sent_text = String::new();
-    let mut first_token_at = None;
+    let mut clock = TokenClock::new(job.started);
     loop {
         let ev = stream.next().await;
         match ev {
             Some(StreamEvent::Token { text, .. }) => {
-                if first_token_at.is_none() {
-                    first_token_at = Some(Instant::now());
-                    s.metrics.observe(
-                        "time_to_first_token_seconds",
-                        job.started.elapsed().as_secs_f64(),
-                    );
-                }
+                clock.tick(&s.metrics);
                 if text.is_empty() {
                     continue;
                 }
@@ -683,4 +705,47 @@ pub async fn audit_payload(
         Ok(()) => axum::http::StatusCode::ACCEPTED.into_response(),
         Err(m) => error(&s, ApiError::invalid("invalid_payload", m)),
     }
+}
+
+/// `GET /sortition/v1/stacks/{stack}/receipts/{sequence}/proof`: the receipt and its inclusion
+/// proof under the Merkle root of all receipts this node holds for the stack (the root its
+/// claim for the stack commits to, once claimed). Receipts carry hashes only, no content.
+pub async fn receipt_proof(
+    State(s): S,
+    axum::extract::Path((stack, sequence)): axum::extract::Path<(u64, u64)>,
+) -> Response {
+    let receipts = match s.store.receipts(sortition_types::StackId(stack)) {
+        Ok(r) => r,
+        Err(e) => return error(&s, ApiError::internal(format!("receipt store: {e}"))),
+    };
+    let Some(index) = receipts.iter().position(|r| r.receipt.sequence == sequence) else {
+        return error(
+            &s,
+            ApiError::new(
+                ErrorKind::NotFound,
+                "receipt_not_found",
+                format!("no receipt {sequence} for stack {stack} on this node"),
+            ),
+        );
+    };
+    let material = crate::claims::claim_material(&receipts);
+    match crate::claims::receipt_with_proof(&receipts, index as u64) {
+        Some((receipt, proof)) => Json(ReceiptProof {
+            receipt,
+            proof,
+            receipts_root: material.receipts_root,
+            receipt_count: material.receipt_count,
+        })
+        .into_response(),
+        None => error(&s, ApiError::internal("proof construction failed")),
+    }
+}
+
+/// Answer of the inclusion-proof route.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReceiptProof {
+    pub receipt: sortition_types::SignedReceipt,
+    pub proof: sortition_types::MerkleProof,
+    pub receipts_root: sortition_types::Hash32,
+    pub receipt_count: u64,
 }

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     /// How often stacks are checked for claims.
     pub claim_interval: Duration,
     pub adversary: Option<crate::adversary::Mode>,
+    /// Serve confidential requests with keys attested by this attester (`None`: no
+    /// confidential requests). `InsecureDev` proves nothing: development networks only.
+    pub attester: Option<sortition_confidential::AttesterKind>,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +71,7 @@ impl Default for NodeConfig {
             claim_policy: ClaimPolicy::default(),
             claim_interval: Duration::from_secs(5),
             adversary: None,
+            attester: None,
         }
     }
 }
@@ -122,6 +126,9 @@ fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine,
     ec.weight_format = cfg.weight_format;
     ec.max_batch = cfg.max_batch;
     ec.queue_capacity = cfg.queue_capacity;
+    if cfg.adversary == Some(crate::adversary::Mode::SmallerModel) {
+        ec.truncate_layers = Some(crate::adversary::SMALLER_MODEL_LAYERS);
+    }
     Ok(Engine::load(ec)?)
 }
 
@@ -216,6 +223,31 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
     )
     .await
     .map_err(StartError::Ledger)?;
+    let (confidential, epochs_from) = match cfg.attester {
+        Some(kind) => {
+            let ring = crate::confidential::KeyRing::new(id, kind)
+                .map_err(|e| StartError::Config(format!("attester: {e}")))?;
+            if ring.is_insecure() {
+                tracing::warn!(node = %id, "confidential keys attested by the INSECURE dev attester: no TEE, the evidence proves nothing");
+            }
+            let height = client
+                .status()
+                .await
+                .map_err(|e| StartError::Ledger(e.to_string()))?
+                .height;
+            let epoch = ring
+                .publish(&client, &key)
+                .await
+                .map_err(|e| StartError::Ledger(format!("publishing the confidential key: {e}")))?;
+            tracing::info!(node = %id, epoch, attester = %ring.label(), "confidential key published");
+            let from = sortition_ledger_service::Cursor {
+                height: height + 1,
+                index: 0,
+            };
+            (Some(Arc::new(ring)), Some(from))
+        }
+        None => (None, None),
+    };
     let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
     let accounts = StackAccounts::default();
     restore_accounts(&store, &accounts)?;
@@ -232,6 +264,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         metrics: Registry::default(),
         adversary: cfg.adversary,
         audits: Default::default(),
+        confidential: confidential.clone(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let server = {
@@ -259,6 +292,16 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         client.clone(),
         stop_rx.clone(),
     ));
+    let mut tasks = vec![server, claimer, auditor];
+    if let (Some(ring), Some(from)) = (confidential, epochs_from) {
+        tasks.push(tokio::spawn(crate::confidential::follow_epochs(
+            ring,
+            client.clone(),
+            key.clone(),
+            from,
+            stop_rx.clone(),
+        )));
+    }
     tracing::info!(node = %id, %url, "node serving");
     Ok(RunningNode {
         id,
@@ -266,7 +309,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         class,
         state,
         stop,
-        tasks: vec![server, claimer, auditor],
+        tasks,
     })
 }
 

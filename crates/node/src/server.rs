@@ -23,8 +23,16 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/models", get(routes::models))
         .route(
+            sortition_confidential::wire::CONFIDENTIAL_CHAT_PATH,
+            post(crate::confidential::chat_completions),
+        )
+        .route(
             "/sortition/v1/audits/{id}/payload",
             post(routes::audit_payload),
+        )
+        .route(
+            "/sortition/v1/stacks/{stack}/receipts/{sequence}/proof",
+            get(routes::receipt_proof),
         )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -38,10 +46,14 @@ pub fn router(state: Arc<NodeState>) -> Router {
 }
 
 async fn health(State(s): State<Arc<NodeState>>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok", "node": s.id, "models": s.model_names()}))
+    let attester = s.confidential.as_ref().map(|r| r.label());
+    axum::Json(
+        serde_json::json!({"status": "ok", "node": s.id, "models": s.model_names(), "attester": attester}),
+    )
 }
 
 async fn metrics(State(s): State<Arc<NodeState>>) -> impl IntoResponse {
+    s.refresh_engine_gauges();
     s.metrics.render("sortition_node")
 }
 

@@ -44,6 +44,9 @@ pub struct NodeState {
     pub adversary: Option<crate::adversary::Mode>,
     /// Audits and disputes this node must judge.
     pub audits: crate::audit::AuditDesk,
+    /// Confidential keys and their attester; `None` when the node runs without an attester
+    /// (it then serves no confidential requests).
+    pub confidential: Option<Arc<crate::confidential::KeyRing>>,
 }
 
 /// What a finished request reports for its receipt.
@@ -58,6 +61,35 @@ pub struct Outcome {
 }
 
 impl NodeState {
+    /// Copies the engines' scheduler figures (summed over models) into the metrics gauges.
+    pub fn refresh_engine_gauges(&self) {
+        let mut sum = sortition_engine::EngineStats::default();
+        for m in self.chat.values() {
+            let st = m.engine.stats();
+            sum.completed += st.completed;
+            sum.cancelled += st.cancelled;
+            sum.max_batch_seen = sum.max_batch_seen.max(st.max_batch_seen);
+            sum.queued += st.queued;
+            sum.active += st.active;
+            sum.decode_steps += st.decode_steps;
+            sum.decode_rows += st.decode_rows;
+        }
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.metrics
+            .set_gauge("engine_sequences_completed", g(sum.completed));
+        self.metrics
+            .set_gauge("engine_sequences_cancelled", g(sum.cancelled));
+        self.metrics
+            .set_gauge("engine_max_batch_size", g(sum.max_batch_seen));
+        // Queue depth and batch size right now; steps and rows (cumulative) give the mean
+        // batch size over any window: Δrows / Δsteps.
+        self.metrics.set_gauge("engine_queue_depth", g(sum.queued));
+        self.metrics.set_gauge("engine_batch_size", g(sum.active));
+        self.metrics.set_gauge("engine_steps", g(sum.decode_steps));
+        self.metrics
+            .set_gauge("engine_step_rows", g(sum.decode_rows));
+    }
+
     pub fn engine(&self, model: &str) -> Result<&ChatModel, ApiError> {
         self.chat
             .get(&ModelId::new(model))

@@ -40,10 +40,15 @@ pub struct ChatArgs {
     /// the text against the receipt's response hash, and look for an audit of the receipt.
     #[arg(long, env = "SORTITION_LEDGER")]
     ledger: Option<String>,
-    /// Seal the prompt to an attested node (HPKE). Not available yet: refused with an error
-    /// rather than silently sending the prompt in the clear.
+    /// Seal the prompt to an attested node (HPKE): the node's key and evidence are read from
+    /// the ledger (--ledger is required) and verified here; with no verified node nothing is
+    /// sent. The gateway sees only the model, the node and max_tokens.
     #[arg(long)]
     confidential: bool,
+    /// With --confidential: accept nodes whose evidence comes from the INSECURE dev attester
+    /// (no TEE; it proves nothing). For development networks only.
+    #[arg(long, requires = "confidential")]
+    allow_insecure_dev: bool,
 }
 
 /// Validated chat settings.
@@ -56,16 +61,17 @@ pub struct ChatConfig {
     pub max_tokens: u32,
     pub temperature: Option<f32>,
     pub ledger: Option<String>,
+    /// Seal requests to attested nodes, with this policy.
+    pub confidential: Option<sortition_confidential::Policy>,
 }
 
 impl TryFrom<ChatArgs> for ChatConfig {
     type Error = anyhow::Error;
     fn try_from(a: ChatArgs) -> Result<Self> {
         anyhow::ensure!(
-            !a.confidential,
-            "--confidential is not built yet: nodes do not publish attested sealing keys on the \
-             ledger and gateways do not carry sealed requests, so the prompt would not be \
-             protected; refusing instead of sending it in the clear"
+            !a.confidential || a.ledger.is_some(),
+            "--confidential needs --ledger: the nodes' attested keys are read from the ledger \
+             and verified here; refusing instead of sending the prompt in the clear"
         );
         anyhow::ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
         if let Some(t) = a.temperature {
@@ -83,6 +89,10 @@ impl TryFrom<ChatArgs> for ChatConfig {
             max_tokens: a.max_tokens,
             temperature: a.temperature,
             ledger: a.ledger.map(|l| base_url("ledger", &l)).transpose()?,
+            confidential: a.confidential.then(|| sortition_confidential::Policy {
+                allow_insecure_dev: a.allow_insecure_dev,
+                ..Default::default()
+            }),
         })
     }
 }
@@ -97,6 +107,9 @@ pub struct Answer {
 
 pub async fn run(a: ChatArgs) -> Result<()> {
     let cfg = ChatConfig::try_from(a)?;
+    if cfg.confidential.is_some() {
+        return super::chat_confidential::run(&cfg).await;
+    }
     let http = reqwest::Client::new();
     let model = match &cfg.model {
         Some(m) => m.clone(),
@@ -142,7 +155,7 @@ pub async fn run(a: ChatArgs) -> Result<()> {
     Ok(())
 }
 
-async fn first_model(http: &reqwest::Client, cfg: &ChatConfig) -> Result<String> {
+pub async fn first_model(http: &reqwest::Client, cfg: &ChatConfig) -> Result<String> {
     let url = format!("{}/v1/models", cfg.gateway);
     let resp = http
         .get(&url)

@@ -18,7 +18,13 @@ pub struct DevnetArgs {
     /// Probability that a receipt is audited (0 to 1). Fixed at the first run (in genesis).
     #[arg(long, default_value_t = 0.05)]
     audit_rate: f64,
-    /// Add one cheating node: truncate, random, over-report or skip-audits.
+    /// How auditors check sampled requests: `reexecute` (regenerate and compare exactly) or
+    /// `score` (one teacher-forced pass over the claimed answer, confirmed by re-execution
+    /// before any mismatch verdict). Fixed at the first run (in genesis).
+    #[arg(long, default_value = "reexecute", value_parser = ["reexecute", "score"])]
+    audit_method: String,
+    /// Add one cheating node: truncate, random, over-report, skip-audits, copy or
+    /// smaller-model.
     #[arg(long)]
     adversary: Option<sortition_node::adversary::Mode>,
     /// Gateway address.
@@ -30,6 +36,11 @@ pub struct DevnetArgs {
     /// Embedding model: catalog name, directory, or "none".
     #[arg(long, default_value = "all-minilm-l6-v2")]
     embed_model: String,
+    /// Nodes serve confidential requests with keys attested by ATTESTER. Only `dev` is
+    /// built, and it is INSECURE (no TEE, proves nothing): `sortition chat --confidential`
+    /// then needs `--allow-insecure-dev`.
+    #[arg(long)]
+    attester: Option<String>,
 }
 
 pub async fn run(a: DevnetArgs) -> Result<()> {
@@ -39,10 +50,22 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     let mut cfg = DevnetConfig::new(&a.data_dir);
     cfg.nodes = a.nodes.max(1);
     cfg.audit_q_ppm = (a.audit_rate * 1_000_000.0).round() as u32;
+    cfg.audit_method = match a.audit_method.as_str() {
+        "score" => sortition_devnet::default_score_method(),
+        _ => sortition_ledger::AuditMethod::Reexecute,
+    };
     cfg.adversary = a.adversary;
     cfg.gateway_listen = a.gateway_listen;
     cfg.chat_model = a.model;
     cfg.embed_model = (a.embed_model != "none").then_some(a.embed_model);
+    cfg.attester = a
+        .attester
+        .map(|s| s.parse::<sortition_confidential::AttesterKind>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--attester: {e}"))?;
+    if let Some(k) = cfg.attester {
+        eprintln!("confidential requests: keys attested by {k}");
+    }
     eprintln!(
         "starting devnet in {} (models are fetched on the first run)…",
         a.data_dir.display()

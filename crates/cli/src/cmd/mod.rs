@@ -1,4 +1,5 @@
 pub mod chat;
+pub mod chat_confidential;
 pub mod chat_receipt;
 pub mod common;
 pub mod devnet;

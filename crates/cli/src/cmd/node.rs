@@ -60,6 +60,11 @@ pub struct NodeArgs {
     /// collateral, so it must be funded [default: DATA_DIR/node.key].
     #[arg(long, env = "SORTITION_NODE_KEY")]
     key: Option<PathBuf>,
+    /// Serve confidential (sealed) requests with per-epoch keys attested by ATTESTER:
+    /// `dev` is INSECURE (no TEE, its evidence proves nothing; clients refuse it unless told
+    /// otherwise; devnets only); `tdx` and `sev-snp` are not built yet and are refused.
+    #[arg(long, env = "SORTITION_NODE_ATTESTER")]
+    attester: Option<String>,
 }
 
 /// The TOML file. Every field is optional; unknown fields are an error.
@@ -161,6 +166,11 @@ pub fn merge(flags: NodeArgs, file: NodeFile) -> Result<NodeSettings> {
         queue_capacity: positive("queue_capacity", file.queue_capacity, d.queue_capacity)?,
         claim_interval,
         data_dir: data_dir.clone(),
+        attester: flags
+            .attester
+            .map(|a| a.parse::<sortition_confidential::AttesterKind>())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--attester: {e}"))?,
         ..d
     };
     let key = flags

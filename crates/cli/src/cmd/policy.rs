@@ -199,6 +199,7 @@ mod tests {
             Some(AuditPolicy {
                 q_ppm: 100_000,
                 k: 2,
+                method: Default::default(),
             }),
             Some(3),
         );

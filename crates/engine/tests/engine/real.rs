@@ -61,7 +61,7 @@ async fn smollm_answers_and_is_batch_invariant() {
     assert_eq!(alone.texts.concat(), alone.text);
     let info = e.info();
     assert_eq!(info.quantization, "q8_0(from q4_1)");
-    assert!(info.node_class.kernels.starts_with("candle-0.11.1/"));
+    assert!(info.node_class.kernels.starts_with("sortition-q8/"));
 }
 
 #[tokio::test]
@@ -97,8 +97,11 @@ async fn smollm_score_matches_generation() {
     assert!(e.score(prompt, tampered).await.unwrap()[3].rank > 0);
 }
 
-/// Our forward pass against candle-transformers' quantized_llama on the shipped weights: the
-/// first greedy tokens agree (later ones may split on near-ties: different reduction orders).
+/// Our forward pass against candle-transformers' quantized_llama on the shipped Q4_1 weights.
+/// Both quantize activations to 8 bits, with different roundings (candle: q8_1 with f16
+/// scales; ours: f32 scales), so near-ties may split: the first reply token of this prompt is
+/// one (candle: "L" by 0.28, ours: "The" by 0.04). So: candle's greedy tokens, teacher-forced
+/// through our model, are each our top-2 and within 0.5 of our best logit.
 #[tokio::test]
 async fn smollm_matches_candle_reference_forward() {
     use candle_core::{Device, Tensor};
@@ -145,7 +148,11 @@ async fn smollm_matches_candle_reference_forward() {
         ids.push(next);
         reference.push(next);
     }
-    assert_eq!(ours.ids, reference);
+    assert_eq!(ours.ids.len(), 8);
+    let scores = e.score(prompt, reference).await.unwrap();
+    for s in &scores {
+        assert!(s.rank <= 1 && s.max_logit - s.logit < 0.5, "{scores:?}");
+    }
 }
 
 #[test]

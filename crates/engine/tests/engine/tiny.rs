@@ -42,10 +42,15 @@ async fn alone_equals_inside_a_batch_bit_for_bit() {
         .unwrap();
     engine.resume();
     let batched = run(target).await;
+    let mut lens = vec![batched.ids.len() as u64];
     for s in streams {
-        run(s).await;
+        lens.push(run(s).await.ids.len() as u64);
     }
-    assert_eq!(engine.stats().max_batch_seen, 4);
+    let stats = engine.stats();
+    assert_eq!(stats.max_batch_seen, 4);
+    // All four start in the first step: one step per token of the longest, one row per token.
+    assert_eq!(stats.decode_steps, *lens.iter().max().unwrap());
+    assert_eq!(stats.decode_rows, lens.iter().sum::<u64>());
     assert_eq!(alone.ids, batched.ids);
     assert_eq!(
         alone.logits, batched.logits,
@@ -237,9 +242,18 @@ async fn full_queue_answers_overloaded_immediately() {
         e.generate(req("three", SamplingParams::greedy(3))).err(),
         Some(EngineError::Overloaded)
     );
+    let waiting = e.stats();
+    assert_eq!(
+        (waiting.queued, waiting.active, waiting.decode_steps),
+        (2, 0, 0)
+    );
     e.resume();
-    run(a).await;
-    run(b).await;
+    let (a, b) = (run(a).await, run(b).await);
+    let done = e.stats();
+    assert_eq!((done.queued, done.active, done.completed), (0, 0, 2));
+    // One sequence at a time: one row per step, one step per token.
+    let tokens = (a.ids.len() + b.ids.len()) as u64;
+    assert_eq!((done.decode_steps, done.decode_rows), (tokens, tokens));
 }
 
 #[tokio::test]

@@ -56,14 +56,20 @@ const DDL: &[&str] = &[
         CHECK (units_reserved + units_used <= units_total)
     )",
     "CREATE INDEX IF NOT EXISTS stacks_node_model ON stacks (node_id, model)",
-    "CREATE TABLE IF NOT EXISTS payloads (
-        request_hash TEXT PRIMARY KEY,
+    // Request payloads kept for auditors, one per receipt (identical requests on different
+    // receipts are different payloads). Replaces the `payloads` table of earlier versions,
+    // which was keyed by request hash alone and is no longer read.
+    "CREATE TABLE IF NOT EXISTS receipt_payloads (
         stack_id BIGINT NOT NULL,
         receipt_seq BIGINT NOT NULL,
+        request_hash TEXT NOT NULL,
         body {blob} NOT NULL,
-        expires_at_ms BIGINT NOT NULL
+        receipt_json TEXT,
+        answer {blob},
+        expires_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (stack_id, receipt_seq)
     )",
-    "CREATE INDEX IF NOT EXISTS payloads_expiry ON payloads (expires_at_ms)",
+    "CREATE INDEX IF NOT EXISTS receipt_payloads_expiry ON receipt_payloads (expires_at_ms)",
 ];
 
 /// A constant key for `pg_advisory_xact_lock`, so concurrent migrations serialize.

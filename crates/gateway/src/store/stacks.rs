@@ -114,6 +114,10 @@ pub struct Payload {
     /// The receipt's sequence number on the stack.
     pub receipt_seq: u64,
     pub body: Vec<u8>,
+    /// The node's signed receipt (JSON), delivered to auditors with the body.
+    pub receipt_json: Option<String>,
+    /// The answer the user received (JSON text and finish reason), for scoring audits.
+    pub answer: Option<Vec<u8>>,
     pub expires_at_ms: i64,
 }
 
@@ -325,30 +329,38 @@ impl GatewayStore {
             .collect()
     }
 
-    /// Keeps a request body for audit delivery. Storing the same request twice keeps the first.
+    /// Keeps a request body (with its receipt and answer) for audit delivery, under the
+    /// receipt it belongs to: identical requests on other receipts are kept separately.
+    /// Storing the same receipt's payload twice keeps the first.
     pub async fn put_payload(&self, p: &Payload) -> Result<()> {
         sqlx::query(
-            "INSERT INTO payloads (request_hash, stack_id, receipt_seq, body, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_hash) DO NOTHING",
+            "INSERT INTO receipt_payloads \
+             (stack_id, receipt_seq, request_hash, body, receipt_json, answer, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stack_id, receipt_seq) DO NOTHING",
         )
-        .bind(p.request_hash.to_hex())
         .bind(id_to_db(p.stack_id.0, "stack_id")?)
         .bind(to_db(p.receipt_seq, "receipt_seq")?)
+        .bind(p.request_hash.to_hex())
         .bind(p.body.clone())
+        .bind(p.receipt_json.clone())
+        .bind(p.answer.clone())
         .bind(p.expires_at_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// A kept payload, if it exists and has not expired at `now_ms`.
-    pub async fn payload(&self, request_hash: &Hash32, now_ms: i64) -> Result<Option<Payload>> {
-        let row =
-            sqlx::query("SELECT * FROM payloads WHERE request_hash = $1 AND expires_at_ms > $2")
-                .bind(request_hash.to_hex())
-                .bind(now_ms)
-                .fetch_optional(&self.pool)
-                .await?;
+    /// The payload kept for receipt `seq` of `stack`, if it has not expired at `now_ms`.
+    pub async fn payload(&self, stack: StackId, seq: u64, now_ms: i64) -> Result<Option<Payload>> {
+        let row = sqlx::query(
+            "SELECT * FROM receipt_payloads \
+             WHERE stack_id = $1 AND receipt_seq = $2 AND expires_at_ms > $3",
+        )
+        .bind(id_to_db(stack.0, "stack_id")?)
+        .bind(to_db(seq, "receipt_seq")?)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: String = row.try_get("request_hash")?;
         Ok(Some(Payload {
@@ -356,13 +368,15 @@ impl GatewayStore {
             stack_id: StackId(from_db(row.try_get("stack_id")?, "stack_id")?),
             receipt_seq: from_db(row.try_get("receipt_seq")?, "receipt_seq")?,
             body: row.try_get("body")?,
+            receipt_json: row.try_get("receipt_json")?,
+            answer: row.try_get("answer")?,
             expires_at_ms: row.try_get("expires_at_ms")?,
         }))
     }
 
     /// The retention sweep: deletes payloads expired at `now_ms`; returns how many.
     pub async fn sweep_payloads(&self, now_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM payloads WHERE expires_at_ms <= $1")
+        let done = sqlx::query("DELETE FROM receipt_payloads WHERE expires_at_ms <= $1")
             .bind(now_ms)
             .execute(&self.pool)
             .await?;

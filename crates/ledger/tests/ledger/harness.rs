@@ -46,7 +46,11 @@ pub fn spec(q_ppm: u32) -> ModelSpec {
         weights_digest: sha256(b"w"),
         tokenizer_digest: sha256(b"t"),
         policy: SecurityPolicy {
-            audit: Some(AuditPolicy { q_ppm, k: 1 }),
+            audit: Some(AuditPolicy {
+                q_ppm,
+                k: 1,
+                method: Default::default(),
+            }),
             quorum: None,
             confidential_required: false,
             slash_bps: 5_000,

@@ -498,3 +498,84 @@ fn stack_expiry_refunds_and_unbonding_releases_collateral() {
     c.ok(&nk, TxKind::WithdrawCollateral);
     assert_eq!(c.balance(&nk.public()), Amount(b.0 + COLLATERAL.0));
 }
+
+/// Confidential keys: each epoch has its own nonce, fixed at the turn from the block's beacon;
+/// a rotation records the key with the epoch and nonce its evidence binds, and a rotation made
+/// against an epoch that has since turned is refused and changes nothing.
+#[test]
+fn key_rotation_records_epoch_and_nonce_and_refuses_stale_epochs() {
+    let mut c = Chain::new(1, 1_000_000);
+    let node = c.nodes[0].clone();
+    let id = c.node_id(0);
+    let st = c.ledger.state();
+    // Epoch 0's nonce comes from the genesis seed (the harness uses `Genesis::devnet`).
+    let seed = sortition_types::sha256(CHAIN.as_bytes());
+    assert_eq!(st.epoch_nonce, epoch_nonce(&seed, 0));
+    let (epoch0, nonce0) = (st.epoch, st.epoch_nonce);
+    let key = SealingKey(sortition_types::sha256(b"k0"));
+    let ev = c.ok(
+        &node,
+        TxKind::RotateConfidentialKey {
+            key,
+            attestation: b"evidence".to_vec(),
+            epoch: epoch0,
+        },
+    );
+    assert!(
+        matches!(ev[0], Event::KeyRotated { node, epoch, .. } if node == id && epoch == epoch0)
+    );
+    let n = c.ledger.state().node(id).unwrap().clone();
+    assert_eq!(
+        (n.confidential_key, n.key_epoch, n.key_nonce),
+        (key, epoch0, nonce0)
+    );
+
+    // The epoch turns: a new, different nonce, announced in the event.
+    let ev = c.run_until(|s| s.epoch > epoch0);
+    let st = c.ledger.state();
+    let (epoch1, nonce1) = (st.epoch, st.epoch_nonce);
+    assert_ne!(nonce1, nonce0);
+    assert!(ev.contains(&Event::EpochTurned {
+        epoch: epoch1,
+        nonce: nonce1,
+        fees_last_epoch: Amount::ZERO
+    }));
+
+    // Evidence made for the old epoch is refused, without touching the state.
+    let root = c.ledger.state_root();
+    let (r, _) = c.tx(
+        &node,
+        TxKind::RotateConfidentialKey {
+            key: SealingKey(sortition_types::sha256(b"late")),
+            attestation: b"old".to_vec(),
+            epoch: epoch0,
+        },
+    );
+    assert_eq!(
+        r,
+        Err(LedgerError::StaleEpoch {
+            current: epoch1,
+            got: epoch0
+        })
+    );
+    let n = c.ledger.state().node(id).unwrap().clone();
+    assert_eq!(
+        n.key_epoch, epoch0,
+        "refusal changed nothing (root was {root})"
+    );
+
+    let key1 = SealingKey(sortition_types::sha256(b"k1"));
+    c.ok(
+        &node,
+        TxKind::RotateConfidentialKey {
+            key: key1,
+            attestation: b"evidence-1".to_vec(),
+            epoch: epoch1,
+        },
+    );
+    let n = c.ledger.state().node(id).unwrap().clone();
+    assert_eq!(
+        (n.confidential_key, n.key_epoch, n.key_nonce),
+        (key1, epoch1, nonce1)
+    );
+}

@@ -1,0 +1,944 @@
+//! Our quantized matrix product: `y = x · Wᵀ` with `W` in GGML blocks of 32 (Q8_0: int8 and
+//! an f16 scale; Q4_1: 4-bit, an f16 scale and an f16 minimum) and each activation row
+//! quantized once to Q8 blocks with f32 scales, like llama.cpp's q8_0 × q8_0 and q4_1 × q8_1.
+//!
+//! Batching: a worker streams each weight row once per call and dots it against every
+//! activation row (in tiles of up to [`ROW_TILE`] rows), so a decode step with eight
+//! sequences reads the weights once, not eight times.
+//!
+//! Determinism: every output element comes from one dot routine per weight format: for each
+//! block in order, eight int32 lane sums (values `4k..4k+4` in lane `k`) converted to f32 and
+//! fused multiply-added with `d_w * d_x` into eight f32 lanes (Q4_1 also fused multiply-adds
+//! `m_w * s_x` into one f32, `s_x` being the activation block's sum); then the lanes are summed
+//! in a fixed tree ([`hsum8`]). Tiling and threads only decide which elements a worker
+//! computes, never how one is reduced, so results are bit-identical whatever the batch, its
+//! other rows or the thread count. The scalar path performs the same operations
+//! (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested), on any CPU.
+
+use rayon::prelude::*;
+
+use crate::error::{EngineError, Result};
+
+/// Values per quantization block.
+pub const BLOCK: usize = 32;
+/// Activation rows computed together against one weight row.
+pub const ROW_TILE: usize = 4;
+/// Fewest weight rows per parallel work item.
+const MIN_CHUNK: usize = 16;
+
+/// Weight block formats the kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightQuant {
+    /// 32 int8 and an f16 scale: `w = d * q`.
+    Q8_0,
+    /// 32 4-bit values and f16 scale and minimum: `w = d * q + m`.
+    Q4_1,
+}
+
+impl WeightQuant {
+    /// Quant bytes per block in our layout.
+    fn qbytes(self) -> usize {
+        match self {
+            WeightQuant::Q8_0 => BLOCK,
+            WeightQuant::Q4_1 => BLOCK / 2,
+        }
+    }
+}
+
+/// A quantized weight matrix: `rows` outputs of `cols` inputs; row `j` is `cols / 32` blocks.
+/// Several matrices sharing an input can be stacked into one ([`QMatrix::stack`]); a product
+/// then returns one output per part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QMatrix {
+    quant: WeightQuant,
+    rows: usize,
+    cols: usize,
+    /// Quant bytes, row-major (Q8_0: one int8 per value; Q4_1: GGML's nibble order, value
+    /// `i < 16` in the low nibble of byte `i`, value `i + 16` in its high nibble).
+    qs: Vec<u8>,
+    /// f16 scales (bits), one per block, row-major.
+    d: Vec<u16>,
+    /// f16 minimums (bits), one per block (Q4_1 only).
+    m: Vec<u16>,
+    /// Row counts of the stacked parts (one entry when not stacked).
+    parts: Vec<usize>,
+}
+
+impl QMatrix {
+    /// From GGML `block_q8_0` (f16 d, 32 int8) or `block_q4_1` (f16 d, f16 m, 16 bytes)
+    /// bytes, as candle's `QTensor::data` gives them.
+    pub fn from_ggml_bytes(
+        quant: WeightQuant,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let head = match quant {
+            WeightQuant::Q8_0 => 2,
+            WeightQuant::Q4_1 => 4,
+        };
+        let size = head + quant.qbytes();
+        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
+            return Err(EngineError::CorruptWeights(format!(
+                "{quant:?} matrix {rows}x{cols}: {} bytes",
+                bytes.len()
+            )));
+        }
+        let blocks = rows * cols / BLOCK;
+        let mut out = QMatrix {
+            quant,
+            rows,
+            cols,
+            qs: Vec::with_capacity(blocks * quant.qbytes()),
+            d: Vec::with_capacity(blocks),
+            m: Vec::new(),
+            parts: vec![rows],
+        };
+        for b in bytes.chunks_exact(size) {
+            out.d.push(u16::from_le_bytes([b[0], b[1]]));
+            if quant == WeightQuant::Q4_1 {
+                out.m.push(u16::from_le_bytes([b[2], b[3]]));
+            }
+            out.qs.extend_from_slice(&b[head..]);
+        }
+        Ok(out)
+    }
+
+    /// Stacks matrices of one format and input width; a product returns one output per part.
+    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
+        let Some(first) = mats.first() else {
+            return Err(EngineError::CorruptWeights("nothing to stack".into()));
+        };
+        let (quant, cols) = (first.quant, first.cols);
+        if mats.iter().any(|m| m.cols != cols || m.quant != quant) {
+            return Err(EngineError::CorruptWeights(
+                "stacked matrices differ in width or format".into(),
+            ));
+        }
+        let mut out = QMatrix {
+            quant,
+            rows: 0,
+            cols,
+            qs: Vec::new(),
+            d: Vec::new(),
+            m: Vec::new(),
+            parts: Vec::new(),
+        };
+        for m in mats {
+            out.rows += m.rows;
+            out.qs.extend_from_slice(&m.qs);
+            out.d.extend_from_slice(&m.d);
+            out.m.extend_from_slice(&m.m);
+            out.parts.extend(m.parts);
+        }
+        Ok(out)
+    }
+
+    /// Weight row `j`.
+    fn row(&self, j: usize) -> WRow<'_> {
+        let (nb, qb) = (self.cols / BLOCK, self.cols / BLOCK * self.quant.qbytes());
+        WRow {
+            q: &self.qs[j * qb..(j + 1) * qb],
+            d: &self.d[j * nb..(j + 1) * nb],
+            m: if self.m.is_empty() {
+                &[]
+            } else {
+                &self.m[j * nb..(j + 1) * nb]
+            },
+        }
+    }
+
+    /// The f32 values the quants stand for (tests and references).
+    #[cfg(test)]
+    pub fn dequantize(&self) -> Vec<f32> {
+        (0..self.rows)
+            .flat_map(|j| {
+                let r = self.row(j);
+                (0..self.cols / BLOCK).flat_map(move |b| {
+                    let (d, m) = (
+                        f16_to_f32(r.d[b]),
+                        r.m.get(b).map_or(0.0, |&m| f16_to_f32(m)),
+                    );
+                    (0..BLOCK).map(move |i| d * f32::from(r.value(self.quant, b, i)) + m)
+                })
+            })
+            .collect()
+    }
+}
+
+/// One weight row: quant bytes, f16 scales and (Q4_1) minimums.
+#[derive(Clone, Copy)]
+struct WRow<'a> {
+    q: &'a [u8],
+    d: &'a [u16],
+    m: &'a [u16],
+}
+
+impl WRow<'_> {
+    /// Value `i` of block `b`, as an integer.
+    fn value(&self, quant: WeightQuant, b: usize, i: usize) -> i16 {
+        match quant {
+            WeightQuant::Q8_0 => i16::from(self.q[b * BLOCK + i] as i8),
+            WeightQuant::Q4_1 => {
+                let byte = self.q[b * BLOCK / 2 + i % 16];
+                i16::from(if i < 16 { byte & 0x0f } else { byte >> 4 })
+            }
+        }
+    }
+}
+
+/// One activation row: int8 quants, f32 scales, and per block `d * Σ q`.
+#[derive(Clone, Copy)]
+struct XRow<'a> {
+    q: &'a [i8],
+    d: &'a [f32],
+    s: &'a [f32],
+}
+
+/// Activation rows quantized to Q8 blocks with f32 scales, once per product.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Rows {
+    rows: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    /// Per block `d * Σ q` (for Q4_1's minimum term).
+    s: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// Quantizes `rows` rows of `cols` values, each block to `round(x / d)` with
+    /// `d = max|x| / 127` (llama.cpp's `quantize_row_q8_0`, keeping `d` in f32).
+    /// Each row's blocks depend only on that row.
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
+            "q8 rows: {} values as {rows}x{cols}",
+            x.len()
+        );
+        let mut qs = vec![0i8; x.len()];
+        let mut d = Vec::with_capacity(x.len() / BLOCK);
+        let mut s = Vec::with_capacity(x.len() / BLOCK);
+        for (src, dst) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in dst.iter_mut().zip(src) {
+                let r = round_half_away(v * inv).clamp(-127, 127);
+                sum += r;
+                *q = r as i8;
+            }
+            d.push(scale);
+            s.push(scale * sum as f32);
+        }
+        Q8Rows {
+            rows,
+            cols,
+            qs,
+            d,
+            s,
+        }
+    }
+
+    fn row(&self, r: usize) -> XRow<'_> {
+        let (k, nb) = (self.cols, self.cols / BLOCK);
+        XRow {
+            q: &self.qs[r * k..(r + 1) * k],
+            d: &self.d[r * nb..(r + 1) * nb],
+            s: &self.s[r * nb..(r + 1) * nb],
+        }
+    }
+
+    /// The f32 values the quants stand for (tests and references).
+    #[cfg(test)]
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs
+            .chunks_exact(BLOCK)
+            .zip(&self.d)
+            .flat_map(|(q, &d)| q.iter().map(move |&v| v as f32 * d))
+            .collect()
+    }
+}
+
+/// `v.round() as i32` (halves away from zero) for `|v| < 2^23`, without a libm call.
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    // Exact: `v` and its truncation share the exponent range.
+    let frac = v - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
+/// IEEE half to single precision (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        // Subnormal: man * 2^-24, exact in f32.
+        (0, _) => {
+            let v = (man as f32) * f32::from_bits(0x3380_0000);
+            return if sign != 0 { -v } else { v };
+        }
+        (31, _) => sign | 0x7f80_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Which implementation of the dot routines runs (part of the node class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX2 + FMA + F16C intrinsics, chosen at run time.
+    Avx2,
+    /// Portable Rust performing the same operations.
+    Scalar,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return Kernel::Avx2;
+        }
+        Kernel::Scalar
+    }
+
+    /// [`crate::kernels::dot`], vectorized when the CPU allows (same bits either way).
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") {
+            return Some(avx2::dot(a, b));
+        }
+        let _ = (a, b);
+        None
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx2 => "avx2",
+            Kernel::Scalar => "scalar",
+        }
+    }
+
+    /// Dots `W` weight rows with `N` activation rows; `out[i][t]` is weight row `i` against
+    /// activation row `t`. Every row must hold the same number of blocks.
+    fn tile<const W: usize, const N: usize>(
+        self,
+        quant: WeightQuant,
+        w: [WRow<'_>; W],
+        x: [XRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        let nb = x.first().map_or(0, |r| r.d.len());
+        let mlen = if quant == WeightQuant::Q4_1 { nb } else { 0 };
+        for r in &w {
+            assert!(r.d.len() == nb && r.m.len() == mlen && r.q.len() == nb * quant.qbytes());
+        }
+        for r in &x {
+            assert!(r.d.len() == nb && r.s.len() == nb && r.q.len() == nb * BLOCK);
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::tile(quant, w, x),
+            _ => scalar_tile(quant, w, x),
+        }
+    }
+}
+
+/// Sums eight lanes in a fixed tree: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+fn hsum8(l: [f32; 8]) -> f32 {
+    let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// The reference dot routines (see the module docs).
+fn scalar_tile<const W: usize, const N: usize>(
+    quant: WeightQuant,
+    w: [WRow<'_>; W],
+    x: [XRow<'_>; N],
+) -> [[f32; N]; W] {
+    let mut out = [[0f32; N]; W];
+    for (wr, out_w) in w.iter().zip(out.iter_mut()) {
+        for (xr, o) in x.iter().zip(out_w.iter_mut()) {
+            let mut lanes = [0f32; 8];
+            let mut msum = 0f32;
+            for b in 0..xr.d.len() {
+                let d = f16_to_f32(wr.d[b]) * xr.d[b];
+                for (k, lane) in lanes.iter_mut().enumerate() {
+                    let s: i32 = (4 * k..4 * k + 4)
+                        .map(|i| i32::from(wr.value(quant, b, i)) * i32::from(xr.q[b * BLOCK + i]))
+                        .sum();
+                    *lane = (s as f32).mul_add(d, *lane);
+                }
+                if quant == WeightQuant::Q4_1 {
+                    msum = f16_to_f32(wr.m[b]).mul_add(xr.s[b], msum);
+                }
+            }
+            *o = match quant {
+                WeightQuant::Q8_0 => hsum8(lanes),
+                WeightQuant::Q4_1 => hsum8(lanes) + msum,
+            };
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{BLOCK, WRow, WeightQuant, XRow, hsum8};
+    use std::arch::x86_64::*;
+
+    /// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices).
+    const PREFETCH: usize = 2048;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// Safe entry: checks the CPU features here; the caller checked that every row holds
+    /// the same number of blocks.
+    pub fn tile<const W: usize, const N: usize>(
+        quant: WeightQuant,
+        w: [WRow<'_>; W],
+        x: [XRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        assert!(available());
+        // SAFETY: the features were just checked; the tile functions read `nb` blocks of
+        // each row, which the caller checked every row holds.
+        unsafe {
+            match quant {
+                WeightQuant::Q8_0 => tile_q8_0(w, x),
+                WeightQuant::Q4_1 => tile_q4_1(w, x),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn half(h: u16) -> __m256 {
+        _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn finish<const W: usize, const N: usize>(acc: [[__m256; N]; W]) -> [[f32; N]; W] {
+        let mut out = [[0f32; N]; W];
+        for i in 0..W {
+            for t in 0..N {
+                let mut l = [0f32; 8];
+                // SAFETY: `l` holds eight f32.
+                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[i][t]) };
+                out[i][t] = hsum8(l);
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_q8_0<const W: usize, const N: usize>(
+        w: [WRow<'_>; W],
+        x: [XRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        let nb = x.first().map_or(0, |r| r.d.len());
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); N]; W];
+        for b in 0..nb {
+            let mut wv = [_mm256_setzero_si256(); W];
+            let mut aw = [_mm256_setzero_si256(); W];
+            let mut dw = [_mm256_setzero_ps(); W];
+            for i in 0..W {
+                let at = w[i].q.as_ptr().wrapping_add(b * BLOCK);
+                // A hint only: an address past the matrix is never dereferenced.
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
+                // SAFETY: block `b < nb` lies inside every row (checked by the caller).
+                wv[i] = unsafe { _mm256_loadu_si256(at.cast()) };
+                aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
+                dw[i] = half(w[i].d[b]);
+            }
+            for t in 0..N {
+                // SAFETY: as above.
+                let xv = unsafe { _mm256_loadu_si256(x[t].q.as_ptr().add(b * BLOCK).cast()) };
+                let dx = _mm256_set1_ps(x[t].d[b]);
+                for i in 0..W {
+                    // |w| * (x * sign w) = w * x per byte; pairs, then quads, to int32 lanes.
+                    let sx = _mm256_sign_epi8(xv, wv[i]);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[i], sx), ones);
+                    let d = _mm256_mul_ps(dw[i], dx);
+                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
+                }
+            }
+        }
+        finish(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_q4_1<const W: usize, const N: usize>(
+        w: [WRow<'_>; W],
+        x: [XRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        let nb = x.first().map_or(0, |r| r.d.len());
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0f);
+        let mut acc = [[_mm256_setzero_ps(); N]; W];
+        let mut msum = [[0f32; N]; W];
+        for b in 0..nb {
+            let mut wv = [_mm256_setzero_si256(); W];
+            let mut dw = [_mm256_setzero_ps(); W];
+            let mut mw = [0f32; W];
+            for i in 0..W {
+                let at = w[i].q.as_ptr().wrapping_add(b * BLOCK / 2);
+                // A hint only: an address past the matrix is never dereferenced.
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
+                // SAFETY: block `b < nb` (16 bytes) lies inside every row (checked by the
+                // caller).
+                let raw = unsafe { _mm_loadu_si128(at.cast()) };
+                // Values 0..16 from the low nibbles, 16..32 from the high ones.
+                let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                wv[i] = _mm256_and_si256(both, low);
+                dw[i] = half(w[i].d[b]);
+                mw[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(w[i].m[b]))));
+            }
+            for t in 0..N {
+                // SAFETY: as above (32 bytes of the activation row).
+                let xv = unsafe { _mm256_loadu_si256(x[t].q.as_ptr().add(b * BLOCK).cast()) };
+                let dx = _mm256_set1_ps(x[t].d[b]);
+                let sx = x[t].s[b];
+                for i in 0..W {
+                    // Unsigned 4-bit weights times signed int8: pairs, then quads, to int32.
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[i], xv), ones);
+                    let d = _mm256_mul_ps(dw[i], dx);
+                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
+                    msum[i][t] = mw[i].mul_add(sx, msum[i][t]);
+                }
+            }
+        }
+        let mut out = finish(acc);
+        for i in 0..W {
+            for t in 0..N {
+                out[i][t] += msum[i][t];
+            }
+        }
+        out
+    }
+
+    /// [`crate::kernels::dot`] with the same eight lanes, multiplies and adds (not fused), so
+    /// the same bits.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        assert!(is_x86_feature_detected!("avx"));
+        // SAFETY: the feature was just checked; reads stay within the shorter slice.
+        unsafe { dot_impl(a, b) }
+    }
+
+    #[target_feature(enable = "avx")]
+    unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n` elements of both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+            i += 8;
+        }
+        let mut l = [0f32; 8];
+        // SAFETY: `l` holds eight f32.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+        let mut tail = 0f32;
+        for j in i..n {
+            tail += a[j] * b[j];
+        }
+        ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
+    }
+}
+
+/// Runs products on a fixed number of threads.
+pub struct Pool {
+    /// `None` for one thread: products run on the caller's thread.
+    pool: Option<rayon::ThreadPool>,
+    kernel: Kernel,
+}
+
+impl Pool {
+    pub fn new(threads: usize, kernel: Kernel) -> Result<Pool> {
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("sortition-q8-{i}"))
+                    .build()
+                    .map_err(|e| EngineError::Internal(format!("thread pool: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Pool { pool, kernel })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
+    }
+
+    /// Runs `f` on every item, in parallel when the pool has threads.
+    pub fn for_each<T: Send, F: Fn(T) + Sync + Send>(&self, items: Vec<T>, f: F) {
+        match &self.pool {
+            Some(p) => p.install(|| items.into_par_iter().for_each(f)),
+            None => items.into_iter().for_each(f),
+        }
+    }
+
+    /// `x · Wᵀ`: per part of `w`, a row-major `[x.rows × part rows]` output.
+    pub fn matmul(&self, w: &QMatrix, x: &Q8Rows) -> Vec<Vec<f32>> {
+        assert_eq!(w.cols, x.cols, "matmul widths");
+        let m = x.rows;
+        let mut outs: Vec<Vec<f32>> = w.parts.iter().map(|&n| vec![0f32; m * n]).collect();
+        if m == 0 {
+            return outs;
+        }
+        // A work item: a run of weight rows from `j0` and, per activation row, its outputs.
+        // About eight items per thread and part, in multiples of four weight rows.
+        let mut items: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+        let mut j0 = 0;
+        for (out, &n) in outs.iter_mut().zip(&w.parts) {
+            let per = (n / (8 * self.threads()))
+                .next_multiple_of(4)
+                .clamp(MIN_CHUNK, 256);
+            let first = items.len();
+            items.extend((0..n.div_ceil(per)).map(|c| (j0 + c * per, Vec::with_capacity(m))));
+            for row in out.chunks_exact_mut(n) {
+                for (c, piece) in row.chunks_mut(per).enumerate() {
+                    items[first + c].1.push(piece);
+                }
+            }
+            j0 += n;
+        }
+        let kernel = self.kernel;
+        self.for_each(items, |(j0, mut out)| chunk(kernel, w, x, j0, &mut out));
+        outs
+    }
+}
+
+/// Weight rows `j0..` against every activation row `r`, into `out[r]` (as many weight rows
+/// as it holds): tiles of up to [`ROW_TILE`] activation rows outermost, so that one tile
+/// stays in L1 while the chunk's weight rows (in L1/L2 after the first tile) stream past it;
+/// two or four weight rows at a time, for independent accumulation chains.
+fn chunk(kernel: Kernel, w: &QMatrix, x: &Q8Rows, j0: usize, out: &mut [&mut [f32]]) {
+    let m = x.rows;
+    let n = out.first().map_or(0, |o| o.len());
+    let mut r0 = 0;
+    while r0 < m {
+        let t = ROW_TILE.min(m - r0);
+        let mut jj = 0;
+        while jj < n {
+            let wide = if t == 1 { 4 } else { 2 };
+            let ws = if n - jj >= wide { wide } else { 1 };
+            let ctx = Tile {
+                kernel,
+                w,
+                x,
+                j: j0 + jj,
+                r0,
+            };
+            let o = &mut out[r0..r0 + t];
+            match (ws, t) {
+                (4, _) => ctx.run::<4, 1>(o, jj),
+                (2, 2) => ctx.run::<2, 2>(o, jj),
+                (2, 3) => ctx.run::<2, 3>(o, jj),
+                (2, _) => ctx.run::<2, ROW_TILE>(o, jj),
+                (_, 1) => ctx.run::<1, 1>(o, jj),
+                (_, 2) => ctx.run::<1, 2>(o, jj),
+                (_, 3) => ctx.run::<1, 3>(o, jj),
+                _ => ctx.run::<1, ROW_TILE>(o, jj),
+            }
+            jj += ws;
+        }
+        r0 += t;
+    }
+}
+
+/// Where one tile sits: weight rows from `j`, activation rows from `r0`.
+struct Tile<'a> {
+    kernel: Kernel,
+    w: &'a QMatrix,
+    x: &'a Q8Rows,
+    j: usize,
+    r0: usize,
+}
+
+impl Tile<'_> {
+    /// Writes weight row `j + i` against activation row `r0 + t` to `out[t][at + i]`.
+    fn run<const W: usize, const N: usize>(&self, out: &mut [&mut [f32]], at: usize) {
+        let w: [WRow<'_>; W] = std::array::from_fn(|i| self.w.row(self.j + i));
+        let x: [XRow<'_>; N] = std::array::from_fn(|t| self.x.row(self.r0 + t));
+        for (i, vals) in self.kernel.tile(self.w.quant, w, x).iter().enumerate() {
+            for (o, &v) in out.iter_mut().zip(vals) {
+                o[at + i] = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::{Rng, SeedableRng};
+
+    fn random(rng: &mut ChaCha20Rng, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    const QUANTS: [WeightQuant; 2] = [WeightQuant::Q8_0, WeightQuant::Q4_1];
+
+    /// A random weight matrix through candle's quantizer and our reader, and its values.
+    fn qmatrix(
+        rng: &mut ChaCha20Rng,
+        quant: WeightQuant,
+        rows: usize,
+        cols: usize,
+    ) -> (QMatrix, Vec<f32>) {
+        let v = random(rng, rows * cols, 0.5);
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+        let dtype = match quant {
+            WeightQuant::Q8_0 => GgmlDType::Q8_0,
+            WeightQuant::Q4_1 => GgmlDType::Q4_1,
+        };
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let reference = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let m = QMatrix::from_ggml_bytes(quant, &q.data().unwrap(), rows, cols).unwrap();
+        (m, reference)
+    }
+
+    fn kernels() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Scalar];
+        if Kernel::detect() != Kernel::Scalar {
+            k.push(Kernel::detect());
+        }
+        k
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn reads_candle_blocks_exactly() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        for quant in QUANTS {
+            let (m, reference) = qmatrix(&mut rng, quant, 7, 96);
+            assert_eq!(bits(&m.dequantize()), bits(&reference), "{quant:?}");
+        }
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x8003), -3.0 * 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+    }
+
+    #[test]
+    fn rounding_matches_f32_round() {
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let mut vals = random(&mut rng, 10_000, 130.0);
+        vals.extend([
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+            0.0,
+            -0.0,
+        ]);
+        for v in vals {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+        }
+    }
+
+    #[test]
+    fn activation_quantization_is_close_and_bounded() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let mut x = random(&mut rng, 3 * 64, 3.0);
+        x[5] = 0.0;
+        x[64..96].fill(0.0);
+        let q = Q8Rows::quantize(&x, 3, 64);
+        assert!(q.qs.iter().all(|&v| v != i8::MIN));
+        for (a, b) in q.dequantize().iter().zip(&x) {
+            assert!((a - b).abs() <= 3.0 / 127.0 / 2.0 + 1e-6, "{a} vs {b}");
+        }
+        assert!(q.dequantize()[64..96].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn products_match_a_dequantized_reference() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (rows, cols, m) = (37, 128, 5);
+        let x = random(&mut rng, m * cols, 2.0);
+        let xq = Q8Rows::quantize(&x, m, cols);
+        let xf = xq.dequantize();
+        for (quant, kernel) in QUANTS
+            .into_iter()
+            .flat_map(|q| kernels().into_iter().map(move |k| (q, k)))
+        {
+            let (w, wf) = qmatrix(&mut rng, quant, rows, cols);
+            let y = Pool::new(1, kernel).unwrap().matmul(&w, &xq).remove(0);
+            for r in 0..m {
+                for j in 0..rows {
+                    let exact: f64 = (0..cols)
+                        .map(|i| f64::from(wf[j * cols + i]) * f64::from(xf[r * cols + i]))
+                        .sum();
+                    let got = y[r * rows + j];
+                    assert!(
+                        (f64::from(got) - exact).abs() < 1e-4 * (1.0 + exact.abs()),
+                        "{quant:?} {kernel:?} ({r},{j}): {got} vs {exact}"
+                    );
+                    // And close to the unquantized-activation product.
+                    let f32_ref: f32 = (0..cols).map(|i| wf[j * cols + i] * x[r * cols + i]).sum();
+                    assert!((got - f32_ref).abs() < 0.05 * (1.0 + f32_ref.abs()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_and_scalar_agree_bit_for_bit() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let xq = Q8Rows::quantize(&random(&mut rng, 9 * 192, 4.0), 9, 192);
+        for quant in QUANTS {
+            let (w, _) = qmatrix(&mut rng, quant, 50, 192);
+            let outs: Vec<Vec<u32>> = kernels()
+                .into_iter()
+                .map(|k| bits(&Pool::new(1, k).unwrap().matmul(&w, &xq)[0]))
+                .collect();
+            assert!(outs.windows(2).all(|p| p[0] == p[1]), "{quant:?}");
+        }
+    }
+
+    #[test]
+    fn batched_rows_equal_rows_alone_bit_for_bit() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let (rows, cols) = (45, 96);
+        for (quant, kernel) in QUANTS
+            .into_iter()
+            .flat_map(|q| kernels().into_iter().map(move |k| (q, k)))
+        {
+            let (w, _) = qmatrix(&mut rng, quant, rows, cols);
+            let pool = Pool::new(2, kernel).unwrap();
+            for m in [1, 2, 3, 4, 5, 8, 13] {
+                let x = random(&mut rng, m * cols, 1.5);
+                let batched = pool.matmul(&w, &Q8Rows::quantize(&x, m, cols)).remove(0);
+                for r in 0..m {
+                    let one = Q8Rows::quantize(&x[r * cols..(r + 1) * cols], 1, cols);
+                    let alone = pool.matmul(&w, &one).remove(0);
+                    assert_eq!(
+                        bits(&alone),
+                        bits(&batched[r * rows..(r + 1) * rows]),
+                        "{quant:?} {kernel:?} batch {m} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn thread_counts_and_stacking_do_not_change_results() {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let xq = Q8Rows::quantize(&random(&mut rng, 6 * 64, 1.0), 6, 64);
+        for (quant, kernel) in QUANTS
+            .into_iter()
+            .flat_map(|q| kernels().into_iter().map(move |k| (q, k)))
+        {
+            let (a, _) = qmatrix(&mut rng, quant, 70, 64);
+            let (b, _) = qmatrix(&mut rng, quant, 33, 64);
+            let stacked = QMatrix::stack(vec![a.clone(), b.clone()]).unwrap();
+            let one = Pool::new(1, kernel).unwrap();
+            let (ya, yb) = (one.matmul(&a, &xq), one.matmul(&b, &xq));
+            for threads in [2, 3, 5] {
+                let pool = Pool::new(threads, kernel).unwrap();
+                assert_eq!(pool.threads(), threads);
+                let ys = pool.matmul(&stacked, &xq);
+                assert_eq!(ys.len(), 2);
+                assert_eq!(bits(&ys[0]), bits(&ya[0]));
+                assert_eq!(bits(&ys[1]), bits(&yb[0]));
+            }
+        }
+    }
+
+    /// `cargo test --release -p sortition-engine --lib q8::tests::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn speed() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let threads: usize = std::env::var("THREADS").map_or(1, |v| v.parse().unwrap());
+        let quant = match std::env::var("QUANT").as_deref() {
+            Ok("q4_1") => WeightQuant::Q4_1,
+            _ => WeightQuant::Q8_0,
+        };
+        for (rows, cols) in [(960, 576), (3072, 576), (576, 1536), (49152, 576)] {
+            let w = QMatrix::stack(
+                (0..rows / 48)
+                    .map(|_| qmatrix(&mut rng, quant, 48, cols).0)
+                    .collect(),
+            )
+            .unwrap();
+            for kernel in kernels() {
+                let pool = Pool::new(threads, kernel).unwrap();
+                for m in [1, 8, 145] {
+                    let xq = Q8Rows::quantize(&random(&mut rng, m * cols, 1.0), m, cols);
+                    let t = std::time::Instant::now();
+                    let mut n = 0;
+                    while t.elapsed().as_secs_f64() < 0.3 {
+                        std::hint::black_box(pool.matmul(&w, &xq));
+                        n += 1;
+                    }
+                    let s = t.elapsed().as_secs_f64() / n as f64;
+                    let pairs = (rows * cols / BLOCK * m) as f64;
+                    println!(
+                        "{kernel:?} {rows}x{cols} m={m}: {:.3} ms, {:.2} ns/block-pair, {:.1} GB/s weights",
+                        s * 1e3,
+                        s * 1e9 / pairs,
+                        (w.qs.len() + 2 * w.d.len() + 2 * w.m.len()) as f64 / s / 1e9
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let q8 = WeightQuant::Q8_0;
+        assert!(QMatrix::from_ggml_bytes(q8, &[0; 34], 1, 33).is_err());
+        assert!(QMatrix::from_ggml_bytes(q8, &[0; 33], 1, 32).is_err());
+        let a = QMatrix::from_ggml_bytes(q8, &[0; 34], 1, 32).unwrap();
+        let b = QMatrix::from_ggml_bytes(q8, &[0; 68], 1, 64).unwrap();
+        let c = QMatrix::from_ggml_bytes(WeightQuant::Q4_1, &[0; 20], 1, 32).unwrap();
+        assert!(QMatrix::stack(vec![a.clone(), b]).is_err());
+        assert!(QMatrix::stack(vec![a, c]).is_err());
+        assert!(QMatrix::stack(vec![]).is_err());
+    }
+}

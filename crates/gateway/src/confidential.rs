@@ -1,0 +1,410 @@
+//! Confidential chat (DESIGN flow 7) through the gateway: `POST /v1/confidential/chat/completions`.
+//!
+//! The gateway sees only the envelope's clear metadata (model, target node, `max_tokens`,
+//! stream flag) and the size of the sealed body. It authenticates the API key, admits the
+//! request against the user's credits, reserves stack units on the target node — the one the
+//! client sealed to, never another, so there is no failover — signs stack auth over the
+//! envelope, relays the sealed answer unopened, checks the clear receipt against the key the
+//! ledger holds for that node, and bills.
+//!
+//! What the gateway cannot check: the receipt's request and response hashes commit to the
+//! plaintext, which only the client and the node see; the client checks them. The gateway keeps
+//! no payload of a confidential request for auditors (it holds only ciphertext): auditing such
+//! requests is the executor's duty, re-sealing to attested auditors (not built yet: see the
+//! node's `confidential` module).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use sortition_api::*;
+use sortition_confidential::wire::{
+    CONFIDENTIAL_CHAT_PATH, Envelope, ReceiptExt, SealedCompletion, StreamItem,
+};
+use sortition_types::{Amount, ModelId, SignedReceipt, StackId};
+use tokio::sync::mpsc;
+
+use crate::directory::{cost, unit_price};
+use crate::proxy::{self, ReceiptError};
+use crate::router::{NodeView, Outcome};
+use crate::state::GatewayState;
+use crate::store::{AuthedKey, NewUsage, UsageStatus};
+
+type S = State<Arc<GatewayState>>;
+
+/// Worst-case units of a sealed request: the ciphertext bounds the plaintext (a token is at
+/// least one byte), plus a quarter for the chat template's per-message overhead (a message
+/// takes at least ~28 bytes of JSON and at most ~7 template tokens), a fixed margin, and
+/// the new tokens.
+pub fn sealed_units(env: &Envelope) -> u64 {
+    let ct = env.sealed.ciphertext.len() as u64;
+    ct + ct / 4 + 64 + u64::from(env.max_tokens)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+/// `POST /v1/confidential/chat/completions`.
+pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
+    g.metrics.inc("requests_total", "confidential_chat", 1);
+    match handle(&g, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            g.metrics.inc("errors_total", e.code, 1);
+            e.into_response()
+        }
+    }
+}
+
+/// The request as dispatched to its node.
+struct Dispatched {
+    key: AuthedKey,
+    model: ModelId,
+    node: NodeView,
+    stack: StackId,
+    reserved: u64,
+    started: Instant,
+}
+
+async fn handle(
+    g: &Arc<GatewayState>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = g.store.authenticate(bearer(headers)).await?;
+    g.limiter.check(key.key_id, key.rpm)?;
+    let env: Envelope = parse_json(&body)?;
+    let _permit = g.in_flight.try_acquire()?;
+    let model = ModelId::new(&env.model);
+    let node = g.router.lock().await.node(env.node).cloned();
+    let node = node.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "node_not_found",
+            format!("{} is not an active node known to this gateway", env.node),
+        )
+        .with_param("node")
+    })?;
+    if !node.models.contains(&model) {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "model_not_found",
+            format!("{} does not serve model '{model}'", node.id),
+        )
+        .with_param("model"));
+    }
+    if !node.confidential {
+        return Err(ApiError::invalid(
+            "node_not_confidential",
+            format!("{} published no attested confidential key", node.id),
+        )
+        .with_param("node"));
+    }
+    let units = sealed_units(&env);
+    crate::routes::affordable(&key, cost(units, unit_price(&node)))?;
+    let stack = proxy::hold_stack(g, &node, &model, units).await?;
+    let started = Instant::now();
+    let d = Dispatched {
+        key,
+        model,
+        node,
+        stack: stack.stack_id,
+        reserved: units,
+        started,
+    };
+    let resp = match proxy::send(g, &d.node, CONFIDENTIAL_CHAT_PATH, &body, d.stack).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(fail(g, &d, format!("node {} unreachable: {e}", d.node.id)).await);
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        // The node refused (bad seal, stale key, exhausted stack, …): pass its OpenAI-shaped
+        // error on, return the units, bill nothing.
+        proxy::release(g, d.stack, d.reserved).await;
+        let outcome = if status.is_server_error() {
+            Outcome::Failure
+        } else {
+            Outcome::Cancelled
+        };
+        g.finish(d.node.id, outcome).await;
+        let text = resp.bytes().await.unwrap_or_default();
+        let mut r = (status, text).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(r);
+    }
+    if env.stream {
+        Ok(relay(g.clone(), d, resp).into_response())
+    } else {
+        whole(g, d, resp).await
+    }
+}
+
+async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
+    proxy::release(g, d.stack, d.reserved).await;
+    g.finish(d.node.id, Outcome::Failure).await;
+    ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
+}
+
+/// The checks the gateway can make on a confidential receipt: the chosen node signed it with
+/// the key the ledger holds, for the stack used, within the units reserved (the request hash
+/// commits to the plaintext, which only the client can check).
+fn check(d: &Dispatched, r: &SignedReceipt) -> Result<(), ReceiptError> {
+    if r.receipt.node != d.node.id {
+        return Err(ReceiptError::WrongNode {
+            want: d.node.id,
+            got: r.receipt.node,
+        });
+    }
+    r.verify(&d.node.operator)
+        .map_err(|_| ReceiptError::BadSignature(d.node.id))?;
+    if r.receipt.stack != d.stack {
+        return Err(ReceiptError::WrongStack {
+            want: d.stack,
+            got: r.receipt.stack,
+        });
+    }
+    if r.receipt.units().0 > d.reserved {
+        return Err(ReceiptError::OverReported {
+            claimed: r.receipt.units().0,
+            reserved: d.reserved,
+        });
+    }
+    Ok(())
+}
+
+async fn bad_receipt(g: &GatewayState, d: &Dispatched, e: ReceiptError) -> ApiError {
+    tracing::error!(node = %d.node.id, error = %e, "refused a node's confidential receipt");
+    g.metrics.inc("receipts_refused_total", "", 1);
+    fail(g, d, format!("node {}: {e}; nothing was billed", d.node.id))
+        .await
+        .with_code("receipt_invalid")
+}
+
+trait WithCode {
+    fn with_code(self, code: &'static str) -> Self;
+}
+impl WithCode for ApiError {
+    fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+/// Settles the stack, charges the user and records usage (with the receipt; no payload).
+async fn bill(
+    g: &GatewayState,
+    d: &Dispatched,
+    receipt: Option<&SignedReceipt>,
+    units: u64,
+    status: UsageStatus,
+) -> Amount {
+    if let Err(e) = g.store.settle_stack_units(d.stack, d.reserved, units).await {
+        tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
+    }
+    let price = cost(units, unit_price(&d.node));
+    let charged = match g.store.charge(d.key.key_id, price).await {
+        Ok(_) => price,
+        Err(e) => {
+            tracing::warn!(key = %d.key.key_id, error = %e, "could not charge a served request");
+            Amount::ZERO
+        }
+    };
+    let usage = NewUsage {
+        key_id: d.key.key_id,
+        user_id: d.key.user_id,
+        model: d.model.clone(),
+        node_id: d.node.id,
+        stack_id: Some(d.stack),
+        prompt_tokens: receipt.map_or(0, |r| r.receipt.input_tokens),
+        completion_tokens: receipt.map_or(units, |r| r.receipt.output_tokens),
+        cost: charged,
+        status,
+        receipt_json: receipt.and_then(|r| serde_json::to_string(r).ok()),
+        request_hash: receipt.map(|r| r.receipt.request_hash).unwrap_or_default(),
+    };
+    if let Err(e) = g.store.record_usage(&usage).await {
+        tracing::error!(error = %e, "usage record failed");
+    }
+    charged
+}
+
+async fn whole(
+    g: &Arc<GatewayState>,
+    d: Dispatched,
+    resp: reqwest::Response,
+) -> Result<Response, ApiError> {
+    let bytes = match tokio::time::timeout(g.config.upstream_timeout, resp.bytes()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(fail(g, &d, format!("reading the node's answer: {e}")).await),
+        Err(_) => return Err(fail(g, &d, "node timed out".into()).await),
+    };
+    let mut answer: SealedCompletion = match serde_json::from_slice(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            return Err(fail(g, &d, format!("node sent a malformed sealed answer: {e}")).await);
+        }
+    };
+    if let Err(e) = check(&d, &answer.sortition.receipt) {
+        return Err(bad_receipt(g, &d, e).await);
+    }
+    let ttft = d.started.elapsed();
+    g.finish(d.node.id, Outcome::Success { ttft, itl: None })
+        .await;
+    let receipt = answer.sortition.receipt.clone();
+    bill(
+        g,
+        &d,
+        Some(&receipt),
+        receipt.receipt.units().0,
+        UsageStatus::Ok,
+    )
+    .await;
+    answer.sortition.verified_by_gateway = Some(true);
+    let mut r = Json(answer).into_response();
+    if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
+        r.headers_mut().insert(NODE_HEADER, v);
+    }
+    Ok(r)
+}
+
+/// Relays the sealed SSE stream unopened, checking the receipt in its clear final event.
+fn relay(
+    g: Arc<GatewayState>,
+    d: Dispatched,
+    resp: reqwest::Response,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    tokio::spawn(drive(g, d, resp, tx));
+    let out = async_stream::stream! {
+        while let Some(data) = rx.recv().await {
+            yield Ok(Event::default().data(data));
+        }
+    };
+    Sse::new(out).keep_alive(KeepAlive::default())
+}
+
+async fn drive(
+    g: Arc<GatewayState>,
+    d: Dispatched,
+    resp: reqwest::Response,
+    tx: mpsc::Sender<String>,
+) {
+    let mut events = resp.bytes_stream().eventsource();
+    let mut chunks: u64 = 0;
+    let mut ttft = None;
+    let mut receipt = None;
+    let mut client_gone = false;
+    while let Some(ev) = events.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(node = %d.node.id, error = %e, "sealed stream from node broke");
+                break;
+            }
+        };
+        if ev.data == "[DONE]" {
+            break;
+        }
+        ttft.get_or_insert_with(|| d.started.elapsed());
+        let data = match serde_json::from_str::<StreamItem>(&ev.data) {
+            Ok(StreamItem::Receipt { sortition }) => match check(&d, &sortition.receipt) {
+                Ok(()) => {
+                    let out = StreamItem::Receipt {
+                        sortition: ReceiptExt {
+                            verified_by_gateway: Some(true),
+                            ..sortition
+                        },
+                    };
+                    receipt = Some(sortition_receipt(&out));
+                    serde_json::to_string(&out).unwrap_or_default()
+                }
+                Err(e) => {
+                    let err = bad_receipt(&g, &d, e).await;
+                    let _ = tx
+                        .send(serde_json::to_string(&err.body()).unwrap_or_default())
+                        .await;
+                    let _ = tx.send("[DONE]".into()).await;
+                    return;
+                }
+            },
+            Ok(StreamItem::Sealed { .. }) => {
+                chunks += 1;
+                ev.data
+            }
+            Ok(StreamItem::Error { .. }) | Err(_) => ev.data,
+        };
+        if tx.send(data).await.is_err() {
+            client_gone = true;
+            break;
+        }
+    }
+    drop(events);
+    match receipt.flatten() {
+        Some(r) => {
+            let _ = tx.send("[DONE]".into()).await;
+            g.finish(
+                d.node.id,
+                Outcome::Success {
+                    ttft: ttft.unwrap_or_default(),
+                    itl: None,
+                },
+            )
+            .await;
+            bill(&g, &d, Some(&r), r.receipt.units().0, UsageStatus::Ok).await;
+        }
+        None => {
+            // No receipt: the node failed or the client left. Bill only the chunks delivered,
+            // one unit each, as for plain streams.
+            g.finish(
+                d.node.id,
+                if client_gone {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Failure
+                },
+            )
+            .await;
+            if !client_gone {
+                let err = ApiError::new(
+                    ErrorKind::BadGateway,
+                    "stream_interrupted",
+                    "the node's sealed stream ended before its receipt",
+                );
+                let _ = tx
+                    .send(serde_json::to_string(&err.body()).unwrap_or_default())
+                    .await;
+                let _ = tx.send("[DONE]".into()).await;
+            }
+            let status = if client_gone {
+                UsageStatus::Cancelled
+            } else {
+                UsageStatus::Failed
+            };
+            bill(&g, &d, None, chunks.min(d.reserved), status).await;
+        }
+    }
+}
+
+fn sortition_receipt(item: &StreamItem) -> Option<SignedReceipt> {
+    match item {
+        StreamItem::Receipt { sortition } => Some(sortition.receipt.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,249 @@
+//! Synchronous quorum (sampling consensus at request time): the request goes to `n` nodes of
+//! one class, each of a different operator, and is answered only from a response that a
+//! strict majority of them signed alike (same response hash and token counts).
+//!
+//! Every member's receipt is checked against the key the ledger holds for it, exactly as for
+//! a single node. Members that disagree with the majority are counted and logged, and their
+//! requests are kept for the auditors: their receipts will be claimed like any other, so the
+//! ledger's sampled audits re-check them. Without a majority the user gets a 502 and is not
+//! charged. Not built yet: filing a dispute on the ledger directly from a quorum
+//! disagreement (the ledger opens disputes only from audits), and streamed quorum answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sortition_api::{ApiError, ErrorKind};
+use sortition_types::{Hash32, ModelId, NodeId, SignedReceipt};
+
+use crate::directory::cost;
+use crate::proxy::{self, Answer, Dispatched, check_receipt};
+use crate::router::{Constraints, NodeView, Outcome};
+use crate::server::RouterQueries;
+use crate::state::GatewayState;
+use crate::store::AuthedKey;
+
+/// What one member of the quorum returned, with a verified receipt.
+struct Member {
+    d: Dispatched,
+    value: Value,
+    receipt: SignedReceipt,
+    ttft: std::time::Duration,
+}
+
+/// What a request asks of the quorum.
+pub struct QuorumRequest<'a> {
+    pub key: &'a AuthedKey,
+    pub model: &'a ModelId,
+    pub units: u64,
+    pub constraints: &'a Constraints,
+    pub stream: bool,
+    pub size: u8,
+    pub path: &'a str,
+    pub body: &'a Bytes,
+}
+
+/// Runs the request on a quorum and answers from its majority.
+pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Response, ApiError> {
+    if q.stream {
+        return Err(ApiError::invalid(
+            "quorum_stream_unsupported",
+            "streamed answers under a quorum are not built yet; send \"stream\": false",
+        )
+        .with_param("stream"));
+    }
+    let nodes: Vec<NodeView> = {
+        let mut r = g.router.lock().await;
+        // Every member is paid: the user must afford n answers at the dearest price.
+        if let Some(worst) = r.worst_price(q.model) {
+            let n = u64::from(q.size);
+            crate::routes::affordable(q.key, cost(q.units.saturating_mul(n), worst))?;
+        }
+        let ids = r.choose_quorum(q.model, q.constraints, q.size, &[], Instant::now())?;
+        ids.iter().filter_map(|id| r.node(*id).cloned()).collect()
+    };
+    let asked = futures::future::join_all(nodes.into_iter().map(|n| ask(g, n, &q))).await;
+    let (mut members, mut failed) = (Vec::new(), Vec::new());
+    for a in asked {
+        match a {
+            Ok(m) => members.push(m),
+            Err((node, why)) => {
+                tracing::warn!(%node, %why, "quorum member failed");
+                failed.push(json!({"node": node, "error": why}));
+            }
+        }
+    }
+    // Group by what was signed: response hash and token counts.
+    let mut groups: BTreeMap<(Hash32, u64, u64), Vec<usize>> = BTreeMap::new();
+    for (i, m) in members.iter().enumerate() {
+        let r = &m.receipt.receipt;
+        groups
+            .entry((r.response_hash, r.input_tokens, r.output_tokens))
+            .or_default()
+            .push(i);
+    }
+    let majority = groups
+        .values()
+        .find(|v| v.len() * 2 > usize::from(q.size))
+        .cloned();
+    for m in &members {
+        g.finish(
+            m.d.node.id,
+            Outcome::Success {
+                ttft: m.ttft,
+                itl: None,
+            },
+        )
+        .await;
+    }
+    let Some(majority) = majority else {
+        // No answer: settle what the nodes did (they will claim it) and keep the requests
+        // for the audits; the user is not charged.
+        for m in &members {
+            settle_unbilled(g, m, q.body).await;
+        }
+        g.metrics.inc("quorum_total", "no_majority", 1);
+        let votes: Vec<Value> = members
+            .iter()
+            .map(|m| json!({"node": m.d.node.id, "response_hash": m.receipt.receipt.response_hash}))
+            .collect();
+        tracing::warn!(model = %q.model, ?votes, "quorum without a majority");
+        return Err(ApiError::new(
+            ErrorKind::BadGateway,
+            "quorum_disagreement",
+            format!(
+                "no {} of the {} quorum members agreed ({} answered); nothing was charged",
+                usize::from(q.size) / 2 + 1,
+                q.size,
+                members.len()
+            ),
+        ));
+    };
+    let agreeing: Vec<NodeId> = majority.iter().map(|&i| members[i].d.node.id).collect();
+    let mut dissenting = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        if majority.contains(&i) {
+            let mut answer = Answer::default();
+            answer.absorb(&m.value);
+            let answer = (!answer.finish_reason.is_empty()).then_some(answer);
+            proxy::bill(g, &m.d, q.key, q.model, q.body, &m.receipt, answer.as_ref()).await;
+        } else {
+            tracing::warn!(node = %m.d.node.id, agreeing = ?agreeing, "quorum member disagreed with the majority");
+            g.metrics.inc("quorum_dissent_total", "", 1);
+            dissenting.push(m.d.node.id);
+            settle_unbilled(g, m, q.body).await;
+        }
+    }
+    g.metrics.inc(
+        "quorum_total",
+        if dissenting.is_empty() && failed.is_empty() {
+            "unanimous"
+        } else {
+            "majority"
+        },
+        1,
+    );
+    let first = &members[majority[0]];
+    let mut value = first.value.clone();
+    if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
+        ext.insert("verified_by_gateway".into(), Value::Bool(true));
+        ext.insert(
+            "quorum".into(),
+            json!({"size": q.size, "agreeing": agreeing, "dissenting": dissenting, "failed": failed}),
+        );
+    }
+    let mut resp = Json(value).into_response();
+    if let Ok(v) = HeaderValue::from_str(&first.d.node.id.to_string()) {
+        resp.headers_mut().insert(sortition_api::NODE_HEADER, v);
+    }
+    if let Ok(s) = serde_json::to_string(&first.receipt)
+        && let Ok(v) = HeaderValue::try_from(s)
+    {
+        resp.headers_mut().insert(sortition_api::RECEIPT_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// A member's work that is not charged to the user: the stack's units are settled (the node
+/// will claim them) and the request is kept for the auditors.
+async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) {
+    let units = m.receipt.receipt.units().0.min(m.d.reserved);
+    if let Err(e) = g
+        .store
+        .settle_stack_units(m.d.stack, m.d.reserved, units)
+        .await
+    {
+        tracing::error!(stack = %m.d.stack, error = %e, "stack settlement failed");
+    }
+    proxy::keep_payload(g, &m.d, body, &m.receipt, None).await;
+}
+
+/// Sends the request to one member and checks its receipt.
+async fn ask(
+    g: &Arc<GatewayState>,
+    node: NodeView,
+    q: &QuorumRequest<'_>,
+) -> Result<Member, (NodeId, String)> {
+    let id = node.id;
+    let stack = match proxy::hold_stack(g, &node, q.model, q.units).await {
+        Ok(s) => s,
+        Err(e) => {
+            g.finish(id, Outcome::Failure).await;
+            return Err((id, e.message));
+        }
+    };
+    let started = Instant::now();
+    let d = Dispatched {
+        node,
+        stack: stack.stack_id,
+        reserved: q.units,
+        response: crate::routes::empty_response(),
+        started,
+    };
+    let failed = |why: String| async move {
+        proxy::release(g, stack.stack_id, q.units).await;
+        g.finish(id, Outcome::Failure).await;
+        Err((id, why))
+    };
+    let resp = match proxy::send(g, &d.node, q.path, q.body, stack.stack_id).await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("unreachable: {e}")).await,
+    };
+    let ttft = started.elapsed();
+    let status = resp.status();
+    let bytes = match tokio::time::timeout(g.config.upstream_timeout, resp.bytes()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return failed(format!("reading the answer: {e}")).await,
+        Err(_) => return failed("timed out".into()).await,
+    };
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        return failed(format!("answered {status}: {text}")).await;
+    }
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return failed(format!("invalid JSON: {e}")).await,
+    };
+    let receipt = value
+        .get("sortition")
+        .and_then(|s| s.get("receipt"))
+        .and_then(|r| serde_json::from_value::<SignedReceipt>(r.clone()).ok());
+    let Some(receipt) = receipt else {
+        return failed("no receipt".into()).await;
+    };
+    if let Err(e) = check_receipt(&d, q.body, &receipt) {
+        g.metrics.inc("receipts_refused_total", "", 1);
+        return failed(format!("receipt refused: {e}")).await;
+    }
+    Ok(Member {
+        d,
+        value,
+        receipt,
+        ttft,
+    })
+}

@@ -1,0 +1,624 @@
+//! Confidential requests on the node (DESIGN flow 7).
+//!
+//! Keys: with an attester configured, the node keeps a [`KeyRing`]: one X25519 key per epoch,
+//! generated inside the (claimed) TEE, bound by evidence to (key, the ledger's epoch nonce, node
+//! id), and published with `RotateConfidentialKey` at start and at every `EpochTurned` event.
+//! The previous epoch's key is kept so requests sealed just before a turn still open.
+//!
+//! Requests: `POST /v1/confidential/chat/completions` carries an
+//! [`Envelope`](sortition_confidential::wire::Envelope) signed with stack auth like any other
+//! request. The node opens it, checks that the plaintext agrees with the clear metadata, runs it
+//! on the same engine path as a plain request, seals every response chunk under its own nonce,
+//! and returns the receipt in the clear; the receipt's hashes commit to the plaintext request and
+//! answer, exactly as for a plain request. Errors about the plaintext never quote it.
+//!
+//! NOT BUILT: audits of confidential requests. The node does not yet keep the plaintext and
+//! re-seal it to the attested keys of the auditors the ledger draws; the gateway holds only
+//! ciphertext, so a sampled confidential receipt reaches no auditor and cannot be re-checked.
+
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use sortition_api::*;
+use sortition_confidential::wire::{
+    CONFIDENTIAL_CHAT_PATH, Envelope, ReceiptExt, SEALED_COMPLETION_OBJECT, SealedCompletion,
+    StreamItem,
+};
+use sortition_confidential::{
+    Attester, AttesterError, AttesterKind, ConfidentialKey, ResponseSealer, SealError, open_request,
+};
+use sortition_engine::{FinishReason, GenerateRequest, Prompt, StreamEvent};
+use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
+use sortition_ledger_service::{ClientError, Cursor, LedgerClient};
+use sortition_types::{
+    Hash32, Keypair, ModelId, NodeId, SignedReceipt, sha256, text_response_hash,
+};
+use tokio::sync::{mpsc, watch};
+use zeroize::Zeroizing;
+
+use crate::auth::authenticate;
+use crate::service::{NodeState, Outcome, engine_error};
+
+/// This epoch's key and the previous one.
+#[derive(Default)]
+struct Keys {
+    current: Option<ConfidentialKey>,
+    previous: Option<ConfidentialKey>,
+}
+
+/// The node's confidential keys and the attester that vouches for them.
+pub struct KeyRing {
+    node: NodeId,
+    kind: AttesterKind,
+    attester: Box<dyn Attester>,
+    keys: RwLock<Keys>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl KeyRing {
+    pub fn new(node: NodeId, kind: AttesterKind) -> Result<KeyRing, AttesterError> {
+        Ok(KeyRing {
+            node,
+            kind,
+            attester: kind.build()?,
+            keys: RwLock::new(Keys::default()),
+        })
+    }
+
+    /// The attester in words; says INSECURE for the dev attester.
+    pub fn label(&self) -> String {
+        self.kind.to_string()
+    }
+
+    pub fn is_insecure(&self) -> bool {
+        self.attester.is_insecure()
+    }
+
+    /// The epoch of the current key, if one is published.
+    pub fn current_epoch(&self) -> Option<u64> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .as_ref()
+            .map(ConfidentialKey::epoch)
+    }
+
+    /// The key of `epoch`: the current one or the one before it.
+    fn key_for(&self, epoch: u64) -> Option<ConfidentialKey> {
+        let k = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        [&k.current, &k.previous]
+            .into_iter()
+            .flatten()
+            .find(|key| key.epoch() == epoch)
+            .cloned()
+    }
+
+    /// Makes a key for the ledger's current epoch, attests it and publishes it. A turn that
+    /// races the transaction (`StaleEpoch`) is retried against the new epoch.
+    pub async fn publish(&self, client: &LedgerClient, signer: &Keypair) -> Result<u64, String> {
+        for _ in 0..4 {
+            let status = client.status().await.map_err(|e| e.to_string())?;
+            if self.current_epoch() == Some(status.epoch) {
+                return Ok(status.epoch);
+            }
+            let key = {
+                let k = self.keys.read().unwrap_or_else(|e| e.into_inner());
+                match &k.current {
+                    Some(cur) if cur.epoch() < status.epoch => {
+                        cur.rotate(status.epoch, status.epoch_nonce)
+                    }
+                    _ => ConfidentialKey::generate(self.node, status.epoch, status.epoch_nonce),
+                }
+                .map_err(|e| e.to_string())?
+            };
+            let evidence = self
+                .attester
+                .evidence(&key.report_data(), unix_now())
+                .map_err(|e| e.to_string())?;
+            let attestation = serde_json::to_vec(&evidence).map_err(|e| e.to_string())?;
+            let tx = TxKind::RotateConfidentialKey {
+                key: SealingKey(Hash32(key.public_key())),
+                attestation,
+                epoch: status.epoch,
+            };
+            match client.send(signer, tx).await {
+                Ok(_) => {
+                    let epoch = key.epoch();
+                    let mut k = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                    k.previous = k.current.take();
+                    k.current = Some(key);
+                    return Ok(epoch);
+                }
+                Err(ClientError::Api { code, .. }) if code == STALE_EPOCH => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the epoch kept turning while the key was being published".into())
+    }
+}
+
+/// The ledger's refusal code of `LedgerError::StaleEpoch`.
+const STALE_EPOCH: &str = "stale_epoch";
+
+/// Publishes a fresh key at every `EpochTurned` event until `stop`. Starts from `from`, the
+/// ledger height before the first key was published, so no turn is missed.
+pub async fn follow_epochs(
+    ring: Arc<KeyRing>,
+    client: LedgerClient,
+    signer: Keypair,
+    from: Cursor,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut cursor = from;
+    loop {
+        let stream = match client.events(cursor).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        // Catch up with a turn missed while the stream was down.
+        if let Ok(st) = client.status().await
+            && ring.current_epoch().is_some_and(|e| e < st.epoch)
+        {
+            rotate(&ring, &client, &signer).await;
+        }
+        tokio::pin!(stream);
+        loop {
+            let item = tokio::select! {
+                i = stream.next() => i,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match item {
+                Some(Ok((c, event))) => {
+                    cursor = c.next();
+                    if let LedgerEvent::EpochTurned { epoch, .. } = event
+                        && ring.current_epoch().is_none_or(|e| e < epoch)
+                    {
+                        rotate(&ring, &client, &signer).await;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "event stream error");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn rotate(ring: &KeyRing, client: &LedgerClient, signer: &Keypair) {
+    match ring.publish(client, signer).await {
+        Ok(epoch) => {
+            tracing::info!(node = %ring.node, epoch, attester = %ring.label(), "confidential key rotated")
+        }
+        Err(e) => {
+            tracing::error!(node = %ring.node, error = %e, "confidential key rotation failed")
+        }
+    }
+}
+
+type S = State<Arc<NodeState>>;
+
+fn sealed_error(code: &'static str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(code, e.to_string())
+}
+
+/// An error about the plaintext, with its message withheld (it could quote the prompt).
+fn redact(e: ApiError) -> ApiError {
+    let keep = matches!(
+        e.code,
+        "context_length_exceeded" | "overloaded" | "stack_exhausted" | "stack_closed"
+    ) || !matches!(e.kind, ErrorKind::InvalidRequest);
+    if keep {
+        return e;
+    }
+    ApiError {
+        message: format!(
+            "the sealed request is invalid ({}); details withheld because the request is \
+             confidential",
+            e.code
+        ),
+        ..e
+    }
+}
+
+/// `POST /v1/confidential/chat/completions`.
+pub async fn chat_completions(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    s.metrics.inc("requests_total", "confidential_chat", 1);
+    match handle(&s, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.inc("errors_total", e.code, 1);
+            e.into_response()
+        }
+    }
+}
+
+/// A confidential request after opening and admission.
+struct Admitted {
+    state: Arc<NodeState>,
+    job: Job,
+    sealer: ResponseSealer,
+    stream: sortition_engine::GenerationStream,
+    id: String,
+}
+
+async fn handle(
+    s: &Arc<NodeState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let stack = authenticate(
+        s.stacks.as_ref(),
+        &s.store,
+        "POST",
+        CONFIDENTIAL_CHAT_PATH,
+        headers,
+        body,
+        unix_now_ms(),
+    )
+    .await?;
+    let Some(ring) = s.confidential.as_ref() else {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "confidential_unavailable",
+            "this node runs without an attester and publishes no confidential key",
+        ));
+    };
+    let env: Envelope = parse_json(body)?;
+    if env.node != s.id || !env.metadata_bound() {
+        return Err(sealed_error(
+            "metadata_mismatch",
+            "the envelope's metadata does not match what was sealed (or the target is another node)",
+        ));
+    }
+    let key = ring.key_for(env.sealed.key_epoch).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Conflict,
+            "stale_confidential_key",
+            format!(
+                "sealed to key epoch {}, which this node no longer holds; fetch the current key",
+                env.sealed.key_epoch
+            ),
+        )
+    })?;
+    let (plaintext, sealer) = open_request(&key, &env.sealed).map_err(|e| match e {
+        SealError::OpenFailed => sealed_error("sealed_request_invalid", e),
+        other => sealed_error("sealed_request_invalid", other),
+    })?;
+    let stream = env.stream;
+    let a = admit(s, stack, &env, plaintext, sealer).await?;
+    if stream {
+        return Ok(sse(a).into_response());
+    }
+    // The generation runs to completion in its own task even if the client leaves, so the
+    // work done is always receipted.
+    tokio::spawn(unary(a))
+        .await
+        .map_err(|e| ApiError::internal(format!("generation task failed: {e}")))?
+}
+
+/// Checks the plaintext against the metadata, reserves units and starts the generation.
+async fn admit(
+    s: &Arc<NodeState>,
+    stack: crate::accounts::StackInfo,
+    env: &Envelope,
+    plaintext: Zeroizing<Vec<u8>>,
+    sealer: ResponseSealer,
+) -> Result<Admitted, ApiError> {
+    let req: ChatCompletionRequest = parse_json(&plaintext).map_err(redact)?;
+    let wanted_max = req
+        .sampling
+        .max_completion_tokens
+        .or(req.sampling.max_tokens)
+        .unwrap_or(256);
+    if req.model != env.model
+        || wanted_max != env.max_tokens
+        || req.sampling.is_stream() != env.stream
+    {
+        return Err(sealed_error(
+            "metadata_mismatch",
+            "the sealed request's model, max_tokens or stream flag differs from the envelope's",
+        ));
+    }
+    let prompt = Prompt::Chat(crate::routes::chat_messages(&req.messages).map_err(redact)?);
+    let chat = s.engine(&req.model)?;
+    let params = crate::routes::sampling_params(&req.sampling, 256).map_err(redact)?;
+    let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
+    let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
+    let model = ModelId::new(&req.model);
+    let reservation = s.reserve(&stack, &model, needed)?;
+    let prompt = crate::adversary::rewrite_prompt(s.adversary, Prompt::Tokens(prompt_tokens));
+    let stream = match chat
+        .engine
+        .generate(GenerateRequest::new(prompt, params.clone()))
+    {
+        Ok(st) => st,
+        Err(e) => {
+            s.release(reservation);
+            return Err(engine_error(e));
+        }
+    };
+    let request_hash = sha256(&plaintext);
+    Ok(Admitted {
+        state: s.clone(),
+        job: Job {
+            reservation,
+            model,
+            params,
+            request_hash,
+        },
+        sealer,
+        stream,
+        id: format!("chatcmpl-{}", &env.sealed.request_id.to_hex()[..24]),
+    })
+}
+
+fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// What is needed to receipt a request once its generation ends.
+struct Job {
+    reservation: crate::accounts::Reservation,
+    model: ModelId,
+    params: sortition_engine::SamplingParams,
+    request_hash: Hash32,
+}
+
+impl Job {
+    /// Receipts what was generated: hashes of the plaintext request and answer.
+    fn complete(
+        self,
+        state: &NodeState,
+        usage: (u64, u64),
+        text: &str,
+        finish: &str,
+    ) -> Result<SignedReceipt, ApiError> {
+        let digest = state.engine(self.model.as_str())?.engine.info().digest;
+        state.finish(
+            self.reservation,
+            Outcome {
+                model: self.model,
+                model_digest: digest,
+                request_hash: self.request_hash,
+                response_hash: text_response_hash(text, finish),
+                input_tokens: usage.0,
+                output_tokens: usage.1,
+                sampling: self.params.to_record(),
+            },
+        )
+    }
+}
+
+fn ext(state: &NodeState, receipt: SignedReceipt) -> ReceiptExt {
+    ReceiptExt {
+        node: state.id,
+        receipt,
+        verified_by_gateway: None,
+    }
+}
+
+async fn unary(a: Admitted) -> Result<Response, ApiError> {
+    let Admitted {
+        state,
+        job,
+        sealer,
+        mut stream,
+        id,
+    } = a;
+    let result = loop {
+        match stream.next().await {
+            Some(StreamEvent::Done {
+                finish_reason,
+                usage,
+                text,
+                ..
+            }) => break Ok((finish_reason, usage, text)),
+            Some(StreamEvent::Error(e)) => break Err(engine_error(e)),
+            Some(StreamEvent::Token { .. }) => {}
+            None => break Err(ApiError::internal("generation ended without a result")),
+        }
+    };
+    let (finish, usage, text) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            state.release(job.reservation);
+            return Err(e);
+        }
+    };
+    let usage = (
+        u64::from(usage.prompt_tokens),
+        u64::from(usage.completion_tokens),
+    );
+    let text = crate::adversary::rewrite_text(state.adversary, text);
+    let finish = finish_str(finish);
+    let model = job.model.0.clone();
+    let receipt = job.complete(&state, usage, &text, finish)?;
+    let completion = ChatCompletion {
+        id: id.clone(),
+        object: "chat.completion".into(),
+        created: unix_now_secs(),
+        model: model.clone(),
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant".into(),
+                content: text,
+            },
+            finish_reason: finish.into(),
+            logprobs: None,
+        }],
+        usage: Usage::new(usage.0, usage.1),
+        sortition: None,
+    };
+    let plain = Zeroizing::new(
+        serde_json::to_vec(&completion).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    let sealed = sealer
+        .seal_whole(&plain)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(SealedCompletion {
+        id,
+        object: SEALED_COMPLETION_OBJECT.into(),
+        sealed,
+        sortition: ext(&state, receipt),
+    })
+    .into_response())
+}
+
+fn unix_now_secs() -> u64 {
+    unix_now()
+}
+
+fn chunk_plain(
+    id: &str,
+    model: &str,
+    text: Option<String>,
+    finish: Option<&str>,
+    first: bool,
+) -> Vec<u8> {
+    crate::routes::chunk_json(crate::routes::Kind::Chat, id, model, text, finish, first)
+        .into_bytes()
+}
+
+fn item_json(item: &StreamItem) -> String {
+    serde_json::to_string(item).unwrap_or_default()
+}
+
+/// Streams sealed chunks as SSE; a driver task owns the generation (as for plain streams).
+fn sse(a: Admitted) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    tokio::spawn(drive(a, tx));
+    let stream = async_stream::stream! {
+        while let Some(data) = rx.recv().await {
+            yield Ok(Event::default().data(data));
+        }
+        yield Ok(Event::default().data("[DONE]"));
+    };
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn drive(a: Admitted, tx: mpsc::Sender<String>) {
+    let Admitted {
+        state,
+        job,
+        mut sealer,
+        mut stream,
+        id,
+    } = a;
+    let usage_handle = stream.usage_handle();
+    let model = job.model.0.clone();
+    let mut first = true;
+    let mut sent = String::new();
+    let seal = |sealer: &mut ResponseSealer, plain: Vec<u8>, last: bool| {
+        let plain = Zeroizing::new(plain);
+        sealer
+            .seal_chunk(&plain, last)
+            .map(|sealed| item_json(&StreamItem::Sealed { sealed }))
+    };
+    loop {
+        match stream.next().await {
+            Some(StreamEvent::Token { text, .. }) => {
+                if text.is_empty() {
+                    continue;
+                }
+                sent.push_str(&text);
+                let msg = seal(
+                    &mut sealer,
+                    chunk_plain(&id, &model, Some(text), None, first),
+                    false,
+                );
+                let gone = match msg {
+                    Ok(m) => tx.send(m).await.is_err(),
+                    Err(_) => true,
+                };
+                if gone {
+                    // Client left: cancel generation, bill what was generated.
+                    drop(stream);
+                    let u = usage_handle.usage();
+                    state.metrics.inc("client_disconnects_total", "", 1);
+                    let usage = (u64::from(u.prompt_tokens), u64::from(u.completion_tokens));
+                    let _ = job.complete(&state, usage, &sent, "cancelled");
+                    return;
+                }
+                first = false;
+            }
+            Some(StreamEvent::Done {
+                finish_reason,
+                usage,
+                text,
+                ..
+            }) => {
+                let finish = finish_str(finish_reason);
+                // Any text held back (a partial stop-string match) is flushed, so the stream
+                // equals the non-streamed answer; it rides in the final chunk.
+                let rest = text
+                    .strip_prefix(sent.as_str())
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_string);
+                if let Ok(m) = seal(
+                    &mut sealer,
+                    chunk_plain(&id, &model, rest, Some(finish), first),
+                    true,
+                ) {
+                    let _ = tx.send(m).await;
+                }
+                let usage = (
+                    u64::from(usage.prompt_tokens),
+                    u64::from(usage.completion_tokens),
+                );
+                let text = crate::adversary::rewrite_text(state.adversary, text);
+                let msg = match job.complete(&state, usage, &text, finish) {
+                    Ok(receipt) => item_json(&StreamItem::Receipt {
+                        sortition: ext(&state, receipt),
+                    }),
+                    Err(e) => serde_json::to_string(&e.body()).unwrap_or_default(),
+                };
+                let _ = tx.send(msg).await;
+                return;
+            }
+            Some(StreamEvent::Error(e)) => {
+                let u = usage_handle.usage();
+                let e = engine_error(e);
+                let _ = tx
+                    .send(serde_json::to_string(&e.body()).unwrap_or_default())
+                    .await;
+                let usage = (u64::from(u.prompt_tokens), u64::from(u.completion_tokens));
+                if usage.1 == 0 {
+                    state.release(job.reservation);
+                } else {
+                    let _ = job.complete(&state, usage, &sent, "error");
+                }
+                return;
+            }
+            None => {
+                state.release(job.reservation);
+                return;
+            }
+        }
+    }
+}
