@@ -166,27 +166,7 @@ async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
 /// the key the ledger holds, for the stack used, within the units reserved (the request hash
 /// commits to the plaintext, which only the client can check).
 fn check(d: &Dispatched, r: &SignedReceipt) -> Result<(), ReceiptError> {
-    if r.receipt.node != d.node.id {
-        return Err(ReceiptError::WrongNode {
-            want: d.node.id,
-            got: r.receipt.node,
-        });
-    }
-    r.verify(&d.node.operator)
-        .map_err(|_| ReceiptError::BadSignature(d.node.id))?;
-    if r.receipt.stack != d.stack {
-        return Err(ReceiptError::WrongStack {
-            want: d.stack,
-            got: r.receipt.stack,
-        });
-    }
-    if r.receipt.units().0 > d.reserved {
-        return Err(ReceiptError::OverReported {
-            claimed: r.receipt.units().0,
-            reserved: d.reserved,
-        });
-    }
-    Ok(())
+    proxy::check_signed(&d.node, d.stack, d.reserved, r)
 }
 
 async fn bad_receipt(g: &GatewayState, d: &Dispatched, e: ReceiptError) -> ApiError {

@@ -230,24 +230,35 @@ pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(
     if r.receipt.request_hash != sha256(body) {
         return Err(ReceiptError::WrongRequest);
     }
-    if r.receipt.node != d.node.id {
+    check_signed(&d.node, d.stack, d.reserved, r)
+}
+
+/// Checks what a receipt says about its dispatch: `node` signed it with the key the ledger
+/// holds, for `stack`, within the `reserved` units.
+pub fn check_signed(
+    node: &NodeView,
+    stack: StackId,
+    reserved: u64,
+    r: &SignedReceipt,
+) -> Result<(), ReceiptError> {
+    if r.receipt.node != node.id {
         return Err(ReceiptError::WrongNode {
-            want: d.node.id,
+            want: node.id,
             got: r.receipt.node,
         });
     }
-    r.verify(&d.node.operator)
-        .map_err(|_| ReceiptError::BadSignature(d.node.id))?;
-    if r.receipt.stack != d.stack {
+    r.verify(&node.operator)
+        .map_err(|_| ReceiptError::BadSignature(node.id))?;
+    if r.receipt.stack != stack {
         return Err(ReceiptError::WrongStack {
-            want: d.stack,
+            want: stack,
             got: r.receipt.stack,
         });
     }
-    if r.receipt.units().0 > d.reserved {
+    if r.receipt.units().0 > reserved {
         return Err(ReceiptError::OverReported {
             claimed: r.receipt.units().0,
-            reserved: d.reserved,
+            reserved,
         });
     }
     Ok(())
