@@ -90,6 +90,21 @@ async fn admit(
     })
 }
 
+/// Mean time between streamed chunks, from the first and last chunk's arrival, for the
+/// router's inter-token latency; `None` with fewer than two chunks.
+fn inter_token(
+    first: Option<std::time::Duration>,
+    last: Option<std::time::Duration>,
+    chunks: u64,
+) -> Option<std::time::Duration> {
+    match (first, last) {
+        (Some(f), Some(l)) if chunks >= 2 && l >= f => {
+            Some((l - f) / u32::try_from(chunks - 1).unwrap_or(u32::MAX))
+        }
+        _ => None,
+    }
+}
+
 /// Refuses (402) a request that may cost `need` when the key's credits or budget cannot
 /// cover it, so that a request is never served unpaid.
 pub(crate) fn affordable(key: &AuthedKey, need: sortition_types::Amount) -> Result<(), ApiError> {
@@ -390,6 +405,7 @@ async fn drive_relay(
     let mut events = response.bytes_stream().eventsource();
     let mut delivered_chunks: u64 = 0;
     let mut ttft = None;
+    let mut last_chunk = None;
     let mut receipt_ok = None;
     let mut client_gone = false;
     let mut answer = proxy::Answer::default();
@@ -435,6 +451,7 @@ async fn drive_relay(
             }
         } else {
             delivered_chunks += 1;
+            last_chunk = Some(proxy::elapsed(&d));
             answer.absorb(&v);
         }
         if tx.send(v.to_string()).await.is_err() {
@@ -450,7 +467,7 @@ async fn drive_relay(
                 d.node.id,
                 Outcome::Success {
                     ttft: ttft.unwrap_or_default(),
-                    itl: None,
+                    itl: inter_token(ttft, last_chunk, delivered_chunks),
                 },
             )
             .await;
@@ -507,5 +524,20 @@ async fn drive_relay(
             };
             g.store.record_usage(&usage).await.ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inter_token;
+    use std::time::Duration;
+
+    #[test]
+    fn inter_token_latency_is_the_mean_gap_between_chunks() {
+        let ms = Duration::from_millis;
+        assert_eq!(inter_token(Some(ms(100)), Some(ms(400)), 4), Some(ms(100)));
+        assert_eq!(inter_token(Some(ms(100)), Some(ms(100)), 1), None);
+        assert_eq!(inter_token(None, Some(ms(100)), 3), None);
+        assert_eq!(inter_token(Some(ms(200)), Some(ms(100)), 3), None);
     }
 }
