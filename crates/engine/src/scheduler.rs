@@ -295,8 +295,9 @@ impl Worker {
             });
             match finish {
                 Some(finish_reason) => {
-                    // Out of the batch before the client can see the end.
+                    // Out of the batch and counted before the client can see the end.
                     self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                    self.stats.completed.fetch_add(1, Ordering::Relaxed);
                     let usage = Usage {
                         prompt_tokens: s.prompt_len,
                         completion_tokens: s.generated.len() as u32,
@@ -308,7 +309,6 @@ impl Worker {
                         text: s.text.final_text(),
                     });
                     s.progress.retired.store(true, Ordering::Release);
-                    self.stats.completed.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
                     s.feed = vec![id];
