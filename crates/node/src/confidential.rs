@@ -35,7 +35,7 @@ use sortition_confidential::wire::{
 use sortition_confidential::{
     Attester, AttesterError, AttesterKind, ConfidentialKey, ResponseSealer, SealError, open_request,
 };
-use sortition_engine::{FinishReason, GenerateRequest, Prompt, StreamEvent};
+use sortition_engine::{FinishReason, Prompt, StreamEvent};
 use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
 use sortition_ledger_service::{ClientError, Cursor, LedgerClient};
 use sortition_types::{
@@ -345,20 +345,9 @@ async fn admit(
     let chat = s.engine(&req.model)?;
     let params = crate::routes::sampling_params(&req.sampling, 256).map_err(redact)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
-    let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
     let model = ModelId::new(&req.model);
-    let reservation = s.reserve(&stack, &model, needed)?;
-    let prompt = crate::adversary::rewrite_prompt(s.adversary, Prompt::Tokens(prompt_tokens));
-    let stream = match chat
-        .engine
-        .generate(GenerateRequest::new(prompt, params.clone()))
-    {
-        Ok(st) => st,
-        Err(e) => {
-            s.release(reservation);
-            return Err(engine_error(e));
-        }
-    };
+    let (reservation, stream) =
+        s.start_generation(&stack, chat, &model, prompt_tokens, params.clone())?;
     let request_hash = sha256(&plaintext);
     Ok(Admitted {
         state: s.clone(),

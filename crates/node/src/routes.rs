@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use sortition_api::*;
-use sortition_engine::{FinishReason, GenerateRequest, Prompt, SamplingParams, StreamEvent};
+use sortition_engine::{FinishReason, Prompt, SamplingParams, StreamEvent};
 use sortition_types::{
     ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
 };
@@ -84,20 +84,9 @@ async fn admit(
     let chat = s.engine(model)?;
     let params = sampling_params(fields, 256)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
-    let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
     let model_id = ModelId::new(model);
-    let reservation = s.reserve(&stack, &model_id, needed)?;
-    let prompt = crate::adversary::rewrite_prompt(s.adversary, Prompt::Tokens(prompt_tokens));
-    let stream = match chat
-        .engine
-        .generate(GenerateRequest::new(prompt, params.clone()))
-    {
-        Ok(st) => st,
-        Err(e) => {
-            s.release(reservation);
-            return Err(engine_error(e));
-        }
-    };
+    let (reservation, stream) =
+        s.start_generation(&stack, chat, &model_id, prompt_tokens, params.clone())?;
     let job = Job {
         state: s.clone(),
         reservation,

@@ -177,6 +177,34 @@ impl NodeState {
     pub fn release(&self, r: Reservation) {
         self.accounts.settle(r, 0, false);
     }
+
+    /// Reserves the worst case (prompt plus `max_tokens`) on the stack and starts the
+    /// generation; the reservation is returned if the engine refuses the request.
+    pub fn start_generation(
+        &self,
+        stack: &StackInfo,
+        chat: &ChatModel,
+        model: &ModelId,
+        prompt_tokens: Vec<u32>,
+        params: sortition_engine::SamplingParams,
+    ) -> Result<(Reservation, sortition_engine::GenerationStream), ApiError> {
+        let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
+        let reservation = self.reserve(stack, model, needed)?;
+        let prompt = crate::adversary::rewrite_prompt(
+            self.adversary,
+            sortition_engine::Prompt::Tokens(prompt_tokens),
+        );
+        match chat
+            .engine
+            .generate(sortition_engine::GenerateRequest::new(prompt, params))
+        {
+            Ok(stream) => Ok((reservation, stream)),
+            Err(e) => {
+                self.release(reservation);
+                Err(engine_error(e))
+            }
+        }
+    }
 }
 
 fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
