@@ -91,7 +91,7 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     println!();
     println!("Try it:");
     println!(
-        "  curl -s {}/v1/chat/completions -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":32}}'",
+        "  curl -s {}/v1/chat/completions -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":32,\"temperature\":0}}'",
         i.gateway_url,
         i.api_key,
         i.models
