@@ -22,6 +22,8 @@ const EMBED: &str = "all-minilm-l6-v2";
 async fn start(dir: &Path) -> Devnet {
     let mut cfg = DevnetConfig::new(dir);
     cfg.node_claim_interval = Duration::from_millis(500);
+    // Nodes claim (and so close) stacks while the test runs, as they do in production.
+    cfg.claim_policy.max_age_ms = 3_000;
     Devnet::start(cfg).await.expect("devnet starts")
 }
 
@@ -302,9 +304,40 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         eprintln!("SKIPPED: the OpenAI SDK check (pip install openai to run it)");
     }
 
+    claimed_stacks_are_closed_by_the_gateway(&net, &ledger, r.receipt.stack, &url, &info.api_key)
+        .await;
     node_refuses_unauthorized_requests(&net, dir.path(), &ledger).await;
     every_node_of_the_class_answers_alike(&net, dir.path(), &ledger, &text).await;
     net.shutdown().await;
+}
+
+/// A node's claim closes its stack on the ledger; the gateway learns it from the ledger's
+/// events, stops using the stack, and the next request is served on a fresh one.
+async fn claimed_stacks_are_closed_by_the_gateway(
+    net: &Devnet,
+    ledger: &LedgerClient,
+    stack: StackId,
+    url: &str,
+    key: &str,
+) {
+    use sortition_gateway::store::StackState;
+    use sortition_ledger::StackStatus;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let on_ledger = ledger.stack(stack).await.unwrap().status;
+        let ours = net.gateway.store.stack(stack).await.unwrap().state;
+        if !matches!(on_ledger, StackStatus::Open) && ours == StackState::Closed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stack {stack}: ledger {on_ledger:?}, gateway {ours:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, answer) = post(url, key, &chat_body("Say hello.", 4)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_ne!(receipt_of(&answer).receipt.stack, stack, "a closed stack was reused");
 }
 
 fn load_admin(dir: &Path) -> Keypair {

@@ -1,6 +1,7 @@
 //! Payload custody for audits (DESIGN flow 5): when the ledger samples one of this gateway's
 //! receipts, the gateway delivers the original request and the receipt to the auditors it
-//! drew (and to any dispute committee), since nobody else holds the request.
+//! drew (and to any dispute committee), since nobody else holds the request. The same event
+//! stream tells it when a node claimed (and so closed) one of its stacks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,6 +154,13 @@ pub async fn follow(
                         deliver(&g, &client, audit, a.stack, a.receipt_index, &committee).await;
                     }
                 }
+                // A claim closes its stack on the ledger: stop sending requests on it (the node
+                // would refuse them). Stacks of other owners are not in our books.
+                Event::ClaimCommitted { stack, .. } => match g.store.close_stack(stack).await {
+                    Ok(()) => tracing::debug!(%stack, "stack claimed by its node; closed"),
+                    Err(crate::store::StoreError::StackNotFound(_)) => {}
+                    Err(e) => tracing::warn!(%stack, error = %e, "could not close a claimed stack"),
+                },
                 _ => {}
             }
             if let Err(e) = std::fs::write(&cursor_file, cursor.next().to_string()) {

@@ -22,6 +22,12 @@ use crate::store::{StackRecord, StoreError};
 /// Attempts per request before giving up (each on a different node).
 pub const MAX_ATTEMPTS: usize = 3;
 
+/// Refusals of a stack the node says is closed, per request, on top of [`MAX_ATTEMPTS`]. Such a
+/// refusal is not the node's failure: it claimed the stack (which closes it on the ledger)
+/// before this gateway saw the claim. Each one closes the stack in our books, so the next try
+/// buys or picks another; the bound only keeps a confused node from looping us.
+pub const MAX_STALE_STACKS: usize = 4;
+
 /// A node's answer whose headers arrived, with the stack and reservation it used.
 pub struct Dispatched {
     pub node: NodeView,
@@ -42,7 +48,8 @@ pub async fn dispatch(
 ) -> Result<Dispatched, ApiError> {
     let mut tried: Vec<NodeId> = Vec::new();
     let mut last_err = None;
-    for _ in 0..MAX_ATTEMPTS {
+    let (mut failures, mut stale) = (0, 0);
+    while failures < MAX_ATTEMPTS && stale <= MAX_STALE_STACKS {
         let node = {
             let mut r = g.router.lock().await;
             match r.choose(model, constraints, &tried, Instant::now()) {
@@ -57,6 +64,7 @@ pub async fn dispatch(
             Ok(s) => s,
             Err(e) => {
                 g.finish(node.id, Outcome::Failure).await;
+                failures += 1;
                 last_err = Some(e);
                 continue;
             }
@@ -67,15 +75,18 @@ pub async fn dispatch(
                 tracing::warn!(node = %node.id, status = %resp.status(), "node failed; trying another");
                 release(g, stack.stack_id, units_needed).await;
                 g.finish(node.id, Outcome::Failure).await;
+                failures += 1;
                 last_err = Some(upstream_error(resp).await);
             }
             Ok(resp) if resp.status() == StatusCode::PAYMENT_REQUIRED => {
-                // The node thinks the stack is spent: our books disagree; stop using it.
+                // The node thinks the stack is spent or claimed: our books disagree; stop using
+                // it and try the same node again with another stack.
                 tracing::warn!(node = %node.id, stack = %stack.stack_id, "node refused stack; closing it");
                 release(g, stack.stack_id, units_needed).await;
                 let _ = g.store.close_stack(stack.stack_id).await;
                 g.finish(node.id, Outcome::Cancelled).await;
                 tried.pop();
+                stale += 1;
                 last_err = Some(upstream_error(resp).await);
             }
             Ok(resp) => {
@@ -91,6 +102,7 @@ pub async fn dispatch(
                 tracing::warn!(node = %node.id, error = %e, "node unreachable; trying another");
                 release(g, stack.stack_id, units_needed).await;
                 g.finish(node.id, Outcome::Failure).await;
+                failures += 1;
                 last_err = Some(ApiError::new(
                     ErrorKind::BadGateway,
                     "node_unreachable",

@@ -99,7 +99,7 @@ pub async fn run_on(
         message: e.to_string(),
     })?;
     let port = Arc::new(HttpLedger {
-        client,
+        client: client.clone(),
         account: key.clone(),
     });
     let router = Router::new(RouterWeights::default(), BreakerConfig::default());
@@ -116,9 +116,22 @@ pub async fn run_on(
             let _ = rx.wait_for(|s| *s).await;
         }))
     };
+    // Payload custody for audits, and closing stacks their nodes claimed.
+    let follow = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(crate::audits::follow(
+            state.clone(),
+            client,
+            cfg.data_dir.join("audit-cursor"),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ))
+    };
     let served = crate::server::serve(state, listener, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = refresh.await;
+    let _ = follow.await;
     store.close().await;
     served.map_err(RunError::Serve)
 }
