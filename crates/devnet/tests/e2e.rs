@@ -337,7 +337,11 @@ async fn claimed_stacks_are_closed_by_the_gateway(
     }
     let (status, answer) = post(url, key, &chat_body("Say hello.", 4)).await;
     assert_eq!(status, 200, "{answer}");
-    assert_ne!(receipt_of(&answer).receipt.stack, stack, "a closed stack was reused");
+    assert_ne!(
+        receipt_of(&answer).receipt.stack,
+        stack,
+        "a closed stack was reused"
+    );
 }
 
 fn load_admin(dir: &Path) -> Keypair {

@@ -272,10 +272,11 @@ async fn auditor_copying_verdicts_is_slashed_for_the_missed_deadline() {
 }
 
 /// Synchronous quorum: three nodes of one class (two honest, one answering scrambled text)
-/// serve every request; the answer is the honest majority's and the adversary is named as
-/// the dissenter.
+/// serve every request, with no sampled audits. The answer is the honest majority's, the
+/// adversary is named as the dissenter, and the gateway's challenges of its receipts get it
+/// slashed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quorum_answers_from_the_majority_and_names_the_dissenter() {
+async fn quorum_answers_from_the_majority_and_challenges_the_dissenter() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = DevnetConfig::new(dir.path());
@@ -346,6 +347,43 @@ async fn quorum_answers_from_the_majority_and_names_the_dissenter() {
         metrics.contains("sortition_gateway_quorum_dissent_total 3"),
         "{metrics}"
     );
+
+    // No audits are sampled on this chain (q = 0): the gateway's challenges of the dissenting
+    // receipts alone get the adversary audited, disputed and slashed, and its stack refunded.
+    let ledger = LedgerClient::new(&net.info.ledger_url);
+    let mut events = Box::pin(ledger.events(Cursor::START).await.expect("event stream"));
+    let (mut challenged, mut slashed, mut refunded) = (0, false, false);
+    let mut honest_slashes = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(item) = events.next().await {
+            match item.expect("event").1 {
+                Event::ReceiptChallenged { .. } => challenged += 1,
+                Event::Slashed { node, reason, .. } if node == adversary => {
+                    slashed |= reason == SlashReason::ExecutorAtFault;
+                }
+                Event::Slashed { node, reason, .. } => honest_slashes.push((node, reason)),
+                Event::Refunded { .. } => refunded = true,
+                _ => {}
+            }
+            if slashed && refunded && challenged == 3 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "timed out: {challenged} challenges, adversary slashed {slashed}, refunded {refunded}"
+    );
+    assert!(honest_slashes.is_empty(), "{honest_slashes:?}");
+    let audits = ledger.audits().await.unwrap();
+    assert!(
+        audits
+            .iter()
+            .all(|a| a.challenge_bond.is_some() && a.executor == adversary),
+        "only the dissenter's receipts were audited: {audits:?}"
+    );
+    drop(events);
     net.shutdown().await;
 }
 

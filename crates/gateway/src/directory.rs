@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use sortition_types::{Amount, ModelId, NodeId, StackId};
+use sortition_types::{Amount, AuditId, ModelId, NodeId, SignedReceipt, StackId};
 
 use crate::router::NodeView;
 
@@ -35,6 +35,9 @@ pub trait LedgerPort: Send + Sync + 'static {
         units: u64,
         max_price_per_m: Amount,
     ) -> BoxFuture<'_, Result<BoughtStack, String>>;
+    /// Has one receipt of a stack the gateway owns audited now (the ledger's
+    /// `ChallengeReceipt`); returns the audit opened. The gateway pays the bond.
+    fn challenge_receipt(&self, receipt: SignedReceipt) -> BoxFuture<'_, Result<AuditId, String>>;
 }
 
 /// Price per million units of a stack bought from `n` (the ledger charges the higher price).

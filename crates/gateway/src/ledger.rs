@@ -4,7 +4,7 @@ use futures::future::BoxFuture;
 use sortition_api::unix_now_ms;
 use sortition_ledger::{Event, NodeStatus, TxKind};
 use sortition_ledger_service::LedgerClient;
-use sortition_types::{Amount, Keypair, ModelId, NodeId, Units};
+use sortition_types::{Amount, AuditId, Keypair, ModelId, NodeId, SignedReceipt, Units};
 
 use crate::directory::{BoughtStack, LedgerPort};
 use crate::router::NodeView;
@@ -101,6 +101,23 @@ impl LedgerPort for HttpLedger {
                     _ => None,
                 })
                 .ok_or_else(|| "stack purchase produced no StackBought event".to_string())
+        })
+    }
+
+    fn challenge_receipt(&self, receipt: SignedReceipt) -> BoxFuture<'_, Result<AuditId, String>> {
+        Box::pin(async move {
+            let r = self
+                .client
+                .send(&self.account, TxKind::ChallengeReceipt { receipt })
+                .await
+                .map_err(|e| e.to_string())?;
+            r.events
+                .iter()
+                .find_map(|e| match e {
+                    Event::AuditOpened { audit, .. } => Some(*audit),
+                    _ => None,
+                })
+                .ok_or_else(|| "challenge produced no AuditOpened event".to_string())
         })
     }
 }

@@ -3,11 +3,11 @@
 //! strict majority of them signed alike (same response hash and token counts).
 //!
 //! Every member's receipt is checked against the key the ledger holds for it, exactly as for
-//! a single node. Members that disagree with the majority are counted and logged, and their
-//! requests are kept for the auditors: their receipts will be claimed like any other, so the
-//! ledger's sampled audits re-check them. Without a majority the user gets a 502 and is not
-//! charged. Not built yet: filing a dispute on the ledger directly from a quorum
-//! disagreement (the ledger opens disputes only from audits), and streamed quorum answers.
+//! a single node. Members that disagree with the majority are counted and logged, their
+//! requests are kept for the auditors, and their receipts are challenged on the ledger
+//! (`ChallengeReceipt`): peers of their class audit them at once, whatever the sampling rate,
+//! and a lost dispute slashes them. Without a majority the user gets a 502, is not charged,
+//! and every member's receipt is challenged. Not built yet: streamed quorum answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -107,6 +107,8 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
         for m in &members {
             settle_unbilled(g, m, q.body).await;
         }
+        // At most one of them is right: have every answer audited.
+        challenge(g, members.iter().map(|m| m.receipt.clone()).collect());
         g.metrics.inc("quorum_total", "no_majority", 1);
         let votes: Vec<Value> = members
             .iter()
@@ -139,6 +141,15 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
             settle_unbilled(g, m, q.body).await;
         }
     }
+    challenge(
+        g,
+        members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !majority.contains(i))
+            .map(|(_, m)| m.receipt.clone())
+            .collect(),
+    );
     g.metrics.inc(
         "quorum_total",
         if dissenting.is_empty() && failed.is_empty() {
@@ -167,6 +178,31 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
         resp.headers_mut().insert(sortition_api::RECEIPT_HEADER, v);
     }
     Ok(resp)
+}
+
+/// Challenges `receipts` on the ledger in the background: each is audited now by peers of its
+/// node's class, whatever the sampling rate, and a lost dispute slashes the node. Their
+/// requests are in custody (`settle_unbilled`), so the auditors get them.
+fn challenge(g: &Arc<GatewayState>, receipts: Vec<SignedReceipt>) {
+    if receipts.is_empty() {
+        return;
+    }
+    let g = g.clone();
+    tokio::spawn(async move {
+        for r in receipts {
+            let (node, stack, seq) = (r.receipt.node, r.receipt.stack, r.receipt.sequence);
+            match g.ledger.challenge_receipt(r).await {
+                Ok(audit) => {
+                    g.metrics.inc("quorum_challenges_total", "opened", 1);
+                    tracing::info!(%node, %stack, seq, %audit, "challenged a quorum member's receipt");
+                }
+                Err(e) => {
+                    g.metrics.inc("quorum_challenges_total", "failed", 1);
+                    tracing::error!(%node, %stack, seq, error = %e, "could not challenge a receipt");
+                }
+            }
+        }
+    });
 }
 
 /// A member's work that is not charged to the user: the stack's units are settled (the node

@@ -128,6 +128,10 @@ impl LedgerClient {
     pub async fn audit(&self, id: AuditId) -> Result<Audit, ClientError> {
         self.get(&format!("/v1/audits/{}", id.0)).await
     }
+    /// Every audit, sampled or challenged.
+    pub async fn audits(&self) -> Result<Vec<Audit>, ClientError> {
+        self.get("/v1/audits").await
+    }
     /// Audits where `auditor` is drawn; only open ones when `open`.
     pub async fn audits_of(&self, auditor: NodeId, open: bool) -> Result<Vec<Audit>, ClientError> {
         self.get(&format!("/v1/audits?auditor={}&open={open}", auditor.0))

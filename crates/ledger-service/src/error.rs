@@ -11,6 +11,12 @@ pub enum ServiceError {
     Storage(String),
     #[error("the database was created for a different genesis")]
     GenesisMismatch,
+    #[error(
+        "the database holds ledger format {stored}; this build replays format {current} only \
+         (the state machine changed, so stored state roots would not match): start with a new \
+         data directory"
+    )]
+    FormatMismatch { stored: u32, current: u32 },
     #[error("invalid genesis: {0}")]
     Genesis(LedgerError),
     #[error("replay diverged at height {height}: stored root {stored}, recomputed {recomputed}")]

@@ -14,6 +14,11 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
+/// The state machine's format: bumped whenever applying the same blocks gives other state
+/// roots, so an old database is refused with a clear error instead of a replay mismatch.
+/// 1: until challenges and `Unavailable` verdicts (unrecorded then); 2: since.
+pub const FORMAT: u32 = 2;
+
 /// What is kept per block: enough to replay it and to check the replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredBlock {
@@ -45,11 +50,26 @@ impl Store {
                 .get("genesis")
                 .map_err(err)?
                 .map(|v| v.value().to_vec());
+            let format = meta
+                .get("format")
+                .map_err(err)?
+                .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+                .map(u32::from_le_bytes);
             match stored {
                 Some(bytes) if bytes != want => return Err(ServiceError::GenesisMismatch),
-                Some(_) => {}
+                Some(_) => {
+                    let stored = format.unwrap_or(1);
+                    if stored != FORMAT {
+                        return Err(ServiceError::FormatMismatch {
+                            stored,
+                            current: FORMAT,
+                        });
+                    }
+                }
                 None => {
                     meta.insert("genesis", want.as_slice()).map_err(err)?;
+                    meta.insert("format", FORMAT.to_le_bytes().as_slice())
+                        .map_err(err)?;
                 }
             }
             w.open_table(BLOCKS).map_err(err)?;
@@ -103,5 +123,34 @@ impl Store {
             out.push((k.value(), ev));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sortition_types::Keypair;
+
+    #[test]
+    fn databases_of_another_format_are_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = Genesis::devnet("devnet", Keypair::from_secret([7; 32]).public());
+        drop(Store::open(dir.path(), &g).expect("fresh database"));
+        drop(Store::open(dir.path(), &g).expect("same format reopens"));
+        {
+            // A database written before formats were recorded.
+            let db = Database::create(dir.path().join("ledger.redb")).expect("db");
+            let w = db.begin_write().expect("write");
+            w.open_table(META)
+                .expect("meta")
+                .remove("format")
+                .expect("remove");
+            w.commit().expect("commit");
+        }
+        match Store::open(dir.path(), &g) {
+            Err(ServiceError::FormatMismatch { stored: 1, current }) => assert_eq!(current, FORMAT),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("an old database was opened"),
+        }
     }
 }

@@ -16,10 +16,20 @@
 //! owner by the deadline is an objective, on-ledger fault of the executor: `ReceiptMissing`,
 //! punished like a lost dispute without a committee. Any revealed mismatch opens a dispute. Only
 //! matches: `Passed`, each revealing auditor paid `audit_reward` from the treasury (as far as the
-//! treasury holds). No reveals at all: `Unverifiable`.
+//! treasury holds). No reveals at all: `Unverifiable`. `Unavailable` verdicts (the auditor
+//! never got the request) count for neither side: no reward, no slash.
+//!
+//! Challenges: the stack's owner may have one receipt audited now (`ChallengeReceipt`), e.g.
+//! after a synchronous quorum disagreed. The receipt's signature by the stack's node is
+//! checked on the spot and recorded as the audit's receipt, so the executor need not submit
+//! it. The owner posts a bond of `k × audit_reward` to the treasury (which pays the auditors);
+//! it is returned if the executor is found at fault. Among few peers a challenge draws fewer
+//! auditors than `k`, so that one peer at least is left to sit on a dispute's committee. A challenge holds back the stack's claim
+//! from settling like a sampled audit does; on fault before any claim, the stack's escrow goes
+//! back to the owner at once and the stack can no longer be claimed.
 
 use sortition_types::{
-    Amount, AuditId, ClaimId, Hash32, MerkleProof, NodeId, PublicKey, SignedReceipt,
+    Amount, AuditId, ClaimId, Hash32, MerkleProof, NodeId, PublicKey, SignedReceipt, StackId,
 };
 
 use crate::beacon::{below, choose, draw};
@@ -28,7 +38,7 @@ use crate::event::Event;
 use crate::nodes::eligible;
 use crate::ops::{add_work, done_work, reward, slash, to_treasury};
 use crate::policy::PPM;
-use crate::state::{Audit, AuditOutcome, SlashReason, State};
+use crate::state::{Audit, AuditOutcome, SlashReason, StackStatus, State};
 use crate::tx::{Verdict, verdict_commitment};
 use crate::{BlockContext, TxResult, disputes};
 
@@ -93,7 +103,7 @@ pub(crate) fn open_for_claim(
         let outcome = auditors.is_empty().then_some(AuditOutcome::Unverifiable);
         events.push(Event::AuditOpened {
             audit: id,
-            claim: claim_id,
+            claim: Some(claim_id),
             stack,
             owner,
             executor,
@@ -120,7 +130,7 @@ pub(crate) fn open_for_claim(
             id,
             Audit {
                 id,
-                claim: claim_id,
+                claim: Some(claim_id),
                 stack,
                 owner,
                 executor,
@@ -135,8 +145,167 @@ pub(crate) fn open_for_claim(
                 commit_deadline,
                 reveal_deadline,
                 outcome,
+                challenge_bond: None,
             },
         );
+    }
+}
+
+/// Auditors per challenge when the model has no audit policy.
+const CHALLENGE_K_DEFAULT: u8 = 2;
+
+/// The owner of a stack challenges one of its receipts (see the module docs).
+pub(crate) fn challenge(
+    st: &mut State,
+    ctx: &BlockContext,
+    sender: &PublicKey,
+    receipt: &SignedReceipt,
+) -> TxResult {
+    let r = &receipt.receipt;
+    let bad = |m: &str| Err(LedgerError::InvalidReceipt(m.into()));
+    let s = st
+        .stacks
+        .get(&r.stack)
+        .ok_or(LedgerError::UnknownStack(r.stack))?;
+    if s.owner != *sender {
+        return Err(LedgerError::NotStackOwner(r.stack));
+    }
+    if r.node != s.node || r.model != s.model {
+        return bad("receipt names another node or model than its stack");
+    }
+    let executor = st
+        .nodes
+        .get(&s.node)
+        .ok_or(LedgerError::UnknownNode(s.node))?;
+    if receipt.verify(&executor.operator).is_err() {
+        return bad("receipt signature is not the stack's node's");
+    }
+    let claim = match s.status {
+        StackStatus::Open => None,
+        StackStatus::Claimed { claim } => Some(claim),
+        _ => return Err(LedgerError::StackNotOpen(r.stack)),
+    };
+    if st.challenges.contains_key(&(r.stack, r.sequence)) {
+        return Err(LedgerError::AlreadyChallenged {
+            stack: r.stack,
+            sequence: r.sequence,
+        });
+    }
+    let model = st
+        .models
+        .get(&s.model)
+        .ok_or_else(|| LedgerError::UnknownModel(s.model.clone()))?;
+    let k = model
+        .spec
+        .policy
+        .audit
+        .map_or(CHALLENGE_K_DEFAULT, |a| a.k)
+        .max(1);
+    let reward = model.spec.policy.audit_reward;
+    let (stack, owner, executor, model) = (s.id, s.owner, s.node, s.model.clone());
+    let id = AuditId(st.next_ids.audit);
+    let pool = peer_pool(st, executor, &model, &[]);
+    // Leave at least one peer out for a dispute's committee: a challenge is expected to
+    // end in a dispute more often than a sampled audit, and an empty committee clears.
+    let k = k.min(
+        u8::try_from(pool.len().saturating_sub(1))
+            .unwrap_or(u8::MAX)
+            .max(1),
+    );
+    let auditors = choose(&pool, usize::from(k), &ctx.randomness, "challengers", id.0);
+    // No auditor to pay, no bond.
+    let bond = Amount(reward.0.saturating_mul(auditors.len() as u64));
+    crate::ops::require_balance(st, sender, bond)?;
+    // Validation done; mutate.
+    crate::ops::debit(st, sender, bond);
+    to_treasury(st, bond);
+    st.next_ids.audit += 1;
+    let commit_deadline = ctx.height.saturating_add(st.params.audit_commit_blocks);
+    let reveal_deadline = commit_deadline.saturating_add(st.params.audit_reveal_blocks);
+    let mut events = vec![
+        Event::ReceiptChallenged {
+            audit: id,
+            stack,
+            sequence: r.sequence,
+            owner,
+            bond,
+        },
+        Event::AuditOpened {
+            audit: id,
+            claim,
+            stack,
+            owner,
+            executor,
+            model: model.clone(),
+            receipt_index: r.sequence,
+            auditors: auditors.clone(),
+            wanted: k,
+            commit_deadline,
+            reveal_deadline,
+        },
+    ];
+    let outcome = auditors.is_empty().then_some(AuditOutcome::Unverifiable);
+    if let Some(outcome) = outcome {
+        events.push(Event::AuditClosed { audit: id, outcome });
+    } else {
+        st.open_audits.insert(id);
+        auditors.iter().for_each(|a| add_work(st, *a));
+        if let Some(c) = claim.and_then(|c| st.claims.get_mut(&c)) {
+            c.open_audits += 1;
+        }
+    }
+    if let Some(c) = claim.and_then(|c| st.claims.get_mut(&c)) {
+        c.audits.push(id);
+    }
+    st.challenges.insert((stack, r.sequence), id);
+    st.audits.insert(
+        id,
+        Audit {
+            id,
+            claim,
+            stack,
+            owner,
+            executor,
+            model,
+            receipt_index: r.sequence,
+            wanted: k,
+            auditors,
+            commits: Default::default(),
+            reveals: Default::default(),
+            receipt: Some((r.digest(), r.request_hash, r.response_hash)),
+            opened_height: ctx.height,
+            commit_deadline,
+            reveal_deadline,
+            outcome,
+            challenge_bond: Some(bond),
+        },
+    );
+    Ok(events)
+}
+
+/// A claim was committed for `stack`: open challenges of the stack now hold it back.
+pub(crate) fn attach_challenges(st: &mut State, stack: StackId, claim: ClaimId) {
+    let ids: Vec<AuditId> = st
+        .challenges
+        .range((stack, 0)..=(stack, u64::MAX))
+        .map(|(_, id)| *id)
+        .collect();
+    for id in ids {
+        let Some(a) = st.audits.get_mut(&id) else {
+            continue;
+        };
+        a.claim = Some(claim);
+        // A challenge that found fault refunded the stack, which cannot be claimed after; so
+        // only open (or disputed) ones matter here.
+        let open = st.open_audits.contains(&id)
+            || matches!(a.outcome, Some(AuditOutcome::Disputed { dispute })
+                if st.open_disputes.contains(&dispute));
+        if let Some(c) = st.claims.get_mut(&claim) {
+            c.audits.push(id);
+            if open {
+                c.open_audits += 1;
+            }
+        }
     }
 }
 
@@ -243,10 +412,11 @@ pub(crate) fn submit_receipt(
             phase: "receipt".into(),
         });
     }
+    let claim_id = a.claim.ok_or(LedgerError::ReceiptAlreadySubmitted)?;
     let claim = st
         .claims
-        .get(&a.claim)
-        .ok_or(LedgerError::UnknownClaim(a.claim))?;
+        .get(&claim_id)
+        .ok_or(LedgerError::UnknownClaim(claim_id))?;
     let r = &receipt.receipt;
     let bad = |m: &str| Err(LedgerError::InvalidReceipt(m.into()));
     if proof.index != a.receipt_index || proof.leaf_count != claim.receipt_count {
@@ -317,6 +487,12 @@ fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event
         .filter(|(_, v)| matches!(v, Verdict::Mismatch { .. }))
         .map(|(n, _)| *n)
         .collect();
+    let judged: Vec<NodeId> = a
+        .reveals
+        .iter()
+        .filter(|(_, v)| !matches!(v, Verdict::Unavailable))
+        .map(|(n, _)| *n)
+        .collect();
     let outcome = if a.receipt.is_none() {
         executor_fault(st, &a, &mismatch, SlashReason::ReceiptMissing, events);
         AuditOutcome::ReceiptMissing
@@ -324,14 +500,16 @@ fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event
         AuditOutcome::Disputed {
             dispute: disputes::open(st, ctx, &a, events),
         }
-    } else if a.reveals.is_empty() {
+    } else if judged.is_empty() {
+        // Nobody could judge: a challenger's bond paid no one, so it goes back.
+        return_bond(st, &a);
         AuditOutcome::Unverifiable
     } else {
         let r = st
             .models
             .get(&a.model)
             .map_or(Amount::ZERO, |m| m.spec.policy.audit_reward);
-        for auditor in a.reveals.keys() {
+        for auditor in &judged {
             let pay = r.min(st.treasury);
             st.treasury = st.treasury.saturating_sub(pay);
             reward(st, *auditor, pay, events);
@@ -347,16 +525,17 @@ fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event
     }
 }
 
-/// One fewer open audit on the claim.
-pub(crate) fn finish_for_claim(st: &mut State, claim: ClaimId) {
-    if let Some(c) = st.claims.get_mut(&claim) {
+/// One fewer open audit on the claim (if the audit has one yet).
+pub(crate) fn finish_for_claim(st: &mut State, claim: Option<ClaimId>) {
+    if let Some(c) = claim.and_then(|c| st.claims.get_mut(&c)) {
         c.open_audits = c.open_audits.saturating_sub(1);
     }
 }
 
 /// The executor was proven at fault on audit `a`: slash the policy fraction of its collateral
 /// (clamped to what it holds), pay `dispute_reward_bps` of it equally to `honest`, the rest to
-/// the treasury, and mark the claim so that its owner is refunded in full at settlement.
+/// the treasury, and mark the claim so that its owner is refunded in full at settlement (or,
+/// for a challenge of a stack not claimed yet, refund it now). A challenger gets its bond back.
 pub(crate) fn executor_fault(
     st: &mut State,
     a: &Audit,
@@ -387,7 +566,22 @@ pub(crate) fn executor_fault(
         st,
         pot.saturating_sub(Amount(each.0.saturating_mul(honest.len() as u64))),
     );
-    if let Some(c) = st.claims.get_mut(&a.claim) {
-        c.executor_at_fault = true;
+    match a.claim {
+        Some(claim) => {
+            if let Some(c) = st.claims.get_mut(&claim) {
+                c.executor_at_fault = true;
+            }
+        }
+        None => crate::stacks::refund_open(st, a.stack, events),
+    }
+    return_bond(st, a);
+}
+
+/// A challenger's bond back from the treasury (as far as it holds).
+fn return_bond(st: &mut State, a: &Audit) {
+    if let Some(bond) = a.challenge_bond {
+        let back = bond.min(st.treasury);
+        st.treasury = st.treasury.saturating_sub(back);
+        crate::ops::credit(st, &a.owner, back);
     }
 }

@@ -13,6 +13,7 @@
 //!   disputing auditors are not slashed; the claim settles normally. A dispute therefore
 //!   always resolves by its reveal deadline and no funds stay locked.
 //! - Members that did not reveal are slashed `missed_deadline_slash`; minority voters are not.
+//!   `Unavailable` votes (the member never got the request) count for neither side.
 
 use sortition_types::{DisputeId, Hash32, NodeId, PublicKey};
 
@@ -187,11 +188,16 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
         done_work(st, *m);
     }
     let mismatch = d.votes.values().filter(|v| is_mismatch(v)).count() as u32;
-    let matched = d.votes.len() as u32 - mismatch;
+    let matched = d
+        .votes
+        .values()
+        .filter(|v| matches!(v, Verdict::Match))
+        .count() as u32;
     let at_fault = mismatch > matched;
     let auditors_said = |want_mismatch: bool| -> Vec<NodeId> {
         a.reveals
             .iter()
+            .filter(|(_, v)| !matches!(v, Verdict::Unavailable))
             .filter(|(_, v)| is_mismatch(v) == want_mismatch)
             .map(|(n, _)| *n)
             .collect()

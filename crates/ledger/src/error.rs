@@ -66,6 +66,10 @@ pub enum LedgerError {
     UnknownStack(StackId),
     #[error("sender is not the node of stack {0}")]
     NotStackNode(StackId),
+    #[error("sender is not the owner of stack {0}")]
+    NotStackOwner(StackId),
+    #[error("receipt {sequence} of stack {stack} is already challenged")]
+    AlreadyChallenged { stack: StackId, sequence: u64 },
     #[error("stack {0} is not open")]
     StackNotOpen(StackId),
     #[error("claim of {used} units exceeds the stack's {units}")]

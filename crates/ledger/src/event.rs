@@ -74,7 +74,8 @@ pub enum Event {
     },
     AuditOpened {
         audit: AuditId,
-        claim: ClaimId,
+        /// `None` for a challenge of a stack not claimed yet.
+        claim: Option<ClaimId>,
         stack: StackId,
         owner: PublicKey,
         executor: NodeId,
@@ -84,6 +85,14 @@ pub enum Event {
         wanted: u8,
         commit_deadline: u64,
         reveal_deadline: u64,
+    },
+    /// The stack's owner challenged one receipt; an `AuditOpened` for it follows.
+    ReceiptChallenged {
+        audit: AuditId,
+        stack: StackId,
+        sequence: u64,
+        owner: PublicKey,
+        bond: Amount,
     },
     ReceiptSubmitted {
         audit: AuditId,

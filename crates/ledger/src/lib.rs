@@ -264,5 +264,6 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
             verdict,
             salt,
         } => disputes::reveal(st, ctx, sender, *dispute, verdict, salt),
+        ChallengeReceipt { receipt } => audits::challenge(st, ctx, sender, receipt),
     }
 }

@@ -39,6 +39,7 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         claim_queue: BTreeSet::new(),
         audits: BTreeMap::new(),
         open_audits: BTreeSet::new(),
+        challenges: BTreeMap::new(),
         disputes: BTreeMap::new(),
         open_disputes: BTreeSet::new(),
         unbonding: BTreeSet::new(),

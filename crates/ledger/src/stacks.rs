@@ -178,6 +178,7 @@ pub(crate) fn claim(
         },
     );
     st.claim_queue.insert((settles_at_height, id));
+    audits::attach_challenges(st, stack_id, id);
     add_work(st, node_id);
     let mut events = vec![Event::ClaimCommitted {
         claim: id,
@@ -245,6 +246,27 @@ pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>)
             refunded: refund,
         });
     }
+}
+
+/// The executor of an open stack was found at fault on a challenge: the owner gets the whole
+/// escrow back now, and the stack can no longer be claimed.
+pub(crate) fn refund_open(st: &mut State, stack_id: StackId, events: &mut Vec<Event>) {
+    let Some(s) = st.stacks.get_mut(&stack_id) else {
+        return;
+    };
+    if s.status != StackStatus::Open {
+        return;
+    }
+    let (owner, escrow, expires) = (s.owner, s.escrow, s.expires_at_ms);
+    s.escrow = Amount::ZERO;
+    s.status = StackStatus::Refunded;
+    st.stack_expiry.remove(&(expires, stack_id));
+    credit(st, &owner, escrow);
+    events.push(Event::Refunded {
+        stack: stack_id,
+        owner,
+        amount: escrow,
+    });
 }
 
 /// An open stack reached its expiry without a claim: the owner gets the escrow back.

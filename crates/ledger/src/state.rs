@@ -143,7 +143,9 @@ pub enum AuditOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
     pub id: AuditId,
-    pub claim: ClaimId,
+    /// The claim the audit holds back from settling; `None` for a challenge of a stack not
+    /// claimed yet (the claim, when it comes, takes the audit over).
+    pub claim: Option<ClaimId>,
     pub stack: StackId,
     /// Holds the request payload and must deliver it to the auditors off-ledger.
     pub owner: PublicKey,
@@ -161,6 +163,8 @@ pub struct Audit {
     pub reveal_deadline: u64,
     /// `None` while open.
     pub outcome: Option<AuditOutcome>,
+    /// For an owner's challenge: the bond it posted (held by the treasury).
+    pub challenge_bond: Option<Amount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +239,8 @@ pub struct State {
     pub claim_queue: BTreeSet<(u64, ClaimId)>,
     pub audits: BTreeMap<AuditId, Audit>,
     pub open_audits: BTreeSet<AuditId>,
+    /// Challenged receipts by (stack, sequence): one challenge per receipt.
+    pub challenges: BTreeMap<(StackId, u64), AuditId>,
     pub disputes: BTreeMap<DisputeId, Dispute>,
     pub open_disputes: BTreeSet<DisputeId>,
     pub unbonding: BTreeSet<(u64, NodeId)>,

@@ -54,6 +54,10 @@ pub enum Verdict {
     Match,
     /// It did not; `evidence_hash` names the evidence kept off-ledger.
     Mismatch { evidence_hash: Hash32 },
+    /// The auditor never received the request (its holder withheld it), so it cannot judge.
+    /// Counts for neither side, earns nothing and costs nothing: without it an auditor could
+    /// only stay silent and be slashed for the missed deadline.
+    Unavailable,
 }
 
 /// The commitment published before a verdict is revealed:
@@ -148,6 +152,13 @@ pub enum TxKind {
         dispute: DisputeId,
         verdict: Verdict,
         salt: Hash32,
+    },
+    /// The stack's owner asks for one receipt to be re-checked now, whatever the sampling
+    /// says: e.g. a gateway whose synchronous quorum disagreed challenges the dissenters. The
+    /// receipt, signed by the stack's node, is the evidence; the owner pays a bond of the
+    /// auditors' rewards, returned if the executor is found at fault.
+    ChallengeReceipt {
+        receipt: SignedReceipt,
     },
 }
 

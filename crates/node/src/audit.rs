@@ -131,13 +131,15 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
     match event {
         Event::AuditOpened {
             audit,
+            claim,
             stack,
             executor,
             receipt_index,
             auditors,
             ..
         } => {
-            if executor == state.id {
+            // A challenged receipt is on the ledger already; a sampled one is ours to submit.
+            if executor == state.id && claim.is_some() {
                 submit_receipt(state, client, audit, stack, receipt_index).await;
             }
             if auditors.contains(&state.id) && state.adversary == Some(crate::adversary::Mode::Copy)
@@ -247,9 +249,6 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let Some(payload) = payload else {
-            return tracing::warn!(%audit, "no payload delivered for audit; cannot judge");
-        };
         let (is_auditor, disputes) = {
             let mut g = state
                 .audits
@@ -261,6 +260,19 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
             let auditor = p.auditor && !p.started;
             p.started = true;
             (auditor, disputes)
+        };
+        let Some(payload) = payload else {
+            // Say so rather than stay silent: silence is slashed as a missed deadline, while
+            // `Unavailable` closes our part without reward or penalty.
+            tracing::warn!(%audit, "no payload delivered for audit; voting unavailable");
+            state.metrics.inc("audits_total", "unavailable", 1);
+            if is_auditor {
+                vote(&state, &client, Ballot::Audit(audit), Verdict::Unavailable).await;
+            }
+            for d in disputes {
+                vote(&state, &client, Ballot::Dispute(d), Verdict::Unavailable).await;
+            }
+            return;
         };
         let method = match client.model(&payload.receipt.receipt.model).await {
             Ok(m) => m.spec.policy.audit.map(|a| a.method).unwrap_or_default(),
@@ -311,6 +323,7 @@ pub async fn judge(state: &NodeState, p: &AuditPayload, method: AuditMethod) -> 
     let label = match verdict {
         Verdict::Match => "reexecuted_match",
         Verdict::Mismatch { .. } => "reexecuted_mismatch",
+        Verdict::Unavailable => "unavailable",
     };
     state.metrics.inc("audits_total", label, 1);
     verdict

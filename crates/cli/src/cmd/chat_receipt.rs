@@ -192,7 +192,7 @@ mod tests {
     fn audit(stack: u64, index: u64, outcome: Option<AuditOutcome>) -> Audit {
         Audit {
             id: AuditId(4),
-            claim: ClaimId(1),
+            claim: Some(ClaimId(1)),
             stack: StackId(stack),
             owner: Keypair::from_secret([1; 32]).public(),
             executor: NodeId(0),
@@ -207,6 +207,7 @@ mod tests {
             commit_deadline: 2,
             reveal_deadline: 3,
             outcome,
+            challenge_bond: None,
         }
     }
 

@@ -123,8 +123,17 @@ pub async fn run(a: StatusArgs) -> Result<()> {
     println!("AUDITS  {} total, {} open", audits.len(), open_audits);
     for au in audits.iter().rev().take(10) {
         println!(
-            "  {} of {} receipt #{} auditors {:?} outcome {:?}",
-            au.id, au.executor, au.receipt_index, au.auditors, au.outcome
+            "  {} of {} receipt #{}{} auditors {:?} outcome {:?}",
+            au.id,
+            au.executor,
+            au.receipt_index,
+            if au.challenge_bond.is_some() {
+                " (challenged by its owner)"
+            } else {
+                ""
+            },
+            au.auditors,
+            au.outcome
         );
     }
     println!("DISPUTES  {}", disputes.len());

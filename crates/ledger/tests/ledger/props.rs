@@ -19,10 +19,12 @@ enum Op {
     Transfer(usize, usize, u64),
     Buy(usize, Option<usize>, u64, u64),
     Claim(usize, usize, u64, u64),
-    Commit(usize, usize, bool),
+    Commit(usize, usize, u8),
     Reveal(usize, usize),
     Submit(usize, usize),
-    Vote(usize, usize, bool),
+    Vote(usize, usize, u8),
+    /// (sender, stack selector, receipt sequence): signed by the stack's node.
+    Challenge(usize, usize, u64),
     RevealVote(usize, usize),
     Leave(usize),
     Withdraw(usize),
@@ -40,10 +42,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (a.clone(), a.clone(), 0u64..20_000_000_000).prop_map(|(a, b, x)| Op::Transfer(a, b, x)),
         3 => (a.clone(), proptest::option::of(n.clone()), 0u64..50_000, 1u64..40).prop_map(|(a, n, u, e)| Op::Buy(a, n, u, e)),
         3 => (n.clone(), 0usize..50, 0u64..60_000, 0u64..5).prop_map(|(n, s, u, c)| Op::Claim(n, s, u, c)),
-        3 => (n.clone(), 0usize..50, any::<bool>()).prop_map(|(n, s, m)| Op::Commit(n, s, m)),
+        3 => (n.clone(), 0usize..50, 0u8..3).prop_map(|(n, s, m)| Op::Commit(n, s, m)),
         3 => (n.clone(), 0usize..50).prop_map(|(n, s)| Op::Reveal(n, s)),
         2 => (a.clone(), 0usize..50).prop_map(|(a, s)| Op::Submit(a, s)),
-        3 => (n.clone(), 0usize..10, any::<bool>()).prop_map(|(n, s, m)| Op::Vote(n, s, m)),
+        3 => (n.clone(), 0usize..10, 0u8..3).prop_map(|(n, s, m)| Op::Vote(n, s, m)),
+        2 => (a.clone(), 0usize..50, 0u64..4).prop_map(|(a, s, i)| Op::Challenge(a, s, i)),
         3 => (n.clone(), 0usize..10).prop_map(|(n, s)| Op::RevealVote(n, s)),
         1 => n.clone().prop_map(Op::Leave),
         1 => n.clone().prop_map(Op::Withdraw),
@@ -72,8 +75,12 @@ impl Runner {
         let v: Vec<T> = items.collect();
         (!v.is_empty()).then(|| v[sel % v.len()])
     }
-    fn verdict(m: bool) -> Verdict {
-        if m { mismatch() } else { Verdict::Match }
+    fn verdict(m: u8) -> Verdict {
+        match m {
+            0 => Verdict::Match,
+            1 => mismatch(),
+            _ => Verdict::Unavailable,
+        }
     }
 
     fn build(&mut self, op: &Op) -> Option<sortition_types::Keypair> {
@@ -82,6 +89,7 @@ impl Runner {
             | Op::Transfer(a, _, _)
             | Op::Buy(a, ..)
             | Op::Submit(a, _)
+            | Op::Challenge(a, ..)
             | Op::BadNonce(a) => *a,
             Op::Claim(n, ..)
             | Op::Commit(n, ..)
@@ -183,6 +191,15 @@ impl Runner {
                     dispute: d,
                     verdict,
                     salt,
+                }
+            }
+            Op::Challenge(_, sel, seq) => {
+                let stack = Self::nth(st.stacks.keys().copied(), sel).unwrap_or(StackId(999));
+                let node = st.stacks.get(&stack).map_or(NodeId(0), |s| s.node);
+                let key = self.c.nodes[(node.0 as usize) % NODES].clone();
+                let rs = Receipts::new(node, stack, &key, seq + 1);
+                TxKind::ChallengeReceipt {
+                    receipt: rs.signed[seq as usize].clone(),
                 }
             }
             Op::Leave(_) => TxKind::LeaveNode,
@@ -301,7 +318,7 @@ fn disputes_are_reached_by_the_generator() {
         Op::EndBlock,
     ];
     for n in 1..NODES {
-        ops.push(Op::Commit(n, 0, true));
+        ops.push(Op::Commit(n, 0, 1));
     }
     ops.push(Op::Submit(3, 0));
     ops.extend([Op::EndBlock, Op::EndBlock, Op::EndBlock]);
@@ -312,4 +329,36 @@ fn disputes_are_reached_by_the_generator() {
     let st = run(1_000_000, ops);
     assert_eq!(st.disputes.len(), 1, "a mismatch opened a dispute");
     assert!(!st.slashes.is_empty());
+}
+
+#[test]
+fn challenges_are_reached_by_the_generator() {
+    // The owner challenges an unclaimed stack's receipt; every auditor says mismatch, the
+    // dispute finds the executor at fault and the stack is refunded before any claim.
+    let mut ops = vec![Op::Buy(0, Some(0), 1_000, 30), Op::EndBlock];
+    ops.extend([Op::Challenge(0, 0, 1), Op::EndBlock]);
+    for n in 1..NODES {
+        ops.push(Op::Commit(n, 0, 1));
+    }
+    ops.extend([Op::EndBlock, Op::EndBlock, Op::EndBlock]);
+    for n in 1..NODES {
+        ops.push(Op::Reveal(n, 0));
+    }
+    ops.push(Op::EndBlock);
+    for n in 1..NODES {
+        ops.push(Op::Vote(n, 0, 1));
+    }
+    ops.extend([Op::EndBlock, Op::EndBlock, Op::EndBlock]);
+    for n in 1..NODES {
+        ops.push(Op::RevealVote(n, 0));
+    }
+    let st = run(1_000_000, ops);
+    assert_eq!(st.challenges.len(), 1);
+    let stack = st.stacks.values().next().expect("bought");
+    assert_eq!(stack.status, StackStatus::Refunded);
+    assert!(
+        st.slashes
+            .iter()
+            .any(|s| s.reason == SlashReason::ExecutorAtFault)
+    );
 }
