@@ -14,6 +14,8 @@
 //!
 //! - the node-side [`Attester`] (only the INSECURE dev one is built; TDX/SEV-SNP say so);
 //! - the wire shapes of a confidential chat request and its answer ([`wire`]);
+//! - custody of served requests for their audits: sealed at rest, re-sealed to attested
+//!   auditors ([`custody`]);
 //! - with feature `client`, the client SDK ([`client`]): selects nodes from the ledger,
 //!   verifies their evidence itself, seals, sends through a gateway, opens and checks.
 //!
@@ -27,6 +29,7 @@ pub mod attest;
 pub mod attester;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod custody;
 mod encoding;
 pub mod keys;
 pub mod seal;

@@ -134,6 +134,7 @@ async fn wait_rotation(ledger: &LedgerClient, nodes: &[NodeId], after: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sealed_prompts_reach_only_the_attested_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let logs = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = DevnetConfig::new(dir.path());
@@ -392,3 +393,106 @@ fn rand_bytes() -> [u8; 16] {
     getrandom::fill(&mut b).unwrap();
     b
 }
+
+/// Confidential requests are audited too (issue 7): every receipt is sampled, the executor
+/// re-seals each request to its attested auditors, and a node that scrambles its sealed
+/// answers is caught, disputed and slashed while the honest executors' audits pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confidential_requests_are_audited_by_attested_peers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DevnetConfig::new(dir.path());
+    cfg.embed_model = None;
+    cfg.attester = Some(AttesterKind::InsecureDev);
+    cfg.adversary = Some(sortition_node::adversary::Mode::Random);
+    cfg.audit_q_ppm = 1_000_000;
+    cfg.node_claim_interval = Duration::from_millis(500);
+    cfg.claim_policy = sortition_node::claims::ClaimPolicy {
+        max_age_ms: 1_000,
+        ..Default::default()
+    };
+    let net = Devnet::start(cfg).await.expect("devnet starts");
+    let info = net.info.clone();
+    let adversary = info
+        .nodes
+        .iter()
+        .find(|n| n.adversary.is_some())
+        .unwrap()
+        .id;
+    let client = ConfidentialClient::new(
+        &info.ledger_url,
+        &info.gateway_url,
+        &info.api_key,
+        dev_policy(),
+    );
+    let sel = client.select(CHAT).await.unwrap();
+    assert_eq!(sel.nodes.len(), 4, "refused: {:?}", sel.refused);
+    // One sealed request to each node, the adversary included.
+    for (i, target) in sel.nodes.iter().enumerate() {
+        let p = prepare(
+            target,
+            &body(&format!("Name a color, number {i}."), 8, false),
+        )
+        .unwrap();
+        let raw = client.send_raw(&p.envelope).await.unwrap();
+        let answer = ConfidentialClient::open(p, raw).unwrap();
+        assert_eq!(answer.node, target.id);
+    }
+
+    let ledger = LedgerClient::new(&info.ledger_url);
+    let mut events = Box::pin(ledger.events(Cursor::START).await.unwrap());
+    let (mut slashed, mut honest_passed) = (false, 0);
+    let mut honest_slashes = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(240), async {
+        while let Some(item) = events.next().await {
+            match item.unwrap().1 {
+                Event::Slashed { node, reason, .. } if node == adversary => {
+                    slashed |= reason == sortition_ledger::SlashReason::ExecutorAtFault;
+                }
+                Event::Slashed { node, reason, .. } => honest_slashes.push((node, reason)),
+                Event::AuditClosed { audit, outcome } => {
+                    let a = ledger.audit(audit).await.unwrap();
+                    use sortition_ledger::AuditOutcome::{ExecutorCleared, Passed};
+                    if a.executor != adversary && matches!(outcome, Passed | ExecutorCleared) {
+                        honest_passed += 1;
+                    }
+                }
+                _ => {}
+            }
+            if slashed && honest_passed >= 3 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "timed out: adversary slashed {slashed}, honest audits passed {honest_passed}"
+    );
+    assert!(honest_slashes.is_empty(), "{honest_slashes:?}");
+    // The payloads reached the auditors sealed, from the executors (the gateway has none).
+    let mut delivered = 0;
+    for n in &info.nodes {
+        let m = reqwest::get(format!("{}/metrics", n.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        delivered += m
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix(
+                    "sortition_node_confidential_audit_deliveries_total{label=\"delivered\"} ",
+                )
+            })
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    assert!(delivered >= 8, "sealed deliveries: {delivered}");
+    drop(events);
+    net.shutdown().await;
+}
+
+/// The devnets of this file run one at a time (each is a whole network on two cores).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

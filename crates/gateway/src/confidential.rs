@@ -10,8 +10,8 @@
 //! What the gateway cannot check: the receipt's request and response hashes commit to the
 //! plaintext, which only the client and the node see; the client checks them. The gateway keeps
 //! no payload of a confidential request for auditors (it holds only ciphertext): auditing such
-//! requests is the executor's duty, re-sealing to attested auditors (not built yet: see the
-//! node's `confidential` module).
+//! requests is the executor's duty: it re-seals them to the attested auditors (see the node's
+//! `confidential` module).
 
 use std::convert::Infallible;
 use std::sync::Arc;

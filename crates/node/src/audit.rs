@@ -50,13 +50,19 @@ pub struct Answer {
 /// Where an audit or dispute this node must judge stands.
 #[derive(Default)]
 struct Pending {
-    payload: Option<AuditPayload>,
+    /// Payloads delivered for the audit; the one whose receipt the ledger holds is judged.
+    payloads: Vec<AuditPayload>,
     /// Disputes this node sits on, about this audit.
     disputes: Vec<DisputeId>,
     /// The audit itself (not only a dispute about it) is this node's to judge.
     auditor: bool,
     started: bool,
 }
+
+/// Candidate payloads kept per audit: the genuine one and a few decoys. Not checked against
+/// the ledger on arrival (the executor may not have submitted its receipt yet), so a flood of
+/// decoys could crowd the genuine one out; the judge's digest check keeps them harmless.
+const MAX_PAYLOADS_PER_AUDIT: usize = 16;
 
 /// Audit work in progress, shared between the event follower and the payload route.
 #[derive(Default)]
@@ -71,8 +77,22 @@ impl AuditDesk {
             return Err("payload does not hash to the receipt's request_hash".into());
         }
         let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        g.entry(id).or_default().payload = Some(p);
+        let list = &mut g.entry(id).or_default().payloads;
+        if list.iter().any(|q| q.receipt == p.receipt) {
+            return Ok(());
+        }
+        if list.len() >= MAX_PAYLOADS_PER_AUDIT {
+            return Err(format!(
+                "audit {id} already has {MAX_PAYLOADS_PER_AUDIT} candidate payloads"
+            ));
+        }
+        list.push(p);
         Ok(())
+    }
+
+    fn candidates(&self, id: AuditId) -> Vec<AuditPayload> {
+        let g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        g.get(&id).map(|p| p.payloads.clone()).unwrap_or_default()
     }
 }
 
@@ -142,6 +162,17 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
             if executor == state.id && claim.is_some() {
                 submit_receipt(state, client, audit, stack, receipt_index).await;
             }
+            // Only we hold a confidential request: re-seal it to the auditors.
+            if executor == state.id && crate::confidential::holds(state, stack, receipt_index) {
+                tokio::spawn(crate::confidential::deliver_for_audit(
+                    state.clone(),
+                    client.clone(),
+                    audit,
+                    stack,
+                    receipt_index,
+                    auditors.clone(),
+                ));
+            }
             if auditors.contains(&state.id) && state.adversary == Some(crate::adversary::Mode::Copy)
             {
                 spawn_copier(state.clone(), client.clone(), audit);
@@ -157,6 +188,25 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
                     .or_default()
                     .auditor = true;
                 spawn_judge(state.clone(), client.clone(), audit);
+            }
+        }
+        Event::DisputeOpened {
+            audit,
+            ref committee,
+            ..
+        } if state.confidential.is_some() && !committee.contains(&state.id) => {
+            if let Ok(a) = client.audit(audit).await
+                && a.executor == state.id
+                && crate::confidential::holds(state, a.stack, a.receipt_index)
+            {
+                tokio::spawn(crate::confidential::deliver_for_audit(
+                    state.clone(),
+                    client.clone(),
+                    audit,
+                    a.stack,
+                    a.receipt_index,
+                    committee.clone(),
+                ));
             }
         }
         Event::DisputeOpened {
@@ -234,16 +284,21 @@ fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
 /// dispute about it that this node sits on.
 fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
     tokio::spawn(async move {
+        // Anyone can post a payload, so only the one whose receipt is the audited one (its
+        // digest is on the ledger once the executor submitted it, or from the challenge) is
+        // judged: a decoy (an honest request of someone else) cannot clear a cheat.
         let mut payload = None;
-        for _ in 0..600 {
+        for i in 0..600 {
+            let candidates = state.audits.candidates(audit);
+            if !candidates.is_empty()
+                && i % 5 == 0
+                && let Ok(a) = client.audit(audit).await
+                && let Some((digest, ..)) = a.receipt
             {
-                let g = state
-                    .audits
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(p) = g.get(&audit).and_then(|p| p.payload.clone()) {
-                    payload = Some(p);
+                payload = candidates
+                    .into_iter()
+                    .find(|p| p.receipt.receipt.digest() == digest);
+                if payload.is_some() {
                     break;
                 }
             }

@@ -12,11 +12,19 @@
 //! and returns the receipt in the clear; the receipt's hashes commit to the plaintext request and
 //! answer, exactly as for a plain request. Errors about the plaintext never quote it.
 //!
-//! NOT BUILT: audits of confidential requests. The node does not yet keep the plaintext and
-//! re-seal it to the attested keys of the auditors the ledger draws; the gateway holds only
-//! ciphertext, so a sampled confidential receipt reaches no auditor and cannot be re-checked.
+//! Audits: the gateway holds only ciphertext, so the node itself keeps every confidential
+//! request it receipted (with its answer), sealed at rest under its custody key
+//! (`sortition_confidential::custody`). When the ledger samples or a stack owner challenges one,
+//! the node checks each drawn auditor's published key and evidence (the same policy checks a
+//! client makes), re-seals the request with HPKE to that key, bound to the audit and the
+//! auditor, and posts it to the auditor's `/sortition/v1/audits/{id}/sealed-payload`. An auditor
+//! without an attested key gets nothing and votes `Unavailable`.
+//!
+//! Left open: an executor that withholds a confidential payload makes its audit unverifiable
+//! rather than its own fault (the ledger does not know which receipts are confidential).
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,22 +36,25 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use sortition_api::*;
+use sortition_confidential::custody::{CustodyKey, audit_aad, audit_request_id};
 use sortition_confidential::wire::{
     CONFIDENTIAL_CHAT_PATH, Envelope, ReceiptExt, SEALED_COMPLETION_OBJECT, SealedCompletion,
     StreamItem,
 };
 use sortition_confidential::{
-    Attester, AttesterError, AttesterKind, ConfidentialKey, ResponseSealer, SealError, open_request,
+    Attester, AttesterError, AttesterKind, ConfidentialKey, Evidence, Policy, PolicyVerifier,
+    RecipientKey, ResponseSealer, SealError, SealedRequest, open_request, seal_request,
 };
 use sortition_engine::{FinishReason, Prompt, StreamEvent};
 use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
 use sortition_ledger_service::{ClientError, Cursor, LedgerClient};
 use sortition_types::{
-    Hash32, Keypair, ModelId, NodeId, SignedReceipt, sha256, text_response_hash,
+    AuditId, Hash32, Keypair, ModelId, NodeId, SignedReceipt, StackId, sha256, text_response_hash,
 };
 use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
+use crate::audit::{Answer, AuditPayload};
 use crate::auth::authenticate;
 use crate::service::{NodeState, Outcome, engine_error};
 
@@ -60,6 +71,8 @@ pub struct KeyRing {
     kind: AttesterKind,
     attester: Box<dyn Attester>,
     keys: RwLock<Keys>,
+    /// Seals the confidential requests kept for audits at rest.
+    custody: CustodyKey,
 }
 
 fn unix_now() -> u64 {
@@ -69,12 +82,25 @@ fn unix_now() -> u64 {
 }
 
 impl KeyRing {
-    pub fn new(node: NodeId, kind: AttesterKind) -> Result<KeyRing, AttesterError> {
+    /// `custody_key`: the file of the key requests kept for audits are sealed under (created
+    /// on first use).
+    pub fn new(node: NodeId, kind: AttesterKind, custody_key: &Path) -> Result<KeyRing, String> {
         Ok(KeyRing {
             node,
             kind,
-            attester: kind.build()?,
+            attester: kind.build().map_err(|e: AttesterError| e.to_string())?,
             keys: RwLock::new(Keys::default()),
+            custody: CustodyKey::load_or_create(custody_key).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// What this node accepts as an auditor's evidence before re-sealing a request to it:
+    /// the dev attester's only on a dev network (this node runs it too). Accepted hardware
+    /// measurements are not configurable yet, so a hardware node refuses every auditor.
+    fn auditor_verifier(&self) -> PolicyVerifier {
+        PolicyVerifier::new(Policy {
+            allow_insecure_dev: self.is_insecure(),
+            ..Policy::default()
         })
     }
 
@@ -356,6 +382,7 @@ async fn admit(
             model,
             params,
             request_hash,
+            plaintext,
         },
         sealer,
         stream,
@@ -376,6 +403,8 @@ struct Job {
     model: ModelId,
     params: sortition_engine::SamplingParams,
     request_hash: Hash32,
+    /// The opened request, kept (sealed at rest) for audits once receipted.
+    plaintext: Zeroizing<Vec<u8>>,
 }
 
 impl Job {
@@ -388,7 +417,7 @@ impl Job {
         finish: &str,
     ) -> Result<SignedReceipt, ApiError> {
         let digest = state.engine(self.model.as_str())?.engine.info().digest;
-        state.finish(
+        let receipt = state.finish(
             self.reservation,
             Outcome {
                 model: self.model,
@@ -399,7 +428,9 @@ impl Job {
                 output_tokens: usage.1,
                 sampling: self.params.to_record(),
             },
-        )
+        )?;
+        keep_for_audit(state, &receipt, &self.plaintext, text, finish);
+        Ok(receipt)
     }
 }
 
@@ -610,4 +641,210 @@ async fn drive(a: Admitted, tx: mpsc::Sender<String>) {
             }
         }
     }
+}
+
+/// Keeps a receipted confidential request and its answer, sealed at rest, for its audits. A
+/// failure is logged, not returned: the user's answer does not depend on it (the audit will
+/// then be unverifiable).
+fn keep_for_audit(
+    state: &NodeState,
+    receipt: &SignedReceipt,
+    plaintext: &[u8],
+    text: &str,
+    finish: &str,
+) {
+    let Some(ring) = state.confidential.as_ref() else {
+        return;
+    };
+    let r = &receipt.receipt;
+    let record = (|| {
+        let payload = AuditPayload {
+            path: CONFIDENTIAL_AUDIT_PATH.into(),
+            body: String::from_utf8(plaintext.to_vec()).map_err(|_| "request is not UTF-8")?,
+            receipt: receipt.clone(),
+            answer: Some(Answer {
+                text: text.into(),
+                finish_reason: finish.into(),
+            }),
+        };
+        let json = Zeroizing::new(serde_json::to_vec(&payload).map_err(|_| "encoding failed")?);
+        ring.custody
+            .seal(r.stack.0, r.sequence, &json)
+            .map_err(|_| "sealing failed")
+    })();
+    match record.map(|sealed| state.store.put_custody(r.stack, r.sequence, &sealed)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(stack = %r.stack, seq = r.sequence, error = %e, "could not keep a confidential request for audit")
+        }
+        Err(e) => {
+            tracing::error!(stack = %r.stack, seq = r.sequence, error = e, "could not keep a confidential request for audit")
+        }
+    }
+}
+
+/// The route a confidential request is re-executed on by its auditors (its plaintext is a
+/// plain chat completion request).
+const CONFIDENTIAL_AUDIT_PATH: &str = "/v1/chat/completions";
+
+/// Whether this node keeps the confidential request behind receipt `seq` of `stack`.
+pub fn holds(state: &NodeState, stack: StackId, seq: u64) -> bool {
+    state.confidential.is_some() && matches!(state.store.custody(stack, seq), Ok(Some(_)))
+}
+
+/// Re-seals the confidential request behind receipt `seq` of `stack` to each of `nodes` (the
+/// auditors or committee of `audit`) and delivers it; nodes whose key or evidence does not
+/// verify get nothing.
+pub async fn deliver_for_audit(
+    state: Arc<NodeState>,
+    client: LedgerClient,
+    audit: AuditId,
+    stack: StackId,
+    seq: u64,
+    nodes: Vec<NodeId>,
+) {
+    let Some(ring) = state.confidential.clone() else {
+        return;
+    };
+    let plaintext = match state.store.custody(stack, seq) {
+        Ok(Some(sealed)) => match ring.custody.open(stack.0, seq, &sealed) {
+            Ok(p) => p,
+            Err(e) => return tracing::error!(%audit, error = %e, "custody record unreadable"),
+        },
+        Ok(None) => return,
+        Err(e) => return tracing::error!(%audit, error = %e, "custody lookup failed"),
+    };
+    let verifier = ring.auditor_verifier();
+    for node in nodes {
+        let sealed = match reseal(&client, &verifier, audit, node, &plaintext).await {
+            Ok(s) => s,
+            Err(why) => {
+                state
+                    .metrics
+                    .inc("confidential_audit_deliveries_total", "refused", 1);
+                tracing::warn!(%audit, %node, %why, "not re-sealing a confidential request to this auditor");
+                continue;
+            }
+        };
+        let url = format!(
+            "{}/sortition/v1/audits/{}/sealed-payload",
+            sealed.1.trim_end_matches('/'),
+            audit.0
+        );
+        let http = reqwest::Client::new();
+        for attempt in 0..5u64 {
+            match http.post(&url).json(&sealed.0).send().await {
+                Ok(r) if r.status().is_success() => {
+                    state
+                        .metrics
+                        .inc("confidential_audit_deliveries_total", "delivered", 1);
+                    break;
+                }
+                Ok(r) => {
+                    tracing::warn!(%audit, %node, status = %r.status(), "auditor refused the sealed payload")
+                }
+                Err(e) => tracing::warn!(%audit, %node, error = %e, "auditor unreachable"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+        }
+    }
+}
+
+/// Checks `node`'s published key like a client would and seals `plaintext` to it for `audit`.
+/// Returns the sealed request and the node's endpoint.
+async fn reseal(
+    client: &LedgerClient,
+    verifier: &PolicyVerifier,
+    audit: AuditId,
+    node: NodeId,
+    plaintext: &[u8],
+) -> Result<(SealedRequest, String), String> {
+    let status = client.status().await.map_err(|e| e.to_string())?;
+    let n = client.node(node).await.map_err(|e| e.to_string())?;
+    if n.attestation.is_empty() {
+        return Err("the auditor publishes no attested confidential key".into());
+    }
+    if n.key_epoch != status.epoch || n.key_nonce != status.epoch_nonce {
+        return Err(format!(
+            "the auditor's key is from epoch {}, the ledger is in epoch {}",
+            n.key_epoch, status.epoch
+        ));
+    }
+    let evidence: Evidence =
+        serde_json::from_slice(&n.attestation).map_err(|e| format!("evidence: {e}"))?;
+    let (recipient, _) = RecipientKey::verify_attested(
+        node,
+        n.key_epoch,
+        &status.epoch_nonce,
+        n.confidential_key.0.0,
+        &evidence,
+        verifier,
+        unix_now(),
+    )
+    .map_err(|e| format!("evidence refused: {e}"))?;
+    let (sealed, _) = seal_request(
+        &recipient,
+        audit_request_id(audit.0, node),
+        plaintext,
+        &audit_aad(audit.0, node),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((sealed, n.endpoint))
+}
+
+/// `POST /sortition/v1/audits/{id}/sealed-payload`: an executor re-sealed a confidential
+/// request to this auditor. Opened with this node's key, checked to be for this audit and this
+/// node, then judged like any payload.
+pub async fn audit_sealed_payload(
+    State(s): S,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    body: Bytes,
+) -> Response {
+    match open_audit_payload(&s, AuditId(id), &body) {
+        Ok(()) => Json(serde_json::json!({"accepted": true})).into_response(),
+        Err(e) => {
+            s.metrics.inc("errors_total", e.code, 1);
+            e.into_response()
+        }
+    }
+}
+
+fn open_audit_payload(s: &NodeState, audit: AuditId, body: &[u8]) -> Result<(), ApiError> {
+    let Some(ring) = s.confidential.as_ref() else {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "confidential_unavailable",
+            "this node runs without an attester and cannot open sealed payloads",
+        ));
+    };
+    let sealed: SealedRequest = parse_json(body)?;
+    if sealed.aad != audit_aad(audit.0, s.id)
+        || sealed.request_id != audit_request_id(audit.0, s.id)
+    {
+        return Err(sealed_error(
+            "sealed_payload_invalid",
+            "the sealed payload is bound to another audit or auditor",
+        ));
+    }
+    let key = ring.key_for(sealed.key_epoch).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Conflict,
+            "stale_confidential_key",
+            format!(
+                "sealed to key epoch {}, which this node no longer holds",
+                sealed.key_epoch
+            ),
+        )
+    })?;
+    let (plaintext, _) =
+        open_request(&key, &sealed).map_err(|e| sealed_error("sealed_payload_invalid", e))?;
+    let payload: AuditPayload = parse_json(&plaintext).map_err(|_| {
+        sealed_error(
+            "sealed_payload_invalid",
+            "the opened payload does not parse",
+        )
+    })?;
+    s.audits
+        .deliver(audit, payload)
+        .map_err(|m| ApiError::invalid("invalid_payload", m))
 }

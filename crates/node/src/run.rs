@@ -225,8 +225,9 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
     .map_err(StartError::Ledger)?;
     let (confidential, epochs_from) = match cfg.attester {
         Some(kind) => {
-            let ring = crate::confidential::KeyRing::new(id, kind)
-                .map_err(|e| StartError::Config(format!("attester: {e}")))?;
+            let ring =
+                crate::confidential::KeyRing::new(id, kind, &cfg.data_dir.join("custody.key"))
+                    .map_err(|e| StartError::Config(format!("attester: {e}")))?;
             if ring.is_insecure() {
                 tracing::warn!(node = %id, "confidential keys attested by the INSECURE dev attester: no TEE, the evidence proves nothing");
             }

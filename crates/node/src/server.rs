@@ -31,6 +31,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
             post(routes::audit_payload),
         )
         .route(
+            "/sortition/v1/audits/{id}/sealed-payload",
+            post(crate::confidential::audit_sealed_payload),
+        )
+        .route(
             "/sortition/v1/stacks/{stack}/receipts/{sequence}/proof",
             get(routes::receipt_proof),
         )

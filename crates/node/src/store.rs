@@ -1,5 +1,6 @@
 //! The node's durable state in an embedded redb database: signed receipts per stack, stack
-//! usage counters, request nonces already seen, and the ledger event cursor.
+//! usage counters, request nonces already seen, the ledger event cursor, and the sealed
+//! confidential requests kept for audits.
 //!
 //! Every write commits with immediate durability before the call returns, so a receipt that a
 //! client received is never lost by a crash, and a replayed nonce stays refused after restart.
@@ -13,6 +14,9 @@ use sortition_types::{SignedReceipt, StackId};
 const RECEIPTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("receipts");
 /// (stack, nonce) → expiry in Unix ms.
 const NONCES: TableDefinition<(u64, u64), u64> = TableDefinition::new("nonces");
+/// (stack, sequence) → a confidential request and its answer, sealed at rest
+/// (`sortition_confidential::custody`), kept for the audits.
+const CUSTODY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("custody");
 /// Named scalar values (e.g. the event cursor).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -52,6 +56,7 @@ impl NodeStore {
         tx.open_table(RECEIPTS)?;
         tx.open_table(NONCES)?;
         tx.open_table(META)?;
+        tx.open_table(CUSTODY)?;
         tx.commit()?;
         Ok(NodeStore { db })
     }
@@ -139,6 +144,27 @@ impl NodeStore {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps the sealed record of a confidential request durably.
+    pub fn put_custody(
+        &self,
+        stack: StackId,
+        sequence: u64,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CUSTODY)?
+            .insert((stack.0, sequence), sealed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The sealed record of a confidential request, if this node served one there.
+    pub fn custody(&self, stack: StackId, sequence: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CUSTODY)?;
+        Ok(t.get((stack.0, sequence))?.map(|v| v.value().to_vec()))
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
