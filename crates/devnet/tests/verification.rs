@@ -310,12 +310,19 @@ async fn quorum_answers_from_the_majority_and_challenges_the_dissenter() {
             .json(&body)
             .send()
     };
+    let mut texts = Vec::new();
     for (i, topic) in ["colors", "fruits", "planets"].iter().enumerate() {
         let body = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 12,
             "messages": [{"role": "user", "content": format!("Name three {topic}.")}]});
         let resp = post(body, 3).await.unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
         let v: Value = resp.json().await.unwrap();
+        texts.push(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
         let q = &v["sortition"]["quorum"];
         assert_eq!(q["size"], 3, "{v}");
         let agreeing: HashSet<NodeId> = serde_json::from_value(q["agreeing"].clone()).unwrap();
@@ -326,16 +333,38 @@ async fn quorum_answers_from_the_majority_and_challenges_the_dissenter() {
         assert!(honest.contains(&node));
         assert_eq!(v["sortition"]["verified_by_gateway"], true);
     }
-    // Bad quorum requests are refused with clear errors.
-    let body = json!({"model": "smollm2-135m-instruct", "max_tokens": 4, "stream": true,
+    // Streamed: the majority's answer arrives as a stream once the quorum agreed.
+    let body = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 12,
+        "stream": true, "messages": [{"role": "user", "content": "Name three colors."}]});
+    let resp = post(body, 3).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let raw = resp.text().await.unwrap();
+    let data: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{raw}");
+    let events: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, texts[0], "{raw}");
+    let last = events.last().unwrap();
+    assert_eq!(last["object"], "chat.completion.chunk");
+    assert_eq!(
+        last["sortition"]["quorum"]["dissenting"],
+        json!([adversary]),
+        "{raw}"
+    );
+    assert_eq!(last["sortition"]["verified_by_gateway"], true);
+    // A quorum larger than the class is refused with a clear error.
+    let body = json!({"model": "smollm2-135m-instruct", "max_tokens": 4,
         "messages": [{"role": "user", "content": "Hi"}]});
-    let resp = post(body.clone(), 3).await.unwrap();
-    assert_eq!(resp.status(), 400);
-    let e: Value = resp.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "quorum_stream_unsupported");
-    let mut unary = body;
-    unary["stream"] = json!(false);
-    let resp = post(unary, 4).await.unwrap();
+    let resp = post(body, 4).await.unwrap();
     assert_eq!(resp.status(), 503, "a quorum of 4 with 3 nodes");
     let metrics = reqwest::get(format!("{}/metrics", net.info.gateway_url))
         .await
@@ -344,7 +373,7 @@ async fn quorum_answers_from_the_majority_and_challenges_the_dissenter() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("sortition_gateway_quorum_dissent_total 3"),
+        metrics.contains("sortition_gateway_quorum_dissent_total 4"),
         "{metrics}"
     );
 
@@ -365,7 +394,7 @@ async fn quorum_answers_from_the_majority_and_challenges_the_dissenter() {
                 Event::Refunded { .. } => refunded = true,
                 _ => {}
             }
-            if slashed && refunded && challenged == 3 {
+            if slashed && refunded && challenged == 4 {
                 return;
             }
         }

@@ -155,9 +155,12 @@ pub async fn follow(
                         deliver(&g, &client, audit, a.stack, a.receipt_index, &committee).await;
                     }
                 }
-                // A claim closes its stack on the ledger: stop sending requests on it (the node
-                // would refuse them). Stacks of other owners are not in our books.
-                Event::ClaimCommitted { stack, .. } => match g.store.close_stack(stack).await {
+                // A claim, refund or expiry closes its stack on the ledger: stop sending requests
+                // on it (the node would refuse them, or serve them unpaid). Stacks of other
+                // owners are not in our books.
+                Event::ClaimCommitted { stack, .. }
+                | Event::Refunded { stack, .. }
+                | Event::StackExpired { stack } => match g.store.close_stack(stack).await {
                     Ok(()) => tracing::debug!(%stack, "stack claimed by its node; closed"),
                     Err(crate::store::StoreError::StackNotFound(_)) => {}
                     Err(e) => tracing::warn!(%stack, error = %e, "could not close a claimed stack"),

@@ -7,7 +7,9 @@
 //! requests are kept for the auditors, and their receipts are challenged on the ledger
 //! (`ChallengeReceipt`): peers of their class audit them at once, whatever the sampling rate,
 //! and a lost dispute slashes them. Without a majority the user gets a 502, is not charged,
-//! and every member's receipt is challenged. Not built yet: streamed quorum answers.
+//! and every member's receipt is challenged. A streamed request is asked of the members
+//! unstreamed (a quorum cannot answer before it agrees) and the majority's answer is then sent
+//! as a stream.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,13 +52,18 @@ pub struct QuorumRequest<'a> {
 
 /// Runs the request on a quorum and answers from its majority.
 pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Response, ApiError> {
-    if q.stream {
-        return Err(ApiError::invalid(
-            "quorum_stream_unsupported",
-            "streamed answers under a quorum are not built yet; send \"stream\": false",
-        )
-        .with_param("stream"));
-    }
+    // A quorum cannot answer before it agrees: members are asked unstreamed (their receipts
+    // and the kept payloads commit to that body), and the majority's answer is then streamed.
+    let unstreamed;
+    let q = if q.stream {
+        unstreamed = unstreamed_body(q.body)?;
+        QuorumRequest {
+            body: &unstreamed,
+            ..q
+        }
+    } else {
+        q
+    };
     let nodes: Vec<NodeView> = {
         let mut r = g.router.lock().await;
         // Every member is paid: the user must afford n answers at the dearest price.
@@ -168,7 +175,11 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
             json!({"size": q.size, "agreeing": agreeing, "dissenting": dissenting, "failed": failed}),
         );
     }
-    let mut resp = Json(value).into_response();
+    let mut resp = if q.stream {
+        as_event_stream(&value)
+    } else {
+        Json(value).into_response()
+    };
     if let Ok(v) = HeaderValue::from_str(&first.d.node.id.to_string()) {
         resp.headers_mut().insert(sortition_api::NODE_HEADER, v);
     }
@@ -178,6 +189,51 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
         resp.headers_mut().insert(sortition_api::RECEIPT_HEADER, v);
     }
     Ok(resp)
+}
+
+/// The request body with `"stream": false` (and no `stream_options`).
+fn unstreamed_body(body: &Bytes) -> Result<Bytes, ApiError> {
+    let mut v: Value = sortition_api::parse_json(body)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("stream".into(), Value::Bool(false));
+        o.remove("stream_options");
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A whole chat or text completion as the server-sent events of a stream: the content in one
+/// chunk, then the finish reason with the usage and the `sortition` extension, then `[DONE]`.
+fn as_event_stream(whole: &Value) -> Response {
+    use axum::response::sse::Event;
+    let chat = whole["object"] == "chat.completion";
+    let choice = &whole["choices"][0];
+    let base = |choice: Value| {
+        json!({
+            "id": whole["id"],
+            "object": if chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": whole["created"],
+            "model": whole["model"],
+            "choices": [choice],
+        })
+    };
+    let content = if chat {
+        base(json!({"index": 0, "delta": {"role": "assistant",
+            "content": choice["message"]["content"]}, "finish_reason": null}))
+    } else {
+        base(json!({"index": 0, "text": choice["text"], "finish_reason": null}))
+    };
+    let mut last = if chat {
+        base(json!({"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}))
+    } else {
+        base(json!({"index": 0, "text": "", "finish_reason": choice["finish_reason"]}))
+    };
+    last["usage"] = whole["usage"].clone();
+    last["sortition"] = whole["sortition"].clone();
+    let events = [content.to_string(), last.to_string(), "[DONE]".to_string()]
+        .map(|d| Ok::<_, std::convert::Infallible>(Event::default().data(d)));
+    axum::response::Sse::new(futures::stream::iter(events)).into_response()
 }
 
 /// Challenges `receipts` on the ledger in the background: each is audited now by peers of its

@@ -180,10 +180,12 @@ pub(crate) fn challenge(
     if receipt.verify(&executor.operator).is_err() {
         return bad("receipt signature is not the stack's node's");
     }
+    // A settled stack's window is over. One refunded or expired paid the node nothing, but
+    // a wrong answer served on it still costs the node its stake.
     let claim = match s.status {
-        StackStatus::Open => None,
+        StackStatus::Open | StackStatus::Refunded | StackStatus::Expired => None,
         StackStatus::Claimed { claim } => Some(claim),
-        _ => return Err(LedgerError::StackNotOpen(r.stack)),
+        StackStatus::Settled => return Err(LedgerError::StackNotOpen(r.stack)),
     };
     if st.challenges.contains_key(&(r.stack, r.sequence)) {
         return Err(LedgerError::AlreadyChallenged {

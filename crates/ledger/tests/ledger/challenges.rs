@@ -211,6 +211,15 @@ fn a_claim_waits_for_an_open_challenge_and_an_honest_executor_is_paid() {
     // 40 units at 1_000_000 per million = 40; the bond paid the auditor.
     assert_eq!(c.balance(&user), Amount(before.0 - 40 - BOND.0));
     assert_eq!(c.balance(&ak.public()), Amount(before_auditor.0 + 100));
+    // Once settled, the stack's receipts can no longer be challenged.
+    let owner = c.users[0].clone();
+    let (r, _) = c.tx(
+        &owner,
+        TxKind::ChallengeReceipt {
+            receipt: rs.signed[1].clone(),
+        },
+    );
+    assert_eq!(r, Err(LedgerError::StackNotOpen(stack)));
 }
 
 #[test]
