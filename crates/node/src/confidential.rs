@@ -133,6 +133,20 @@ impl KeyRing {
             .cloned()
     }
 
+    /// The key of `epoch`, or the error that tells the sender to fetch the current one.
+    fn key_or_stale(&self, epoch: u64) -> Result<ConfidentialKey, ApiError> {
+        self.key_for(epoch).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Conflict,
+                "stale_confidential_key",
+                format!(
+                    "sealed to key epoch {epoch}, which this node no longer holds; fetch the \
+                     current key"
+                ),
+            )
+        })
+    }
+
     /// Makes a key for the ledger's current epoch, attests it and publishes it. A turn that
     /// races the transaction (`StaleEpoch`) is retried against the new epoch.
     pub async fn publish(&self, client: &LedgerClient, signer: &Keypair) -> Result<u64, String> {
@@ -245,6 +259,17 @@ async fn rotate(ring: &KeyRing, client: &LedgerClient, signer: &Keypair) {
 
 type S = State<Arc<NodeState>>;
 
+/// The node's key ring, or the error of a node without an attester.
+fn ring_of(s: &NodeState) -> Result<&KeyRing, ApiError> {
+    s.confidential.as_deref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "confidential_unavailable",
+            "this node runs without an attester and publishes no confidential key",
+        )
+    })
+}
+
 fn sealed_error(code: &'static str, e: impl std::fmt::Display) -> ApiError {
     ApiError::invalid(code, e.to_string())
 }
@@ -304,13 +329,7 @@ async fn handle(
         unix_now_ms(),
     )
     .await?;
-    let Some(ring) = s.confidential.as_ref() else {
-        return Err(ApiError::new(
-            ErrorKind::NotFound,
-            "confidential_unavailable",
-            "this node runs without an attester and publishes no confidential key",
-        ));
-    };
+    let ring = ring_of(s)?;
     let env: Envelope = parse_json(body)?;
     if env.node != s.id || !env.metadata_bound() {
         return Err(sealed_error(
@@ -318,16 +337,7 @@ async fn handle(
             "the envelope's metadata does not match what was sealed (or the target is another node)",
         ));
     }
-    let key = ring.key_for(env.sealed.key_epoch).ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::Conflict,
-            "stale_confidential_key",
-            format!(
-                "sealed to key epoch {}, which this node no longer holds; fetch the current key",
-                env.sealed.key_epoch
-            ),
-        )
-    })?;
+    let key = ring.key_or_stale(env.sealed.key_epoch)?;
     let (plaintext, sealer) = open_request(&key, &env.sealed).map_err(|e| match e {
         SealError::OpenFailed => sealed_error("sealed_request_invalid", e),
         other => sealed_error("sealed_request_invalid", other),
@@ -810,13 +820,7 @@ pub async fn audit_sealed_payload(
 }
 
 fn open_audit_payload(s: &NodeState, audit: AuditId, body: &[u8]) -> Result<(), ApiError> {
-    let Some(ring) = s.confidential.as_ref() else {
-        return Err(ApiError::new(
-            ErrorKind::NotFound,
-            "confidential_unavailable",
-            "this node runs without an attester and cannot open sealed payloads",
-        ));
-    };
+    let ring = ring_of(s)?;
     let sealed: SealedRequest = parse_json(body)?;
     if sealed.aad != audit_aad(audit.0, s.id)
         || sealed.request_id != audit_request_id(audit.0, s.id)
@@ -826,16 +830,7 @@ fn open_audit_payload(s: &NodeState, audit: AuditId, body: &[u8]) -> Result<(), 
             "the sealed payload is bound to another audit or auditor",
         ));
     }
-    let key = ring.key_for(sealed.key_epoch).ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::Conflict,
-            "stale_confidential_key",
-            format!(
-                "sealed to key epoch {}, which this node no longer holds",
-                sealed.key_epoch
-            ),
-        )
-    })?;
+    let key = ring.key_or_stale(sealed.key_epoch)?;
     let (plaintext, _) =
         open_request(&key, &sealed).map_err(|e| sealed_error("sealed_payload_invalid", e))?;
     let payload: AuditPayload = parse_json(&plaintext).map_err(|_| {

@@ -15,21 +15,8 @@ const BOND: Amount = Amount(100);
 
 /// User 0 buys 1000 units from node 0; node 0 signs two receipts on it.
 fn buy(c: &mut Chain) -> (StackId, Receipts) {
-    let user = c.users[0].clone();
+    let stack = buy_from_node0(c);
     let n0 = c.node_id(0);
-    let ev = c.ok(
-        &user,
-        TxKind::BuyStack {
-            model: model(),
-            node: Some(n0),
-            max_price_per_m: Amount(1_000_000),
-            units: units(1_000),
-            expires_at_ms: c.now() + 1_000_000,
-        },
-    );
-    let Event::StackBought { stack, .. } = ev[0].clone() else {
-        panic!("{ev:?}")
-    };
     let rs = Receipts::new(n0, stack, &c.nodes[0].clone(), 2);
     (stack, rs)
 }

@@ -188,6 +188,27 @@ impl Chain {
     }
 }
 
+/// User 0 buys 1000 units of the model from node 0; returns the stack.
+pub fn buy_from_node0(c: &mut Chain) -> StackId {
+    let user = c.users[0].clone();
+    let n0 = c.node_id(0);
+    let ev = c.ok(
+        &user,
+        TxKind::BuyStack {
+            model: model(),
+            node: Some(n0),
+            max_price_per_m: Amount(1_000_000),
+            units: units(1_000),
+            expires_at_ms: c.now() + 1_000_000,
+        },
+    );
+    let Event::StackBought { stack, escrow, .. } = ev[0].clone() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(escrow, Amount(1_000)); // 1000 units * 1_000_000 / 1e6 (max of in/out price)
+    stack
+}
+
 pub fn register_kind(i: usize) -> TxKind {
     register_with(i, COLLATERAL)
 }

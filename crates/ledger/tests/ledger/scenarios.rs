@@ -8,22 +8,8 @@ use crate::harness::*;
 /// User 0 buys 1000 units from node 0 and node 0 claims 20 of them with one receipt.
 /// Returns (stack, audit, auditor node, receipts).
 fn buy_and_claim(c: &mut Chain) -> (StackId, AuditId, Vec<NodeId>, Receipts) {
-    let user = c.users[0].clone();
     let n0 = c.node_id(0);
-    let ev = c.ok(
-        &user,
-        TxKind::BuyStack {
-            model: model(),
-            node: Some(n0),
-            max_price_per_m: Amount(1_000_000),
-            units: units(1_000),
-            expires_at_ms: c.now() + 1_000_000,
-        },
-    );
-    let Event::StackBought { stack, escrow, .. } = ev[0].clone() else {
-        panic!("{ev:?}")
-    };
-    assert_eq!(escrow, Amount(1_000)); // 1000 units * 1_000_000 / 1e6 (max of in/out price)
+    let stack = buy_from_node0(c);
     let rs = Receipts::new(n0, stack, &c.nodes[0].clone(), 1);
     let ev = c.ok(
         &c.nodes[0].clone(),
