@@ -7,6 +7,34 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     crate::q8::Kernel::dot_f32(a, b).unwrap_or_else(|| dot_portable(a, b))
 }
 
+/// `out[j] = dot(a, &b[j * stride + off..][..a.len()])` for every `j < out.len()` (attention
+/// scores of one query over a cache), in one call.
+pub fn dots(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    if !crate::q8::Kernel::dots_f32(a, b, stride, off, out) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_portable(a, &b[j * stride + off..j * stride + off + a.len()]);
+        }
+    }
+}
+
+/// `out = Σ_j p[j] · v[j * stride + off..][..out.len()]`, each element summed in `j` order
+/// from +0.0 with a multiply then an add (attention's weighted sum of values).
+pub fn weighted_sum(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    if !crate::q8::Kernel::weighted_sum_f32(p, v, stride, off, out) {
+        weighted_sum_portable(p, v, stride, off, out);
+    }
+}
+
+fn weighted_sum_portable(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        let row = &v[j * stride + off..j * stride + off + out.len()];
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += pj * x;
+        }
+    }
+}
+
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -68,6 +96,37 @@ mod tests {
                 dot_portable(&a, &b).to_bits(),
                 "n={n}"
             );
+        }
+    }
+
+    #[test]
+    fn batched_attention_kernels_equal_the_per_row_loops_bit_for_bit() {
+        let mut seed = 0x1234_5678_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for (hd, heads, n) in [(64, 3, 37), (8, 2, 5), (24, 1, 9), (13, 2, 4), (64, 3, 1)] {
+            let stride = hd * heads;
+            let cache: Vec<f32> = (0..n * stride).map(|_| next() * 2.0).collect();
+            let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+            for head in 0..heads {
+                let off = head * hd;
+                let mut got = vec![0f32; n];
+                dots(&q, &cache, stride, off, &mut got);
+                for (j, g) in got.iter().enumerate() {
+                    let want = dot_portable(&q, &cache[j * stride + off..j * stride + off + hd]);
+                    assert_eq!(g.to_bits(), want.to_bits(), "dots hd {hd} j {j}");
+                }
+                let p: Vec<f32> = (0..n).map(|_| next().abs()).collect();
+                let (mut fast, mut slow) = (vec![1f32; hd], vec![2f32; hd]);
+                weighted_sum(&p, &cache, stride, off, &mut fast);
+                weighted_sum_portable(&p, &cache, stride, off, &mut slow);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&slow), "weighted_sum hd {hd}");
+            }
         }
     }
 

@@ -216,22 +216,38 @@ impl Q8Rows {
             "q8 rows: {} values as {rows}x{cols}",
             x.len()
         );
-        let mut qs = vec![0i8; x.len()];
-        let mut d = Vec::with_capacity(x.len() / BLOCK);
-        let mut s = Vec::with_capacity(x.len() / BLOCK);
-        for (src, dst) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
-            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in dst.iter_mut().zip(src) {
-                let r = round_half_away(v * inv).clamp(-127, 127);
-                sum += r;
-                *q = r as i8;
-            }
-            d.push(scale);
-            s.push(scale * sum as f32);
+        let nb = x.len() / BLOCK;
+        let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+        quantize_blocks(x, &mut qs, &mut d, &mut s);
+        Q8Rows {
+            rows,
+            cols,
+            qs,
+            d,
+            s,
         }
+    }
+
+    /// [`Q8Rows::quantize`] with the blocks split among `pool`'s threads (each block depends
+    /// only on its own values, so the result is the same).
+    pub fn quantize_on(pool: &Pool, x: &[f32], rows: usize, cols: usize) -> Self {
+        const PER: usize = 64;
+        if pool.threads() == 1 || x.len() < 4 * PER * BLOCK {
+            return Q8Rows::quantize(x, rows, cols);
+        }
+        assert!(
+            cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
+            "q8 rows: {} values as {rows}x{cols}",
+            x.len()
+        );
+        let nb = x.len() / BLOCK;
+        let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+        let items: Vec<_> = x
+            .chunks(PER * BLOCK)
+            .zip(qs.chunks_mut(PER * BLOCK))
+            .zip(d.chunks_mut(PER).zip(s.chunks_mut(PER)))
+            .collect();
+        pool.for_each(items, |((x, q), (d, s))| quantize_blocks(x, q, d, s));
         Q8Rows {
             rows,
             cols,
@@ -258,6 +274,25 @@ impl Q8Rows {
             .zip(&self.d)
             .flat_map(|(q, &d)| q.iter().map(move |&v| v as f32 * d))
             .collect()
+    }
+}
+
+/// Quantizes whole blocks of `x` into `qs`, with per block the scale into `d` and `d * Σ q`
+/// into `s` (see [`Q8Rows::quantize`]).
+fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
+    for ((src, dst), (d, s)) in blocks.zip(d.iter_mut().zip(s.iter_mut())) {
+        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in dst.iter_mut().zip(src) {
+            let r = round_half_away(v * inv).clamp(-127, 127);
+            sum += r;
+            *q = r as i8;
+        }
+        *d = scale;
+        *s = scale * sum as f32;
     }
 }
 
@@ -320,6 +355,36 @@ impl Kernel {
         }
         let _ = (a, b);
         None
+    }
+
+    /// [`crate::kernels::dots`] vectorized when the CPU allows (same bits either way);
+    /// `false` when it does not.
+    pub fn dots_f32(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") {
+            avx2::dots(a, b, stride, off, out);
+            return true;
+        }
+        let _ = (a, b, stride, off, out);
+        false
+    }
+
+    /// [`crate::kernels::weighted_sum`] vectorized when the CPU allows (same bits either
+    /// way); `false` when it does not.
+    pub fn weighted_sum_f32(
+        p: &[f32],
+        v: &[f32],
+        stride: usize,
+        off: usize,
+        out: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") {
+            avx2::weighted_sum(p, v, stride, off, out);
+            return true;
+        }
+        let _ = (p, v, stride, off, out);
+        false
     }
 
     pub fn name(self) -> &'static str {
@@ -393,177 +458,7 @@ fn scalar_tile<const W: usize, const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod avx2 {
-    use super::{BLOCK, WRow, WeightQuant, XRow, hsum8};
-    use std::arch::x86_64::*;
-
-    /// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices).
-    const PREFETCH: usize = 2048;
-
-    pub fn available() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-
-    /// Safe entry: checks the CPU features here; the caller checked that every row holds
-    /// the same number of blocks.
-    pub fn tile<const W: usize, const N: usize>(
-        quant: WeightQuant,
-        w: [WRow<'_>; W],
-        x: [XRow<'_>; N],
-    ) -> [[f32; N]; W] {
-        assert!(available());
-        // SAFETY: the features were just checked; the tile functions read `nb` blocks of
-        // each row, which the caller checked every row holds.
-        unsafe {
-            match quant {
-                WeightQuant::Q8_0 => tile_q8_0(w, x),
-                WeightQuant::Q4_1 => tile_q4_1(w, x),
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn half(h: u16) -> __m256 {
-        _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn finish<const W: usize, const N: usize>(acc: [[__m256; N]; W]) -> [[f32; N]; W] {
-        let mut out = [[0f32; N]; W];
-        for i in 0..W {
-            for t in 0..N {
-                let mut l = [0f32; 8];
-                // SAFETY: `l` holds eight f32.
-                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[i][t]) };
-                out[i][t] = hsum8(l);
-            }
-        }
-        out
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_q8_0<const W: usize, const N: usize>(
-        w: [WRow<'_>; W],
-        x: [XRow<'_>; N],
-    ) -> [[f32; N]; W] {
-        let nb = x.first().map_or(0, |r| r.d.len());
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); N]; W];
-        for b in 0..nb {
-            let mut wv = [_mm256_setzero_si256(); W];
-            let mut aw = [_mm256_setzero_si256(); W];
-            let mut dw = [_mm256_setzero_ps(); W];
-            for i in 0..W {
-                let at = w[i].q.as_ptr().wrapping_add(b * BLOCK);
-                // A hint only: an address past the matrix is never dereferenced.
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
-                // SAFETY: block `b < nb` lies inside every row (checked by the caller).
-                wv[i] = unsafe { _mm256_loadu_si256(at.cast()) };
-                aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
-                dw[i] = half(w[i].d[b]);
-            }
-            for t in 0..N {
-                // SAFETY: as above.
-                let xv = unsafe { _mm256_loadu_si256(x[t].q.as_ptr().add(b * BLOCK).cast()) };
-                let dx = _mm256_set1_ps(x[t].d[b]);
-                for i in 0..W {
-                    // |w| * (x * sign w) = w * x per byte; pairs, then quads, to int32 lanes.
-                    let sx = _mm256_sign_epi8(xv, wv[i]);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[i], sx), ones);
-                    let d = _mm256_mul_ps(dw[i], dx);
-                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
-                }
-            }
-        }
-        finish(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_q4_1<const W: usize, const N: usize>(
-        w: [WRow<'_>; W],
-        x: [XRow<'_>; N],
-    ) -> [[f32; N]; W] {
-        let nb = x.first().map_or(0, |r| r.d.len());
-        let ones = _mm256_set1_epi16(1);
-        let low = _mm256_set1_epi8(0x0f);
-        let mut acc = [[_mm256_setzero_ps(); N]; W];
-        let mut msum = [[0f32; N]; W];
-        for b in 0..nb {
-            let mut wv = [_mm256_setzero_si256(); W];
-            let mut dw = [_mm256_setzero_ps(); W];
-            let mut mw = [0f32; W];
-            for i in 0..W {
-                let at = w[i].q.as_ptr().wrapping_add(b * BLOCK / 2);
-                // A hint only: an address past the matrix is never dereferenced.
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
-                // SAFETY: block `b < nb` (16 bytes) lies inside every row (checked by the
-                // caller).
-                let raw = unsafe { _mm_loadu_si128(at.cast()) };
-                // Values 0..16 from the low nibbles, 16..32 from the high ones.
-                let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-                wv[i] = _mm256_and_si256(both, low);
-                dw[i] = half(w[i].d[b]);
-                mw[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(w[i].m[b]))));
-            }
-            for t in 0..N {
-                // SAFETY: as above (32 bytes of the activation row).
-                let xv = unsafe { _mm256_loadu_si256(x[t].q.as_ptr().add(b * BLOCK).cast()) };
-                let dx = _mm256_set1_ps(x[t].d[b]);
-                let sx = x[t].s[b];
-                for i in 0..W {
-                    // Unsigned 4-bit weights times signed int8: pairs, then quads, to int32.
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[i], xv), ones);
-                    let d = _mm256_mul_ps(dw[i], dx);
-                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
-                    msum[i][t] = mw[i].mul_add(sx, msum[i][t]);
-                }
-            }
-        }
-        let mut out = finish(acc);
-        for i in 0..W {
-            for t in 0..N {
-                out[i][t] += msum[i][t];
-            }
-        }
-        out
-    }
-
-    /// [`crate::kernels::dot`] with the same eight lanes, multiplies and adds (not fused), so
-    /// the same bits.
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        assert!(is_x86_feature_detected!("avx"));
-        // SAFETY: the feature was just checked; reads stay within the shorter slice.
-        unsafe { dot_impl(a, b) }
-    }
-
-    #[target_feature(enable = "avx")]
-    unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n` elements of both slices.
-            let (x, y) = unsafe {
-                (
-                    _mm256_loadu_ps(a.as_ptr().add(i)),
-                    _mm256_loadu_ps(b.as_ptr().add(i)),
-                )
-            };
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
-            i += 8;
-        }
-        let mut l = [0f32; 8];
-        // SAFETY: `l` holds eight f32.
-        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
-        let mut tail = 0f32;
-        for j in i..n {
-            tail += a[j] * b[j];
-        }
-        ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
-    }
-}
+mod avx2;
 
 /// Runs products on a fixed number of threads.
 pub struct Pool {
@@ -590,6 +485,16 @@ impl Pool {
 
     pub fn threads(&self) -> usize {
         self.pool.as_ref().map_or(1, |p| p.current_num_threads())
+    }
+
+    /// Runs `f` on one of the pool's threads, so that the parallel products and loops inside
+    /// it split their work by stealing between threads already awake instead of each waking
+    /// the pool from outside (a forward pass runs ~150 of them per token).
+    pub fn install<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
     }
 
     /// Runs `f` on every item, in parallel when the pool has threads.
@@ -693,252 +598,4 @@ impl Tile<'_> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-    use rand_chacha::ChaCha20Rng;
-    use rand_chacha::rand_core::{Rng, SeedableRng};
-
-    fn random(rng: &mut ChaCha20Rng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
-    const QUANTS: [WeightQuant; 2] = [WeightQuant::Q8_0, WeightQuant::Q4_1];
-
-    /// A random weight matrix through candle's quantizer and our reader, and its values.
-    fn qmatrix(
-        rng: &mut ChaCha20Rng,
-        quant: WeightQuant,
-        rows: usize,
-        cols: usize,
-    ) -> (QMatrix, Vec<f32>) {
-        let v = random(rng, rows * cols, 0.5);
-        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
-        let dtype = match quant {
-            WeightQuant::Q8_0 => GgmlDType::Q8_0,
-            WeightQuant::Q4_1 => GgmlDType::Q4_1,
-        };
-        let q = QTensor::quantize(&t, dtype).unwrap();
-        let reference = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let m = QMatrix::from_ggml_bytes(quant, &q.data().unwrap(), rows, cols).unwrap();
-        (m, reference)
-    }
-
-    fn kernels() -> Vec<Kernel> {
-        let mut k = vec![Kernel::Scalar];
-        if Kernel::detect() != Kernel::Scalar {
-            k.push(Kernel::detect());
-        }
-        k
-    }
-
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
-    }
-
-    #[test]
-    fn reads_candle_blocks_exactly() {
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
-        for quant in QUANTS {
-            let (m, reference) = qmatrix(&mut rng, quant, 7, 96);
-            assert_eq!(bits(&m.dequantize()), bits(&reference), "{quant:?}");
-        }
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x8003), -3.0 * 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-    }
-
-    #[test]
-    fn rounding_matches_f32_round() {
-        let mut rng = ChaCha20Rng::seed_from_u64(8);
-        let mut vals = random(&mut rng, 10_000, 130.0);
-        vals.extend([
-            0.5,
-            -0.5,
-            1.5,
-            -2.5,
-            0.499_999_97,
-            -0.499_999_97,
-            126.5,
-            0.0,
-            -0.0,
-        ]);
-        for v in vals {
-            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
-        }
-    }
-
-    #[test]
-    fn activation_quantization_is_close_and_bounded() {
-        let mut rng = ChaCha20Rng::seed_from_u64(2);
-        let mut x = random(&mut rng, 3 * 64, 3.0);
-        x[5] = 0.0;
-        x[64..96].fill(0.0);
-        let q = Q8Rows::quantize(&x, 3, 64);
-        assert!(q.qs.iter().all(|&v| v != i8::MIN));
-        for (a, b) in q.dequantize().iter().zip(&x) {
-            assert!((a - b).abs() <= 3.0 / 127.0 / 2.0 + 1e-6, "{a} vs {b}");
-        }
-        assert!(q.dequantize()[64..96].iter().all(|&v| v == 0.0));
-    }
-
-    #[test]
-    fn products_match_a_dequantized_reference() {
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let (rows, cols, m) = (37, 128, 5);
-        let x = random(&mut rng, m * cols, 2.0);
-        let xq = Q8Rows::quantize(&x, m, cols);
-        let xf = xq.dequantize();
-        for (quant, kernel) in QUANTS
-            .into_iter()
-            .flat_map(|q| kernels().into_iter().map(move |k| (q, k)))
-        {
-            let (w, wf) = qmatrix(&mut rng, quant, rows, cols);
-            let y = Pool::new(1, kernel).unwrap().matmul(&w, &xq).remove(0);
-            for r in 0..m {
-                for j in 0..rows {
-                    let exact: f64 = (0..cols)
-                        .map(|i| f64::from(wf[j * cols + i]) * f64::from(xf[r * cols + i]))
-                        .sum();
-                    let got = y[r * rows + j];
-                    assert!(
-                        (f64::from(got) - exact).abs() < 1e-4 * (1.0 + exact.abs()),
-                        "{quant:?} {kernel:?} ({r},{j}): {got} vs {exact}"
-                    );
-                    // And close to the unquantized-activation product.
-                    let f32_ref: f32 = (0..cols).map(|i| wf[j * cols + i] * x[r * cols + i]).sum();
-                    assert!((got - f32_ref).abs() < 0.05 * (1.0 + f32_ref.abs()));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn avx2_and_scalar_agree_bit_for_bit() {
-        let mut rng = ChaCha20Rng::seed_from_u64(4);
-        let xq = Q8Rows::quantize(&random(&mut rng, 9 * 192, 4.0), 9, 192);
-        for quant in QUANTS {
-            let (w, _) = qmatrix(&mut rng, quant, 50, 192);
-            let outs: Vec<Vec<u32>> = kernels()
-                .into_iter()
-                .map(|k| bits(&Pool::new(1, k).unwrap().matmul(&w, &xq)[0]))
-                .collect();
-            assert!(outs.windows(2).all(|p| p[0] == p[1]), "{quant:?}");
-        }
-    }
-
-    #[test]
-    fn batched_rows_equal_rows_alone_bit_for_bit() {
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let (rows, cols) = (45, 96);
-        for (quant, kernel) in QUANTS
-            .into_iter()
-            .flat_map(|q| kernels().into_iter().map(move |k| (q, k)))
-        {
-            let (w, _) = qmatrix(&mut rng, quant, rows, cols);
-            let pool = Pool::new(2, kernel).unwrap();
-            for m in [1, 2, 3, 4, 5, 8, 13] {
-                let x = random(&mut rng, m * cols, 1.5);
-                let batched = pool.matmul(&w, &Q8Rows::quantize(&x, m, cols)).remove(0);
-                for r in 0..m {
-                    let one = Q8Rows::quantize(&x[r * cols..(r + 1) * cols], 1, cols);
-                    let alone = pool.matmul(&w, &one).remove(0);
-                    assert_eq!(
-                        bits(&alone),
-                        bits(&batched[r * rows..(r + 1) * rows]),
-                        "{quant:?} {kernel:?} batch {m} row {r}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn thread_counts_and_stacking_do_not_change_results() {
-        let mut rng = ChaCha20Rng::seed_from_u64(6);
-        let xq = Q8Rows::quantize(&random(&mut rng, 6 * 64, 1.0), 6, 64);
-        for (quant, kernel) in QUANTS
-            .into_iter()
-            .flat_map(|q| kernels().into_iter().map(move |k| (q, k)))
-        {
-            let (a, _) = qmatrix(&mut rng, quant, 70, 64);
-            let (b, _) = qmatrix(&mut rng, quant, 33, 64);
-            let stacked = QMatrix::stack(vec![a.clone(), b.clone()]).unwrap();
-            let one = Pool::new(1, kernel).unwrap();
-            let (ya, yb) = (one.matmul(&a, &xq), one.matmul(&b, &xq));
-            for threads in [2, 3, 5] {
-                let pool = Pool::new(threads, kernel).unwrap();
-                assert_eq!(pool.threads(), threads);
-                let ys = pool.matmul(&stacked, &xq);
-                assert_eq!(ys.len(), 2);
-                assert_eq!(bits(&ys[0]), bits(&ya[0]));
-                assert_eq!(bits(&ys[1]), bits(&yb[0]));
-            }
-        }
-    }
-
-    /// `cargo test --release -p sortition-engine --lib q8::tests::speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn speed() {
-        let mut rng = ChaCha20Rng::seed_from_u64(7);
-        let threads: usize = std::env::var("THREADS").map_or(1, |v| v.parse().unwrap());
-        let quant = match std::env::var("QUANT").as_deref() {
-            Ok("q4_1") => WeightQuant::Q4_1,
-            _ => WeightQuant::Q8_0,
-        };
-        for (rows, cols) in [(960, 576), (3072, 576), (576, 1536), (49152, 576)] {
-            let w = QMatrix::stack(
-                (0..rows / 48)
-                    .map(|_| qmatrix(&mut rng, quant, 48, cols).0)
-                    .collect(),
-            )
-            .unwrap();
-            for kernel in kernels() {
-                let pool = Pool::new(threads, kernel).unwrap();
-                for m in [1, 8, 145] {
-                    let xq = Q8Rows::quantize(&random(&mut rng, m * cols, 1.0), m, cols);
-                    let t = std::time::Instant::now();
-                    let mut n = 0;
-                    while t.elapsed().as_secs_f64() < 0.3 {
-                        std::hint::black_box(pool.matmul(&w, &xq));
-                        n += 1;
-                    }
-                    let s = t.elapsed().as_secs_f64() / n as f64;
-                    let pairs = (rows * cols / BLOCK * m) as f64;
-                    println!(
-                        "{kernel:?} {rows}x{cols} m={m}: {:.3} ms, {:.2} ns/block-pair, {:.1} GB/s weights",
-                        s * 1e3,
-                        s * 1e9 / pairs,
-                        (w.qs.len() + 2 * w.d.len() + 2 * w.m.len()) as f64 / s / 1e9
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn rejects_bad_shapes() {
-        let q8 = WeightQuant::Q8_0;
-        assert!(QMatrix::from_ggml_bytes(q8, &[0; 34], 1, 33).is_err());
-        assert!(QMatrix::from_ggml_bytes(q8, &[0; 33], 1, 32).is_err());
-        let a = QMatrix::from_ggml_bytes(q8, &[0; 34], 1, 32).unwrap();
-        let b = QMatrix::from_ggml_bytes(q8, &[0; 68], 1, 64).unwrap();
-        let c = QMatrix::from_ggml_bytes(WeightQuant::Q4_1, &[0; 20], 1, 32).unwrap();
-        assert!(QMatrix::stack(vec![a.clone(), b]).is_err());
-        assert!(QMatrix::stack(vec![a, c]).is_err());
-        assert!(QMatrix::stack(vec![]).is_err());
-    }
-}
+mod tests;

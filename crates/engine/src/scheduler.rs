@@ -185,33 +185,38 @@ impl Worker {
     }
 
     fn score(&self, prompt: &[u32], claimed: &[u32]) -> Result<Vec<TokenScore>> {
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidParams("scoring needs a prompt".into()));
+        }
         let mut cache = self.model.new_cache();
         let mut all: Vec<u32> = prompt.to_vec();
         all.extend_from_slice(claimed);
-        let mut segs = [Segment {
-            cache: &mut cache,
-            tokens: &all,
-            all_logits: true,
-        }];
-        let logits = self.model.forward(&mut segs)?.pop().unwrap_or_default();
-        let v = self.model.cfg.vocab;
+        // Logits only where a claimed token is predicted: from the prompt's last position.
         let first = prompt.len() - 1;
-        Ok(claimed
+        let logits = self.model.forward_from(&mut cache, &all, first)?;
+        let v = self.model.cfg.vocab;
+        let mut scores: Vec<TokenScore> = claimed
             .iter()
-            .enumerate()
-            .map(|(i, &tok)| {
-                let row = &logits[(first + i) * v..(first + i + 1) * v];
-                let am = crate::sampling::argmax(row);
-                let logit = row[tok as usize];
-                TokenScore {
-                    token: tok,
-                    logit,
-                    rank: row.iter().filter(|&&x| x > logit).count() as u32,
-                    max_logit: row[am],
-                    argmax: am as u32,
-                }
+            .map(|&token| TokenScore {
+                token,
+                logit: 0.0,
+                rank: 0,
+                max_logit: 0.0,
+                argmax: 0,
             })
-            .collect())
+            .collect();
+        // Each position reads only its own row: in parallel.
+        let items: Vec<(&mut TokenScore, &[f32])> =
+            scores.iter_mut().zip(logits.chunks_exact(v)).collect();
+        self.model.pool().for_each(items, |(s, row)| {
+            let am = crate::sampling::argmax(row);
+            let logit = row[s.token as usize];
+            s.logit = logit;
+            s.rank = row.iter().filter(|&&x| x > logit).count() as u32;
+            s.max_logit = row[am];
+            s.argmax = am as u32;
+        });
+        Ok(scores)
     }
 
     /// One forward call for all active sequences, then sampling and streaming.

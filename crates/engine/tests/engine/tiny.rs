@@ -335,3 +335,69 @@ async fn tiny_tokenizer_round_trips_and_renders_chatml() {
     assert_eq!(info.node_class.device, "cpu");
     assert_eq!(info.quantization, "q8_0(from q4_1)");
 }
+
+/// The scoring pass (`Llama::forward_from`: output layer only from a given position) gives
+/// the same logits, bit for bit, as a full teacher-forced forward and as token-by-token
+/// decoding, for both weight formats and one or two threads.
+#[test]
+fn scoring_rows_equal_full_prefill_and_decode_rows_bit_for_bit() {
+    use sortition_engine::WeightFormat;
+    use sortition_engine::llama::{Llama, Segment};
+    let path = tiny_model(12);
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % vocab_size() as u32).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for format in [WeightFormat::Q8_0, WeightFormat::Shipped] {
+        let mut reference: Option<Vec<u32>> = None;
+        for threads in [1, 2] {
+            let (model, _) = Llama::load(&path, format, threads).unwrap();
+            let v = model.cfg.vocab;
+            let from = 13;
+            // Full teacher-forced forward, every position.
+            let mut cache = model.new_cache();
+            let full = model
+                .forward(&mut [Segment {
+                    cache: &mut cache,
+                    tokens: &tokens,
+                    all_logits: true,
+                }])
+                .unwrap()
+                .remove(0);
+            assert_eq!(full.len(), tokens.len() * v);
+            // Scoring: logits from `from` on only.
+            let mut cache = model.new_cache();
+            let scored = model.forward_from(&mut cache, &tokens, from).unwrap();
+            assert_eq!(cache.len(), tokens.len());
+            assert_eq!(
+                bits(&scored),
+                bits(&full[from * v..]),
+                "{format:?} {threads}"
+            );
+            // Decoding: a prefill up to `from`, then one token per step.
+            let mut cache = model.new_cache();
+            let mut decoded = model
+                .forward(&mut [Segment {
+                    cache: &mut cache,
+                    tokens: &tokens[..=from],
+                    all_logits: false,
+                }])
+                .unwrap()
+                .remove(0);
+            for t in &tokens[from + 1..] {
+                let row = model
+                    .forward(&mut [Segment {
+                        cache: &mut cache,
+                        tokens: std::slice::from_ref(t),
+                        all_logits: false,
+                    }])
+                    .unwrap()
+                    .remove(0);
+                decoded.extend(row);
+            }
+            assert_eq!(bits(&decoded), bits(&scored), "{format:?} {threads}");
+            match &reference {
+                None => reference = Some(bits(&scored)),
+                Some(r) => assert_eq!(r, &bits(&scored), "{format:?}: thread counts differ"),
+            }
+        }
+    }
+}

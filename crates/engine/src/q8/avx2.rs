@@ -1,0 +1,256 @@
+//! The AVX2/FMA/F16C dot routines: the same operations as the scalar reference, in
+//! vector registers. The only `unsafe` of the crate: intrinsics and unchecked row reads,
+//! each after the CPU features and the row lengths were checked.
+
+use super::{BLOCK, WRow, WeightQuant, XRow, hsum8};
+use std::arch::x86_64::*;
+
+/// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices).
+const PREFETCH: usize = 2048;
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Safe entry: checks the CPU features here; the caller checked that every row holds
+/// the same number of blocks.
+pub fn tile<const W: usize, const N: usize>(
+    quant: WeightQuant,
+    w: [WRow<'_>; W],
+    x: [XRow<'_>; N],
+) -> [[f32; N]; W] {
+    assert!(available());
+    // SAFETY: the features were just checked; the tile functions read `nb` blocks of
+    // each row, which the caller checked every row holds.
+    unsafe {
+        match quant {
+            WeightQuant::Q8_0 => tile_q8_0(w, x),
+            WeightQuant::Q4_1 => tile_q4_1(w, x),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn half(h: u16) -> __m256 {
+    _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn finish<const W: usize, const N: usize>(acc: [[__m256; N]; W]) -> [[f32; N]; W] {
+    let mut out = [[0f32; N]; W];
+    for i in 0..W {
+        for t in 0..N {
+            let mut l = [0f32; 8];
+            // SAFETY: `l` holds eight f32.
+            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[i][t]) };
+            out[i][t] = hsum8(l);
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q8_0<const W: usize, const N: usize>(
+    w: [WRow<'_>; W],
+    x: [XRow<'_>; N],
+) -> [[f32; N]; W] {
+    let nb = x.first().map_or(0, |r| r.d.len());
+    // Raw row pointers: the caller checked that every row holds `nb` blocks, so the
+    // loop needs no bounds checks (they cost ~2 instructions per block pair).
+    let (wq, wd): ([*const u8; W], [*const u16; W]) = (
+        std::array::from_fn(|i| w[i].q.as_ptr()),
+        std::array::from_fn(|i| w[i].d.as_ptr()),
+    );
+    let (xq, xd): ([*const i8; N], [*const f32; N]) = (
+        std::array::from_fn(|t| x[t].q.as_ptr()),
+        std::array::from_fn(|t| x[t].d.as_ptr()),
+    );
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); N]; W];
+    for b in 0..nb {
+        let mut wv = [_mm256_setzero_si256(); W];
+        let mut aw = [_mm256_setzero_si256(); W];
+        let mut dw = [_mm256_setzero_ps(); W];
+        for i in 0..W {
+            let at = wq[i].wrapping_add(b * BLOCK);
+            // A hint only: an address past the matrix is never dereferenced.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
+            // SAFETY: block `b < nb` lies inside every row (checked by the caller).
+            wv[i] = unsafe { _mm256_loadu_si256(at.cast()) };
+            aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
+            // SAFETY: as above (one scale per block).
+            dw[i] = half(unsafe { *wd[i].add(b) });
+        }
+        for t in 0..N {
+            // SAFETY: as above.
+            let (xv, dx) = unsafe {
+                (
+                    _mm256_loadu_si256(xq[t].add(b * BLOCK).cast()),
+                    _mm256_set1_ps(*xd[t].add(b)),
+                )
+            };
+            for i in 0..W {
+                // |w| * (x * sign w) = w * x per byte; pairs, then quads, to int32 lanes.
+                let sx = _mm256_sign_epi8(xv, wv[i]);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[i], sx), ones);
+                let d = _mm256_mul_ps(dw[i], dx);
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
+            }
+        }
+    }
+    finish(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4_1<const W: usize, const N: usize>(
+    w: [WRow<'_>; W],
+    x: [XRow<'_>; N],
+) -> [[f32; N]; W] {
+    let nb = x.first().map_or(0, |r| r.d.len());
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); N]; W];
+    let mut msum = [[0f32; N]; W];
+    for b in 0..nb {
+        let mut wv = [_mm256_setzero_si256(); W];
+        let mut dw = [_mm256_setzero_ps(); W];
+        let mut mw = [0f32; W];
+        for i in 0..W {
+            let at = w[i].q.as_ptr().wrapping_add(b * BLOCK / 2);
+            // A hint only: an address past the matrix is never dereferenced.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
+            // SAFETY: block `b < nb` (16 bytes) lies inside every row (checked by the
+            // caller).
+            let raw = unsafe { _mm_loadu_si128(at.cast()) };
+            // Values 0..16 from the low nibbles, 16..32 from the high ones.
+            let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+            wv[i] = _mm256_and_si256(both, low);
+            dw[i] = half(w[i].d[b]);
+            mw[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(w[i].m[b]))));
+        }
+        for t in 0..N {
+            // SAFETY: as above (32 bytes of the activation row).
+            let xv = unsafe { _mm256_loadu_si256(x[t].q.as_ptr().add(b * BLOCK).cast()) };
+            let dx = _mm256_set1_ps(x[t].d[b]);
+            let sx = x[t].s[b];
+            for i in 0..W {
+                // Unsigned 4-bit weights times signed int8: pairs, then quads, to int32.
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[i], xv), ones);
+                let d = _mm256_mul_ps(dw[i], dx);
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
+                msum[i][t] = mw[i].mul_add(sx, msum[i][t]);
+            }
+        }
+    }
+    let mut out = finish(acc);
+    for i in 0..W {
+        for t in 0..N {
+            out[i][t] += msum[i][t];
+        }
+    }
+    out
+}
+
+/// [`crate::kernels::dot`] with the same eight lanes, multiplies and adds (not fused), so
+/// the same bits.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert!(is_x86_feature_detected!("avx"));
+    // SAFETY: the feature was just checked; reads stay within the shorter slice.
+    unsafe { dot_impl(a, b) }
+}
+
+/// `out[j] = dot(a, b[j * stride + off..])` for every `j`, in one call.
+pub fn dots(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    assert!(is_x86_feature_detected!("avx"));
+    // SAFETY: the feature was just checked; `dot_impl` bounds its reads by the slices.
+    unsafe { dots_impl(a, b, stride, off, out) }
+}
+
+#[target_feature(enable = "avx")]
+unsafe fn dots_impl(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let at = j * stride + off;
+        // SAFETY: same features as this function.
+        *o = unsafe { dot_impl(a, &b[at..at + a.len()]) };
+    }
+}
+
+/// `out = Σ_j p[j] · v[j * stride + off..]` (`out.len()` wide), summed in `j` order with
+/// separate multiplies and adds from +0.0: what the portable loop computes per element.
+pub fn weighted_sum(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    assert!(is_x86_feature_detected!("avx"));
+    let w = out.len();
+    assert!(p.is_empty() || (p.len() - 1) * stride + off + w <= v.len());
+    // SAFETY: the feature was just checked; the last row read ends inside `v`.
+    unsafe { weighted_sum_impl(p, v, stride, off, out) }
+}
+
+#[target_feature(enable = "avx")]
+unsafe fn weighted_sum_impl(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    let w = out.len();
+    let mut c = 0;
+    // Eight lanes at a time, sixteen when possible (two independent chains per row).
+    while c + 16 <= w {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pj);
+            // SAFETY: `j * stride + off + c + 16 <= v.len()` (checked by the caller).
+            let row = unsafe { v.as_ptr().add(j * stride + off + c) };
+            let (x0, x1) = unsafe { (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))) };
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(pv, x0));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(pv, x1));
+        }
+        // SAFETY: `c + 16 <= out.len()`.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), a0);
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8), a1);
+        }
+        c += 16;
+    }
+    while c + 8 <= w {
+        let mut a0 = _mm256_setzero_ps();
+        for (j, &pj) in p.iter().enumerate() {
+            // SAFETY: as above.
+            let x0 = unsafe { _mm256_loadu_ps(v.as_ptr().add(j * stride + off + c)) };
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_set1_ps(pj), x0));
+        }
+        // SAFETY: `c + 8 <= out.len()`.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), a0) };
+        c += 8;
+    }
+    for (e, o) in out.iter_mut().enumerate().skip(c) {
+        let mut acc = 0f32;
+        for (j, &pj) in p.iter().enumerate() {
+            acc += pj * v[j * stride + off + e];
+        }
+        *o = acc;
+    }
+}
+
+#[target_feature(enable = "avx")]
+unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n` elements of both slices.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+            )
+        };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        i += 8;
+    }
+    let mut l = [0f32; 8];
+    // SAFETY: `l` holds eight f32.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    let mut tail = 0f32;
+    for j in i..n {
+        tail += a[j] * b[j];
+    }
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
+}
