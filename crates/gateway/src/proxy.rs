@@ -17,7 +17,7 @@ use sortition_types::{Amount, ModelId, NodeId, RequestAuth, SignedReceipt, Stack
 use crate::directory::{cost, unit_price};
 use crate::router::{Constraints, NodeView, Outcome};
 use crate::state::GatewayState;
-use crate::store::{StackRecord, StoreError};
+use crate::store::StackRecord;
 
 /// Attempts per request before giving up (each on a different node).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -150,12 +150,13 @@ pub async fn hold_stack(
     let now = unix_now_ms() as i64;
     // Leave a margin before expiry so the node's signature check does not race it.
     let horizon = now + 60_000;
-    for s in g.store.usable_stacks(node.id, model, horizon).await? {
-        match g.store.reserve_stack_units(s.stack_id, units, now).await {
-            Ok(_) => return Ok(s),
-            Err(StoreError::StackExhausted { .. } | StoreError::StackInactive(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    // The common case, one statement: a stack with room is reserved on.
+    if let Some(s) = g
+        .store
+        .reserve_on_any_stack(node.id, model, units, horizon)
+        .await?
+    {
+        return Ok(s);
     }
     // One purchase at a time, then look again: a concurrent request may have bought one.
     let _guard = g.buying.lock().await;
@@ -299,8 +300,9 @@ impl Answer {
     }
 }
 
-/// After a verified receipt: settle the stack's units, charge the user, keep the payload
-/// (and the answer, when there is one) for auditors.
+/// After a verified receipt: settle the stack's units, charge the user, record the usage and
+/// keep the payload (and the answer, when there is one) for auditors, in one transaction that
+/// is committed before the answer is returned.
 pub async fn bill(
     g: &GatewayState,
     d: &Dispatched,
@@ -311,37 +313,63 @@ pub async fn bill(
     answer: Option<&Answer>,
 ) -> Amount {
     let units = receipt.receipt.units().0;
-    if let Err(e) = g.store.settle_stack_units(d.stack, d.reserved, units).await {
-        tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
-    }
-    let price = cost(units, unit_price(&d.node));
-    let charged = match g.store.charge(key.key_id, price).await {
-        Ok(_) => price,
+    let receipt_json = serde_json::to_string(receipt).ok();
+    let b = crate::store::Bill {
+        stack: d.stack,
+        reserved: d.reserved,
+        used: units,
+        price: cost(units, unit_price(&d.node)),
+        usage: crate::store::NewUsage {
+            key_id: key.key_id,
+            user_id: key.user_id,
+            model: model.clone(),
+            node_id: d.node.id,
+            stack_id: Some(d.stack),
+            prompt_tokens: receipt.receipt.input_tokens,
+            completion_tokens: receipt.receipt.output_tokens,
+            cost: Amount::ZERO,
+            status: crate::store::UsageStatus::Ok,
+            receipt_json: receipt_json.clone(),
+            request_hash: receipt.receipt.request_hash,
+        },
+        payload: Some(payload(g, d, body, receipt, receipt_json, answer)),
+    };
+    match g.store.bill(&b).await {
+        Ok(billed) => {
+            if let Some(e) = billed.settle_error {
+                tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
+            }
+            if let Some(e) = billed.charge_error {
+                // The pre-check passed but a concurrent request spent the credits first: the
+                // usage row records the shortfall for the operator to see.
+                tracing::warn!(key = %key.key_id, error = %e, "could not charge a served request");
+            }
+            billed.charged
+        }
         Err(e) => {
-            // The pre-check passed but a concurrent request spent the credits first: the
-            // usage row records the shortfall for the operator to see.
-            tracing::warn!(key = %key.key_id, error = %e, "could not charge a served request");
+            tracing::error!(error = %e, "billing failed; usage and payload custody not recorded");
             Amount::ZERO
         }
-    };
-    let usage = crate::store::NewUsage {
-        key_id: key.key_id,
-        user_id: key.user_id,
-        model: model.clone(),
-        node_id: d.node.id,
-        stack_id: Some(d.stack),
-        prompt_tokens: receipt.receipt.input_tokens,
-        completion_tokens: receipt.receipt.output_tokens,
-        cost: charged,
-        status: crate::store::UsageStatus::Ok,
-        receipt_json: serde_json::to_string(receipt).ok(),
-        request_hash: receipt.receipt.request_hash,
-    };
-    if let Err(e) = g.store.record_usage(&usage).await {
-        tracing::error!(error = %e, "usage record failed");
     }
-    keep_payload(g, d, body, receipt, answer).await;
-    charged
+}
+
+fn payload(
+    g: &GatewayState,
+    d: &Dispatched,
+    body: &Bytes,
+    receipt: &SignedReceipt,
+    receipt_json: Option<String>,
+    answer: Option<&Answer>,
+) -> crate::store::Payload {
+    crate::store::Payload {
+        request_hash: receipt.receipt.request_hash,
+        stack_id: d.stack,
+        receipt_seq: receipt.receipt.sequence,
+        body: body.to_vec(),
+        receipt_json,
+        answer: answer.and_then(|a| serde_json::to_vec(a).ok()),
+        expires_at_ms: (unix_now_ms() + g.config.payload_retention.as_millis() as u64) as i64,
+    }
 }
 
 /// Keeps a request (and its answer) behind a receipt the node signed, so that auditors can
@@ -353,16 +381,15 @@ pub async fn keep_payload(
     receipt: &SignedReceipt,
     answer: Option<&Answer>,
 ) {
-    let payload = crate::store::Payload {
-        request_hash: receipt.receipt.request_hash,
-        stack_id: d.stack,
-        receipt_seq: receipt.receipt.sequence,
-        body: body.to_vec(),
-        receipt_json: serde_json::to_string(receipt).ok(),
-        answer: answer.and_then(|a| serde_json::to_vec(a).ok()),
-        expires_at_ms: (unix_now_ms() + g.config.payload_retention.as_millis() as u64) as i64,
-    };
-    if let Err(e) = g.store.put_payload(&payload).await {
+    let p = payload(
+        g,
+        d,
+        body,
+        receipt,
+        serde_json::to_string(receipt).ok(),
+        answer,
+    );
+    if let Err(e) = g.store.put_payload(&p).await {
         tracing::error!(error = %e, "payload custody failed; this request cannot be audited");
     }
 }

@@ -19,7 +19,7 @@ use crate::keys::{KeyError, ServerSecret};
 use crate::ledger::HttpLedger;
 use crate::router::{BreakerConfig, Router, RouterWeights};
 use crate::state::{GatewayConfig, GatewayState};
-use crate::store::{GatewayStore, StoreError};
+use crate::store::{GatewayStore, StoreError, StoreOptions};
 
 /// Everything a gateway service needs, already validated by whoever built it.
 #[derive(Clone, Debug)]
@@ -38,6 +38,8 @@ pub struct GatewayRunConfig {
     pub account_key: PathBuf,
     /// Limits, timeouts and stack sizes.
     pub config: GatewayConfig,
+    /// The store's durability trade-off (SQLite only).
+    pub store: StoreOptions,
 }
 
 /// Why the gateway could not start or stopped with an error.
@@ -64,8 +66,8 @@ pub enum RunError {
 pub async fn open_store(cfg: &GatewayRunConfig) -> Result<GatewayStore, RunError> {
     let secret = ServerSecret::load_or_create(&cfg.data_dir)?;
     Ok(match &cfg.database_url {
-        Some(url) => GatewayStore::open(url, secret).await?,
-        None => GatewayStore::open_sqlite(&cfg.data_dir, secret).await?,
+        Some(url) => GatewayStore::open_with(url, secret, &cfg.store).await?,
+        None => GatewayStore::open_sqlite_with(&cfg.data_dir, secret, &cfg.store).await?,
     })
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sortition_api::ApiError;
 use sortition_gateway::keys::ServerSecret;
 use sortition_gateway::store::{
-    AuthError, Backend, GatewayStore, NewUsage, Payload, StackRecord, StackState, StoreError,
+    AuthError, Backend, Bill, GatewayStore, NewUsage, Payload, StackRecord, StackState, StoreError,
     UsageStatus,
 };
 use sortition_types::{Amount, ModelId, NodeId, StackId, sha256};
@@ -478,6 +478,105 @@ async fn usage_and_payloads_round_trip_and_sweep() {
         assert_eq!(s.sweep_payloads(150).await.expect("sweep"), 1);
         assert_eq!(s.sweep_payloads(150).await.expect("sweep"), 0);
         assert!(s.payload(StackId(1), 2, 150).await.expect("get").is_some());
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_served_request_is_billed_in_one_transaction() {
+    for db in backends().await {
+        let s = &db.store;
+        let user = s.create_user("grace").await.expect("user");
+        s.top_up(user, Amount(100)).await.expect("top up");
+        let (key, _) = s.create_key(user, "k", 60, None).await.expect("key");
+        let model = ModelId::new("smollm2-135m-instruct");
+        s.insert_stack(&stack(5, 100, i64::MAX))
+            .await
+            .expect("stack");
+        s.insert_stack(&stack(6, 10, i64::MAX))
+            .await
+            .expect("stack");
+        // The stack with the most room is reserved on; none has 101 units.
+        let held = s
+            .reserve_on_any_stack(NodeId(3), &model, 40, 0)
+            .await
+            .expect("reserve")
+            .expect("a stack has room");
+        assert_eq!((held.stack_id, held.units_reserved), (StackId(5), 40));
+        assert_eq!(
+            s.reserve_on_any_stack(NodeId(3), &model, 101, 0)
+                .await
+                .expect("reserve"),
+            None
+        );
+        assert_eq!(
+            s.reserve_on_any_stack(NodeId(4), &model, 1, 0)
+                .await
+                .expect("reserve"),
+            None,
+            "another node's stacks are not used"
+        );
+
+        let bill = |seq: u64, price: u64| Bill {
+            stack: StackId(5),
+            reserved: 20,
+            used: 15,
+            price: Amount(price),
+            usage: NewUsage {
+                key_id: key,
+                user_id: user,
+                model: model.clone(),
+                node_id: NodeId(3),
+                stack_id: Some(StackId(5)),
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cost: Amount(0),
+                status: UsageStatus::Ok,
+                receipt_json: Some("{}".into()),
+                request_hash: sha256(b"req"),
+            },
+            payload: Some(Payload {
+                request_hash: sha256(b"req"),
+                stack_id: StackId(5),
+                receipt_seq: seq,
+                body: b"req".to_vec(),
+                receipt_json: Some("{}".into()),
+                answer: None,
+                expires_at_ms: i64::MAX,
+            }),
+        };
+        let billed = s.bill(&bill(0, 60)).await.expect("bill");
+        assert_eq!(billed.charged, Amount(60));
+        assert!(billed.settle_error.is_none() && billed.charge_error.is_none());
+        // More than the balance: the request is still settled, recorded and kept, unpaid.
+        let billed = s.bill(&bill(1, 60)).await.expect("bill");
+        assert_eq!(billed.charged, Amount(0));
+        assert!(matches!(
+            billed.charge_error,
+            Some(StoreError::InsufficientCredits { .. })
+        ));
+        assert_eq!(s.user(user).await.expect("user").credits, Amount(40));
+        let keys = s.list_keys(user).await.expect("keys");
+        assert_eq!(
+            keys[0].spent,
+            Amount(60),
+            "the refused charge left no spend"
+        );
+        let st = s.stack(StackId(5)).await.expect("stack");
+        assert_eq!((st.units_reserved, st.units_used), (0, 30));
+        let usage = s.usage_for_user(user, 10).await.expect("usage");
+        let costs: Vec<Amount> = usage.iter().map(|u| u.usage.cost).collect();
+        assert_eq!(costs, [Amount(0), Amount(60)]);
+        for seq in [0, 1] {
+            assert!(s.payload(StackId(5), seq, 0).await.expect("get").is_some());
+        }
+        // Nothing left reserved: the settlement is refused, the rest still recorded.
+        let billed = s.bill(&bill(2, 0)).await.expect("bill");
+        assert!(matches!(
+            billed.settle_error,
+            Some(StoreError::OverRelease { .. })
+        ));
+        assert!(s.payload(StackId(5), 2, 0).await.expect("get").is_some());
         db.cleanup().await;
     }
 }

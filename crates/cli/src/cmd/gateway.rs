@@ -77,6 +77,7 @@ pub struct GatewayFile {
     pub max_body_bytes: Option<usize>,
     pub upstream_timeout_secs: Option<u64>,
     pub refresh_interval_secs: Option<u64>,
+    pub sqlite_flush_ms: Option<u64>,
 }
 
 fn secs(name: &str, v: Option<u64>, default: Duration) -> Result<Duration> {
@@ -151,6 +152,13 @@ pub fn merge(flags: ServeArgs, file: GatewayFile) -> Result<GatewayRunConfig> {
         data_dir,
         database_url,
         config,
+        store: sortition_gateway::store::StoreOptions {
+            sqlite_flush_interval: match file.sqlite_flush_ms {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => sortition_gateway::store::StoreOptions::default().sqlite_flush_interval,
+            },
+        },
     })
 }
 
@@ -232,6 +240,23 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(merge(flags, GatewayFile::default()).is_err());
+    }
+
+    #[test]
+    fn sqlite_flush_zero_means_fsync_every_commit() {
+        let every = |text: &str| {
+            let file: GatewayFile = toml::from_str(text).expect("parses");
+            merge(ServeArgs::default(), file)
+                .expect("valid")
+                .store
+                .sqlite_flush_interval
+        };
+        assert_eq!(every("sqlite_flush_ms = 0"), None);
+        assert_eq!(
+            every("sqlite_flush_ms = 250"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(every(""), Some(Duration::from_millis(100)));
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl GatewayStore {
     }
 
     /// Explains why the key's conditional update matched nothing.
-    async fn why_key_refused(&self, key: KeyId, cost: Amount) -> Result<StoreError> {
+    pub(super) async fn why_key_refused(&self, key: KeyId, cost: Amount) -> Result<StoreError> {
         let row =
             sqlx::query("SELECT revoked_ms, budget_micro, spent_micro FROM api_keys WHERE id = $1")
                 .bind(key.0)

@@ -9,15 +9,27 @@
 //! both accept; the only per-backend differences are a few DDL words and how a write
 //! transaction begins (`BEGIN IMMEDIATE` on SQLite, so writers queue instead of failing).
 //!
+//! Durability on SQLite: the database runs in WAL mode with `synchronous = NORMAL`, so a commit
+//! is a write into the WAL (tens of microseconds) and not an `fsync` (milliseconds on common
+//! disks, several per request otherwise). A commit survives the gateway process crashing as
+//! soon as it returns; against the machine losing power or the kernel crashing, a background
+//! task checkpoints the WAL (which `fsync`s it) every [`StoreOptions::sqlite_flush_interval`]
+//! (100 ms by default), so at most that window of committed writes (usage, charges, kept
+//! payloads) can be lost there.
+//! `StoreOptions { sqlite_flush_interval: None, .. }` restores an `fsync` on every commit. On
+//! PostgreSQL every commit is durable as the server is configured (`synchronous_commit`).
+//!
 //! Does not own: HTTP, rate limiting, the ledger's view of stacks (this is the gateway's cache
 //! of what it bought), or the plaintext of any key.
 
 mod accounts;
+mod billing;
 mod schema;
 mod stacks;
 
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{Amount, StackId};
@@ -27,6 +39,7 @@ use sqlx::{Any, AnyPool, Transaction};
 use crate::keys::{KeyError, ServerSecret};
 
 pub use accounts::{AuthError, AuthedKey, Charged, KeyInfo, User};
+pub use billing::{Bill, Billed};
 pub use stacks::{NewUsage, Payload, StackRecord, StackState, UsageRecord, UsageStatus};
 
 /// A gateway user (an account holding credits).
@@ -173,33 +186,72 @@ pub const SQLITE_FILE: &str = "gateway.db";
 impl GatewayStore {
     /// Opens (creating if needed) `<data_dir>/gateway.db` in WAL mode.
     pub async fn open_sqlite(data_dir: &Path, secret: ServerSecret) -> Result<GatewayStore> {
+        Self::open_sqlite_with(data_dir, secret, &StoreOptions::default()).await
+    }
+
+    /// [`GatewayStore::open_sqlite`] with explicit options.
+    pub async fn open_sqlite_with(
+        data_dir: &Path,
+        secret: ServerSecret,
+        options: &StoreOptions,
+    ) -> Result<GatewayStore> {
         std::fs::create_dir_all(data_dir).map_err(|source| KeyError::Io {
             path: data_dir.to_path_buf(),
             source,
         })?;
         let path = data_dir.join(SQLITE_FILE);
-        Self::open(&format!("sqlite://{}?mode=rwc", path.display()), secret).await
+        Self::open_with(
+            &format!("sqlite://{}?mode=rwc", path.display()),
+            secret,
+            options,
+        )
+        .await
     }
 
     /// Opens a `sqlite:` or `postgres:` URL and brings the schema up to date (idempotent, and
-    /// safe when several gateways start at once).
+    /// safe when several gateways start at once), with the default [`StoreOptions`].
     pub async fn open(url: &str, secret: ServerSecret) -> Result<GatewayStore> {
+        Self::open_with(url, secret, &StoreOptions::default()).await
+    }
+
+    /// [`GatewayStore::open`] with explicit options.
+    pub async fn open_with(
+        url: &str,
+        secret: ServerSecret,
+        options: &StoreOptions,
+    ) -> Result<GatewayStore> {
         install_default_drivers();
         let backend = Backend::of_url(url)?;
         let max = match backend {
             Backend::Sqlite => 8,
             Backend::Postgres => 16,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .connect(url)
-            .await?;
+        let mut pool = AnyPoolOptions::new().max_connections(max);
+        let flush = options.sqlite_flush_interval;
+        if backend == Backend::Sqlite {
+            // Without an fsync per commit, checkpoints (which fsync) run in the background.
+            let pragmas = if flush.is_some() {
+                "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0"
+            } else {
+                "PRAGMA synchronous = FULL"
+            };
+            pool = pool.after_connect(move |conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(pragmas).await.map(|_| ())
+                })
+            });
+        }
+        let pool = pool.connect(url).await?;
         let store = GatewayStore {
             pool,
             backend,
             secret,
         };
         schema::migrate(&store).await?;
+        if let (Backend::Sqlite, Some(every)) = (backend, flush) {
+            tokio::spawn(checkpoint_wal(store.pool.clone(), every));
+        }
         Ok(store)
     }
 
@@ -225,6 +277,43 @@ impl GatewayStore {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// How the store trades durability for commit latency.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// SQLite only: `Some(d)` commits without `fsync` (`synchronous = NORMAL`) and checkpoints
+    /// the WAL (`fsync`ing it) every `d` in the background, so a power loss or kernel crash can
+    /// lose at most about `d` of commits (a process crash loses none); `None` `fsync`s on every
+    /// commit.
+    pub sqlite_flush_interval: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sqlite_flush_interval: Some(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Checkpoints the WAL every `every` until the pool closes. With `synchronous = NORMAL` a
+/// checkpoint `fsync`s the WAL before copying it into the database (and the database after),
+/// so commits reach the disk within that window; running it here, with automatic checkpoints
+/// off, keeps those `fsync`s off the requests' commits.
+async fn checkpoint_wal(pool: AnyPool, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !pool.is_closed() {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+            && !pool.is_closed()
+        {
+            tracing::error!(error = %e, "could not checkpoint the gateway's SQLite WAL");
+        }
     }
 }
 

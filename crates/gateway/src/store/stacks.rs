@@ -224,6 +224,34 @@ impl GatewayStore {
         })
     }
 
+    /// Reserves `n` units on the usable stack of `node` for `model` with the most free units
+    /// (active, expiring after `horizon_ms`), in one atomic statement; `None` if no stack has
+    /// `n` units free. The conditions are checked again on the row updated, so concurrent
+    /// gateways never overspend a stack.
+    pub async fn reserve_on_any_stack(
+        &self,
+        node: NodeId,
+        model: &ModelId,
+        n: u64,
+        horizon_ms: i64,
+    ) -> Result<Option<StackRecord>> {
+        let row = sqlx::query(
+            "UPDATE stacks SET units_reserved = units_reserved + $1 WHERE stack_id = \
+             (SELECT stack_id FROM stacks WHERE node_id = $2 AND model = $3 AND state = 'active' \
+             AND expires_at_ms > $4 AND units_total - units_reserved - units_used >= $1 \
+             ORDER BY units_total - units_reserved - units_used DESC LIMIT 1) \
+             AND state = 'active' AND expires_at_ms > $4 \
+             AND units_total - units_reserved - units_used >= $1 RETURNING *",
+        )
+        .bind(to_db(n, "units")?)
+        .bind(id_to_db(node.0, "node_id")?)
+        .bind(model.as_str())
+        .bind(horizon_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stack_row).transpose()
+    }
+
     /// Returns `n` reserved units unused (the request failed before any work was done).
     pub async fn release(&self, stack: StackId, n: u64) -> Result<()> {
         self.settle_stack_units(stack, n, 0).await
@@ -269,26 +297,7 @@ impl GatewayStore {
 
     /// Appends a usage record; returns its id.
     pub async fn record_usage(&self, u: &NewUsage) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO usage (key_id, user_id, model, node_id, stack_id, prompt_tokens, \
-             completion_tokens, cost_micro, status, receipt_json, request_hash, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        )
-        .bind(u.key_id.0)
-        .bind(u.user_id.0)
-        .bind(u.model.as_str())
-        .bind(id_to_db(u.node_id.0, "node_id")?)
-        .bind(u.stack_id.map(|s| id_to_db(s.0, "stack_id")).transpose()?)
-        .bind(to_db(u.prompt_tokens, "prompt_tokens")?)
-        .bind(to_db(u.completion_tokens, "completion_tokens")?)
-        .bind(to_db(u.cost.0, "cost")?)
-        .bind(u.status.as_str())
-        .bind(u.receipt_json.as_deref())
-        .bind(u.request_hash.to_hex())
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("id")?)
+        insert_usage(&self.pool, u).await
     }
 
     /// A user's most recent usage, newest first.
@@ -333,21 +342,7 @@ impl GatewayStore {
     /// receipt it belongs to: identical requests on other receipts are kept separately.
     /// Storing the same receipt's payload twice keeps the first.
     pub async fn put_payload(&self, p: &Payload) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO receipt_payloads \
-             (stack_id, receipt_seq, request_hash, body, receipt_json, answer, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stack_id, receipt_seq) DO NOTHING",
-        )
-        .bind(id_to_db(p.stack_id.0, "stack_id")?)
-        .bind(to_db(p.receipt_seq, "receipt_seq")?)
-        .bind(p.request_hash.to_hex())
-        .bind(p.body.clone())
-        .bind(p.receipt_json.clone())
-        .bind(p.answer.clone())
-        .bind(p.expires_at_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_payload(&self.pool, p).await
     }
 
     /// The payload kept for receipt `seq` of `stack`, if it has not expired at `now_ms`.
@@ -382,4 +377,53 @@ impl GatewayStore {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Appends a usage record through `ex` (the pool, or a transaction); returns its id.
+pub(super) async fn insert_usage<'e, E>(ex: E, u: &NewUsage) -> Result<i64>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(
+        "INSERT INTO usage (key_id, user_id, model, node_id, stack_id, prompt_tokens, \
+         completion_tokens, cost_micro, status, receipt_json, request_hash, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+    )
+    .bind(u.key_id.0)
+    .bind(u.user_id.0)
+    .bind(u.model.as_str())
+    .bind(id_to_db(u.node_id.0, "node_id")?)
+    .bind(u.stack_id.map(|s| id_to_db(s.0, "stack_id")).transpose()?)
+    .bind(to_db(u.prompt_tokens, "prompt_tokens")?)
+    .bind(to_db(u.completion_tokens, "completion_tokens")?)
+    .bind(to_db(u.cost.0, "cost")?)
+    .bind(u.status.as_str())
+    .bind(u.receipt_json.as_deref())
+    .bind(u.request_hash.to_hex())
+    .bind(now_ms())
+    .fetch_one(ex)
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// Keeps a payload through `ex` (the pool, or a transaction); the first one of a receipt wins.
+pub(super) async fn insert_payload<'e, E>(ex: E, p: &Payload) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO receipt_payloads \
+         (stack_id, receipt_seq, request_hash, body, receipt_json, answer, expires_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stack_id, receipt_seq) DO NOTHING",
+    )
+    .bind(id_to_db(p.stack_id.0, "stack_id")?)
+    .bind(to_db(p.receipt_seq, "receipt_seq")?)
+    .bind(p.request_hash.to_hex())
+    .bind(p.body.clone())
+    .bind(p.receipt_json.clone())
+    .bind(p.answer.clone())
+    .bind(p.expires_at_ms)
+    .execute(ex)
+    .await?;
+    Ok(())
 }
