@@ -304,11 +304,57 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         eprintln!("SKIPPED: the OpenAI SDK check (pip install openai to run it)");
     }
 
+    a_client_leaving_mid_stream_pays_for_what_it_received(&net, &url, &info.api_key).await;
     claimed_stacks_are_closed_by_the_gateway(&net, &ledger, r.receipt.stack, &url, &info.api_key)
         .await;
     node_refuses_unauthorized_requests(&net, dir.path(), &ledger).await;
     every_node_of_the_class_answers_alike(&net, dir.path(), &ledger, &text).await;
     net.shutdown().await;
+}
+
+/// A client that leaves after the first chunks is billed for the chunks delivered, not for
+/// the whole answer, and the usage record says it was cancelled.
+async fn a_client_leaving_mid_stream_pays_for_what_it_received(net: &Devnet, url: &str, key: &str) {
+    use sortition_gateway::store::UsageStatus;
+    let user = net
+        .gateway
+        .store
+        .authenticate(Some(key))
+        .await
+        .unwrap()
+        .user_id;
+    let mut body = chat_body("Write a long story about a lighthouse keeper.", 200);
+    body["stream"] = json!(true);
+    body["temperature"] = json!(0.9);
+    body["seed"] = json!(7);
+    let mut resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    drop(resp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let rows = net.gateway.store.usage_for_user(user, 5).await.unwrap();
+        if let Some(r) = rows
+            .into_iter()
+            .find(|r| r.usage.status == UsageStatus::Cancelled)
+        {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancelled usage row"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(row.usage.completion_tokens < 200, "{row:?}");
+    assert!(row.usage.receipt_json.is_none());
 }
 
 /// A node's claim closes its stack on the ledger; the gateway learns it from the ledger's

@@ -195,34 +195,42 @@ async fn bill(
     units: u64,
     status: UsageStatus,
 ) -> Amount {
-    if let Err(e) = g.store.settle_stack_units(d.stack, d.reserved, units).await {
-        tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
-    }
-    let price = cost(units, unit_price(&d.node));
-    let charged = match g.store.charge(d.key.key_id, price).await {
-        Ok(_) => price,
+    let bill = crate::store::Bill {
+        stack: d.stack,
+        reserved: d.reserved,
+        used: units,
+        price: cost(units, unit_price(&d.node)),
+        usage: NewUsage {
+            key_id: d.key.key_id,
+            user_id: d.key.user_id,
+            model: d.model.clone(),
+            node_id: d.node.id,
+            stack_id: Some(d.stack),
+            prompt_tokens: receipt.map_or(0, |r| r.receipt.input_tokens),
+            completion_tokens: receipt.map_or(units, |r| r.receipt.output_tokens),
+            cost: Amount::ZERO,
+            status,
+            receipt_json: receipt.and_then(|r| serde_json::to_string(r).ok()),
+            request_hash: receipt.map(|r| r.receipt.request_hash).unwrap_or_default(),
+        },
+        // Only ciphertext passed through here: nothing to keep for auditors.
+        payload: None,
+    };
+    match g.store.bill(&bill).await {
+        Ok(b) => {
+            if let Some(e) = b.settle_error {
+                tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
+            }
+            if let Some(e) = b.charge_error {
+                tracing::warn!(key = %d.key.key_id, error = %e, "could not charge a served request");
+            }
+            b.charged
+        }
         Err(e) => {
-            tracing::warn!(key = %d.key.key_id, error = %e, "could not charge a served request");
+            tracing::error!(error = %e, "billing failed; usage not recorded");
             Amount::ZERO
         }
-    };
-    let usage = NewUsage {
-        key_id: d.key.key_id,
-        user_id: d.key.user_id,
-        model: d.model.clone(),
-        node_id: d.node.id,
-        stack_id: Some(d.stack),
-        prompt_tokens: receipt.map_or(0, |r| r.receipt.input_tokens),
-        completion_tokens: receipt.map_or(units, |r| r.receipt.output_tokens),
-        cost: charged,
-        status,
-        receipt_json: receipt.and_then(|r| serde_json::to_string(r).ok()),
-        request_hash: receipt.map(|r| r.receipt.request_hash).unwrap_or_default(),
-    };
-    if let Err(e) = g.store.record_usage(&usage).await {
-        tracing::error!(error = %e, "usage record failed");
     }
-    charged
 }
 
 async fn whole(

@@ -495,34 +495,33 @@ async fn drive_relay(
                 let _ = tx.send("[DONE]".into()).await;
             }
             let units = delivered_chunks.min(d.reserved);
-            g.store
-                .settle_stack_units(d.stack, d.reserved, units)
-                .await
-                .ok();
-            let price = cost(units, unit_price(&d.node));
-            let charged = if g.store.charge(a.key.key_id, price).await.is_ok() {
-                price
-            } else {
-                Default::default()
-            };
-            let usage = NewUsage {
-                key_id: a.key.key_id,
-                user_id: a.key.user_id,
-                model: a.model.clone(),
-                node_id: d.node.id,
-                stack_id: Some(d.stack),
-                prompt_tokens: 0,
-                completion_tokens: units,
-                cost: charged,
-                status: if client_gone {
-                    UsageStatus::Cancelled
-                } else {
-                    UsageStatus::Failed
+            let bill = crate::store::Bill {
+                stack: d.stack,
+                reserved: d.reserved,
+                used: units,
+                price: cost(units, unit_price(&d.node)),
+                usage: NewUsage {
+                    key_id: a.key.key_id,
+                    user_id: a.key.user_id,
+                    model: a.model.clone(),
+                    node_id: d.node.id,
+                    stack_id: Some(d.stack),
+                    prompt_tokens: 0,
+                    completion_tokens: units,
+                    cost: Default::default(),
+                    status: if client_gone {
+                        UsageStatus::Cancelled
+                    } else {
+                        UsageStatus::Failed
+                    },
+                    receipt_json: None,
+                    request_hash: sortition_types::sha256(&body),
                 },
-                receipt_json: None,
-                request_hash: sortition_types::sha256(&body),
+                payload: None,
             };
-            g.store.record_usage(&usage).await.ok();
+            if let Err(e) = g.store.bill(&bill).await {
+                tracing::error!(error = %e, "billing an interrupted stream failed");
+            }
         }
     }
 }
