@@ -21,7 +21,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -278,14 +278,7 @@ fn relay(
     d: Dispatched,
     resp: reqwest::Response,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    let (tx, mut rx) = mpsc::channel::<String>(64);
-    tokio::spawn(drive(g, d, resp, tx));
-    let out = async_stream::stream! {
-        while let Some(data) = rx.recv().await {
-            yield Ok(Event::default().data(data));
-        }
-    };
-    Sse::new(out).keep_alive(KeepAlive::default())
+    crate::routes::channel_sse(|tx| drive(g, d, resp, tx))
 }
 
 async fn drive(
@@ -360,31 +353,14 @@ async fn drive(
         None => {
             // No receipt: the node failed or the client left. Bill only the chunks delivered,
             // one unit each, as for plain streams.
-            g.finish(
+            let status = crate::routes::end_interrupted(
+                &g,
                 d.node.id,
-                if client_gone {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Failure
-                },
+                &tx,
+                client_gone,
+                "the node's sealed stream ended before its receipt",
             )
             .await;
-            if !client_gone {
-                let err = ApiError::new(
-                    ErrorKind::BadGateway,
-                    "stream_interrupted",
-                    "the node's sealed stream ended before its receipt",
-                );
-                let _ = tx
-                    .send(serde_json::to_string(&err.body()).unwrap_or_default())
-                    .await;
-                let _ = tx.send("[DONE]".into()).await;
-            }
-            let status = if client_gone {
-                UsageStatus::Cancelled
-            } else {
-                UsageStatus::Failed
-            };
             bill(&g, &d, None, chunks.min(d.reserved), status).await;
         }
     }

@@ -384,14 +384,48 @@ fn relay_stream(
     d: Dispatched,
     body: Bytes,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    channel_sse(|tx| drive_relay(g, a, d, body, tx))
+}
+
+/// An SSE response fed by a task: `drive` gets the sender of the events' data and runs on its
+/// own, so it finishes (and bills) even if the client leaves.
+pub(crate) fn channel_sse<F>(
+    drive: impl FnOnce(mpsc::Sender<String>) -> F,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<String>(64);
-    tokio::spawn(drive_relay(g, a, d, body, tx));
+    tokio::spawn(drive(tx));
     let out = async_stream::stream! {
         while let Some(data) = rx.recv().await {
             yield Ok(Event::default().data(data));
         }
     };
     Sse::new(out).keep_alive(KeepAlive::default())
+}
+
+/// A stream that ended before the node's receipt (the node failed or the client left): the
+/// router hears of it, a client still there gets an error event and `[DONE]`, and the usage
+/// status to record is returned.
+pub(crate) async fn end_interrupted(
+    g: &GatewayState,
+    node: sortition_types::NodeId,
+    tx: &mpsc::Sender<String>,
+    client_gone: bool,
+    message: &str,
+) -> UsageStatus {
+    if client_gone {
+        g.finish(node, Outcome::Cancelled).await;
+        return UsageStatus::Cancelled;
+    }
+    g.finish(node, Outcome::Failure).await;
+    let err = ApiError::new(ErrorKind::BadGateway, "stream_interrupted", message);
+    let _ = tx
+        .send(serde_json::to_string(&err.body()).unwrap_or_default())
+        .await;
+    let _ = tx.send("[DONE]".into()).await;
+    UsageStatus::Failed
 }
 
 async fn drive_relay(
@@ -477,23 +511,14 @@ async fn drive_relay(
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill
             // only the chunks actually delivered, one unit each.
-            let outcome = if client_gone {
-                Outcome::Cancelled
-            } else {
-                Outcome::Failure
-            };
-            g.finish(d.node.id, outcome).await;
-            if !client_gone {
-                let err = ApiError::new(
-                    ErrorKind::BadGateway,
-                    "stream_interrupted",
-                    "the node's stream ended before its receipt",
-                );
-                let _ = tx
-                    .send(serde_json::to_string(&err.body()).unwrap_or_default())
-                    .await;
-                let _ = tx.send("[DONE]".into()).await;
-            }
+            let status = end_interrupted(
+                &g,
+                d.node.id,
+                &tx,
+                client_gone,
+                "the node's stream ended before its receipt",
+            )
+            .await;
             let units = delivered_chunks.min(d.reserved);
             let bill = crate::store::Bill {
                 stack: d.stack,
@@ -509,11 +534,7 @@ async fn drive_relay(
                     prompt_tokens: 0,
                     completion_tokens: units,
                     cost: Default::default(),
-                    status: if client_gone {
-                        UsageStatus::Cancelled
-                    } else {
-                        UsageStatus::Failed
-                    },
+                    status,
                     receipt_json: None,
                     request_hash: sortition_types::sha256(&body),
                 },

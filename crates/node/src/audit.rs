@@ -288,10 +288,9 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
         // digest is on the ledger once the executor submitted it, or from the challenge) is
         // judged: a decoy (an honest request of someone else) cannot clear a cheat.
         let mut payload = None;
-        for i in 0..600 {
+        for _ in 0..120 {
             let candidates = state.audits.candidates(audit);
             if !candidates.is_empty()
-                && i % 5 == 0
                 && let Ok(a) = client.audit(audit).await
                 && let Some((digest, ..)) = a.receipt
             {
@@ -302,7 +301,7 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
                     break;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let (is_auditor, disputes) = {
             let mut g = state
