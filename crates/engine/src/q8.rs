@@ -394,26 +394,27 @@ impl Kernel {
         }
     }
 
-    /// Dots `W` weight rows with `N` activation rows; `out[i][t]` is weight row `i` against
-    /// activation row `t`. Every row must hold the same number of blocks.
-    fn tile<const W: usize, const N: usize>(
+    /// Weight rows `j0..j0 + n` of `w` against activation rows `r0..r0 + N` of `x`:
+    /// `out[t][i]` is weight row `j0 + i` against activation row `r0 + t`. The shapes are
+    /// checked once here; the loop over weight rows runs inside the kernel.
+    fn panel<const N: usize>(
         self,
-        quant: WeightQuant,
-        w: [WRow<'_>; W],
-        x: [XRow<'_>; N],
-    ) -> [[f32; N]; W] {
-        let nb = x.first().map_or(0, |r| r.d.len());
-        let mlen = if quant == WeightQuant::Q4_1 { nb } else { 0 };
-        for r in &w {
-            assert!(r.d.len() == nb && r.m.len() == mlen && r.q.len() == nb * quant.qbytes());
-        }
-        for r in &x {
-            assert!(r.d.len() == nb && r.s.len() == nb && r.q.len() == nb * BLOCK);
-        }
+        w: &QMatrix,
+        (j0, n): (usize, usize),
+        x: &Q8Rows,
+        r0: usize,
+        out: &mut [&mut [f32]],
+    ) {
+        let nb = w.cols / BLOCK;
+        assert!(w.cols == x.cols && j0 + n <= w.rows && r0 + N <= x.rows && out.len() == N);
+        assert!(w.qs.len() == w.rows * nb * w.quant.qbytes() && w.d.len() == w.rows * nb);
+        assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
+        assert!(x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len());
+        assert!(out.iter().all(|o| o.len() == n));
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::tile(quant, w, x),
-            _ => scalar_tile(quant, w, x),
+            Kernel::Avx2 => avx2::panel::<N>(w, (j0, n), x, r0, out),
+            _ => scalar_panel::<N>(w, (j0, n), x, r0, out),
         }
     }
 }
@@ -422,6 +423,23 @@ impl Kernel {
 fn hsum8(l: [f32; 8]) -> f32 {
     let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
     (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// [`Kernel::panel`] with the reference routines, one weight row at a time.
+fn scalar_panel<const N: usize>(
+    w: &QMatrix,
+    (j0, n): (usize, usize),
+    x: &Q8Rows,
+    r0: usize,
+    out: &mut [&mut [f32]],
+) {
+    let xs: [XRow<'_>; N] = std::array::from_fn(|t| x.row(r0 + t));
+    for i in 0..n {
+        let [vals] = scalar_tile(w.quant, [w.row(j0 + i)], xs);
+        for (o, v) in out.iter_mut().zip(vals) {
+            o[i] = v;
+        }
+    }
 }
 
 /// The reference dot routines (see the module docs).
@@ -538,61 +556,20 @@ impl Pool {
 
 /// Weight rows `j0..` against every activation row `r`, into `out[r]` (as many weight rows
 /// as it holds): tiles of up to [`ROW_TILE`] activation rows outermost, so that one tile
-/// stays in L1 while the chunk's weight rows (in L1/L2 after the first tile) stream past it;
-/// two or four weight rows at a time, for independent accumulation chains.
+/// stays in L1 while the chunk's weight rows (in L1/L2 after the first tile) stream past it.
 fn chunk(kernel: Kernel, w: &QMatrix, x: &Q8Rows, j0: usize, out: &mut [&mut [f32]]) {
-    let m = x.rows;
     let n = out.first().map_or(0, |o| o.len());
     let mut r0 = 0;
-    while r0 < m {
-        let t = ROW_TILE.min(m - r0);
-        let mut jj = 0;
-        while jj < n {
-            let wide = if t == 1 { 4 } else { 2 };
-            let ws = if n - jj >= wide { wide } else { 1 };
-            let ctx = Tile {
-                kernel,
-                w,
-                x,
-                j: j0 + jj,
-                r0,
-            };
-            let o = &mut out[r0..r0 + t];
-            match (ws, t) {
-                (4, _) => ctx.run::<4, 1>(o, jj),
-                (2, 2) => ctx.run::<2, 2>(o, jj),
-                (2, 3) => ctx.run::<2, 3>(o, jj),
-                (2, _) => ctx.run::<2, ROW_TILE>(o, jj),
-                (_, 1) => ctx.run::<1, 1>(o, jj),
-                (_, 2) => ctx.run::<1, 2>(o, jj),
-                (_, 3) => ctx.run::<1, 3>(o, jj),
-                _ => ctx.run::<1, ROW_TILE>(o, jj),
-            }
-            jj += ws;
+    while r0 < x.rows {
+        let t = ROW_TILE.min(x.rows - r0);
+        let o = &mut out[r0..r0 + t];
+        match t {
+            1 => kernel.panel::<1>(w, (j0, n), x, r0, o),
+            2 => kernel.panel::<2>(w, (j0, n), x, r0, o),
+            3 => kernel.panel::<3>(w, (j0, n), x, r0, o),
+            _ => kernel.panel::<ROW_TILE>(w, (j0, n), x, r0, o),
         }
         r0 += t;
-    }
-}
-
-/// Where one tile sits: weight rows from `j`, activation rows from `r0`.
-struct Tile<'a> {
-    kernel: Kernel,
-    w: &'a QMatrix,
-    x: &'a Q8Rows,
-    j: usize,
-    r0: usize,
-}
-
-impl Tile<'_> {
-    /// Writes weight row `j + i` against activation row `r0 + t` to `out[t][at + i]`.
-    fn run<const W: usize, const N: usize>(&self, out: &mut [&mut [f32]], at: usize) {
-        let w: [WRow<'_>; W] = std::array::from_fn(|i| self.w.row(self.j + i));
-        let x: [XRow<'_>; N] = std::array::from_fn(|t| self.x.row(self.r0 + t));
-        for (i, vals) in self.kernel.tile(self.w.quant, w, x).iter().enumerate() {
-            for (o, &v) in out.iter_mut().zip(vals) {
-                o[at + i] = v;
-            }
-        }
     }
 }
 
