@@ -23,8 +23,8 @@ use sortition_api::{
 };
 use sortition_types::auth::AUTH_HEADER;
 use sortition_types::{
-    Hash32, Keypair, ModelId, NodeId, Receipt, SamplingRecord, SignedReceipt, StackId, sha256,
-    text_response_hash,
+    Custody, Hash32, Keypair, ModelId, NodeId, Receipt, SamplingRecord, SignedReceipt, StackId,
+    sha256, text_response_hash,
 };
 
 /// The fixed answer.
@@ -96,6 +96,7 @@ async fn chat(State(u): State<Arc<Upstream>>, headers: HeaderMap, body: Bytes) -
         output_tokens: OUTPUT_TOKENS,
         sampling: SamplingRecord::default(),
         timestamp_ms: now,
+        custody: Custody::Gateway,
     };
     let answer = ChatCompletion {
         id: format!("chatcmpl-bench-{now}"),

@@ -1,26 +1,29 @@
 //! The node side of attestation: producing [`Evidence`] whose report data binds a key.
 //!
-//! Only the INSECURE dev attester is built. Producing TDX quotes (configfs-tsm / the TDX guest
-//! device) and SEV-SNP reports (`/dev/sev-guest`) needs the hardware, which this project has
-//! not had to build and test on; [`AttesterKind::build`] says so instead of pretending. The
-//! verifiers of such evidence ([`crate::DcapVerifier`], [`crate::SnpVerifier`]) are built and
-//! tested on real sample evidence.
+//! - the INSECURE dev attester (no TEE, development networks only);
+//! - TDX quotes and SEV-SNP reports through the kernel's configfs-tsm ([`tsm`]), with the
+//!   collateral or VCEK the operator supplies ([`AttesterConfig`]). This project has no TDX or
+//!   SEV-SNP machine: that path is tested against emulated devices returning public sample
+//!   evidence, not on hardware. The verifiers of such evidence ([`crate::DcapVerifier`],
+//!   [`crate::SnpVerifier`]) are tested on the real samples.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::attest::{DevEvidence, Evidence, INSECURE_DEV_LABEL};
+use crate::attest::{DevEvidence, Evidence, INSECURE_DEV_LABEL, SnpProduct};
+
+pub mod tsm;
+
+pub use tsm::{ConfigFsTsm, TsmAttester, TsmDevice, TsmReport, TsmTee};
 
 /// Why evidence could not be produced.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AttesterError {
     #[error("unknown attester {0:?} (known: dev, tdx, sev-snp)")]
     Unknown(String),
-    #[error(
-        "the {0} attester is not built: producing its evidence needs the TEE's guest device, \
-         which this build does not drive; only the verifier of {0} evidence is built"
-    )]
-    NotBuilt(&'static str),
+    #[error("the {0} attester needs {1}")]
+    Config(&'static str, String),
     #[error("evidence could not be produced: {0}")]
     Failed(String),
 }
@@ -56,14 +59,53 @@ impl fmt::Display for AttesterKind {
     }
 }
 
+/// What the hardware attesters need from the operator; files are read when the attester is
+/// built.
+#[derive(Clone, Debug, Default)]
+pub struct AttesterConfig {
+    /// The configfs-tsm report directory [default: [`tsm::DEFAULT_TSM_ROOT`]].
+    pub tsm_root: Option<PathBuf>,
+    /// TDX: the platform's DCAP collateral, as JSON (dcap-qvl's `QuoteCollateralV3`).
+    pub tdx_collateral: Option<PathBuf>,
+    /// SEV-SNP: the EPYC generation whose AMD roots sign the VCEK.
+    pub snp_product: Option<SnpProduct>,
+    /// SEV-SNP: the VCEK certificate (DER), for hosts that put none in the certificate table.
+    pub snp_vcek: Option<PathBuf>,
+}
+
 impl AttesterKind {
-    /// The attester, or why it cannot run here.
-    pub fn build(self) -> Result<Box<dyn Attester>, AttesterError> {
-        match self {
-            AttesterKind::InsecureDev => Ok(Box::new(DevAttester)),
-            AttesterKind::IntelTdx => Err(AttesterError::NotBuilt("Intel TDX")),
-            AttesterKind::AmdSevSnp => Err(AttesterError::NotBuilt("AMD SEV-SNP")),
-        }
+    /// The attester, or why it cannot run with `cfg`.
+    pub fn build(self, cfg: &AttesterConfig) -> Result<Box<dyn Attester>, AttesterError> {
+        let read = |what: &'static str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| AttesterError::Config(what, format!("{}: {e}", path.display())))
+        };
+        let device = ConfigFsTsm::new(
+            cfg.tsm_root
+                .clone()
+                .unwrap_or_else(|| tsm::DEFAULT_TSM_ROOT.into()),
+        );
+        let tee = match self {
+            AttesterKind::InsecureDev => return Ok(Box::new(DevAttester)),
+            AttesterKind::IntelTdx => {
+                let path = cfg.tdx_collateral.as_ref().ok_or_else(|| {
+                    AttesterError::Config("tdx", "the platform's DCAP collateral (a JSON file)".into())
+                })?;
+                let collateral = serde_json::from_slice(&read("tdx", path)?).map_err(|e| {
+                    AttesterError::Config("tdx", format!("{}: not DCAP collateral: {e}", path.display()))
+                })?;
+                TsmTee::Tdx {
+                    collateral: Box::new(collateral),
+                }
+            }
+            AttesterKind::AmdSevSnp => TsmTee::SevSnp {
+                product: cfg.snp_product.ok_or_else(|| {
+                    AttesterError::Config("sev-snp", "the EPYC product (milan, genoa or turin)".into())
+                })?,
+                vcek_der: cfg.snp_vcek.as_ref().map(|p| read("sev-snp", p)).transpose()?,
+            },
+        };
+        Ok(Box::new(TsmAttester::new(device, tee)))
     }
 
     pub fn is_insecure(self) -> bool {
@@ -151,11 +193,12 @@ mod tests {
     }
 
     #[test]
-    fn hardware_attesters_say_they_are_not_built() {
-        assert!(matches!(
-            "tdx".parse::<AttesterKind>().unwrap().build(),
-            Err(AttesterError::NotBuilt(_))
-        ));
+    fn hardware_attesters_say_what_they_need() {
+        let none = AttesterConfig::default();
+        for kind in ["tdx", "sev-snp"] {
+            let err = kind.parse::<AttesterKind>().unwrap().build(&none).err().unwrap();
+            assert!(matches!(err, AttesterError::Config(..)), "{err}");
+        }
         assert!("dev".parse::<AttesterKind>().unwrap().is_insecure());
         assert!("nope".parse::<AttesterKind>().is_err());
         assert!(AttesterKind::InsecureDev.to_string().contains("INSECURE"));

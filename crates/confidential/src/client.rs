@@ -10,7 +10,9 @@
 //!    associated data, and posts the [`Envelope`] to the gateway.
 //! 4. Opens the answer chunk by chunk ([`Decoder`]): reordered, replayed, dropped, tampered or
 //!    truncated chunks are refused; then checks the receipt: signed by the key the ledger holds
-//!    for the node, committing to the plaintext request and to the decrypted answer.
+//!    for the node, committing to the plaintext request and to the decrypted answer, and
+//!    leaving the request in the node's custody for audits (nobody else can deliver it, and
+//!    the ledger slashes a node that withholds it).
 //!
 //! Depends on no node or gateway code: only HTTP and the wire shapes in [`crate::wire`].
 
@@ -19,7 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
-use sortition_types::{Hash32, NodeId, PublicKey, SignedReceipt, sha256, text_response_hash};
+use sortition_types::{
+    Custody, Hash32, NodeId, PublicKey, SignedReceipt, sha256, text_response_hash,
+};
 
 use crate::attest::{Evidence, Policy, PolicyVerifier, VerifiedReport};
 use crate::keys::RecipientKey;
@@ -322,6 +326,12 @@ impl Decoder {
                 "receipt does not commit to the decrypted answer".into(),
             ));
         }
+        if r.custody != Custody::Executor {
+            return Err(ClientError::Receipt(format!(
+                "receipt leaves the request to the {} for audits; only the node can deliver it",
+                r.custody
+            )));
+        }
         Ok(ConfidentialAnswer {
             node: node.id,
             text: self.text,
@@ -556,3 +566,78 @@ impl Decoder {
 }
 
 use eventsource_stream::Eventsource;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::attest::TeeKind;
+    use crate::keys::ConfidentialKey;
+    use crate::seal::open_request;
+    use crate::wire::{ReceiptExt, SEALED_COMPLETION_OBJECT};
+    use sortition_types::{Custody, Keypair, ModelId, Receipt, StackId};
+
+    /// A node's whole answer "hi" to a sealed request, its receipt keeping the request with
+    /// `custody`, opened and checked by the client.
+    fn answer(custody: Custody) -> Result<ConfidentialAnswer, ClientError> {
+        let operator = Keypair::from_seed(b"node");
+        let id = NodeId(3);
+        let key = ConfidentialKey::from_seed(id, &[5; 32], 1, sha256(b"epoch 1"));
+        let node = AttestedNode {
+            id,
+            operator: operator.public(),
+            recipient: key.recipient(),
+            report: VerifiedReport {
+                tee: TeeKind::InsecureDev,
+                measurement: vec![],
+                report_data: [0; 64],
+                tcb_status: "INSECURE".into(),
+                advisory_ids: vec![],
+                insecure: true,
+            },
+        };
+        let body = serde_json::json!({"model": "m", "messages": [], "max_tokens": 4});
+        let p = prepare(&node, &body).unwrap();
+        let (plain, sealer) = open_request(&key, &p.envelope.sealed).unwrap();
+        let completion = serde_json::json!({"choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
+        let sealed = sealer
+            .seal_whole(&serde_json::to_vec(&completion).unwrap())
+            .unwrap();
+        let receipt = Receipt {
+            node: id,
+            stack: StackId(1),
+            sequence: 0,
+            model: ModelId::new("m"),
+            model_digest: Hash32::ZERO,
+            node_class: Hash32::ZERO,
+            request_hash: sha256(&plain),
+            response_hash: text_response_hash("hi", "stop"),
+            input_tokens: 1,
+            output_tokens: 1,
+            sampling: Default::default(),
+            timestamp_ms: 0,
+            custody,
+        };
+        let whole = SealedCompletion {
+            id: "c".into(),
+            object: SEALED_COMPLETION_OBJECT.into(),
+            sealed,
+            sortition: ReceiptExt {
+                node: id,
+                receipt: SignedReceipt::sign(receipt, &operator),
+                verified_by_gateway: None,
+            },
+        };
+        ConfidentialClient::open(p, RawAnswer::Whole(whole))
+    }
+
+    #[test]
+    fn receipts_must_leave_the_request_in_the_nodes_custody() {
+        assert_eq!(answer(Custody::Executor).unwrap().text, "hi");
+        match answer(Custody::Gateway) {
+            Err(ClientError::Receipt(why)) => assert!(why.contains("gateway"), "{why}"),
+            other => panic!("a gateway-kept receipt was accepted: {other:?}"),
+        }
+    }
+}

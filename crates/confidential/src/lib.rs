@@ -12,7 +12,8 @@
 //!   quotes (offline, collateral carried in the evidence, via `dcap-qvl`), AMD SEV-SNP reports
 //!   (ARK→ASK→VCEK chain and report signature, via `sev`), and an explicitly INSECURE dev attester.
 //!
-//! - the node-side [`Attester`] (only the INSECURE dev one is built; TDX/SEV-SNP say so);
+//! - the node-side [`Attester`]: the INSECURE dev one, and TDX / SEV-SNP through configfs-tsm
+//!   (not run on hardware by this project; see [`attester`]);
 //! - the wire shapes of a confidential chat request and its answer ([`wire`]);
 //! - custody of served requests for their audits: sealed at rest, re-sealed to attested
 //!   auditors ([`custody`]);
@@ -41,7 +42,7 @@ pub use attest::{
     Measurement, Policy, PolicyVerifier, SnpProduct, SnpVerifier, TeeKind, VerifiedReport,
     Verifier,
 };
-pub use attester::{Attester, AttesterError, AttesterKind, DevAttester};
+pub use attester::{Attester, AttesterConfig, AttesterError, AttesterKind, DevAttester};
 pub use keys::{ConfidentialKey, KeyError, REPORT_DATA_DOMAIN, RecipientKey, report_data};
 pub use seal::{SealError, SealedRequest, open_request, seal_request};
 pub use stream::{ResponseOpener, ResponseSealer, SealedChunk, StreamError};

@@ -3,7 +3,8 @@
 //! with the INSECURE dev attester running the default model, a gateway) on loopback; the
 //! client SDK verifies the nodes' evidence itself, seals a prompt holding a unique marker, and
 //! sends it through the gateway. The marker must reach nobody but the node: not the gateway's
-//! logs (captured at debug level), its SQLite files, or its stored audit payloads.
+//! logs (captured at debug level), its SQLite files, or its stored audit payloads. Confidential
+//! requests are audited through their executor, which is slashed if it withholds them.
 
 use std::io::Write;
 use std::path::Path;
@@ -20,9 +21,9 @@ use sortition_confidential::{
     Attester, AttesterKind, ConfidentialKey, DevAttester, Policy, PolicyVerifier, StreamError,
 };
 use sortition_devnet::{Devnet, DevnetConfig};
-use sortition_ledger::{Event, SealingKey, TxKind};
+use sortition_ledger::{AuditOutcome, Event, SealingKey, SlashReason, TxKind};
 use sortition_ledger_service::{Cursor, LedgerClient};
-use sortition_types::{Hash32, Keypair, NodeId, sha256};
+use sortition_types::{Custody, Hash32, Keypair, NodeId, sha256};
 
 const CHAT: &str = "smollm2-135m-instruct";
 
@@ -490,6 +491,134 @@ async fn confidential_requests_are_audited_by_attested_peers() {
             .sum::<u64>();
     }
     assert!(delivered >= 8, "sealed deliveries: {delivered}");
+    drop(events);
+    net.shutdown().await;
+}
+
+/// Withholding does not pay (issue: confidential custody): a node that truncates its sealed
+/// answers and never re-seals the requests it keeps to its auditors. Every receipt is audited;
+/// the auditors, then a dispute's committee, never get the request and say so, and since its
+/// receipts put the requests in the executor's custody the ledger slashes it for withholding
+/// them and refunds the owner, while no honest node is slashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executor_withholding_confidential_requests_is_slashed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DevnetConfig::new(dir.path());
+    cfg.embed_model = None;
+    cfg.attester = Some(AttesterKind::InsecureDev);
+    cfg.adversary = Some(sortition_node::adversary::Mode::WithholdCustody);
+    cfg.audit_q_ppm = 1_000_000;
+    // Nobody re-executes anything here (nobody gets a request): 10 s phases are plenty.
+    cfg.audit_phase_blocks = 40;
+    cfg.node_claim_interval = Duration::from_millis(500);
+    cfg.claim_policy = sortition_node::claims::ClaimPolicy {
+        max_age_ms: 1_000,
+        ..Default::default()
+    };
+    let net = Devnet::start(cfg).await.expect("devnet starts");
+    let info = net.info.clone();
+    let adversary = info
+        .nodes
+        .iter()
+        .find(|n| n.adversary.is_some())
+        .unwrap()
+        .id;
+    let client = ConfidentialClient::new(
+        &info.ledger_url,
+        &info.gateway_url,
+        &info.api_key,
+        dev_policy(),
+    );
+    let sel = client.select(CHAT).await.unwrap();
+    let target = sel.nodes.iter().find(|n| n.id == adversary).unwrap();
+    // Two sealed requests to the adversary: answered (truncated), receipted, and the receipts
+    // say the node keeps the requests (the gateway and the client both check it).
+    let mut stacks = Vec::new();
+    for i in 0..2 {
+        let p = prepare(
+            target,
+            &body(&format!("Name a fruit, number {i}."), 8, false),
+        )
+        .unwrap();
+        let raw = client.send_raw(&p.envelope).await.unwrap();
+        let answer = ConfidentialClient::open(p, raw).unwrap();
+        assert_eq!(answer.node, adversary);
+        assert!(answer.verified_by_gateway);
+        assert_eq!(answer.receipt.receipt.custody, Custody::Executor);
+        stacks.push(answer.receipt.receipt.stack);
+    }
+
+    let ledger = LedgerClient::new(&info.ledger_url);
+    let mut events = Box::pin(ledger.events(Cursor::START).await.unwrap());
+    let (mut slashed, mut refunded, mut unavailable_votes) = (false, false, 0);
+    let mut other_slashes = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(item) = events.next().await {
+            match item.unwrap().1 {
+                Event::Slashed { node, reason, .. } if node == adversary => {
+                    slashed |= reason == SlashReason::PayloadWithheld;
+                    if reason != SlashReason::PayloadWithheld {
+                        other_slashes.push((node, reason));
+                    }
+                }
+                Event::Slashed { node, reason, .. } => other_slashes.push((node, reason)),
+                Event::Refunded { stack, .. } if stacks.contains(&stack) => refunded = true,
+                Event::DisputeResolved {
+                    executor_at_fault: true,
+                    unavailable_votes: n,
+                    ..
+                } => unavailable_votes += n,
+                _ => {}
+            }
+            if slashed && refunded {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "timed out: adversary slashed for withholding {slashed}, owner refunded {refunded}"
+    );
+    assert!(other_slashes.is_empty(), "{other_slashes:?}");
+    assert!(unavailable_votes > 0, "the committee said it never got it");
+    let audits = ledger.audits().await.unwrap();
+    assert!(
+        audits.iter().all(|a| a.executor == adversary),
+        "only the adversary served: {audits:?}"
+    );
+    assert!(
+        audits
+            .iter()
+            .any(|a| a.outcome == Some(AuditOutcome::ExecutorAtFault)),
+        "{audits:?}"
+    );
+    assert!(
+        audits.iter().all(|a| !matches!(
+            a.outcome,
+            Some(AuditOutcome::Passed | AuditOutcome::Unverifiable)
+        )),
+        "no audit of the withheld requests passed or ended unverifiable: {audits:?}"
+    );
+    // Nothing was ever delivered: the honest nodes judged nothing.
+    let adversary_url = &info.nodes.iter().find(|n| n.id == adversary).unwrap().url;
+    let m = reqwest::get(format!("{adversary_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let delivered: u64 = m
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(
+                "sortition_node_confidential_audit_deliveries_total{label=\"delivered\"} ",
+            )
+        })
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(delivered, 0, "the adversary delivered a sealed request");
     drop(events);
     net.shutdown().await;
 }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod client;
+pub mod delivery;
 pub mod error;
 pub mod sequencer;
 pub mod sse;

@@ -16,8 +16,9 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// The state machine's format: bumped whenever applying the same blocks gives other state
 /// roots, so an old database is refused with a clear error instead of a replay mismatch.
-/// 1: until challenges and `Unavailable` verdicts (unrecorded then); 2: since.
-pub const FORMAT: u32 = 2;
+/// 1: until challenges and `Unavailable` verdicts (unrecorded then); 2: until receipts named
+/// who keeps the request for audits (`Receipt::custody`, withheld requests slashed); 3: since.
+pub const FORMAT: u32 = 3;
 
 /// What is kept per block: enough to replay it and to check the replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +152,23 @@ mod tests {
             Err(ServiceError::FormatMismatch { stored: 1, current }) => assert_eq!(current, FORMAT),
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("an old database was opened"),
+        }
+        {
+            // A database of the previous recorded format.
+            let db = Database::create(dir.path().join("ledger.redb")).expect("db");
+            let w = db.begin_write().expect("write");
+            w.open_table(META)
+                .expect("meta")
+                .insert("format", (FORMAT - 1).to_le_bytes().as_slice())
+                .expect("insert");
+            w.commit().expect("commit");
+        }
+        match Store::open(dir.path(), &g) {
+            Err(ServiceError::FormatMismatch { stored, current }) => {
+                assert_eq!((stored, current), (FORMAT - 1, FORMAT))
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a database of the previous format was opened"),
         }
     }
 }

@@ -19,6 +19,17 @@
 //! treasury holds). No reveals at all: `Unverifiable`. `Unavailable` verdicts (the auditor
 //! never got the request) count for neither side: no reward, no slash.
 //!
+//! Withheld requests: the receipt says who keeps the request for its auditors
+//! ([`Custody`](sortition_types::Custody)). For a plain request that is the stack's owner (a
+//! gateway or client); it holds no collateral, so an audit nobody could judge stays
+//! `Unverifiable` and nobody is slashed. A confidential request can only come from the executor
+//! (everyone else saw ciphertext), so its silence is its own: when no auditor revealed `Match`
+//! or `Mismatch` and a strict majority of the drawn auditors revealed `Unavailable`, the audit
+//! opens a dispute instead of ending unverifiable. The executor gets a second chance to
+//! deliver, to the larger committee, and that committee decides (see [`disputes`]): the same
+//! `2k + 1` majority that decides a mismatch is needed to slash for withholding, never the `k`
+//! auditors alone.
+//!
 //! Challenges: the stack's owner may have one receipt audited now (`ChallengeReceipt`), e.g.
 //! after a synchronous quorum disagreed. The receipt's signature by the stack's node is
 //! checked on the spot and recorded as the audit's receipt, so the executor need not submit
@@ -29,7 +40,8 @@
 //! back to the owner at once and the stack can no longer be claimed.
 
 use sortition_types::{
-    Amount, AuditId, ClaimId, Hash32, MerkleProof, NodeId, PublicKey, SignedReceipt, StackId,
+    Amount, AuditId, ClaimId, Custody, Hash32, MerkleProof, NodeId, PublicKey, SignedReceipt,
+    StackId,
 };
 
 use crate::beacon::{below, choose, draw};
@@ -38,7 +50,7 @@ use crate::event::Event;
 use crate::nodes::eligible;
 use crate::ops::{add_work, done_work, reward, slash, to_treasury};
 use crate::policy::PPM;
-use crate::state::{Audit, AuditOutcome, SlashReason, StackStatus, State};
+use crate::state::{Audit, AuditOutcome, AuditedReceipt, SlashReason, StackStatus, State};
 use crate::tx::{Verdict, verdict_commitment};
 use crate::{BlockContext, TxResult, disputes};
 
@@ -274,7 +286,7 @@ pub(crate) fn challenge(
             auditors,
             commits: Default::default(),
             reveals: Default::default(),
-            receipt: Some((r.digest(), r.request_hash, r.response_hash)),
+            receipt: Some(AuditedReceipt::of(r)),
             opened_height: ctx.height,
             commit_deadline,
             reveal_deadline,
@@ -427,21 +439,20 @@ pub(crate) fn submit_receipt(
     if r.node != a.executor || r.stack != a.stack || r.model != a.model {
         return bad("receipt names another node, stack or model");
     }
-    let digest = r.digest();
-    if !proof.verify(&digest, &claim.receipts_root) {
+    let kept = AuditedReceipt::of(r);
+    if !proof.verify(&kept.digest, &claim.receipts_root) {
         return bad("Merkle proof does not match the claim's root");
     }
     if receipt.verify(&executor.operator).is_err() {
         return bad("receipt signature is not the executor's");
     }
-    let (req, resp) = (r.request_hash, r.response_hash);
     if let Some(a) = st.audits.get_mut(&id) {
-        a.receipt = Some((digest, req, resp));
+        a.receipt = Some(kept);
     }
     Ok(vec![Event::ReceiptSubmitted {
         audit: id,
-        request_hash: req,
-        response_hash: resp,
+        request_hash: kept.request_hash,
+        response_hash: kept.response_hash,
     }])
 }
 
@@ -498,7 +509,9 @@ fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event
     let outcome = if a.receipt.is_none() {
         executor_fault(st, &a, &mismatch, SlashReason::ReceiptMissing, events);
         AuditOutcome::ReceiptMissing
-    } else if !mismatch.is_empty() {
+    } else if !mismatch.is_empty()
+        || (judged.is_empty() && withheld(&a, a.reveals.values(), a.auditors.len()))
+    {
         AuditOutcome::Disputed {
             dispute: disputes::open(st, ctx, &a, events),
         }
@@ -525,6 +538,19 @@ fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event
     if !matches!(outcome, AuditOutcome::Disputed { .. }) {
         finish_for_claim(st, a.claim);
     }
+}
+
+/// Whether the votes say that the executor withheld a request in its custody: the receipt
+/// puts the request in the executor's custody and a strict majority of the `drawn` voters
+/// revealed `Unavailable`. (Callers check first that nobody revealed `Match` or `Mismatch`.)
+pub(crate) fn withheld<'a>(
+    a: &Audit,
+    votes: impl Iterator<Item = &'a Verdict>,
+    drawn: usize,
+) -> bool {
+    let in_executor_custody = a.receipt.is_some_and(|r| r.custody == Custody::Executor);
+    let unavailable = votes.filter(|v| matches!(v, Verdict::Unavailable)).count();
+    in_executor_custody && unavailable.saturating_mul(2) > drawn
 }
 
 /// One fewer open audit on the claim (if the audit has one yet).
@@ -580,7 +606,7 @@ pub(crate) fn executor_fault(
 }
 
 /// A challenger's bond back from the treasury (as far as it holds).
-fn return_bond(st: &mut State, a: &Audit) {
+pub(crate) fn return_bond(st: &mut State, a: &Audit) {
     if let Some(bond) = a.challenge_bond {
         let back = bond.min(st.treasury);
         st.treasury = st.treasury.saturating_sub(back);

@@ -9,22 +9,43 @@
 //!   claim's whole escrow back; auditors that revealed `Match` are slashed `wrong_auditor_slash`.
 //! - `match > mismatch`: the executor is cleared and the auditors that revealed `Mismatch` are
 //!   slashed `wrong_auditor_slash`.
-//! - Tie (including an empty committee or no reveals): the executor is not slashed and the
-//!   disputing auditors are not slashed; the claim settles normally. A dispute therefore
-//!   always resolves by its reveal deadline and no funds stay locked.
+//! - Tie (including an empty committee or no reveals), unless it proves a withheld request
+//!   (below): the executor is not slashed and the disputing auditors are not slashed; the
+//!   claim settles normally. A dispute therefore always resolves by its reveal deadline and no
+//!   funds stay locked.
 //! - Members that did not reveal are slashed `missed_deadline_slash`; minority voters are not.
 //!   `Unavailable` votes (the member never got the request) count for neither side.
+//! - Withheld request: when the receipt puts the request in the executor's custody
+//!   (confidential requests, [`Custody::Executor`](sortition_types::Custody)), no member revealed
+//!   `Match` or `Mismatch`, and a strict majority of the committee (as drawn, not of those who
+//!   revealed) revealed `Unavailable`, the executor is at fault for withholding it: slashed and
+//!   the owner refunded exactly as for a mismatch (slash reason `PayloadWithheld`), with the
+//!   reward shared by the members that voted `Unavailable` and the auditors that revealed
+//!   `Mismatch` or `Unavailable`; nobody is slashed for a wrong verdict. With the request in the
+//!   gateway's custody the same votes are a tie (gateways hold no collateral to slash). For
+//!   such a receipt the committee is drawn only among nodes holding a confidential key of this
+//!   epoch or the last: nobody else could have been sent the request.
+//! - A dispute opened because the auditors never got an executor-kept request (see
+//!   `audits`) in which nobody judged the request and no withholding is proven (e.g. too few
+//!   members voted) ends `Unverifiable`, like an audit nobody could judge, and returns a
+//!   challenger's bond; the claim settles normally.
 
-use sortition_types::{DisputeId, Hash32, NodeId, PublicKey};
+use sortition_types::{Custody, DisputeId, Hash32, NodeId, PublicKey};
 
-use crate::audits::{executor_fault, finish_for_claim, peer_pool};
+use crate::audits::{executor_fault, finish_for_claim, peer_pool, return_bond, withheld};
 use crate::beacon::choose;
 use crate::error::LedgerError;
 use crate::event::Event;
 use crate::ops::{add_work, done_work, slash, to_treasury};
-use crate::state::{Audit, AuditOutcome, Dispute, SlashReason, State};
+use crate::state::{Audit, AuditOutcome, Dispute, Node, SlashReason, State};
 use crate::tx::{Verdict, verdict_commitment};
 use crate::{BlockContext, TxResult};
+
+/// Whether `n` published a confidential key in this epoch or the last (a key published late
+/// in an epoch still serves while its successor is attested).
+fn holds_current_key(st: &State, n: &Node) -> bool {
+    n.confidential_key.0 != Hash32::ZERO && n.key_epoch.saturating_add(1) >= st.epoch
+}
 
 pub(crate) fn open(
     st: &mut State,
@@ -34,7 +55,13 @@ pub(crate) fn open(
 ) -> DisputeId {
     let id = DisputeId(st.next_ids.dispute);
     st.next_ids.dispute += 1;
-    let pool = peer_pool(st, a.executor, &a.model, &a.auditors);
+    let mut pool = peer_pool(st, a.executor, &a.model, &a.auditors);
+    if a.receipt.is_some_and(|r| r.custody == Custody::Executor) {
+        // Only the executor can deliver the request, sealed to each member's attested key: a
+        // member without a current key could never receive it, and its `Unavailable` would
+        // count against an honest executor.
+        pool.retain(|m| st.nodes.get(m).is_some_and(|n| holds_current_key(st, n)));
+    }
     let size = 2 * usize::from(a.wanted) + 1;
     let committee = choose(&pool, size, &ctx.randomness, "committee", id.0);
     committee.iter().for_each(|m| add_work(st, *m));
@@ -164,6 +191,10 @@ fn is_mismatch(v: &Verdict) -> bool {
     matches!(v, Verdict::Mismatch { .. })
 }
 
+fn is_unavailable(v: &Verdict) -> bool {
+    matches!(v, Verdict::Unavailable)
+}
+
 fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
     let Some(d) = st.disputes.get(&id).cloned() else {
         return;
@@ -193,7 +224,10 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
         .values()
         .filter(|v| matches!(v, Verdict::Match))
         .count() as u32;
-    let at_fault = mismatch > matched;
+    let unavailable = d.votes.values().filter(|v| is_unavailable(v)).count() as u32;
+    let nobody_judged = mismatch == 0 && matched == 0;
+    let withholding = nobody_judged && withheld(&a, d.votes.values(), d.committee.len());
+    let at_fault = mismatch > matched || withholding;
     let auditors_said = |want_mismatch: bool| -> Vec<NodeId> {
         a.reveals
             .iter()
@@ -202,7 +236,18 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
             .map(|(n, _)| *n)
             .collect()
     };
-    let wrong_auditors = if at_fault {
+    let wrong_auditors = if withholding {
+        // Those who said they never got it (and any auditor that judged it wrong) were right.
+        let honest: Vec<NodeId> = a
+            .reveals
+            .iter()
+            .filter(|(_, v)| !matches!(v, Verdict::Match))
+            .chain(d.votes.iter().filter(|(_, v)| is_unavailable(v)))
+            .map(|(n, _)| *n)
+            .collect();
+        executor_fault(st, &a, &honest, SlashReason::PayloadWithheld, events);
+        vec![]
+    } else if at_fault {
         let mut honest = auditors_said(true);
         honest.extend(
             d.votes
@@ -230,6 +275,10 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
     }
     let outcome = if at_fault {
         AuditOutcome::ExecutorAtFault
+    } else if nobody_judged && a.reveals.values().all(is_unavailable) {
+        // Opened because the auditors never got the request, and nobody has judged it since.
+        return_bond(st, &a);
+        AuditOutcome::Unverifiable
     } else {
         AuditOutcome::ExecutorCleared
     };
@@ -244,6 +293,7 @@ fn resolve(st: &mut State, id: DisputeId, events: &mut Vec<Event>) {
         executor_at_fault: at_fault,
         mismatch_votes: mismatch,
         match_votes: matched,
+        unavailable_votes: unavailable,
     });
     events.push(Event::AuditClosed {
         audit: a.id,

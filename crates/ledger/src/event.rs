@@ -130,9 +130,12 @@ pub enum Event {
     },
     DisputeResolved {
         dispute: DisputeId,
+        /// For a wrong answer or a withheld request (the `Slashed` reason says which).
         executor_at_fault: bool,
         mismatch_votes: u32,
         match_votes: u32,
+        /// Members that said they never got the request.
+        unavailable_votes: u32,
     },
     Slashed {
         node: NodeId,

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sortition_types::{
-    Amount, AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeClass, NodeId, PublicKey, StackId,
-    Units, canonical_bytes, sha256,
+    Amount, AuditId, ClaimId, Custody, DisputeId, Hash32, ModelId, NodeClass, NodeId, PublicKey,
+    Receipt, StackId, Units, canonical_bytes, sha256,
 };
 
 use crate::genesis::Params;
@@ -128,13 +128,16 @@ pub struct Claim {
 pub enum AuditOutcome {
     /// Every revealed verdict matched and the receipt was produced.
     Passed,
-    /// No eligible auditor of the executor's class existed, or none revealed: not verified.
+    /// No eligible auditor of the executor's class existed, or none revealed, or nobody
+    /// got the request and its custody was not the executor's: not verified.
     Unverifiable,
     /// The executor never produced the sampled receipt: at fault without a committee.
     ReceiptMissing,
-    /// A mismatch was revealed; the dispute decides.
+    /// A mismatch was revealed, or most auditors never got a request in the executor's
+    /// custody; the dispute decides.
     Disputed { dispute: DisputeId },
-    /// The dispute found the executor at fault.
+    /// The dispute found the executor at fault (a wrong answer, or a withheld request: the
+    /// `Slashed` event's reason says which).
     ExecutorAtFault,
     /// The dispute cleared the executor.
     ExecutorCleared,
@@ -147,7 +150,8 @@ pub struct Audit {
     /// claimed yet (the claim, when it comes, takes the audit over).
     pub claim: Option<ClaimId>,
     pub stack: StackId,
-    /// Holds the request payload and must deliver it to the auditors off-ledger.
+    /// The stack's owner: holds the request payload and delivers it to the auditors off-ledger,
+    /// unless the receipt puts it in the executor's custody (see [`AuditedReceipt::custody`]).
     pub owner: PublicKey,
     pub executor: NodeId,
     pub model: ModelId,
@@ -156,8 +160,8 @@ pub struct Audit {
     pub auditors: Vec<NodeId>,
     pub commits: BTreeMap<NodeId, Hash32>,
     pub reveals: BTreeMap<NodeId, Verdict>,
-    /// Digest, request and response hashes of the submitted receipt.
-    pub receipt: Option<(Hash32, Hash32, Hash32)>,
+    /// What the ledger keeps of the submitted (or challenged) receipt.
+    pub receipt: Option<AuditedReceipt>,
     pub opened_height: u64,
     pub commit_deadline: u64,
     pub reveal_deadline: u64,
@@ -165,6 +169,30 @@ pub struct Audit {
     pub outcome: Option<AuditOutcome>,
     /// For an owner's challenge: the bond it posted (held by the treasury).
     pub challenge_bond: Option<Amount>,
+}
+
+/// The audited receipt as the ledger keeps it: enough to tell the genuine payload from decoys
+/// and to know who had to deliver it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedReceipt {
+    /// The receipt's digest (its leaf in the claim's Merkle tree).
+    pub digest: Hash32,
+    pub request_hash: Hash32,
+    pub response_hash: Hash32,
+    /// Who keeps the request for the auditors: with `Executor`, auditors that never get it
+    /// count against the executor (see the `audits` and `disputes` module docs).
+    pub custody: Custody,
+}
+
+impl AuditedReceipt {
+    pub fn of(r: &Receipt) -> AuditedReceipt {
+        AuditedReceipt {
+            digest: r.digest(),
+            request_hash: r.request_hash,
+            response_hash: r.response_hash,
+            custody: r.custody,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +217,9 @@ pub enum SlashReason {
     ReceiptMissing,
     WrongVerdict,
     MissedDeadline,
+    /// The executor kept a confidential request in custody and did not deliver it: most of
+    /// the committee that should have judged it never got it.
+    PayloadWithheld,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

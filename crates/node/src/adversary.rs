@@ -26,6 +26,9 @@ pub enum Mode {
     /// Serves a smaller model (the first 8 of the default model's 30 blocks: several times
     /// cheaper, and often fluent) while claiming the full model and its node class.
     SmallerModel,
+    /// Truncates its answers like `Truncate`, and never delivers the confidential requests it
+    /// keeps in custody to their auditors, hoping that an audit nobody can judge lets it off.
+    WithholdCustody,
 }
 
 /// Blocks the `smaller-model` adversary keeps.
@@ -41,8 +44,9 @@ impl std::str::FromStr for Mode {
             "skip-audits" => Ok(Mode::SkipAudits),
             "copy" => Ok(Mode::Copy),
             "smaller-model" => Ok(Mode::SmallerModel),
+            "withhold-custody" => Ok(Mode::WithholdCustody),
             other => Err(format!(
-                "unknown adversary mode '{other}'; expected truncate, random, over-report, skip-audits, copy or smaller-model"
+                "unknown adversary mode '{other}'; expected truncate, random, over-report, skip-audits, copy, smaller-model or withhold-custody"
             )),
         }
     }
@@ -56,7 +60,9 @@ pub fn rewrite_prompt(_mode: Option<Mode>, prompt: Prompt) -> Prompt {
 /// The text the adversary returns.
 pub fn rewrite_text(mode: Option<Mode>, text: String) -> String {
     match mode {
-        Some(Mode::Truncate) => text.chars().take(text.chars().count() / 2).collect(),
+        Some(Mode::Truncate | Mode::WithholdCustody) => {
+            text.chars().take(text.chars().count() / 2).collect()
+        }
         Some(Mode::Random) => text.chars().rev().collect(),
         _ => text,
     }
@@ -68,4 +74,9 @@ pub fn report_usage(mode: Option<Mode>, out: &Outcome) -> (u64, u64) {
         Some(Mode::OverReport) => (out.input_tokens * 2, out.output_tokens * 2),
         _ => (out.input_tokens, out.output_tokens),
     }
+}
+
+/// Whether the node delivers the confidential requests it keeps to their auditors.
+pub fn delivers_custody(mode: Option<Mode>) -> bool {
+    mode != Some(Mode::WithholdCustody)
 }

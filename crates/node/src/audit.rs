@@ -4,21 +4,26 @@
 //!   (`POST /sortition/v1/audits/{id}/payload`), re-executes it exactly, and commits then
 //!   reveals its verdict before the deadlines.
 //!
-//! A payload is accepted only if its SHA-256 equals the request hash of the receipt the
-//! ledger holds for the audit, so no one can make an auditor judge a different request.
+//! A payload is judged only if its receipt is the one the ledger holds for the audit and the
+//! body hashes to that receipt's request hash, so no one can make an auditor judge a
+//! different request. Deliveries are checked on arrival too (see [`AuditDesk::deliver`]), so
+//! that a flood of decoys cannot crowd the genuine payload out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_json};
+use sortition_api::{
+    ApiError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorKind, parse_json,
+};
 use sortition_engine::{GenerateRequest, Prompt};
 use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_types::{
-    AuditId, DisputeId, Hash32, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
+    AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId,
+    embedding_response_hash, sha256, text_response_hash,
 };
 use tokio::sync::watch;
 
@@ -52,17 +57,73 @@ pub struct Answer {
 struct Pending {
     /// Payloads delivered for the audit; the one whose receipt the ledger holds is judged.
     payloads: Vec<AuditPayload>,
+    /// What the audited receipt must be, once this node knows the audit.
+    expect: Option<Expected>,
     /// Disputes this node sits on, about this audit.
     disputes: Vec<DisputeId>,
     /// The audit itself (not only a dispute about it) is this node's to judge.
     auditor: bool,
     started: bool,
+    /// When the first payload came for an audit this node had not heard of.
+    since: Option<Instant>,
 }
 
-/// Candidate payloads kept per audit: the genuine one and a few decoys. Not checked against
-/// the ledger on arrival (the executor may not have submitted its receipt yet), so a flood of
-/// decoys could crowd the genuine one out; the judge's digest check keeps them harmless.
+impl Pending {
+    /// Neither an audit nor a dispute of ours (yet): only someone's deliveries.
+    fn is_unknown(&self) -> bool {
+        self.expect.is_none() && !self.auditor && self.disputes.is_empty()
+    }
+}
+
+/// What the audited receipt must be: the ledger's audit names the executor, the stack and
+/// the receipt's position; its digest follows once the executor submitted the receipt (or
+/// with the owner's challenge).
+#[derive(Clone, Debug)]
+pub struct Expected {
+    pub executor: NodeId,
+    /// The executor's receipt key as the ledger holds it (`None` if it could not be read).
+    pub key: Option<PublicKey>,
+    pub stack: StackId,
+    pub sequence: u64,
+    pub digest: Option<Hash32>,
+}
+
+impl Expected {
+    /// Whether `r` can be the audited receipt.
+    fn admits(&self, r: &SignedReceipt) -> Result<(), String> {
+        if let Some(d) = self.digest {
+            // The ledger checked that receipt's signature when it took it.
+            return if r.receipt.digest() == d {
+                Ok(())
+            } else {
+                Err("not the audited receipt: its digest differs from the ledger's".into())
+            };
+        }
+        let r_at = (r.receipt.node, r.receipt.stack, r.receipt.sequence);
+        if r_at != (self.executor, self.stack, self.sequence) {
+            return Err(format!(
+                "not the audited receipt: expected node {}, stack {}, sequence {}",
+                self.executor, self.stack, self.sequence
+            ));
+        }
+        match &self.key {
+            Some(k) if r.verify(k).is_err() => {
+                Err("the receipt's signature does not verify under the executor's ledger key".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Candidate payloads kept per audit. Before its receipt's digest is known, the executor's
+/// signature on a payload's receipt for the audited stack and position is what lets it in, so
+/// only an executor signing conflicting receipts could fill this; once the digest is known,
+/// everything else is dropped. A full audit answers 503, and holders retry.
 const MAX_PAYLOADS_PER_AUDIT: usize = 16;
+/// Audits this node has not heard of that may hold deliveries at once (a payload can arrive
+/// just before the ledger event that names this node), and how long such deliveries are kept.
+const MAX_UNKNOWN_AUDITS: usize = 64;
+const UNKNOWN_AUDIT_TTL: Duration = Duration::from_secs(600);
 
 /// Audit work in progress, shared between the event follower and the payload route.
 #[derive(Default)]
@@ -71,29 +132,92 @@ pub struct AuditDesk {
 }
 
 impl AuditDesk {
-    /// Takes a delivered payload; `Err` if it cannot be the audited request.
-    pub fn deliver(&self, id: AuditId, p: AuditPayload) -> Result<(), String> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AuditId, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a delivered payload: 400 if it cannot be the audited request, 503 (retry later)
+    /// if the desk has no room for it now.
+    pub fn deliver(&self, id: AuditId, p: AuditPayload) -> Result<(), ApiError> {
+        let invalid = |m: String| ApiError::invalid("invalid_payload", m);
+        let busy = |m: String| {
+            ApiError::new(ErrorKind::Unavailable, "audit_payloads_full", m).with_retry_after(1)
+        };
         if sha256(p.body.as_bytes()) != p.receipt.receipt.request_hash {
-            return Err("payload does not hash to the receipt's request_hash".into());
+            return Err(invalid("payload does not hash to the receipt's request_hash".into()));
         }
-        let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let list = &mut g.entry(id).or_default().payloads;
-        if list.iter().any(|q| q.receipt == p.receipt) {
+        let mut g = self.lock();
+        if !g.contains_key(&id) {
+            let now = Instant::now();
+            g.retain(|_, e| !(e.is_unknown() && e.since.is_some_and(|t| now - t > UNKNOWN_AUDIT_TTL)));
+            if g.values().filter(|e| e.is_unknown()).count() >= MAX_UNKNOWN_AUDITS {
+                return Err(busy(format!(
+                    "{MAX_UNKNOWN_AUDITS} audits this node has not heard of hold payloads already"
+                )));
+            }
+        }
+        let entry = g.entry(id).or_default();
+        if let Some(e) = &entry.expect {
+            e.admits(&p.receipt).map_err(invalid)?;
+        }
+        if entry.payloads.iter().any(|q| q.receipt == p.receipt) {
             return Ok(());
         }
-        if list.len() >= MAX_PAYLOADS_PER_AUDIT {
-            return Err(format!(
+        if entry.payloads.len() >= MAX_PAYLOADS_PER_AUDIT {
+            return Err(busy(format!(
                 "audit {id} already has {MAX_PAYLOADS_PER_AUDIT} candidate payloads"
-            ));
+            )));
         }
-        list.push(p);
+        entry.since.get_or_insert_with(Instant::now);
+        entry.payloads.push(p);
         Ok(())
     }
 
-    fn candidates(&self, id: AuditId) -> Vec<AuditPayload> {
-        let g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        g.get(&id).map(|p| p.payloads.clone()).unwrap_or_default()
+    /// Records (or refines) what the audit's receipt must be and drops the candidates that
+    /// cannot be it.
+    pub fn expect(&self, id: AuditId, e: Expected) {
+        let mut g = self.lock();
+        let entry = g.entry(id).or_default();
+        entry.payloads.retain(|p| e.admits(&p.receipt).is_ok());
+        entry.expect = Some(e);
     }
+
+    /// The ledger now holds the audited receipt: keep only its payload.
+    fn learn_digest(&self, id: AuditId, digest: Hash32) {
+        let e = self.lock().get(&id).and_then(|p| p.expect.clone());
+        if let Some(e) = e.filter(|e| e.digest.is_none()) {
+            self.expect(
+                id,
+                Expected {
+                    digest: Some(digest),
+                    ..e
+                },
+            );
+        }
+    }
+
+    fn candidates(&self, id: AuditId) -> Vec<AuditPayload> {
+        self.lock().get(&id).map(|p| p.payloads.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads the ledger's audit and the executor's key into the desk's expectation for it.
+async fn expect_from_ledger(state: &NodeState, client: &LedgerClient, audit: AuditId) {
+    let a = match client.audit(audit).await {
+        Ok(a) => a,
+        Err(e) => return tracing::warn!(%audit, error = %e, "audit unreadable; payloads unchecked until its receipt is known"),
+    };
+    let key = client.node(a.executor).await.ok().map(|n| n.operator);
+    state.audits.expect(
+        audit,
+        Expected {
+            executor: a.executor,
+            key,
+            stack: a.stack,
+            sequence: a.receipt_index,
+            digest: a.receipt.map(|r| r.digest),
+        },
+    );
 }
 
 /// Follows the ledger's events from the stored cursor until `stop`.
@@ -156,6 +280,7 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
             executor,
             receipt_index,
             auditors,
+            commit_deadline,
             ..
         } => {
             // A challenged receipt is on the ledger already; a sampled one is ours to submit.
@@ -179,6 +304,17 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
             } else if auditors.contains(&state.id)
                 && state.adversary != Some(crate::adversary::Mode::SkipAudits)
             {
+                let key = client.node(executor).await.ok().map(|n| n.operator);
+                state.audits.expect(
+                    audit,
+                    Expected {
+                        executor,
+                        key,
+                        stack,
+                        sequence: receipt_index,
+                        digest: None,
+                    },
+                );
                 state
                     .audits
                     .pending
@@ -187,7 +323,7 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
                     .entry(audit)
                     .or_default()
                     .auditor = true;
-                spawn_judge(state.clone(), client.clone(), audit);
+                spawn_judge(state.clone(), client.clone(), audit, commit_deadline);
             }
         }
         Event::DisputeOpened {
@@ -213,10 +349,12 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
             dispute,
             audit,
             committee,
+            commit_deadline,
             ..
         } if committee.contains(&state.id)
             && state.adversary != Some(crate::adversary::Mode::SkipAudits) =>
         {
+            expect_from_ledger(state, client, audit).await;
             state
                 .audits
                 .pending
@@ -226,7 +364,7 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
                 .or_default()
                 .disputes
                 .push(dispute);
-            spawn_judge(state.clone(), client.clone(), audit);
+            spawn_judge(state.clone(), client.clone(), audit, commit_deadline);
         }
         _ => {}
     }
@@ -280,26 +418,43 @@ fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
     });
 }
 
+/// The height after which a judge stops waiting for its payload and votes `Unavailable`: a
+/// quarter of what is left of the commit phase (ending at `commit_deadline`) before its end,
+/// so that the vote still lands in time (silence is slashed as a missed deadline, and a
+/// request in its executor's custody that most voters never got is the executor's fault).
+async fn payload_deadline(client: &LedgerClient, commit_deadline: u64) -> Option<u64> {
+    let now = client.status().await.ok()?.height;
+    let left = commit_deadline.saturating_sub(now);
+    Some(commit_deadline - left / 4)
+}
+
 /// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
-/// dispute about it that this node sits on.
-fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
+/// dispute about it that this node sits on (whose commit phase ends at `commit_deadline`).
+fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, commit_deadline: u64) {
     tokio::spawn(async move {
+        let give_up = payload_deadline(&client, commit_deadline).await;
         // Anyone can post a payload, so only the one whose receipt is the audited one (its
         // digest is on the ledger once the executor submitted it, or from the challenge) is
         // judged: a decoy (an honest request of someone else) cannot clear a cheat.
         let mut payload = None;
         for _ in 0..120 {
-            let candidates = state.audits.candidates(audit);
-            if !candidates.is_empty()
-                && let Ok(a) = client.audit(audit).await
-                && let Some((digest, ..)) = a.receipt
+            if let Ok(a) = client.audit(audit).await
+                && let Some(kept) = a.receipt
             {
-                payload = candidates
+                state.audits.learn_digest(audit, kept.digest);
+                payload = state
+                    .audits
+                    .candidates(audit)
                     .into_iter()
-                    .find(|p| p.receipt.receipt.digest() == digest);
+                    .find(|p| p.receipt.receipt.digest() == kept.digest);
                 if payload.is_some() {
                     break;
                 }
+            }
+            if let Some(h) = give_up
+                && client.status().await.is_ok_and(|s| s.height >= h)
+            {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -313,6 +468,7 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
             let disputes = std::mem::take(&mut p.disputes);
             let auditor = p.auditor && !p.started;
             p.started = true;
+            p.payloads.clear();
             (auditor, disputes)
         };
         let Some(payload) = payload else {
@@ -644,4 +800,101 @@ async fn reveal_open(
     };
     // The next block is the earliest a reveal can land in.
     Ok(committed >= members || height + 1 > commit_deadline)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod desk_tests {
+    use super::*;
+    use sortition_types::{Custody, Keypair, ModelId, Receipt};
+
+    fn payload(key: &Keypair, node: u64, stack: u64, sequence: u64, body: &str) -> AuditPayload {
+        let receipt = Receipt {
+            node: NodeId(node),
+            stack: StackId(stack),
+            sequence,
+            model: ModelId::new("m"),
+            model_digest: Hash32::ZERO,
+            node_class: Hash32::ZERO,
+            request_hash: sha256(body.as_bytes()),
+            response_hash: Hash32::ZERO,
+            input_tokens: 1,
+            output_tokens: 1,
+            sampling: Default::default(),
+            timestamp_ms: 1,
+            custody: Custody::Gateway,
+        };
+        AuditPayload {
+            path: "/v1/chat/completions".into(),
+            body: body.into(),
+            receipt: SignedReceipt::sign(receipt, key),
+            answer: None,
+        }
+    }
+
+    fn status(r: Result<(), ApiError>) -> u16 {
+        r.map_or_else(|e| e.status().as_u16(), |()| 202)
+    }
+
+    #[test]
+    fn a_decoy_flood_cannot_crowd_out_the_genuine_payload() {
+        let (desk, id) = (AuditDesk::default(), AuditId(7));
+        let (executor, forger) = (Keypair::from_seed(b"executor"), Keypair::from_seed(b"forger"));
+        // Before the node hears of the audit, anything well-formed fills the slots.
+        for i in 0..MAX_PAYLOADS_PER_AUDIT {
+            let p = payload(&forger, 1, 2, 3, &format!("decoy {i}"));
+            assert_eq!(status(desk.deliver(id, p)), 202);
+        }
+        let genuine = payload(&executor, 1, 2, 3, "genuine");
+        // Full: retry later, not refused for good.
+        assert_eq!(status(desk.deliver(id, genuine.clone())), 503);
+        // The ledger names executor 1, stack 2, position 3: forged signatures are dropped.
+        let expected = Expected {
+            executor: NodeId(1),
+            key: Some(executor.public()),
+            stack: StackId(2),
+            sequence: 3,
+            digest: None,
+        };
+        desk.expect(id, expected.clone());
+        assert!(desk.candidates(id).is_empty());
+        assert_eq!(status(desk.deliver(id, payload(&forger, 1, 2, 3, "x"))), 400);
+        assert_eq!(status(desk.deliver(id, payload(&executor, 1, 2, 4, "x"))), 400);
+        assert_eq!(status(desk.deliver(id, genuine.clone())), 202);
+        // Conflicting receipts signed by the executor itself, until the digest is known.
+        let twin = payload(&executor, 1, 2, 3, "twin");
+        assert_eq!(status(desk.deliver(id, twin.clone())), 202);
+        desk.learn_digest(id, genuine.receipt.receipt.digest());
+        let left = desk.candidates(id);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].receipt, genuine.receipt);
+        assert_eq!(status(desk.deliver(id, twin)), 400);
+        // A body that is not the receipt's request.
+        let mut wrong = genuine;
+        wrong.body.push(' ');
+        assert_eq!(status(desk.deliver(id, wrong)), 400);
+    }
+
+    #[test]
+    fn deliveries_for_unknown_audits_are_bounded() {
+        let desk = AuditDesk::default();
+        let k = Keypair::from_seed(b"k");
+        for a in 0..MAX_UNKNOWN_AUDITS as u64 {
+            assert_eq!(status(desk.deliver(AuditId(a), payload(&k, 1, 1, a, "b"))), 202);
+        }
+        let extra = AuditId(MAX_UNKNOWN_AUDITS as u64);
+        assert_eq!(status(desk.deliver(extra, payload(&k, 1, 1, 0, "b"))), 503);
+        // An audit the node was named in is not "unknown": its deliveries still land.
+        desk.expect(
+            extra,
+            Expected {
+                executor: NodeId(1),
+                key: Some(k.public()),
+                stack: StackId(1),
+                sequence: 0,
+                digest: None,
+            },
+        );
+        assert_eq!(status(desk.deliver(extra, payload(&k, 1, 1, 0, "b"))), 202);
+    }
 }

@@ -98,6 +98,7 @@ mod tests {
                         output_tokens: 5,
                         sampling: Default::default(),
                         timestamp_ms: 1_000 + i,
+                        custody: Custody::Gateway,
                     },
                     &k,
                 )

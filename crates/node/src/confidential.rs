@@ -20,8 +20,10 @@
 //! auditor, and posts it to the auditor's `/sortition/v1/audits/{id}/sealed-payload`. An auditor
 //! without an attested key gets nothing and votes `Unavailable`.
 //!
-//! Left open: an executor that withholds a confidential payload makes its audit unverifiable
-//! rather than its own fault (the ledger does not know which receipts are confidential).
+//! Withholding does not pay: a confidential receipt says the request is in the executor's
+//! custody (`Custody::Executor`; the gateway refuses any other), so when most auditors, and then
+//! most of a dispute's committee, vote `Unavailable`, the ledger slashes this node for
+//! withholding it (`SlashReason::PayloadWithheld`).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -42,14 +44,15 @@ use sortition_confidential::wire::{
     StreamItem,
 };
 use sortition_confidential::{
-    Attester, AttesterError, AttesterKind, ConfidentialKey, Evidence, Policy, PolicyVerifier,
+    Attester, AttesterConfig, AttesterError, AttesterKind, ConfidentialKey, Evidence, Policy, PolicyVerifier,
     RecipientKey, ResponseSealer, SealError, SealedRequest, open_request, seal_request,
 };
 use sortition_engine::{FinishReason, Prompt, StreamEvent};
 use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
 use sortition_ledger_service::{ClientError, Cursor, LedgerClient};
 use sortition_types::{
-    AuditId, Hash32, Keypair, ModelId, NodeId, SignedReceipt, StackId, sha256, text_response_hash,
+    AuditId, Custody, Hash32, Keypair, ModelId, NodeId, SignedReceipt, StackId, sha256,
+    text_response_hash,
 };
 use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
@@ -70,6 +73,8 @@ pub struct KeyRing {
     node: NodeId,
     kind: AttesterKind,
     attester: Box<dyn Attester>,
+    /// Whose evidence an auditor must carry to be sent this node's confidential requests.
+    auditors: Policy,
     keys: RwLock<Keys>,
     /// Seals the confidential requests kept for audits at rest.
     custody: CustodyKey,
@@ -83,25 +88,48 @@ fn unix_now() -> u64 {
 
 impl KeyRing {
     /// `custody_key`: the file of the key requests kept for audits are sealed under (created
-    /// on first use).
-    pub fn new(node: NodeId, kind: AttesterKind, custody_key: &Path) -> Result<KeyRing, String> {
+    /// on first use). `auditors`: whose evidence is accepted before a confidential request is
+    /// re-sealed to an auditor; required for a hardware attester, the dev attester's only on a
+    /// dev node otherwise (see [`KeyRing::auditor_verifier`]).
+    pub fn new(
+        node: NodeId,
+        kind: AttesterKind,
+        cfg: &AttesterConfig,
+        auditors: Option<Policy>,
+        custody_key: &Path,
+    ) -> Result<KeyRing, String> {
+        let attester = kind.build(cfg).map_err(|e: AttesterError| e.to_string())?;
+        let auditors = match auditors {
+            Some(p) => p,
+            None if attester.is_insecure() => Policy {
+                allow_insecure_dev: true,
+                ..Policy::default()
+            },
+            None => {
+                return Err("a hardware attester needs an auditor policy (the measurements of \
+                     the auditors' TEEs this node re-seals its confidential requests to): \
+                     without one no auditor could be sent them, and withholding them is slashed"
+                    .into());
+            }
+        };
+        if auditors.allow_insecure_dev && !attester.is_insecure() {
+            return Err("a node with a hardware attester must not re-seal its requests to \
+                 INSECURE dev auditors (allow_insecure_dev in the auditor policy)"
+                .into());
+        }
         Ok(KeyRing {
             node,
             kind,
-            attester: kind.build().map_err(|e: AttesterError| e.to_string())?,
+            attester,
+            auditors,
             keys: RwLock::new(Keys::default()),
             custody: CustodyKey::load_or_create(custody_key).map_err(|e| e.to_string())?,
         })
     }
 
-    /// What this node accepts as an auditor's evidence before re-sealing a request to it:
-    /// the dev attester's only on a dev network (this node runs it too). Accepted hardware
-    /// measurements are not configurable yet, so a hardware node refuses every auditor.
+    /// What this node accepts as an auditor's evidence before re-sealing a request to it.
     fn auditor_verifier(&self) -> PolicyVerifier {
-        PolicyVerifier::new(Policy {
-            allow_insecure_dev: self.is_insecure(),
-            ..Policy::default()
-        })
+        PolicyVerifier::new(self.auditors.clone())
     }
 
     /// The attester in words; says INSECURE for the dev attester.
@@ -437,6 +465,8 @@ impl Job {
                 input_tokens: usage.0,
                 output_tokens: usage.1,
                 sampling: self.params.to_record(),
+                // Only this node can ever hand the plaintext to auditors.
+                custody: Custody::Executor,
             },
         )?;
         keep_for_audit(state, &receipt, &self.plaintext, text, finish);
@@ -716,6 +746,9 @@ pub async fn deliver_for_audit(
     let Some(ring) = state.confidential.clone() else {
         return;
     };
+    if !crate::adversary::delivers_custody(state.adversary) {
+        return tracing::warn!(%audit, "adversary: withholding the confidential request");
+    }
     let plaintext = match state.store.custody(stack, seq) {
         Ok(Some(sealed)) => match ring.custody.open(stack.0, seq, &sealed) {
             Ok(p) => p,
@@ -725,37 +758,41 @@ pub async fn deliver_for_audit(
         Err(e) => return tracing::error!(%audit, error = %e, "custody lookup failed"),
     };
     let verifier = ring.auditor_verifier();
-    for node in nodes {
-        let sealed = match reseal(&client, &verifier, audit, node, &plaintext).await {
-            Ok(s) => s,
-            Err(why) => {
-                state
-                    .metrics
-                    .inc("confidential_audit_deliveries_total", "refused", 1);
-                tracing::warn!(%audit, %node, %why, "not re-sealing a confidential request to this auditor");
-                continue;
-            }
-        };
-        let url = format!(
-            "{}/sortition/v1/audits/{}/sealed-payload",
-            sealed.1.trim_end_matches('/'),
-            audit.0
-        );
-        let http = reqwest::Client::new();
-        for attempt in 0..5u64 {
-            match http.post(&url).json(&sealed.0).send().await {
-                Ok(r) if r.status().is_success() => {
-                    state
-                        .metrics
-                        .inc("confidential_audit_deliveries_total", "delivered", 1);
-                    break;
-                }
-                Ok(r) => {
-                    tracing::warn!(%audit, %node, status = %r.status(), "auditor refused the sealed payload")
-                }
-                Err(e) => tracing::warn!(%audit, %node, error = %e, "auditor unreachable"),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+    let to = |node| deliver_sealed(&state, &client, &verifier, audit, node, &plaintext);
+    futures::future::join_all(nodes.into_iter().map(to)).await;
+}
+
+/// Re-seals `plaintext` to auditor `node` and posts it (see
+/// [`sortition_ledger_service::delivery`] for the retry policy).
+async fn deliver_sealed(
+    state: &NodeState,
+    client: &LedgerClient,
+    verifier: &PolicyVerifier,
+    audit: AuditId,
+    node: NodeId,
+    plaintext: &[u8],
+) {
+    use sortition_ledger_service::delivery::{Delivery, post_with_patience};
+    let count = |label| state.metrics.inc("confidential_audit_deliveries_total", label, 1);
+    let (sealed, endpoint) = match reseal(client, verifier, audit, node, plaintext).await {
+        Ok(s) => s,
+        Err(why) => {
+            count("refused");
+            return tracing::warn!(%audit, %node, %why, "not re-sealing a confidential request to this auditor");
+        }
+    };
+    let url = format!(
+        "{}/sortition/v1/audits/{}/sealed-payload",
+        endpoint.trim_end_matches('/'),
+        audit.0
+    );
+    match post_with_patience(&reqwest::Client::new(), &url, &sealed).await {
+        Delivery::Delivered => count("delivered"),
+        Delivery::Refused(why) => {
+            tracing::warn!(%audit, %node, %why, "auditor refused the sealed payload")
+        }
+        Delivery::GaveUp(why) => {
+            tracing::warn!(%audit, %node, %why, "sealed payload not delivered in time")
         }
     }
 }
@@ -839,7 +876,41 @@ fn open_audit_payload(s: &NodeState, audit: AuditId, body: &[u8]) -> Result<(), 
             "the opened payload does not parse",
         )
     })?;
-    s.audits
-        .deliver(audit, payload)
-        .map_err(|m| ApiError::invalid("invalid_payload", m))
+    s.audits.deliver(audit, payload)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ring_tests {
+    use super::*;
+
+    fn tdx_config() -> AttesterConfig {
+        AttesterConfig {
+            tdx_collateral: Some(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../confidential/testdata/tdx_quote_collateral.json"),
+            ),
+            ..AttesterConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_hardware_node_needs_a_hardware_auditor_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let custody = dir.path().join("custody.key");
+        let new = |kind, policy| KeyRing::new(NodeId(1), kind, &tdx_config(), policy, &custody);
+        let err = new(AttesterKind::IntelTdx, None).err().unwrap();
+        assert!(err.contains("auditor policy"), "{err}");
+        let dev_auditors = Policy {
+            allow_insecure_dev: true,
+            ..Policy::default()
+        };
+        let err = new(AttesterKind::IntelTdx, Some(dev_auditors)).err().unwrap();
+        assert!(err.contains("INSECURE"), "{err}");
+        let ring = new(AttesterKind::IntelTdx, Some(Policy::default())).unwrap();
+        assert!(!ring.is_insecure());
+        // A dev node accepts dev auditors by default.
+        let ring = new(AttesterKind::InsecureDev, None).unwrap();
+        assert!(ring.auditors.allow_insecure_dev);
+    }
 }

@@ -14,7 +14,7 @@ use futures::Stream;
 use sortition_api::*;
 use sortition_engine::{FinishReason, Prompt, SamplingParams, StreamEvent};
 use sortition_types::{
-    ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
+    Custody, ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
 };
 use tokio::sync::mpsc;
 
@@ -118,6 +118,7 @@ impl Job {
                 input_tokens: prompt_tokens,
                 output_tokens: completion_tokens,
                 sampling: self.params.to_record(),
+                custody: Custody::Gateway,
             },
         )
     }
@@ -630,6 +631,7 @@ async fn embeddings_inner(
             input_tokens: tokens as u64,
             output_tokens: 0,
             sampling: Default::default(),
+            custody: Custody::Gateway,
         },
     )?;
     let data = vectors
@@ -692,7 +694,7 @@ pub async fn audit_payload(
     };
     match s.audits.deliver(sortition_types::AuditId(id), payload) {
         Ok(()) => axum::http::StatusCode::ACCEPTED.into_response(),
-        Err(m) => error(&s, ApiError::invalid("invalid_payload", m)),
+        Err(e) => error(&s, e),
     }
 }
 

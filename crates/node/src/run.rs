@@ -50,6 +50,13 @@ pub struct NodeConfig {
     /// Serve confidential requests with keys attested by this attester (`None`: no
     /// confidential requests). `InsecureDev` proves nothing: development networks only.
     pub attester: Option<sortition_confidential::AttesterKind>,
+    /// What a hardware attester needs (collateral, VCEK, configfs-tsm directory).
+    pub attester_config: sortition_confidential::AttesterConfig,
+    /// Whose evidence this node accepts before re-sealing a confidential request to an
+    /// auditor. Required with a hardware attester (without it, no auditor could be sent this
+    /// node's confidential requests, and withholding them is slashed); a dev node accepts dev
+    /// auditors.
+    pub auditor_policy: Option<sortition_confidential::Policy>,
 }
 
 impl Default for NodeConfig {
@@ -72,6 +79,8 @@ impl Default for NodeConfig {
             claim_interval: Duration::from_secs(5),
             adversary: None,
             attester: None,
+            attester_config: Default::default(),
+            auditor_policy: None,
         }
     }
 }
@@ -225,9 +234,14 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
     .map_err(StartError::Ledger)?;
     let (confidential, epochs_from) = match cfg.attester {
         Some(kind) => {
-            let ring =
-                crate::confidential::KeyRing::new(id, kind, &cfg.data_dir.join("custody.key"))
-                    .map_err(|e| StartError::Config(format!("attester: {e}")))?;
+            let ring = crate::confidential::KeyRing::new(
+                id,
+                kind,
+                &cfg.attester_config,
+                cfg.auditor_policy.clone(),
+                &cfg.data_dir.join("custody.key"),
+            )
+            .map_err(|e| StartError::Config(format!("attester: {e}")))?;
             if ring.is_insecure() {
                 tracing::warn!(node = %id, "confidential keys attested by the INSECURE dev attester: no TEE, the evidence proves nothing");
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sortition_api::{ApiError, ErrorKind, metrics::Registry, unix_now_ms};
 use sortition_engine::{Embedder, Engine, EngineError};
 use sortition_types::{
-    Hash32, Keypair, ModelId, NodeClass, NodeId, Receipt, SamplingRecord, SignedReceipt,
+    Custody, Hash32, Keypair, ModelId, NodeClass, NodeId, Receipt, SamplingRecord, SignedReceipt,
 };
 
 use crate::accounts::{Reservation, ReserveError, StackAccounts, StackInfo};
@@ -58,6 +58,9 @@ pub struct Outcome {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub sampling: SamplingRecord,
+    /// Who keeps the request for audits: the gateway for plain requests, this node for
+    /// confidential ones (nobody else can read them).
+    pub custody: Custody,
 }
 
 impl NodeState {
@@ -162,6 +165,7 @@ impl NodeState {
             output_tokens,
             sampling: out.sampling,
             timestamp_ms: unix_now_ms(),
+            custody: out.custody,
         };
         let signed = SignedReceipt::sign(receipt, &self.key);
         self.store

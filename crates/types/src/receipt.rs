@@ -39,6 +39,32 @@ pub struct SamplingRecord {
     pub stop: Vec<String>,
 }
 
+/// Who keeps the request behind a receipt and must deliver it to the auditors if it is sampled
+/// or challenged.
+///
+/// A plain request is kept by the gateway (or client) that sent it. A confidential one reaches
+/// everyone but the node sealed, so only the node that served it can deliver it (re-sealed to
+/// the auditors' attested keys): if most of its auditors then say they never got it, the ledger
+/// holds the node at fault for withholding it. JSON: `"gateway"` or `"executor"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Custody {
+    /// The sender of the request (a gateway or client) keeps it: plain requests.
+    #[default]
+    Gateway,
+    /// The executing node keeps it: confidential requests.
+    Executor,
+}
+
+impl std::fmt::Display for Custody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Custody::Gateway => "gateway",
+            Custody::Executor => "executor",
+        })
+    }
+}
+
 /// What the node attests about one request it served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -56,6 +82,8 @@ pub struct Receipt {
     pub sampling: SamplingRecord,
     /// Unix milliseconds when the node finished the response.
     pub timestamp_ms: u64,
+    /// Who must deliver the request to its auditors.
+    pub custody: Custody,
 }
 
 impl Receipt {
@@ -137,6 +165,7 @@ mod tests {
             output_tokens: 4,
             sampling: SamplingRecord::default(),
             timestamp_ms: 5,
+            custody: Custody::Gateway,
         }
     }
 
@@ -148,8 +177,32 @@ mod tests {
         let mut t = s.clone();
         t.receipt.output_tokens += 1;
         assert!(t.verify(&k.public()).is_err());
+        let mut t = s.clone();
+        t.receipt.custody = Custody::Executor;
+        assert!(t.verify(&k.public()).is_err(), "custody is signed");
         assert!(s.verify(&Keypair::from_seed(b"other").public()).is_err());
         assert_eq!(s.receipt.units(), crate::Units(7));
+    }
+
+    #[test]
+    fn custody_reads_as_a_word_in_json_and_is_canonical() {
+        let mut r = receipt();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["custody"], "gateway");
+        r.custody = Custody::Executor;
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["custody"], "executor");
+        let back: Receipt = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            crate::encoding::from_canonical_bytes::<Receipt>(&crate::canonical_bytes(&r)).unwrap(),
+            r
+        );
+        assert_ne!(r.digest(), receipt().digest());
+        // A receipt without the field (made before custody existed) is refused, not guessed.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("custody");
+        assert!(serde_json::from_value::<Receipt>(old).is_err());
     }
 
     #[test]

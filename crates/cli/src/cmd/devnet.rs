@@ -23,8 +23,8 @@ pub struct DevnetArgs {
     /// before any mismatch verdict). Fixed at the first run (in genesis).
     #[arg(long, default_value = "reexecute", value_parser = ["reexecute", "score"])]
     audit_method: String,
-    /// Add one cheating node: truncate, random, over-report, skip-audits, copy or
-    /// smaller-model.
+    /// Add one cheating node: truncate, random, over-report, skip-audits, copy,
+    /// smaller-model or withhold-custody.
     #[arg(long)]
     adversary: Option<sortition_node::adversary::Mode>,
     /// Gateway address.

@@ -65,6 +65,24 @@ pub struct NodeArgs {
     /// otherwise; devnets only); `tdx` and `sev-snp` are not built yet and are refused.
     #[arg(long, env = "SORTITION_NODE_ATTESTER")]
     attester: Option<String>,
+    /// `tdx`: the platform's DCAP collateral (JSON), carried in the evidence for offline
+    /// verification.
+    #[arg(long, env = "SORTITION_NODE_TDX_COLLATERAL")]
+    tdx_collateral: Option<PathBuf>,
+    /// `sev-snp`: the EPYC generation (milan, genoa, turin).
+    #[arg(long, env = "SORTITION_NODE_SNP_PRODUCT")]
+    snp_product: Option<String>,
+    /// `sev-snp`: the VCEK certificate (DER), for hosts that supply no certificate table.
+    #[arg(long, env = "SORTITION_NODE_SNP_VCEK")]
+    snp_vcek: Option<PathBuf>,
+    /// configfs-tsm report directory [default: /sys/kernel/config/tsm/report].
+    #[arg(long, env = "SORTITION_NODE_TSM_ROOT")]
+    tsm_root: Option<PathBuf>,
+    /// Whose evidence auditors must carry to be sent this node's confidential requests: a
+    /// JSON attestation policy (accepted measurements, TCB statuses, maximum age). Required
+    /// with `tdx` and `sev-snp`.
+    #[arg(long, env = "SORTITION_NODE_AUDITOR_POLICY")]
+    auditor_policy: Option<PathBuf>,
 }
 
 /// The TOML file. Every field is optional; unknown fields are an error.
@@ -171,6 +189,26 @@ pub fn merge(flags: NodeArgs, file: NodeFile) -> Result<NodeSettings> {
             .map(|a| a.parse::<sortition_confidential::AttesterKind>())
             .transpose()
             .map_err(|e| anyhow::anyhow!("--attester: {e}"))?,
+        attester_config: sortition_confidential::AttesterConfig {
+            tsm_root: flags.tsm_root,
+            tdx_collateral: flags.tdx_collateral,
+            snp_product: flags
+                .snp_product
+                .map(|p| p.parse())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--snp-product: {e}"))?,
+            snp_vcek: flags.snp_vcek,
+        },
+        auditor_policy: flags
+            .auditor_policy
+            .map(|path| -> Result<sortition_confidential::Policy> {
+                let text = std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("--auditor-policy {}: {e}", path.display()))?;
+                serde_json::from_slice(&text).map_err(|e| {
+                    anyhow::anyhow!("--auditor-policy {}: not a policy: {e}", path.display())
+                })
+            })
+            .transpose()?,
         ..d
     };
     let key = flags

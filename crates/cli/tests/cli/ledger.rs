@@ -153,6 +153,7 @@ async fn receipt_verify_rejects_a_receipt_not_signed_by_the_nodes_ledger_key() {
         output_tokens: 1,
         sampling: SamplingRecord::default(),
         timestamp_ms: 1,
+        custody: sortition_types::Custody::Gateway,
     };
     let honest = SignedReceipt::sign(receipt.clone(), &operator);
     let out = sortition(

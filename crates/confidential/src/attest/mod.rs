@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dcap::DcapVerifier;
 pub use dev::{DevEvidence, DevVerifier, INSECURE_DEV_LABEL};
-pub use snp::{SnpProduct, SnpVerifier};
+pub use snp::{SNP_REPORT_LEN, SnpProduct, SnpVerifier};
 
 use crate::encoding::{b64, hex_array, hex_vec};
 
@@ -81,8 +81,10 @@ pub struct Measurement {
     pub value: Vec<u8>,
 }
 
-/// What a verifier accepts. The default accepts nothing (fail closed).
+/// What a verifier accepts. The default accepts nothing (fail closed); fields left out of a
+/// policy file take their defaults, unknown fields are refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Accept the INSECURE dev attester. Never set this outside development networks.
     pub allow_insecure_dev: bool,

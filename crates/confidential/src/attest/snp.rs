@@ -28,6 +28,18 @@ pub enum SnpProduct {
     Turin,
 }
 
+impl std::str::FromStr for SnpProduct {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "milan" => Ok(SnpProduct::Milan),
+            "genoa" => Ok(SnpProduct::Genoa),
+            "turin" => Ok(SnpProduct::Turin),
+            other => Err(format!("unknown SEV-SNP product {other:?} (milan, genoa, turin)")),
+        }
+    }
+}
+
 impl SnpProduct {
     fn ca_chain(self) -> Result<ca::Chain, AttestationError> {
         let pair = match self {

@@ -3,7 +3,7 @@
 
 use sortition_ledger::*;
 use sortition_types::{
-    Amount, AuditId, ClaimId, DisputeId, Keypair, NodeId, SignedReceipt, StackId,
+    Amount, AuditId, ClaimId, Custody, DisputeId, Keypair, NodeId, SignedReceipt, StackId,
 };
 
 use crate::harness::*;
@@ -291,4 +291,38 @@ fn unavailable_verdicts_earn_nothing_and_cost_nothing() {
         assert_eq!(c.balance(&k1.public()), before, "not paid");
     }
     assert_eq!(st.nodes[&c.node_id(0)].collateral, COLLATERAL);
+}
+
+#[test]
+fn challenged_confidential_receipt_withheld_refunds_at_once_and_returns_the_bond() {
+    // The owner challenges a receipt of a confidential request (kept by the executor); nobody
+    // ever gets the request, so the executor is slashed for withholding it, the unclaimed
+    // stack is refunded at once and the bond comes back.
+    let mut c = Chain::new(6, RARELY);
+    let user = c.users[0].public();
+    let before = c.balance(&user);
+    let stack = buy_from_node0(&mut c);
+    let n0 = c.node_id(0);
+    let rs = Receipts::with_custody(n0, stack, &c.nodes[0].clone(), 1, Custody::Executor);
+    let (audit, auditors, _) = challenge(&mut c, &rs.signed[0]);
+    let ev = judge(&mut c, auditors[0], audit, Verdict::Unavailable);
+    let (dispute, committee) = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::DisputeOpened {
+                dispute, committee, ..
+            } => Some((*dispute, committee.clone())),
+            _ => None,
+        })
+        .expect("an executor-kept request nobody got opens a dispute");
+    committee_votes(&mut c, dispute, &committee, Verdict::Unavailable);
+    let st = c.ledger.state();
+    assert_eq!(
+        st.audits[&audit].outcome,
+        Some(AuditOutcome::ExecutorAtFault)
+    );
+    assert_eq!(st.stacks[&stack].status, StackStatus::Refunded);
+    assert_eq!(c.balance(&user), before, "escrow and bond back");
+    let slashed: Vec<_> = st.slashes.iter().map(|s| (s.node, s.reason)).collect();
+    assert_eq!(slashed, vec![(n0, SlashReason::PayloadWithheld)]);
 }

@@ -3,7 +3,7 @@
 
 use sortition_ledger::*;
 use sortition_types::{
-    Amount, Hash32, Keypair, MerkleProof, ModelId, NodeClass, NodeId, PublicKey, Receipt,
+    Amount, Custody, Hash32, Keypair, MerkleProof, ModelId, NodeClass, NodeId, PublicKey, Receipt,
     SamplingRecord, SignedReceipt, StackId, Units, merkle_root, sha256,
 };
 
@@ -75,6 +75,11 @@ pub fn key(name: &str, i: usize) -> Keypair {
 impl Chain {
     /// `n_nodes` registered nodes of one class offering the model at 1000 per million.
     pub fn new(n_nodes: usize, q_ppm: u32) -> Chain {
+        Chain::new_with(n_nodes, q_ppm, register_kind)
+    }
+
+    /// [`Chain::new`] with node `i` registered by `register(i)`.
+    pub fn new_with(n_nodes: usize, q_ppm: u32, register: impl Fn(usize) -> TxKind) -> Chain {
         let admin = key("admin", 0);
         let users: Vec<Keypair> = (0..3).map(|i| key("user", i)).collect();
         let nodes: Vec<Keypair> = (0..n_nodes).map(|i| key("node", i)).collect();
@@ -92,7 +97,7 @@ impl Chain {
             nodes,
         };
         let regs: Vec<SignedTx> = (0..n_nodes)
-            .map(|i| c.sign(&c.nodes[i].clone(), register_kind(i)))
+            .map(|i| c.sign(&c.nodes[i].clone(), register(i)))
             .collect();
         let out = c.block(&regs);
         assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
@@ -236,7 +241,19 @@ pub struct Receipts {
 }
 
 impl Receipts {
+    /// `n` receipts of plain requests (kept by the gateway).
     pub fn new(node: NodeId, stack: StackId, key: &Keypair, n: u64) -> Receipts {
+        Receipts::with_custody(node, stack, key, n, Custody::Gateway)
+    }
+
+    /// `n` receipts whose requests are kept by `custody` (the executor: confidential).
+    pub fn with_custody(
+        node: NodeId,
+        stack: StackId,
+        key: &Keypair,
+        n: u64,
+        custody: Custody,
+    ) -> Receipts {
         let signed: Vec<SignedReceipt> = (0..n)
             .map(|i| {
                 let r = Receipt {
@@ -252,6 +269,7 @@ impl Receipts {
                     output_tokens: 10,
                     sampling: SamplingRecord::default(),
                     timestamp_ms: 0,
+                    custody,
                 };
                 SignedReceipt::sign(r, key)
             })

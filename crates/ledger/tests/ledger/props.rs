@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use sortition_ledger::*;
-use sortition_types::{Amount, AuditId, Hash32, NodeId, StackId};
+use sortition_types::{Amount, AuditId, Custody, Hash32, NodeId, StackId};
 
 use crate::harness::*;
 
@@ -18,13 +18,15 @@ enum Op {
     Faucet(usize, u64),
     Transfer(usize, usize, u64),
     Buy(usize, Option<usize>, u64, u64),
-    Claim(usize, usize, u64, u64),
+    /// (node, stack selector, units, receipt count, requests kept by the executor).
+    Claim(usize, usize, u64, u64, bool),
     Commit(usize, usize, u8),
     Reveal(usize, usize),
     Submit(usize, usize),
     Vote(usize, usize, u8),
-    /// (sender, stack selector, receipt sequence): signed by the stack's node.
-    Challenge(usize, usize, u64),
+    /// (sender, stack selector, receipt sequence, kept by the executor): signed by the
+    /// stack's node.
+    Challenge(usize, usize, u64, bool),
     RevealVote(usize, usize),
     Leave(usize),
     Withdraw(usize),
@@ -41,12 +43,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (a.clone(), 0u64..2_000_000).prop_map(|(a, x)| Op::Faucet(a, x)),
         1 => (a.clone(), a.clone(), 0u64..20_000_000_000).prop_map(|(a, b, x)| Op::Transfer(a, b, x)),
         3 => (a.clone(), proptest::option::of(n.clone()), 0u64..50_000, 1u64..40).prop_map(|(a, n, u, e)| Op::Buy(a, n, u, e)),
-        3 => (n.clone(), 0usize..50, 0u64..60_000, 0u64..5).prop_map(|(n, s, u, c)| Op::Claim(n, s, u, c)),
+        3 => (n.clone(), 0usize..50, 0u64..60_000, 0u64..5, any::<bool>()).prop_map(|(n, s, u, c, x)| Op::Claim(n, s, u, c, x)),
         3 => (n.clone(), 0usize..50, 0u8..3).prop_map(|(n, s, m)| Op::Commit(n, s, m)),
         3 => (n.clone(), 0usize..50).prop_map(|(n, s)| Op::Reveal(n, s)),
         2 => (a.clone(), 0usize..50).prop_map(|(a, s)| Op::Submit(a, s)),
         3 => (n.clone(), 0usize..10, 0u8..3).prop_map(|(n, s, m)| Op::Vote(n, s, m)),
-        2 => (a.clone(), 0usize..50, 0u64..4).prop_map(|(a, s, i)| Op::Challenge(a, s, i)),
+        2 => (a.clone(), 0usize..50, 0u64..4, any::<bool>()).prop_map(|(a, s, i, x)| Op::Challenge(a, s, i, x)),
         3 => (n.clone(), 0usize..10).prop_map(|(n, s)| Op::RevealVote(n, s)),
         1 => n.clone().prop_map(Op::Leave),
         1 => n.clone().prop_map(Op::Withdraw),
@@ -124,11 +126,11 @@ impl Runner {
                 units: units(u),
                 expires_at_ms: now + e * 1_000,
             },
-            Op::Claim(n, sel, u, count) => {
+            Op::Claim(n, sel, u, count, by_executor) => {
                 let stack = Self::nth(st.stacks.keys().copied(), sel).unwrap_or(StackId(999));
                 let node = st.stacks.get(&stack).map_or(NodeId(n as u64), |s| s.node);
                 let key = self.c.nodes[n].clone();
-                let rs = Receipts::new(node, stack, &key, count);
+                let rs = Receipts::with_custody(node, stack, &key, count, custody(by_executor));
                 let root = rs.root();
                 self.receipts.entry(stack).or_insert(rs);
                 TxKind::ClaimStack {
@@ -193,11 +195,11 @@ impl Runner {
                     salt,
                 }
             }
-            Op::Challenge(_, sel, seq) => {
+            Op::Challenge(_, sel, seq, by_executor) => {
                 let stack = Self::nth(st.stacks.keys().copied(), sel).unwrap_or(StackId(999));
                 let node = st.stacks.get(&stack).map_or(NodeId(0), |s| s.node);
                 let key = self.c.nodes[(node.0 as usize) % NODES].clone();
-                let rs = Receipts::new(node, stack, &key, seq + 1);
+                let rs = Receipts::with_custody(node, stack, &key, seq + 1, custody(by_executor));
                 TxKind::ChallengeReceipt {
                     receipt: rs.signed[seq as usize].clone(),
                 }
@@ -211,6 +213,14 @@ impl Runner {
                 amount: Amount(1),
             },
         }
+    }
+}
+
+fn custody(by_executor: bool) -> Custody {
+    if by_executor {
+        Custody::Executor
+    } else {
+        Custody::Gateway
     }
 }
 
@@ -296,6 +306,14 @@ fn run(q_ppm: u32, ops: Vec<Op>) -> State {
     assert!(st.claim_queue.is_empty() && st.stack_expiry.is_empty());
     assert!(st.disputes.values().all(|d| d.resolution.is_some()));
     assert!(st.stacks.values().all(|s| s.escrow == Amount::ZERO));
+    // Only an executor that kept the request is ever slashed for withholding it.
+    for s in st.slashes.iter() {
+        if s.reason == SlashReason::PayloadWithheld {
+            let a = &st.audits[&s.audit.expect("an audit")];
+            assert_eq!(a.receipt.map(|r| r.custody), Some(Custody::Executor));
+            assert_eq!(s.node, a.executor);
+        }
+    }
     st.clone()
 }
 
@@ -314,7 +332,7 @@ fn disputes_are_reached_by_the_generator() {
     let mut ops = vec![
         Op::Buy(0, Some(0), 1_000, 30),
         Op::EndBlock,
-        Op::Claim(0, 0, 500, 1),
+        Op::Claim(0, 0, 500, 1, false),
         Op::EndBlock,
     ];
     for n in 1..NODES {
@@ -336,7 +354,7 @@ fn challenges_are_reached_by_the_generator() {
     // The owner challenges an unclaimed stack's receipt; every auditor says mismatch, the
     // dispute finds the executor at fault and the stack is refunded before any claim.
     let mut ops = vec![Op::Buy(0, Some(0), 1_000, 30), Op::EndBlock];
-    ops.extend([Op::Challenge(0, 0, 1), Op::EndBlock]);
+    ops.extend([Op::Challenge(0, 0, 1, false), Op::EndBlock]);
     for n in 1..NODES {
         ops.push(Op::Commit(n, 0, 1));
     }
@@ -361,4 +379,43 @@ fn challenges_are_reached_by_the_generator() {
             .iter()
             .any(|s| s.reason == SlashReason::ExecutorAtFault)
     );
+}
+
+#[test]
+fn withheld_requests_are_reached_by_the_generator() {
+    // A claim of an executor-kept (confidential) request; every auditor says it never got the
+    // request, so a dispute opens; every member says so too, and the executor is slashed for
+    // withholding it and the stack refunded.
+    let mut ops = vec![
+        Op::Buy(0, Some(0), 1_000, 30),
+        Op::EndBlock,
+        Op::Claim(0, 0, 500, 1, true),
+        Op::EndBlock,
+    ];
+    for n in 1..NODES {
+        ops.push(Op::Commit(n, 0, 2));
+    }
+    ops.push(Op::Submit(3, 0));
+    ops.extend([Op::EndBlock, Op::EndBlock, Op::EndBlock]);
+    for n in 1..NODES {
+        ops.push(Op::Reveal(n, 0));
+    }
+    ops.push(Op::EndBlock);
+    for n in 1..NODES {
+        ops.push(Op::Vote(n, 0, 2));
+    }
+    ops.extend([Op::EndBlock, Op::EndBlock, Op::EndBlock]);
+    for n in 1..NODES {
+        ops.push(Op::RevealVote(n, 0));
+    }
+    let st = run(1_000_000, ops);
+    assert_eq!(st.disputes.len(), 1, "unavailable votes opened a dispute");
+    assert_eq!(st.disputes.values().next().unwrap().resolution, Some(true));
+    assert!(
+        st.slashes
+            .iter()
+            .any(|s| s.reason == SlashReason::PayloadWithheld)
+    );
+    let stack = st.stacks.values().next().expect("bought");
+    assert_eq!(stack.status, StackStatus::Refunded);
 }

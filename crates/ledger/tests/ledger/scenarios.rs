@@ -1,16 +1,24 @@
 //! Scenario tests: each reads as one story of the protocol.
 
 use sortition_ledger::*;
-use sortition_types::{Amount, AuditId, Keypair, NodeId, StackId};
+use sortition_types::{Amount, AuditId, Custody, DisputeId, Keypair, NodeId, StackId};
 
 use crate::harness::*;
 
 /// User 0 buys 1000 units from node 0 and node 0 claims 20 of them with one receipt.
 /// Returns (stack, audit, auditor node, receipts).
 fn buy_and_claim(c: &mut Chain) -> (StackId, AuditId, Vec<NodeId>, Receipts) {
+    buy_and_claim_kept_by(c, Custody::Gateway)
+}
+
+/// As [`buy_and_claim`], the request kept for audits by `custody`.
+fn buy_and_claim_kept_by(
+    c: &mut Chain,
+    custody: Custody,
+) -> (StackId, AuditId, Vec<NodeId>, Receipts) {
     let n0 = c.node_id(0);
     let stack = buy_from_node0(c);
-    let rs = Receipts::new(n0, stack, &c.nodes[0].clone(), 1);
+    let rs = Receipts::with_custody(n0, stack, &c.nodes[0].clone(), 1, custody);
     let ev = c.ok(
         &c.nodes[0].clone(),
         TxKind::ClaimStack {
@@ -140,7 +148,6 @@ fn cheating_executor_is_caught_slashed_and_owner_refunded() {
         st.audits[&audit].outcome,
         Some(AuditOutcome::ExecutorAtFault)
     );
-    use sortition_types::DisputeId;
 }
 
 #[test]
@@ -563,5 +570,281 @@ fn key_rotation_records_epoch_and_nonce_and_refuses_stale_epochs() {
     assert_eq!(
         (n.confidential_key, n.key_epoch, n.key_nonce),
         (key1, epoch1, nonce1)
+    );
+}
+
+/// The dispute opened by `events`, with its committee.
+fn dispute_opened(events: &[Event]) -> (DisputeId, Vec<NodeId>) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::DisputeOpened {
+                dispute, committee, ..
+            } => Some((*dispute, committee.clone())),
+            _ => None,
+        })
+        .expect("a dispute opened")
+}
+
+/// Committee member `i` votes `votes[i]` (commits in one block, reveals in the next; `None`
+/// stays silent). Returns the events of the reveal block.
+fn committee_votes(
+    c: &mut Chain,
+    dispute: DisputeId,
+    committee: &[NodeId],
+    votes: &[Option<Verdict>],
+) -> Vec<Event> {
+    let voting: Vec<(Keypair, Verdict, u64)> = committee
+        .iter()
+        .zip(votes)
+        .enumerate()
+        .filter_map(|(i, (m, v))| v.map(|v| (c.node_key(*m), v, 40 + i as u64)))
+        .collect();
+    let commits = voting
+        .iter()
+        .map(|(k, v, s)| {
+            let commitment = verdict_commitment(v, &salt(*s), &k.public());
+            (
+                k.clone(),
+                TxKind::CommitVote {
+                    dispute,
+                    commitment,
+                },
+            )
+        })
+        .collect();
+    c.all_ok(commits);
+    if voting.len() < committee.len() {
+        // Reveals open once the commit deadline passed.
+        c.run_until(|s| s.height > s.disputes[&dispute].commit_deadline);
+    }
+    let reveals = voting
+        .iter()
+        .map(|(k, v, s)| {
+            (
+                k.clone(),
+                TxKind::RevealVote {
+                    dispute,
+                    verdict: *v,
+                    salt: salt(*s),
+                },
+            )
+        })
+        .collect();
+    c.all_ok(reveals)
+}
+
+/// A confidential request (kept by its executor) that no auditor and no committee member ever
+/// got: the executor withheld it, so it is slashed as for a wrong answer, the owner is
+/// refunded in full and those who reported it unavailable share the reward.
+#[test]
+fn withheld_confidential_request_is_the_executors_fault() {
+    let mut c = Chain::new(6, 1_000_000);
+    let user = c.users[0].public();
+    let before_user = c.balance(&user);
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    let before_auditor = c.balance(&ak.public());
+    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    // The auditors alone do not convict: the executor gets the committee to deliver to.
+    let (dispute, committee) = dispute_opened(&ev);
+    assert_eq!(committee.len(), 3);
+    assert!(!st_slashed(&c, c.node_id(0)));
+    let before_members: Vec<Amount> = committee
+        .iter()
+        .map(|m| c.balance(&c.node_key(*m).public()))
+        .collect();
+    let ev = committee_votes(
+        &mut c,
+        dispute,
+        &committee,
+        &[Some(Verdict::Unavailable); 3],
+    );
+    assert!(ev.contains(&Event::DisputeResolved {
+        dispute,
+        executor_at_fault: true,
+        mismatch_votes: 0,
+        match_votes: 0,
+        unavailable_votes: 3,
+    }));
+    assert!(ev.iter().any(|e| matches!(e,
+        Event::Slashed { node, amount, reason: SlashReason::PayloadWithheld }
+            if *node == c.node_id(0) && *amount == Amount(COLLATERAL.0 / 2))));
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Refunded);
+    let st = c.ledger.state();
+    assert_eq!(
+        st.audits[&audit].outcome,
+        Some(AuditOutcome::ExecutorAtFault)
+    );
+    assert_eq!(st.nodes[&c.node_id(0)].collateral, Amount(COLLATERAL.0 / 2));
+    assert_eq!(c.balance(&user), before_user, "owner refunded in full");
+    // pot 500_000_000; half shared by the auditor and 3 members = 62_500_000 each.
+    assert_eq!(
+        c.balance(&ak.public()),
+        Amount(before_auditor.0 + 62_500_000)
+    );
+    for (m, before) in committee.iter().zip(before_members) {
+        assert_eq!(
+            c.balance(&c.node_key(*m).public()),
+            Amount(before.0 + 62_500_000)
+        );
+    }
+    let slashed: Vec<_> = st.slashes.iter().map(|s| (s.node, s.reason)).collect();
+    assert_eq!(slashed, vec![(c.node_id(0), SlashReason::PayloadWithheld)]);
+}
+
+/// Only nodes holding a confidential key can be sent an executor-kept request, so only they
+/// sit on the committee that can find it withheld: with none among the peers, the committee is
+/// empty and the executor is not convicted.
+#[test]
+fn withholding_is_judged_only_by_members_that_could_receive_the_request() {
+    let mut c = Chain::new_with(6, 1_000_000, |i| match (i, register_kind(i)) {
+        (0, kind) => kind,
+        (_, TxKind::RegisterNode { endpoint, attestation, class, offers, capacity, collateral, .. }) => {
+            TxKind::RegisterNode {
+                endpoint,
+                confidential_key: SealingKey(sortition_types::Hash32::ZERO),
+                attestation,
+                class,
+                offers,
+                capacity,
+                collateral,
+            }
+        }
+        (_, other) => other,
+    });
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let (_, committee) = dispute_opened(&ev);
+    assert!(committee.is_empty(), "{committee:?}");
+    c.run_until(|s| s.audits[&audit].outcome.is_some());
+    let _ = stack;
+    assert!(!st_slashed(&c, c.node_id(0)));
+    assert_ne!(
+        c.ledger.state().audits[&audit].outcome,
+        Some(AuditOutcome::ExecutorAtFault)
+    );
+}
+
+fn st_slashed(c: &Chain, node: NodeId) -> bool {
+    c.ledger.state().slashes.iter().any(|s| s.node == node)
+}
+
+/// A plain request (kept by the gateway) that the auditor never got: unverifiable, as before;
+/// nobody is slashed (gateways hold no collateral) and the executor is paid.
+#[test]
+fn unavailable_plain_request_stays_unverifiable() {
+    let mut c = Chain::new(6, 1_000_000);
+    let user = c.users[0].public();
+    let before_user = c.balance(&user);
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Gateway);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    assert!(!ev.iter().any(|e| matches!(e, Event::DisputeOpened { .. })));
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
+    let st = c.ledger.state();
+    assert_eq!(st.audits[&audit].outcome, Some(AuditOutcome::Unverifiable));
+    assert!(st.disputes.is_empty() && st.slashes.is_empty());
+    assert_eq!(st.nodes[&c.node_id(0)].collateral, COLLATERAL);
+    assert_eq!(
+        c.balance(&user),
+        Amount(before_user.0 - 20),
+        "the owner paid"
+    );
+}
+
+/// An executor-kept request that reaches the committee after all is judged on its merits: an
+/// honest answer clears the executor and the auditor that never got it is not punished.
+#[test]
+fn executor_kept_request_delivered_to_the_committee_is_judged() {
+    let mut c = Chain::new(6, 1_000_000);
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let (dispute, committee) = dispute_opened(&ev);
+    let votes = [
+        Some(Verdict::Match),
+        Some(Verdict::Unavailable),
+        Some(Verdict::Match),
+    ];
+    committee_votes(&mut c, dispute, &committee, &votes);
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
+    let st = c.ledger.state();
+    assert_eq!(st.disputes[&dispute].resolution, Some(false));
+    assert_eq!(
+        st.audits[&audit].outcome,
+        Some(AuditOutcome::ExecutorCleared)
+    );
+    assert!(st.slashes.is_empty(), "{:?}", st.slashes);
+}
+
+/// Withholding is proven only by a majority of the committee as drawn: one `Unavailable` of
+/// three (the others silent) proves nothing, so the audit ends unverifiable and the claim
+/// settles; the silent members pay for their missed deadline.
+#[test]
+fn withholding_needs_a_majority_of_the_committee() {
+    let mut c = Chain::new(6, 1_000_000);
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let (dispute, committee) = dispute_opened(&ev);
+    committee_votes(
+        &mut c,
+        dispute,
+        &committee,
+        &[Some(Verdict::Unavailable), None, None],
+    );
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
+    let st = c.ledger.state();
+    assert_eq!(st.disputes[&dispute].resolution, Some(false));
+    assert_eq!(st.audits[&audit].outcome, Some(AuditOutcome::Unverifiable));
+    assert_eq!(st.nodes[&c.node_id(0)].collateral, COLLATERAL);
+    let mut slashed: Vec<_> = st.slashes.iter().map(|s| (s.node, s.reason)).collect();
+    slashed.sort_by_key(|(n, _)| *n);
+    let mut silent = vec![
+        (committee[1], SlashReason::MissedDeadline),
+        (committee[2], SlashReason::MissedDeadline),
+    ];
+    silent.sort_by_key(|(n, _)| *n);
+    assert_eq!(slashed, silent);
+}
+
+/// The executor delivered its request to the auditors (one found it wrong) but not to the
+/// dispute's committee: withholding it from the committee is its fault too.
+#[test]
+fn withholding_from_the_committee_after_a_mismatch_is_the_executors_fault() {
+    let mut c = Chain::new(6, 1_000_000);
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    let before_auditor = c.balance(&ak.public());
+    vote(&mut c, &ak, audit, mismatch(), 1);
+    let ev = reveal(&mut c, &ak, audit, mismatch(), 1);
+    let (dispute, committee) = dispute_opened(&ev);
+    let votes = [Some(Verdict::Unavailable), Some(Verdict::Unavailable), None];
+    committee_votes(&mut c, dispute, &committee, &votes);
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Refunded);
+    let st = c.ledger.state();
+    assert_eq!(st.disputes[&dispute].resolution, Some(true));
+    assert!(
+        st.slashes
+            .iter()
+            .any(|s| s.node == c.node_id(0) && s.reason == SlashReason::PayloadWithheld)
+    );
+    // pot 500_000_000; half shared by the auditor and the 2 members who said so.
+    assert_eq!(
+        c.balance(&ak.public()),
+        Amount(before_auditor.0 + 250_000_000 / 3)
     );
 }
