@@ -24,7 +24,9 @@ ours, base = sys.argv[1], sys.argv[2]
 def nums(line):
     p = re.search(r"prefill \d+ tok: ([\d.]+)", line).group(1)
     d = re.search(r"decode 1 stream: ([\d.]+)", line).group(1)
-    a = re.search(r"8 streams[^:]*: ([\d.]+)", line).group(1)
+    # Ours with prefills, as llama.cpp's sequential streams include theirs.
+    a = (re.search(r"([\d.]+) with prefills", line)
+         or re.search(r"8 streams[^:]*: ([\d.]+)", line)).group(1)
     return float(p), float(d), float(a)
 b = nums(base)
 for line in ours.splitlines():
