@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use sortition_ledger::Event;
+use sortition_ledger_service::delivery::{self, Delivery};
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_types::{AuditId, NodeId, SignedReceipt, StackId};
 
@@ -50,7 +51,7 @@ async fn find(
     Ok(Some((body, receipt, answer)))
 }
 
-/// Sends the payload of audit `audit` to `nodes`, a few tries each.
+/// Sends the payload of audit `audit` to `nodes`, all at once.
 async fn deliver(
     g: &GatewayState,
     client: &LedgerClient,
@@ -73,31 +74,30 @@ async fn deliver(
     // The answer lets auditors score instead of regenerate; they check it against the
     // receipt's response hash, so a wrong one only costs them a regeneration.
     let payload = json!({"path": path, "body": body, "receipt": receipt, "answer": answer});
-    for node in nodes {
-        let url = match client.node(*node).await {
-            Ok(n) => format!(
-                "{}/sortition/v1/audits/{}/payload",
-                n.endpoint.trim_end_matches('/'),
-                audit.0
-            ),
-            Err(e) => {
-                tracing::warn!(%node, error = %e, "auditor unknown");
-                continue;
-            }
-        };
-        for attempt in 0..5u64 {
-            match g.http.post(&url).json(&payload).send().await {
-                Ok(r) if r.status().is_success() => {
-                    g.metrics.inc("audit_payloads_delivered_total", "", 1);
-                    break;
-                }
-                Ok(r) => {
-                    tracing::warn!(%node, %audit, status = %r.status(), "auditor refused payload")
-                }
-                Err(e) => tracing::warn!(%node, %audit, error = %e, "auditor unreachable"),
-            }
-            tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-        }
+    let to = |node: NodeId| deliver_to(g, client, audit, node, &payload);
+    futures::future::join_all(nodes.iter().map(|&node| to(node))).await;
+}
+
+/// Posts `payload` to auditor `node` (see [`delivery`] for the retry policy).
+async fn deliver_to(
+    g: &GatewayState,
+    client: &LedgerClient,
+    audit: AuditId,
+    node: NodeId,
+    payload: &serde_json::Value,
+) {
+    let url = match client.node(node).await {
+        Ok(n) => format!(
+            "{}/sortition/v1/audits/{}/payload",
+            n.endpoint.trim_end_matches('/'),
+            audit.0
+        ),
+        Err(e) => return tracing::warn!(%node, error = %e, "auditor unknown"),
+    };
+    match delivery::post_with_patience(&g.http, &url, payload).await {
+        Delivery::Delivered => g.metrics.inc("audit_payloads_delivered_total", "", 1),
+        Delivery::Refused(why) => tracing::warn!(%node, %audit, %why, "auditor refused payload"),
+        Delivery::GaveUp(why) => tracing::warn!(%node, %audit, %why, "payload not delivered in time"),
     }
 }
 

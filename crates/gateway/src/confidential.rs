@@ -163,9 +163,11 @@ async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
 }
 
 /// The checks the gateway can make on a confidential receipt: the chosen node signed it with
-/// the key the ledger holds, for the stack used, within the units reserved (the request hash
-/// commits to the plaintext, which only the client can check).
+/// the key the ledger holds, for the stack used, within the units reserved, leaving the request
+/// in the node's custody for audits (the request hash commits to the plaintext, which only the
+/// client can check).
 fn check(d: &Dispatched, r: &SignedReceipt) -> Result<(), ReceiptError> {
+    proxy::check_custody(sortition_types::Custody::Executor, r)?;
     proxy::check_signed(&d.node, d.stack, d.reserved, r)
 }
 

@@ -11,6 +11,7 @@
 //! `sortition_api::ApiError` through one `From` impl beside it: 401 for authentication, 402
 //! for credits, budgets and exhausted stacks, 429 for limits, 503 when no node can serve.
 
+pub mod answers;
 pub mod audits;
 pub mod confidential;
 pub mod directory;

@@ -12,7 +12,9 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use sortition_api::{ApiError, ErrorKind, unix_now_ms};
 use sortition_types::auth::{AUTH_HEADER, REQUEST_DOMAIN};
-use sortition_types::{Amount, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, sha256};
+use sortition_types::{
+    Amount, Custody, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, sha256,
+};
 
 use crate::directory::{cost, unit_price};
 use crate::router::{Constraints, NodeView, Outcome};
@@ -236,6 +238,8 @@ pub enum ReceiptError {
     WrongStack { want: StackId, got: StackId },
     #[error("receipt claims {claimed} units; at most {reserved} were reserved")]
     OverReported { claimed: u64, reserved: u64 },
+    #[error("receipt leaves the request to the {got} for audits; this request needs the {want}")]
+    WrongCustody { want: Custody, got: Custody },
 }
 
 /// Checks a receipt against the chosen node's ledger key and the request actually sent.
@@ -243,7 +247,17 @@ pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(
     if r.receipt.request_hash != sha256(body) {
         return Err(ReceiptError::WrongRequest);
     }
+    check_custody(Custody::Gateway, r)?;
     check_signed(&d.node, d.stack, d.reserved, r)
+}
+
+/// A plain request is kept by the gateway for its audits, a confidential one by its executor
+/// (the ledger slashes an executor that withholds what it keeps).
+pub fn check_custody(want: Custody, r: &SignedReceipt) -> Result<(), ReceiptError> {
+    match r.receipt.custody {
+        got if got == want => Ok(()),
+        got => Err(ReceiptError::WrongCustody { want, got }),
+    }
 }
 
 /// Checks what a receipt says about its dispatch: `node` signed it with the key the ledger
@@ -300,6 +314,25 @@ impl Answer {
     }
 }
 
+/// What a node returned for a request, as billed and kept for the auditors: the receipt it
+/// signed, that receipt's JSON text (written once, for the usage row, the payload and the
+/// response's receipt header), and the generated answer when there is one.
+pub struct Served<'a> {
+    pub receipt: &'a SignedReceipt,
+    pub receipt_json: Option<String>,
+    pub answer: Option<&'a Answer>,
+}
+
+impl<'a> Served<'a> {
+    pub fn new(receipt: &'a SignedReceipt, answer: Option<&'a Answer>) -> Self {
+        Served {
+            receipt,
+            receipt_json: serde_json::to_string(receipt).ok(),
+            answer,
+        }
+    }
+}
+
 /// After a verified receipt: settle the stack's units, charge the user, record the usage and
 /// keep the payload (and the answer, when there is one) for auditors, in one transaction that
 /// is committed before the answer is returned.
@@ -309,11 +342,10 @@ pub async fn bill(
     key: &crate::store::AuthedKey,
     model: &ModelId,
     body: &Bytes,
-    receipt: &SignedReceipt,
-    answer: Option<&Answer>,
+    served: &Served<'_>,
 ) -> Amount {
-    let units = receipt.receipt.units().0;
-    let receipt_json = serde_json::to_string(receipt).ok();
+    let receipt = &served.receipt.receipt;
+    let units = receipt.units().0;
     let b = crate::store::Bill {
         stack: d.stack,
         reserved: d.reserved,
@@ -325,14 +357,14 @@ pub async fn bill(
             model: model.clone(),
             node_id: d.node.id,
             stack_id: Some(d.stack),
-            prompt_tokens: receipt.receipt.input_tokens,
-            completion_tokens: receipt.receipt.output_tokens,
+            prompt_tokens: receipt.input_tokens,
+            completion_tokens: receipt.output_tokens,
             cost: Amount::ZERO,
             status: crate::store::UsageStatus::Ok,
-            receipt_json: receipt_json.clone(),
-            request_hash: receipt.receipt.request_hash,
+            receipt_json: served.receipt_json.clone(),
+            request_hash: receipt.request_hash,
         },
-        payload: Some(payload(g, d, body, receipt, receipt_json, answer)),
+        payload: Some(payload(g, d, body, served)),
     };
     match g.store.bill(&b).await {
         Ok(billed) => {
@@ -357,39 +389,23 @@ fn payload(
     g: &GatewayState,
     d: &Dispatched,
     body: &Bytes,
-    receipt: &SignedReceipt,
-    receipt_json: Option<String>,
-    answer: Option<&Answer>,
+    served: &Served<'_>,
 ) -> crate::store::Payload {
     crate::store::Payload {
-        request_hash: receipt.receipt.request_hash,
+        request_hash: served.receipt.receipt.request_hash,
         stack_id: d.stack,
-        receipt_seq: receipt.receipt.sequence,
+        receipt_seq: served.receipt.receipt.sequence,
         body: body.to_vec(),
-        receipt_json,
-        answer: answer.and_then(|a| serde_json::to_vec(a).ok()),
+        receipt_json: served.receipt_json.clone(),
+        answer: served.answer.and_then(|a| serde_json::to_vec(a).ok()),
         expires_at_ms: (unix_now_ms() + g.config.payload_retention.as_millis() as u64) as i64,
     }
 }
 
 /// Keeps a request (and its answer) behind a receipt the node signed, so that auditors can
 /// be given it if the ledger samples the receipt.
-pub async fn keep_payload(
-    g: &GatewayState,
-    d: &Dispatched,
-    body: &Bytes,
-    receipt: &SignedReceipt,
-    answer: Option<&Answer>,
-) {
-    let p = payload(
-        g,
-        d,
-        body,
-        receipt,
-        serde_json::to_string(receipt).ok(),
-        answer,
-    );
-    if let Err(e) = g.store.put_payload(&p).await {
+pub async fn keep_payload(g: &GatewayState, d: &Dispatched, body: &Bytes, served: &Served<'_>) {
+    if let Err(e) = g.store.put_payload(&payload(g, d, body, served)).await {
         tracing::error!(error = %e, "payload custody failed; this request cannot be audited");
     }
 }

@@ -23,8 +23,9 @@ use serde_json::{Value, json};
 use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{Hash32, ModelId, NodeId, SignedReceipt};
 
+use crate::answers::NodeAnswer;
 use crate::directory::cost;
-use crate::proxy::{self, Answer, Dispatched, check_receipt};
+use crate::proxy::{self, Dispatched, check_receipt};
 use crate::router::{Constraints, NodeView, Outcome};
 use crate::server::RouterQueries;
 use crate::state::GatewayState;
@@ -137,10 +138,9 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
     let mut dissenting = Vec::new();
     for (i, m) in members.iter().enumerate() {
         if majority.contains(&i) {
-            let mut answer = Answer::default();
-            answer.absorb(&m.value);
-            let answer = (!answer.finish_reason.is_empty()).then_some(answer);
-            proxy::bill(g, &m.d, q.key, q.model, q.body, &m.receipt, answer.as_ref()).await;
+            let answer = m.value.answer();
+            let served = proxy::Served::new(&m.receipt, answer.as_ref());
+            proxy::bill(g, &m.d, q.key, q.model, q.body, &served).await;
         } else {
             tracing::warn!(node = %m.d.node.id, agreeing = ?agreeing, "quorum member disagreed with the majority");
             g.metrics.inc("quorum_dissent_total", "", 1);
@@ -168,8 +168,8 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
     );
     let first = &members[majority[0]];
     let mut value = first.value.clone();
+    value.mark_verified();
     if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
-        ext.insert("verified_by_gateway".into(), Value::Bool(true));
         ext.insert(
             "quorum".into(),
             json!({"size": q.size, "agreeing": agreeing, "dissenting": dissenting, "failed": failed}),
@@ -272,7 +272,7 @@ async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) {
     {
         tracing::error!(stack = %m.d.stack, error = %e, "stack settlement failed");
     }
-    proxy::keep_payload(g, &m.d, body, &m.receipt, None).await;
+    proxy::keep_payload(g, &m.d, body, &proxy::Served::new(&m.receipt, None)).await;
 }
 
 /// Sends the request to one member and checks its receipt.
@@ -321,11 +321,7 @@ async fn ask(
         Ok(v) => v,
         Err(e) => return failed(format!("invalid JSON: {e}")).await,
     };
-    let receipt = value
-        .get("sortition")
-        .and_then(|s| s.get("receipt"))
-        .and_then(|r| serde_json::from_value::<SignedReceipt>(r.clone()).ok());
-    let Some(receipt) = receipt else {
+    let Some(receipt) = value.receipt() else {
         return failed("no receipt".into()).await;
     };
     if let Err(e) = check_receipt(&d, q.body, &receipt) {

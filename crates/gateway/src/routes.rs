@@ -15,6 +15,7 @@ use sortition_api::*;
 use sortition_types::{ModelId, SignedReceipt};
 use tokio::sync::mpsc;
 
+use crate::answers::NodeAnswer;
 use crate::directory::{cost, unit_price};
 use crate::proxy::{self, Dispatched, check_receipt};
 use crate::router::{Constraints, Outcome};
@@ -142,7 +143,7 @@ fn generation_units(body: &[u8], messages: usize, s: &SamplingFields) -> u64 {
 
 pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "chat", 1);
-    generation(&g, &headers, body, "/v1/chat/completions", |body| {
+    generation::<ChatCompletion>(&g, &headers, body, "/v1/chat/completions", |body| {
         let req: ChatCompletionRequest = parse_json(body)?;
         Ok((req.model, req.messages.len(), req.sampling))
     })
@@ -152,7 +153,7 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
 
 pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "completions", 1);
-    generation(&g, &headers, body, "/v1/completions", |body| {
+    generation::<Completion>(&g, &headers, body, "/v1/completions", |body| {
         let req: CompletionRequest = parse_json(body)?;
         Ok((req.model, 1, req.sampling))
     })
@@ -161,8 +162,8 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
 }
 
 /// Chat and text completions: authenticate, parse (model, message count, sampling) with
-/// `parse`, admit with the worst-case units, forward.
-async fn generation(
+/// `parse`, admit with the worst-case units, forward; a whole answer is read as an `A`.
+async fn generation<A: NodeAnswer>(
     g: &Arc<GatewayState>,
     headers: &HeaderMap,
     body: Bytes,
@@ -192,7 +193,7 @@ async fn generation(
         )
         .await;
     }
-    forward(g, a, path, body).await
+    forward::<A>(g, a, path, body).await
 }
 
 pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
@@ -203,7 +204,7 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
         let texts = req.input.clone().into_vec();
         let units: u64 = texts.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
         let a = admit(&g, key, &headers, &req.model, false, units.max(1)).await?;
-        forward(&g, a, "/v1/embeddings", body).await
+        forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await
     }
     .await;
     result.unwrap_or_else(|e| error(&g, e))
@@ -232,7 +233,8 @@ fn error(g: &GatewayState, e: ApiError) -> Response {
     e.into_response()
 }
 
-async fn forward(
+/// Dispatches an admitted request; a whole answer is read as an `A`.
+async fn forward<A: NodeAnswer>(
     g: &Arc<GatewayState>,
     a: Admitted,
     path: &str,
@@ -256,77 +258,65 @@ async fn forward(
     if a.stream {
         Ok(relay_stream(g.clone(), a, d, body).into_response())
     } else {
-        unary(g, a, d, body).await
+        unary::<A>(g, a, d, body).await
     }
 }
 
-async fn unary(
+/// A whole answer: read once as an `A` (or, if that type does not describe it, as any JSON),
+/// then checked, billed and returned.
+async fn unary<A: NodeAnswer>(
     g: &Arc<GatewayState>,
     a: Admitted,
     d: Dispatched,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let node_id = d.node.id;
     let ttft = proxy::elapsed(&d);
-    let bytes = match tokio::time::timeout(g.config.upstream_timeout, d.response.bytes()).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return Err(fail(
-                g,
-                &d.node.id,
-                d.stack,
-                d.reserved,
-                format!("reading the node's answer: {e}"),
-            )
-            .await);
-        }
-        Err(_) => {
-            return Err(fail(g, &d.node.id, d.stack, d.reserved, "node timed out".into()).await);
-        }
-    };
+    let read = tokio::time::timeout(g.config.upstream_timeout, d.response.bytes()).await;
     let d = Dispatched {
         response: empty_response(),
         ..d
     };
-    let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(fail(
-                g,
-                &node_id,
-                d.stack,
-                d.reserved,
-                format!("node sent invalid JSON: {e}"),
-            )
-            .await);
-        }
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(fail(g, &d, format!("reading the node's answer: {e}")).await),
+        Err(_) => return Err(fail(g, &d, "node timed out".into()).await),
     };
-    let receipt: Option<SignedReceipt> = value
-        .get("sortition")
-        .and_then(|s| s.get("receipt"))
-        .and_then(|r| serde_json::from_value(r.clone()).ok());
-    let Some(receipt) = receipt else {
+    match serde_json::from_slice::<A>(&bytes) {
+        Ok(answer) => answered(g, a, d, body, ttft, answer).await,
+        Err(_) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(answer) => answered(g, a, d, body, ttft, answer).await,
+            Err(e) => Err(fail(g, &d, format!("node sent invalid JSON: {e}")).await),
+        },
+    }
+}
+
+/// Checks the receipt of a node's whole answer, bills the request and returns the answer,
+/// marked verified, with the node and receipt headers.
+async fn answered(
+    g: &Arc<GatewayState>,
+    a: Admitted,
+    d: Dispatched,
+    body: Bytes,
+    ttft: std::time::Duration,
+    mut answer: impl NodeAnswer,
+) -> Result<Response, ApiError> {
+    let Some(receipt) = answer.receipt() else {
         return Err(bad_receipt(g, &d, proxy::ReceiptError::Missing, None).await);
     };
     if let Err(e) = check_receipt(&d, &body, &receipt) {
         return Err(bad_receipt(g, &d, e, Some((&body, &receipt))).await);
     }
-    g.finish(node_id, Outcome::Success { ttft, itl: None })
+    g.finish(d.node.id, Outcome::Success { ttft, itl: None })
         .await;
-    let mut answer = proxy::Answer::default();
-    answer.absorb(&value);
-    let answer = (!answer.finish_reason.is_empty()).then_some(answer);
-    proxy::bill(g, &d, &a.key, &a.model, &body, &receipt, answer.as_ref()).await;
-    if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
-        ext.insert("verified_by_gateway".into(), serde_json::Value::Bool(true));
-    }
-    let mut resp = Json(value).into_response();
-    if let Ok(v) = HeaderValue::from_str(&node_id.to_string()) {
+    let generated = answer.answer();
+    let served = proxy::Served::new(&receipt, generated.as_ref());
+    proxy::bill(g, &d, &a.key, &a.model, &body, &served).await;
+    answer.mark_verified();
+    let mut resp = Json(answer).into_response();
+    if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
         resp.headers_mut().insert(NODE_HEADER, v);
     }
-    if let Ok(v) = serde_json::to_string(&receipt).map(HeaderValue::try_from)
-        && let Ok(v) = v
-    {
+    if let Some(Ok(v)) = served.receipt_json.map(HeaderValue::try_from) {
         resp.headers_mut().insert(RECEIPT_HEADER, v);
     }
     Ok(resp)
@@ -338,15 +328,10 @@ pub(crate) fn empty_response() -> reqwest::Response {
     )))
 }
 
-async fn fail(
-    g: &GatewayState,
-    node: &sortition_types::NodeId,
-    stack: sortition_types::StackId,
-    reserved: u64,
-    msg: String,
-) -> ApiError {
-    g.store.release(stack, reserved).await.ok();
-    g.finish(*node, Outcome::Failure).await;
+/// A dispatch that failed after the node's headers: its units are returned, nothing is billed.
+async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
+    proxy::release(g, d.stack, d.reserved).await;
+    g.finish(d.node.id, Outcome::Failure).await;
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
 }
 
@@ -361,7 +346,7 @@ async fn bad_receipt(
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's receipt");
     if let (proxy::ReceiptError::OverReported { .. }, Some((body, r))) = (&e, signed) {
-        proxy::keep_payload(g, d, body, r, None).await;
+        proxy::keep_payload(g, d, body, &proxy::Served::new(r, None)).await;
     }
     g.metrics.inc("receipts_refused_total", "", 1);
     g.store.release(d.stack, d.reserved).await.ok();
@@ -461,17 +446,15 @@ async fn drive_relay(
         if ttft.is_none() {
             ttft = Some(proxy::elapsed(&d));
         }
-        if let Some(r) = v.get("sortition").and_then(|s| s.get("receipt")) {
-            let parsed = serde_json::from_value::<SignedReceipt>(r.clone()).ok();
+        if v.get("sortition").and_then(|s| s.get("receipt")).is_some() {
+            let parsed = v.receipt();
             let checked = match &parsed {
                 None => Err(proxy::ReceiptError::Missing),
                 Some(r) => check_receipt(&d, &body, r).map(|_| r.clone()),
             };
             match checked {
                 Ok(r) => {
-                    if let Some(ext) = v.get_mut("sortition").and_then(|s| s.as_object_mut()) {
-                        ext.insert("verified_by_gateway".into(), serde_json::Value::Bool(true));
-                    }
+                    v.mark_verified();
                     receipt_ok = Some(r);
                 }
                 Err(e) => {
@@ -506,7 +489,8 @@ async fn drive_relay(
             )
             .await;
             let answer = (!answer.finish_reason.is_empty()).then_some(&answer);
-            proxy::bill(&g, &d, &a.key, &a.model, &body, &r, answer).await;
+            let served = proxy::Served::new(&r, answer);
+            proxy::bill(&g, &d, &a.key, &a.model, &body, &served).await;
         }
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill

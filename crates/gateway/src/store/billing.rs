@@ -93,11 +93,7 @@ impl GatewayStore {
             }
         }
         let charged = if ok { b.price } else { Amount::ZERO };
-        let usage = NewUsage {
-            cost: charged,
-            ..b.usage.clone()
-        };
-        insert_usage(&mut *tx, &usage).await?;
+        insert_usage(&mut *tx, &b.usage, charged).await?;
         if let Some(p) = &b.payload {
             insert_payload(&mut *tx, p).await?;
         }

@@ -19,6 +19,9 @@
 //! `StoreOptions { sqlite_flush_interval: None, .. }` restores an `fsync` on every commit. On
 //! PostgreSQL every commit is durable as the server is configured (`synchronous_commit`).
 //!
+//! SQLite is used through one connection (see `pool_options`), plus one for the background
+//! checkpoints, which also keep the WAL file bounded under steady traffic (see `checkpoint`).
+//!
 //! Does not own: HTTP, rate limiting, the ledger's view of stacks (this is the gateway's cache
 //! of what it bought), or the plaintext of any key.
 
@@ -222,27 +225,8 @@ impl GatewayStore {
     ) -> Result<GatewayStore> {
         install_default_drivers();
         let backend = Backend::of_url(url)?;
-        let max = match backend {
-            Backend::Sqlite => 8,
-            Backend::Postgres => 16,
-        };
-        let mut pool = AnyPoolOptions::new().max_connections(max);
         let flush = options.sqlite_flush_interval;
-        if backend == Backend::Sqlite {
-            // Without an fsync per commit, checkpoints (which fsync) run in the background.
-            let pragmas = if flush.is_some() {
-                "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0"
-            } else {
-                "PRAGMA synchronous = FULL"
-            };
-            pool = pool.after_connect(move |conn, _| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute(pragmas).await.map(|_| ())
-                })
-            });
-        }
-        let pool = pool.connect(url).await?;
+        let pool = pool_options(backend, flush).connect(url).await?;
         let store = GatewayStore {
             pool,
             backend,
@@ -250,7 +234,9 @@ impl GatewayStore {
         };
         schema::migrate(&store).await?;
         if let (Backend::Sqlite, Some(every)) = (backend, flush) {
-            tokio::spawn(checkpoint_wal(store.pool.clone(), every));
+            // Checkpoints run on a connection of their own, beside the requests' one.
+            let checkpointer = sqlite_options(CHECKPOINTER_PRAGMAS).connect(url).await?;
+            tokio::spawn(checkpoint_wal(checkpointer, store.pool.clone(), every));
         }
         Ok(store)
     }
@@ -298,23 +284,84 @@ impl Default for StoreOptions {
     }
 }
 
-/// Checkpoints the WAL every `every` until the pool closes. With `synchronous = NORMAL` a
-/// checkpoint `fsync`s the WAL before copying it into the database (and the database after),
-/// so commits reach the disk within that window; running it here, with automatic checkpoints
-/// off, keeps those `fsync`s off the requests' commits.
-async fn checkpoint_wal(pool: AnyPool, every: Duration) {
+/// The pool for `backend`.
+///
+/// SQLite gets one connection. SQLite has one writer at a time: with one connection the
+/// gateway's statements wait for it in the pool, in order, each woken the moment it is free,
+/// instead of in SQLite's busy handler, which sleeps 1, 2, 5 ms… between tries; and its page
+/// cache stays valid (a connection drops its whole cache whenever another one commits, so with
+/// several taken in turn, every statement read its pages again). A SQLite connection is a file
+/// in this process and cannot go stale, so it is not pinged before each use (a round trip to
+/// its worker thread). `flush` decides the durability pragmas (see [`StoreOptions`]).
+fn pool_options(backend: Backend, flush: Option<Duration>) -> AnyPoolOptions {
+    match backend {
+        Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        // Without an fsync per commit, checkpoints (which fsync) run in the background.
+        Backend::Sqlite if flush.is_some() => {
+            sqlite_options("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")
+        }
+        Backend::Sqlite => sqlite_options("PRAGMA synchronous = FULL"),
+    }
+}
+
+/// One SQLite connection, set up with `pragmas`.
+fn sqlite_options(pragmas: &'static str) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute(pragmas).await.map(|_| ())
+            })
+        })
+}
+
+/// The checkpointer waits at most 100 ms for another process's lock (the requests' connection
+/// is held, not waited for, see [`checkpoint`]), so that it never holds the requests up long.
+const CHECKPOINTER_PRAGMAS: &str = "PRAGMA busy_timeout = 100";
+
+/// WAL frames (database pages, 4 KiB each) past which a checkpoint also starts the WAL over:
+/// the WAL file stays below about 32 MiB plus what is written between two checkpoints.
+const WAL_RESTART_FRAMES: i64 = 8192;
+
+/// Checkpoints the WAL every `every` on `checkpointer` until the requests' pool closes. With
+/// `synchronous = NORMAL` a checkpoint `fsync`s the WAL before copying it into the database
+/// (and the database after), so commits reach the disk within that window; running it here,
+/// with automatic checkpoints off, keeps those `fsync`s off the requests' commits.
+async fn checkpoint_wal(checkpointer: AnyPool, requests: AnyPool, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !pool.is_closed() {
+    while !requests.is_closed() {
         tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-            && !pool.is_closed()
+        if let Err(e) = checkpoint(&checkpointer, &requests).await
+            && !requests.is_closed()
         {
             tracing::error!(error = %e, "could not checkpoint the gateway's SQLite WAL");
         }
     }
+    checkpointer.close().await;
+}
+
+/// One checkpoint. The bulk of it is PASSIVE: the requests go on meanwhile. But the WAL starts
+/// over (instead of growing) only when a write begins with every frame copied, and under
+/// steady traffic a commit always lands during the copy's `fsync`s, so the WAL would grow
+/// without bound. Past [`WAL_RESTART_FRAMES`] the requests' connection is therefore held while
+/// a RESTART checkpoint copies the few frames written meanwhile (one short pause); the next
+/// write then starts the WAL over, into pages of the file already cached.
+async fn checkpoint(checkpointer: &AnyPool, requests: &AnyPool) -> Result<(), sqlx::Error> {
+    use sqlx::Row;
+    // Columns: busy, frames in the WAL, frames copied.
+    let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(checkpointer)
+        .await?;
+    if passive.try_get::<i64, _>(1)? >= WAL_RESTART_FRAMES {
+        let _held = requests.acquire().await?;
+        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(checkpointer)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, for `created` columns.

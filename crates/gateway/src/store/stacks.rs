@@ -297,7 +297,7 @@ impl GatewayStore {
 
     /// Appends a usage record; returns its id.
     pub async fn record_usage(&self, u: &NewUsage) -> Result<i64> {
-        insert_usage(&self.pool, u).await
+        insert_usage(&self.pool, u, u.cost).await
     }
 
     /// A user's most recent usage, newest first.
@@ -379,8 +379,9 @@ impl GatewayStore {
     }
 }
 
-/// Appends a usage record through `ex` (the pool, or a transaction); returns its id.
-pub(super) async fn insert_usage<'e, E>(ex: E, u: &NewUsage) -> Result<i64>
+/// Appends a usage record through `ex` (the pool, or a transaction), with its cost set to
+/// `cost`; returns its id.
+pub(super) async fn insert_usage<'e, E>(ex: E, u: &NewUsage, cost: Amount) -> Result<i64>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -396,7 +397,7 @@ where
     .bind(u.stack_id.map(|s| id_to_db(s.0, "stack_id")).transpose()?)
     .bind(to_db(u.prompt_tokens, "prompt_tokens")?)
     .bind(to_db(u.completion_tokens, "completion_tokens")?)
-    .bind(to_db(u.cost.0, "cost")?)
+    .bind(to_db(cost.0, "cost")?)
     .bind(u.status.as_str())
     .bind(u.receipt_json.as_deref())
     .bind(u.request_hash.to_hex())
@@ -419,9 +420,9 @@ where
     .bind(id_to_db(p.stack_id.0, "stack_id")?)
     .bind(to_db(p.receipt_seq, "receipt_seq")?)
     .bind(p.request_hash.to_hex())
-    .bind(p.body.clone())
-    .bind(p.receipt_json.clone())
-    .bind(p.answer.clone())
+    .bind(p.body.as_slice())
+    .bind(p.receipt_json.as_deref())
+    .bind(p.answer.as_deref())
     .bind(p.expires_at_ms)
     .execute(ex)
     .await?;

@@ -1,0 +1,170 @@
+//! A node's whole (unstreamed) answer, parsed once: what the gateway reads from it (the
+//! receipt, the generated text) and what it sends on (the same answer, marked verified).
+//!
+//! Chat and text completions are read into their OpenAI types, which is cheaper to parse and
+//! write again than a `serde_json::Value`; any other answer (embeddings, or one those types do
+//! not describe) is read as a `Value`, so that it is still checked, billed and passed on.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sortition_api::{ChatCompletion, Completion, SortitionExt};
+use sortition_types::SignedReceipt;
+
+use crate::proxy::Answer;
+
+/// What the gateway needs of a node's whole answer.
+pub trait NodeAnswer: Serialize + DeserializeOwned + Send {
+    /// The receipt the node signed, if the answer carries one.
+    fn receipt(&self) -> Option<SignedReceipt>;
+    /// The generated text and why it ended, kept for the auditors; `None` when there is no
+    /// finish reason (embeddings, an unfinished answer).
+    fn answer(&self) -> Option<Answer>;
+    /// Marks the receipt as checked against the ledger's key for the node.
+    fn mark_verified(&mut self);
+}
+
+/// The answer, if generation ended (it has a finish reason).
+fn finished(a: Answer) -> Option<Answer> {
+    (!a.finish_reason.is_empty()).then_some(a)
+}
+
+fn mark(ext: &mut Option<SortitionExt>) {
+    if let Some(ext) = ext {
+        ext.verified_by_gateway = Some(true);
+    }
+}
+
+impl NodeAnswer for ChatCompletion {
+    fn receipt(&self) -> Option<SignedReceipt> {
+        self.sortition.as_ref().map(|s| s.receipt.clone())
+    }
+
+    fn answer(&self) -> Option<Answer> {
+        let c = self.choices.first()?;
+        finished(Answer {
+            text: c.message.content.clone(),
+            finish_reason: c.finish_reason.clone(),
+        })
+    }
+
+    fn mark_verified(&mut self) {
+        mark(&mut self.sortition);
+    }
+}
+
+impl NodeAnswer for Completion {
+    fn receipt(&self) -> Option<SignedReceipt> {
+        self.sortition.as_ref().map(|s| s.receipt.clone())
+    }
+
+    fn answer(&self) -> Option<Answer> {
+        let c = self.choices.first()?;
+        finished(Answer {
+            text: c.text.clone(),
+            finish_reason: c.finish_reason.clone().unwrap_or_default(),
+        })
+    }
+
+    fn mark_verified(&mut self) {
+        mark(&mut self.sortition);
+    }
+}
+
+impl NodeAnswer for Value {
+    fn receipt(&self) -> Option<SignedReceipt> {
+        SignedReceipt::deserialize(self.get("sortition")?.get("receipt")?).ok()
+    }
+
+    fn answer(&self) -> Option<Answer> {
+        let mut a = Answer::default();
+        a.absorb(self);
+        finished(a)
+    }
+
+    fn mark_verified(&mut self) {
+        if let Some(ext) = self.get_mut("sortition").and_then(Value::as_object_mut) {
+            ext.insert("verified_by_gateway".into(), Value::Bool(true));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sortition_api::{AssistantMessage, ChatChoice, Usage};
+    use sortition_types::{Keypair, ModelId, NodeId, Receipt, StackId, sha256};
+
+    fn chat(finish_reason: &str) -> ChatCompletion {
+        let receipt = Receipt {
+            node: NodeId(1),
+            stack: StackId(2),
+            sequence: 3,
+            model: ModelId::new("m"),
+            model_digest: sha256(b"w"),
+            node_class: sha256(b"c"),
+            request_hash: sha256(b"req"),
+            response_hash: sha256(b"resp"),
+            input_tokens: 4,
+            output_tokens: 5,
+            sampling: Default::default(),
+            timestamp_ms: 6,
+            custody: Default::default(),
+        };
+        ChatCompletion {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion".into(),
+            created: 7,
+            model: "m".into(),
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: "Hi there".into(),
+                },
+                finish_reason: finish_reason.into(),
+                logprobs: None,
+            }],
+            usage: Usage::new(4, 5),
+            sortition: Some(SortitionExt {
+                node: NodeId(1),
+                receipt: SignedReceipt::sign(receipt, &Keypair::from_seed(b"node")),
+                verified_by_gateway: None,
+            }),
+        }
+    }
+
+    /// The typed reading and the `Value` reading of one answer agree on everything the gateway
+    /// reads and writes.
+    #[test]
+    fn typed_and_json_readings_agree() {
+        for reason in ["stop", ""] {
+            let mut typed = chat(reason);
+            let mut json = serde_json::to_value(&typed).unwrap();
+            assert_eq!(typed.receipt(), json.receipt());
+            assert!(typed.receipt().is_some());
+            let (a, b) = (typed.answer(), json.answer());
+            assert_eq!(a.is_some(), reason == "stop");
+            assert_eq!(
+                a.map(|a| (a.text, a.finish_reason)),
+                b.map(|b| (b.text, b.finish_reason))
+            );
+            typed.mark_verified();
+            json.mark_verified();
+            assert_eq!(serde_json::to_value(&typed).unwrap(), json);
+            assert_eq!(json["sortition"]["verified_by_gateway"], true);
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_readable_receipt_has_none() {
+        let mut json = serde_json::to_value(chat("stop")).unwrap();
+        json["sortition"]["receipt"]["signature"] = "zz".into();
+        assert_eq!(json.receipt(), None);
+        json.as_object_mut().unwrap().remove("sortition");
+        assert_eq!(json.receipt(), None);
+        json.mark_verified();
+        assert!(json.get("sortition").is_none());
+    }
+}
