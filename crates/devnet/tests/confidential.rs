@@ -395,25 +395,27 @@ fn rand_bytes() -> [u8; 16] {
     b
 }
 
-/// Confidential requests are audited too (issue 7): every receipt is sampled, the executor
-/// re-seals each request to its attested auditors, and a node that scrambles its sealed
-/// answers is caught, disputed and slashed while the honest executors' audits pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn confidential_requests_are_audited_by_attested_peers() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = DevnetConfig::new(dir.path());
+/// A devnet whose nodes all run the dev attester, one of them adversary `mode`, every claim
+/// audited and claimed quickly; `tune` adjusts the config. Returns the network, the
+/// adversary's id and a client that accepts dev evidence.
+async fn audited_devnet(
+    dir: &std::path::Path,
+    mode: sortition_node::adversary::Mode,
+    tune: impl FnOnce(&mut DevnetConfig),
+) -> (Devnet, NodeId, ConfidentialClient) {
+    let mut cfg = DevnetConfig::new(dir);
     cfg.embed_model = None;
     cfg.attester = Some(AttesterKind::InsecureDev);
-    cfg.adversary = Some(sortition_node::adversary::Mode::Random);
+    cfg.adversary = Some(mode);
     cfg.audit_q_ppm = 1_000_000;
     cfg.node_claim_interval = Duration::from_millis(500);
     cfg.claim_policy = sortition_node::claims::ClaimPolicy {
         max_age_ms: 1_000,
         ..Default::default()
     };
+    tune(&mut cfg);
     let net = Devnet::start(cfg).await.expect("devnet starts");
-    let info = net.info.clone();
+    let info = &net.info;
     let adversary = info
         .nodes
         .iter()
@@ -426,6 +428,19 @@ async fn confidential_requests_are_audited_by_attested_peers() {
         &info.api_key,
         dev_policy(),
     );
+    (net, adversary, client)
+}
+
+/// Confidential requests are audited too (issue 7): every receipt is sampled, the executor
+/// re-seals each request to its attested auditors, and a node that scrambles its sealed
+/// answers is caught, disputed and slashed while the honest executors' audits pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confidential_requests_are_audited_by_attested_peers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (net, adversary, client) =
+        audited_devnet(dir.path(), sortition_node::adversary::Mode::Random, |_| {}).await;
+    let info = net.info.clone();
     let sel = client.select(CHAT).await.unwrap();
     assert_eq!(sel.nodes.len(), 4, "refused: {:?}", sel.refused);
     // One sealed request to each node, the adversary included.
@@ -504,32 +519,14 @@ async fn confidential_requests_are_audited_by_attested_peers() {
 async fn executor_withholding_confidential_requests_is_slashed() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = DevnetConfig::new(dir.path());
-    cfg.embed_model = None;
-    cfg.attester = Some(AttesterKind::InsecureDev);
-    cfg.adversary = Some(sortition_node::adversary::Mode::WithholdCustody);
-    cfg.audit_q_ppm = 1_000_000;
-    // Nobody re-executes anything here (nobody gets a request): 10 s phases are plenty.
-    cfg.audit_phase_blocks = 40;
-    cfg.node_claim_interval = Duration::from_millis(500);
-    cfg.claim_policy = sortition_node::claims::ClaimPolicy {
-        max_age_ms: 1_000,
-        ..Default::default()
-    };
-    let net = Devnet::start(cfg).await.expect("devnet starts");
+    let (net, adversary, client) = audited_devnet(
+        dir.path(),
+        sortition_node::adversary::Mode::WithholdCustody,
+        // Nobody re-executes anything here (nobody gets a request): 10 s phases are plenty.
+        |cfg| cfg.audit_phase_blocks = 40,
+    )
+    .await;
     let info = net.info.clone();
-    let adversary = info
-        .nodes
-        .iter()
-        .find(|n| n.adversary.is_some())
-        .unwrap()
-        .id;
-    let client = ConfidentialClient::new(
-        &info.ledger_url,
-        &info.gateway_url,
-        &info.api_key,
-        dev_policy(),
-    );
     let sel = client.select(CHAT).await.unwrap();
     let target = sel.nodes.iter().find(|n| n.id == adversary).unwrap();
     // Two sealed requests to the adversary: answered (truncated), receipted, and the receipts
