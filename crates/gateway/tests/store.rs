@@ -583,7 +583,8 @@ async fn a_served_request_is_billed_in_one_transaction() {
 
 /// Under steady writes the background checkpoints alone never let SQLite start its WAL over
 /// (a commit always lands during their `fsync`s), so the store restarts it past a bound: the
-/// WAL file stays near 32 MiB instead of growing with everything ever written.
+/// WAL file stays near 32 MiB (plus what is written while a checkpoint waits its turn, more on
+/// a loaded machine) instead of growing with everything ever written (220 MiB here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -595,8 +596,8 @@ async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
         .join(format!("{}-wal", sortition_gateway::store::SQLITE_FILE));
     let body = vec![7u8; 16 * 1024];
     let mut largest = 0;
-    // About 110 MiB of WAL frames in all: five 4 KiB pages per payload, 5,500 payloads.
-    for seq in 0..5_500u64 {
+    // About 220 MiB of WAL frames in all: five 4 KiB pages per payload, 11,000 payloads.
+    for seq in 0..11_000u64 {
         s.put_payload(&Payload {
             request_hash: sha256(&seq.to_le_bytes()),
             stack_id: StackId(1),
@@ -610,6 +611,6 @@ async fn the_sqlite_wal_stays_bounded_under_steady_writes() {
         .expect("payload");
         largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
     }
-    assert!(largest < 64 << 20, "the WAL grew to {} MiB", largest >> 20);
+    assert!(largest < 110 << 20, "the WAL grew to {} MiB", largest >> 20);
     s.close().await;
 }
