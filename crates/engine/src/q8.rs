@@ -211,20 +211,25 @@ impl Q8Rows {
     /// `d = max|x| / 127` (llama.cpp's `quantize_row_q8_0`, keeping `d` in f32).
     /// Each row's blocks depend only on that row.
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let mut out = Q8Rows::zeroed(x, rows, cols);
+        quantize_blocks(x, &mut out.qs, &mut out.d, &mut out.s);
+        out
+    }
+
+    /// Room for `x` as `rows × cols` (checked), all zero.
+    fn zeroed(x: &[f32], rows: usize, cols: usize) -> Self {
         assert!(
             cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
             "q8 rows: {} values as {rows}x{cols}",
             x.len()
         );
         let nb = x.len() / BLOCK;
-        let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
-        quantize_blocks(x, &mut qs, &mut d, &mut s);
         Q8Rows {
             rows,
             cols,
-            qs,
-            d,
-            s,
+            qs: vec![0i8; x.len()],
+            d: vec![0f32; nb],
+            s: vec![0f32; nb],
         }
     }
 
@@ -235,26 +240,14 @@ impl Q8Rows {
         if pool.threads() == 1 || x.len() < 4 * PER * BLOCK {
             return Q8Rows::quantize(x, rows, cols);
         }
-        assert!(
-            cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
-            "q8 rows: {} values as {rows}x{cols}",
-            x.len()
-        );
-        let nb = x.len() / BLOCK;
-        let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+        let mut out = Q8Rows::zeroed(x, rows, cols);
         let items: Vec<_> = x
             .chunks(PER * BLOCK)
-            .zip(qs.chunks_mut(PER * BLOCK))
-            .zip(d.chunks_mut(PER).zip(s.chunks_mut(PER)))
+            .zip(out.qs.chunks_mut(PER * BLOCK))
+            .zip(out.d.chunks_mut(PER).zip(out.s.chunks_mut(PER)))
             .collect();
         pool.for_each(items, |((x, q), (d, s))| quantize_blocks(x, q, d, s));
-        Q8Rows {
-            rows,
-            cols,
-            qs,
-            d,
-            s,
-        }
+        out
     }
 
     fn row(&self, r: usize) -> XRow<'_> {
