@@ -8,6 +8,8 @@
 //! and deadlines counted in blocks, and two at once on a 2-core machine only slows both.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,18 +23,26 @@ use sortition_types::NodeId;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn ask(gateway: &str, key: &str, i: u32) -> (u16, Value) {
+/// Asks for a short greedy answer from one of `only` (the gateway's `nodes` constraint), so
+/// that a scenario decides who serves instead of hoping the router picks the adversary.
+async fn ask(gateway: &str, key: &str, i: u32, only: &[NodeId]) -> (u16, Value) {
     let body = json!({"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 8,
         "messages": [{"role": "user", "content": format!("Say the number {i}.")}]});
     let resp = reqwest::Client::new()
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
+        .header("x-sortition-constraints", json!({"nodes": only}).to_string())
         .json(&body)
         .send()
         .await
         .expect("gateway answers");
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("json"))
+}
+
+/// Whether the adversary cheats as an auditor (rather than as an executor).
+fn cheats_as_auditor(mode: Mode) -> bool {
+    matches!(mode, Mode::SkipAudits | Mode::Copy)
 }
 
 /// What a scenario must show on the ledger.
@@ -77,37 +87,56 @@ async fn scenario(mode: Mode, method: AuditMethod, expect: Expect) -> Outcome {
         .map(|n| n.id)
         .collect();
 
-    // Send requests until the adversary and at least one honest node have served some (an
-    // over-reporting node's answers may be refused by the gateway: that still counts).
-    let mut served: Vec<NodeId> = Vec::new();
-    for i in 0..40 {
-        let (status, v) = ask(&net.info.gateway_url, &net.info.api_key, i).await;
-        match status {
-            200 => served.push(serde_json::from_value(v["sortition"]["node"].clone()).unwrap()),
-            502 if v["error"]["code"] == "receipt_invalid" => served.push(adversary),
-            other => panic!("unexpected answer {other}: {v}"),
-        }
-        if served.contains(&adversary)
-            && served.iter().any(|n| honest.contains(n))
-            && served.len() >= 4
-        {
-            break;
-        }
-    }
-    assert!(
-        served.contains(&adversary),
-        "the router never chose the adversary in 40 requests"
-    );
-
-    // Follow the ledger until the adversary is slashed and an honest claim is settled.
+    // Follow the ledger from its start while requests are sent.
     let ledger = LedgerClient::new(&net.info.ledger_url);
     let mut events = Box::pin(ledger.events(Cursor::START).await.expect("event stream"));
+
+    // A cheating executor serves two requests and honest nodes two. A cheating auditor only
+    // shows itself when drawn to audit an honest receipt (k of the other nodes are drawn per
+    // audit), so honest nodes serve until the ledger has drawn it, at most 60 requests.
+    let drawn = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (gateway, key) = (net.info.gateway_url.clone(), net.info.api_key.clone());
+        let honest: Vec<NodeId> = honest.iter().copied().collect();
+        let drawn = drawn.clone();
+        tokio::spawn(async move {
+            let auditor = cheats_as_auditor(mode);
+            let mut i = 0;
+            if !auditor {
+                for _ in 0..2 {
+                    let (status, v) = ask(&gateway, &key, i, &[adversary]).await;
+                    // An over-reporting node's answers are refused by the gateway: that
+                    // still leaves its signed receipt with the node, which claims it.
+                    let refused = status == 502 && v["error"]["code"] == "receipt_invalid";
+                    assert!(status == 200 || refused, "adversary answered {status}: {v}");
+                    i += 1;
+                }
+            }
+            while i < 60 && !(i >= 4 && (!auditor || drawn.load(Ordering::Relaxed))) {
+                let (status, v) = ask(&gateway, &key, i, &honest).await;
+                assert_eq!(status, 200, "honest answer: {v}");
+                let node: NodeId = serde_json::from_value(v["sortition"]["node"].clone()).unwrap();
+                assert!(honest.contains(&node), "{node} is not one of {honest:?}");
+                i += 1;
+                if i >= 4 {
+                    // Let claims and audits catch up before asking for more.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            i
+        })
+    };
+
+    // Follow the ledger until the adversary is slashed and an honest claim is settled.
     let (mut adversary_slashed, mut honest_paid, mut refunded) = (false, false, false);
     let mut honest_slashes = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(240), async {
         while let Some(item) = events.next().await {
             let (_, ev) = item.expect("event");
             match ev {
+                Event::AuditOpened { auditors, .. } if auditors.contains(&adversary) => {
+                    drawn.store(true, Ordering::Relaxed);
+                }
                 Event::Slashed { node, reason, .. } if node == adversary => {
                     adversary_slashed |= reason == expect.slashed_for;
                 }
@@ -124,9 +153,20 @@ async fn scenario(mode: Mode, method: AuditMethod, expect: Expect) -> Outcome {
         }
     })
     .await;
+    if outcome.is_err() {
+        sender.abort();
+    }
+    let sent = sender.await;
+    if let Err(e) = &sent
+        && e.is_panic()
+    {
+        panic!("a request failed: {e}");
+    }
+    let drawn = drawn.load(Ordering::Relaxed);
     assert!(
         outcome.is_ok(),
-        "timed out: adversary slashed {adversary_slashed}, honest paid {honest_paid}, refunded {refunded}"
+        "timed out after {sent:?} requests: adversary drawn to audit {drawn}, slashed \
+         {adversary_slashed}, honest paid {honest_paid}, refunded {refunded}"
     );
     assert!(
         honest_slashes.is_empty(),

@@ -1,12 +1,12 @@
 //! A request's routing constraints, from the `X-Sortition-Constraints` JSON header.
 //!
 //! Example: `{"max_price": 2000000, "require_confidential": true, "require_quorum": 3,
-//! "min_collateral": 100000000, "node_class": "<64 hex>"}`. Unknown fields are rejected, so a
-//! typo never silently loosens a requirement.
+//! "min_collateral": 100000000, "node_class": "<64 hex>", "nodes": [4, 7]}`. Unknown fields are
+//! rejected, so a typo never silently loosens a requirement.
 
 use serde::{Deserialize, Serialize};
 use sortition_api::ApiError;
-use sortition_types::{Amount, Hash32};
+use sortition_types::{Amount, Hash32, NodeId};
 
 use super::NodeView;
 
@@ -31,6 +31,9 @@ pub struct Constraints {
     pub min_collateral: Option<Amount>,
     /// Only nodes of this class fingerprint.
     pub node_class: Option<Hash32>,
+    /// Only these nodes (ledger ids): an app that trusts particular operators, or wants one
+    /// node's answer checked against its receipts. The other demands still apply to them.
+    pub nodes: Option<Vec<NodeId>>,
 }
 
 /// Why a constraints header was refused (400).
@@ -42,6 +45,8 @@ pub enum ConstraintError {
     Json(String),
     #[error("require_quorum must be between 2 and {max}, got {got}", max = MAX_QUORUM)]
     Quorum { got: u8 },
+    #[error("nodes must name at least one node (leave it out to allow any)")]
+    NoNodes,
 }
 
 impl From<ConstraintError> for ApiError {
@@ -69,6 +74,9 @@ impl Constraints {
         {
             return Err(ConstraintError::Quorum { got: q });
         }
+        if c.nodes.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConstraintError::NoNodes);
+        }
         Ok(c)
     }
 
@@ -80,7 +88,8 @@ impl Constraints {
         let conf_ok = !self.require_confidential || node.confidential;
         let coll_ok = self.min_collateral.is_none_or(|m| node.collateral >= m);
         let class_ok = self.node_class.is_none_or(|c| node.class == c);
-        price_ok && conf_ok && coll_ok && class_ok
+        let listed = self.nodes.as_ref().is_none_or(|l| l.contains(&node.id));
+        price_ok && conf_ok && coll_ok && class_ok && listed
     }
 }
 
@@ -103,7 +112,7 @@ mod tests {
         let class = Hash32([7; 32]);
         let h = format!(
             r#"{{"max_price": 5, "require_confidential": true, "require_quorum": 3,
-                "min_collateral": 10, "node_class": "{}"}}"#,
+                "min_collateral": 10, "node_class": "{}", "nodes": [4, 7]}}"#,
             class.to_hex()
         );
         let c = Constraints::from_header(Some(&h)).expect("valid");
@@ -112,6 +121,7 @@ mod tests {
         assert_eq!(c.require_quorum, Some(3));
         assert_eq!(c.min_collateral, Some(Amount(10)));
         assert_eq!(c.node_class, Some(class));
+        assert_eq!(c.nodes, Some(vec![NodeId(4), NodeId(7)]));
     }
 
     #[test]
@@ -127,6 +137,10 @@ mod tests {
         assert_eq!(
             Constraints::from_header(Some(r#"{"require_quorum": 1}"#)),
             Err(ConstraintError::Quorum { got: 1 })
+        );
+        assert_eq!(
+            Constraints::from_header(Some(r#"{"nodes": []}"#)),
+            Err(ConstraintError::NoNodes)
         );
         let long = format!(r#"{{"max_price": {}}}"#, "1".repeat(MAX_HEADER_LEN));
         assert!(matches!(

@@ -88,6 +88,23 @@ fn constraints_filter_nodes() {
         ..Default::default()
     };
     assert_eq!(r.choose(&m, &c, &[], now), Ok(NodeId(3)));
+    // An allow-list: the pricier listed node serves although a cheaper one is free.
+    let c = Constraints {
+        nodes: Some(vec![NodeId(2), NodeId(42)]),
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        assert_eq!(r.choose(&m, &c, &[], now), Ok(NodeId(2)));
+    }
+    let c = Constraints {
+        nodes: Some(vec![NodeId(1)]),
+        require_confidential: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        r.choose(&m, &c, &[], now),
+        Err(NoRoute::Unsatisfiable(m.clone()))
+    );
     let c = Constraints {
         max_price: Some(Amount(100)),
         require_confidential: true,
