@@ -29,14 +29,14 @@ use sortition_api::*;
 use sortition_confidential::wire::{
     CONFIDENTIAL_CHAT_PATH, Envelope, ReceiptExt, SealedCompletion, StreamItem,
 };
-use sortition_types::{Amount, ModelId, SignedReceipt, StackId};
+use sortition_types::{Amount, Hash32, ModelId, SignedReceipt, StackId};
 use tokio::sync::mpsc;
 
 use crate::directory::{cost, unit_price};
 use crate::proxy::{self, ReceiptError};
 use crate::router::{NodeView, Outcome};
 use crate::state::GatewayState;
-use crate::store::{AuthedKey, NewUsage, UsageStatus};
+use crate::store::{AuthedKey, UsageStatus};
 
 type S = State<Arc<GatewayState>>;
 
@@ -189,49 +189,24 @@ impl WithCode for ApiError {
     }
 }
 
-/// Settles the stack, charges the user and records usage (with the receipt; no payload).
-async fn bill(
-    g: &GatewayState,
-    d: &Dispatched,
-    receipt: Option<&SignedReceipt>,
-    units: u64,
-    status: UsageStatus,
-) -> Amount {
-    let bill = crate::store::Bill {
-        stack: d.stack,
-        reserved: d.reserved,
-        used: units,
-        price: cost(units, unit_price(&d.node)),
-        usage: NewUsage {
-            key_id: d.key.key_id,
-            user_id: d.key.user_id,
-            model: d.model.clone(),
-            node_id: d.node.id,
-            stack_id: Some(d.stack),
-            prompt_tokens: receipt.map_or(0, |r| r.receipt.input_tokens),
-            completion_tokens: receipt.map_or(units, |r| r.receipt.output_tokens),
-            cost: Amount::ZERO,
-            status,
-            receipt_json: receipt.and_then(|r| serde_json::to_string(r).ok()),
-            request_hash: receipt.map(|r| r.receipt.request_hash).unwrap_or_default(),
-        },
-        // Only ciphertext passed through here: nothing to keep for auditors.
-        payload: None,
-    };
-    match g.store.bill(&bill).await {
-        Ok(b) => {
-            if let Some(e) = b.settle_error {
-                tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
-            }
-            if let Some(e) = b.charge_error {
-                tracing::warn!(key = %d.key.key_id, error = %e, "could not charge a served request");
-            }
-            b.charged
+impl Dispatched {
+    /// Who this request is billed to. Only ciphertext passed through here: bills keep no
+    /// payload for auditors (the executor keeps the request).
+    fn account(&self) -> crate::proxy::Account<'_> {
+        crate::proxy::Account {
+            key: &self.key,
+            model: &self.model,
+            node: &self.node,
+            stack: self.stack,
+            reserved: self.reserved,
         }
-        Err(e) => {
-            tracing::error!(error = %e, "billing failed; usage not recorded");
-            Amount::ZERO
-        }
+    }
+
+    /// Bills an answer with a checked receipt.
+    async fn bill(&self, g: &GatewayState, receipt: &SignedReceipt) -> Amount {
+        let json = serde_json::to_string(receipt).ok();
+        let bill = self.account().receipted(receipt, json, UsageStatus::Ok);
+        crate::proxy::record(g, &bill).await
     }
 }
 
@@ -257,15 +232,7 @@ async fn whole(
     let ttft = d.started.elapsed();
     g.finish(d.node.id, Outcome::Success { ttft, itl: None })
         .await;
-    let receipt = answer.sortition.receipt.clone();
-    bill(
-        g,
-        &d,
-        Some(&receipt),
-        receipt.receipt.units().0,
-        UsageStatus::Ok,
-    )
-    .await;
+    d.bill(g, &answer.sortition.receipt).await;
     answer.sortition.verified_by_gateway = Some(true);
     let mut r = Json(answer).into_response();
     if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
@@ -350,7 +317,7 @@ async fn drive(
                 },
             )
             .await;
-            bill(&g, &d, Some(&r), r.receipt.units().0, UsageStatus::Ok).await;
+            d.bill(&g, &r).await;
         }
         None => {
             // No receipt: the node failed or the client left. Bill only the chunks delivered,
@@ -363,7 +330,8 @@ async fn drive(
                 "the node's sealed stream ended before its receipt",
             )
             .await;
-            bill(&g, &d, None, chunks.min(d.reserved), status).await;
+            let bill = d.account().unreceipted(chunks, status, Hash32::default());
+            crate::proxy::record(&g, &bill).await;
         }
     }
 }

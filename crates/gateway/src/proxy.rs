@@ -13,13 +13,13 @@ use axum::http::StatusCode;
 use sortition_api::{ApiError, ErrorKind, unix_now_ms};
 use sortition_types::auth::{AUTH_HEADER, REQUEST_DOMAIN};
 use sortition_types::{
-    Amount, Custody, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, sha256,
+    Amount, Custody, Hash32, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, sha256,
 };
 
 use crate::directory::{cost, unit_price};
 use crate::router::{Constraints, NodeView, Outcome};
 use crate::state::GatewayState;
-use crate::store::StackRecord;
+use crate::store::{Bill, StackRecord, UsageStatus};
 
 /// Attempts per request before giving up (each on a different node).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -37,6 +37,23 @@ pub struct Dispatched {
     pub reserved: u64,
     pub response: reqwest::Response,
     pub started: Instant,
+}
+
+impl Dispatched {
+    /// The account that `key`'s request for `model` on this dispatch is billed to.
+    pub fn account<'a>(
+        &'a self,
+        key: &'a crate::store::AuthedKey,
+        model: &'a ModelId,
+    ) -> Account<'a> {
+        Account {
+            key,
+            model,
+            node: &self.node,
+            stack: self.stack,
+            reserved: self.reserved,
+        }
+    }
 }
 
 /// Sends `body` to the best node for `model`, retrying on failures before the first byte.
@@ -333,6 +350,92 @@ impl<'a> Served<'a> {
     }
 }
 
+/// Who pays for a request and who served it: what every bill of a request names.
+pub struct Account<'a> {
+    pub key: &'a crate::store::AuthedKey,
+    pub model: &'a ModelId,
+    pub node: &'a NodeView,
+    pub stack: StackId,
+    pub reserved: u64,
+}
+
+impl Account<'_> {
+    /// A bill for `units` of an answer with no receipt (a stream that ended early): the
+    /// delivered chunks, one unit each, as completion tokens; nothing kept for auditors.
+    pub fn unreceipted(&self, units: u64, status: UsageStatus, request_hash: Hash32) -> Bill {
+        let units = units.min(self.reserved);
+        Bill {
+            stack: self.stack,
+            reserved: self.reserved,
+            used: units,
+            price: cost(units, unit_price(self.node)),
+            usage: crate::store::NewUsage {
+                key_id: self.key.key_id,
+                user_id: self.key.user_id,
+                model: self.model.clone(),
+                node_id: self.node.id,
+                stack_id: Some(self.stack),
+                prompt_tokens: 0,
+                completion_tokens: units,
+                cost: Amount::ZERO,
+                status,
+                receipt_json: None,
+                request_hash,
+            },
+            payload: None,
+        }
+    }
+
+    /// A bill for an answer with a checked receipt: its units, its token counts, the
+    /// receipt itself in the usage row.
+    pub fn receipted(
+        &self,
+        receipt: &SignedReceipt,
+        receipt_json: Option<String>,
+        status: UsageStatus,
+    ) -> Bill {
+        let r = &receipt.receipt;
+        let units = r.units().0;
+        let mut b = self.unreceipted(units, status, r.request_hash);
+        // The receipt's units were checked against the reservation already.
+        b.used = units;
+        b.price = cost(units, unit_price(self.node));
+        b.usage.prompt_tokens = r.input_tokens;
+        b.usage.completion_tokens = r.output_tokens;
+        b.usage.receipt_json = receipt_json;
+        b
+    }
+}
+
+/// Records a bill (stack settlement, charge, usage row, payload) in one transaction. Failures
+/// are logged, not returned: the node served the request, so the user gets the answer either
+/// way. Returns what the key was charged.
+pub async fn record(g: &GatewayState, bill: &Bill) -> Amount {
+    match g.store.bill(bill).await {
+        Ok(billed) => {
+            if let Some(e) = billed.settle_error {
+                tracing::error!(stack = %bill.stack, error = %e, "stack settlement failed");
+            }
+            if let Some(e) = billed.charge_error {
+                // The pre-check passed but a concurrent request spent the credits first: the
+                // usage row records the shortfall for the operator to see.
+                let key = bill.usage.key_id;
+                tracing::warn!(key = %key, error = %e, "could not charge a served request");
+            }
+            billed.charged
+        }
+        Err(e) => {
+            let custody = if bill.payload.is_some() {
+                " and payload custody"
+            } else {
+                ""
+            };
+            tracing::error!(error = %e, "billing failed; usage{custody} not recorded");
+            Amount::ZERO
+        }
+    }
+}
+
 /// After a verified receipt: settle the stack's units, charge the user, record the usage and
 /// keep the payload (and the answer, when there is one) for auditors, in one transaction that
 /// is committed before the answer is returned.
@@ -344,45 +447,10 @@ pub async fn bill(
     body: &Bytes,
     served: &Served<'_>,
 ) -> Amount {
-    let receipt = &served.receipt.receipt;
-    let units = receipt.units().0;
-    let b = crate::store::Bill {
-        stack: d.stack,
-        reserved: d.reserved,
-        used: units,
-        price: cost(units, unit_price(&d.node)),
-        usage: crate::store::NewUsage {
-            key_id: key.key_id,
-            user_id: key.user_id,
-            model: model.clone(),
-            node_id: d.node.id,
-            stack_id: Some(d.stack),
-            prompt_tokens: receipt.input_tokens,
-            completion_tokens: receipt.output_tokens,
-            cost: Amount::ZERO,
-            status: crate::store::UsageStatus::Ok,
-            receipt_json: served.receipt_json.clone(),
-            request_hash: receipt.request_hash,
-        },
-        payload: Some(payload(g, d, body, served)),
-    };
-    match g.store.bill(&b).await {
-        Ok(billed) => {
-            if let Some(e) = billed.settle_error {
-                tracing::error!(stack = %d.stack, error = %e, "stack settlement failed");
-            }
-            if let Some(e) = billed.charge_error {
-                // The pre-check passed but a concurrent request spent the credits first: the
-                // usage row records the shortfall for the operator to see.
-                tracing::warn!(key = %key.key_id, error = %e, "could not charge a served request");
-            }
-            billed.charged
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "billing failed; usage and payload custody not recorded");
-            Amount::ZERO
-        }
-    }
+    let account = d.account(key, model);
+    let mut b = account.receipted(served.receipt, served.receipt_json.clone(), UsageStatus::Ok);
+    b.payload = Some(payload(g, d, body, served));
+    record(g, &b).await
 }
 
 fn payload(

@@ -16,13 +16,13 @@ use sortition_types::{ModelId, SignedReceipt};
 use tokio::sync::mpsc;
 
 use crate::answers::NodeAnswer;
-use crate::directory::{cost, unit_price};
+use crate::directory::cost;
 use crate::proxy::{self, Dispatched, check_receipt};
 use crate::router::{Constraints, Outcome};
 use crate::server::RouterQueries;
 use crate::state::GatewayState;
 use crate::store::AuthedKey;
-use crate::store::{NewUsage, UsageStatus};
+use crate::store::UsageStatus;
 
 type S = State<Arc<GatewayState>>;
 
@@ -503,30 +503,12 @@ async fn drive_relay(
                 "the node's stream ended before its receipt",
             )
             .await;
-            let units = delivered_chunks.min(d.reserved);
-            let bill = crate::store::Bill {
-                stack: d.stack,
-                reserved: d.reserved,
-                used: units,
-                price: cost(units, unit_price(&d.node)),
-                usage: NewUsage {
-                    key_id: a.key.key_id,
-                    user_id: a.key.user_id,
-                    model: a.model.clone(),
-                    node_id: d.node.id,
-                    stack_id: Some(d.stack),
-                    prompt_tokens: 0,
-                    completion_tokens: units,
-                    cost: Default::default(),
-                    status,
-                    receipt_json: None,
-                    request_hash: sortition_types::sha256(&body),
-                },
-                payload: None,
-            };
-            if let Err(e) = g.store.bill(&bill).await {
-                tracing::error!(error = %e, "billing an interrupted stream failed");
-            }
+            let bill = d.account(&a.key, &a.model).unreceipted(
+                delivered_chunks,
+                status,
+                sortition_types::sha256(&body),
+            );
+            proxy::record(&g, &bill).await;
         }
     }
 }
