@@ -16,8 +16,10 @@ use crate::sampling::SamplingParams;
 use crate::scheduler::{self, Job, Progress};
 use crate::tokenizer::{ChatMessage, ChatTokenizer};
 
-/// Version string recorded in the node class.
-pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"));
+/// Version string recorded in the node class. The suffix counts changes of the numerics (any
+/// change that can move an output bit): `n2` computes `exp`, `pow`, `sin` and `cos` with
+/// [`crate::math`] instead of the platform's C library.
+pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n2");
 
 /// How to load and run one model.
 #[derive(Clone, Debug)]

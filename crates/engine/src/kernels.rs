@@ -70,7 +70,7 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 /// `g = silu(g) * u` element-wise (SwiGLU).
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (a, b) in g.iter_mut().zip(u) {
-        *a = *a / (1.0 + (-*a).exp()) * b;
+        *a = *a / (1.0 + crate::math::exp_f32(-*a)) * b;
     }
 }
 

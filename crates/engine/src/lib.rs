@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod kernels;
 pub mod llama;
+pub(crate) mod math;
 pub mod models;
 mod models_fetch;
 pub(crate) mod q8;

@@ -600,7 +600,7 @@ impl Llama {
         }
         let mut sum = 0f32;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
+            *s = crate::math::exp_f32(*s - max);
             sum += *s;
         }
         for s in scores.iter_mut() {
@@ -616,10 +616,11 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     let mut sin = Vec::with_capacity(cfg.context_len * half);
     for pos in 0..cfg.context_len {
         for i in 0..half {
-            let freq = 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / cfg.head_dim as f64);
-            let angle = pos as f64 * freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
+            let exponent = 2.0 * i as f64 / cfg.head_dim as f64;
+            let freq = 1.0 / crate::math::pow_f64(cfg.rope_theta as f64, exponent);
+            let (s, c) = crate::math::sin_cos_f64(pos as f64 * freq);
+            cos.push(c as f32);
+            sin.push(s as f32);
         }
     }
     (cos, sin)

@@ -278,7 +278,7 @@ impl Order {
 fn pick(row: &[f32], order: &mut Order, t: f64, top_p: f32, u: f64) -> u32 {
     let max = row[order.get(0) as usize] as f64;
     let weight =
-        |order: &mut Order, i: usize| ((row[order.get(i) as usize] as f64 - max) / t).exp();
+        |order: &mut Order, i: usize| crate::math::exp_f64((row[order.get(i) as usize] as f64 - max) / t);
     let mut sum = 0.0f64;
     let mut head = Vec::new();
     for i in 0..order.len {
@@ -392,7 +392,7 @@ mod tests {
         let max = row[idx[0] as usize] as f64;
         let mut probs: Vec<f64> = idx
             .iter()
-            .map(|&i| ((row[i as usize] as f64 - max) / t).exp())
+            .map(|&i| crate::math::exp_f64((row[i as usize] as f64 - max) / t))
             .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
