@@ -119,6 +119,7 @@ async fn start_upstream(ledger: &Background, key: Keypair) -> String {
     let id = register(
         &ledger.client(),
         &key,
+        None,
         Registration {
             endpoint: url.clone(),
             class,

@@ -74,7 +74,8 @@ pub fn ledger_status(e: &LedgerError) -> StatusCode {
         | AlreadyRevealed
         | ReceiptAlreadySubmitted
         | NodeExists(_)
-        | ModelExists(_) => StatusCode::CONFLICT,
+        | ModelExists(_)
+        | ClassChangeWhileBusy { .. } => StatusCode::CONFLICT,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }

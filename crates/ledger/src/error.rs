@@ -38,6 +38,19 @@ pub enum LedgerError {
     NodeExists(NodeId),
     #[error("collateral below minimum: need {need}, have {have}")]
     CollateralBelowMinimum { need: Amount, have: Amount },
+    /// Receipts signed under the old class are audited by peers of the old class: the class
+    /// changes only once they are all settled and the node owes no audit or committee vote.
+    #[error(
+        "node {node} cannot change its class yet: {unsettled_claims} claim(s) not settled, \
+         {open_audits} audit(s) or dispute(s) of its receipts and {pending_work} pending duty(ies) \
+         (claims, verdicts, committee votes) open under its current class"
+    )]
+    ClassChangeWhileBusy {
+        node: NodeId,
+        unsettled_claims: u64,
+        open_audits: u64,
+        pending_work: u64,
+    },
     #[error("node {node} is {status}, not {wanted}")]
     WrongNodeStatus {
         node: NodeId,

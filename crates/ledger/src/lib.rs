@@ -197,6 +197,7 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
             offers,
             capacity,
             add_collateral,
+            class,
         } => nodes::update(
             st,
             sender,
@@ -204,6 +205,7 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
             offers.as_ref(),
             *capacity,
             *add_collateral,
+            class.as_ref(),
         ),
         PauseNode => nodes::pause(st, sender),
         ResumeNode => nodes::resume(st, sender),

@@ -1,12 +1,12 @@
 //! The node registry: registration with policy-derived collateral, updates, pause/resume,
 //! leaving (unbonding), withdrawal and confidential key rotation.
 
-use sortition_types::{Amount, ModelId, NodeId, PublicKey};
+use sortition_types::{Amount, ModelId, NodeClass, NodeId, PublicKey};
 
 use crate::error::LedgerError;
 use crate::event::Event;
 use crate::ops::{credit, debit, require_balance};
-use crate::state::{Node, NodeStatus, State};
+use crate::state::{Node, NodeStatus, StackStatus, State};
 use crate::tx::{Offer, SealingKey, TxKind};
 use crate::{BlockContext, TxResult};
 
@@ -145,12 +145,17 @@ pub(crate) fn update(
     offers: Option<&Vec<Offer>>,
     capacity: Option<u32>,
     add_collateral: Amount,
+    class: Option<&NodeClass>,
 ) -> TxResult {
     let n = own_node(st, sender)?;
     if matches!(n.status, NodeStatus::Unbonded | NodeStatus::Withdrawn) {
         return Err(wrong_status(n, "registered"));
     }
     let id = n.id;
+    let new_class = class.filter(|c| c.fingerprint() != n.class_fingerprint);
+    if new_class.is_some() {
+        idle_for_class_change(st, id, n.pending_work)?;
+    }
     let new_collateral = n
         .collateral
         .checked_add(add_collateral)
@@ -182,11 +187,49 @@ pub(crate) fn update(
     if let Some(c) = capacity {
         n.capacity = c;
     }
+    if let Some(c) = new_class {
+        n.class_fingerprint = c.fingerprint();
+        n.class = c.clone();
+    }
     n.collateral = new_collateral;
     Ok(vec![Event::NodeUpdated {
         node: id,
         collateral: new_collateral,
     }])
+}
+
+/// A node may change class only when no claim of receipts it signed under the old one can
+/// still be sampled or judged (every claim settled, no audit or dispute of its receipts
+/// open) and it owes no verdict or vote as a peer of the old class. Receipts on stacks it has
+/// not claimed yet are the node's to claim first (a node does so when it starts with a new
+/// class, and at every shutdown): the ledger does not know of them.
+fn idle_for_class_change(st: &State, node: NodeId, pending_work: u32) -> Result<(), LedgerError> {
+    let unsettled_claims = st
+        .stacks
+        .values()
+        .filter(|s| s.node == node && matches!(s.status, StackStatus::Claimed { .. }))
+        .count() as u64;
+    let open_audits = st
+        .open_audits
+        .iter()
+        .filter_map(|a| st.audits.get(a))
+        .filter(|a| a.executor == node)
+        .count() as u64
+        + st
+            .open_disputes
+            .iter()
+            .filter_map(|d| st.disputes.get(d))
+            .filter(|d| d.executor == node)
+            .count() as u64;
+    if unsettled_claims + open_audits + u64::from(pending_work) == 0 {
+        return Ok(());
+    }
+    Err(LedgerError::ClassChangeWhileBusy {
+        node,
+        unsettled_claims,
+        open_audits,
+        pending_work: u64::from(pending_work),
+    })
 }
 
 fn set_status(

@@ -94,11 +94,16 @@ pub enum TxKind {
         collateral: Amount,
     },
     /// Changes what is given; `add_collateral` moves funds from the operator's balance.
+    /// A new `class` (the node now runs another engine, model file or kernels) is taken only
+    /// while nothing it served or owes is open under the old one (see
+    /// [`LedgerError::ClassChangeWhileBusy`]).
     UpdateNode {
         endpoint: Option<String>,
         offers: Option<Vec<Offer>>,
         capacity: Option<u32>,
         add_collateral: Amount,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<NodeClass>,
     },
     PauseNode,
     ResumeNode,

@@ -98,11 +98,17 @@ pub struct Registration {
     pub attestation: Vec<u8>,
 }
 
+/// How long a node that starts with a new class waits for its claims under the old class to
+/// settle (a challenge window, plus audits when receipts are sampled) before giving up.
+pub const CLASS_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Registers the node, or updates its registration if the key is already known. Returns the
-/// node's id.
+/// node's id. `store` holds the receipts the node signed (none for a test fixture), claimed
+/// before it takes a new class.
 pub async fn register(
     client: &LedgerClient,
     key: &Keypair,
+    store: Option<&crate::store::NodeStore>,
     reg: Registration,
 ) -> Result<NodeId, String> {
     let existing: Option<Node> = client
@@ -112,18 +118,42 @@ pub async fn register(
         .into_iter()
         .find(|n| n.operator == key.public());
     if let Some(n) = existing {
-        client
-            .send(
-                key,
-                TxKind::UpdateNode {
-                    endpoint: Some(reg.endpoint),
-                    offers: Some(reg.offers),
-                    capacity: Some(reg.capacity),
-                    add_collateral: Amount::ZERO,
-                },
-            )
-            .await
-            .map_err(|e| format!("updating registration: {e}"))?;
+        // A new engine, model file or kernel set since the last start: receipts signed under
+        // the old class are claimed first, and the ledger takes the new class once all of its
+        // claims under the old one have settled.
+        let class_changed = n.class_fingerprint != reg.class.fingerprint();
+        if class_changed {
+            tracing::warn!(
+                node = %n.id,
+                from = %n.class_fingerprint,
+                to = %reg.class.fingerprint(),
+                "the node's class changed since it registered: claiming what it served under the old one"
+            );
+            if let Some(store) = store {
+                crate::run::claim_before_class_change(client, key, store).await?;
+            }
+        }
+        let update = TxKind::UpdateNode {
+            endpoint: Some(reg.endpoint),
+            offers: Some(reg.offers),
+            capacity: Some(reg.capacity),
+            add_collateral: Amount::ZERO,
+            class: class_changed.then_some(reg.class),
+        };
+        let deadline = std::time::Instant::now() + CLASS_CHANGE_WAIT;
+        loop {
+            match client.send(key, update.clone()).await {
+                Ok(_) => break,
+                Err(e)
+                    if e.code() == Some("class_change_while_busy")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::info!(node = %n.id, reason = %e, "waiting to take the new class");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(format!("updating registration: {e}")),
+            }
+        }
         if matches!(n.status, sortition_ledger::NodeStatus::Paused) {
             client
                 .send(key, TxKind::ResumeNode)

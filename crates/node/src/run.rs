@@ -217,9 +217,11 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
             price_per_m_output: cfg.price_per_m_output,
         })
         .collect();
+    let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
     let id = register(
         &client,
         &key,
+        Some(&store),
         Registration {
             endpoint: url.clone(),
             class: class.clone(),
@@ -263,7 +265,6 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         }
         None => (None, None),
     };
-    let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
     let accounts = StackAccounts::default();
     restore_accounts(&store, &accounts)?;
     let stacks = Arc::new(LedgerStacks::new(client.clone()));
@@ -423,26 +424,70 @@ pub async fn claim_due(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let receipts = state.store.receipts(stack).map_err(|e| e.to_string())?;
-        let m = claim_material(&receipts);
-        let kind = TxKind::ClaimStack {
-            stack,
-            units_used: m.units_used,
-            receipts_root: m.receipts_root,
-            receipt_count: m.receipt_count,
-        };
-        match client.send(&state.key, kind).await {
-            Ok(_) => {
-                state
-                    .store
-                    .set_meta(&claimed_key(stack), b"1")
-                    .map_err(|e| e.to_string())?;
-                state.metrics.inc("claims_total", "", 1);
-                claimed += 1;
-                tracing::info!(%stack, units = m.units_used.0, receipts = m.receipt_count, "claimed stack");
-            }
-            Err(e) => tracing::warn!(%stack, error = %e, "claim refused"),
+        if claim_stack(client, &state.key, &state.store, stack).await? {
+            state.metrics.inc("claims_total", "", 1);
+            claimed += 1;
         }
     }
     Ok(claimed)
+}
+
+/// Claims `stack` with every receipt the store holds for it and remembers that it did.
+/// `Ok(false)`: the ledger refused (logged).
+async fn claim_stack(
+    client: &LedgerClient,
+    key: &Keypair,
+    store: &NodeStore,
+    stack: StackId,
+) -> Result<bool, String> {
+    let receipts = store.receipts(stack).map_err(|e| e.to_string())?;
+    let m = claim_material(&receipts);
+    let kind = TxKind::ClaimStack {
+        stack,
+        units_used: m.units_used,
+        receipts_root: m.receipts_root,
+        receipt_count: m.receipt_count,
+    };
+    match client.send(key, kind).await {
+        Ok(_) => {
+            store
+                .set_meta(&claimed_key(stack), b"1")
+                .map_err(|e| e.to_string())?;
+            tracing::info!(%stack, units = m.units_used.0, receipts = m.receipt_count, "claimed stack");
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(%stack, error = %e, "claim refused");
+            Ok(false)
+        }
+    }
+}
+
+/// Before a node takes a new class on the ledger: claims every stack holding receipts it
+/// signed under the old class and has not claimed (a crash skipped the claims of shutdown),
+/// so that they are audited by peers of the class that computed them.
+pub(crate) async fn claim_before_class_change(
+    client: &LedgerClient,
+    key: &Keypair,
+    store: &NodeStore,
+) -> Result<(), String> {
+    for stack in store.stacks_with_receipts().map_err(|e| e.to_string())? {
+        if store
+            .get_meta(&claimed_key(stack))
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            continue;
+        }
+        let open = client
+            .stack(stack)
+            .await
+            .map_err(|e| format!("reading {stack}: {e}"))?
+            .status
+            == sortition_ledger::StackStatus::Open;
+        if open {
+            claim_stack(client, key, store, stack).await?;
+        }
+    }
+    Ok(())
 }

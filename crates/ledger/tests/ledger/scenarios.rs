@@ -1,7 +1,7 @@
 //! Scenario tests: each reads as one story of the protocol.
 
 use sortition_ledger::*;
-use sortition_types::{Amount, AuditId, Custody, DisputeId, Keypair, NodeId, StackId};
+use sortition_types::{Amount, AuditId, Custody, DisputeId, Keypair, NodeClass, NodeId, StackId};
 
 use crate::harness::*;
 
@@ -847,4 +847,80 @@ fn withholding_from_the_committee_after_a_mismatch_is_the_executors_fault() {
         c.balance(&ak.public()),
         Amount(before_auditor.0 + 250_000_000 / 3)
     );
+}
+
+/// A node that now runs another engine (a new class) takes it on the ledger only once its
+/// claims under the old class have settled and it owes no audit, so that no receipt is judged
+/// by peers of another class than the one that computed it; a refusal changes nothing.
+#[test]
+fn a_node_changes_class_only_when_nothing_is_open_under_the_old_one() {
+    let mut c = Chain::new(3, 1_000_000);
+    let mut newer = class();
+    newer.engine_version = "e2".into();
+    let update = |class: NodeClass, add: u64| TxKind::UpdateNode {
+        endpoint: None,
+        offers: None,
+        capacity: None,
+        add_collateral: Amount(add),
+        class: Some(class),
+    };
+    let (stack, audit, auditors, rs) = buy_and_claim(&mut c);
+    let n0 = c.nodes[0].clone();
+    let id = c.node_id(0);
+    let ak = c.node_key(auditors[0]);
+    let before = (c.balance(&n0.public()), c.ledger.state().nodes[&id].collateral);
+    // The auditor owes its verdict under the old class: it may not change yet.
+    let txs = [
+        c.sign(&n0, rs.submit(audit, 0)),
+        c.sign(&ak, update(newer.clone(), 0)),
+    ];
+    let mut out = c.block(&txs);
+    assert!(out.results.remove(0).is_ok());
+    assert!(
+        matches!(
+            out.results.remove(0),
+            Err(LedgerError::ClassChangeWhileBusy { pending_work: 1, .. })
+        ),
+        "the auditor changed class with a verdict due"
+    );
+    // Node 0's claim and its audit are open: refused, and nothing moves.
+    let commitment = verdict_commitment(&Verdict::Match, &salt(1), &ak.public());
+    let txs = [
+        c.sign(&ak, TxKind::CommitVerdict { audit, commitment }),
+        c.sign(&n0, update(newer.clone(), 5)),
+    ];
+    let mut out = c.block(&txs);
+    assert!(out.results.remove(0).is_ok());
+    assert_eq!(
+        out.results.remove(0).unwrap_err(),
+        LedgerError::ClassChangeWhileBusy {
+            node: id,
+            unsettled_claims: 1,
+            open_audits: 1,
+            pending_work: 1,
+        }
+    );
+    let st = c.ledger.state();
+    assert_eq!(st.nodes[&id].class_fingerprint, class().fingerprint());
+    assert_eq!(
+        (c.balance(&n0.public()), st.nodes[&id].collateral),
+        before,
+        "a refused update moves no funds"
+    );
+    reveal(&mut c, &ak, audit, Verdict::Match, 1);
+    // Resending the class it has is no change, and always allowed.
+    c.ok(&n0, update(class(), 0));
+
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
+    c.ok(&n0, update(newer.clone(), 0));
+    c.ok(&ak, update(newer.clone(), 0));
+    let st = c.ledger.state();
+    assert_eq!(st.nodes[&id].class_fingerprint, newer.fingerprint());
+    assert_eq!(st.nodes[&id].class, newer);
+    // Auditors are now drawn among peers of the new class only: the node left on the old
+    // class is never drawn for node 0's receipts.
+    for _ in 0..4 {
+        let (_, _, drawn, _) = buy_and_claim(&mut c);
+        assert_eq!(drawn, auditors);
+    }
 }
