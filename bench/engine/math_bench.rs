@@ -54,31 +54,51 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(20);
     let n = millions * 1_000_000;
-    println!("math_bench: {n} random arguments per function; share whose bits differ, platform vs compiled");
+    println!(
+        "math_bench: {n} random arguments per function; share whose bits differ, platform vs compiled"
+    );
     let rows: [(&str, f64); 5] = [
         // SwiGLU and softmax arguments: exp of values up to 0, f32.
-        ("expf  x in [-50, 10)", differs(n, |r| {
-            let x = (r.unit() * 60.0 - 50.0) as f32;
-            (x.exp().to_bits(), libm::expf(x).to_bits())
-        })),
+        (
+            "expf  x in [-50, 10)",
+            differs(n, |r| {
+                let x = (r.unit() * 60.0 - 50.0) as f32;
+                (x.exp().to_bits(), libm::expf(x).to_bits())
+            }),
+        ),
         // Sampling weights: exp of (logit - max) / t, f64.
-        ("exp   x in [-60, 0)", differs(n, |r| {
-            let x = -r.unit() * 60.0;
-            (x.exp().to_bits(), libm::exp(x).to_bits())
-        })),
+        (
+            "exp   x in [-60, 0)",
+            differs(n, |r| {
+                let x = -r.unit() * 60.0;
+                (x.exp().to_bits(), libm::exp(x).to_bits())
+            }),
+        ),
         // RoPE: theta^(2i/d) and the angles pos * freq.
-        ("pow   10000^y, y in [0, 1)", differs(n, |r| {
-            let y = r.unit();
-            (10_000f64.powf(y).to_bits(), libm::pow(10_000.0, y).to_bits())
-        })),
-        ("sin   x in [0, 8192)", differs(n, |r| {
-            let x = r.unit() * 8192.0;
-            (x.sin().to_bits(), libm::sin(x).to_bits())
-        })),
-        ("cos   x in [0, 8192)", differs(n, |r| {
-            let x = r.unit() * 8192.0;
-            (x.cos().to_bits(), libm::cos(x).to_bits())
-        })),
+        (
+            "pow   10000^y, y in [0, 1)",
+            differs(n, |r| {
+                let y = r.unit();
+                (
+                    10_000f64.powf(y).to_bits(),
+                    libm::pow(10_000.0, y).to_bits(),
+                )
+            }),
+        ),
+        (
+            "sin   x in [0, 8192)",
+            differs(n, |r| {
+                let x = r.unit() * 8192.0;
+                (x.sin().to_bits(), libm::sin(x).to_bits())
+            }),
+        ),
+        (
+            "cos   x in [0, 8192)",
+            differs(n, |r| {
+                let x = r.unit() * 8192.0;
+                (x.cos().to_bits(), libm::cos(x).to_bits())
+            }),
+        ),
     ];
     for (name, share) in rows {
         println!("  {name:<28} {:>6.2} % differ", share * 100.0);

@@ -89,10 +89,16 @@ impl AttesterKind {
             AttesterKind::InsecureDev => return Ok(Box::new(DevAttester)),
             AttesterKind::IntelTdx => {
                 let path = cfg.tdx_collateral.as_ref().ok_or_else(|| {
-                    AttesterError::Config("tdx", "the platform's DCAP collateral (a JSON file)".into())
+                    AttesterError::Config(
+                        "tdx",
+                        "the platform's DCAP collateral (a JSON file)".into(),
+                    )
                 })?;
                 let collateral = serde_json::from_slice(&read("tdx", path)?).map_err(|e| {
-                    AttesterError::Config("tdx", format!("{}: not DCAP collateral: {e}", path.display()))
+                    AttesterError::Config(
+                        "tdx",
+                        format!("{}: not DCAP collateral: {e}", path.display()),
+                    )
                 })?;
                 TsmTee::Tdx {
                     collateral: Box::new(collateral),
@@ -100,9 +106,16 @@ impl AttesterKind {
             }
             AttesterKind::AmdSevSnp => TsmTee::SevSnp {
                 product: cfg.snp_product.ok_or_else(|| {
-                    AttesterError::Config("sev-snp", "the EPYC product (milan, genoa or turin)".into())
+                    AttesterError::Config(
+                        "sev-snp",
+                        "the EPYC product (milan, genoa or turin)".into(),
+                    )
                 })?,
-                vcek_der: cfg.snp_vcek.as_ref().map(|p| read("sev-snp", p)).transpose()?,
+                vcek_der: cfg
+                    .snp_vcek
+                    .as_ref()
+                    .map(|p| read("sev-snp", p))
+                    .transpose()?,
             },
         };
         Ok(Box::new(TsmAttester::new(device, tee)))
@@ -196,7 +209,12 @@ mod tests {
     fn hardware_attesters_say_what_they_need() {
         let none = AttesterConfig::default();
         for kind in ["tdx", "sev-snp"] {
-            let err = kind.parse::<AttesterKind>().unwrap().build(&none).err().unwrap();
+            let err = kind
+                .parse::<AttesterKind>()
+                .unwrap()
+                .build(&none)
+                .err()
+                .unwrap();
             assert!(matches!(err, AttesterError::Config(..)), "{err}");
         }
         assert!("dev".parse::<AttesterKind>().unwrap().is_insecure());

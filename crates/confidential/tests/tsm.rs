@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use sortition_confidential::attester::tsm::vcek_from_cert_table;
 use sortition_confidential::attester::{ConfigFsTsm, TsmAttester, TsmDevice, TsmReport, TsmTee};
 use sortition_confidential::{
-    AttestationError, Attester, AttesterConfig, AttesterError, AttesterKind, Evidence,
-    Measurement, Policy, PolicyVerifier, SnpProduct, TeeKind, Verifier,
+    AttestationError, Attester, AttesterConfig, AttesterError, AttesterKind, Evidence, Measurement,
+    Policy, PolicyVerifier, SnpProduct, TeeKind, Verifier,
 };
 
 const TDX_QUOTE: &[u8] = include_bytes!("../testdata/tdx_quote");
@@ -45,7 +45,10 @@ fn tdx_sample() -> (Sample, Vec<u8>, [u8; 64]) {
 
 fn snp_sample(auxblob: Option<Vec<u8>>) -> (Sample, Vec<u8>, [u8; 64]) {
     let report = hex::decode(SNP_REPORT_HEX.trim()).unwrap();
-    let (m, rd) = (report[0x90..0xC0].to_vec(), report[0x50..0x90].try_into().unwrap());
+    let (m, rd) = (
+        report[0x90..0xC0].to_vec(),
+        report[0x50..0x90].try_into().unwrap(),
+    );
     let dev = Sample(TsmReport {
         provider: "sev_guest".into(),
         outblob: report,
@@ -103,13 +106,25 @@ fn snp_report_takes_the_vcek_from_the_host_table_or_the_operator() {
     let product = SnpProduct::Milan;
     // From the host's certificate table.
     let (dev, m, rd) = snp_sample(Some(table(VCEK_GUID, SNP_VCEK)));
-    let att = TsmAttester::new(dev, TsmTee::SevSnp { product, vcek_der: None });
+    let att = TsmAttester::new(
+        dev,
+        TsmTee::SevSnp {
+            product,
+            vcek_der: None,
+        },
+    );
     let ev = att.evidence(&rd, NOW).unwrap();
     let v = verifier(TeeKind::AmdSevSnp, m.clone());
     assert_eq!(v.verify(&ev, &rd, NOW).unwrap().measurement, m);
     // No table, no configured VCEK: a clear error, no evidence.
     let (dev, _, _) = snp_sample(None);
-    let att = TsmAttester::new(dev, TsmTee::SevSnp { product, vcek_der: None });
+    let att = TsmAttester::new(
+        dev,
+        TsmTee::SevSnp {
+            product,
+            vcek_der: None,
+        },
+    );
     let err = att.evidence(&rd, NOW).unwrap_err();
     assert!(err.to_string().contains("no VCEK"), "{err}");
     // The operator's VCEK.
@@ -125,8 +140,17 @@ fn snp_report_takes_the_vcek_from_the_host_table_or_the_operator() {
     assert!(v.verify(&ev, &rd, NOW).is_ok());
     // A wrong certificate in the table is refused by the verifier.
     let (dev, _, _) = snp_sample(Some(table(VCEK_GUID, b"not a certificate")));
-    let att = TsmAttester::new(dev, TsmTee::SevSnp { product, vcek_der: None });
-    assert!(v.verify(&att.evidence(&rd, NOW).unwrap(), &rd, NOW).is_err());
+    let att = TsmAttester::new(
+        dev,
+        TsmTee::SevSnp {
+            product,
+            vcek_der: None,
+        },
+    );
+    assert!(
+        v.verify(&att.evidence(&rd, NOW).unwrap(), &rd, NOW)
+            .is_err()
+    );
 }
 
 #[test]
@@ -150,7 +174,12 @@ fn wrong_provider_or_report_size_is_refused() {
             vcek_der: Some(SNP_VCEK.to_vec()),
         },
     );
-    assert!(att.evidence(&rd, NOW).unwrap_err().to_string().contains("1184"));
+    assert!(
+        att.evidence(&rd, NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("1184")
+    );
 }
 
 #[test]
@@ -164,7 +193,10 @@ fn certificate_tables_are_parsed_with_bounds() {
     le[..4].reverse();
     le[4..6].reverse();
     le[6..8].reverse();
-    assert_eq!(vcek_from_cert_table(&table(le, b"x")).unwrap(), Some(b"x".to_vec()));
+    assert_eq!(
+        vcek_from_cert_table(&table(le, b"x")).unwrap(),
+        Some(b"x".to_vec())
+    );
     assert_eq!(vcek_from_cert_table(&[0; 24]).unwrap(), None);
     // Out of bounds, truncated, unterminated.
     let mut t = table(VCEK_GUID, b"abc");

@@ -31,7 +31,10 @@ async fn ask(gateway: &str, key: &str, i: u32, only: &[NodeId]) -> (u16, Value) 
     let resp = reqwest::Client::new()
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
-        .header("x-sortition-constraints", json!({"nodes": only}).to_string())
+        .header(
+            "x-sortition-constraints",
+            json!({"nodes": only}).to_string(),
+        )
         .json(&body)
         .send()
         .await

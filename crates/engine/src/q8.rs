@@ -402,7 +402,9 @@ impl Kernel {
         assert!(w.cols == x.cols && j0 + n <= w.rows && r0 + N <= x.rows && out.len() == N);
         assert!(w.qs.len() == w.rows * nb * w.quant.qbytes() && w.d.len() == w.rows * nb);
         assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
-        assert!(x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len());
+        assert!(
+            x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len()
+        );
         assert!(out.iter().all(|o| o.len() == n));
         match self {
             #[cfg(target_arch = "x86_64")]

@@ -277,8 +277,9 @@ impl Order {
 /// the tail sorted) only if a running total actually walks into it.
 fn pick(row: &[f32], order: &mut Order, t: f64, top_p: f32, u: f64) -> u32 {
     let max = row[order.get(0) as usize] as f64;
-    let weight =
-        |order: &mut Order, i: usize| crate::math::exp_f64((row[order.get(i) as usize] as f64 - max) / t);
+    let weight = |order: &mut Order, i: usize| {
+        crate::math::exp_f64((row[order.get(i) as usize] as f64 - max) / t)
+    };
     let mut sum = 0.0f64;
     let mut head = Vec::new();
     for i in 0..order.len {

@@ -97,7 +97,9 @@ async fn deliver_to(
     match delivery::post_with_patience(&g.http, &url, payload).await {
         Delivery::Delivered => g.metrics.inc("audit_payloads_delivered_total", "", 1),
         Delivery::Refused(why) => tracing::warn!(%node, %audit, %why, "auditor refused payload"),
-        Delivery::GaveUp(why) => tracing::warn!(%node, %audit, %why, "payload not delivered in time"),
+        Delivery::GaveUp(why) => {
+            tracing::warn!(%node, %audit, %why, "payload not delivered in time")
+        }
     }
 }
 

@@ -34,8 +34,7 @@ pub async fn post_with_patience(
             Ok(r) => {
                 let status = r.status();
                 let why = format!("{status}: {}", r.text().await.unwrap_or_default());
-                if !(status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS)
-                {
+                if !(status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS) {
                     return Delivery::Refused(why);
                 }
                 why

@@ -215,8 +215,7 @@ fn idle_for_class_change(st: &State, node: NodeId, pending_work: u32) -> Result<
         .filter_map(|a| st.audits.get(a))
         .filter(|a| a.executor == node)
         .count() as u64
-        + st
-            .open_disputes
+        + st.open_disputes
             .iter()
             .filter_map(|d| st.disputes.get(d))
             .filter(|d| d.executor == node)

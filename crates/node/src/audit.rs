@@ -22,8 +22,8 @@ use sortition_engine::{GenerateRequest, Prompt};
 use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_types::{
-    AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId,
-    embedding_response_hash, sha256, text_response_hash,
+    AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId, embedding_response_hash,
+    sha256, text_response_hash,
 };
 use tokio::sync::watch;
 
@@ -107,9 +107,9 @@ impl Expected {
             ));
         }
         match &self.key {
-            Some(k) if r.verify(k).is_err() => {
-                Err("the receipt's signature does not verify under the executor's ledger key".into())
-            }
+            Some(k) if r.verify(k).is_err() => Err(
+                "the receipt's signature does not verify under the executor's ledger key".into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -144,12 +144,16 @@ impl AuditDesk {
             ApiError::new(ErrorKind::Unavailable, "audit_payloads_full", m).with_retry_after(1)
         };
         if sha256(p.body.as_bytes()) != p.receipt.receipt.request_hash {
-            return Err(invalid("payload does not hash to the receipt's request_hash".into()));
+            return Err(invalid(
+                "payload does not hash to the receipt's request_hash".into(),
+            ));
         }
         let mut g = self.lock();
         if !g.contains_key(&id) {
             let now = Instant::now();
-            g.retain(|_, e| !(e.is_unknown() && e.since.is_some_and(|t| now - t > UNKNOWN_AUDIT_TTL)));
+            g.retain(|_, e| {
+                !(e.is_unknown() && e.since.is_some_and(|t| now - t > UNKNOWN_AUDIT_TTL))
+            });
             if g.values().filter(|e| e.is_unknown()).count() >= MAX_UNKNOWN_AUDITS {
                 return Err(busy(format!(
                     "{MAX_UNKNOWN_AUDITS} audits this node has not heard of hold payloads already"
@@ -197,7 +201,10 @@ impl AuditDesk {
     }
 
     fn candidates(&self, id: AuditId) -> Vec<AuditPayload> {
-        self.lock().get(&id).map(|p| p.payloads.clone()).unwrap_or_default()
+        self.lock()
+            .get(&id)
+            .map(|p| p.payloads.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -205,7 +212,9 @@ impl AuditDesk {
 async fn expect_from_ledger(state: &NodeState, client: &LedgerClient, audit: AuditId) {
     let a = match client.audit(audit).await {
         Ok(a) => a,
-        Err(e) => return tracing::warn!(%audit, error = %e, "audit unreadable; payloads unchecked until its receipt is known"),
+        Err(e) => {
+            return tracing::warn!(%audit, error = %e, "audit unreadable; payloads unchecked until its receipt is known");
+        }
     };
     let key = client.node(a.executor).await.ok().map(|n| n.operator);
     state.audits.expect(
@@ -839,7 +848,10 @@ mod desk_tests {
     #[test]
     fn a_decoy_flood_cannot_crowd_out_the_genuine_payload() {
         let (desk, id) = (AuditDesk::default(), AuditId(7));
-        let (executor, forger) = (Keypair::from_seed(b"executor"), Keypair::from_seed(b"forger"));
+        let (executor, forger) = (
+            Keypair::from_seed(b"executor"),
+            Keypair::from_seed(b"forger"),
+        );
         // Before the node hears of the audit, anything well-formed fills the slots.
         for i in 0..MAX_PAYLOADS_PER_AUDIT {
             let p = payload(&forger, 1, 2, 3, &format!("decoy {i}"));
@@ -858,8 +870,14 @@ mod desk_tests {
         };
         desk.expect(id, expected.clone());
         assert!(desk.candidates(id).is_empty());
-        assert_eq!(status(desk.deliver(id, payload(&forger, 1, 2, 3, "x"))), 400);
-        assert_eq!(status(desk.deliver(id, payload(&executor, 1, 2, 4, "x"))), 400);
+        assert_eq!(
+            status(desk.deliver(id, payload(&forger, 1, 2, 3, "x"))),
+            400
+        );
+        assert_eq!(
+            status(desk.deliver(id, payload(&executor, 1, 2, 4, "x"))),
+            400
+        );
         assert_eq!(status(desk.deliver(id, genuine.clone())), 202);
         // Conflicting receipts signed by the executor itself, until the digest is known.
         let twin = payload(&executor, 1, 2, 3, "twin");
@@ -880,7 +898,10 @@ mod desk_tests {
         let desk = AuditDesk::default();
         let k = Keypair::from_seed(b"k");
         for a in 0..MAX_UNKNOWN_AUDITS as u64 {
-            assert_eq!(status(desk.deliver(AuditId(a), payload(&k, 1, 1, a, "b"))), 202);
+            assert_eq!(
+                status(desk.deliver(AuditId(a), payload(&k, 1, 1, a, "b"))),
+                202
+            );
         }
         let extra = AuditId(MAX_UNKNOWN_AUDITS as u64);
         assert_eq!(status(desk.deliver(extra, payload(&k, 1, 1, 0, "b"))), 503);

@@ -44,8 +44,9 @@ use sortition_confidential::wire::{
     StreamItem,
 };
 use sortition_confidential::{
-    Attester, AttesterConfig, AttesterError, AttesterKind, ConfidentialKey, Evidence, Policy, PolicyVerifier,
-    RecipientKey, ResponseSealer, SealError, SealedRequest, open_request, seal_request,
+    Attester, AttesterConfig, AttesterError, AttesterKind, ConfidentialKey, Evidence, Policy,
+    PolicyVerifier, RecipientKey, ResponseSealer, SealError, SealedRequest, open_request,
+    seal_request,
 };
 use sortition_engine::{FinishReason, Prompt, StreamEvent};
 use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
@@ -106,16 +107,20 @@ impl KeyRing {
                 ..Policy::default()
             },
             None => {
-                return Err("a hardware attester needs an auditor policy (the measurements of \
+                return Err(
+                    "a hardware attester needs an auditor policy (the measurements of \
                      the auditors' TEEs this node re-seals its confidential requests to): \
                      without one no auditor could be sent them, and withholding them is slashed"
-                    .into());
+                        .into(),
+                );
             }
         };
         if auditors.allow_insecure_dev && !attester.is_insecure() {
-            return Err("a node with a hardware attester must not re-seal its requests to \
+            return Err(
+                "a node with a hardware attester must not re-seal its requests to \
                  INSECURE dev auditors (allow_insecure_dev in the auditor policy)"
-                .into());
+                    .into(),
+            );
         }
         Ok(KeyRing {
             node,
@@ -773,7 +778,11 @@ async fn deliver_sealed(
     plaintext: &[u8],
 ) {
     use sortition_ledger_service::delivery::{Delivery, post_with_patience};
-    let count = |label| state.metrics.inc("confidential_audit_deliveries_total", label, 1);
+    let count = |label| {
+        state
+            .metrics
+            .inc("confidential_audit_deliveries_total", label, 1)
+    };
     let (sealed, endpoint) = match reseal(client, verifier, audit, node, plaintext).await {
         Ok(s) => s,
         Err(why) => {
@@ -905,7 +914,9 @@ mod ring_tests {
             allow_insecure_dev: true,
             ..Policy::default()
         };
-        let err = new(AttesterKind::IntelTdx, Some(dev_auditors)).err().unwrap();
+        let err = new(AttesterKind::IntelTdx, Some(dev_auditors))
+            .err()
+            .unwrap();
         assert!(err.contains("INSECURE"), "{err}");
         let ring = new(AttesterKind::IntelTdx, Some(Policy::default())).unwrap();
         assert!(!ring.is_insecure());

@@ -35,7 +35,9 @@ impl std::str::FromStr for SnpProduct {
             "milan" => Ok(SnpProduct::Milan),
             "genoa" => Ok(SnpProduct::Genoa),
             "turin" => Ok(SnpProduct::Turin),
-            other => Err(format!("unknown SEV-SNP product {other:?} (milan, genoa, turin)")),
+            other => Err(format!(
+                "unknown SEV-SNP product {other:?} (milan, genoa, turin)"
+            )),
         }
     }
 }

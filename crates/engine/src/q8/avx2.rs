@@ -223,7 +223,8 @@ unsafe fn tile_q4_1<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N];
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
             // SAFETY: block `b < nb` (16 bytes, a scale and a minimum) lies inside every
             // row (the caller's contract).
-            let (raw, d, m) = unsafe { (_mm_loadu_si128(at.cast()), *r.wd[i].add(b), *r.wm[i].add(b)) };
+            let (raw, d, m) =
+                unsafe { (_mm_loadu_si128(at.cast()), *r.wd[i].add(b), *r.wm[i].add(b)) };
             // Values 0..16 from the low nibbles, 16..32 from the high ones.
             let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
             wv[i] = _mm256_and_si256(both, low);

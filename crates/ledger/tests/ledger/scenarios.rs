@@ -702,17 +702,26 @@ fn withheld_confidential_request_is_the_executors_fault() {
 fn withholding_is_judged_only_by_members_that_could_receive_the_request() {
     let mut c = Chain::new_with(6, 1_000_000, |i| match (i, register_kind(i)) {
         (0, kind) => kind,
-        (_, TxKind::RegisterNode { endpoint, attestation, class, offers, capacity, collateral, .. }) => {
+        (
+            _,
             TxKind::RegisterNode {
                 endpoint,
-                confidential_key: SealingKey(sortition_types::Hash32::ZERO),
                 attestation,
                 class,
                 offers,
                 capacity,
                 collateral,
-            }
-        }
+                ..
+            },
+        ) => TxKind::RegisterNode {
+            endpoint,
+            confidential_key: SealingKey(sortition_types::Hash32::ZERO),
+            attestation,
+            class,
+            offers,
+            capacity,
+            collateral,
+        },
         (_, other) => other,
     });
     let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
@@ -868,7 +877,10 @@ fn a_node_changes_class_only_when_nothing_is_open_under_the_old_one() {
     let n0 = c.nodes[0].clone();
     let id = c.node_id(0);
     let ak = c.node_key(auditors[0]);
-    let before = (c.balance(&n0.public()), c.ledger.state().nodes[&id].collateral);
+    let before = (
+        c.balance(&n0.public()),
+        c.ledger.state().nodes[&id].collateral,
+    );
     // The auditor owes its verdict under the old class: it may not change yet.
     let txs = [
         c.sign(&n0, rs.submit(audit, 0)),
@@ -879,7 +891,10 @@ fn a_node_changes_class_only_when_nothing_is_open_under_the_old_one() {
     assert!(
         matches!(
             out.results.remove(0),
-            Err(LedgerError::ClassChangeWhileBusy { pending_work: 1, .. })
+            Err(LedgerError::ClassChangeWhileBusy {
+                pending_work: 1,
+                ..
+            })
         ),
         "the auditor changed class with a verdict due"
     );
