@@ -17,8 +17,9 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// The state machine's format: bumped whenever applying the same blocks gives other state
 /// roots, so an old database is refused with a clear error instead of a replay mismatch.
 /// 1: until challenges and `Unavailable` verdicts (unrecorded then); 2: until receipts named
-/// who keeps the request for audits (`Receipt::custody`, withheld requests slashed); 3: since.
-pub const FORMAT: u32 = 3;
+/// who keeps the request for audits (`Receipt::custody`, withheld requests slashed); 3: until
+/// `UpdateNode` could change a node's class (a field more in its encoding); 4: since.
+pub const FORMAT: u32 = 4;
 
 /// What is kept per block: enough to replay it and to check the replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -201,8 +201,9 @@ pub(crate) fn update(
 /// A node may change class only when no claim of receipts it signed under the old one can
 /// still be sampled or judged (every claim settled, no audit or dispute of its receipts
 /// open) and it owes no verdict or vote as a peer of the old class. Receipts on stacks it has
-/// not claimed yet are the node's to claim first (a node does so when it starts with a new
-/// class, and at every shutdown): the ledger does not know of them.
+/// not claimed yet are the node's to claim and settle first (it claims at every shutdown, and
+/// refuses to take a new class while its store holds unclaimed ones): the ledger does not
+/// know of them.
 fn idle_for_class_change(st: &State, node: NodeId, pending_work: u32) -> Result<(), LedgerError> {
     let unsettled_claims = st
         .stacks

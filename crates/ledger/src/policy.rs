@@ -21,7 +21,8 @@ pub struct ModelSpec {
     pub policy: SecurityPolicy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The default asks nothing: no audits, no quorum, no slashing (a model served on trust).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityPolicy {
     /// Asynchronous cross-validation; `None` disables audits (and the collateral minimum).
     pub audit: Option<AuditPolicy>,

@@ -102,7 +102,9 @@ pub enum TxKind {
         offers: Option<Vec<Offer>>,
         capacity: Option<u32>,
         add_collateral: Amount,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Absent in JSON means unchanged. Always present in the canonical (BCS) encoding,
+        /// which stored blocks are decoded from.
+        #[serde(default)]
         class: Option<NodeClass>,
     },
     PauseNode,

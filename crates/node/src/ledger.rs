@@ -98,13 +98,9 @@ pub struct Registration {
     pub attestation: Vec<u8>,
 }
 
-/// How long a node that starts with a new class waits for its claims under the old class to
-/// settle (a challenge window, plus audits when receipts are sampled) before giving up.
-pub const CLASS_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// Registers the node, or updates its registration if the key is already known. Returns the
-/// node's id. `store` holds the receipts the node signed (none for a test fixture), claimed
-/// before it takes a new class.
+/// node's id. `store` holds the receipts the node signed (none for a test fixture): none may
+/// be left unclaimed when it takes a new class.
 pub async fn register(
     client: &LedgerClient,
     key: &Keypair,
@@ -118,19 +114,28 @@ pub async fn register(
         .into_iter()
         .find(|n| n.operator == key.public());
     if let Some(n) = existing {
-        // A new engine, model file or kernel set since the last start: receipts signed under
-        // the old class are claimed first, and the ledger takes the new class once all of its
-        // claims under the old one have settled.
+        // A new engine, model file or kernel set since the last start. Receipts signed
+        // under the old class must be claimed, audited and settled under it, defended by a node
+        // that can still compute it: the previous version. Until then this one does not start.
         let class_changed = n.class_fingerprint != reg.class.fingerprint();
-        if class_changed {
-            tracing::warn!(
-                node = %n.id,
-                from = %n.class_fingerprint,
-                to = %reg.class.fingerprint(),
-                "the node's class changed since it registered: claiming what it served under the old one"
-            );
-            if let Some(store) = store {
-                crate::run::claim_before_class_change(client, key, store).await?;
+        let upgrade = |why: String| {
+            format!(
+                "this node's class changed since it registered ({} -> {}: another engine \
+                 version, model file, weight format or kernel set) while {why}. Run the \
+                 version that signed them until its claims settle (the challenge window, plus \
+                 the audits of sampled receipts), then start this one",
+                n.class_fingerprint,
+                reg.class.fingerprint()
+            )
+        };
+        if class_changed && let Some(store) = store {
+            let unclaimed = crate::run::unclaimed_stacks(store)?;
+            if !unclaimed.is_empty() {
+                return Err(upgrade(format!(
+                    "{} stack(s) hold receipts it signed under the old class that were never \
+                     claimed",
+                    unclaimed.len()
+                )));
             }
         }
         let update = TxKind::UpdateNode {
@@ -138,21 +143,19 @@ pub async fn register(
             offers: Some(reg.offers),
             capacity: Some(reg.capacity),
             add_collateral: Amount::ZERO,
-            class: class_changed.then_some(reg.class),
+            class: class_changed.then_some(reg.class.clone()),
         };
-        let deadline = std::time::Instant::now() + CLASS_CHANGE_WAIT;
-        loop {
-            match client.send(key, update.clone()).await {
-                Ok(_) => break,
-                Err(e)
-                    if e.code() == Some("class_change_while_busy")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tracing::info!(node = %n.id, reason = %e, "waiting to take the new class");
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                }
-                Err(e) => return Err(format!("updating registration: {e}")),
+        match client.send(key, update).await {
+            Ok(_) if class_changed => tracing::warn!(
+                node = %n.id,
+                class = %reg.class.fingerprint(),
+                "the node's class changed since it registered; the ledger took the new one"
+            ),
+            Ok(_) => {}
+            Err(e) if e.code() == Some("class_change_while_busy") => {
+                return Err(upgrade(format!("the ledger says: {e}")));
             }
+            Err(e) => return Err(format!("updating registration: {e}")),
         }
         if matches!(n.status, sortition_ledger::NodeStatus::Paused) {
             client
@@ -204,4 +207,114 @@ pub async fn register(
             _ => None,
         })
         .ok_or_else(|| "registration produced no NodeRegistered event".to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod class_change_tests {
+    use super::*;
+    use crate::store::NodeStore;
+    use sortition_ledger::Genesis;
+    use sortition_ledger_service::{LedgerServiceConfig, run_in_background};
+    use sortition_types::{Custody, ModelId, Receipt, SignedReceipt, sha256};
+
+    fn class(engine: &str) -> NodeClass {
+        NodeClass {
+            engine_version: engine.into(),
+            model_digest: sha256(b"weights"),
+            quantization: "q8_0".into(),
+            device: "cpu".into(),
+            kernels: "k".into(),
+        }
+    }
+
+    fn registration(class: NodeClass) -> Registration {
+        Registration {
+            endpoint: "http://127.0.0.1:9".into(),
+            class,
+            offers: vec![Offer {
+                model: ModelId::new("m"),
+                price_per_m_input: Amount(1),
+                price_per_m_output: Amount(1),
+            }],
+            capacity: 1,
+            collateral: Some(Amount(0)),
+            confidential_key: [0; 32],
+            attestation: Vec::new(),
+        }
+    }
+
+    /// A node started again with another engine takes the new class on the ledger, unless
+    /// its store holds receipts signed under the old class that were never claimed: then it
+    /// refuses to start, says why, and the ledger keeps the old class.
+    #[tokio::test]
+    async fn a_restart_with_a_new_class_updates_the_ledger_only_when_nothing_is_left_unclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Keypair::from_secret([1; 32]);
+        let mut genesis = Genesis::devnet("devnet", admin.public());
+        genesis.models.push(sortition_ledger::ModelSpec {
+            id: ModelId::new("m"),
+            weights_digest: sha256(b"weights"),
+            tokenizer_digest: sha256(b"tokenizer"),
+            policy: Default::default(),
+        });
+        let ledger = run_in_background(LedgerServiceConfig::new(dir.path().join("l"), genesis))
+            .await
+            .unwrap();
+        let client = ledger.client();
+        let key = Keypair::from_secret([2; 32]);
+        let to = key.public();
+        let faucet = TxKind::Faucet {
+            to,
+            amount: Amount(1_000),
+        };
+        client.send(&admin, faucet).await.unwrap();
+        let store = NodeStore::open(&dir.path().join("node.redb")).unwrap();
+
+        let id = register(&client, &key, Some(&store), registration(class("e1")))
+            .await
+            .unwrap();
+        let on_ledger = |c: LedgerClient| async move { c.node(id).await.unwrap().class };
+        assert_eq!(on_ledger(client.clone()).await, class("e1"));
+
+        // A receipt of stack 0 signed under e1 and never claimed (the node crashed).
+        let receipt = Receipt {
+            node: id,
+            stack: StackId(0),
+            sequence: 0,
+            model: ModelId::new("m"),
+            model_digest: sha256(b"weights"),
+            node_class: class("e1").fingerprint(),
+            request_hash: sha256(b"request"),
+            response_hash: sha256(b"response"),
+            input_tokens: 3,
+            output_tokens: 4,
+            sampling: Default::default(),
+            timestamp_ms: 1,
+            custody: Custody::Gateway,
+        };
+        store
+            .put_receipt(&SignedReceipt::sign(receipt, &key))
+            .unwrap();
+        let err = register(&client, &key, Some(&store), registration(class("e2")))
+            .await
+            .unwrap_err();
+        assert!(err.contains("1 stack(s) hold receipts"), "{err}");
+        assert!(err.contains("Run the version that signed them"), "{err}");
+        assert_eq!(on_ledger(client.clone()).await, class("e1"));
+        // The same class again is no change: it starts.
+        register(&client, &key, Some(&store), registration(class("e1")))
+            .await
+            .unwrap();
+
+        // Once claimed (as the previous version does at shutdown), the new class is taken.
+        store
+            .set_meta(&crate::run::claimed_key(StackId(0)), b"1")
+            .unwrap();
+        let again = register(&client, &key, Some(&store), registration(class("e2")))
+            .await
+            .unwrap();
+        assert_eq!(again, id);
+        assert_eq!(on_ledger(client.clone()).await, class("e2"));
+    }
 }

@@ -360,7 +360,7 @@ fn restore_accounts(store: &NodeStore, accounts: &StackAccounts) -> Result<(), S
     Ok(())
 }
 
-fn claimed_key(stack: StackId) -> String {
+pub(crate) fn claimed_key(stack: StackId) -> String {
     format!("claimed/{}", stack.0)
 }
 
@@ -463,31 +463,18 @@ async fn claim_stack(
     }
 }
 
-/// Before a node takes a new class on the ledger: claims every stack holding receipts it
-/// signed under the old class and has not claimed (a crash skipped the claims of shutdown),
-/// so that they are audited by peers of the class that computed them.
-pub(crate) async fn claim_before_class_change(
-    client: &LedgerClient,
-    key: &Keypair,
-    store: &NodeStore,
-) -> Result<(), String> {
+/// Stacks holding receipts this node signed and has not claimed yet (a crash skipped the
+/// claims of shutdown).
+pub(crate) fn unclaimed_stacks(store: &NodeStore) -> Result<Vec<StackId>, String> {
+    let mut out = Vec::new();
     for stack in store.stacks_with_receipts().map_err(|e| e.to_string())? {
         if store
             .get_meta(&claimed_key(stack))
             .map_err(|e| e.to_string())?
-            .is_some()
+            .is_none()
         {
-            continue;
-        }
-        let open = client
-            .stack(stack)
-            .await
-            .map_err(|e| format!("reading {stack}: {e}"))?
-            .status
-            == sortition_ledger::StackStatus::Open;
-        if open {
-            claim_stack(client, key, store, stack).await?;
+            out.push(stack);
         }
     }
-    Ok(())
+    Ok(out)
 }
