@@ -297,6 +297,24 @@ async fn node_serving_a_smaller_model_is_caught_and_slashed() {
     o.net.shutdown().await;
 }
 
+/// A node that gives the gateway one receipt and claims another for the same position (with
+/// doubled tokens) is caught by an auditor holding both (the gateway's delivery and the
+/// receipt the ledger took), slashed on that proof alone, and the owner refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn equivocating_node_is_slashed_on_proof() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario(
+        Mode::Equivocate,
+        AuditMethod::Reexecute,
+        Expect {
+            slashed_for: SlashReason::Equivocation,
+            refund: true,
+        },
+    )
+    .await;
+    o.net.shutdown().await;
+}
+
 /// An auditor that would copy another auditor's verdict instead of re-executing finds
 /// nothing to copy before its commit is too late, and is slashed for the missed deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

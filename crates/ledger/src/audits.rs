@@ -286,7 +286,7 @@ pub(crate) fn challenge(
             auditors,
             commits: Default::default(),
             reveals: Default::default(),
-            receipt: Some(AuditedReceipt::of(r)),
+            receipt: Some(AuditedReceipt::of(receipt)),
             opened_height: ctx.height,
             commit_deadline,
             reveal_deadline,
@@ -439,21 +439,22 @@ pub(crate) fn submit_receipt(
     if r.node != a.executor || r.stack != a.stack || r.model != a.model {
         return bad("receipt names another node, stack or model");
     }
-    let kept = AuditedReceipt::of(r);
+    let kept = AuditedReceipt::of(receipt);
     if !proof.verify(&kept.digest, &claim.receipts_root) {
         return bad("Merkle proof does not match the claim's root");
     }
     if receipt.verify(&executor.operator).is_err() {
         return bad("receipt signature is not the executor's");
     }
-    if let Some(a) = st.audits.get_mut(&id) {
-        a.receipt = Some(kept);
-    }
-    Ok(vec![Event::ReceiptSubmitted {
+    let event = Event::ReceiptSubmitted {
         audit: id,
         request_hash: kept.request_hash,
         response_hash: kept.response_hash,
-    }])
+    };
+    if let Some(a) = st.audits.get_mut(&id) {
+        a.receipt = Some(kept);
+    }
+    Ok(vec![event])
 }
 
 /// Closes audits whose deadline passed or that are complete.
@@ -548,7 +549,10 @@ pub(crate) fn withheld<'a>(
     votes: impl Iterator<Item = &'a Verdict>,
     drawn: usize,
 ) -> bool {
-    let in_executor_custody = a.receipt.is_some_and(|r| r.custody == Custody::Executor);
+    let in_executor_custody = a
+        .receipt
+        .as_ref()
+        .is_some_and(|r| r.custody == Custody::Executor);
     let unavailable = votes.filter(|v| matches!(v, Verdict::Unavailable)).count();
     in_executor_custody && unavailable.saturating_mul(2) > drawn
 }

@@ -56,7 +56,10 @@ pub(crate) fn open(
     let id = DisputeId(st.next_ids.dispute);
     st.next_ids.dispute += 1;
     let mut pool = peer_pool(st, a.executor, &a.model, &a.auditors);
-    if a.receipt.is_some_and(|r| r.custody == Custody::Executor) {
+    if a.receipt
+        .as_ref()
+        .is_some_and(|r| r.custody == Custody::Executor)
+    {
         // Only the executor can deliver the request, sealed to each member's attested key: a
         // member without a current key could never receive it, and its `Unavailable` would
         // count against an honest executor.

@@ -38,6 +38,10 @@ pub enum LedgerError {
     NodeExists(NodeId),
     #[error("collateral below minimum: need {need}, have {have}")]
     CollateralBelowMinimum { need: Amount, have: Amount },
+    #[error("not an equivocation: {0}")]
+    NotAnEquivocation(String),
+    #[error("the equivocation at {stack} position {sequence} was already reported")]
+    EquivocationReported { stack: StackId, sequence: u64 },
     /// Receipts signed under the old class are audited by peers of the old class: the class
     /// changes only once they are all settled and the node owes no audit or committee vote.
     #[error(

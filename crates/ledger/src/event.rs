@@ -147,6 +147,15 @@ pub enum Event {
         to: PublicKey,
         amount: Amount,
     },
+    /// Two different receipts signed by `node` for one position were shown; `reporter` got
+    /// `reward` out of the slash.
+    EquivocationProven {
+        node: NodeId,
+        stack: StackId,
+        sequence: u64,
+        reporter: PublicKey,
+        reward: Amount,
+    },
     Settled {
         claim: ClaimId,
         stack: StackId,

@@ -27,6 +27,7 @@ pub mod tx;
 mod audits;
 mod disputes;
 mod end_block;
+mod equivocation;
 mod nodes;
 mod ops;
 mod stacks;
@@ -267,5 +268,6 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
             salt,
         } => disputes::reveal(st, ctx, sender, *dispute, verdict, salt),
         ChallengeReceipt { receipt } => audits::challenge(st, ctx, sender, receipt),
+        ReportEquivocation { first, second } => equivocation::report(st, sender, first, second),
     }
 }

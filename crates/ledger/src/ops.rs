@@ -40,6 +40,7 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         audits: BTreeMap::new(),
         open_audits: BTreeSet::new(),
         challenges: BTreeMap::new(),
+        equivocations: Default::default(),
         disputes: BTreeMap::new(),
         open_disputes: BTreeSet::new(),
         unbonding: BTreeSet::new(),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sortition_types::{
     Amount, AuditId, ClaimId, Custody, DisputeId, Hash32, ModelId, NodeClass, NodeId, PublicKey,
-    Receipt, StackId, Units, canonical_bytes, sha256,
+    SignedReceipt, StackId, Units, canonical_bytes, sha256,
 };
 
 use crate::genesis::Params;
@@ -172,8 +172,9 @@ pub struct Audit {
 }
 
 /// The audited receipt as the ledger keeps it: enough to tell the genuine payload from decoys
-/// and to know who had to deliver it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// and to know who had to deliver it, and the signed receipt itself, so that a holder of
+/// another receipt the executor signed for the same position can prove the equivocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditedReceipt {
     /// The receipt's digest (its leaf in the claim's Merkle tree).
     pub digest: Hash32,
@@ -182,15 +183,18 @@ pub struct AuditedReceipt {
     /// Who keeps the request for the auditors: with `Executor`, auditors that never get it
     /// count against the executor (see the `audits` and `disputes` module docs).
     pub custody: Custody,
+    pub signed: SignedReceipt,
 }
 
 impl AuditedReceipt {
-    pub fn of(r: &Receipt) -> AuditedReceipt {
+    pub fn of(s: &SignedReceipt) -> AuditedReceipt {
+        let r = &s.receipt;
         AuditedReceipt {
             digest: r.digest(),
             request_hash: r.request_hash,
             response_hash: r.response_hash,
             custody: r.custody,
+            signed: s.clone(),
         }
     }
 }
@@ -220,6 +224,8 @@ pub enum SlashReason {
     /// The executor kept a confidential request in custody and did not deliver it: most of
     /// the committee that should have judged it never got it.
     PayloadWithheld,
+    /// The node signed two different receipts for one position of a stack.
+    Equivocation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +278,9 @@ pub struct State {
     pub open_audits: BTreeSet<AuditId>,
     /// Challenged receipts by (stack, sequence): one challenge per receipt.
     pub challenges: BTreeMap<(StackId, u64), AuditId>,
+    /// Receipt positions (stack, sequence) whose node was proven to have signed two different
+    /// receipts: one slash per position.
+    pub equivocations: BTreeSet<(StackId, u64)>,
     pub disputes: BTreeMap<DisputeId, Dispute>,
     pub open_disputes: BTreeSet<DisputeId>,
     pub unbonding: BTreeSet<(u64, NodeId)>,

@@ -167,6 +167,14 @@ pub enum TxKind {
     ChallengeReceipt {
         receipt: SignedReceipt,
     },
+    /// Anyone holding two different receipts that one node signed for the same position of
+    /// a stack proves it equivocated: an objective fault, checked on the spot against the
+    /// node's key as the ledger holds it. The node is slashed as for a lost dispute, the
+    /// reporter gets the disputers' share, and the stack's owner its refund.
+    ReportEquivocation {
+        first: Box<SignedReceipt>,
+        second: Box<SignedReceipt>,
+    },
 }
 
 /// A transaction with its sender's signature.

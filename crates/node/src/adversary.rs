@@ -29,6 +29,9 @@ pub enum Mode {
     /// Truncates its answers like `Truncate`, and never delivers the confidential requests it
     /// keeps in custody to their auditors, hoping that an audit nobody can judge lets it off.
     WithholdCustody,
+    /// Gives the user an honest receipt but keeps, and claims, another one for the same
+    /// position with twice the output tokens: paid double unless someone compares the two.
+    Equivocate,
 }
 
 /// Blocks the `smaller-model` adversary keeps.
@@ -45,8 +48,9 @@ impl std::str::FromStr for Mode {
             "copy" => Ok(Mode::Copy),
             "smaller-model" => Ok(Mode::SmallerModel),
             "withhold-custody" => Ok(Mode::WithholdCustody),
+            "equivocate" => Ok(Mode::Equivocate),
             other => Err(format!(
-                "unknown adversary mode '{other}'; expected truncate, random, over-report, skip-audits, copy, smaller-model or withhold-custody"
+                "unknown adversary mode '{other}'; expected truncate, random, over-report, skip-audits, copy, smaller-model, withhold-custody or equivocate"
             )),
         }
     }
@@ -74,6 +78,17 @@ pub fn report_usage(mode: Option<Mode>, out: &Outcome) -> (u64, u64) {
         Some(Mode::OverReport) => (out.input_tokens * 2, out.output_tokens * 2),
         _ => (out.input_tokens, out.output_tokens),
     }
+}
+
+/// The receipt the adversary keeps for its claim instead of the one it gave the user, if any.
+pub fn kept_receipt(
+    mode: Option<Mode>,
+    given: &sortition_types::Receipt,
+) -> Option<sortition_types::Receipt> {
+    (mode == Some(Mode::Equivocate)).then(|| sortition_types::Receipt {
+        output_tokens: given.output_tokens * 2,
+        ..given.clone()
+    })
 }
 
 /// Whether the node delivers the confidential requests it keeps to their auditors.

@@ -66,12 +66,33 @@ struct Pending {
     started: bool,
     /// When the first payload came for an audit this node had not heard of.
     since: Option<Instant>,
+    /// Two different receipts the executor signed for the audited position, once seen (in
+    /// deliveries, or one delivered and one on the ledger), and whether it was reported.
+    equivocation: Option<(SignedReceipt, SignedReceipt)>,
+    reported: bool,
 }
 
 impl Pending {
     /// Neither an audit nor a dispute of ours (yet): only someone's deliveries.
     fn is_unknown(&self) -> bool {
         self.expect.is_none() && !self.auditor && self.disputes.is_empty()
+    }
+
+    /// Keeps the first proof of equivocation that `r` makes with the receipt the ledger
+    /// holds or with a delivered one.
+    fn note_conflicts(&mut self, r: &SignedReceipt) {
+        let Some(e) = &self.expect else { return };
+        if self.equivocation.is_some() || !e.signed_for_position(r) {
+            return;
+        }
+        let other = e
+            .kept
+            .iter()
+            .chain(self.payloads.iter().map(|p| &p.receipt))
+            .find(|q| q.receipt != r.receipt && e.signed_for_position(q));
+        if let Some(q) = other {
+            self.equivocation = Some((q.clone(), r.clone()));
+        }
     }
 }
 
@@ -86,9 +107,19 @@ pub struct Expected {
     pub stack: StackId,
     pub sequence: u64,
     pub digest: Option<Hash32>,
+    /// The signed receipt the ledger holds, once submitted (its digest is `digest`).
+    pub kept: Option<SignedReceipt>,
 }
 
 impl Expected {
+    /// Whether `r` is signed under the executor's ledger key for the audited position: two
+    /// such receipts that differ prove the executor equivocated.
+    fn signed_for_position(&self, r: &SignedReceipt) -> bool {
+        let at = (r.receipt.node, r.receipt.stack, r.receipt.sequence);
+        at == (self.executor, self.stack, self.sequence)
+            && self.key.as_ref().is_some_and(|k| r.verify(k).is_ok())
+    }
+
     /// Whether `r` can be the audited receipt.
     fn admits(&self, r: &SignedReceipt) -> Result<(), String> {
         if let Some(d) = self.digest {
@@ -161,6 +192,8 @@ impl AuditDesk {
             }
         }
         let entry = g.entry(id).or_default();
+        // Refused or not, a second receipt signed for the audited position is evidence.
+        entry.note_conflicts(&p.receipt);
         if let Some(e) = &entry.expect {
             e.admits(&p.receipt).map_err(invalid)?;
         }
@@ -182,22 +215,40 @@ impl AuditDesk {
     pub fn expect(&self, id: AuditId, e: Expected) {
         let mut g = self.lock();
         let entry = g.entry(id).or_default();
+        entry.expect = Some(e.clone());
+        let delivered: Vec<SignedReceipt> =
+            entry.payloads.iter().map(|p| p.receipt.clone()).collect();
+        for r in &delivered {
+            entry.note_conflicts(r);
+        }
         entry.payloads.retain(|p| e.admits(&p.receipt).is_ok());
-        entry.expect = Some(e);
     }
 
     /// The ledger now holds the audited receipt: keep only its payload.
-    fn learn_digest(&self, id: AuditId, digest: Hash32) {
+    fn learn_receipt(&self, id: AuditId, kept: &sortition_ledger::AuditedReceipt) {
         let e = self.lock().get(&id).and_then(|p| p.expect.clone());
         if let Some(e) = e.filter(|e| e.digest.is_none()) {
             self.expect(
                 id,
                 Expected {
-                    digest: Some(digest),
+                    digest: Some(kept.digest),
+                    kept: Some(kept.signed.clone()),
                     ..e
                 },
             );
         }
+    }
+
+    /// The proof of equivocation for audit `id`, the first time it is asked for.
+    fn take_equivocation(&self, id: AuditId) -> Option<(SignedReceipt, SignedReceipt)> {
+        let mut g = self.lock();
+        let entry = g.get_mut(&id)?;
+        if entry.reported {
+            return None;
+        }
+        let proof = entry.equivocation.clone()?;
+        entry.reported = true;
+        Some(proof)
     }
 
     fn candidates(&self, id: AuditId) -> Vec<AuditPayload> {
@@ -224,7 +275,8 @@ async fn expect_from_ledger(state: &NodeState, client: &LedgerClient, audit: Aud
             key,
             stack: a.stack,
             sequence: a.receipt_index,
-            digest: a.receipt.map(|r| r.digest),
+            digest: a.receipt.as_ref().map(|r| r.digest),
+            kept: a.receipt.map(|r| r.signed),
         },
     );
 }
@@ -322,6 +374,7 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
                         stack,
                         sequence: receipt_index,
                         digest: None,
+                        kept: None,
                     },
                 );
                 state
@@ -409,6 +462,29 @@ async fn submit_receipt(
     }
 }
 
+/// Sends the ledger the proof that the executor of `audit` signed two different receipts for
+/// its position, if this node holds one: the executor is slashed on the spot and the reporter
+/// paid, whatever the audit's verdicts.
+async fn report_equivocation(state: &NodeState, client: &LedgerClient, audit: AuditId) {
+    let Some((first, second)) = state.audits.take_equivocation(audit) else {
+        return;
+    };
+    tracing::warn!(%audit, node = %first.receipt.node, "the executor signed two receipts for the audited position; reporting");
+    match client
+        .send(
+            &state.key,
+            TxKind::ReportEquivocation {
+                first: Box::new(first),
+                second: Box::new(second),
+            },
+        )
+        .await
+    {
+        Ok(_) => state.metrics.inc("equivocations_reported_total", "", 1),
+        Err(e) => tracing::warn!(%audit, error = %e, "equivocation report refused"),
+    }
+}
+
 /// The `copy` adversary's audit duty: wait for another auditor's revealed verdict and vote
 /// the same, without re-executing. Its commit can only come after the commit phase.
 fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
@@ -450,7 +526,7 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
             if let Ok(a) = client.audit(audit).await
                 && let Some(kept) = a.receipt
             {
-                state.audits.learn_digest(audit, kept.digest);
+                state.audits.learn_receipt(audit, &kept);
                 payload = state
                     .audits
                     .candidates(audit)
@@ -467,6 +543,7 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        report_equivocation(&state, &client, audit).await;
         let (is_auditor, disputes) = {
             let mut g = state
                 .audits
@@ -867,6 +944,7 @@ mod desk_tests {
             stack: StackId(2),
             sequence: 3,
             digest: None,
+            kept: None,
         };
         desk.expect(id, expected.clone());
         assert!(desk.candidates(id).is_empty());
@@ -879,10 +957,18 @@ mod desk_tests {
             400
         );
         assert_eq!(status(desk.deliver(id, genuine.clone())), 202);
-        // Conflicting receipts signed by the executor itself, until the digest is known.
+        // Forged receipts for the position prove nothing against the executor.
+        assert!(desk.take_equivocation(id).is_none());
+        // Conflicting receipts signed by the executor itself, until the digest is known: and
+        // the pair proves it equivocated (reported once).
         let twin = payload(&executor, 1, 2, 3, "twin");
         assert_eq!(status(desk.deliver(id, twin.clone())), 202);
-        desk.learn_digest(id, genuine.receipt.receipt.digest());
+        assert_eq!(
+            desk.take_equivocation(id),
+            Some((genuine.receipt.clone(), twin.receipt.clone()))
+        );
+        assert!(desk.take_equivocation(id).is_none());
+        desk.learn_receipt(id, &sortition_ledger::AuditedReceipt::of(&genuine.receipt));
         let left = desk.candidates(id);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].receipt, genuine.receipt);
@@ -914,8 +1000,39 @@ mod desk_tests {
                 stack: StackId(1),
                 sequence: 0,
                 digest: None,
+                kept: None,
             },
         );
         assert_eq!(status(desk.deliver(extra, payload(&k, 1, 1, 0, "b"))), 202);
+    }
+
+    /// The executor claimed one receipt and gave the holder another for the same position:
+    /// the holder's delivery is refused (it is not the audited request), but with the
+    /// receipt the ledger holds it proves the equivocation.
+    #[test]
+    fn a_delivered_receipt_that_differs_from_the_claimed_one_is_proof() {
+        let (desk, id) = (AuditDesk::default(), AuditId(9));
+        let executor = Keypair::from_seed(b"executor");
+        let claimed = payload(&executor, 1, 2, 3, "what the claim commits to");
+        let given = payload(&executor, 1, 2, 3, "what the gateway was given");
+        desk.expect(
+            id,
+            Expected {
+                executor: NodeId(1),
+                key: Some(executor.public()),
+                stack: StackId(2),
+                sequence: 3,
+                digest: Some(claimed.receipt.receipt.digest()),
+                kept: Some(claimed.receipt.clone()),
+            },
+        );
+        let forged = payload(&Keypair::from_seed(b"forger"), 1, 2, 3, "forged");
+        assert_eq!(status(desk.deliver(id, forged)), 400);
+        assert!(desk.take_equivocation(id).is_none());
+        assert_eq!(status(desk.deliver(id, given.clone())), 400);
+        assert_eq!(
+            desk.take_equivocation(id),
+            Some((claimed.receipt, given.receipt))
+        );
     }
 }

@@ -167,9 +167,11 @@ impl NodeState {
             timestamp_ms: unix_now_ms(),
             custody: out.custody,
         };
+        let kept = crate::adversary::kept_receipt(self.adversary, &receipt);
         let signed = SignedReceipt::sign(receipt, &self.key);
+        let kept = kept.map_or_else(|| signed.clone(), |r| SignedReceipt::sign(r, &self.key));
         self.store
-            .put_receipt(&signed)
+            .put_receipt(&kept)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         self.metrics.inc("tokens_total", "input", out.input_tokens);
         self.metrics

@@ -24,7 +24,7 @@ pub struct DevnetArgs {
     #[arg(long, default_value = "reexecute", value_parser = ["reexecute", "score"])]
     audit_method: String,
     /// Add one cheating node: truncate, random, over-report, skip-audits, copy,
-    /// smaller-model or withhold-custody.
+    /// smaller-model, withhold-custody or equivocate.
     #[arg(long)]
     adversary: Option<sortition_node::adversary::Mode>,
     /// Gateway address.

@@ -326,3 +326,75 @@ fn challenged_confidential_receipt_withheld_refunds_at_once_and_returns_the_bond
     let slashed: Vec<_> = st.slashes.iter().map(|s| (s.node, s.reason)).collect();
     assert_eq!(slashed, vec![(n0, SlashReason::PayloadWithheld)]);
 }
+
+/// Two different receipts one node signed for one position of a stack prove it equivocated:
+/// it is slashed at once, the reporter (any account) is paid, the open stack is refunded.
+/// Receipts of two positions, one receipt twice, a pair not signed by the node's key, and a
+/// second report of the position are refused and change nothing.
+#[test]
+fn two_receipts_signed_for_one_position_are_proof_of_equivocation() {
+    let mut c = Chain::new(3, 1_000_000);
+    let stack = buy_from_node0(&mut c);
+    let (n0, id) = (c.nodes[0].clone(), c.node_id(0));
+    let honest = Receipts::new(id, stack, &n0, 2);
+    let mut forked = honest.signed[0].receipt.clone();
+    forked.response_hash = sortition_types::sha256(b"another answer");
+    let forked = SignedReceipt::sign(forked, &n0);
+    let reporter = c.users[1].clone();
+    let report = |a: &SignedReceipt, b: &SignedReceipt| TxKind::ReportEquivocation {
+        first: Box::new(a.clone()),
+        second: Box::new(b.clone()),
+    };
+    let before = c.ledger.state().clone();
+    let reporter_before = c.balance(&reporter.public());
+    let refused = [
+        report(&honest.signed[0], &honest.signed[1]),
+        report(&honest.signed[0], &honest.signed[0]),
+        report(
+            &honest.signed[0],
+            &SignedReceipt::sign(forked.receipt.clone(), &c.nodes[1].clone()),
+        ),
+    ];
+    for tx in refused {
+        let (r, _) = c.tx(&reporter, tx);
+        assert!(matches!(r, Err(LedgerError::NotAnEquivocation(_))), "{r:?}");
+    }
+    let after = c.ledger.state();
+    assert_eq!(after.nodes, before.nodes, "refusals slash nobody");
+    assert_eq!(after.stacks, before.stacks);
+    assert_eq!(c.balance(&reporter.public()), reporter_before);
+
+    let collateral = c.ledger.state().nodes[&id].collateral;
+    let balance = c.balance(&reporter.public());
+    let owner_before = c.balance(&c.users[0].public());
+    let ev = c.ok(&reporter, report(&honest.signed[0], &forked));
+    let taken = Amount(collateral.0 / 2); // slash_bps 5000
+    assert!(ev.contains(&Event::Slashed {
+        node: id,
+        amount: taken,
+        reason: SlashReason::Equivocation,
+    }));
+    let reward = Amount(taken.0 / 2); // dispute_reward_bps 5000
+    assert!(ev.contains(&Event::EquivocationProven {
+        node: id,
+        stack,
+        sequence: 0,
+        reporter: reporter.public(),
+        reward,
+    }));
+    assert_eq!(c.balance(&reporter.public()), Amount(balance.0 + reward.0));
+    assert_eq!(
+        c.ledger.state().stacks[&stack].status,
+        StackStatus::Refunded
+    );
+    assert_eq!(
+        c.balance(&c.users[0].public()),
+        Amount(owner_before.0 + 1_000)
+    );
+    // Once per position, in either order.
+    let (r, _) = c.tx(&reporter, report(&forked, &honest.signed[0]));
+    assert_eq!(
+        r.unwrap_err(),
+        LedgerError::EquivocationReported { stack, sequence: 0 }
+    );
+}

@@ -310,7 +310,10 @@ fn run(q_ppm: u32, ops: Vec<Op>) -> State {
     for s in st.slashes.iter() {
         if s.reason == SlashReason::PayloadWithheld {
             let a = &st.audits[&s.audit.expect("an audit")];
-            assert_eq!(a.receipt.map(|r| r.custody), Some(Custody::Executor));
+            assert_eq!(
+                a.receipt.as_ref().map(|r| r.custody),
+                Some(Custody::Executor)
+            );
             assert_eq!(s.node, a.executor);
         }
     }
