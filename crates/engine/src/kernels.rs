@@ -69,6 +69,12 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 
 /// `g = silu(g) * u` element-wise (SwiGLU).
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    if !crate::q8::Kernel::silu_mul_f32(g, u) {
+        silu_mul_portable(g, u);
+    }
+}
+
+pub(crate) fn silu_mul_portable(g: &mut [f32], u: &[f32]) {
     for (a, b) in g.iter_mut().zip(u) {
         *a = *a / (1.0 + crate::math::exp_f32(-*a)) * b;
     }
@@ -78,6 +84,21 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// SwiGLU vectorized gives the portable loop's bits, tails and extremes included.
+    #[test]
+    fn silu_mul_vector_and_portable_agree() {
+        let g: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.37).collect();
+        let u: Vec<f32> = (0..1003)
+            .map(|i| ((i * 7919) % 97) as f32 * 0.01 - 0.5)
+            .collect();
+        let (mut a, mut b) = (g.clone(), g);
+        silu_mul(&mut a, &u);
+        silu_mul_portable(&mut b, &u);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        assert!((a[600] - 37.0 / (1.0 + (-37.0f32).exp()) * u[600]).abs() < 1e-4);
+    }
 
     #[test]
     fn vector_dot_is_bit_identical_to_portable() {

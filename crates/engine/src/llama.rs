@@ -598,9 +598,9 @@ impl Llama {
             *s *= scale;
             max = max.max(*s);
         }
+        crate::math::exp_sub_in_place(&mut scores, max);
         let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = crate::math::exp_f32(*s - max);
+        for s in &scores {
             sum += *s;
         }
         for s in scores.iter_mut() {

@@ -362,6 +362,30 @@ impl Kernel {
         false
     }
 
+    /// [`crate::math::exp_sub_in_place`] vectorized when the CPU allows (same bits either
+    /// way); `false` when it does not.
+    pub fn exp_sub_f32(xs: &mut [f32], sub: f32) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            avx2::exp_sub(xs, sub);
+            return true;
+        }
+        let _ = (xs, sub);
+        false
+    }
+
+    /// [`crate::kernels::silu_mul`] vectorized when the CPU allows (same bits either way);
+    /// `false` when it does not.
+    pub fn silu_mul_f32(g: &mut [f32], u: &[f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            avx2::silu_mul(g, u);
+            return true;
+        }
+        let _ = (g, u);
+        false
+    }
+
     /// [`crate::kernels::weighted_sum`] vectorized when the CPU allows (same bits either
     /// way); `false` when it does not.
     pub fn weighted_sum_f32(
