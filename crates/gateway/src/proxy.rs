@@ -360,10 +360,8 @@ pub struct Account<'a> {
 }
 
 impl Account<'_> {
-    /// A bill for `units` of an answer with no receipt (a stream that ended early): the
-    /// delivered chunks, one unit each, as completion tokens; nothing kept for auditors.
-    pub fn unreceipted(&self, units: u64, status: UsageStatus, request_hash: Hash32) -> Bill {
-        let units = units.min(self.reserved);
+    /// A bill for `units` of `status`, naming the request; no receipt, no payload yet.
+    fn bill(&self, units: u64, status: UsageStatus, request_hash: Hash32) -> Bill {
         Bill {
             stack: self.stack,
             reserved: self.reserved,
@@ -386,8 +384,14 @@ impl Account<'_> {
         }
     }
 
-    /// A bill for an answer with a checked receipt: its units, its token counts, the
-    /// receipt itself in the usage row.
+    /// A bill for an answer with no receipt (a stream that ended early): the delivered
+    /// chunks, one unit each (at most the reservation), as completion tokens.
+    pub fn unreceipted(&self, units: u64, status: UsageStatus, request_hash: Hash32) -> Bill {
+        self.bill(units.min(self.reserved), status, request_hash)
+    }
+
+    /// A bill for an answer with a checked receipt (its units were checked against the
+    /// reservation): its units, its token counts, the receipt itself in the usage row.
     pub fn receipted(
         &self,
         receipt: &SignedReceipt,
@@ -395,11 +399,7 @@ impl Account<'_> {
         status: UsageStatus,
     ) -> Bill {
         let r = &receipt.receipt;
-        let units = r.units().0;
-        let mut b = self.unreceipted(units, status, r.request_hash);
-        // The receipt's units were checked against the reservation already.
-        b.used = units;
-        b.price = cost(units, unit_price(self.node));
+        let mut b = self.bill(r.units().0, status, r.request_hash);
         b.usage.prompt_tokens = r.input_tokens;
         b.usage.completion_tokens = r.output_tokens;
         b.usage.receipt_json = receipt_json;

@@ -396,19 +396,7 @@ pub async fn claim_due(
     all: bool,
 ) -> Result<usize, String> {
     let mut claimed = 0;
-    for stack in state
-        .store
-        .stacks_with_receipts()
-        .map_err(|e| e.to_string())?
-    {
-        if state
-            .store
-            .get_meta(&claimed_key(stack))
-            .map_err(|e| e.to_string())?
-            .is_some()
-        {
-            continue;
-        }
+    for stack in unclaimed_stacks(&state.store)? {
         let Some(info) = state.stacks.stack(stack).await? else {
             continue;
         };

@@ -117,15 +117,7 @@ fn challenge_of_an_unclaimed_stack_catches_the_executor_and_refunds_at_once() {
     assert!(c.ledger.state().audits[&audit].receipt.is_some());
 
     let ev = judge(&mut c, auditors[0], audit, mismatch());
-    let (dispute, committee) = ev
-        .iter()
-        .find_map(|e| match e {
-            Event::DisputeOpened {
-                dispute, committee, ..
-            } => Some((*dispute, committee.clone())),
-            _ => None,
-        })
-        .expect("a mismatch opens a dispute");
+    let (dispute, committee) = dispute_opened(&ev);
     committee_votes(&mut c, dispute, &committee, mismatch());
 
     let st = c.ledger.state();
@@ -306,15 +298,7 @@ fn challenged_confidential_receipt_withheld_refunds_at_once_and_returns_the_bond
     let rs = Receipts::with_custody(n0, stack, &c.nodes[0].clone(), 1, Custody::Executor);
     let (audit, auditors, _) = challenge(&mut c, &rs.signed[0]);
     let ev = judge(&mut c, auditors[0], audit, Verdict::Unavailable);
-    let (dispute, committee) = ev
-        .iter()
-        .find_map(|e| match e {
-            Event::DisputeOpened {
-                dispute, committee, ..
-            } => Some((*dispute, committee.clone())),
-            _ => None,
-        })
-        .expect("an executor-kept request nobody got opens a dispute");
+    let (dispute, committee) = dispute_opened(&ev);
     committee_votes(&mut c, dispute, &committee, Verdict::Unavailable);
     let st = c.ledger.state();
     assert_eq!(

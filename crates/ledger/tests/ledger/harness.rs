@@ -3,8 +3,8 @@
 
 use sortition_ledger::*;
 use sortition_types::{
-    Amount, Custody, Hash32, Keypair, MerkleProof, ModelId, NodeClass, NodeId, PublicKey, Receipt,
-    SamplingRecord, SignedReceipt, StackId, Units, merkle_root, sha256,
+    Amount, Custody, DisputeId, Hash32, Keypair, MerkleProof, ModelId, NodeClass, NodeId,
+    PublicKey, Receipt, SamplingRecord, SignedReceipt, StackId, Units, merkle_root, sha256,
 };
 
 pub const CHAIN: &str = "test-chain";
@@ -302,4 +302,17 @@ pub fn mismatch() -> Verdict {
 
 pub fn units(n: u64) -> Units {
     Units(n)
+}
+
+/// The dispute opened by `events`, with its committee.
+pub fn dispute_opened(events: &[Event]) -> (DisputeId, Vec<NodeId>) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::DisputeOpened {
+                dispute, committee, ..
+            } => Some((*dispute, committee.clone())),
+            _ => None,
+        })
+        .expect("a dispute opened")
 }

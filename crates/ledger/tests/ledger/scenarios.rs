@@ -573,17 +573,15 @@ fn key_rotation_records_epoch_and_nonce_and_refuses_stale_epochs() {
     );
 }
 
-/// The dispute opened by `events`, with its committee.
-fn dispute_opened(events: &[Event]) -> (DisputeId, Vec<NodeId>) {
-    events
-        .iter()
-        .find_map(|e| match e {
-            Event::DisputeOpened {
-                dispute, committee, ..
-            } => Some((*dispute, committee.clone())),
-            _ => None,
-        })
-        .expect("a dispute opened")
+/// An executor-kept receipt is claimed and submitted, and its auditor reveals `verdict`.
+/// Returns the stack, the audit and the reveal block's events.
+fn kept_receipt_judged(c: &mut Chain, verdict: Verdict) -> (StackId, AuditId, Vec<Event>) {
+    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(c, Custody::Executor);
+    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
+    let ak = c.node_key(auditors[0]);
+    vote(c, &ak, audit, verdict, 1);
+    let ev = reveal(c, &ak, audit, verdict, 1);
+    (stack, audit, ev)
 }
 
 /// Committee member `i` votes `votes[i]` (commits in one block, reveals in the next; `None`
@@ -724,11 +722,7 @@ fn withholding_is_judged_only_by_members_that_could_receive_the_request() {
         },
         (_, other) => other,
     });
-    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
-    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
-    let ak = c.node_key(auditors[0]);
-    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
-    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let (stack, audit, ev) = kept_receipt_judged(&mut c, Verdict::Unavailable);
     let (_, committee) = dispute_opened(&ev);
     assert!(committee.is_empty(), "{committee:?}");
     c.run_until(|s| s.audits[&audit].outcome.is_some());
@@ -774,11 +768,7 @@ fn unavailable_plain_request_stays_unverifiable() {
 #[test]
 fn executor_kept_request_delivered_to_the_committee_is_judged() {
     let mut c = Chain::new(6, 1_000_000);
-    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
-    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
-    let ak = c.node_key(auditors[0]);
-    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
-    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let (stack, audit, ev) = kept_receipt_judged(&mut c, Verdict::Unavailable);
     let (dispute, committee) = dispute_opened(&ev);
     let votes = [
         Some(Verdict::Match),
@@ -802,11 +792,7 @@ fn executor_kept_request_delivered_to_the_committee_is_judged() {
 #[test]
 fn withholding_needs_a_majority_of_the_committee() {
     let mut c = Chain::new(6, 1_000_000);
-    let (stack, audit, auditors, rs) = buy_and_claim_kept_by(&mut c, Custody::Executor);
-    c.ok(&c.nodes[0].clone(), rs.submit(audit, 0));
-    let ak = c.node_key(auditors[0]);
-    vote(&mut c, &ak, audit, Verdict::Unavailable, 1);
-    let ev = reveal(&mut c, &ak, audit, Verdict::Unavailable, 1);
+    let (stack, audit, ev) = kept_receipt_judged(&mut c, Verdict::Unavailable);
     let (dispute, committee) = dispute_opened(&ev);
     committee_votes(
         &mut c,
