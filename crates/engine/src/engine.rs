@@ -18,8 +18,9 @@ use crate::tokenizer::{ChatMessage, ChatTokenizer};
 
 /// Version string recorded in the node class. The suffix counts changes of the numerics (any
 /// change that can move an output bit): `n2` computes `exp`, `pow`, `sin` and `cos` with
-/// [`crate::math`] instead of the platform's C library.
-pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n2");
+/// [`crate::math`] instead of the platform's C library; `n3` multiplies the quantized weights
+/// with f32 activations (they were quantized to Q8 blocks before; see [`crate::q8`]).
+pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n3");
 
 /// How to load and run one model.
 #[derive(Clone, Debug)]
@@ -268,8 +269,8 @@ pub struct Engine {
 }
 
 /// Name of the matmul kernel this CPU runs (part of the node class), e.g.
-/// `sortition-q8/avx2`. A model kept in a shipped quantization other than Q8_0 also runs
-/// candle's kernels; its [`ModelInfo`] node class then says `sortition-q8/avx2+candle-0.11.1`.
+/// `sortition-qf32/avx2`. A model kept in a shipped quantization other than Q8_0 or Q4_1 runs
+/// candle's kernels; its [`ModelInfo`] node class then says `sortition-qf32/avx2+candle-0.11.1`.
 pub fn kernel_set() -> String {
     crate::llama::kernel_name(crate::q8::Kernel::detect())
 }

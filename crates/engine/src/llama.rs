@@ -1,9 +1,9 @@
-//! A llama forward pass of our own on our Q8_0 matmul kernel ([`crate::q8`]), with
-//! per-sequence KV caches.
+//! A llama forward pass of our own on our quantized-weight matmul kernel ([`crate::q8`]: Q8_0
+//! or Q4_1 weights, f32 activations), with per-sequence KV caches.
 //!
 //! Determinism: every operation here is computed per row in a fixed order. The linear layers
-//! compute each output element with one fixed dot routine whatever the number of rows or
-//! threads (see `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
+//! compute each output element with one fixed sequence of operations whatever the number of
+//! rows or threads (see `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
 //! order (attention's dot products and weighted sums by AVX routines with the portable
 //! loops' operations; element-wise work split among threads by position only), so a token's
 //! logits are bit-identical whether it is computed in a prefill, in a batched decode step
@@ -23,7 +23,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::{add_into, dots, rms_norm_row, silu_mul, weighted_sum};
-use crate::q8::{Kernel, Pool, Q8Rows, QMatrix, WeightQuant};
+use crate::q8::{Kernel, Pool, QMatrix, WeightQuant};
 
 /// How weight matrices are held in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -98,7 +98,7 @@ impl Linear {
         cols: usize,
     ) -> Result<[Vec<f32>; N]> {
         let outs = match self {
-            Linear::Ours(w) => pool.matmul(w, &Q8Rows::quantize_on(pool, x, rows, cols)),
+            Linear::Ours(w) => pool.matmul(w, x, rows),
             Linear::Candle(parts) => {
                 let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
                 parts
@@ -626,7 +626,7 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Name of our matmul kernel on this CPU, e.g. `sortition-q8/avx2`.
+/// Name of our matmul kernel on this CPU, e.g. `sortition-qf32/avx2`.
 pub fn kernel_name(kernel: Kernel) -> String {
-    format!("sortition-q8/{}", kernel.name())
+    format!("sortition-qf32/{}", kernel.name())
 }
