@@ -129,7 +129,15 @@ mod tests {
             seed ^= seed << 5;
             (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
         };
-        for (hd, heads, n) in [(64, 3, 37), (8, 2, 5), (24, 1, 9), (13, 2, 4), (64, 3, 1)] {
+        for (hd, heads, n) in [
+            (64, 3, 37),
+            (8, 2, 5),
+            (24, 1, 9),
+            (13, 2, 4),
+            (64, 3, 1),
+            (128, 2, 6),
+            (88, 1, 3),
+        ] {
             let stride = hd * heads;
             let cache: Vec<f32> = (0..n * stride).map(|_| next() * 2.0).collect();
             let q: Vec<f32> = (0..hd).map(|_| next()).collect();

@@ -186,149 +186,165 @@ impl Sampler {
 
     fn draw(&mut self, row: &[f32]) -> u32 {
         let p = &self.params;
-        let t = p.temperature as f64;
-        let mut order = Order::new(row, t, p.top_k);
-        if order.len == 0 {
-            return 0;
-        }
         // 53 random bits -> uniform in [0, 1).
         let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        pick(row, &mut order, t, p.top_p, u)
+        draw(row, p.temperature, p.top_k, p.top_p, u)
     }
 }
 
-/// The candidates by logit descending, id ascending (a total order, so no tie is
-/// ambiguous), as the first `len` of a full sort would list them, but sorted lazily: the
-/// head (every logit that can weigh in the sum of probabilities) at once, the tail only if
-/// a walk reaches it (almost never). Sorted as packed u64 keys: descending `total_cmp` order
-/// of the logit, then the id.
-struct Order {
-    head: Vec<u32>,
-    /// Packed keys of the rest, in id order until sorted.
-    tail: Vec<u64>,
-    tail_sorted: bool,
-    len: usize,
-    /// Every tail weight `exp((logit - max) / t)` is below `2^-54`: it cannot change a sum
-    /// of at least 1 (the top candidate's weight is exactly 1 when `max` is finite).
-    negligible_tail: bool,
+/// Packed sort key of logit `v` of token `i`: ascending keys list logits descending
+/// (`total_cmp` order), ties by id ascending.
+fn key(i: usize, v: f32) -> u64 {
+    (u64::from(!total_order_bits(v)) << 32) | i as u64
 }
 
-impl Order {
-    /// `(logit - max) / t` below this puts a candidate in the tail: `e^-38.5 < 2^-54`.
-    const TAIL: f64 = -38.5;
+/// Width of a weight class in [`draw`]'s nucleus search, in units of `(max - logit) / t`.
+const CLASS_WIDTH: f32 = 0.25;
+/// Weight classes; the last takes every weight below `e^-40`.
+const CLASSES: usize = 160;
 
-    fn new(row: &[f32], t: f64, top_k: u32) -> Order {
-        let max = row
-            .iter()
-            .filter(|v| !v.is_nan())
-            .copied()
-            .max_by(|a, b| a.total_cmp(b))
-            .unwrap_or(f32::NAN) as f64;
-        let (mut head, mut tail) = (Vec::new(), Vec::new());
-        for (i, v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-            let key = (u64::from(!total_order_bits(*v)) << 32) | i as u64;
-            // Monotonic in the logit, so the tail is a suffix of the full order.
-            if (*v as f64 - max) / t < Self::TAIL {
-                tail.push(key);
-            } else {
-                head.push(key);
-            }
-        }
-        if head.len() < 1024 {
-            head.sort_unstable();
-        } else {
-            sort_by_high_half(&mut head);
-        }
-        let total = head.len() + tail.len();
-        let len = if top_k > 0 {
-            total.min(top_k as usize)
-        } else {
-            total
-        };
-        Order {
-            head: head.iter().map(|&k| k as u32).collect(),
-            tail,
-            tail_sorted: false,
-            len,
-            negligible_tail: max.is_finite() && t > 0.0,
-        }
-    }
-
-    fn get(&mut self, i: usize) -> u32 {
-        if i < self.head.len() {
-            return self.head[i];
-        }
-        if !self.tail_sorted {
-            sort_by_high_half(&mut self.tail);
-            self.tail_sorted = true;
-        }
-        self.tail[i - self.head.len()] as u32
-    }
-}
-
-/// The candidate (of `order`'s first `len`) that uniform `u` falls on, with probabilities
-/// `exp((logit - max) / t)` normalized by their sum in that order, then kept to the smallest
-/// prefix reaching `top_p` and normalized again.
+/// The token uniform `u` falls on, for temperature `t > 0`. The candidates are the non-NaN
+/// logits, weighted `w = e^((logit - max) / t)` ([`crate::math::exp_f32`], vectorized).
 ///
-/// Exactly the arithmetic of computing every exponential first (`pick_eager` in the tests,
-/// checked), but lazily: the terms only shrink along the order, so once one is below a
-/// quarter of the sum's last-place step, neither it nor any later one can change the sum
-/// (each addition rounds back to it), and the exponentials of the tail are computed (and
-/// the tail sorted) only if a running total actually walks into it.
-fn pick(row: &[f32], order: &mut Order, t: f64, top_p: f32, u: f64) -> u32 {
-    let max = row[order.get(0) as usize] as f64;
-    let weight = |order: &mut Order, i: usize| {
-        crate::math::exp_f64((row[order.get(i) as usize] as f64 - max) / t)
+/// - `top_k > 0` keeps the `top_k` best (logit descending, id ascending); the weights are
+///   normalized by their sum in that order.
+/// - Otherwise the weights are normalized by their sum in id order.
+/// - `top_p < 1` then keeps the smallest prefix of the order (logit descending, id
+///   ascending) whose normalized weights, added in that order, reach `top_p`; `u` walks the
+///   prefix, renormalized by its sum. With `top_p = 1`, `u` walks every candidate in the
+///   order (`top_k`) or in id order (no `top_k`: no sort at all).
+///
+/// Only the part of the order a nucleus needs is sorted: the weights' mass is first summed
+/// per class of `(max - logit) / t` (monotonic in the logit, so every class is a run of the
+/// order), and only the classes that reach `top_p` (one more for rounding) are sorted; in the
+/// rare case their walk falls short, the whole row is. Either way the result is the one a
+/// full sort gives (tested against one).
+fn draw(row: &[f32], t: f32, top_k: u32, top_p: f32, u: f64) -> u32 {
+    let Some(max) = row
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .max_by(f32::total_cmp)
+    else {
+        return 0;
     };
-    let mut sum = 0.0f64;
-    let mut head = Vec::new();
-    for i in 0..order.len {
-        // The tail's weights would stop the loop below; known without touching them.
-        if i >= order.head.len() && order.negligible_tail && sum >= 1.0 {
-            break;
-        }
-        let w = weight(order, i);
-        // `ulp / 4` leaves room for an exp that is not exactly monotonic; NaN never stops.
-        let step = f64::from_bits(sum.to_bits() + 1) - sum;
-        if sum > 0.0 && w < step / 4.0 {
-            break;
-        }
-        head.push(w);
-        sum += w;
+    if !max.is_finite() {
+        // +inf beats every finite logit; a row of -inf has no weights: the first wins.
+        return argmax(row) as u32;
     }
-    let mut probs: Vec<f64> = head.iter().map(|w| w / sum).collect();
-    let prob = |i: usize, probs: &mut Vec<f64>, order: &mut Order| {
-        while probs.len() <= i {
-            probs.push(weight(order, probs.len()) / sum);
-        }
-        probs[i]
-    };
-    let mut len = order.len;
-    let mut scale = None;
-    if top_p < 1.0 {
-        let mut acc = 0.0;
-        for i in 0..order.len {
-            acc += prob(i, &mut probs, order);
-            if acc >= top_p as f64 {
-                len = i + 1;
-                break;
+    let mut w: Vec<f32> = row
+        .iter()
+        .map(|&v| {
+            if v.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                (v - max) / t
+            }
+        })
+        .collect();
+    crate::math::exp_sub_in_place(&mut w, 0.0);
+    let candidates = row.iter().filter(|v| !v.is_nan()).count();
+    if top_k > 0 && (top_k as usize) < candidates {
+        let mut keys: Vec<u64> = candidates_keys(row);
+        let k = top_k as usize;
+        keys.select_nth_unstable(k - 1);
+        keys.truncate(k);
+        keys.sort_unstable();
+        let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        let z: f64 = ids.iter().map(|&i| f64::from(w[i as usize])).sum();
+        return nucleus(&ids, &w, z, top_p, u, true).unwrap_or(ids[0]);
+    }
+    let z: f64 = w.iter().map(|&x| f64::from(x)).sum();
+    if top_p >= 1.0 {
+        let target = u * z;
+        let (mut acc, mut last) = (0.0f64, argmax(row));
+        for (i, &x) in w.iter().enumerate().filter(|(_, x)| **x > 0.0) {
+            acc += f64::from(x);
+            last = i;
+            if target < acc {
+                return i as u32;
             }
         }
-        let s: f64 = (0..len).map(|i| prob(i, &mut probs, order)).sum();
-        scale = Some(s);
+        return last as u32;
+    }
+    let class = |v: f32| (((max - v) / t / CLASS_WIDTH) as usize).min(CLASSES - 1);
+    let mut mass = [0f64; CLASSES];
+    for (&v, &x) in row.iter().zip(&w).filter(|(v, _)| !v.is_nan()) {
+        mass[class(v)] += f64::from(x);
     }
     let mut acc = 0.0;
-    for i in 0..len {
-        let x = prob(i, &mut probs, order);
-        acc += match scale {
-            Some(s) => x / s,
-            None => x,
-        };
-        if u < acc {
-            return order.get(i);
+    let mut last = CLASSES - 1;
+    for (c, m) in mass.iter().enumerate() {
+        acc += m;
+        if acc >= f64::from(top_p) * z {
+            last = (c + 1).min(CLASSES - 1);
+            break;
         }
     }
-    order.get(len - 1)
+    let mut keys: Vec<u64> = row
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan() && class(**v) <= last)
+        .map(|(i, &v)| key(i, v))
+        .collect();
+    sort_keys(&mut keys);
+    let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+    let complete = ids.len() == candidates;
+    if let Some(id) = nucleus(&ids, &w, z, top_p, u, complete) {
+        return id;
+    }
+    let mut keys = candidates_keys(row);
+    sort_keys(&mut keys);
+    let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+    nucleus(&ids, &w, z, top_p, u, true).unwrap_or(ids[0])
+}
+
+/// Packed keys of every non-NaN logit, in id order.
+fn candidates_keys(row: &[f32]) -> Vec<u64> {
+    row.iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .map(|(i, &v)| key(i, v))
+        .collect()
+}
+
+fn sort_keys(keys: &mut Vec<u64>) {
+    if keys.len() < 1024 {
+        keys.sort_unstable();
+    } else {
+        sort_by_high_half(keys);
+    }
+}
+
+/// The nucleus walk over `ids` (a prefix of the order; `complete` when it is all of it):
+/// normalized weights `w / z` added in order until they reach `top_p` (all of them if they
+/// never do and `ids` is complete; `None` if they do not and it is not), then `u` walks that
+/// prefix renormalized by its sum.
+fn nucleus(ids: &[u32], w: &[f32], z: f64, top_p: f32, u: f64, complete: bool) -> Option<u32> {
+    let prob = |i: u32| f64::from(w[i as usize]) / z;
+    let mut len = None;
+    let mut acc = 0.0;
+    for (n, &i) in ids.iter().enumerate() {
+        acc += prob(i);
+        if acc >= f64::from(top_p) {
+            len = Some(n + 1);
+            break;
+        }
+    }
+    let len = match len {
+        Some(l) => l,
+        None if complete => ids.len(),
+        None => return None,
+    };
+    let s: f64 = ids[..len].iter().map(|&i| prob(i)).sum();
+    let mut acc = 0.0;
+    for &i in &ids[..len] {
+        acc += prob(i) / s;
+        if u < acc {
+            return Some(i);
+        }
+    }
+    ids[..len].last().copied()
 }
 
 #[cfg(test)]
@@ -388,57 +404,72 @@ mod tests {
         assert_eq!(same, expect);
     }
 
-    /// The eager arithmetic `pick` must reproduce: every exponential, then the sums.
-    pub(super) fn pick_eager(row: &[f32], idx: &[u32], t: f64, top_p: f32, u: f64) -> u32 {
-        let max = row[idx[0] as usize] as f64;
-        let mut probs: Vec<f64> = idx
+    /// The definition [`draw`] must reproduce: every weight by the scalar `exp`, a full sort,
+    /// then the sums.
+    fn draw_eager(row: &[f32], t: f32, top_k: u32, top_p: f32, u: f64) -> u32 {
+        let Some(max) = row
             .iter()
-            .map(|&i| crate::math::exp_f64((row[i as usize] as f64 - max) / t))
+            .copied()
+            .filter(|v| !v.is_nan())
+            .max_by(f32::total_cmp)
+        else {
+            return 0;
+        };
+        if !max.is_finite() {
+            return argmax(row) as u32;
+        }
+        let w: Vec<f64> = row
+            .iter()
+            .map(|&v| match v.is_nan() {
+                true => 0.0,
+                false => f64::from(crate::math::exp_f32((v - max) / t)),
+            })
             .collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        if top_p < 1.0 {
+        let mut keys = candidates_keys(row);
+        keys.sort_unstable();
+        let mut ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        let by_top_k = top_k > 0 && (top_k as usize) < ids.len();
+        let z: f64 = if by_top_k {
+            ids.truncate(top_k as usize);
+            ids.iter().map(|&i| w[i as usize]).sum()
+        } else {
+            w.iter().sum()
+        };
+        if top_p >= 1.0 && !by_top_k {
             let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, x) in probs.iter().enumerate() {
+            let mut last = argmax(row);
+            for (i, &x) in w.iter().enumerate().filter(|(_, x)| **x > 0.0) {
                 acc += x;
-                if acc >= top_p as f64 {
-                    keep = i + 1;
-                    break;
+                last = i;
+                if u * z < acc {
+                    return i as u32;
                 }
             }
-            probs.truncate(keep);
-            let s: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|x| *x /= s);
+            return last as u32;
         }
+        let probs: Vec<f64> = ids.iter().map(|&i| w[i as usize] / z).collect();
+        let mut keep = probs.len();
         let mut acc = 0.0;
-        for (i, x) in probs.iter().enumerate() {
-            acc += x;
-            if u < acc {
-                return idx[i];
+        for (n, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= f64::from(top_p) {
+                keep = n + 1;
+                break;
             }
         }
-        idx[probs.len() - 1]
-    }
-
-    /// The former draw: a full sort, then `pick_eager`.
-    fn draw_eager(row: &[f32], t: f64, top_k: u32, top_p: f32, u: f64) -> Option<u32> {
-        let mut keys: Vec<u64> = row
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_nan())
-            .map(|(i, v)| (u64::from(!total_order_bits(*v)) << 32) | i as u64)
-            .collect();
-        keys.sort_unstable();
-        let mut idx: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
-        if top_k > 0 {
-            idx.truncate(top_k as usize);
+        let s: f64 = probs[..keep].iter().sum();
+        let mut acc = 0.0;
+        for (n, p) in probs[..keep].iter().enumerate() {
+            acc += p / s;
+            if u < acc {
+                return ids[n];
+            }
         }
-        (!idx.is_empty()).then(|| pick_eager(row, &idx, t, top_p, u))
+        ids[keep - 1]
     }
 
     #[test]
-    fn lazy_pick_equals_eager_pick() {
+    fn draw_equals_the_full_sort_definition() {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         for case in 0..240 {
             let n = [5, 100, 3000, 49_152][case % 4];
@@ -452,25 +483,63 @@ mod tests {
                 2 => row[n / 4] = f32::INFINITY,
                 3 => row.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
                 4 => row.iter_mut().for_each(|v| *v = f32::NAN),
+                // Ties: few distinct logits.
+                5 => row.iter_mut().for_each(|v| *v = (*v * 2.0).round()),
                 _ => {}
             }
             let t = [0.05, 0.7, 1.0, 2.0][case / 16 % 4];
             let top_k = [0, 1, 40, 2000][case / 64 % 4];
-            for top_p in [1.0, 0.95, 0.5, 0.999_999] {
-                // Uniform draws, and draws at the very end of [0, 1) that walk into the tail.
+            for top_p in [1.0, 0.95, 0.5, 0.999_999, 1e-6] {
+                // Uniform draws, and draws at the very end of [0, 1).
                 for u in [
                     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64,
+                    0.0,
                     1.0 - f64::EPSILON / 2.0,
                     1.0 - 1e-12,
                 ] {
-                    let mut order = Order::new(&row, t, top_k);
-                    let lazy = (order.len > 0).then(|| pick(&row, &mut order, t, top_p, u));
                     assert_eq!(
-                        lazy,
+                        draw(&row, t, top_k, top_p, u),
                         draw_eager(&row, t, top_k, top_p, u),
                         "case {case} t {t} top_k {top_k} top_p {top_p} u {u}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Seeded draws follow the softmax of the logits at the temperature.
+    #[test]
+    fn draws_follow_the_softmax() {
+        let row = [2.0f32, 1.0, 0.5, -1.0, f32::NEG_INFINITY, f32::NAN];
+        let t = 0.8f32;
+        let w: Vec<f64> = row[..4]
+            .iter()
+            .map(|&v| f64::from((v - 2.0) / t).exp())
+            .collect();
+        let z: f64 = w.iter().sum();
+        for (top_k, top_p) in [(0, 1.0), (3, 1.0), (0, 0.9)] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                top_k,
+                top_p,
+                seed: 5,
+                ..SamplingParams::default()
+            });
+            let mut counts = [0u32; 6];
+            let n = 40_000;
+            for _ in 0..n {
+                counts[s.draw(&row) as usize] += 1;
+            }
+            // top_k = 3 drops token 3; top_p = 0.9 keeps 0, 1, 2 (cumulative 0.68, 0.88, 0.98).
+            let keep = if top_k == 3 || top_p < 1.0 { 3 } else { 4 };
+            let zk: f64 = w[..keep].iter().sum();
+            for (i, &c) in counts.iter().enumerate() {
+                let want = if i < keep { w[i] / zk } else { 0.0 };
+                let got = f64::from(c) / f64::from(n);
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "top_k {top_k} top_p {top_p} token {i}: {got} vs {want} (z {z})"
+                );
             }
         }
     }

@@ -419,10 +419,45 @@ pub fn dots(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) {
 
 #[target_feature(enable = "avx")]
 unsafe fn dots_impl(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        let at = j * stride + off;
+    let n = a.len();
+    let mut j = 0;
+    // Four positions at once: four independent chains hide the adds' latency, and each
+    // chunk of `a` is loaded once for all four. Per position the operations are
+    // [`dot_impl`]'s, in its order.
+    if n.is_multiple_of(8) {
+        while j + 4 <= out.len() {
+            let rows: [&[f32]; 4] = std::array::from_fn(|r| {
+                let at = (j + r) * stride + off;
+                &b[at..at + n]
+            });
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                // SAFETY: `i + 8 <= n` elements of `a` and of every row.
+                unsafe {
+                    let x = _mm256_loadu_ps(a.as_ptr().add(i));
+                    for r in 0..4 {
+                        let y = _mm256_loadu_ps(rows[r].as_ptr().add(i));
+                        acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(x, y));
+                    }
+                }
+                i += 8;
+            }
+            for r in 0..4 {
+                let mut l = [0f32; 8];
+                // SAFETY: `l` holds eight f32.
+                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[r]) };
+                // `dot_impl`'s tree, plus its tail: empty here, so +0.0.
+                out[j + r] =
+                    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + 0.0;
+            }
+            j += 4;
+        }
+    }
+    for (jj, o) in out.iter_mut().enumerate().skip(j) {
+        let at = jj * stride + off;
         // SAFETY: same features as this function.
-        *o = unsafe { dot_impl(a, &b[at..at + a.len()]) };
+        *o = unsafe { dot_impl(a, &b[at..at + n]) };
     }
 }
 
@@ -440,7 +475,26 @@ pub fn weighted_sum(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [
 unsafe fn weighted_sum_impl(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
     let w = out.len();
     let mut c = 0;
-    // Eight lanes at a time, sixteen when possible (two independent chains per row).
+    // Sixty-four lanes at a time (a head's width: eight independent chains), then sixteen,
+    // then eight; every element is the same chain of multiplies and adds in `j` order.
+    while c + 64 <= w {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pj);
+            // SAFETY: `j * stride + off + c + 64 <= v.len()` (checked by the caller).
+            let row = unsafe { v.as_ptr().add(j * stride + off + c) };
+            for (l, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let x = unsafe { _mm256_loadu_ps(row.add(8 * l)) };
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
+            }
+        }
+        for (l, a) in acc.iter().enumerate() {
+            // SAFETY: `c + 64 <= out.len()`.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * l), *a) };
+        }
+        c += 64;
+    }
     while c + 16 <= w {
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (j, &pj) in p.iter().enumerate() {
