@@ -9,11 +9,11 @@
 //! to [`ROW_TILE`] rows), so a decode step with eight sequences reads the weights once.
 //!
 //! Determinism: every output element `y = Σ_k x_k w_k` is computed by one sequence of
-//! operations, whatever the batch, the tile or the thread: for each block `b` in order,
-//! `p = 0`, then for each of its 32 columns in order `p = fma(x_k, q_k, p)` (`q_k` the
-//! block's integer, exact in f32), then `y = fma(p, d_b, y)`, and for Q4_1 `y = fma(s_b, m_b,
-//! y)` with `s_b` the block's activations added in order. Tiling and threads only decide
-//! which elements a worker computes, never how one is computed, so results are bit-identical
+//! operations, whatever the batch, the tile or the thread: from `y = +0`, for each column `k`
+//! in order, the weight `w_k = q_k d` (Q8_0: exact in f32) or `w_k = fma(q_k, d, m)` (Q4_1)
+//! of its block, then `y = fma(x_k, w_k, y)`. Tiling and threads only decide which elements a
+//! worker computes, and whether a panel's weights are converted once into a buffer or on the
+//! fly (the same values), never how one element is computed, so results are bit-identical
 //! whatever the batch, its other rows or the thread count. The scalar path performs the same
 //! operations (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested),
 //! on any CPU.
@@ -210,35 +210,21 @@ impl QMatrix {
     }
 }
 
-/// Activation rows of one product: `rows × cols` f32 and, for Q4_1, each block's sum.
+/// Activation rows of one product: `rows × cols` f32.
 pub struct Acts<'a> {
     x: &'a [f32],
     rows: usize,
     cols: usize,
-    /// Per row, per block: its values added in order (Q4_1's minimum term; empty for Q8_0).
-    sums: Vec<f32>,
 }
 
 impl<'a> Acts<'a> {
-    fn new(x: &'a [f32], rows: usize, cols: usize, quant: WeightQuant) -> Self {
+    fn new(x: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(
             cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
             "matmul activations: {} values as {rows}x{cols}",
             x.len()
         );
-        let sums = match quant {
-            WeightQuant::Q8_0 => Vec::new(),
-            WeightQuant::Q4_1 => x
-                .chunks_exact(BLOCK)
-                .map(|b| b.iter().fold(0f32, |s, &v| s + v))
-                .collect(),
-        };
-        Acts {
-            x,
-            rows,
-            cols,
-            sums,
-        }
+        Acts { x, rows, cols }
     }
 }
 
@@ -361,7 +347,6 @@ impl Kernel {
         assert!(out.iter().all(|o| o.len() == n) && p0 + n.div_ceil(PANEL) <= total);
         assert!(w.d.len() == total * nb * PANEL);
         assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
-        assert!(w.quant != WeightQuant::Q4_1 || x.sums.len() == x.rows * nb);
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => avx2::chunk(w, p0, x, out),
@@ -391,14 +376,14 @@ fn scalar_chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
             let (p, lane) = (p0 + i / PANEL, i % PANEL);
             let mut acc = 0f32;
             for b in 0..nb {
-                let mut blk = 0f32;
-                for (k, &xk) in xr.iter().enumerate().skip(b * BLOCK).take(BLOCK) {
-                    blk = xk.mul_add(f32::from(w.value(p, lane, k)), blk);
-                }
                 let (d, m) = w.scale(p, lane, b);
-                acc = blk.mul_add(d, acc);
-                if w.quant == WeightQuant::Q4_1 {
-                    acc = x.sums[r * nb + b].mul_add(m, acc);
+                for (k, &xk) in xr.iter().enumerate().skip(b * BLOCK).take(BLOCK) {
+                    let q = f32::from(w.value(p, lane, k));
+                    let wk = match w.quant {
+                        WeightQuant::Q8_0 => q * d,
+                        WeightQuant::Q4_1 => q.mul_add(d, m),
+                    };
+                    acc = xk.mul_add(wk, acc);
                 }
             }
             *y = acc;
@@ -458,7 +443,7 @@ impl Pool {
     /// `x · Wᵀ` for `rows` activation rows `x` (row-major, `w`'s width): per part of `w`, a
     /// row-major `[rows × part rows]` output.
     pub fn matmul(&self, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
-        let acts = Acts::new(x, rows, w.cols, w.quant);
+        let acts = Acts::new(x, rows, w.cols);
         let m = rows;
         let mut outs: Vec<Vec<f32>> = w.parts.iter().map(|&n| vec![0f32; m * n]).collect();
         if m == 0 {

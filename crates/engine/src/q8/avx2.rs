@@ -40,7 +40,7 @@ pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
         }
         return;
     }
-    // Many rows (prefill, scoring): each panel's integers are converted to f32 once, into a
+    // Many rows (prefill, scoring): each panel's weights are converted to f32 once, into a
     // buffer every row tile then reads (the same values, so the same bits).
     let mut buf = vec![0f32; PANEL * w.cols];
     for p in 0..count {
@@ -156,32 +156,40 @@ unsafe fn buffered<const R: usize>(
     }
 }
 
-/// Panel `p`'s integers as f32, column after column, into `buf`.
+/// Panel `p`'s weights as f32 ([`weight`]), column after column, into `buf`.
 ///
 /// # Safety
-/// AVX2 is available; panel `p` exists; `buf` holds `PANEL * cols` values.
+/// AVX2, FMA and F16C are available; panel `p` exists; `buf` holds `PANEL * cols` values.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn convert(w: &QMatrix, p: usize, buf: &mut [f32]) {
     assert!(buf.len() >= PANEL * w.cols);
+    // SAFETY: the caller's contract, and `buf` holds every column (checked above).
+    unsafe {
+        match w.quant {
+            WeightQuant::Q8_0 => convert_impl::<false>(w, p, buf),
+            WeightQuant::Q4_1 => convert_impl::<true>(w, p, buf),
+        }
+    }
+}
+
+/// # Safety
+/// As [`convert`], `buf` checked.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn convert_impl<const MIN: bool>(w: &QMatrix, p: usize, buf: &mut [f32]) {
     let per_col = w.quant.panel_bytes_per_col();
     let qs = w.qs.as_ptr().wrapping_add(p * w.cols * per_col);
-    let low = _mm256_set1_epi32(0x0f);
-    for k in 0..w.cols {
-        let at = qs.wrapping_add(k * per_col);
-        // SAFETY: column `k` of panel `p` exists; `buf` holds column `k` (checked above).
-        unsafe {
-            let (lo, hi) = match w.quant {
-                WeightQuant::Q4_1 => {
-                    let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()));
-                    (_mm256_and_si256(raw, low), _mm256_srli_epi32(raw, 4))
-                }
-                WeightQuant::Q8_0 => (
-                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast())),
-                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(8).cast())),
-                ),
-            };
-            _mm256_storeu_ps(buf.as_mut_ptr().add(k * PANEL), _mm256_cvtepi32_ps(lo));
-            _mm256_storeu_ps(buf.as_mut_ptr().add(k * PANEL + 8), _mm256_cvtepi32_ps(hi));
+    for b in 0..w.cols / BLOCK {
+        // SAFETY: the caller's contract.
+        let (d, m) = unsafe { scales::<1, MIN>(w, p, b) };
+        for k in b * BLOCK..(b + 1) * BLOCK {
+            // SAFETY: column `k` of panel `p` exists; `buf` holds it.
+            unsafe {
+                let q = ints::<MIN>(qs.wrapping_add(k * per_col));
+                let out = buf.as_mut_ptr().add(k * PANEL);
+                _mm256_storeu_ps(out, weight::<MIN>(q[0], d[0], m[0]));
+                _mm256_storeu_ps(out.add(8), weight::<MIN>(q[1], d[1], m[1]));
+            }
         }
     }
 }
@@ -215,11 +223,13 @@ fn put<const R: usize>(
 }
 
 /// The per-element operations of [`super::scalar_chunk`] for `R` rows and `NP` panels
-/// (`2 NP` vectors of eight weight rows): per block, per column, `blk = fma(x, q, blk)`;
-/// then `tot = fma(blk, d, tot)` and, Q4_1 (`MIN`), `tot = fma(s, m, tot)`.
+/// (`2 NP` vectors of eight weight rows): per column `k` in order, the weight `w = q d`
+/// (Q4_1, `MIN`: `w = fma(q, d, m)`), then `y = fma(x, w, y)`. With `BUF`, the weights come
+/// ready from `src` ([`convert`]; `NP` is 1).
 ///
 /// # Safety
-/// AVX2, FMA and F16C are available; panels `p..p + NP` and rows `r0..r0 + R` exist.
+/// AVX2, FMA and F16C are available; panels `p..p + NP` and rows `r0..r0 + R` exist; with
+/// `BUF`, `src` holds panel `p`'s weights.
 // `t` and `v` index several arrays of one tile at once.
 #[allow(clippy::needless_range_loop)]
 #[inline]
@@ -235,17 +245,28 @@ unsafe fn tile<const R: usize, const NP: usize, const MIN: bool, const BUF: bool
     let per_col = w.quant.panel_bytes_per_col();
     let qs: [*const u8; NP] =
         std::array::from_fn(|i| w.qs.as_ptr().wrapping_add((p + i) * w.cols * per_col));
-    let ds: [*const u16; NP] =
-        std::array::from_fn(|i| w.d.as_ptr().wrapping_add((p + i) * nb * PANEL));
-    let ms: [*const u16; NP] =
-        std::array::from_fn(|i| w.m.as_ptr().wrapping_add((p + i) * nb * PANEL));
     let xs: [*const f32; R] = std::array::from_fn(|t| x.x.as_ptr().wrapping_add((r0 + t) * x.cols));
-    let ss: [*const f32; R] = std::array::from_fn(|t| x.sums.as_ptr().wrapping_add((r0 + t) * nb));
-    let low = _mm256_set1_epi32(0x0f);
-    let mut tot = [[_mm256_setzero_ps(); 8]; R];
+    let mut acc = [[_mm256_setzero_ps(); 8]; R];
+    if BUF {
+        for k in 0..w.cols {
+            // SAFETY: `src` holds column `k` (the caller's contract).
+            let wv = unsafe {
+                [
+                    _mm256_loadu_ps(src.add(k * PANEL)),
+                    _mm256_loadu_ps(src.add(k * PANEL + 8)),
+                ]
+            };
+            for t in 0..R {
+                // SAFETY: column `k` of row `r0 + t` exists.
+                let xb = unsafe { _mm256_broadcast_ss(&*xs[t].add(k)) };
+                acc[t][0] = _mm256_fmadd_ps(xb, wv[0], acc[t][0]);
+                acc[t][1] = _mm256_fmadd_ps(xb, wv[1], acc[t][1]);
+            }
+        }
+        return acc;
+    }
     for b in 0..nb {
-        let mut blk = [[_mm256_setzero_ps(); 8]; R];
-        if R <= 2 && !BUF {
+        if R <= 2 {
             // Few rows: reading the weights is the bound (DRAM for most matrices). A hint
             // only: an address past the matrix is never dereferenced.
             for i in 0..NP {
@@ -255,67 +276,94 @@ unsafe fn tile<const R: usize, const NP: usize, const MIN: bool, const BUF: bool
                 }
             }
         }
+        // SAFETY: block `b` of panels `p..p + NP` has PANEL scales (and minimums).
+        let (d, m) = unsafe { scales::<NP, MIN>(w, p, b) };
         for k in b * BLOCK..(b + 1) * BLOCK {
             let mut wv = [_mm256_setzero_ps(); 8];
-            if BUF {
-                // SAFETY: `src` holds column `k` (the caller's contract; NP is 1).
-                unsafe {
-                    wv[0] = _mm256_loadu_ps(src.add(k * PANEL));
-                    wv[1] = _mm256_loadu_ps(src.add(k * PANEL + 8));
-                }
-            }
-            for i in (0..NP).filter(|_| !BUF) {
-                let at = qs[i].wrapping_add(k * per_col);
+            for i in 0..NP {
                 // SAFETY: column `k` of panel `p + i` exists (the caller's contract).
-                unsafe {
-                    if MIN {
-                        // Eight bytes: rows 0..8 in the low nibbles, rows 8..16 in the high.
-                        let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()));
-                        wv[2 * i] = _mm256_cvtepi32_ps(_mm256_and_si256(raw, low));
-                        wv[2 * i + 1] = _mm256_cvtepi32_ps(_mm256_srli_epi32(raw, 4));
-                    } else {
-                        let lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast()));
-                        let hi = _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(8).cast()));
-                        wv[2 * i] = _mm256_cvtepi32_ps(lo);
-                        wv[2 * i + 1] = _mm256_cvtepi32_ps(hi);
-                    }
+                let q = unsafe { ints::<MIN>(qs[i].wrapping_add(k * per_col)) };
+                for h in 0..2 {
+                    wv[2 * i + h] = weight::<MIN>(q[h], d[2 * i + h], m[2 * i + h]);
                 }
             }
             for t in 0..R {
                 // SAFETY: column `k` of row `r0 + t` exists.
                 let xb = unsafe { _mm256_broadcast_ss(&*xs[t].add(k)) };
                 for v in 0..2 * NP {
-                    blk[t][v] = _mm256_fmadd_ps(xb, wv[v], blk[t][v]);
-                }
-            }
-        }
-        for i in 0..NP {
-            // SAFETY: block `b` of panel `p + i` has PANEL scales (and minimums).
-            let (d0, d1) = unsafe {
-                (
-                    _mm256_cvtph_ps(_mm_loadu_si128(ds[i].add(b * PANEL).cast())),
-                    _mm256_cvtph_ps(_mm_loadu_si128(ds[i].add(b * PANEL + 8).cast())),
-                )
-            };
-            for t in 0..R {
-                tot[t][2 * i] = _mm256_fmadd_ps(blk[t][2 * i], d0, tot[t][2 * i]);
-                tot[t][2 * i + 1] = _mm256_fmadd_ps(blk[t][2 * i + 1], d1, tot[t][2 * i + 1]);
-            }
-            if MIN {
-                // SAFETY: as above; block `b` of row `r0 + t` has a sum.
-                unsafe {
-                    let m0 = _mm256_cvtph_ps(_mm_loadu_si128(ms[i].add(b * PANEL).cast()));
-                    let m1 = _mm256_cvtph_ps(_mm_loadu_si128(ms[i].add(b * PANEL + 8).cast()));
-                    for t in 0..R {
-                        let s = _mm256_broadcast_ss(&*ss[t].add(b));
-                        tot[t][2 * i] = _mm256_fmadd_ps(s, m0, tot[t][2 * i]);
-                        tot[t][2 * i + 1] = _mm256_fmadd_ps(s, m1, tot[t][2 * i + 1]);
-                    }
+                    acc[t][v] = _mm256_fmadd_ps(xb, wv[v], acc[t][v]);
                 }
             }
         }
     }
-    tot
+    acc
+}
+
+/// Scales (and, `MIN`, minimums) of block `b` of panels `p..p + NP`, eight rows a vector.
+///
+/// # Safety
+/// F16C is available; the panels exist.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales<const NP: usize, const MIN: bool>(
+    w: &QMatrix,
+    p: usize,
+    b: usize,
+) -> ([__m256; 8], [__m256; 8]) {
+    let nb = w.cols / BLOCK;
+    let (mut d, mut m) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+    for i in 0..NP {
+        let at = ((p + i) * nb + b) * PANEL;
+        for h in 0..2 {
+            // SAFETY: the panel's block has PANEL scales (and minimums).
+            unsafe {
+                d[2 * i + h] =
+                    _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(at + 8 * h).cast()));
+                if MIN {
+                    m[2 * i + h] =
+                        _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(at + 8 * h).cast()));
+                }
+            }
+        }
+    }
+    (d, m)
+}
+
+/// The integers of one column of a panel as f32: rows 0..8, rows 8..16.
+///
+/// # Safety
+/// AVX2 is available; `at` addresses the column's bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ints<const MIN: bool>(at: *const u8) -> [__m256; 2] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if MIN {
+            // Eight bytes: rows 0..8 in the low nibbles, rows 8..16 in the high.
+            let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()));
+            let lo = _mm256_and_si256(raw, _mm256_set1_epi32(0x0f));
+            [
+                _mm256_cvtepi32_ps(lo),
+                _mm256_cvtepi32_ps(_mm256_srli_epi32(raw, 4)),
+            ]
+        } else {
+            [
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast()))),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(8).cast()))),
+            ]
+        }
+    }
+}
+
+/// The weights `q d` (Q8_0) or `fma(q, d, m)` (Q4_1, `MIN`) of eight rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weight<const MIN: bool>(q: __m256, d: __m256, m: __m256) -> __m256 {
+    if MIN {
+        _mm256_fmadd_ps(q, d, m)
+    } else {
+        _mm256_mul_ps(q, d)
+    }
 }
 
 /// [`crate::math::exp_f32`] on eight lanes: the same multiplies and adds in the same order,
