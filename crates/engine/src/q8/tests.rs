@@ -96,9 +96,9 @@ fn products_match_a_dequantized_reference() {
 #[test]
 fn avx2_and_scalar_agree_bit_for_bit() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
-    let x = random(&mut rng, 9 * 192, 4.0);
+    let x = random(&mut rng, 9 * 416, 4.0);
     for quant in QUANTS {
-        let (w, _) = qmatrix(&mut rng, quant, 50, 192);
+        let (w, _) = qmatrix(&mut rng, quant, 50, 416);
         let outs: Vec<Vec<u32>> = kernels()
             .into_iter()
             .map(|k| bits(&Pool::new(1, k).unwrap().matmul(&w, &x, 9)[0]))
