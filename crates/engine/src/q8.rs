@@ -1,22 +1,23 @@
-//! Our quantized-weight matrix product: `y = x · Wᵀ` with `W` in GGML blocks of 32 (Q8_0:
-//! int8 and an f16 scale; Q4_1: 4-bit, an f16 scale and an f16 minimum) and the activations
-//! `x` in f32, never quantized.
+//! Our quantized matrix product: `y = x · Wᵀ` with `W` in GGML blocks of 32 (Q8_0: int8 and
+//! an f16 scale; Q4_1: 4-bit, an f16 scale and an f16 minimum) and each activation row
+//! quantized once to Q8 blocks with f32 scales, like llama.cpp's q8_0 × q8_0 and q4_1 × q8_1.
+//! The engine runs Q4_1 weights here (4-bit × int8 products are cheap in AVX2's integer
+//! units, which made single-stream decode 15-35 % faster than with f32 activations) and Q8_0
+//! weights on [`crate::qf`] (f32 activations). This module also holds what both share: the
+//! [`Kernel`] choice, the thread [`Pool`], and the vectorized row routines.
 //!
-//! Layout: weight rows are regrouped at load into panels of [`PANEL`] rows, column-major
-//! inside a panel, so that a vector of eight weight rows of one column is one small load:
-//! a product broadcasts one activation and fused multiply-adds it into eight outputs at once.
-//! A worker streams each panel once per call against every activation row (in tiles of up
-//! to [`ROW_TILE`] rows), so a decode step with eight sequences reads the weights once.
+//! Batching: a worker streams each weight row once per call and dots it against every
+//! activation row (in tiles of up to [`ROW_TILE`] rows), so a decode step with eight
+//! sequences reads the weights once, not eight times.
 //!
-//! Determinism: every output element `y = Σ_k x_k w_k` is computed by one sequence of
-//! operations, whatever the batch, the tile or the thread: from `y = +0`, for each column `k`
-//! in order, the weight `w_k = q_k d` (Q8_0: exact in f32) or `w_k = fma(q_k, d, m)` (Q4_1)
-//! of its block, then `y = fma(x_k, w_k, y)`. Tiling and threads only decide which elements a
-//! worker computes, and whether a panel's weights are converted once into a buffer or on the
-//! fly (the same values), never how one element is computed, so results are bit-identical
-//! whatever the batch, its other rows or the thread count. The scalar path performs the same
-//! operations (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested),
-//! on any CPU.
+//! Determinism: every output element comes from one dot routine per weight format: for each
+//! block in order, eight int32 lane sums (values `4k..4k+4` in lane `k`) converted to f32 and
+//! fused multiply-added with `d_w * d_x` into eight f32 lanes (Q4_1 also fused multiply-adds
+//! `m_w * s_x` into one f32, `s_x` being the activation block's sum); then the lanes are summed
+//! in a fixed tree ([`hsum8`]). Tiling and threads only decide which elements a worker
+//! computes, never how one is reduced, so results are bit-identical whatever the batch, its
+//! other rows or the thread count. The scalar path performs the same operations
+//! (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested), on any CPU.
 
 use rayon::prelude::*;
 
@@ -24,12 +25,10 @@ use crate::error::{EngineError, Result};
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
-/// Weight rows per panel (two vectors of eight).
-pub const PANEL: usize = 16;
-/// Most activation rows computed together against one panel.
-pub const ROW_TILE: usize = 6;
-/// Fewest panels per parallel work item.
-const MIN_PANELS: usize = 4;
+/// Activation rows computed together against one weight row.
+pub const ROW_TILE: usize = 4;
+/// Fewest weight rows per parallel work item.
+const MIN_CHUNK: usize = 16;
 
 /// Weight block formats the kernel reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,17 +40,16 @@ pub enum WeightQuant {
 }
 
 impl WeightQuant {
-    /// Quant bytes of one column of a panel: Q8_0 one int8 per row; Q4_1 byte `i` holds row
-    /// `i` in its low nibble and row `i + 8` in its high one.
-    fn panel_bytes_per_col(self) -> usize {
+    /// Quant bytes per block in our layout.
+    fn qbytes(self) -> usize {
         match self {
-            WeightQuant::Q8_0 => PANEL,
-            WeightQuant::Q4_1 => PANEL / 2,
+            WeightQuant::Q8_0 => BLOCK,
+            WeightQuant::Q4_1 => BLOCK / 2,
         }
     }
 }
 
-/// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows.
+/// A quantized weight matrix: `rows` outputs of `cols` inputs; row `j` is `cols / 32` blocks.
 /// Several matrices sharing an input can be stacked into one ([`QMatrix::stack`]); a product
 /// then returns one output per part.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,12 +57,12 @@ pub struct QMatrix {
     quant: WeightQuant,
     rows: usize,
     cols: usize,
-    /// Panel after panel (each part padded with zero rows to whole panels), column after
-    /// column ([`WeightQuant::panel_bytes_per_col`] bytes each).
+    /// Quant bytes, row-major (Q8_0: one int8 per value; Q4_1: GGML's nibble order, value
+    /// `i < 16` in the low nibble of byte `i`, value `i + 16` in its high nibble).
     qs: Vec<u8>,
-    /// f16 scales (bits): per panel, per block, one per row of the panel.
+    /// f16 scales (bits), one per block, row-major.
     d: Vec<u16>,
-    /// f16 minimums (bits), as `d` (Q4_1 only).
+    /// f16 minimums (bits), one per block (Q4_1 only).
     m: Vec<u16>,
     /// Row counts of the stacked parts (one entry when not stacked).
     parts: Vec<usize>,
@@ -79,55 +77,33 @@ impl QMatrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self> {
-        let (head, qbytes) = match quant {
-            WeightQuant::Q8_0 => (2, BLOCK),
-            WeightQuant::Q4_1 => (4, BLOCK / 2),
+        let head = match quant {
+            WeightQuant::Q8_0 => 2,
+            WeightQuant::Q4_1 => 4,
         };
-        let size = head + qbytes;
+        let size = head + quant.qbytes();
         if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
             return Err(EngineError::CorruptWeights(format!(
                 "{quant:?} matrix {rows}x{cols}: {} bytes",
                 bytes.len()
             )));
         }
-        let (nb, panels) = (cols / BLOCK, rows.div_ceil(PANEL));
-        let per_col = quant.panel_bytes_per_col();
+        let blocks = rows * cols / BLOCK;
         let mut out = QMatrix {
             quant,
             rows,
             cols,
-            qs: vec![0; panels * cols * per_col],
-            d: vec![0; panels * nb * PANEL],
-            m: if quant == WeightQuant::Q4_1 {
-                vec![0; panels * nb * PANEL]
-            } else {
-                Vec::new()
-            },
+            qs: Vec::with_capacity(blocks * quant.qbytes()),
+            d: Vec::with_capacity(blocks),
+            m: Vec::new(),
             parts: vec![rows],
         };
-        for (j, row) in bytes.chunks_exact(nb * size).enumerate() {
-            let (p, lane) = (j / PANEL, j % PANEL);
-            for (b, blk) in row.chunks_exact(size).enumerate() {
-                let at = (p * nb + b) * PANEL + lane;
-                out.d[at] = u16::from_le_bytes([blk[0], blk[1]]);
-                if quant == WeightQuant::Q4_1 {
-                    out.m[at] = u16::from_le_bytes([blk[2], blk[3]]);
-                }
-                for i in 0..BLOCK {
-                    let col = p * cols + b * BLOCK + i;
-                    match quant {
-                        WeightQuant::Q8_0 => out.qs[col * PANEL + lane] = blk[head + i],
-                        WeightQuant::Q4_1 => {
-                            // GGML: value `i < 16` in the low nibble of byte `i`, value
-                            // `i + 16` in the high nibble of byte `i - 16`.
-                            let byte = blk[head + i % 16];
-                            let v = if i < 16 { byte & 0x0f } else { byte >> 4 };
-                            let (at, shift) = (col * (PANEL / 2) + lane % 8, 4 * (lane / 8));
-                            out.qs[at] |= v << shift;
-                        }
-                    }
-                }
+        for b in bytes.chunks_exact(size) {
+            out.d.push(u16::from_le_bytes([b[0], b[1]]));
+            if quant == WeightQuant::Q4_1 {
+                out.m.push(u16::from_le_bytes([b[2], b[3]]));
             }
+            out.qs.extend_from_slice(&b[head..]);
         }
         Ok(out)
     }
@@ -152,7 +128,6 @@ impl QMatrix {
             m: Vec::new(),
             parts: Vec::new(),
         };
-        // Every part is whole panels, so panels simply follow each other.
         for m in mats {
             out.rows += m.rows;
             out.qs.extend_from_slice(&m.qs);
@@ -163,73 +138,177 @@ impl QMatrix {
         Ok(out)
     }
 
-    /// Panels holding `rows` weight rows.
-    fn panels_of(rows: usize) -> usize {
-        rows.div_ceil(PANEL)
-    }
-
-    /// Integer `q` of row `lane` of panel `p` at column `col`.
-    fn value(&self, p: usize, lane: usize, col: usize) -> i16 {
-        let per_col = self.quant.panel_bytes_per_col();
-        let at = (p * self.cols + col) * per_col;
-        match self.quant {
-            WeightQuant::Q8_0 => i16::from(self.qs[at + lane] as i8),
-            WeightQuant::Q4_1 => i16::from((self.qs[at + lane % 8] >> (4 * (lane / 8))) & 0x0f),
+    /// Weight row `j`.
+    fn row(&self, j: usize) -> WRow<'_> {
+        let (nb, qb) = (self.cols / BLOCK, self.cols / BLOCK * self.quant.qbytes());
+        WRow {
+            q: &self.qs[j * qb..(j + 1) * qb],
+            d: &self.d[j * nb..(j + 1) * nb],
+            m: if self.m.is_empty() {
+                &[]
+            } else {
+                &self.m[j * nb..(j + 1) * nb]
+            },
         }
     }
 
-    /// Scale and minimum (0 for Q8_0) of row `lane` of panel `p` in block `b`, as f32.
-    fn scale(&self, p: usize, lane: usize, b: usize) -> (f32, f32) {
-        let at = (p * (self.cols / BLOCK) + b) * PANEL + lane;
-        let m = self.m.get(at).map_or(0.0, |&m| f16_to_f32(m));
-        (f16_to_f32(self.d[at]), m)
-    }
-
-    /// The f32 values the quants stand for, row-major over all parts (tests and references).
+    /// The f32 values the quants stand for (tests and references).
     #[cfg(test)]
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        let mut first = 0;
-        for &n in &self.parts {
-            for j in 0..n {
-                let (p, lane) = (first + j / PANEL, j % PANEL);
-                for col in 0..self.cols {
-                    let (d, m) = self.scale(p, lane, col / BLOCK);
-                    out.push(d * f32::from(self.value(p, lane, col)) + m);
-                }
+        (0..self.rows)
+            .flat_map(|j| {
+                let r = self.row(j);
+                (0..self.cols / BLOCK).flat_map(move |b| {
+                    let (d, m) = (
+                        f16_to_f32(r.d[b]),
+                        r.m.get(b).map_or(0.0, |&m| f16_to_f32(m)),
+                    );
+                    (0..BLOCK).map(move |i| d * f32::from(r.value(self.quant, b, i)) + m)
+                })
+            })
+            .collect()
+    }
+}
+
+/// One weight row: quant bytes, f16 scales and (Q4_1) minimums.
+#[derive(Clone, Copy)]
+struct WRow<'a> {
+    q: &'a [u8],
+    d: &'a [u16],
+    m: &'a [u16],
+}
+
+impl WRow<'_> {
+    /// Value `i` of block `b`, as an integer.
+    fn value(&self, quant: WeightQuant, b: usize, i: usize) -> i16 {
+        match quant {
+            WeightQuant::Q8_0 => i16::from(self.q[b * BLOCK + i] as i8),
+            WeightQuant::Q4_1 => {
+                let byte = self.q[b * BLOCK / 2 + i % 16];
+                i16::from(if i < 16 { byte & 0x0f } else { byte >> 4 })
             }
-            first += QMatrix::panels_of(n);
         }
+    }
+}
+
+/// One activation row: int8 quants, f32 scales, and per block `d * Σ q`.
+#[derive(Clone, Copy)]
+struct XRow<'a> {
+    q: &'a [i8],
+    d: &'a [f32],
+    s: &'a [f32],
+}
+
+/// Activation rows quantized to Q8 blocks with f32 scales, once per product.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Rows {
+    rows: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    /// Per block `d * Σ q` (for Q4_1's minimum term).
+    s: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// Quantizes `rows` rows of `cols` values, each block to `round(x / d)` with
+    /// `d = max|x| / 127` (llama.cpp's `quantize_row_q8_0`, keeping `d` in f32).
+    /// Each row's blocks depend only on that row.
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let mut out = Q8Rows::zeroed(x, rows, cols);
+        quantize_blocks(x, &mut out.qs, &mut out.d, &mut out.s);
         out
     }
 
-    /// Bytes of quants, scales and minimums (benchmarks).
+    /// Room for `x` as `rows × cols` (checked), all zero.
+    fn zeroed(x: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
+            "q8 rows: {} values as {rows}x{cols}",
+            x.len()
+        );
+        let nb = x.len() / BLOCK;
+        Q8Rows {
+            rows,
+            cols,
+            qs: vec![0i8; x.len()],
+            d: vec![0f32; nb],
+            s: vec![0f32; nb],
+        }
+    }
+
+    /// [`Q8Rows::quantize`] with the blocks split among `pool`'s threads (each block depends
+    /// only on its own values, so the result is the same).
+    pub fn quantize_on(pool: &Pool, x: &[f32], rows: usize, cols: usize) -> Self {
+        const PER: usize = 64;
+        if pool.threads() == 1 || x.len() < 4 * PER * BLOCK {
+            return Q8Rows::quantize(x, rows, cols);
+        }
+        let mut out = Q8Rows::zeroed(x, rows, cols);
+        let items: Vec<_> = x
+            .chunks(PER * BLOCK)
+            .zip(out.qs.chunks_mut(PER * BLOCK))
+            .zip(out.d.chunks_mut(PER).zip(out.s.chunks_mut(PER)))
+            .collect();
+        pool.for_each(items, |((x, q), (d, s))| quantize_blocks(x, q, d, s));
+        out
+    }
+
+    fn row(&self, r: usize) -> XRow<'_> {
+        let (k, nb) = (self.cols, self.cols / BLOCK);
+        XRow {
+            q: &self.qs[r * k..(r + 1) * k],
+            d: &self.d[r * nb..(r + 1) * nb],
+            s: &self.s[r * nb..(r + 1) * nb],
+        }
+    }
+
+    /// The f32 values the quants stand for (tests and references).
     #[cfg(test)]
-    pub fn bytes(&self) -> usize {
-        self.qs.len() + 2 * self.d.len() + 2 * self.m.len()
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs
+            .chunks_exact(BLOCK)
+            .zip(&self.d)
+            .flat_map(|(q, &d)| q.iter().map(move |&v| v as f32 * d))
+            .collect()
     }
 }
 
-/// Activation rows of one product: `rows × cols` f32.
-pub struct Acts<'a> {
-    x: &'a [f32],
-    rows: usize,
-    cols: usize,
+/// Quantizes whole blocks of `x` into `qs`, with per block the scale into `d` and `d * Σ q`
+/// into `s` (see [`Q8Rows::quantize`]).
+fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
+    for ((src, dst), (d, s)) in blocks.zip(d.iter_mut().zip(s.iter_mut())) {
+        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in dst.iter_mut().zip(src) {
+            let r = round_half_away(v * inv).clamp(-127, 127);
+            sum += r;
+            *q = r as i8;
+        }
+        *d = scale;
+        *s = scale * sum as f32;
+    }
 }
 
-impl<'a> Acts<'a> {
-    fn new(x: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert!(
-            cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
-            "matmul activations: {} values as {rows}x{cols}",
-            x.len()
-        );
-        Acts { x, rows, cols }
+/// `v.round() as i32` (halves away from zero) for `|v| < 2^23`, without a libm call.
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    // Exact: `v` and its truncation share the exponent range.
+    let frac = v - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
     }
 }
 
 /// IEEE half to single precision (exact).
-fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
     let exp = u32::from((h >> 10) & 0x1f);
     let man = u32::from(h & 0x3ff);
@@ -336,59 +415,86 @@ impl Kernel {
         }
     }
 
-    /// Panels from `p0` against every activation row of `x`: `out[r][i]` is weight row
-    /// `16 p0 + i` (of the panels' part) against activation row `r`. The shapes are checked
-    /// once here; the loops over panels and rows run inside the kernel.
-    fn chunk(self, w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
-        let (nb, per_col) = (w.cols / BLOCK, w.quant.panel_bytes_per_col());
-        let n = out.first().map_or(0, |o| o.len());
-        let total = w.qs.len() / (w.cols * per_col);
-        assert!(w.cols == x.cols && x.x.len() == x.rows * x.cols && out.len() == x.rows);
-        assert!(out.iter().all(|o| o.len() == n) && p0 + n.div_ceil(PANEL) <= total);
-        assert!(w.d.len() == total * nb * PANEL);
+    /// Weight rows `j0..j0 + n` of `w` against activation rows `r0..r0 + N` of `x`:
+    /// `out[t][i]` is weight row `j0 + i` against activation row `r0 + t`. The shapes are
+    /// checked once here; the loop over weight rows runs inside the kernel.
+    fn panel<const N: usize>(
+        self,
+        w: &QMatrix,
+        (j0, n): (usize, usize),
+        x: &Q8Rows,
+        r0: usize,
+        out: &mut [&mut [f32]],
+    ) {
+        let nb = w.cols / BLOCK;
+        assert!(w.cols == x.cols && j0 + n <= w.rows && r0 + N <= x.rows && out.len() == N);
+        assert!(w.qs.len() == w.rows * nb * w.quant.qbytes() && w.d.len() == w.rows * nb);
         assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
+        assert!(
+            x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len()
+        );
+        assert!(out.iter().all(|o| o.len() == n));
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::chunk(w, p0, x, out),
-            _ => scalar_chunk(w, p0, x, out),
+            Kernel::Avx2 => avx2::panel::<N>(w, (j0, n), x, r0, out),
+            _ => scalar_panel::<N>(w, (j0, n), x, r0, out),
         }
     }
 }
 
-/// Tiles of at most [`ROW_TILE`] rows covering `rows`, as even as possible: `(first, len)`.
-fn row_tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = rows.div_ceil(ROW_TILE);
-    (0..tiles).scan(0, move |r0, i| {
-        let t = (rows - *r0) / (tiles - i);
-        let tile = (*r0, t);
-        *r0 += t;
-        Some(tile)
-    })
+/// Sums eight lanes in a fixed tree: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+fn hsum8(l: [f32; 8]) -> f32 {
+    let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
-/// [`Kernel::chunk`] with the reference operations (see the module docs), one output
-/// element at a time.
-fn scalar_chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
-    let nb = w.cols / BLOCK;
-    for (r, o) in out.iter_mut().enumerate() {
-        let xr = &x.x[r * x.cols..(r + 1) * x.cols];
-        for (i, y) in o.iter_mut().enumerate() {
-            let (p, lane) = (p0 + i / PANEL, i % PANEL);
-            let mut acc = 0f32;
-            for b in 0..nb {
-                let (d, m) = w.scale(p, lane, b);
-                for (k, &xk) in xr.iter().enumerate().skip(b * BLOCK).take(BLOCK) {
-                    let q = f32::from(w.value(p, lane, k));
-                    let wk = match w.quant {
-                        WeightQuant::Q8_0 => q * d,
-                        WeightQuant::Q4_1 => q.mul_add(d, m),
-                    };
-                    acc = xk.mul_add(wk, acc);
+/// [`Kernel::panel`] with the reference routines, one weight row at a time.
+fn scalar_panel<const N: usize>(
+    w: &QMatrix,
+    (j0, n): (usize, usize),
+    x: &Q8Rows,
+    r0: usize,
+    out: &mut [&mut [f32]],
+) {
+    let xs: [XRow<'_>; N] = std::array::from_fn(|t| x.row(r0 + t));
+    for i in 0..n {
+        let [vals] = scalar_tile(w.quant, [w.row(j0 + i)], xs);
+        for (o, v) in out.iter_mut().zip(vals) {
+            o[i] = v;
+        }
+    }
+}
+
+/// The reference dot routines (see the module docs).
+fn scalar_tile<const W: usize, const N: usize>(
+    quant: WeightQuant,
+    w: [WRow<'_>; W],
+    x: [XRow<'_>; N],
+) -> [[f32; N]; W] {
+    let mut out = [[0f32; N]; W];
+    for (wr, out_w) in w.iter().zip(out.iter_mut()) {
+        for (xr, o) in x.iter().zip(out_w.iter_mut()) {
+            let mut lanes = [0f32; 8];
+            let mut msum = 0f32;
+            for b in 0..xr.d.len() {
+                let d = f16_to_f32(wr.d[b]) * xr.d[b];
+                for (k, lane) in lanes.iter_mut().enumerate() {
+                    let s: i32 = (4 * k..4 * k + 4)
+                        .map(|i| i32::from(wr.value(quant, b, i)) * i32::from(xr.q[b * BLOCK + i]))
+                        .sum();
+                    *lane = (s as f32).mul_add(d, *lane);
+                }
+                if quant == WeightQuant::Q4_1 {
+                    msum = f16_to_f32(wr.m[b]).mul_add(xr.s[b], msum);
                 }
             }
-            *y = acc;
+            *o = match quant {
+                WeightQuant::Q8_0 => hsum8(lanes),
+                WeightQuant::Q4_1 => hsum8(lanes) + msum,
+            };
         }
     }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -418,6 +524,11 @@ impl Pool {
         Ok(Pool { pool, kernel })
     }
 
+    /// The dot-routine implementation the products use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
     pub fn threads(&self) -> usize {
         self.pool.as_ref().map_or(1, |p| p.current_num_threads())
     }
@@ -440,34 +551,53 @@ impl Pool {
         }
     }
 
-    /// `x · Wᵀ` for `rows` activation rows `x` (row-major, `w`'s width): per part of `w`, a
-    /// row-major `[rows × part rows]` output.
-    pub fn matmul(&self, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
-        let acts = Acts::new(x, rows, w.cols);
-        let m = rows;
+    /// `x · Wᵀ`: per part of `w`, a row-major `[x.rows × part rows]` output.
+    pub fn matmul(&self, w: &QMatrix, x: &Q8Rows) -> Vec<Vec<f32>> {
+        assert_eq!(w.cols, x.cols, "matmul widths");
+        let m = x.rows;
         let mut outs: Vec<Vec<f32>> = w.parts.iter().map(|&n| vec![0f32; m * n]).collect();
         if m == 0 {
             return outs;
         }
-        // A work item: a run of panels from `p0` and, per activation row, its outputs.
-        // About eight items per thread and part.
+        // A work item: a run of weight rows from `j0` and, per activation row, its outputs.
+        // About eight items per thread and part, in multiples of four weight rows.
         let mut items: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
-        let mut p0 = 0;
+        let mut j0 = 0;
         for (out, &n) in outs.iter_mut().zip(&w.parts) {
-            let panels = QMatrix::panels_of(n);
-            let per = (panels / (8 * self.threads())).clamp(MIN_PANELS, 16) * PANEL;
+            let per = (n / (8 * self.threads()))
+                .next_multiple_of(4)
+                .clamp(MIN_CHUNK, 256);
             let first = items.len();
-            items.extend((0..n.div_ceil(per)).map(|c| (p0 + c * per / PANEL, Vec::new())));
+            items.extend((0..n.div_ceil(per)).map(|c| (j0 + c * per, Vec::with_capacity(m))));
             for row in out.chunks_exact_mut(n) {
                 for (c, piece) in row.chunks_mut(per).enumerate() {
                     items[first + c].1.push(piece);
                 }
             }
-            p0 += panels;
+            j0 += n;
         }
         let kernel = self.kernel;
-        self.for_each(items, |(p0, mut out)| kernel.chunk(w, p0, &acts, &mut out));
+        self.for_each(items, |(j0, mut out)| chunk(kernel, w, x, j0, &mut out));
         outs
+    }
+}
+
+/// Weight rows `j0..` against every activation row `r`, into `out[r]` (as many weight rows
+/// as it holds): tiles of up to [`ROW_TILE`] activation rows outermost, so that one tile
+/// stays in L1 while the chunk's weight rows (in L1/L2 after the first tile) stream past it.
+fn chunk(kernel: Kernel, w: &QMatrix, x: &Q8Rows, j0: usize, out: &mut [&mut [f32]]) {
+    let n = out.first().map_or(0, |o| o.len());
+    let mut r0 = 0;
+    while r0 < x.rows {
+        let t = ROW_TILE.min(x.rows - r0);
+        let o = &mut out[r0..r0 + t];
+        match t {
+            1 => kernel.panel::<1>(w, (j0, n), x, r0, o),
+            2 => kernel.panel::<2>(w, (j0, n), x, r0, o),
+            3 => kernel.panel::<3>(w, (j0, n), x, r0, o),
+            _ => kernel.panel::<ROW_TILE>(w, (j0, n), x, r0, o),
+        }
+        r0 += t;
     }
 }
 

@@ -1,8 +1,8 @@
-//! The AVX2/FMA/F16C routines: the same operations as the scalar references, in vector
-//! registers. The only `unsafe` of the crate: intrinsics and unchecked reads, each after the
-//! CPU features and the shapes were checked.
+//! The AVX2/FMA/F16C dot routines: the same operations as the scalar reference, in
+//! vector registers. The only `unsafe` of the crate: intrinsics and unchecked row reads,
+//! each after the CPU features and the row lengths were checked.
 
-use super::{Acts, BLOCK, PANEL, QMatrix, ROW_TILE, WeightQuant, row_tiles};
+use super::{BLOCK, Q8Rows, QMatrix, WeightQuant, hsum8};
 use std::arch::x86_64::*;
 
 /// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices).
@@ -14,356 +14,248 @@ pub fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// Safe entry of [`super::Kernel::chunk`]: checks the CPU features here; the caller checked
-/// the shapes (panels `p0..` cover `out[r].len()` weight rows, `out` holds a slice per
-/// activation row, every panel holds `cols` columns).
-pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
+/// Safe entry of [`super::Kernel::panel`]: checks the CPU features here; the caller checked
+/// the shapes (`j0 + n` weight rows, `r0 + N` activation rows of one width, `out` holding
+/// `N` slices of `n`).
+pub fn panel<const N: usize>(
+    w: &QMatrix,
+    (j0, n): (usize, usize),
+    x: &Q8Rows,
+    r0: usize,
+    out: &mut [&mut [f32]],
+) {
     assert!(available());
-    let n = out.first().map_or(0, |o| o.len());
-    let count = n.div_ceil(PANEL);
-    if x.rows <= STREAM_ROWS {
-        // Few rows (decode): each tile converts the weights it reads on the fly.
-        for (r0, t) in row_tiles(x.rows) {
-            let o = &mut out[r0..r0 + t];
-            // SAFETY: the features were just checked; panels `p0..p0 + count` and rows
-            // `r0..r0 + t` exist (the caller's contract).
-            unsafe {
-                match t {
-                    1 => streamed::<1>(w, p0, count, x, r0, o),
-                    2 => streamed::<2>(w, p0, count, x, r0, o),
-                    3 => streamed::<3>(w, p0, count, x, r0, o),
-                    4 => streamed::<4>(w, p0, count, x, r0, o),
-                    5 => streamed::<5>(w, p0, count, x, r0, o),
-                    _ => streamed::<ROW_TILE>(w, p0, count, x, r0, o),
-                }
-            }
-        }
-        return;
-    }
-    // Many rows (prefill, scoring): each panel's weights are converted to f32 once, into a
-    // buffer every row tile then reads (the same values, so the same bits).
-    let mut buf = vec![0f32; PANEL * w.cols];
-    for p in 0..count {
-        // SAFETY: as above; `buf` holds a panel.
-        unsafe { convert(w, p0 + p, &mut buf) };
-        for (r0, t) in row_tiles(x.rows) {
-            let o = &mut out[r0..r0 + t];
-            let src = buf.as_ptr();
-            // SAFETY: as above.
-            unsafe {
-                match t {
-                    1 => buffered::<1>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    2 => buffered::<2>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    3 => buffered::<3>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    4 => buffered::<4>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    5 => buffered::<5>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    _ => buffered::<ROW_TILE>(w, p0 + p, src, x, r0, o, p * PANEL),
-                }
-            }
+    let nb = w.cols / BLOCK;
+    let rows = Rows {
+        w: std::array::from_fn(|_| std::ptr::null()),
+        wd: std::array::from_fn(|_| std::ptr::null()),
+        wm: std::array::from_fn(|_| std::ptr::null()),
+        xq: std::array::from_fn(|t| x.qs[(r0 + t) * x.cols..].as_ptr()),
+        xd: std::array::from_fn(|t| x.d[(r0 + t) * nb..].as_ptr()),
+        xs: std::array::from_fn(|t| x.s[(r0 + t) * nb..].as_ptr()),
+        nb,
+    };
+    // SAFETY: the features were just checked; every pointer the panel forms addresses a
+    // block of a row the caller checked exists (weight rows `j0..j0 + n`, activation rows
+    // `r0..r0 + N`, `nb` blocks each).
+    unsafe {
+        match w.quant {
+            WeightQuant::Q8_0 => panel_impl::<N, Q8_0>(w, j0, n, rows, out),
+            WeightQuant::Q4_1 => panel_impl::<N, Q4_1>(w, j0, n, rows, out),
         }
     }
 }
 
-/// Most activation rows converted on the fly (measured faster for a decode step of eight
-/// sequences than a buffer); more go through a panel buffer.
-const STREAM_ROWS: usize = 8;
+/// Row pointers of one tile: `W` weight rows (quants, scales, Q4_1 minimums) and `N`
+/// activation rows (quants, scales, block sums), `nb` blocks each.
+#[derive(Clone, Copy)]
+struct Rows<const W: usize, const N: usize> {
+    w: [*const u8; W],
+    wd: [*const u16; W],
+    wm: [*const u16; W],
+    xq: [*const i8; N],
+    xd: [*const f32; N],
+    xs: [*const f32; N],
+    nb: usize,
+}
 
-/// Panels `p0..p0 + count` against activation rows `r0..r0 + R`, converting on the fly:
-/// enough independent sums to hide the latency of the fused multiply-adds (eight vectors
-/// per tile: R rows x 2 vectors per panel x NP panels) where registers allow.
+impl<const N: usize> Rows<1, N> {
+    /// The same activation rows against weight rows `j..j + W` of `w`.
+    fn at<const W: usize>(&self, w: &QMatrix, j: usize) -> Rows<W, N> {
+        let (nb, qb) = (self.nb, w.quant.qbytes());
+        Rows {
+            w: std::array::from_fn(|i| w.qs.as_ptr().wrapping_add((j + i) * nb * qb)),
+            wd: std::array::from_fn(|i| w.d.as_ptr().wrapping_add((j + i) * nb)),
+            wm: std::array::from_fn(|i| w.m.as_ptr().wrapping_add((j + i) * nb)),
+            xq: self.xq,
+            xd: self.xd,
+            xs: self.xs,
+            nb,
+        }
+    }
+}
+
+/// One weight format's tile routine.
+trait TileFn {
+    /// Dots the `W` weight rows with the `N` activation rows: `out[i][t]`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are available, and every row holds `nb` blocks.
+    unsafe fn tile<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N]; W];
+}
+
+struct Q8_0;
+struct Q4_1;
+
+/// Weight rows `j0..j0 + n` in tiles of four (one activation row) or two (more), then one.
 ///
 /// # Safety
-/// AVX2, FMA and F16C are available; the panels and rows exist.
+/// As [`TileFn::tile`], for weight rows `j0..j0 + n`; `out` holds `N` slices of `n`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn streamed<const R: usize>(
+unsafe fn panel_impl<const N: usize, K: TileFn>(
     w: &QMatrix,
-    p0: usize,
-    count: usize,
-    x: &Acts<'_>,
-    r0: usize,
+    j0: usize,
+    n: usize,
+    rows: Rows<1, N>,
     out: &mut [&mut [f32]],
 ) {
-    let mut p = 0;
-    while p < count {
-        let left = count - p;
-        let at = p * PANEL;
-        // SAFETY: the caller's contract.
-        p += unsafe {
-            match w.quant {
-                WeightQuant::Q8_0 if R == 1 && left >= 4 => put(
-                    4,
-                    out,
-                    at,
-                    tile::<R, 4, false, false>(w, p0 + p, null(), x, r0),
-                ),
-                WeightQuant::Q4_1 if R == 1 && left >= 4 => put(
-                    4,
-                    out,
-                    at,
-                    tile::<R, 4, true, false>(w, p0 + p, null(), x, r0),
-                ),
-                WeightQuant::Q8_0 if R <= 2 && left >= 2 => put(
-                    2,
-                    out,
-                    at,
-                    tile::<R, 2, false, false>(w, p0 + p, null(), x, r0),
-                ),
-                WeightQuant::Q4_1 if R <= 2 && left >= 2 => put(
-                    2,
-                    out,
-                    at,
-                    tile::<R, 2, true, false>(w, p0 + p, null(), x, r0),
-                ),
-                WeightQuant::Q8_0 => put(
-                    1,
-                    out,
-                    at,
-                    tile::<R, 1, false, false>(w, p0 + p, null(), x, r0),
-                ),
-                WeightQuant::Q4_1 => put(
-                    1,
-                    out,
-                    at,
-                    tile::<R, 1, true, false>(w, p0 + p, null(), x, r0),
-                ),
+    let mut jj = 0;
+    while jj < n {
+        let j = j0 + jj;
+        // SAFETY: rows `j..j + W` lie in `j0..j0 + n` (the caller's contract).
+        jj += unsafe {
+            if N == 1 && n - jj >= 4 {
+                put(out, jj, K::tile::<4, N>(rows.at::<4>(w, j)))
+            } else if N > 1 && n - jj >= 2 {
+                put(out, jj, K::tile::<2, N>(rows.at::<2>(w, j)))
+            } else {
+                put(out, jj, K::tile::<1, N>(rows.at::<1>(w, j)))
             }
         };
     }
 }
 
-/// Panel `p`, converted into `src`, against activation rows `r0..r0 + R`.
-///
-/// # Safety
-/// AVX2, FMA and F16C are available; panel `p` and the rows exist; `src` holds panel `p`'s
-/// integers as f32 (`PANEL` per column).
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn buffered<const R: usize>(
-    w: &QMatrix,
-    p: usize,
-    src: *const f32,
-    x: &Acts<'_>,
-    r0: usize,
+/// Writes a tile's results for weight rows from `at`; returns how many weight rows it held.
+#[inline(always)]
+fn put<const W: usize, const N: usize>(
     out: &mut [&mut [f32]],
     at: usize,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match w.quant {
-            WeightQuant::Q8_0 => put(1, out, at, tile::<R, 1, false, true>(w, p, src, x, r0)),
-            WeightQuant::Q4_1 => put(1, out, at, tile::<R, 1, true, true>(w, p, src, x, r0)),
-        };
-    }
-}
-
-/// Panel `p`'s weights as f32 ([`weight`]), column after column, into `buf`.
-///
-/// # Safety
-/// AVX2, FMA and F16C are available; panel `p` exists; `buf` holds `PANEL * cols` values.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn convert(w: &QMatrix, p: usize, buf: &mut [f32]) {
-    assert!(buf.len() >= PANEL * w.cols);
-    // SAFETY: the caller's contract, and `buf` holds every column (checked above).
-    unsafe {
-        match w.quant {
-            WeightQuant::Q8_0 => convert_impl::<false>(w, p, buf),
-            WeightQuant::Q4_1 => convert_impl::<true>(w, p, buf),
-        }
-    }
-}
-
-/// # Safety
-/// As [`convert`], `buf` checked.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn convert_impl<const MIN: bool>(w: &QMatrix, p: usize, buf: &mut [f32]) {
-    let per_col = w.quant.panel_bytes_per_col();
-    let qs = w.qs.as_ptr().wrapping_add(p * w.cols * per_col);
-    for b in 0..w.cols / BLOCK {
-        // SAFETY: the caller's contract.
-        let (d, m) = unsafe { scales::<1, MIN>(w, p, b) };
-        for k in b * BLOCK..(b + 1) * BLOCK {
-            // SAFETY: column `k` of panel `p` exists; `buf` holds it.
-            unsafe {
-                let q = ints::<MIN>(qs.wrapping_add(k * per_col));
-                let out = buf.as_mut_ptr().add(k * PANEL);
-                _mm256_storeu_ps(out, weight::<MIN>(q[0], d[0], m[0]));
-                _mm256_storeu_ps(out.add(8), weight::<MIN>(q[1], d[1], m[1]));
-            }
-        }
-    }
-}
-
-fn null() -> *const f32 {
-    std::ptr::null()
-}
-
-/// Writes a tile's results for `np` panels to `out[t][at..]` (as much as `out` holds);
-/// returns `np`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn put<const R: usize>(
-    np: usize,
-    out: &mut [&mut [f32]],
-    at: usize,
-    tot: [[__m256; 8]; R],
+    vals: [[f32; N]; W],
 ) -> usize {
-    for (t, o) in out.iter_mut().enumerate() {
-        let mut vals = [[0f32; 8]; 8];
-        for v in 0..2 * np {
-            // SAFETY: `vals[v]` holds eight f32.
-            unsafe { _mm256_storeu_ps(vals[v].as_mut_ptr(), tot[t][v]) };
-        }
-        let flat = vals[..2 * np].iter().flatten();
-        for (slot, &v) in o.iter_mut().skip(at).zip(flat) {
-            *slot = v;
+    for (i, vals) in vals.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(vals) {
+            o[at + i] = v;
         }
     }
-    np
+    W
 }
 
-/// The per-element operations of [`super::scalar_chunk`] for `R` rows and `NP` panels
-/// (`2 NP` vectors of eight weight rows): per column `k` in order, the weight `w = q d`
-/// (Q4_1, `MIN`: `w = fma(q, d, m)`), then `y = fma(x, w, y)`. With `BUF`, the weights come
-/// ready from `src` ([`convert`]; `NP` is 1).
-///
-/// # Safety
-/// AVX2, FMA and F16C are available; panels `p..p + NP` and rows `r0..r0 + R` exist; with
-/// `BUF`, `src` holds panel `p`'s weights.
-// `t` and `v` index several arrays of one tile at once.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn half(h: u16) -> __m256 {
+    _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn finish<const W: usize, const N: usize>(acc: [[__m256; N]; W]) -> [[f32; N]; W] {
+    let mut out = [[0f32; N]; W];
+    for i in 0..W {
+        for t in 0..N {
+            let mut l = [0f32; 8];
+            // SAFETY: `l` holds eight f32.
+            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[i][t]) };
+            out[i][t] = hsum8(l);
+        }
+    }
+    out
+}
+
+impl TileFn for Q8_0 {
+    #[inline(always)]
+    unsafe fn tile<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N]; W] {
+        // SAFETY: the caller's contract.
+        unsafe { tile_q8_0(r) }
+    }
+}
+
+impl TileFn for Q4_1 {
+    #[inline(always)]
+    unsafe fn tile<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N]; W] {
+        // SAFETY: the caller's contract.
+        unsafe { tile_q4_1(r) }
+    }
+}
+
+// `t` and `i` index several arrays of one tile at once.
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const R: usize, const NP: usize, const MIN: bool, const BUF: bool>(
-    w: &QMatrix,
-    p: usize,
-    src: *const f32,
-    x: &Acts<'_>,
-    r0: usize,
-) -> [[__m256; 8]; R] {
-    let nb = w.cols / BLOCK;
-    let per_col = w.quant.panel_bytes_per_col();
-    let qs: [*const u8; NP] =
-        std::array::from_fn(|i| w.qs.as_ptr().wrapping_add((p + i) * w.cols * per_col));
-    let xs: [*const f32; R] = std::array::from_fn(|t| x.x.as_ptr().wrapping_add((r0 + t) * x.cols));
-    let mut acc = [[_mm256_setzero_ps(); 8]; R];
-    if BUF {
-        for k in 0..w.cols {
-            // SAFETY: `src` holds column `k` (the caller's contract).
-            let wv = unsafe {
-                [
-                    _mm256_loadu_ps(src.add(k * PANEL)),
-                    _mm256_loadu_ps(src.add(k * PANEL + 8)),
-                ]
+unsafe fn tile_q8_0<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N]; W] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); N]; W];
+    for b in 0..r.nb {
+        let mut wv = [_mm256_setzero_si256(); W];
+        let mut aw = [_mm256_setzero_si256(); W];
+        let mut dw = [_mm256_setzero_ps(); W];
+        for i in 0..W {
+            let at = r.w[i].wrapping_add(b * BLOCK);
+            // A hint only: an address past the matrix is never dereferenced.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
+            // SAFETY: block `b < nb` lies inside every row (the caller's contract).
+            wv[i] = unsafe { _mm256_loadu_si256(at.cast()) };
+            aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
+            // SAFETY: as above (one scale per block).
+            dw[i] = half(unsafe { *r.wd[i].add(b) });
+        }
+        for t in 0..N {
+            // SAFETY: as above.
+            let (xv, dx) = unsafe {
+                (
+                    _mm256_loadu_si256(r.xq[t].add(b * BLOCK).cast()),
+                    _mm256_set1_ps(*r.xd[t].add(b)),
+                )
             };
-            for t in 0..R {
-                // SAFETY: column `k` of row `r0 + t` exists.
-                let xb = unsafe { _mm256_broadcast_ss(&*xs[t].add(k)) };
-                acc[t][0] = _mm256_fmadd_ps(xb, wv[0], acc[t][0]);
-                acc[t][1] = _mm256_fmadd_ps(xb, wv[1], acc[t][1]);
-            }
-        }
-        return acc;
-    }
-    for b in 0..nb {
-        if R <= 2 {
-            // Few rows: reading the weights is the bound (DRAM for most matrices). A hint
-            // only: an address past the matrix is never dereferenced.
-            for i in 0..NP {
-                let at = qs[i].wrapping_add(b * BLOCK * per_col + PREFETCH);
-                for line in 0..BLOCK * per_col / 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line).cast());
-                }
-            }
-        }
-        // SAFETY: block `b` of panels `p..p + NP` has PANEL scales (and minimums).
-        let (d, m) = unsafe { scales::<NP, MIN>(w, p, b) };
-        for k in b * BLOCK..(b + 1) * BLOCK {
-            let mut wv = [_mm256_setzero_ps(); 8];
-            for i in 0..NP {
-                // SAFETY: column `k` of panel `p + i` exists (the caller's contract).
-                let q = unsafe { ints::<MIN>(qs[i].wrapping_add(k * per_col)) };
-                for h in 0..2 {
-                    wv[2 * i + h] = weight::<MIN>(q[h], d[2 * i + h], m[2 * i + h]);
-                }
-            }
-            for t in 0..R {
-                // SAFETY: column `k` of row `r0 + t` exists.
-                let xb = unsafe { _mm256_broadcast_ss(&*xs[t].add(k)) };
-                for v in 0..2 * NP {
-                    acc[t][v] = _mm256_fmadd_ps(xb, wv[v], acc[t][v]);
-                }
+            for i in 0..W {
+                // |w| * (x * sign w) = w * x per byte; pairs, then quads, to int32 lanes.
+                let sx = _mm256_sign_epi8(xv, wv[i]);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[i], sx), ones);
+                let d = _mm256_mul_ps(dw[i], dx);
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
             }
         }
     }
-    acc
+    finish(acc)
 }
 
-/// Scales (and, `MIN`, minimums) of block `b` of panels `p..p + NP`, eight rows a vector.
-///
-/// # Safety
-/// F16C is available; the panels exist.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scales<const NP: usize, const MIN: bool>(
-    w: &QMatrix,
-    p: usize,
-    b: usize,
-) -> ([__m256; 8], [__m256; 8]) {
-    let nb = w.cols / BLOCK;
-    let (mut d, mut m) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
-    for i in 0..NP {
-        let at = ((p + i) * nb + b) * PANEL;
-        for h in 0..2 {
-            // SAFETY: the panel's block has PANEL scales (and minimums).
-            unsafe {
-                d[2 * i + h] =
-                    _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(at + 8 * h).cast()));
-                if MIN {
-                    m[2 * i + h] =
-                        _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(at + 8 * h).cast()));
-                }
+unsafe fn tile_q4_1<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N]; W] {
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); N]; W];
+    let mut msum = [[0f32; N]; W];
+    for b in 0..r.nb {
+        let mut wv = [_mm256_setzero_si256(); W];
+        let mut dw = [_mm256_setzero_ps(); W];
+        let mut mw = [0f32; W];
+        for i in 0..W {
+            let at = r.w[i].wrapping_add(b * BLOCK / 2);
+            // A hint only: an address past the matrix is never dereferenced.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH).cast());
+            // SAFETY: block `b < nb` (16 bytes, a scale and a minimum) lies inside every
+            // row (the caller's contract).
+            let (raw, d, m) =
+                unsafe { (_mm_loadu_si128(at.cast()), *r.wd[i].add(b), *r.wm[i].add(b)) };
+            // Values 0..16 from the low nibbles, 16..32 from the high ones.
+            let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+            wv[i] = _mm256_and_si256(both, low);
+            dw[i] = half(d);
+            mw[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(m))));
+        }
+        for t in 0..N {
+            // SAFETY: as above (32 bytes of the activation row, its scale and block sum).
+            let (xv, dx, sx) = unsafe {
+                (
+                    _mm256_loadu_si256(r.xq[t].add(b * BLOCK).cast()),
+                    _mm256_set1_ps(*r.xd[t].add(b)),
+                    *r.xs[t].add(b),
+                )
+            };
+            for i in 0..W {
+                // Unsigned 4-bit weights times signed int8: pairs, then quads, to int32.
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[i], xv), ones);
+                let d = _mm256_mul_ps(dw[i], dx);
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[i][t]);
+                msum[i][t] = mw[i].mul_add(sx, msum[i][t]);
             }
         }
     }
-    (d, m)
-}
-
-/// The integers of one column of a panel as f32: rows 0..8, rows 8..16.
-///
-/// # Safety
-/// AVX2 is available; `at` addresses the column's bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn ints<const MIN: bool>(at: *const u8) -> [__m256; 2] {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if MIN {
-            // Eight bytes: rows 0..8 in the low nibbles, rows 8..16 in the high.
-            let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()));
-            let lo = _mm256_and_si256(raw, _mm256_set1_epi32(0x0f));
-            [
-                _mm256_cvtepi32_ps(lo),
-                _mm256_cvtepi32_ps(_mm256_srli_epi32(raw, 4)),
-            ]
-        } else {
-            [
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast()))),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(8).cast()))),
-            ]
+    let mut out = finish(acc);
+    for i in 0..W {
+        for t in 0..N {
+            out[i][t] += msum[i][t];
         }
     }
-}
-
-/// The weights `q d` (Q8_0) or `fma(q, d, m)` (Q4_1, `MIN`) of eight rows.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn weight<const MIN: bool>(q: __m256, d: __m256, m: __m256) -> __m256 {
-    if MIN {
-        _mm256_fmadd_ps(q, d, m)
-    } else {
-        _mm256_mul_ps(q, d)
-    }
+    out
 }
 
 /// [`crate::math::exp_f32`] on eight lanes: the same multiplies and adds in the same order,

@@ -98,10 +98,10 @@ async fn smollm_score_matches_generation() {
 }
 
 /// Our forward pass against candle-transformers' quantized_llama on the shipped Q4_1 weights.
-/// candle quantizes the activations to 8 bits (q8_1) where ours keeps them in f32, so
-/// near-ties may split (the first reply token of this prompt is a near-tie). So: candle's
-/// greedy tokens, teacher-forced through our model, are each our top-2 and within 0.5 of our
-/// best logit.
+/// Both quantize activations to 8 bits, with different roundings (candle: q8_1 with f16
+/// scales; ours: f32 scales), so near-ties may split: the first reply token of this prompt is
+/// one (candle: "L" by 0.28, ours: "The" by 0.04). So: candle's greedy tokens, teacher-forced
+/// through our model, are each our top-2 and within 0.5 of our best logit.
 #[tokio::test]
 async fn smollm_matches_candle_reference_forward() {
     use candle_core::{Device, Tensor};

@@ -1,0 +1,307 @@
+//! Our quantized-weight matrix product: `y = x · Wᵀ` with `W` in GGML blocks of 32 (Q8_0:
+//! int8 and an f16 scale; Q4_1: 4-bit, an f16 scale and an f16 minimum) and the activations
+//! `x` in f32, never quantized.
+//!
+//! Layout: weight rows are regrouped at load into panels of [`PANEL`] rows, column-major
+//! inside a panel, so that a vector of eight weight rows of one column is one small load:
+//! a product broadcasts one activation and fused multiply-adds it into eight outputs at once.
+//! A worker streams each panel once per call against every activation row (in tiles of up
+//! to [`ROW_TILE`] rows), so a decode step with eight sequences reads the weights once.
+//!
+//! Determinism: every output element `y = Σ_k x_k w_k` is computed by one sequence of
+//! operations, whatever the batch, the tile or the thread: from `y = +0`, for each column `k`
+//! in order, the weight `w_k = q_k d` (Q8_0: exact in f32) or `w_k = fma(q_k, d, m)` (Q4_1)
+//! of its block, then `y = fma(x_k, w_k, y)`. Tiling and threads only decide which elements a
+//! worker computes, and whether a panel's weights are converted once into a buffer or on the
+//! fly (the same values), never how one element is computed, so results are bit-identical
+//! whatever the batch, its other rows or the thread count. The scalar path performs the same
+//! operations (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested),
+//! on any CPU.
+
+use crate::error::{EngineError, Result};
+use crate::q8::{BLOCK, Kernel, Pool, WeightQuant, f16_to_f32};
+
+/// Weight rows per panel (two vectors of eight).
+pub const PANEL: usize = 16;
+/// Most activation rows computed together against one panel.
+pub const ROW_TILE: usize = 6;
+/// Fewest panels per parallel work item.
+const MIN_PANELS: usize = 4;
+
+/// Quant bytes of one column of a panel: Q8_0 one int8 per row; Q4_1 byte `i` holds row `i`
+/// in its low nibble and row `i + 8` in its high one.
+fn panel_bytes_per_col(quant: WeightQuant) -> usize {
+    match quant {
+        WeightQuant::Q8_0 => PANEL,
+        WeightQuant::Q4_1 => PANEL / 2,
+    }
+}
+
+/// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows.
+/// Several matrices sharing an input can be stacked into one ([`QMatrix::stack`]); a product
+/// then returns one output per part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QMatrix {
+    quant: WeightQuant,
+    rows: usize,
+    cols: usize,
+    /// Panel after panel (each part padded with zero rows to whole panels), column after
+    /// column ([`panel_bytes_per_col`] bytes each).
+    qs: Vec<u8>,
+    /// f16 scales (bits): per panel, per block, one per row of the panel.
+    d: Vec<u16>,
+    /// f16 minimums (bits), as `d` (Q4_1 only).
+    m: Vec<u16>,
+    /// Row counts of the stacked parts (one entry when not stacked).
+    parts: Vec<usize>,
+}
+
+impl QMatrix {
+    /// From GGML `block_q8_0` (f16 d, 32 int8) or `block_q4_1` (f16 d, f16 m, 16 bytes)
+    /// bytes, as candle's `QTensor::data` gives them.
+    pub fn from_ggml_bytes(
+        quant: WeightQuant,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let (head, qbytes) = match quant {
+            WeightQuant::Q8_0 => (2, BLOCK),
+            WeightQuant::Q4_1 => (4, BLOCK / 2),
+        };
+        let size = head + qbytes;
+        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
+            return Err(EngineError::CorruptWeights(format!(
+                "{quant:?} matrix {rows}x{cols}: {} bytes",
+                bytes.len()
+            )));
+        }
+        let (nb, panels) = (cols / BLOCK, rows.div_ceil(PANEL));
+        let per_col = panel_bytes_per_col(quant);
+        let mut out = QMatrix {
+            quant,
+            rows,
+            cols,
+            qs: vec![0; panels * cols * per_col],
+            d: vec![0; panels * nb * PANEL],
+            m: if quant == WeightQuant::Q4_1 {
+                vec![0; panels * nb * PANEL]
+            } else {
+                Vec::new()
+            },
+            parts: vec![rows],
+        };
+        for (j, row) in bytes.chunks_exact(nb * size).enumerate() {
+            let (p, lane) = (j / PANEL, j % PANEL);
+            for (b, blk) in row.chunks_exact(size).enumerate() {
+                let at = (p * nb + b) * PANEL + lane;
+                out.d[at] = u16::from_le_bytes([blk[0], blk[1]]);
+                if quant == WeightQuant::Q4_1 {
+                    out.m[at] = u16::from_le_bytes([blk[2], blk[3]]);
+                }
+                for i in 0..BLOCK {
+                    let col = p * cols + b * BLOCK + i;
+                    match quant {
+                        WeightQuant::Q8_0 => out.qs[col * PANEL + lane] = blk[head + i],
+                        WeightQuant::Q4_1 => {
+                            // GGML: value `i < 16` in the low nibble of byte `i`, value
+                            // `i + 16` in the high nibble of byte `i - 16`.
+                            let byte = blk[head + i % 16];
+                            let v = if i < 16 { byte & 0x0f } else { byte >> 4 };
+                            let (at, shift) = (col * (PANEL / 2) + lane % 8, 4 * (lane / 8));
+                            out.qs[at] |= v << shift;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stacks matrices of one format and input width; a product returns one output per part.
+    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
+        let Some(first) = mats.first() else {
+            return Err(EngineError::CorruptWeights("nothing to stack".into()));
+        };
+        let (quant, cols) = (first.quant, first.cols);
+        if mats.iter().any(|m| m.cols != cols || m.quant != quant) {
+            return Err(EngineError::CorruptWeights(
+                "stacked matrices differ in width or format".into(),
+            ));
+        }
+        let mut out = QMatrix {
+            quant,
+            rows: 0,
+            cols,
+            qs: Vec::new(),
+            d: Vec::new(),
+            m: Vec::new(),
+            parts: Vec::new(),
+        };
+        // Every part is whole panels, so panels simply follow each other.
+        for m in mats {
+            out.rows += m.rows;
+            out.qs.extend_from_slice(&m.qs);
+            out.d.extend_from_slice(&m.d);
+            out.m.extend_from_slice(&m.m);
+            out.parts.extend(m.parts);
+        }
+        Ok(out)
+    }
+
+    /// Panels holding `rows` weight rows.
+    fn panels_of(rows: usize) -> usize {
+        rows.div_ceil(PANEL)
+    }
+
+    /// Integer `q` of row `lane` of panel `p` at column `col`.
+    fn value(&self, p: usize, lane: usize, col: usize) -> i16 {
+        let per_col = panel_bytes_per_col(self.quant);
+        let at = (p * self.cols + col) * per_col;
+        match self.quant {
+            WeightQuant::Q8_0 => i16::from(self.qs[at + lane] as i8),
+            WeightQuant::Q4_1 => i16::from((self.qs[at + lane % 8] >> (4 * (lane / 8))) & 0x0f),
+        }
+    }
+
+    /// Scale and minimum (0 for Q8_0) of row `lane` of panel `p` in block `b`, as f32.
+    fn scale(&self, p: usize, lane: usize, b: usize) -> (f32, f32) {
+        let at = (p * (self.cols / BLOCK) + b) * PANEL + lane;
+        let m = self.m.get(at).map_or(0.0, |&m| f16_to_f32(m));
+        (f16_to_f32(self.d[at]), m)
+    }
+
+    /// The f32 values the quants stand for, row-major over all parts (tests and references).
+    #[cfg(test)]
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        let mut first = 0;
+        for &n in &self.parts {
+            for j in 0..n {
+                let (p, lane) = (first + j / PANEL, j % PANEL);
+                for col in 0..self.cols {
+                    let (d, m) = self.scale(p, lane, col / BLOCK);
+                    out.push(d * f32::from(self.value(p, lane, col)) + m);
+                }
+            }
+            first += QMatrix::panels_of(n);
+        }
+        out
+    }
+
+    /// Bytes of quants, scales and minimums (benchmarks).
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + 2 * self.d.len() + 2 * self.m.len()
+    }
+}
+
+/// Activation rows of one product: `rows × cols` f32.
+pub struct Acts<'a> {
+    x: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Acts<'a> {
+    fn new(x: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
+            "matmul activations: {} values as {rows}x{cols}",
+            x.len()
+        );
+        Acts { x, rows, cols }
+    }
+}
+
+/// `x · Wᵀ` for `rows` activation rows `x` (row-major, `w`'s width): per part of `w`, a
+/// row-major `[rows × part rows]` output.
+pub fn matmul(pool: &Pool, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
+    let acts = Acts::new(x, rows, w.cols);
+    let m = rows;
+    let mut outs: Vec<Vec<f32>> = w.parts.iter().map(|&n| vec![0f32; m * n]).collect();
+    if m == 0 {
+        return outs;
+    }
+    // A work item: a run of panels from `p0` and, per activation row, its outputs.
+    // About eight items per thread and part.
+    let mut items: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+    let mut p0 = 0;
+    for (out, &n) in outs.iter_mut().zip(&w.parts) {
+        let panels = QMatrix::panels_of(n);
+        let per = (panels / (8 * pool.threads())).clamp(MIN_PANELS, 16) * PANEL;
+        let first = items.len();
+        items.extend((0..n.div_ceil(per)).map(|c| (p0 + c * per / PANEL, Vec::new())));
+        for row in out.chunks_exact_mut(n) {
+            for (c, piece) in row.chunks_mut(per).enumerate() {
+                items[first + c].1.push(piece);
+            }
+        }
+        p0 += panels;
+    }
+    let kernel = pool.kernel();
+    pool.for_each(items, |(p0, mut out)| chunk(kernel, w, p0, &acts, &mut out));
+    outs
+}
+
+/// Panels from `p0` against every activation row of `x`: `out[r][i]` is weight row
+/// `16 p0 + i` (of the panels' part) against activation row `r`. The shapes are checked once
+/// here; the loops over panels and rows run inside the kernel.
+fn chunk(kernel: Kernel, w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
+    let (nb, per_col) = (w.cols / BLOCK, panel_bytes_per_col(w.quant));
+    let n = out.first().map_or(0, |o| o.len());
+    let total = w.qs.len() / (w.cols * per_col);
+    assert!(w.cols == x.cols && x.x.len() == x.rows * x.cols && out.len() == x.rows);
+    assert!(out.iter().all(|o| o.len() == n) && p0 + n.div_ceil(PANEL) <= total);
+    assert!(w.d.len() == total * nb * PANEL);
+    assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => avx2::chunk(w, p0, x, out),
+        _ => scalar_chunk(w, p0, x, out),
+    }
+}
+
+/// Tiles of at most [`ROW_TILE`] rows covering `rows`, as even as possible: `(first, len)`.
+fn row_tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = rows.div_ceil(ROW_TILE);
+    (0..tiles).scan(0, move |r0, i| {
+        let t = (rows - *r0) / (tiles - i);
+        let tile = (*r0, t);
+        *r0 += t;
+        Some(tile)
+    })
+}
+
+/// [`chunk`] with the reference operations (see the module docs), one output
+/// element at a time.
+fn scalar_chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
+    let nb = w.cols / BLOCK;
+    for (r, o) in out.iter_mut().enumerate() {
+        let xr = &x.x[r * x.cols..(r + 1) * x.cols];
+        for (i, y) in o.iter_mut().enumerate() {
+            let (p, lane) = (p0 + i / PANEL, i % PANEL);
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let (d, m) = w.scale(p, lane, b);
+                for (k, &xk) in xr.iter().enumerate().skip(b * BLOCK).take(BLOCK) {
+                    let q = f32::from(w.value(p, lane, k));
+                    let wk = match w.quant {
+                        WeightQuant::Q8_0 => q * d,
+                        WeightQuant::Q4_1 => q.mul_add(d, m),
+                    };
+                    acc = xk.mul_add(wk, acc);
+                }
+            }
+            *y = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
