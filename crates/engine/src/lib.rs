@@ -16,6 +16,9 @@ pub mod error;
 pub(crate) mod kernels;
 pub mod llama;
 pub(crate) mod math;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod matmul_tests;
 pub mod models;
 mod models_fetch;
 pub(crate) mod q8;

@@ -68,24 +68,31 @@ impl Linear {
     fn new(parts: Vec<QTensor>) -> Result<Linear> {
         let dtype = parts.first().map(|t| t.dtype());
         let all = |d: GgmlDType| parts.iter().all(|t| t.dtype() == d);
-        let dims = |t: &QTensor| -> Result<(usize, usize)> { Ok(t.shape().dims2()?) };
+        // Each part's GGML block bytes and shape.
+        let blocks = || -> Result<Vec<_>> {
+            parts
+                .iter()
+                .map(|t| {
+                    let (r, c) = t.shape().dims2()?;
+                    Ok((t.data()?, r, c))
+                })
+                .collect()
+        };
         match dtype {
             Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) => {
-                let mats = parts
+                let mats = blocks()?
                     .iter()
-                    .map(|t| {
-                        let (r, c) = dims(t)?;
-                        crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, &t.data()?, r, c)
+                    .map(|(b, r, c)| {
+                        crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, *r, *c)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Linear::F32(crate::qf::QMatrix::stack(mats)?))
             }
             Some(GgmlDType::Q4_1) if all(GgmlDType::Q4_1) => {
-                let mats = parts
+                let mats = blocks()?
                     .iter()
-                    .map(|t| {
-                        let (r, c) = dims(t)?;
-                        crate::q8::QMatrix::from_ggml_bytes(WeightQuant::Q4_1, &t.data()?, r, c)
+                    .map(|(b, r, c)| {
+                        crate::q8::QMatrix::from_ggml_bytes(WeightQuant::Q4_1, b, *r, *c)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Linear::Q8(crate::q8::QMatrix::stack(mats)?))

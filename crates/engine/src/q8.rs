@@ -49,67 +49,47 @@ impl WeightQuant {
     }
 }
 
-/// A quantized weight matrix: `rows` outputs of `cols` inputs; row `j` is `cols / 32` blocks.
-/// Several matrices sharing an input can be stacked into one ([`QMatrix::stack`]); a product
-/// then returns one output per part.
+/// The storage of a quantized weight matrix, whatever the layout of its quants: `rows`
+/// outputs of `cols` inputs, possibly several stacked parts.
 #[derive(Clone, Debug, PartialEq)]
-pub struct QMatrix {
-    quant: WeightQuant,
-    rows: usize,
-    cols: usize,
-    /// Quant bytes, row-major (Q8_0: one int8 per value; Q4_1: GGML's nibble order, value
-    /// `i < 16` in the low nibble of byte `i`, value `i + 16` in its high nibble).
-    qs: Vec<u8>,
-    /// f16 scales (bits), one per block, row-major.
-    d: Vec<u16>,
+pub struct Stored {
+    pub quant: WeightQuant,
+    pub rows: usize,
+    pub cols: usize,
+    /// Quant bytes, in the owning kernel's layout.
+    pub qs: Vec<u8>,
+    /// f16 scales (bits), one per block.
+    pub d: Vec<u16>,
     /// f16 minimums (bits), one per block (Q4_1 only).
-    m: Vec<u16>,
+    pub m: Vec<u16>,
     /// Row counts of the stacked parts (one entry when not stacked).
-    parts: Vec<usize>,
+    pub parts: Vec<usize>,
 }
 
-impl QMatrix {
-    /// From GGML `block_q8_0` (f16 d, 32 int8) or `block_q4_1` (f16 d, f16 m, 16 bytes)
-    /// bytes, as candle's `QTensor::data` gives them.
-    pub fn from_ggml_bytes(
+impl Stored {
+    /// Checks a GGML tensor's byte count for `rows × cols`; returns the bytes of one block
+    /// and where its quants start.
+    pub fn block_size(
         quant: WeightQuant,
-        bytes: &[u8],
+        bytes: usize,
         rows: usize,
         cols: usize,
-    ) -> Result<Self> {
+    ) -> Result<(usize, usize)> {
         let head = match quant {
             WeightQuant::Q8_0 => 2,
             WeightQuant::Q4_1 => 4,
         };
         let size = head + quant.qbytes();
-        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
+        if !cols.is_multiple_of(BLOCK) || bytes != rows * cols / BLOCK * size {
             return Err(EngineError::CorruptWeights(format!(
-                "{quant:?} matrix {rows}x{cols}: {} bytes",
-                bytes.len()
+                "{quant:?} matrix {rows}x{cols}: {bytes} bytes"
             )));
         }
-        let blocks = rows * cols / BLOCK;
-        let mut out = QMatrix {
-            quant,
-            rows,
-            cols,
-            qs: Vec::with_capacity(blocks * quant.qbytes()),
-            d: Vec::with_capacity(blocks),
-            m: Vec::new(),
-            parts: vec![rows],
-        };
-        for b in bytes.chunks_exact(size) {
-            out.d.push(u16::from_le_bytes([b[0], b[1]]));
-            if quant == WeightQuant::Q4_1 {
-                out.m.push(u16::from_le_bytes([b[2], b[3]]));
-            }
-            out.qs.extend_from_slice(&b[head..]);
-        }
-        Ok(out)
+        Ok((size, head))
     }
 
-    /// Stacks matrices of one format and input width; a product returns one output per part.
-    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
+    /// Stacks matrices of one format and input width (their quants one after the other).
+    pub fn stack(mats: Vec<Stored>) -> Result<Stored> {
         let Some(first) = mats.first() else {
             return Err(EngineError::CorruptWeights("nothing to stack".into()));
         };
@@ -119,7 +99,7 @@ impl QMatrix {
                 "stacked matrices differ in width or format".into(),
             ));
         }
-        let mut out = QMatrix {
+        let mut out = Stored {
             quant,
             rows: 0,
             cols,
@@ -136,6 +116,58 @@ impl QMatrix {
             out.parts.extend(m.parts);
         }
         Ok(out)
+    }
+}
+
+/// A quantized weight matrix, row-major: row `j` is `cols / 32` blocks (quants: Q8_0 one int8
+/// per value; Q4_1 GGML's nibble order, value `i < 16` in the low nibble of byte `i`, value
+/// `i + 16` in its high nibble). Several matrices sharing an input can be stacked into one
+/// ([`QMatrix::stack`]); a product then returns one output per part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QMatrix(Stored);
+
+impl std::ops::Deref for QMatrix {
+    type Target = Stored;
+    fn deref(&self) -> &Stored {
+        &self.0
+    }
+}
+
+impl QMatrix {
+    /// From GGML `block_q8_0` (f16 d, 32 int8) or `block_q4_1` (f16 d, f16 m, 16 bytes)
+    /// bytes, as candle's `QTensor::data` gives them.
+    pub fn from_ggml_bytes(
+        quant: WeightQuant,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let (size, head) = Stored::block_size(quant, bytes.len(), rows, cols)?;
+        let blocks = rows * cols / BLOCK;
+        let mut out = Stored {
+            quant,
+            rows,
+            cols,
+            qs: Vec::with_capacity(blocks * quant.qbytes()),
+            d: Vec::with_capacity(blocks),
+            m: Vec::new(),
+            parts: vec![rows],
+        };
+        for b in bytes.chunks_exact(size) {
+            out.d.push(u16::from_le_bytes([b[0], b[1]]));
+            if quant == WeightQuant::Q4_1 {
+                out.m.push(u16::from_le_bytes([b[2], b[3]]));
+            }
+            out.qs.extend_from_slice(&b[head..]);
+        }
+        Ok(QMatrix(out))
+    }
+
+    /// Stacks matrices of one format and input width; a product returns one output per part.
+    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
+        Ok(QMatrix(Stored::stack(
+            mats.into_iter().map(|m| m.0).collect(),
+        )?))
     }
 
     /// Weight row `j`.

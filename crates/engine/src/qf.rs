@@ -18,8 +18,8 @@
 //! operations (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested),
 //! on any CPU.
 
-use crate::error::{EngineError, Result};
-use crate::q8::{BLOCK, Kernel, Pool, WeightQuant, f16_to_f32};
+use crate::error::Result;
+use crate::q8::{BLOCK, Kernel, Pool, Stored, WeightQuant, f16_to_f32};
 
 /// Weight rows per panel (two vectors of eight).
 pub const PANEL: usize = 16;
@@ -37,23 +37,19 @@ fn panel_bytes_per_col(quant: WeightQuant) -> usize {
     }
 }
 
-/// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows.
-/// Several matrices sharing an input can be stacked into one ([`QMatrix::stack`]); a product
-/// then returns one output per part.
+/// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows:
+/// panel after panel (each part padded with zero rows to whole panels), column after column
+/// ([`panel_bytes_per_col`] bytes each); scales (and Q4_1 minimums) per panel, per block, one
+/// per row of the panel. Several matrices sharing an input can be stacked into one
+/// ([`QMatrix::stack`]); a product then returns one output per part.
 #[derive(Clone, Debug, PartialEq)]
-pub struct QMatrix {
-    quant: WeightQuant,
-    rows: usize,
-    cols: usize,
-    /// Panel after panel (each part padded with zero rows to whole panels), column after
-    /// column ([`panel_bytes_per_col`] bytes each).
-    qs: Vec<u8>,
-    /// f16 scales (bits): per panel, per block, one per row of the panel.
-    d: Vec<u16>,
-    /// f16 minimums (bits), as `d` (Q4_1 only).
-    m: Vec<u16>,
-    /// Row counts of the stacked parts (one entry when not stacked).
-    parts: Vec<usize>,
+pub struct QMatrix(Stored);
+
+impl std::ops::Deref for QMatrix {
+    type Target = Stored;
+    fn deref(&self) -> &Stored {
+        &self.0
+    }
 }
 
 impl QMatrix {
@@ -65,20 +61,10 @@ impl QMatrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self> {
-        let (head, qbytes) = match quant {
-            WeightQuant::Q8_0 => (2, BLOCK),
-            WeightQuant::Q4_1 => (4, BLOCK / 2),
-        };
-        let size = head + qbytes;
-        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
-            return Err(EngineError::CorruptWeights(format!(
-                "{quant:?} matrix {rows}x{cols}: {} bytes",
-                bytes.len()
-            )));
-        }
+        let (size, head) = Stored::block_size(quant, bytes.len(), rows, cols)?;
         let (nb, panels) = (cols / BLOCK, rows.div_ceil(PANEL));
         let per_col = panel_bytes_per_col(quant);
-        let mut out = QMatrix {
+        let mut out = Stored {
             quant,
             rows,
             cols,
@@ -115,38 +101,15 @@ impl QMatrix {
                 }
             }
         }
-        Ok(out)
+        Ok(QMatrix(out))
     }
 
     /// Stacks matrices of one format and input width; a product returns one output per part.
+    /// Every part is whole panels, so panels simply follow each other.
     pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
-        let Some(first) = mats.first() else {
-            return Err(EngineError::CorruptWeights("nothing to stack".into()));
-        };
-        let (quant, cols) = (first.quant, first.cols);
-        if mats.iter().any(|m| m.cols != cols || m.quant != quant) {
-            return Err(EngineError::CorruptWeights(
-                "stacked matrices differ in width or format".into(),
-            ));
-        }
-        let mut out = QMatrix {
-            quant,
-            rows: 0,
-            cols,
-            qs: Vec::new(),
-            d: Vec::new(),
-            m: Vec::new(),
-            parts: Vec::new(),
-        };
-        // Every part is whole panels, so panels simply follow each other.
-        for m in mats {
-            out.rows += m.rows;
-            out.qs.extend_from_slice(&m.qs);
-            out.d.extend_from_slice(&m.d);
-            out.m.extend_from_slice(&m.m);
-            out.parts.extend(m.parts);
-        }
-        Ok(out)
+        Ok(QMatrix(Stored::stack(
+            mats.into_iter().map(|m| m.0).collect(),
+        )?))
     }
 
     /// Panels holding `rows` weight rows.
@@ -187,12 +150,6 @@ impl QMatrix {
             first += QMatrix::panels_of(n);
         }
         out
-    }
-
-    /// Bytes of quants, scales and minimums (benchmarks).
-    #[cfg(test)]
-    pub fn bytes(&self) -> usize {
-        self.qs.len() + 2 * self.d.len() + 2 * self.m.len()
     }
 }
 

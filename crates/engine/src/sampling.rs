@@ -220,12 +220,7 @@ const CLASSES: usize = 160;
 /// rare case their walk falls short, the whole row is. Either way the result is the one a
 /// full sort gives (tested against one).
 fn draw(row: &[f32], t: f32, top_k: u32, top_p: f32, u: f64) -> u32 {
-    let Some(max) = row
-        .iter()
-        .copied()
-        .filter(|v| !v.is_nan())
-        .max_by(f32::total_cmp)
-    else {
+    let Some(max) = top_logit(row) else {
         return 0;
     };
     if !max.is_finite() {
@@ -297,6 +292,14 @@ fn draw(row: &[f32], t: f32, top_k: u32, top_p: f32, u: f64) -> u32 {
     sort_keys(&mut keys);
     let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
     nucleus(&ids, &w, z, top_p, u, true).unwrap_or(ids[0])
+}
+
+/// The largest non-NaN logit (`None` when every one is NaN).
+fn top_logit(row: &[f32]) -> Option<f32> {
+    row.iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .max_by(f32::total_cmp)
 }
 
 /// Packed keys of every non-NaN logit, in id order.
@@ -407,12 +410,7 @@ mod tests {
     /// The definition [`draw`] must reproduce: every weight by the scalar `exp`, a full sort,
     /// then the sums.
     fn draw_eager(row: &[f32], t: f32, top_k: u32, top_p: f32, u: f64) -> u32 {
-        let Some(max) = row
-            .iter()
-            .copied()
-            .filter(|v| !v.is_nan())
-            .max_by(f32::total_cmp)
-        else {
+        let Some(max) = top_logit(row) else {
             return 0;
         };
         if !max.is_finite() {
