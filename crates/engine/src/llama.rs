@@ -4,7 +4,7 @@
 //!
 //! Determinism: every operation here is computed per row in a fixed order. The linear layers
 //! compute each output element with one fixed sequence of operations whatever the number of
-//! rows or threads (see `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
+//! rows or threads (see `qf` and `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
 //! order (attention's dot products and weighted sums by AVX routines with the portable
 //! loops' operations; element-wise work split among threads by position only), so a token's
 //! logits are bit-identical whether it is computed in a prefill, in a batched decode step
@@ -110,7 +110,7 @@ impl Linear {
     /// Name of the kernel this layer runs on (part of the node class).
     fn kernel_name(&self, kernel: Kernel) -> String {
         match self {
-            Linear::F32(_) => format!("sortition-qf32/{}", kernel.name()),
+            Linear::F32(_) => kernel_name(kernel),
             Linear::Q8(_) => format!("sortition-q8/{}", kernel.name()),
             Linear::Candle(_) => "candle-0.11.1".into(),
         }
