@@ -68,35 +68,32 @@ impl Linear {
     fn new(parts: Vec<QTensor>) -> Result<Linear> {
         let dtype = parts.first().map(|t| t.dtype());
         let all = |d: GgmlDType| parts.iter().all(|t| t.dtype() == d);
-        // Each part's GGML block bytes and shape.
-        let blocks = || -> Result<Vec<_>> {
-            parts
+        // Every part read by `from` (its GGML block bytes and shape), then stacked.
+        fn stacked<T>(
+            parts: &[QTensor],
+            from: impl Fn(&[u8], usize, usize) -> Result<T>,
+            stack: impl Fn(Vec<T>) -> Result<T>,
+        ) -> Result<T> {
+            let mats = parts
                 .iter()
                 .map(|t| {
                     let (r, c) = t.shape().dims2()?;
-                    Ok((t.data()?, r, c))
+                    from(&t.data()?, r, c)
                 })
-                .collect()
-        };
+                .collect::<Result<Vec<_>>>()?;
+            stack(mats)
+        }
         match dtype {
-            Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) => {
-                let mats = blocks()?
-                    .iter()
-                    .map(|(b, r, c)| {
-                        crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, *r, *c)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Linear::F32(crate::qf::QMatrix::stack(mats)?))
-            }
-            Some(GgmlDType::Q4_1) if all(GgmlDType::Q4_1) => {
-                let mats = blocks()?
-                    .iter()
-                    .map(|(b, r, c)| {
-                        crate::q8::QMatrix::from_ggml_bytes(WeightQuant::Q4_1, b, *r, *c)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Linear::Q8(crate::q8::QMatrix::stack(mats)?))
-            }
+            Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) => Ok(Linear::F32(stacked(
+                &parts,
+                |b, r, c| crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, r, c),
+                crate::qf::QMatrix::stack,
+            )?)),
+            Some(GgmlDType::Q4_1) if all(GgmlDType::Q4_1) => Ok(Linear::Q8(stacked(
+                &parts,
+                |b, r, c| crate::q8::QMatrix::from_ggml_bytes(WeightQuant::Q4_1, b, r, c),
+                crate::q8::QMatrix::stack,
+            )?)),
             // Built directly (not `from_qtensor`) so CANDLE_DEQUANTIZE_ALL cannot change kernels.
             _ => Ok(Linear::Candle(
                 parts

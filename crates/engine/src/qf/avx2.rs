@@ -147,13 +147,9 @@ unsafe fn buffered<const R: usize>(
     out: &mut [&mut [f32]],
     at: usize,
 ) {
+    // The converted weights already hold the format's arithmetic: one tile for both.
     // SAFETY: the caller's contract.
-    unsafe {
-        match w.quant {
-            WeightQuant::Q8_0 => put(1, out, at, tile::<R, 1, false, true>(w, p, src, x, r0)),
-            WeightQuant::Q4_1 => put(1, out, at, tile::<R, 1, true, true>(w, p, src, x, r0)),
-        };
-    }
+    unsafe { put(1, out, at, tile::<R, 1, false, true>(w, p, src, x, r0)) };
 }
 
 /// Panel `p`'s weights as f32 ([`weight`]), column after column, into `buf`.
