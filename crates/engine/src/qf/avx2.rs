@@ -205,6 +205,14 @@ fn put<const R: usize>(
     tot: [[__m256; 8]; R],
 ) -> usize {
     for (t, o) in out.iter_mut().enumerate() {
+        if let Some(dst) = o.get_mut(at..at + 16 * np) {
+            // Whole vectors: stored as they are (a row's outputs of one tile are adjacent).
+            for v in 0..2 * np {
+                // SAFETY: `dst` holds `16 np` f32, so eight from `8 v`.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * v), tot[t][v]) };
+            }
+            continue;
+        }
         let mut vals = [[0f32; 8]; 8];
         for v in 0..2 * np {
             // SAFETY: `vals[v]` holds eight f32.
