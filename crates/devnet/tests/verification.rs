@@ -63,9 +63,14 @@ struct Outcome {
 }
 
 async fn scenario(mode: Mode, method: AuditMethod, expect: Expect) -> Outcome {
+    scenario_at(mode, method, 1_000_000, expect).await
+}
+
+/// [`scenario`] with the claims' receipts sampled for audit at `q_ppm` (parts per million).
+async fn scenario_at(mode: Mode, method: AuditMethod, q_ppm: u32, expect: Expect) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = DevnetConfig::new(dir.path());
-    cfg.audit_q_ppm = 1_000_000;
+    cfg.audit_q_ppm = q_ppm;
     cfg.audit_method = method;
     cfg.adversary = Some(mode);
     cfg.embed_model = None;
@@ -262,6 +267,31 @@ async fn over_reporting_node_is_caught_and_slashed() {
         },
     )
     .await;
+    o.net.shutdown().await;
+}
+
+/// With no receipt sampled for audit, receipts the gateway refused for claiming more units
+/// than the request could use are still audited: the gateway challenges them (the node
+/// signed them, and claims them), and the node is slashed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_reported_receipts_are_challenged_without_sampling() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let o = scenario_at(
+        Mode::OverReportBlatant,
+        AuditMethod::Reexecute,
+        0,
+        Expect {
+            slashed_for: SlashReason::ExecutorAtFault,
+            refund: true,
+        },
+    )
+    .await;
+    let ledger = LedgerClient::new(&o.net.info.ledger_url);
+    let challenged = ledger.audits().await.unwrap();
+    assert!(
+        !challenged.is_empty() && challenged.iter().all(|a| a.challenge_bond.is_some()),
+        "only challenges may have been audited at q = 0: {challenged:?}"
+    );
     o.net.shutdown().await;
 }
 

@@ -171,8 +171,16 @@ fn check(d: &Dispatched, r: &SignedReceipt) -> Result<(), ReceiptError> {
     proxy::check_signed(&d.node, d.stack, d.reserved, r)
 }
 
-async fn bad_receipt(g: &GatewayState, d: &Dispatched, e: ReceiptError) -> ApiError {
+/// Refuses a node's sealed answer whose receipt does not check out; an over-reported one is
+/// challenged (the executor keeps the request, and must hand it to the auditors).
+async fn bad_receipt(
+    g: &Arc<GatewayState>,
+    d: &Dispatched,
+    e: ReceiptError,
+    r: &SignedReceipt,
+) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's confidential receipt");
+    proxy::challenge_over_report(g, &e, r, None).await;
     g.metrics.inc("receipts_refused_total", "", 1);
     fail(g, d, format!("node {}: {e}; nothing was billed", d.node.id))
         .await
@@ -227,7 +235,7 @@ async fn whole(
         }
     };
     if let Err(e) = check(&d, &answer.sortition.receipt) {
-        return Err(bad_receipt(g, &d, e).await);
+        return Err(bad_receipt(g, &d, e, &answer.sortition.receipt).await);
     }
     let ttft = d.started.elapsed();
     g.finish(d.node.id, Outcome::Success { ttft, itl: None })
@@ -286,7 +294,7 @@ async fn drive(
                     serde_json::to_string(&out).unwrap_or_default()
                 }
                 Err(e) => {
-                    let err = bad_receipt(&g, &d, e).await;
+                    let err = bad_receipt(&g, &d, e, &sortition.receipt).await;
                     let _ = tx
                         .send(serde_json::to_string(&err.body()).unwrap_or_default())
                         .await;

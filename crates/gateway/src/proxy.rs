@@ -478,6 +478,56 @@ pub async fn keep_payload(g: &GatewayState, d: &Dispatched, body: &Bytes, served
     }
 }
 
+/// Challenges `receipts` on the ledger in the background (`ChallengeReceipt`, the gateway
+/// posts the bond): peers of each node's class audit the receipt at once, whatever the
+/// sampling rate, and a lost dispute slashes the node and refunds its stack. The requests
+/// must be in custody (for plain requests, [`keep_payload`]) so that the auditors get them.
+/// `why` labels the metric and the log.
+pub fn challenge(g: &Arc<GatewayState>, receipts: Vec<SignedReceipt>, why: &'static str) {
+    if receipts.is_empty() {
+        return;
+    }
+    let g = g.clone();
+    tokio::spawn(async move {
+        for r in receipts {
+            let (node, stack, seq) = (r.receipt.node, r.receipt.stack, r.receipt.sequence);
+            match g.ledger.challenge_receipt(r).await {
+                Ok(audit) => {
+                    g.metrics.inc("receipt_challenges_total", why, 1);
+                    tracing::info!(%node, %stack, seq, %audit, why, "challenged a node's receipt");
+                }
+                Err(e) => {
+                    g.metrics.inc("receipt_challenges_failed_total", why, 1);
+                    tracing::error!(%node, %stack, seq, why, error = %e, "could not challenge a receipt");
+                }
+            }
+        }
+    });
+}
+
+/// A receipt refused because it claims more units than the request could use is still one
+/// the node signed for this request on our stack, and the node will claim it. Rather than
+/// leave that to the sampling rate, the gateway keeps the request (plain requests; a
+/// confidential one is in the executor's custody) and challenges the receipt: the auditors
+/// re-execute it, count the tokens and, finding the usage wrong, open the dispute that slashes
+/// the node and refunds the stack. Other refusals are not the node's signed word about this
+/// request (another request, node or stack, a bad signature) and cannot be challenged.
+/// `plain` is the dispatch and body of a plain request, kept here for the auditors.
+pub async fn challenge_over_report(
+    g: &Arc<GatewayState>,
+    e: &ReceiptError,
+    r: &SignedReceipt,
+    plain: Option<(&Dispatched, &Bytes)>,
+) {
+    if !matches!(e, ReceiptError::OverReported { .. }) {
+        return;
+    }
+    if let Some((d, body)) = plain {
+        keep_payload(g, d, body, &Served::new(r, None)).await;
+    }
+    challenge(g, vec![r.clone()], "over_reported");
+}
+
 /// Time since dispatch, for the router's latency statistics.
 pub fn elapsed(d: &Dispatched) -> Duration {
     d.started.elapsed()

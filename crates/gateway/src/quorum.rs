@@ -116,7 +116,11 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
             settle_unbilled(g, m, q.body).await;
         }
         // At most one of them is right: have every answer audited.
-        challenge(g, members.iter().map(|m| m.receipt.clone()).collect());
+        proxy::challenge(
+            g,
+            members.iter().map(|m| m.receipt.clone()).collect(),
+            "quorum",
+        );
         g.metrics.inc("quorum_total", "no_majority", 1);
         let votes: Vec<Value> = members
             .iter()
@@ -148,7 +152,7 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
             settle_unbilled(g, m, q.body).await;
         }
     }
-    challenge(
+    proxy::challenge(
         g,
         members
             .iter()
@@ -156,6 +160,7 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
             .filter(|(i, _)| !majority.contains(i))
             .map(|(_, m)| m.receipt.clone())
             .collect(),
+        "quorum",
     );
     g.metrics.inc(
         "quorum_total",
@@ -236,31 +241,6 @@ fn as_event_stream(whole: &Value) -> Response {
     axum::response::Sse::new(futures::stream::iter(events)).into_response()
 }
 
-/// Challenges `receipts` on the ledger in the background: each is audited now by peers of its
-/// node's class, whatever the sampling rate, and a lost dispute slashes the node. Their
-/// requests are in custody (`settle_unbilled`), so the auditors get them.
-fn challenge(g: &Arc<GatewayState>, receipts: Vec<SignedReceipt>) {
-    if receipts.is_empty() {
-        return;
-    }
-    let g = g.clone();
-    tokio::spawn(async move {
-        for r in receipts {
-            let (node, stack, seq) = (r.receipt.node, r.receipt.stack, r.receipt.sequence);
-            match g.ledger.challenge_receipt(r).await {
-                Ok(audit) => {
-                    g.metrics.inc("quorum_challenges_total", "opened", 1);
-                    tracing::info!(%node, %stack, seq, %audit, "challenged a quorum member's receipt");
-                }
-                Err(e) => {
-                    g.metrics.inc("quorum_challenges_total", "failed", 1);
-                    tracing::error!(%node, %stack, seq, error = %e, "could not challenge a receipt");
-                }
-            }
-        }
-    });
-}
-
 /// A member's work that is not charged to the user: the stack's units are settled (the node
 /// will claim them) and the request is kept for the auditors.
 async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) {
@@ -326,6 +306,7 @@ async fn ask(
     };
     if let Err(e) = check_receipt(&d, q.body, &receipt) {
         g.metrics.inc("receipts_refused_total", "", 1);
+        proxy::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
         return failed(format!("receipt refused: {e}")).await;
     }
     Ok(Member {

@@ -336,17 +336,17 @@ async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
 }
 
 /// Refuses a node's answer whose receipt does not check out. A receipt the node did sign for
-/// this request (it only over-reports) will still be claimed by the node, so the request is
-/// kept for the auditors who will re-check it.
+/// this request (it only over-reports) will still be claimed by the node, so it is challenged
+/// ([`proxy::challenge_over_report`]).
 async fn bad_receipt(
-    g: &GatewayState,
+    g: &Arc<GatewayState>,
     d: &Dispatched,
     e: proxy::ReceiptError,
     signed: Option<(&Bytes, &SignedReceipt)>,
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's receipt");
-    if let (proxy::ReceiptError::OverReported { .. }, Some((body, r))) = (&e, signed) {
-        proxy::keep_payload(g, d, body, &proxy::Served::new(r, None)).await;
+    if let Some((body, r)) = signed {
+        proxy::challenge_over_report(g, &e, r, Some((d, body))).await;
     }
     g.metrics.inc("receipts_refused_total", "", 1);
     g.store.release(d.stack, d.reserved).await.ok();

@@ -17,6 +17,10 @@ pub enum Mode {
     Random,
     /// Reports twice the tokens it actually used.
     OverReport,
+    /// Reports more tokens than the request could use at all, past the gateway's reservation
+    /// for it: the gateway refuses the answer at once (and challenges the receipt, which the
+    /// node still claims).
+    OverReportBlatant,
     /// Never performs the audits it is selected for.
     SkipAudits,
     /// As an auditor, copies another auditor's verdict instead of re-executing. Commit-reveal
@@ -44,13 +48,14 @@ impl std::str::FromStr for Mode {
             "truncate" => Ok(Mode::Truncate),
             "random" => Ok(Mode::Random),
             "over-report" => Ok(Mode::OverReport),
+            "over-report-blatant" => Ok(Mode::OverReportBlatant),
             "skip-audits" => Ok(Mode::SkipAudits),
             "copy" => Ok(Mode::Copy),
             "smaller-model" => Ok(Mode::SmallerModel),
             "withhold-custody" => Ok(Mode::WithholdCustody),
             "equivocate" => Ok(Mode::Equivocate),
             other => Err(format!(
-                "unknown adversary mode '{other}'; expected truncate, random, over-report, skip-audits, copy, smaller-model, withhold-custody or equivocate"
+                "unknown adversary mode '{other}'; expected truncate, random, over-report, over-report-blatant, skip-audits, copy, smaller-model, withhold-custody or equivocate"
             )),
         }
     }
@@ -76,6 +81,8 @@ pub fn rewrite_text(mode: Option<Mode>, text: String) -> String {
 pub fn report_usage(mode: Option<Mode>, out: &Outcome) -> (u64, u64) {
     match mode {
         Some(Mode::OverReport) => (out.input_tokens * 2, out.output_tokens * 2),
+        // A gateway reserves a request's body bytes plus its `max_tokens` and a margin.
+        Some(Mode::OverReportBlatant) => (out.input_tokens * 2, out.output_tokens + 1_000_000),
         _ => (out.input_tokens, out.output_tokens),
     }
 }

@@ -23,7 +23,7 @@ pub struct DevnetArgs {
     /// before any mismatch verdict). Fixed at the first run (in genesis).
     #[arg(long, default_value = "reexecute", value_parser = ["reexecute", "score"])]
     audit_method: String,
-    /// Add one cheating node: truncate, random, over-report, skip-audits, copy,
+    /// Add one cheating node: truncate, random, over-report, over-report-blatant, skip-audits, copy,
     /// smaller-model, withhold-custody or equivocate.
     #[arg(long)]
     adversary: Option<sortition_node::adversary::Mode>,
