@@ -207,9 +207,9 @@ fn put<const R: usize>(
     for (t, o) in out.iter_mut().enumerate() {
         if let Some(dst) = o.get_mut(at..at + 16 * np) {
             // Whole vectors: stored as they are (a row's outputs of one tile are adjacent).
-            for v in 0..2 * np {
+            for (v, &vals) in tot[t].iter().enumerate().take(2 * np) {
                 // SAFETY: `dst` holds `16 np` f32, so eight from `8 v`.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * v), tot[t][v]) };
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * v), vals) };
             }
             continue;
         }
