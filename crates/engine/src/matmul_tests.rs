@@ -152,17 +152,20 @@ pub fn speed<T: Product>() {
         Ok("q4_1") => WeightQuant::Q4_1,
         _ => WeightQuant::Q8_0,
     };
-    for (rows, cols) in [
-        (960, 576),
-        (3072, 576),
-        (3024, 576),
-        (576, 1536),
-        (49152, 576),
-        (49104, 576),
-    ] {
+    // SmolLM2-135M's products, stacked as the model stacks them: q, k, v; gate, up; down;
+    // the output layer.
+    let shapes: [(&[usize], usize); 4] = [
+        (&[576, 192, 192], 576),
+        (&[1536, 1536], 576),
+        (&[576], 1536),
+        (&[49152], 576),
+    ];
+    for (parts, cols) in shapes {
+        let rows: usize = parts.iter().sum();
         let w = T::stack(
-            (0..rows / 48)
-                .map(|_| qmatrix::<T>(&mut rng, quant, 48, cols).0)
+            parts
+                .iter()
+                .map(|&n| qmatrix::<T>(&mut rng, quant, n, cols).0)
                 .collect(),
         )
         .unwrap();

@@ -42,12 +42,20 @@ pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
     }
     // Many rows (prefill, scoring): each panel's weights are converted to f32 once, into a
     // buffer every row tile then reads (the same values, so the same bits).
+    // The tiles write into a scratch copy of this item's outputs, rows a little more than the
+    // item apart, then the rows go out whole. Written in place, a panel's sixteen outputs of
+    // every row would be a row length apart: for the widest layers (the output layer, the
+    // stacked gate and up) a multiple of 4 KiB, so every row's line falls in the same cache
+    // set and each write went out to L3 (up to 20 % slower).
+    let stride = count * PANEL + PANEL;
+    let mut scratch = vec![0f32; x.rows * stride];
+    let mut rows: Vec<&mut [f32]> = scratch.chunks_exact_mut(stride).collect();
     let mut buf = vec![0f32; PANEL * w.cols];
     for p in 0..count {
         // SAFETY: as above; `buf` holds a panel.
         unsafe { convert(w, p0 + p, &mut buf) };
         for (r0, t) in row_tiles(x.rows) {
-            let o = &mut out[r0..r0 + t];
+            let o = &mut rows[r0..r0 + t];
             let src = buf.as_ptr();
             // SAFETY: as above.
             unsafe {
@@ -61,6 +69,9 @@ pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
                 }
             }
         }
+    }
+    for (o, s) in out.iter_mut().zip(rows) {
+        o.copy_from_slice(&s[..o.len()]);
     }
 }
 
