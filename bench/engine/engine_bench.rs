@@ -2,6 +2,7 @@
 //! for the shipped Q4_1 weights and the Q8_0 re-encoding; peak RSS.
 //!
 //! `cargo run --release -p sortition-engine --example engine_bench [-- q8_0|shipped|both] [tokens]`
+//! `ROUNDS=N` runs each phase N times and keeps its best (default 1).
 //! The model comes from the model store (`SORTITION_MODEL_WHEEL_DIR`, cache, or pip).
 
 use std::time::Instant;
@@ -84,35 +85,47 @@ async fn bench(format: WeightFormat, tokens: u32) {
     // Warm-up (thread pool, caches).
     one(&e, chat(0), 4, 0).await;
 
-    // Prefill: a long prompt, one generated token.
-    let (ttft, _, _) = one(&e, long_prompt.clone(), 1, 0).await;
-    let prefill_tps = long_prompt.len() as f64 / ttft;
-
-    // Decode, single stream.
-    let (first, n, total) = one(&e, chat(1), tokens, 1).await;
-    let single_tps = (n - 1) as f64 / (total - first);
-    let single_e2e = n as f64 / total;
-
-    // Decode, 8 concurrent streams.
-    let t = Instant::now();
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let e = e.clone();
-            let p = chat(10 + i);
-            tokio::spawn(async move { one_from(t, &e, p, tokens, 10 + i as u64).await })
-        })
-        .collect();
-    let (mut total_tokens, mut all_first, mut end) = (0, 0f64, 0f64);
-    for task in tasks {
-        let (first, n, total) = task.await.expect("join");
-        total_tokens += n;
-        all_first = all_first.max(first);
-        end = end.max(total);
+    // Each phase `ROUNDS` times (default 1), its best kept: the machine's other tenants
+    // slow any one run by up to 2x.
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let (mut prefill_tps, mut single_tps, mut single_e2e) = (0f64, 0f64, 0f64);
+    let (mut agg_tps, mut agg_decode) = (0f64, 0f64);
+    for _ in 0..rounds.max(1) {
+        // Prefill: a long prompt, one generated token.
+        let (ttft, _, _) = one(&e, long_prompt.clone(), 1, 0).await;
+        prefill_tps = prefill_tps.max(long_prompt.len() as f64 / ttft);
     }
-    let agg_tps = total_tokens as f64 / t.elapsed().as_secs_f64();
-    // Decode only: tokens after every stream had its first one, over that window (the
-    // streams finish together unless one samples an end of sequence early).
-    let agg_decode = (total_tokens - 8) as f64 / (end - all_first);
+    for _ in 0..rounds.max(1) {
+        // Decode, single stream.
+        let (first, n, total) = one(&e, chat(1), tokens, 1).await;
+        single_tps = single_tps.max((n - 1) as f64 / (total - first));
+        single_e2e = single_e2e.max(n as f64 / total);
+    }
+    for _ in 0..rounds.max(1) {
+        // Decode, 8 concurrent streams.
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let e = e.clone();
+                let p = chat(10 + i);
+                tokio::spawn(async move { one_from(t, &e, p, tokens, 10 + i as u64).await })
+            })
+            .collect();
+        let (mut total_tokens, mut all_first, mut end) = (0, 0f64, 0f64);
+        for task in tasks {
+            let (first, n, total) = task.await.expect("join");
+            total_tokens += n;
+            all_first = all_first.max(first);
+            end = end.max(total);
+        }
+        agg_tps = agg_tps.max(total_tokens as f64 / t.elapsed().as_secs_f64());
+        // Decode only: tokens after every stream had its first one, over that window (the
+        // streams finish together unless one samples an end of sequence early).
+        agg_decode = agg_decode.max((total_tokens - 8) as f64 / (end - all_first));
+    }
     println!(
         "{q:>16}: load {load_s:.2}s | prefill {} tok: {prefill_tps:.0} tok/s | decode 1 stream: {single_tps:.1} tok/s ({single_e2e:.1} with prefill) | 8 streams: {agg_decode:.1} tok/s decode aggregate ({:.2}x), {agg_tps:.1} with prefills ({:.2}x) | max batch {} | peak RSS {:.0} MB",
         long_prompt.len(),

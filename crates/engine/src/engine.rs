@@ -273,8 +273,11 @@ pub struct Engine {
 /// Name of the default (Q8_0) matmul kernel on this CPU, e.g. `sortition-qf32/avx2`. A
 /// model's [`ModelInfo`] node class names every kernel its layers run on: `sortition-q8/avx2`
 /// for Q4_1 weights, `candle-0.11.1` for other shipped quantizations, joined by `+`.
+/// It honours `SORTITION_KERNEL` as model loads do (the fastest kernel when that is unset
+/// or invalid: a load reports an invalid one).
 pub fn kernel_set() -> String {
-    crate::llama::kernel_name(crate::q8::Kernel::detect())
+    let kernel = crate::q8::Kernel::select().unwrap_or_else(|_| crate::q8::Kernel::detect());
+    crate::llama::kernel_name(kernel)
 }
 
 /// Matmul threads when the config does not say: `CANDLE_NUM_THREADS`, `RAYON_NUM_THREADS`,

@@ -37,5 +37,6 @@ pub use engine::{
 pub use error::{EngineError, Result};
 pub use llama::WeightFormat;
 pub use models::{ModelStore, PullSource, PulledModel};
+pub use q8::Kernel;
 pub use sampling::SamplingParams;
 pub use tokenizer::{ChatMessage, ChatTokenizer};

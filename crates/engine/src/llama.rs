@@ -108,7 +108,7 @@ impl Linear {
     fn kernel_name(&self, kernel: Kernel) -> String {
         match self {
             Linear::F32(_) => kernel_name(kernel),
-            Linear::Q8(_) => format!("sortition-q8/{}", kernel.name()),
+            Linear::Q8(_) => format!("sortition-q8/{}", kernel.integer().name()),
             Linear::Candle(_) => "candle-0.11.1".into(),
         }
     }
@@ -364,7 +364,7 @@ impl Llama {
             _ => shipped,
         };
         let (cos, sin) = rope_tables(&cfg);
-        let kernel = Kernel::detect();
+        let kernel = Kernel::select()?;
         // Every kernel the layers run on, in a fixed order, once each.
         let mut names: Vec<String> = std::iter::once(&output)
             .chain(

@@ -57,12 +57,9 @@ pub fn qmatrix<T: Product>(
     (m, reference)
 }
 
+/// Every kernel this CPU runs, the scalar reference first.
 pub fn kernels() -> Vec<Kernel> {
-    let mut k = vec![Kernel::Scalar];
-    if Kernel::detect() != Kernel::Scalar {
-        k.push(Kernel::detect());
-    }
-    k
+    Kernel::supported()
 }
 
 pub fn bits(v: &[f32]) -> Vec<u32> {
@@ -83,7 +80,7 @@ pub fn reads_candle_blocks_exactly<T: Product>() {
     assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
 }
 
-pub fn avx2_and_scalar_agree_bit_for_bit<T: Product>() {
+pub fn vector_and_scalar_kernels_agree_bit_for_bit<T: Product>() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let x = random(&mut rng, 9 * 416, 4.0);
     for quant in QUANTS {
@@ -105,7 +102,7 @@ pub fn batched_rows_equal_rows_alone_bit_for_bit<T: Product>() {
     {
         let (w, _) = qmatrix::<T>(&mut rng, quant, rows, cols);
         let pool = Pool::new(2, kernel).unwrap();
-        for m in [1, 2, 3, 4, 5, 6, 7, 8, 13] {
+        for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 25] {
             let x = random(&mut rng, m * cols, 1.5);
             let batched = w.product(&pool, &x, m).remove(0);
             for r in 0..m {
@@ -267,8 +264,8 @@ macro_rules! shared_tests {
         }
 
         #[test]
-        fn avx2_and_scalar_agree_bit_for_bit() {
-            $crate::matmul_tests::avx2_and_scalar_agree_bit_for_bit::<QMatrix>();
+        fn vector_and_scalar_kernels_agree_bit_for_bit() {
+            $crate::matmul_tests::vector_and_scalar_kernels_agree_bit_for_bit::<QMatrix>();
         }
 
         #[test]

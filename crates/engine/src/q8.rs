@@ -357,9 +357,13 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Which implementation of the dot routines runs (part of the node class).
+/// Which implementation of the dot routines runs (part of the node class). Every one
+/// performs the same operations per output element, so all give the same bits (tested).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
+    /// AVX-512F (with AVX2, FMA, F16C) for the f32-activation products of [`crate::qf`];
+    /// the integer products of this module and the row routines run their AVX2 forms.
+    Avx512,
     /// AVX2 + FMA + F16C intrinsics, chosen at run time.
     Avx2,
     /// Portable Rust performing the same operations.
@@ -367,13 +371,75 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The environment variable that names the kernel to run instead of the fastest.
+    pub const ENV: &'static str = "SORTITION_KERNEL";
+
     /// The fastest kernel this CPU supports.
     pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if crate::qf::avx512_available() {
+            return Kernel::Avx512;
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             return Kernel::Avx2;
         }
         Kernel::Scalar
+    }
+
+    /// Every kernel this CPU supports, slowest first.
+    pub fn supported() -> Vec<Kernel> {
+        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
+            .into_iter()
+            .filter(|&k| k.runs_here())
+            .collect()
+    }
+
+    fn runs_here(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => crate::qf::avx512_available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernel to run: the one [`Kernel::ENV`] names (`avx512`, `avx2`, `scalar`), e.g.
+    /// to join a node class of CPUs without AVX-512, else the fastest this CPU supports.
+    pub fn select() -> Result<Kernel> {
+        Kernel::named(std::env::var(Self::ENV).ok().as_deref())
+    }
+
+    /// [`Kernel::select`] for the value `name` of [`Kernel::ENV`] (`None`: unset).
+    pub fn named(name: Option<&str>) -> Result<Kernel> {
+        let Some(name) = name else {
+            return Ok(Kernel::detect());
+        };
+        let known = [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar];
+        let Some(k) = known.into_iter().find(|k| k.name() == name.trim()) else {
+            return Err(EngineError::InvalidParams(format!(
+                "{}={name:?}: not a kernel (avx512, avx2 or scalar)",
+                Self::ENV
+            )));
+        };
+        if !k.runs_here() {
+            return Err(EngineError::InvalidParams(format!(
+                "{}={name}: this CPU does not support that kernel",
+                Self::ENV
+            )));
+        }
+        Ok(k)
+    }
+
+    /// The implementation this module's integer products run for this choice.
+    pub fn integer(self) -> Kernel {
+        match self {
+            Kernel::Avx512 => Kernel::Avx2,
+            k => k,
+        }
     }
 
     /// [`crate::kernels::dot`], vectorized when the CPU allows (same bits either way).
@@ -442,6 +508,7 @@ impl Kernel {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
             Kernel::Scalar => "scalar",
         }
@@ -466,7 +533,7 @@ impl Kernel {
             x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len()
         );
         assert!(out.iter().all(|o| o.len() == n));
-        match self {
+        match self.integer() {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => avx2::panel::<N>(w, (j0, n), x, r0, out),
             _ => scalar_panel::<N>(w, (j0, n), x, r0, out),

@@ -15,8 +15,9 @@
 //! worker computes, and whether a panel's weights are converted once into a buffer or on the
 //! fly (the same values), never how one element is computed, so results are bit-identical
 //! whatever the batch, its other rows or the thread count. The scalar path performs the same
-//! operations (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested),
-//! on any CPU.
+//! operations (`f32::mul_add` is fused), so it reproduces the AVX2 and AVX-512 paths bit for
+//! bit (tested), on any CPU: a panel's sixteen rows are two AVX2 vectors or one AVX-512
+//! vector, lanes that never meet, so the vector width changes nothing in an element's chain.
 
 use crate::error::Result;
 use crate::q8::{BLOCK, Kernel, Pool, Stored, WeightQuant, f16_to_f32};
@@ -158,23 +159,64 @@ pub struct Acts<'a> {
     x: &'a [f32],
     rows: usize,
     cols: usize,
+    /// For kernels that want them (AVX-512 with many rows): the rows again, in tiles of
+    /// `tile` rows ([`row_tiles`]), each tile column after column (tile `(r0, t)` at
+    /// `r0 cols`, its value `(k, j)` at `k t + j`). Packed once per product, not per item.
+    packed: Vec<f32>,
+    tile: usize,
 }
 
 impl<'a> Acts<'a> {
-    fn new(x: &'a [f32], rows: usize, cols: usize) -> Self {
+    fn new(pool: &Pool, x: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(
             cols.is_multiple_of(BLOCK) && x.len() == rows * cols,
             "matmul activations: {} values as {rows}x{cols}",
             x.len()
         );
-        Acts { x, rows, cols }
+        let tile = match pool.kernel() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::packed_tile_rows(rows),
+            _ => None,
+        };
+        let Some(tile) = tile else {
+            return Acts {
+                x,
+                rows,
+                cols,
+                packed: Vec::new(),
+                tile: 0,
+            };
+        };
+        // Tile by tile, in parallel (each tile's values are a run of their own).
+        let mut packed = vec![0f32; x.len()];
+        let mut parts: Vec<((usize, usize), &mut [f32])> = Vec::new();
+        let mut left = packed.as_mut_slice();
+        for (r0, t) in row_tiles(rows, tile) {
+            let (part, rest) = std::mem::take(&mut left).split_at_mut(t * cols);
+            parts.push(((r0, t), part));
+            left = rest;
+        }
+        pool.for_each(parts, |((r0, t), dst)| {
+            for (j, row) in x[r0 * cols..(r0 + t) * cols].chunks_exact(cols).enumerate() {
+                for (d, &v) in dst.iter_mut().skip(j).step_by(t).zip(row) {
+                    *d = v;
+                }
+            }
+        });
+        Acts {
+            x,
+            rows,
+            cols,
+            packed,
+            tile,
+        }
     }
 }
 
 /// `x · Wᵀ` for `rows` activation rows `x` (row-major, `w`'s width): per part of `w`, a
 /// row-major `[rows × part rows]` output.
 pub fn matmul(pool: &Pool, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>> {
-    let acts = Acts::new(x, rows, w.cols);
+    let acts = Acts::new(pool, x, rows, w.cols);
     let m = rows;
     let mut outs: Vec<Vec<f32>> = w.parts.iter().map(|&n| vec![0f32; m * n]).collect();
     if m == 0 {
@@ -214,19 +256,67 @@ fn chunk(kernel: Kernel, w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [
     assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
     match kernel {
         #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => avx512::chunk(w, p0, x, out),
+        #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => avx2::chunk(w, p0, x, out),
         _ => scalar_chunk(w, p0, x, out),
     }
 }
 
-/// Tiles of at most [`ROW_TILE`] rows covering `rows`, as even as possible: `(first, len)`.
-fn row_tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = rows.div_ceil(ROW_TILE);
+/// Whether this CPU runs the AVX-512 products.
+#[cfg(target_arch = "x86_64")]
+pub fn avx512_available() -> bool {
+    avx512::available()
+}
+
+/// Tiles of at most `most` rows covering `rows`, as even as possible: `(first, len)`.
+fn row_tiles(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = rows.div_ceil(most);
     (0..tiles).scan(0, move |r0, i| {
         let t = (rows - *r0) / (tiles - i);
         let tile = (*r0, t);
         *r0 += t;
         Some(tile)
+    })
+}
+
+/// Runs `f` on a scratch copy of a work item's outputs (`count` panels' worth per row), then
+/// copies each row out whole. The copy's rows are a little more than the item apart: written
+/// in place, a panel's sixteen outputs of every row would be a row length apart, for the
+/// widest layers (the output layer, the stacked gate and up) a multiple of 4 KiB, so every
+/// row's line falls in the same cache set and each write went out to L3 (up to 20 % slower).
+fn through_scratch(out: &mut [&mut [f32]], count: usize, f: impl FnOnce(&mut [&mut [f32]])) {
+    let stride = count * PANEL + PANEL;
+    with_scratch(&OUT_SCRATCH, out.len() * stride, |scratch| {
+        let mut rows: Vec<&mut [f32]> = scratch.chunks_exact_mut(stride).collect();
+        f(&mut rows);
+        for (o, s) in out.iter_mut().zip(rows) {
+            o.copy_from_slice(&s[..o.len()]);
+        }
+    })
+}
+
+thread_local! {
+    /// [`through_scratch`]'s space.
+    static OUT_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Space for converted weight panels.
+    pub(crate) static PANEL_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `n` f32 of this thread's space `slot`, kept from call to call so that the
+/// products of many rows neither allocate nor clear it each time: its contents are whatever
+/// an earlier call left (zero at first), so `f` writes every value before it reads it.
+pub(crate) fn with_scratch<R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    n: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    slot.with(|cell| {
+        let mut v = cell.borrow_mut();
+        if v.len() < n {
+            v.resize(n, 0.0);
+        }
+        f(&mut v[..n])
     })
 }
 
@@ -258,6 +348,10 @@ fn scalar_chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

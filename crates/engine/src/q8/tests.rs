@@ -82,3 +82,20 @@ fn products_match_a_dequantized_reference() {
         }
     }
 }
+
+#[test]
+fn kernel_choice_follows_the_environment_value() {
+    assert_eq!(Kernel::named(None).unwrap(), Kernel::detect());
+    assert_eq!(Kernel::named(Some("scalar")).unwrap(), Kernel::Scalar);
+    for k in Kernel::supported() {
+        assert_eq!(Kernel::named(Some(k.name())).unwrap(), k);
+    }
+    let err = Kernel::named(Some("avx9")).unwrap_err();
+    assert!(err.to_string().contains("SORTITION_KERNEL"), "{err}");
+    // A kernel this CPU lacks is refused, not silently replaced.
+    for k in [Kernel::Avx512, Kernel::Avx2] {
+        if !Kernel::supported().contains(&k) {
+            assert!(Kernel::named(Some(k.name())).is_err());
+        }
+    }
+}

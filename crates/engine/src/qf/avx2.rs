@@ -2,7 +2,10 @@
 //! reference, in vector registers (intrinsics and unchecked reads, each after the CPU
 //! features and the shapes were checked).
 
-use super::{Acts, BLOCK, PANEL, QMatrix, ROW_TILE, WeightQuant, panel_bytes_per_col, row_tiles};
+use super::{
+    Acts, BLOCK, PANEL, QMatrix, ROW_TILE, WeightQuant, panel_bytes_per_col, row_tiles,
+    through_scratch,
+};
 use std::arch::x86_64::*;
 
 /// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices).
@@ -23,7 +26,7 @@ pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
     let count = n.div_ceil(PANEL);
     if x.rows <= STREAM_ROWS {
         // Few rows (decode): each tile converts the weights it reads on the fly.
-        for (r0, t) in row_tiles(x.rows) {
+        for (r0, t) in row_tiles(x.rows, ROW_TILE) {
             let o = &mut out[r0..r0 + t];
             // SAFETY: the features were just checked; panels `p0..p0 + count` and rows
             // `r0..r0 + t` exist (the caller's contract).
@@ -42,37 +45,28 @@ pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
     }
     // Many rows (prefill, scoring): each panel's weights are converted to f32 once, into a
     // buffer every row tile then reads (the same values, so the same bits).
-    // The tiles write into a scratch copy of this item's outputs, rows a little more than the
-    // item apart, then the rows go out whole. Written in place, a panel's sixteen outputs of
-    // every row would be a row length apart: for the widest layers (the output layer, the
-    // stacked gate and up) a multiple of 4 KiB, so every row's line falls in the same cache
-    // set and each write went out to L3 (up to 20 % slower).
-    let stride = count * PANEL + PANEL;
-    let mut scratch = vec![0f32; x.rows * stride];
-    let mut rows: Vec<&mut [f32]> = scratch.chunks_exact_mut(stride).collect();
     let mut buf = vec![0f32; PANEL * w.cols];
-    for p in 0..count {
-        // SAFETY: as above; `buf` holds a panel.
-        unsafe { convert(w, p0 + p, &mut buf) };
-        for (r0, t) in row_tiles(x.rows) {
-            let o = &mut rows[r0..r0 + t];
-            let src = buf.as_ptr();
-            // SAFETY: as above.
-            unsafe {
-                match t {
-                    1 => buffered::<1>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    2 => buffered::<2>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    3 => buffered::<3>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    4 => buffered::<4>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    5 => buffered::<5>(w, p0 + p, src, x, r0, o, p * PANEL),
-                    _ => buffered::<ROW_TILE>(w, p0 + p, src, x, r0, o, p * PANEL),
+    through_scratch(out, count, |rows| {
+        for p in 0..count {
+            // SAFETY: as above; `buf` holds a panel.
+            unsafe { convert(w, p0 + p, &mut buf) };
+            for (r0, t) in row_tiles(x.rows, ROW_TILE) {
+                let o = &mut rows[r0..r0 + t];
+                let src = buf.as_ptr();
+                // SAFETY: as above.
+                unsafe {
+                    match t {
+                        1 => buffered::<1>(w, p0 + p, src, x, r0, o, p * PANEL),
+                        2 => buffered::<2>(w, p0 + p, src, x, r0, o, p * PANEL),
+                        3 => buffered::<3>(w, p0 + p, src, x, r0, o, p * PANEL),
+                        4 => buffered::<4>(w, p0 + p, src, x, r0, o, p * PANEL),
+                        5 => buffered::<5>(w, p0 + p, src, x, r0, o, p * PANEL),
+                        _ => buffered::<ROW_TILE>(w, p0 + p, src, x, r0, o, p * PANEL),
+                    }
                 }
             }
         }
-    }
-    for (o, s) in out.iter_mut().zip(rows) {
-        o.copy_from_slice(&s[..o.len()]);
-    }
+    });
 }
 
 /// Most activation rows converted on the fly (measured faster for a decode step of eight

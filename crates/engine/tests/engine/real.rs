@@ -5,8 +5,9 @@ use std::sync::OnceLock;
 
 use sortition_engine::embed::cosine;
 use sortition_engine::models::pull;
+
 use sortition_engine::{
-    ChatMessage, Embedder, Engine, EngineConfig, FinishReason, GenerateRequest, Prompt,
+    ChatMessage, Embedder, Engine, EngineConfig, FinishReason, GenerateRequest, Kernel, Prompt,
     SamplingParams, WeightFormat,
 };
 
@@ -205,6 +206,73 @@ async fn smollm_thread_counts_and_processes_agree() {
     let expected = format!("{:?}", here.ids);
     assert_eq!(child("real::child_smollm_generate", 1, &[]), expected);
     assert_eq!(child("real::child_smollm_generate", 2, &[]), expected);
+}
+
+/// A sampled answer (eight sequences in one batch: the wide tiles) and the scores of a
+/// scoring pass over it (the prefill path), as bits.
+#[tokio::test]
+async fn child_smollm_kernel_fingerprint() {
+    if !is_child() {
+        return;
+    }
+    let e = Engine::load(smollm_config()).unwrap();
+    let params = SamplingParams {
+        temperature: 0.8,
+        seed: 11,
+        max_tokens: 10,
+        ..Default::default()
+    };
+    let streams: Vec<_> = (0..8)
+        .map(|i| {
+            let p = Prompt::Chat(vec![ChatMessage::new("user", format!("Count to {i}."))]);
+            e.generate(GenerateRequest::new(p, params.clone())).unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for s in streams {
+        ids.push(run(s).await.ids);
+    }
+    let prompt = e
+        .prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", "Count to 0.")]))
+        .unwrap();
+    let scores = e.score(prompt, ids[0].clone()).await.unwrap();
+    let bits: Vec<(u32, u32, u32)> = scores
+        .iter()
+        .map(|s| (s.logit.to_bits(), s.max_logit.to_bits(), s.rank))
+        .collect();
+    println!("RESULT {} {ids:?} {bits:?}", e.info().node_class.kernels);
+}
+
+/// The vector kernels this CPU supports (`SORTITION_KERNEL`: AVX2, AVX-512) give the same
+/// tokens and scores bit for bit, in batches and in scoring passes, so nodes on different
+/// CPUs compute one model the same way. (The scalar kernel is held to the same bits at the
+/// level of each product, `qf::tests`: on the whole model it is too slow for a test.)
+#[tokio::test]
+async fn smollm_vector_kernels_agree_bit_for_bit() {
+    if is_child() {
+        return;
+    }
+    let kernels: Vec<Kernel> = Kernel::supported()
+        .into_iter()
+        .filter(|&k| k != Kernel::Scalar)
+        .collect();
+    if kernels.len() < 2 {
+        println!("only {kernels:?} on this CPU: nothing to compare");
+        return;
+    }
+    let runs: Vec<String> = kernels
+        .iter()
+        .map(|k| {
+            let env = [("SORTITION_KERNEL", k.name().to_string())];
+            let out = child("real::child_smollm_kernel_fingerprint", 2, &env);
+            let (class, rest) = out.split_once(' ').expect("kernels and result");
+            assert!(class.ends_with(k.name()), "{k:?}: class kernels {class}");
+            rest.to_string()
+        })
+        .collect();
+    for (k, r) in kernels.iter().zip(&runs).skip(1) {
+        assert_eq!(r, &runs[0], "{k:?} against {:?}", kernels[0]);
+    }
 }
 
 #[test]
