@@ -10,8 +10,10 @@ use super::{
 };
 use std::arch::x86_64::*;
 
-/// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices).
-const PREFETCH: usize = 2048;
+/// Bytes ahead of the current weight block to prefetch (DRAM-resident matrices): more than
+/// AVX2's 2 KiB, as these tiles consume a panel's weights faster (measured: single-stream
+/// decode 84 -> 91 tok/s, 8-stream products 5-10 % faster, interleaved runs).
+const PREFETCH: usize = 6144;
 /// Most activation rows converted on the fly, all in one tile: a decode step of eight
 /// sequences converts each weight once (AVX2 needs two tiles of four for them).
 const STREAM_ROWS: usize = 8;
@@ -384,3 +386,4 @@ fn weight<const MIN: bool>(q: __m512, d: __m512, m: __m512) -> __m512 {
         _mm512_mul_ps(q, d)
     }
 }
+
