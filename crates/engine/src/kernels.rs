@@ -51,6 +51,28 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `x *= scale` for every element, then their maximum (NaNs ignored, as `f32::max` does),
+/// taken sixteen lanes at a time and then across the lanes: a maximum does not round, so
+/// this is the value of the one-element-at-a-time loop (a serial chain of compares, 4x
+/// slower), up to the sign of a zero maximum, which no `e^(x - max)` can tell apart.
+pub fn scale_and_max(xs: &mut [f32], scale: f32) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
+            *x *= scale;
+            *l = l.max(*x);
+        }
+    }
+    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    for x in chunks.into_remainder() {
+        *x *= scale;
+        max = max.max(*x);
+    }
+    max
+}
+
 /// RMSNorm of one row into `out`.
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = dot(x, x) / x.len() as f32;
@@ -159,11 +181,90 @@ mod tests {
         }
     }
 
+    /// The lane-wise maximum is the serial loop's, NaNs, infinities and tails included, and
+    /// the scaled values are the same bits.
+    #[test]
+    fn scale_and_max_equals_the_serial_loop() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for n in [0, 1, 5, 15, 16, 17, 33, 64, 100, 1001] {
+            let mut xs: Vec<f32> = (0..n).map(|_| next() * 50.0).collect();
+            if n > 3 {
+                xs[1] = f32::NAN;
+                xs[n - 1] = f32::NEG_INFINITY;
+            }
+            let mut serial = xs.clone();
+            let mut want = f32::NEG_INFINITY;
+            for x in serial.iter_mut() {
+                *x *= 0.125;
+                want = want.max(*x);
+            }
+            let got = scale_and_max(&mut xs, 0.125);
+            assert_eq!(got.to_bits(), want.to_bits(), "n={n}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&xs), bits(&serial), "n={n}");
+        }
+        let mut all_nan = vec![f32::NAN; 20];
+        assert_eq!(scale_and_max(&mut all_nan, 2.0), f32::NEG_INFINITY);
+    }
+
     #[test]
     fn dot_matches_naive_on_small_ints() {
         let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
         let b: Vec<f32> = (0..19).map(|i| (i % 3) as f32).collect();
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert_eq!(dot(&a, &b), naive);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod speed {
+    use super::*;
+    /// `cargo test -p sortition-engine --lib kernels::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn attention_kernels_speed() {
+        for n in [64usize, 400, 1000] {
+            let hd = 64;
+            let cache: Vec<f32> = (0..n * hd).map(|i| (i % 97) as f32 * 0.01).collect();
+            let q: Vec<f32> = (0..hd).map(|i| i as f32 * 0.001).collect();
+            let mut out = vec![0f32; n];
+            let mut o = vec![0f32; hd];
+            let reps = 2000;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                dots(&q, &cache, hd, 0, &mut out);
+                std::hint::black_box(&out);
+            }
+            let d = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                weighted_sum(&out, &cache, hd, 0, &mut o);
+                std::hint::black_box(&o);
+            }
+            let w = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
+            println!("n={n}: dots {d:.2} ns/position, weighted_sum {w:.2} ns/position");
+            // Cold: 90 caches in turn (the model's layers and heads), none in L2.
+            let caches: Vec<Vec<f32>> = (0..90).map(|_| cache.clone()).collect();
+            let t = std::time::Instant::now();
+            for r in 0..reps {
+                dots(&q, &caches[r % 90], hd, 0, &mut out);
+                std::hint::black_box(&out);
+            }
+            let d = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
+            let t = std::time::Instant::now();
+            for r in 0..reps {
+                weighted_sum(&out, &caches[r % 90], hd, 0, &mut o);
+                std::hint::black_box(&o);
+            }
+            let w = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
+            println!("  cold: dots {d:.2} ns/position, weighted_sum {w:.2} ns/position");
+        }
     }
 }

@@ -167,10 +167,19 @@ pub struct Llama {
     pub kernels: String,
 }
 
+/// One query row's view of its sequence's cache in a layer: keys and values per key/value
+/// head, and how many positions it attends to.
+type RowContext<'a> = (&'a [Vec<f32>], &'a [Vec<f32>], usize);
+
 /// Keys and values of one sequence, all layers, post-RoPE.
 #[derive(Default)]
 pub struct KvCache {
+    /// Keys, one vector per layer and key/value head (`layer * kv_heads + head`): a head's
+    /// positions one after the other, `head_dim` each, so that attention streams them from
+    /// contiguous memory (a vector per layer, heads side by side, strode over the other
+    /// heads: 3x the cache lines touched per position).
     k: Vec<Vec<f32>>,
+    /// Values, laid out as the keys.
     v: Vec<Vec<f32>>,
     len: usize,
 }
@@ -231,7 +240,7 @@ impl LlamaConfig {
 
 struct Loader<'a> {
     content: &'a Content,
-    file: std::fs::File,
+    file: std::io::BufReader<std::fs::File>,
     format: WeightFormat,
     shipped: Option<GgmlDType>,
 }
@@ -293,7 +302,8 @@ impl Llama {
         format: WeightFormat,
         threads: usize,
     ) -> Result<(Llama, HashMap<String, Value>)> {
-        let mut file = std::fs::File::open(path)?;
+        // Buffered: the header is some 200 000 small reads (the vocabulary and merges).
+        let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
         let content = Content::read(&mut file)
             .map_err(|e| EngineError::CorruptWeights(format!("gguf header: {e}")))?;
         let md = content.metadata.clone();
@@ -411,14 +421,10 @@ impl Llama {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
-        let cap = 256 * self.cfg.kv_heads * self.cfg.head_dim;
+        let (cap, n) = (256 * self.cfg.head_dim, self.cfg.layers * self.cfg.kv_heads);
         KvCache {
-            k: (0..self.cfg.layers)
-                .map(|_| Vec::with_capacity(cap))
-                .collect(),
-            v: (0..self.cfg.layers)
-                .map(|_| Vec::with_capacity(cap))
-                .collect(),
+            k: (0..n).map(|_| Vec::with_capacity(cap)).collect(),
+            v: (0..n).map(|_| Vec::with_capacity(cap)).collect(),
             len: 0,
         }
     }
@@ -517,17 +523,26 @@ impl Llama {
                     let (r, pos) = (r0 + i, start + i);
                     self.rope(&mut q[r * h..(r + 1) * h], pos);
                     self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
-                    s.cache.k[li].extend_from_slice(&k[r * kvd..(r + 1) * kvd]);
-                    s.cache.v[li].extend_from_slice(&v[r * kvd..(r + 1) * kvd]);
+                    let heads = li * c.kv_heads..(li + 1) * c.kv_heads;
+                    let rows = k[r * kvd..(r + 1) * kvd].chunks_exact(c.head_dim);
+                    for (kc, kh) in s.cache.k[heads.clone()].iter_mut().zip(rows) {
+                        kc.extend_from_slice(kh);
+                    }
+                    let rows = v[r * kvd..(r + 1) * kvd].chunks_exact(c.head_dim);
+                    for (vc, vh) in s.cache.v[heads].iter_mut().zip(rows) {
+                        vc.extend_from_slice(vh);
+                    }
                 }
                 r0 += s.tokens.len();
             }
-            // Per row: its sequence's keys and values, and how many positions it sees.
-            let mut row_ctx: Vec<(&[f32], &[f32], usize)> = Vec::with_capacity(rows);
+            // Per row: its sequence's keys and values of this layer (per head), and how many
+            // positions it sees.
+            let mut row_ctx: Vec<RowContext<'_>> = Vec::with_capacity(rows);
             for s in segs.iter() {
-                let start = s.cache.len;
+                let (start, heads) = (s.cache.len, li * c.kv_heads..(li + 1) * c.kv_heads);
                 for i in 0..s.tokens.len() {
-                    row_ctx.push((&s.cache.k[li], &s.cache.v[li], start + i + 1));
+                    let (kc, vc) = (&s.cache.k[heads.clone()], &s.cache.v[heads.clone()]);
+                    row_ctx.push((kc, vc, start + i + 1));
                 }
             }
             let mut attn = vec![0f32; rows * h];
@@ -601,29 +616,26 @@ impl Llama {
         }
     }
 
-    /// Causal attention of one head of query row `q` over the first `n` cached positions,
-    /// into `oh` (`head_dim` wide).
+    /// Causal attention of one head of query row `q` over the first `n` cached positions
+    /// (`kc`, `vc`: the layer's keys and values per key/value head), into `oh` (`head_dim`
+    /// wide).
     fn attend_head(
         &self,
         q: &[f32],
         head: usize,
-        kc: &[f32],
-        vc: &[f32],
+        kc: &[Vec<f32>],
+        vc: &[Vec<f32>],
         n: usize,
         oh: &mut [f32],
     ) {
         let c = &self.cfg;
-        let (hd, kvd, group) = (c.head_dim, c.kv_heads * c.head_dim, c.heads / c.kv_heads);
+        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
         let kvh = head / group;
         let qh = &q[head * hd..(head + 1) * hd];
         let mut scores = vec![0f32; n];
-        dots(qh, kc, kvd, kvh * hd, &mut scores);
-        let mut max = f32::NEG_INFINITY;
-        for s in scores.iter_mut() {
-            *s *= scale;
-            max = max.max(*s);
-        }
+        dots(qh, &kc[kvh], hd, 0, &mut scores);
+        let max = crate::kernels::scale_and_max(&mut scores, scale);
         crate::math::exp_sub_in_place(&mut scores, max);
         let mut sum = 0f32;
         for s in &scores {
@@ -632,7 +644,7 @@ impl Llama {
         for s in scores.iter_mut() {
             *s /= sum;
         }
-        weighted_sum(&scores, vc, kvd, kvh * hd, oh);
+        weighted_sum(&scores, &vc[kvh], hd, 0, oh);
     }
 }
 

@@ -27,7 +27,7 @@ pub const PANEL: usize = 16;
 /// Most activation rows computed together against one panel.
 pub const ROW_TILE: usize = 6;
 /// Fewest panels per parallel work item.
-const MIN_PANELS: usize = 4;
+const MIN_PANELS: usize = 2;
 
 /// Quant bytes of one column of a panel: Q8_0 one int8 per row; Q4_1 byte `i` holds row `i`
 /// in its low nibble and row `i + 8` in its high one.

@@ -384,12 +384,7 @@ unsafe fn dots_impl(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [
                 i += 8;
             }
             for r in 0..4 {
-                let mut l = [0f32; 8];
-                // SAFETY: `l` holds eight f32.
-                unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc[r]) };
-                // `dot_impl`'s tree, plus its tail: empty here, so +0.0.
-                out[j + r] =
-                    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + 0.0;
+                out[j + r] = tree(acc[r]);
             }
             j += 4;
         }
@@ -399,6 +394,16 @@ unsafe fn dots_impl(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [
         // SAFETY: same features as this function.
         *o = unsafe { dot_impl(a, &b[at..at + n]) };
     }
+}
+
+/// [`dot_impl`]'s sum of its eight lanes, plus its tail: empty here, so +0.0.
+#[inline]
+#[target_feature(enable = "avx")]
+fn tree(acc: __m256) -> f32 {
+    let mut l = [0f32; 8];
+    // SAFETY: `l` holds eight f32.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + 0.0
 }
 
 /// `out = Σ_j p[j] · v[j * stride + off..]` (`out.len()` wide), summed in `j` order with

@@ -278,12 +278,7 @@ unsafe fn tile<const R: usize, const NP: usize, const MIN: bool, const BUF: bool
         if R <= 2 {
             // Few rows: reading the weights is the bound (DRAM for most matrices). A hint
             // only: an address past the matrix is never dereferenced.
-            for i in 0..NP {
-                let at = qs[i].wrapping_add(b * BLOCK * per_col + PREFETCH);
-                for line in 0..BLOCK * per_col / 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line).cast());
-                }
-            }
+            prefetch_streams(&qs, w.cols * per_col, BLOCK * per_col, b, PREFETCH, b == 0);
         }
         // SAFETY: block `b` of panels `p..p + NP` has PANEL scales (and minimums).
         let (d, m) = unsafe { scales::<NP, MIN>(w, p, b) };
@@ -372,5 +367,39 @@ fn weight<const MIN: bool>(q: __m256, d: __m256, m: __m256) -> __m256 {
         _mm256_fmadd_ps(q, d, m)
     } else {
         _mm256_mul_ps(q, d)
+    }
+}
+
+/// Prefetch hints for block `b` of a tile streaming `qs.len()` consecutive panels (`qs[i]` the
+/// start of panel `i`'s quants, `panel` bytes each), `ahead` bytes ahead of the block in each
+/// panel's stream. Past a panel's end, a stream's next bytes are those of the panel it moves
+/// to in the next tile (`qs.len()` panels on), not of its neighbour, which another stream of
+/// this tile already reads. With `start`, also the first `ahead` bytes of every stream (the
+/// tile's first block: nothing fetched them yet). Hints only: an address past the matrix is
+/// never dereferenced.
+#[inline(always)]
+pub(super) fn prefetch_streams<const NP: usize>(
+    qs: &[*const u8; NP],
+    panel: usize,
+    block: usize,
+    b: usize,
+    ahead: usize,
+    start: bool,
+) {
+    let skip = (NP - 1) * panel;
+    let line = |at: usize, i: usize| {
+        let at = if at >= panel { at + skip } else { at };
+        // SAFETY: SSE is part of x86_64; a prefetch hint never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(qs[i].wrapping_add(at).cast()) };
+    };
+    for i in 0..NP {
+        if start {
+            for at in (0..ahead.min(panel)).step_by(64) {
+                line(at, i);
+            }
+        }
+        for at in (b * block + ahead..(b + 1) * block + ahead).step_by(64) {
+            line(at, i);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! are those of [`super::scalar_chunk`] and of [`super::avx2`], bit for bit (tested).
 //! Intrinsics and unchecked reads, each after the CPU features and the shapes were checked.
 
+use super::avx2::prefetch_streams;
 use super::{
     Acts, BLOCK, PANEL, PANEL_SCRATCH, QMatrix, WeightQuant, panel_bytes_per_col, row_tiles,
     through_scratch, with_scratch,
@@ -22,6 +23,10 @@ const STREAM_ROWS: usize = 8;
 const BUF_ROWS: usize = 12;
 /// Panels converted together for the buffered tiles.
 const BUF_PANELS: usize = 2;
+/// Columns of the converted panels kept at a time: two panels' 192 columns are 24 KiB, so
+/// they stay in L1 while every row tile passes over them (all 576 or 1536 columns at once
+/// did not fit: 73-196 KiB read from L2 by every tile).
+const BUF_COLS: usize = 192;
 
 /// Rows per packed tile for a product of `rows` activation rows, `None` for no packing.
 pub fn packed_tile_rows(rows: usize) -> Option<usize> {
@@ -69,22 +74,28 @@ pub fn chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
     let tiles: Vec<(usize, usize)> = row_tiles(x.rows, BUF_ROWS).collect();
     let packed = &x.packed;
     through_scratch(out, count, |rows| {
-        with_scratch(&PANEL_SCRATCH, BUF_PANELS * PANEL * w.cols, |buf| {
+        with_scratch(&PANEL_SCRATCH, BUF_PANELS * PANEL * BUF_COLS, |buf| {
             let mut p = 0;
             while p < count {
                 let np = (count - p).min(BUF_PANELS);
-                for i in 0..np {
-                    // SAFETY: as above; `buf` holds `np` panels side by side.
-                    unsafe { convert(w, p0 + p + i, buf, (i, np)) };
-                }
-                for &(r0, t) in &tiles {
-                    let o = &mut rows[r0..r0 + t];
-                    let xs = &packed[r0 * x.cols..(r0 + t) * x.cols];
-                    // SAFETY: as above; `buf` holds panels `p0 + p..p0 + p + np`.
-                    unsafe {
-                        match np {
-                            1 => buffered::<1>(t, w.cols, buf, xs, o, p * PANEL),
-                            _ => buffered::<BUF_PANELS>(t, w.cols, buf, xs, o, p * PANEL),
+                // Column block after column block: each element's sum goes on from where the
+                // last block left it (stored exactly), so its chain is the same.
+                for k0 in (0..w.cols).step_by(BUF_COLS) {
+                    let cols = (k0, (k0 + BUF_COLS).min(w.cols));
+                    for i in 0..np {
+                        // SAFETY: as above; `buf` holds `np` panels' `BUF_COLS` columns.
+                        unsafe { convert(w, p0 + p + i, buf, (i, np), cols) };
+                    }
+                    for &(r0, t) in &tiles {
+                        let o = &mut rows[r0..r0 + t];
+                        let xs = &packed[r0 * x.cols..(r0 + t) * x.cols];
+                        // SAFETY: as above; `buf` holds columns `cols` of panels
+                        // `p0 + p..p0 + p + np`; the scratch rows hold whole panels.
+                        unsafe {
+                            match np {
+                                1 => buffered::<1>(t, cols, buf, xs, o, p * PANEL),
+                                _ => buffered::<BUF_PANELS>(t, cols, buf, xs, o, p * PANEL),
+                            }
                         }
                     }
                 }
@@ -132,53 +143,65 @@ unsafe fn streamed<const R: usize>(
     }
 }
 
-/// `NP` converted panels in `src` against the `t` packed activation rows `xs` (column after
-/// column), their outputs at `out[..][at..]`.
+/// Columns `k0..k1` of `NP` converted panels in `src` against the `t` packed activation rows
+/// `xs` (column after column), their sums at `out[..][at..]`: from +0 at column 0, else from
+/// what `out` holds there.
 ///
 /// # Safety
 /// AVX-512F, AVX2, FMA and F16C are available; `1 <= t <= BUF_ROWS`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn buffered<const NP: usize>(
     t: usize,
-    cols: usize,
+    (k0, k1): (usize, usize),
     src: &[f32],
     xs: &[f32],
     out: &mut [&mut [f32]],
     at: usize,
 ) {
-    assert!(src.len() >= NP * PANEL * cols && xs.len() == t * cols && out.len() == t);
+    assert!(k0 < k1 && src.len() >= NP * PANEL * (k1 - k0) && out.len() == t);
+    assert!(xs.len() >= t * k1 && out.iter().all(|o| o.len() >= at + NP * PANEL));
+    let xs = &xs[t * k0..t * k1];
     // SAFETY: the shapes were just checked.
     unsafe {
         match t {
-            1 => put(out, at, packed_tile::<1, NP>(cols, src, xs)),
-            2 => put(out, at, packed_tile::<2, NP>(cols, src, xs)),
-            3 => put(out, at, packed_tile::<3, NP>(cols, src, xs)),
-            4 => put(out, at, packed_tile::<4, NP>(cols, src, xs)),
-            5 => put(out, at, packed_tile::<5, NP>(cols, src, xs)),
-            6 => put(out, at, packed_tile::<6, NP>(cols, src, xs)),
-            7 => put(out, at, packed_tile::<7, NP>(cols, src, xs)),
-            8 => put(out, at, packed_tile::<8, NP>(cols, src, xs)),
-            9 => put(out, at, packed_tile::<9, NP>(cols, src, xs)),
-            10 => put(out, at, packed_tile::<10, NP>(cols, src, xs)),
-            11 => put(out, at, packed_tile::<11, NP>(cols, src, xs)),
-            _ => put(out, at, packed_tile::<BUF_ROWS, NP>(cols, src, xs)),
+            1 => packed_tile::<1, NP>(k0 == 0, src, xs, out, at),
+            2 => packed_tile::<2, NP>(k0 == 0, src, xs, out, at),
+            3 => packed_tile::<3, NP>(k0 == 0, src, xs, out, at),
+            4 => packed_tile::<4, NP>(k0 == 0, src, xs, out, at),
+            5 => packed_tile::<5, NP>(k0 == 0, src, xs, out, at),
+            6 => packed_tile::<6, NP>(k0 == 0, src, xs, out, at),
+            7 => packed_tile::<7, NP>(k0 == 0, src, xs, out, at),
+            8 => packed_tile::<8, NP>(k0 == 0, src, xs, out, at),
+            9 => packed_tile::<9, NP>(k0 == 0, src, xs, out, at),
+            10 => packed_tile::<10, NP>(k0 == 0, src, xs, out, at),
+            11 => packed_tile::<11, NP>(k0 == 0, src, xs, out, at),
+            _ => packed_tile::<BUF_ROWS, NP>(k0 == 0, src, xs, out, at),
         }
     };
 }
 
-/// Panel `p`'s weights as f32 ([`weight`]), column after column, into slot `i` of `n`
-/// panels side by side in `buf` (column `k` of slot `i` at `(k n + i) PANEL`).
+/// Columns `k0..k1` (whole blocks) of panel `p`'s weights as f32 ([`weight`]), column after
+/// column, into slot `i` of `n` panels side by side in `buf` (column `k` of slot `i` at
+/// `((k - k0) n + i) PANEL`).
 ///
 /// # Safety
 /// AVX-512F, AVX2, FMA and F16C are available; panel `p` exists.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn convert(w: &QMatrix, p: usize, buf: &mut [f32], (i, n): (usize, usize)) {
-    assert!(i < n && buf.len() >= n * PANEL * w.cols);
+unsafe fn convert(
+    w: &QMatrix,
+    p: usize,
+    buf: &mut [f32],
+    (i, n): (usize, usize),
+    cols: (usize, usize),
+) {
+    let (k0, k1) = cols;
+    assert!(i < n && k0 < k1 && k1 <= w.cols && buf.len() >= n * PANEL * (k1 - k0));
+    assert!(k0.is_multiple_of(BLOCK) && k1.is_multiple_of(BLOCK));
     // SAFETY: the caller's contract, and `buf` holds every column (checked above).
     unsafe {
         match w.quant {
-            WeightQuant::Q8_0 => convert_impl::<false>(w, p, buf, (i, n)),
-            WeightQuant::Q4_1 => convert_impl::<true>(w, p, buf, (i, n)),
+            WeightQuant::Q8_0 => convert_impl::<false>(w, p, buf, (i, n), cols),
+            WeightQuant::Q4_1 => convert_impl::<true>(w, p, buf, (i, n), cols),
         }
     }
 }
@@ -192,17 +215,18 @@ unsafe fn convert_impl<const MIN: bool>(
     p: usize,
     buf: &mut [f32],
     (i, n): (usize, usize),
+    (k0, k1): (usize, usize),
 ) {
     let per_col = panel_bytes_per_col(w.quant);
     let qs = w.qs.as_ptr().wrapping_add(p * w.cols * per_col);
-    for b in 0..w.cols / BLOCK {
+    for b in k0 / BLOCK..k1 / BLOCK {
         // SAFETY: the caller's contract.
         let (d, m) = unsafe { scales::<1, MIN>(w, p, b) };
         for k in b * BLOCK..(b + 1) * BLOCK {
             // SAFETY: column `k` of panel `p` exists; `buf` holds it.
             unsafe {
                 let q = ints::<MIN>(qs.wrapping_add(k * per_col));
-                let dst = buf.as_mut_ptr().add((k * n + i) * PANEL);
+                let dst = buf.as_mut_ptr().add(((k - k0) * n + i) * PANEL);
                 _mm512_storeu_ps(dst, weight::<MIN>(q, d[0], m[0]));
             }
         }
@@ -239,24 +263,35 @@ fn put<const R: usize, const NP: usize>(
 }
 
 /// [`tile`] over weights converted into `src` (`NP` panels side by side, [`convert`]) and
-/// `R` activation rows packed column after column in `xs`: per column `k` in order,
-/// `y = fma(x, w, y)`.
+/// `R` activation rows packed column after column in `xs`: per column in order,
+/// `y = fma(x, w, y)`, from +0 (`first`) or from the sums `out[..][at..]` holds, into which
+/// it writes them.
 ///
 /// # Safety
-/// AVX-512F, AVX2, FMA and F16C are available; `src` holds `NP PANEL cols` values, `xs`
-/// holds `R cols`.
+/// AVX-512F, AVX2, FMA and F16C are available; `src` holds `NP PANEL` values per column of
+/// `xs` (`R` each), every `out[t]` holds `NP PANEL` values from `at`, `out` holds `R` rows.
 // `t` and `i` index several arrays of one tile at once.
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn packed_tile<const R: usize, const NP: usize>(
-    cols: usize,
+    first: bool,
     src: &[f32],
     xs: &[f32],
-) -> [[__m512; NP]; R] {
+    out: &mut [&mut [f32]],
+    at: usize,
+) {
     let mut acc = [[_mm512_setzero_ps(); NP]; R];
+    if !first {
+        for t in 0..R {
+            for i in 0..NP {
+                // SAFETY: `out[t]` holds these sixteen (the caller's contract).
+                acc[t][i] = unsafe { _mm512_loadu_ps(out[t].as_ptr().add(at + PANEL * i)) };
+            }
+        }
+    }
     let (mut ws, mut xp) = (src.as_ptr(), xs.as_ptr());
-    for _ in 0..cols {
+    for _ in 0..xs.len() / R {
         // SAFETY: `src` holds this column's `NP` panels, `xs` its `R` rows (the caller's
         // contract; both pointers move one column per iteration).
         unsafe {
@@ -271,7 +306,12 @@ unsafe fn packed_tile<const R: usize, const NP: usize>(
             xp = xp.add(R);
         }
     }
-    acc
+    for t in 0..R {
+        for i in 0..NP {
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(out[t].as_mut_ptr().add(at + PANEL * i), acc[t][i]) };
+        }
+    }
 }
 
 /// The per-element operations of [`super::scalar_chunk`] for `R` rows and `NP` panels (one
@@ -300,12 +340,7 @@ unsafe fn tile<const R: usize, const NP: usize, const MIN: bool>(
     for b in 0..nb {
         // The weights come from DRAM for most matrices, even for eight rows. A hint only:
         // an address past the matrix is never dereferenced.
-        for i in 0..NP {
-            let at = qs[i].wrapping_add(b * BLOCK * per_col + PREFETCH);
-            for line in 0..BLOCK * per_col / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line).cast());
-            }
-        }
+        prefetch_streams(&qs, w.cols * per_col, BLOCK * per_col, b, PREFETCH, b == 0);
         // SAFETY: block `b` of panels `p..p + NP` has PANEL scales (and minimums).
         let (d, m) = unsafe { scales::<NP, MIN>(w, p, b) };
         for k in b * BLOCK..(b + 1) * BLOCK {
@@ -386,4 +421,3 @@ fn weight<const MIN: bool>(q: __m512, d: __m512, m: __m512) -> __m512 {
         _mm512_mul_ps(q, d)
     }
 }
-
