@@ -197,9 +197,11 @@ impl<'a> Acts<'a> {
             left = rest;
         }
         pool.for_each(parts, |((r0, t), dst)| {
-            for (j, row) in x[r0 * cols..(r0 + t) * cols].chunks_exact(cols).enumerate() {
-                for (d, &v) in dst.iter_mut().skip(j).step_by(t).zip(row) {
-                    *d = v;
+            // Column after column: the writes run in order, the reads are `t` streams.
+            let rows = &x[r0 * cols..(r0 + t) * cols];
+            for (k, col) in dst.chunks_exact_mut(t).enumerate() {
+                for (j, d) in col.iter_mut().enumerate() {
+                    *d = rows[j * cols + k];
                 }
             }
         });
