@@ -107,6 +107,16 @@ pub(crate) fn silu_mul_portable(g: &mut [f32], u: &[f32]) {
 mod tests {
     use super::*;
 
+    /// xorshift32 values uniform in [-1, 1): reproducible inputs without a dependency.
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
     /// SwiGLU vectorized gives the portable loop's bits, tails and extremes included.
     #[test]
     fn silu_mul_vector_and_portable_agree() {
@@ -124,13 +134,7 @@ mod tests {
 
     #[test]
     fn vector_dot_is_bit_identical_to_portable() {
-        let mut seed = 0x2545_f491_u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut next = uniform(0x2545_f491_u32);
         for n in [0, 1, 7, 8, 9, 64, 100, 576] {
             let a: Vec<f32> = (0..n).map(|_| next() * 3.0).collect();
             let b: Vec<f32> = (0..n).map(|_| next()).collect();
@@ -144,13 +148,7 @@ mod tests {
 
     #[test]
     fn batched_attention_kernels_equal_the_per_row_loops_bit_for_bit() {
-        let mut seed = 0x1234_5678_u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut next = uniform(0x1234_5678_u32);
         for (hd, heads, n) in [
             (64, 3, 37),
             (8, 2, 5),
@@ -185,13 +183,7 @@ mod tests {
     /// the scaled values are the same bits.
     #[test]
     fn scale_and_max_equals_the_serial_loop() {
-        let mut seed = 0x9e37_79b9_u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut next = uniform(0x9e37_79b9_u32);
         for n in [0, 1, 5, 15, 16, 17, 33, 64, 100, 1001] {
             let mut xs: Vec<f32> = (0..n).map(|_| next() * 50.0).collect();
             if n > 3 {

@@ -45,6 +45,8 @@ struct Account {
     used: u64,
     reserved: u64,
     next_seq: u64,
+    /// Closed for claiming ([`StackAccounts::close`]): no new reservation.
+    closed: bool,
 }
 
 /// A granted reservation; give it back through [`StackAccounts::settle`].
@@ -70,6 +72,7 @@ impl StackAccounts {
                 used,
                 reserved: 0,
                 next_seq,
+                closed: false,
             },
         );
     }
@@ -99,6 +102,9 @@ impl StackAccounts {
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let acct = g.entry(info.id).or_default();
+        if acct.closed {
+            return Err(ReserveError::Closed(info.id));
+        }
         let remaining = info
             .units
             .saturating_sub(acct.used)
@@ -131,6 +137,16 @@ impl StackAccounts {
         let seq = acct.next_seq;
         acct.next_seq += 1;
         Some(seq)
+    }
+
+    /// Closes a stack to new reservations, under the lock the reservations take: once this
+    /// returns, every reservation on it is either counted in [`StackAccounts::in_flight`] or
+    /// refused, so a claim that waits for none in flight holds every receipt. (A request
+    /// that authenticated on an open stack just before may still hold that view of it; the
+    /// view alone no longer lets it reserve.)
+    pub fn close(&self, stack: StackId) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.entry(stack).or_default().closed = true;
     }
 
     /// Units charged so far on a stack.
@@ -218,5 +234,25 @@ mod tests {
         ));
         assert_eq!(book.settle(r, 4, true), Some(0));
         assert!(book.reserve(&inf, NodeId(7), &m, 6, 0).is_ok());
+    }
+
+    /// A request holding a view of the stack from before the claim closed it (still open)
+    /// is refused once the book closed it; one reserved before the close stays in flight
+    /// (the claim waits for it) and settles with its receipt number.
+    #[test]
+    fn a_closed_stack_refuses_reservations_from_an_earlier_open_view() {
+        let book = StackAccounts::default();
+        let (inf, m) = (info(100), ModelId::new("m"));
+        let before = book.reserve(&inf, NodeId(7), &m, 10, 0).unwrap();
+        book.close(StackId(1));
+        assert!(inf.open, "the request's view is stale");
+        assert!(matches!(
+            book.reserve(&inf, NodeId(7), &m, 1, 0),
+            Err(ReserveError::Closed(_))
+        ));
+        assert_eq!(book.in_flight(StackId(1)), 10);
+        assert_eq!(book.settle(before, 3, true), Some(0));
+        assert_eq!(book.in_flight(StackId(1)), 0);
+        assert_eq!(book.used(StackId(1)), 3);
     }
 }

@@ -404,8 +404,11 @@ pub async fn claim_due(
         if !all && !policy.due(&receipts, info.units, info.expires_at_ms, unix_now_ms()) {
             continue;
         }
-        // Close the stack to new requests, wait for those in flight, then claim.
+        // Close the stack to new requests, wait for those in flight, then claim. The book's
+        // close is what makes this safe: a request that looked the stack up just before
+        // could otherwise reserve after the wait and add a receipt to a claimed stack.
         stacks.close(stack);
+        state.accounts.close(stack);
         for _ in 0..600 {
             if state.accounts.in_flight(stack) == 0 {
                 break;
