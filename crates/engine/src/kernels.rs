@@ -215,48 +215,40 @@ mod tests {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod speed {
     use super::*;
+
+    /// Nanoseconds per cached position of `f` run `reps` times over caches of `n` positions.
+    fn per_position(reps: usize, n: usize, mut f: impl FnMut(usize)) -> f64 {
+        let t = std::time::Instant::now();
+        for r in 0..reps {
+            f(r);
+        }
+        t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64
+    }
+
     /// `cargo test -p sortition-engine --lib kernels::speed -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn attention_kernels_speed() {
+        let (hd, reps) = (64, 2000);
         for n in [64usize, 400, 1000] {
-            let hd = 64;
             let cache: Vec<f32> = (0..n * hd).map(|i| (i % 97) as f32 * 0.01).collect();
-            let q: Vec<f32> = (0..hd).map(|i| i as f32 * 0.001).collect();
-            let mut out = vec![0f32; n];
-            let mut o = vec![0f32; hd];
-            let reps = 2000;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                dots(&q, &cache, hd, 0, &mut out);
-                std::hint::black_box(&out);
-            }
-            let d = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                weighted_sum(&out, &cache, hd, 0, &mut o);
-                std::hint::black_box(&o);
-            }
-            let w = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
-            println!("n={n}: dots {d:.2} ns/position, weighted_sum {w:.2} ns/position");
             // Cold: 90 caches in turn (the model's layers and heads), none in L2.
             let caches: Vec<Vec<f32>> = (0..90).map(|_| cache.clone()).collect();
-            let t = std::time::Instant::now();
-            for r in 0..reps {
-                dots(&q, &caches[r % 90], hd, 0, &mut out);
-                std::hint::black_box(&out);
+            let q: Vec<f32> = (0..hd).map(|i| i as f32 * 0.001).collect();
+            let (mut out, mut o) = (vec![0f32; n], vec![0f32; hd]);
+            for (label, pick) in [("hot", 1), ("cold", caches.len())] {
+                let d = per_position(reps, n, |r| {
+                    dots(&q, &caches[r % pick], hd, 0, &mut out);
+                    std::hint::black_box(&out);
+                });
+                let w = per_position(reps, n, |r| {
+                    weighted_sum(&out, &caches[r % pick], hd, 0, &mut o);
+                    std::hint::black_box(&o);
+                });
+                println!("n={n} {label}: dots {d:.2} ns/position, weighted_sum {w:.2} ns/position");
             }
-            let d = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
-            let t = std::time::Instant::now();
-            for r in 0..reps {
-                weighted_sum(&out, &caches[r % 90], hd, 0, &mut o);
-                std::hint::black_box(&o);
-            }
-            let w = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
-            println!("  cold: dots {d:.2} ns/position, weighted_sum {w:.2} ns/position");
         }
     }
 }

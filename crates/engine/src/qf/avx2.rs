@@ -376,7 +376,8 @@ fn weight<const MIN: bool>(q: __m256, d: __m256, m: __m256) -> __m256 {
 /// to in the next tile (`qs.len()` panels on), not of its neighbour, which another stream of
 /// this tile already reads. With `start`, also the first `ahead` bytes of every stream (the
 /// tile's first block: nothing fetched them yet). Hints only: an address past the matrix is
-/// never dereferenced.
+/// never dereferenced. Shared by both kernels (the AVX-512 one imports it); it lives here
+/// because `qf` itself has no unsafe code.
 #[inline(always)]
 pub(super) fn prefetch_streams<const NP: usize>(
     qs: &[*const u8; NP],
