@@ -72,7 +72,10 @@ async fn bench(format: WeightFormat, tokens: u32) {
     })
     .expect("load");
     let load_s = t.elapsed().as_secs_f64();
-    let q = e.info().quantization.clone();
+    let q = match format {
+        WeightFormat::Q8_0F32 => format!("{} f32 acts", e.info().quantization),
+        _ => e.info().quantization.clone(),
+    };
     let long: String = "The history of computing is long and full of surprising turns. ".repeat(12);
     let long_prompt = e.tokenizer().encode(&long).expect("encode");
     let chat = |i: usize| {
@@ -151,5 +154,9 @@ async fn main() {
     }
     if which == "q8_0" || which == "both" {
         bench(WeightFormat::Q8_0, tokens).await;
+    }
+    // Q8_0 weights with f32 activations (engine numerics n3), on request only.
+    if which == "q8_0-f32" {
+        bench(WeightFormat::Q8_0F32, tokens).await;
     }
 }

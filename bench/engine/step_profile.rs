@@ -26,7 +26,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
-    let (model, _) = Llama::load(&m.primary, WeightFormat::Q8_0, threads).expect("load");
+    // F32=1: Q8_0 weights with f32 activations (engine numerics n3).
+    let format = if std::env::var("F32").is_ok() {
+        WeightFormat::Q8_0F32
+    } else {
+        WeightFormat::Q8_0
+    };
+    let (model, _) = Llama::load(&m.primary, format, threads).expect("load");
     if std::env::var("SCORE").is_ok() {
         let prompt: Vec<u32> = (0..160u32).map(|i| 100 + i * 7 % 5000).collect();
         let mut best = f64::INFINITY;

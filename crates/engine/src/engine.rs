@@ -21,8 +21,10 @@ use crate::tokenizer::{ChatMessage, ChatTokenizer};
 /// [`crate::math`] instead of the platform's C library; `n3` multiplies Q8_0 weights with f32
 /// activations (they were quantized to Q8 blocks before; see [`crate::qf`]; Q4_1 weights keep
 /// the Q8-activation kernel of [`crate::q8`]) and draws samples with f32 weights and a nucleus
-/// sorted only as far as it reaches ([`crate::sampling`]).
-pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n3");
+/// sorted only as far as it reaches ([`crate::sampling`]); `n4` quantizes the activations of
+/// Q8_0 products to Q8 blocks again, now on integer panel products ([`crate::q8p`]: the
+/// default; `WeightFormat::Q8_0F32` keeps `n3`'s f32 activations, named by its kernel).
+pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n4");
 
 /// How to load and run one model.
 #[derive(Clone, Debug)]
@@ -270,7 +272,7 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// Name of the default (Q8_0) matmul kernel on this CPU, e.g. `sortition-qf32/avx2`. A
+/// Name of the default (Q8_0) matmul kernel on this CPU, e.g. `sortition-q8p/avx512vnni`. A
 /// model's [`ModelInfo`] node class names every kernel its layers run on: `sortition-q8/avx2`
 /// for Q4_1 weights, `candle-0.11.1` for other shipped quantizations, joined by `+`.
 /// It honours `SORTITION_KERNEL` as model loads do (the fastest kernel when that is unset

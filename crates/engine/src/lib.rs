@@ -22,6 +22,7 @@ mod matmul_tests;
 pub mod models;
 mod models_fetch;
 pub(crate) mod q8;
+pub(crate) mod q8p;
 pub(crate) mod qf;
 pub mod sampling;
 mod scheduler;

@@ -1,10 +1,11 @@
 //! A llama forward pass of our own on our quantized-weight matmul kernels (Q8_0 weights with
-//! f32 activations, [`crate::qf`]; Q4_1 weights with Q8 activations, [`crate::q8`]), with
-//! per-sequence KV caches.
+//! Q8 activations in integer panel products, [`crate::q8p`], or with f32 activations,
+//! [`crate::qf`]; Q4_1 weights with Q8 activations, [`crate::q8`]), with per-sequence KV
+//! caches.
 //!
 //! Determinism: every operation here is computed per row in a fixed order. The linear layers
 //! compute each output element with one fixed sequence of operations whatever the number of
-//! rows or threads (see `qf` and `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
+//! rows or threads (see `q8p`, `qf` and `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
 //! order (attention's dot products and weighted sums by AVX routines with the portable
 //! loops' operations; element-wise work split among threads by position only), so a token's
 //! logits are bit-identical whether it is computed in a prefill, in a batched decode step
@@ -29,9 +30,14 @@ use crate::q8::{Kernel, Pool, Q8Rows, WeightQuant};
 /// How weight matrices are held in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// Re-encode every matrix to Q8_0 at load (the default; most accurate of the two).
+    /// Re-encode every matrix to Q8_0 at load, and quantize each product's activations to
+    /// Q8 blocks ([`crate::q8p`]: integer products; the default).
     #[default]
     Q8_0,
+    /// Q8_0 weights as [`WeightFormat::Q8_0`], activations kept in f32 ([`crate::qf`]):
+    /// no rounding of the activations (engine numerics `n3`), but several times the
+    /// arithmetic for batched decode, prefill and scoring.
+    Q8_0F32,
     /// Keep the quantization shipped in the GGUF file (Q4_1 runs on our kernel too; fewer
     /// bytes per token, so faster single-stream decode).
     Shipped,
@@ -54,6 +60,9 @@ pub struct LlamaConfig {
 
 /// A linear layer, or several stacked ones that share their input.
 enum Linear {
+    /// Q8_0 weights on our kernel with activations quantized to Q8 blocks ([`crate::q8p`]);
+    /// stacked parts are computed in one pass over the weights.
+    I8(crate::q8p::QMatrix),
     /// Q8_0 weights on our kernel with f32 activations ([`crate::qf`]); stacked parts are
     /// computed in one pass over the weights.
     F32(crate::qf::QMatrix),
@@ -65,7 +74,8 @@ enum Linear {
 }
 
 impl Linear {
-    fn new(parts: Vec<QTensor>) -> Result<Linear> {
+    /// The layer of `parts`; Q8_0 weights multiply f32 activations when `f32_acts`.
+    fn new(parts: Vec<QTensor>, f32_acts: bool) -> Result<Linear> {
         let dtype = parts.first().map(|t| t.dtype());
         let all = |d: GgmlDType| parts.iter().all(|t| t.dtype() == d);
         // Every part read by `from` (its GGML block bytes and shape), then stacked.
@@ -84,6 +94,11 @@ impl Linear {
             stack(mats)
         }
         match dtype {
+            Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) && !f32_acts => Ok(Linear::I8(stacked(
+                &parts,
+                |b, r, c| crate::q8p::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, r, c),
+                crate::q8p::QMatrix::stack,
+            )?)),
             Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) => Ok(Linear::F32(stacked(
                 &parts,
                 |b, r, c| crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, r, c),
@@ -107,7 +122,8 @@ impl Linear {
     /// Name of the kernel this layer runs on (part of the node class).
     fn kernel_name(&self, kernel: Kernel) -> String {
         match self {
-            Linear::F32(_) => kernel_name(kernel),
+            Linear::I8(_) => crate::q8p::kernel_name(kernel),
+            Linear::F32(_) => format!("sortition-qf32/{}", kernel.name()),
             Linear::Q8(_) => format!("sortition-q8/{}", kernel.integer().name()),
             Linear::Candle(_) => "candle-0.11.1".into(),
         }
@@ -122,6 +138,7 @@ impl Linear {
         cols: usize,
     ) -> Result<[Vec<f32>; N]> {
         let outs = match self {
+            Linear::I8(w) => crate::q8p::matmul(pool, w, x, rows),
             Linear::F32(w) => crate::qf::matmul(pool, w, x, rows),
             Linear::Q8(w) => pool.matmul(w, &Q8Rows::quantize_on(pool, x, rows, cols)),
             Linear::Candle(parts) => {
@@ -281,7 +298,7 @@ impl Loader<'_> {
             self.shipped.get_or_insert(qt.dtype());
         }
         // Dense matrices go to our Q8_0 kernel too.
-        let needs_q8 = self.format == WeightFormat::Q8_0
+        let needs_q8 = self.format != WeightFormat::Shipped
             || matches!(
                 qt.dtype(),
                 GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
@@ -338,39 +355,49 @@ impl Llama {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let (h, kvd) = (cfg.hidden, cfg.kv_heads * cfg.head_dim);
+        let f32_acts = format == WeightFormat::Q8_0F32;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
                 attn_norm: ld.vector(&p("attn_norm"), h)?,
-                qkv: Linear::new(vec![
-                    ld.matrix(&p("attn_q"), h, h)?,
-                    ld.matrix(&p("attn_k"), kvd, h)?,
-                    ld.matrix(&p("attn_v"), kvd, h)?,
-                ])?,
-                wo: Linear::new(vec![ld.matrix(&p("attn_output"), h, h)?])?,
+                qkv: Linear::new(
+                    vec![
+                        ld.matrix(&p("attn_q"), h, h)?,
+                        ld.matrix(&p("attn_k"), kvd, h)?,
+                        ld.matrix(&p("attn_v"), kvd, h)?,
+                    ],
+                    f32_acts,
+                )?,
+                wo: Linear::new(vec![ld.matrix(&p("attn_output"), h, h)?], f32_acts)?,
                 ffn_norm: ld.vector(&p("ffn_norm"), h)?,
-                gate_up: Linear::new(vec![
-                    ld.matrix(&p("ffn_gate"), cfg.ffn, h)?,
-                    ld.matrix(&p("ffn_up"), cfg.ffn, h)?,
-                ])?,
-                w_down: Linear::new(vec![ld.matrix(&p("ffn_down"), h, cfg.ffn)?])?,
+                gate_up: Linear::new(
+                    vec![
+                        ld.matrix(&p("ffn_gate"), cfg.ffn, h)?,
+                        ld.matrix(&p("ffn_up"), cfg.ffn, h)?,
+                    ],
+                    f32_acts,
+                )?,
+                w_down: Linear::new(vec![ld.matrix(&p("ffn_down"), h, cfg.ffn)?], f32_acts)?,
             });
         }
         let out_norm = ld.vector("output_norm.weight", h)?;
-        let output = Linear::new(vec![
-            if content.tensor_infos.contains_key("output.weight") {
+        let output = Linear::new(
+            vec![if content.tensor_infos.contains_key("output.weight") {
                 ld.matrix("output.weight", cfg.vocab, h)?
             } else {
                 ld.encode("token_embd.weight", emb_q, cfg.vocab, h)?
-            },
-        ])?;
+            }],
+            f32_acts,
+        )?;
         let shipped = ld
             .shipped
             .map(|d| format!("{d:?}").to_lowercase())
             .unwrap_or("f32".into());
         let quantization = match format {
-            WeightFormat::Q8_0 if shipped != "q8_0" => format!("q8_0(from {shipped})"),
+            WeightFormat::Q8_0 | WeightFormat::Q8_0F32 if shipped != "q8_0" => {
+                format!("q8_0(from {shipped})")
+            }
             _ => shipped,
         };
         let (cos, sin) = rope_tables(&cfg);
@@ -664,7 +691,7 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Name of our default (Q8_0) matmul kernel on this CPU, e.g. `sortition-qf32/avx2`.
+/// Name of our default (Q8_0) matmul kernel on this CPU, e.g. `sortition-q8p/avx512vnni`.
 pub fn kernel_name(kernel: Kernel) -> String {
-    format!("sortition-qf32/{}", kernel.name())
+    crate::q8p::kernel_name(kernel)
 }

@@ -308,7 +308,7 @@ impl Q8Rows {
 
 /// Quantizes whole blocks of `x` into `qs`, with per block the scale into `d` and `d * Σ q`
 /// into `s` (see [`Q8Rows::quantize`]).
-fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+pub(crate) fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
     for ((src, dst), (d, s)) in blocks.zip(d.iter_mut().zip(s.iter_mut())) {
         let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -272,7 +272,7 @@ pub fn avx512_available() -> bool {
 }
 
 /// Tiles of at most `most` rows covering `rows`, as even as possible: `(first, len)`.
-fn row_tiles(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn row_tiles(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
     let tiles = rows.div_ceil(most);
     (0..tiles).scan(0, move |r0, i| {
         let t = (rows - *r0) / (tiles - i);
@@ -350,6 +350,8 @@ fn scalar_chunk(w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [f32]]) {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::prefetch_streams;
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]

@@ -133,8 +133,9 @@ pub fn merge(flags: NodeArgs, file: NodeFile) -> Result<NodeSettings> {
     let weight_format = match file.weight_format.as_deref() {
         None => d.weight_format,
         Some("q8_0") => WeightFormat::Q8_0,
+        Some("q8_0-f32") => WeightFormat::Q8_0F32,
         Some("shipped") => WeightFormat::Shipped,
-        Some(o) => anyhow::bail!("weight_format {o:?}: use \"q8_0\" or \"shipped\""),
+        Some(o) => anyhow::bail!("weight_format {o:?}: use \"q8_0\", \"q8_0-f32\" or \"shipped\""),
     };
     let collateral = match (flags.collateral, file.collateral) {
         (Some(c), _) => Some(c),

@@ -379,7 +379,7 @@ fn weight<const MIN: bool>(q: __m256, d: __m256, m: __m256) -> __m256 {
 /// never dereferenced. Shared by both kernels (the AVX-512 one imports it); it lives here
 /// because `qf` itself has no unsafe code.
 #[inline(always)]
-pub(super) fn prefetch_streams<const NP: usize>(
+pub(crate) fn prefetch_streams<const NP: usize>(
     qs: &[*const u8; NP],
     panel: usize,
     block: usize,

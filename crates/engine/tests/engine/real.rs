@@ -62,7 +62,7 @@ async fn smollm_answers_and_is_batch_invariant() {
     assert_eq!(alone.texts.concat(), alone.text);
     let info = e.info();
     assert_eq!(info.quantization, "q8_0(from q4_1)");
-    assert!(info.node_class.kernels.starts_with("sortition-qf32/"));
+    assert!(info.node_class.kernels.starts_with("sortition-q8p/"));
 }
 
 #[tokio::test]
@@ -266,7 +266,8 @@ async fn smollm_vector_kernels_agree_bit_for_bit() {
             let env = [("SORTITION_KERNEL", k.name().to_string())];
             let out = child("real::child_smollm_kernel_fingerprint", 2, &env);
             let (class, rest) = out.split_once(' ').expect("kernels and result");
-            assert!(class.ends_with(k.name()), "{k:?}: class kernels {class}");
+            let name = sortition_engine::llama::kernel_name(*k);
+            assert_eq!(class, name, "{k:?}: class kernels");
             rest.to_string()
         })
         .collect();
