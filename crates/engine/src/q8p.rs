@@ -177,10 +177,15 @@ impl Acts {
             parts.push((&x[r0 * cols..(r0 + t) * cols], t, q, dd, c));
             (qs, d, corr) = (q_rest, d_rest, c_rest);
         }
+        let vector = vector_quantize(pool.kernel());
         let quantize = |(x, t, qs, d, corr): (&[f32], usize, &mut [i8], &mut [f32], &mut [i32])| {
             let (mut rq, mut rd, mut rs) = (vec![0i8; cols], vec![0f32; nb], vec![0f32; nb]);
             for (j, row) in x.chunks_exact(cols).enumerate() {
-                quantize_blocks(row, &mut rq, &mut rd, &mut rs);
+                match vector {
+                    #[cfg(target_arch = "x86_64")]
+                    true => avx2::quantize_blocks(row, &mut rq, &mut rd),
+                    _ => quantize_blocks(row, &mut rq, &mut rd, &mut rs),
+                }
                 for b in 0..nb {
                     let blk = &rq[b * BLOCK..(b + 1) * BLOCK];
                     d[b * t + j] = rd[b];
@@ -213,6 +218,17 @@ impl Acts {
         let q = self.qs[r0 * self.cols + ((b * GROUPS + c) * t + j) * 4 + i];
         (i32::from(q), self.d[r0 * nb + b * t + j])
     }
+}
+
+/// Whether `kernel` quantizes activations with the AVX2 routine (the same bits as the scalar
+/// one, which the scalar kernel keeps).
+fn vector_quantize(kernel: Kernel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel != Kernel::Scalar {
+        return avx2::available();
+    }
+    let _ = kernel;
+    false
 }
 
 /// `x · Wᵀ` for `rows` activation rows `x` (row-major, `w`'s width): per part of `w`, a

@@ -50,8 +50,11 @@ async fn chat_streams_an_answer_with_a_verified_receipt() {
         "{stdout}"
     );
 
-    // Interactive: two turns, then /exit.
-    let out = sortition(&args, Some("Hi\nAgain\n/exit\nnever sent\n")).await;
+    // Interactive: two turns, then /exit. Answers are bounded: a random-weight model need
+    // not stop by itself, and an unbounded first answer can fill the context.
+    let mut interactive = args.to_vec();
+    interactive.extend(["--max-tokens", "8"]);
+    let out = sortition(&interactive, Some("Hi\nAgain\n/exit\nnever sent\n")).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(stdout.matches("[receipt: verified").count(), 2, "{stdout}");

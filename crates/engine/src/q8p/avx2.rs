@@ -144,3 +144,73 @@ unsafe fn tile<const R: usize>(
     }
     acc
 }
+
+/// [`crate::q8::quantize_blocks`] (without its `d Σ q`), eight values at a time: the same
+/// operations (an exact maximum, `d = max / 127`, `1 / d`, a rounded product, halves away
+/// from zero by truncation and an exact remainder, the clamp), so the same bits (tested).
+/// A block holding an infinity or a NaN goes through the scalar routine, whose `max` and
+/// float-to-int conversion treat them differently from the vector instructions.
+pub fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+    assert!(available() && x.len() == qs.len() && x.len() == d.len() * BLOCK);
+    for ((src, dst), d) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).zip(d) {
+        // SAFETY: AVX2 was checked; `src` holds 32 values.
+        let ints = unsafe { quantize_block(src) };
+        match ints {
+            Some((scale, ints)) => {
+                *d = scale;
+                for (q, v) in dst.iter_mut().zip(ints) {
+                    *q = v as i8;
+                }
+            }
+            None => {
+                let mut s = [0f32];
+                crate::q8::quantize_blocks(src, dst, std::slice::from_mut(d), &mut s);
+            }
+        }
+    }
+}
+
+/// One block of [`quantize_blocks`]: its scale and quants, `None` when it holds a value that
+/// is not finite.
+///
+/// # Safety
+/// AVX2 is available; `src` holds [`BLOCK`] values.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block(src: &[f32]) -> Option<(f32, [i32; BLOCK])> {
+    let p = src.as_ptr();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    // SAFETY: `src` holds four vectors (the caller's contract).
+    let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(p.add(8 * i)) });
+    let mut amax = _mm256_setzero_ps();
+    for &v in &v {
+        let a = _mm256_and_ps(v, abs_mask);
+        // Not finite: |v| not below infinity (NaN compares unordered).
+        if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf)) != 0 {
+            return None;
+        }
+        amax = _mm256_max_ps(amax, a);
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds eight values.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), amax) };
+    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    let scale = amax / 127.0;
+    let inv = _mm256_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
+    let (half, neg_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+    let mut out = [0i32; BLOCK];
+    for (i, &v) in v.iter().enumerate() {
+        let r = _mm256_mul_ps(v, inv);
+        let t = _mm256_cvttps_epi32(r);
+        let frac = _mm256_sub_ps(r, _mm256_cvtepi32_ps(t));
+        // A true comparison is all ones (-1): subtracting it adds one.
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, neg_half));
+        let q = _mm256_add_epi32(_mm256_sub_epi32(t, up), down);
+        let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+        // SAFETY: `out` holds four vectors.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), q) };
+    }
+    Some((scale, out))
+}

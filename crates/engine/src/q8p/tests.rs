@@ -123,3 +123,37 @@ fn zero_and_padded_rows_give_zero() {
         assert!(y.iter().all(|v| v.to_bits() == 0), "{kernel:?}");
     }
 }
+
+/// The AVX2 activation quantizer gives the scalar one's bits: random blocks, blocks of
+/// ties (values at half steps), zeros, subnormals, and blocks with infinities and NaNs
+/// (which it hands to the scalar routine).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_quantizer_matches_the_scalar_one() {
+    if !avx2::available() {
+        return;
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let mut x = random(&mut rng, 64 * BLOCK, 3.0);
+    // Ties: a block whose maximum is 127 holds k + 0.5 exactly.
+    for (i, v) in x[..BLOCK].iter_mut().enumerate() {
+        *v = if i == 0 {
+            127.0
+        } else {
+            (i as f32 - 16.0) * 4.0 + 0.5
+        };
+    }
+    x[BLOCK..2 * BLOCK].fill(0.0);
+    x[2 * BLOCK..3 * BLOCK].fill(f32::from_bits(3));
+    x[3 * BLOCK + 5] = f32::INFINITY;
+    x[4 * BLOCK + 7] = f32::NAN;
+    x[5 * BLOCK + 1] = f32::NEG_INFINITY;
+    x[6 * BLOCK..7 * BLOCK].iter_mut().for_each(|v| *v *= 1e30);
+    let nb = x.len() / BLOCK;
+    let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+    crate::q8::quantize_blocks(&x, &mut q1, &mut d1, &mut s1);
+    let (mut q2, mut d2) = (vec![0i8; x.len()], vec![0f32; nb]);
+    avx2::quantize_blocks(&x, &mut q2, &mut d2);
+    assert_eq!(q1, q2);
+    assert_eq!(bits(&d1), bits(&d2));
+}
