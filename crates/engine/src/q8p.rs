@@ -32,8 +32,6 @@ use crate::q8::{BLOCK, Kernel, Pool, Stored, WeightQuant, f16_to_f32, quantize_b
 pub const PANEL: usize = 16;
 /// Column groups of four per block.
 pub const GROUPS: usize = BLOCK / 4;
-/// Fewest panels per parallel work item.
-const MIN_PANELS: usize = 2;
 
 /// A Q8_0 weight matrix: `rows` outputs of `cols` inputs, in panels (see the module docs):
 /// panel after panel (each part padded with zero rows to whole panels), `cols × 16` quant
@@ -102,11 +100,6 @@ impl QMatrix {
         )?))
     }
 
-    /// Panels holding `rows` weight rows.
-    fn panels_of(rows: usize) -> usize {
-        rows.div_ceil(PANEL)
-    }
-
     /// Integer quant of row `lane` of panel `p` at column `col`.
     fn value(&self, p: usize, lane: usize, col: usize) -> i32 {
         i32::from((self.qs[QMatrix::at(p, self.cols, col, lane)] ^ 0x80) as i8)
@@ -129,7 +122,7 @@ impl QMatrix {
                     out.push(self.scale(p, lane, col / BLOCK) * self.value(p, lane, col) as f32);
                 }
             }
-            first += QMatrix::panels_of(n);
+            first += n.div_ceil(PANEL);
         }
         out
     }
@@ -241,22 +234,9 @@ pub fn matmul(pool: &Pool, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>>
     if m == 0 {
         return outs;
     }
-    // A work item: a run of panels from `p0` and, per activation row, its outputs.
-    // About eight items per thread and part.
-    let mut items: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
-    let mut p0 = 0;
-    for (out, &n) in outs.iter_mut().zip(&w.parts) {
-        let panels = QMatrix::panels_of(n);
-        let per = (panels / (8 * pool.threads())).clamp(MIN_PANELS, 16) * PANEL;
-        let first = items.len();
-        items.extend((0..n.div_ceil(per)).map(|c| (p0 + c * per / PANEL, Vec::new())));
-        for row in out.chunks_exact_mut(n) {
-            for (c, piece) in row.chunks_mut(per).enumerate() {
-                items[first + c].1.push(piece);
-            }
-        }
-        p0 += panels;
-    }
+    // Work items as the f32 kernel's (same panel height).
+    const { assert!(PANEL == crate::qf::PANEL) };
+    let items = crate::qf::panel_items(&mut outs, &w.parts, pool.threads());
     pool.for_each(items, |(p0, mut out)| chunk(kernel, w, p0, &acts, &mut out));
     outs
 }

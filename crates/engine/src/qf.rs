@@ -113,11 +113,6 @@ impl QMatrix {
         )?))
     }
 
-    /// Panels holding `rows` weight rows.
-    fn panels_of(rows: usize) -> usize {
-        rows.div_ceil(PANEL)
-    }
-
     /// Integer `q` of row `lane` of panel `p` at column `col`.
     fn value(&self, p: usize, lane: usize, col: usize) -> i16 {
         let per_col = panel_bytes_per_col(self.quant);
@@ -148,7 +143,7 @@ impl QMatrix {
                     out.push(d * f32::from(self.value(p, lane, col)) + m);
                 }
             }
-            first += QMatrix::panels_of(n);
+            first += n.div_ceil(PANEL);
         }
         out
     }
@@ -224,22 +219,7 @@ pub fn matmul(pool: &Pool, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>>
     if m == 0 {
         return outs;
     }
-    // A work item: a run of panels from `p0` and, per activation row, its outputs.
-    // About eight items per thread and part.
-    let mut items: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
-    let mut p0 = 0;
-    for (out, &n) in outs.iter_mut().zip(&w.parts) {
-        let panels = QMatrix::panels_of(n);
-        let per = (panels / (8 * pool.threads())).clamp(MIN_PANELS, 16) * PANEL;
-        let first = items.len();
-        items.extend((0..n.div_ceil(per)).map(|c| (p0 + c * per / PANEL, Vec::new())));
-        for row in out.chunks_exact_mut(n) {
-            for (c, piece) in row.chunks_mut(per).enumerate() {
-                items[first + c].1.push(piece);
-            }
-        }
-        p0 += panels;
-    }
+    let items = panel_items(&mut outs, &w.parts, pool.threads());
     let kernel = pool.kernel();
     pool.for_each(items, |(p0, mut out)| chunk(kernel, w, p0, &acts, &mut out));
     outs
@@ -263,6 +243,32 @@ fn chunk(kernel: Kernel, w: &QMatrix, p0: usize, x: &Acts<'_>, out: &mut [&mut [
         Kernel::Avx2 => avx2::chunk(w, p0, x, out),
         _ => scalar_chunk(w, p0, x, out),
     }
+}
+
+/// The work items of a product over panels of [`PANEL`] rows (also [`crate::q8p`]'s): per
+/// part of the weights (`parts[i]` rows, outputs `outs[i]`, row-major per activation row), a
+/// run of panels from `p0` and, per activation row, its outputs; about eight items per thread
+/// and part, each at least [`MIN_PANELS`] panels.
+pub(crate) fn panel_items<'a>(
+    outs: &'a mut [Vec<f32>],
+    parts: &[usize],
+    threads: usize,
+) -> Vec<(usize, Vec<&'a mut [f32]>)> {
+    let mut items: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+    let mut p0 = 0;
+    for (out, &n) in outs.iter_mut().zip(parts) {
+        let panels = n.div_ceil(PANEL);
+        let per = (panels / (8 * threads)).clamp(MIN_PANELS, 16) * PANEL;
+        let first = items.len();
+        items.extend((0..n.div_ceil(per)).map(|c| (p0 + c * per / PANEL, Vec::new())));
+        for row in out.chunks_exact_mut(n) {
+            for (c, piece) in row.chunks_mut(per).enumerate() {
+                items[first + c].1.push(piece);
+            }
+        }
+        p0 += panels;
+    }
+    items
 }
 
 /// Whether this CPU runs the AVX-512 products.
