@@ -280,6 +280,23 @@ mod tests {
     }
 
     #[test]
+    fn every_weight_format_is_named() {
+        let format = |name: &str| {
+            let file = NodeFile {
+                weight_format: Some(name.into()),
+                ..NodeFile::default()
+            };
+            merge(NodeArgs::default(), file)
+                .expect("valid")
+                .node
+                .weight_format
+        };
+        assert_eq!(format("q8_0"), WeightFormat::Q8_0);
+        assert_eq!(format("q8_0-f32"), WeightFormat::Q8_0F32);
+        assert_eq!(format("shipped"), WeightFormat::Shipped);
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         assert!(toml::from_str::<NodeFile>("modle = []").is_err());
         let bad = |f: NodeFile| merge(NodeArgs::default(), f).is_err();
