@@ -295,13 +295,10 @@ fn scalar_chunk(w: &QMatrix, p0: usize, x: &Acts, out: &mut [&mut [f32]]) {
             let (p, lane) = (p0 + i / PANEL, i % PANEL);
             let mut acc = 0f32;
             for b in 0..nb {
-                let mut s = 0i32;
-                let mut dx = 0f32;
-                for k in b * BLOCK..(b + 1) * BLOCK {
-                    let (q, d) = x.value(tile, r, k);
-                    s += q * w.value(p, lane, k);
-                    dx = d;
-                }
+                let s: i32 = (b * BLOCK..(b + 1) * BLOCK)
+                    .map(|k| x.value(tile, r, k).0 * w.value(p, lane, k))
+                    .sum();
+                let dx = x.value(tile, r, b * BLOCK).1;
                 acc = (s as f32).mul_add(w.scale(p, lane, b) * dx, acc);
             }
             *y = acc;
