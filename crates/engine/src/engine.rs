@@ -23,8 +23,11 @@ use crate::tokenizer::{ChatMessage, ChatTokenizer};
 /// the Q8-activation kernel of [`crate::q8`]) and draws samples with f32 weights and a nucleus
 /// sorted only as far as it reaches ([`crate::sampling`]); `n4` quantizes the activations of
 /// Q8_0 products to Q8 blocks again, now on integer panel products ([`crate::q8p`]: the
-/// default; `WeightFormat::Q8_0F32` keeps `n3`'s f32 activations, named by its kernel).
-pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n4");
+/// default; `WeightFormat::Q8_0F32` keeps `n3`'s f32 activations, named by its kernel); `n5`
+/// keeps the attention cache in half precision, keys in tiles, and computes scores and
+/// weighted sums as fused multiply-add chains per lane ([`crate::attn`]; the sampler's
+/// draws are unchanged).
+pub const ENGINE_VERSION: &str = concat!("sortition-engine-", env!("CARGO_PKG_VERSION"), "-n5");
 
 /// How to load and run one model.
 #[derive(Clone, Debug)]

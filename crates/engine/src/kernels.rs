@@ -7,34 +7,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     crate::q8::Kernel::dot_f32(a, b).unwrap_or_else(|| dot_portable(a, b))
 }
 
-/// `out[j] = dot(a, &b[j * stride + off..][..a.len()])` for every `j < out.len()` (attention
-/// scores of one query over a cache), in one call.
-pub fn dots(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) {
-    if !crate::q8::Kernel::dots_f32(a, b, stride, off, out) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_portable(a, &b[j * stride + off..j * stride + off + a.len()]);
-        }
-    }
-}
-
-/// `out = Σ_j p[j] · v[j * stride + off..][..out.len()]`, each element summed in `j` order
-/// from +0.0 with a multiply then an add (attention's weighted sum of values).
-pub fn weighted_sum(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
-    if !crate::q8::Kernel::weighted_sum_f32(p, v, stride, off, out) {
-        weighted_sum_portable(p, v, stride, off, out);
-    }
-}
-
-fn weighted_sum_portable(p: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    for (j, &pj) in p.iter().enumerate() {
-        let row = &v[j * stride + off..j * stride + off + out.len()];
-        for (o, x) in out.iter_mut().zip(row) {
-            *o += pj * x;
-        }
-    }
-}
-
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -146,39 +118,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batched_attention_kernels_equal_the_per_row_loops_bit_for_bit() {
-        let mut next = uniform(0x1234_5678_u32);
-        for (hd, heads, n) in [
-            (64, 3, 37),
-            (8, 2, 5),
-            (24, 1, 9),
-            (13, 2, 4),
-            (64, 3, 1),
-            (128, 2, 6),
-            (88, 1, 3),
-        ] {
-            let stride = hd * heads;
-            let cache: Vec<f32> = (0..n * stride).map(|_| next() * 2.0).collect();
-            let q: Vec<f32> = (0..hd).map(|_| next()).collect();
-            for head in 0..heads {
-                let off = head * hd;
-                let mut got = vec![0f32; n];
-                dots(&q, &cache, stride, off, &mut got);
-                for (j, g) in got.iter().enumerate() {
-                    let want = dot_portable(&q, &cache[j * stride + off..j * stride + off + hd]);
-                    assert_eq!(g.to_bits(), want.to_bits(), "dots hd {hd} j {j}");
-                }
-                let p: Vec<f32> = (0..n).map(|_| next().abs()).collect();
-                let (mut fast, mut slow) = (vec![1f32; hd], vec![2f32; hd]);
-                weighted_sum(&p, &cache, stride, off, &mut fast);
-                weighted_sum_portable(&p, &cache, stride, off, &mut slow);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&fast), bits(&slow), "weighted_sum hd {hd}");
-            }
-        }
-    }
-
     /// The lane-wise maximum is the serial loop's, NaNs, infinities and tails included, and
     /// the scaled values are the same bits.
     #[test]
@@ -211,44 +150,5 @@ mod tests {
         let b: Vec<f32> = (0..19).map(|i| (i % 3) as f32).collect();
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert_eq!(dot(&a, &b), naive);
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    /// Nanoseconds per cached position of `f` run `reps` times over caches of `n` positions.
-    fn per_position(reps: usize, n: usize, mut f: impl FnMut(usize)) -> f64 {
-        let t = std::time::Instant::now();
-        for r in 0..reps {
-            f(r);
-        }
-        t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64
-    }
-
-    /// `cargo test -p sortition-engine --lib kernels::speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn attention_kernels_speed() {
-        let (hd, reps) = (64, 2000);
-        for n in [64usize, 400, 1000] {
-            let cache: Vec<f32> = (0..n * hd).map(|i| (i % 97) as f32 * 0.01).collect();
-            // Cold: 90 caches in turn (the model's layers and heads), none in L2.
-            let caches: Vec<Vec<f32>> = (0..90).map(|_| cache.clone()).collect();
-            let q: Vec<f32> = (0..hd).map(|i| i as f32 * 0.001).collect();
-            let (mut out, mut o) = (vec![0f32; n], vec![0f32; hd]);
-            for (label, pick) in [("hot", 1), ("cold", caches.len())] {
-                let d = per_position(reps, n, |r| {
-                    dots(&q, &caches[r % pick], hd, 0, &mut out);
-                    std::hint::black_box(&out);
-                });
-                let w = per_position(reps, n, |r| {
-                    weighted_sum(&out, &caches[r % pick], hd, 0, &mut o);
-                    std::hint::black_box(&o);
-                });
-                println!("n={n} {label}: dots {d:.2} ns/position, weighted_sum {w:.2} ns/position");
-            }
-        }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! Does not own: HTTP serving, receipts and signing (`node`), audit policy (`audit`), billing.
 
+pub(crate) mod attn;
 pub mod embed;
 pub mod engine;
 pub mod error;

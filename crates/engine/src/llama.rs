@@ -23,8 +23,9 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use crate::attn::{self, HeadCache};
 use crate::error::{EngineError, Result};
-use crate::kernels::{add_into, dots, rms_norm_row, silu_mul, weighted_sum};
+use crate::kernels::{add_into, rms_norm_row, silu_mul};
 use crate::q8::{Kernel, Pool, Q8Rows, WeightQuant};
 
 /// How weight matrices are held in memory.
@@ -186,18 +187,21 @@ pub struct Llama {
 
 /// One query row's view of its sequence's cache in a layer: keys and values per key/value
 /// head, and how many positions it attends to.
-type RowContext<'a> = (&'a [Vec<f32>], &'a [Vec<f32>], usize);
+type RowContext<'a> = (&'a [HeadCache], usize);
 
-/// Keys and values of one sequence, all layers, post-RoPE.
+thread_local! {
+    /// Attention scores of one work item, kept between items and steps (no allocation and
+    /// zeroing per item).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keys (post-RoPE) and values of one sequence, all layers.
 #[derive(Default)]
 pub struct KvCache {
-    /// Keys, one vector per layer and key/value head (`layer * kv_heads + head`): a head's
-    /// positions one after the other, `head_dim` each, so that attention streams them from
-    /// contiguous memory (a vector per layer, heads side by side, strode over the other
-    /// heads: 3x the cache lines touched per position).
-    k: Vec<Vec<f32>>,
-    /// Values, laid out as the keys.
-    v: Vec<Vec<f32>>,
+    /// One per layer and key/value head (`layer * kv_heads + head`), so that attention
+    /// streams a head's positions from contiguous memory (in half precision: see
+    /// [`crate::attn`]).
+    heads: Vec<HeadCache>,
     len: usize,
 }
 
@@ -448,10 +452,11 @@ impl Llama {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
-        let (cap, n) = (256 * self.cfg.head_dim, self.cfg.layers * self.cfg.kv_heads);
+        let n = self.cfg.layers * self.cfg.kv_heads;
         KvCache {
-            k: (0..n).map(|_| Vec::with_capacity(cap)).collect(),
-            v: (0..n).map(|_| Vec::with_capacity(cap)).collect(),
+            heads: (0..n)
+                .map(|_| HeadCache::with_capacity(self.cfg.head_dim, 256))
+                .collect(),
             len: 0,
         }
     }
@@ -551,13 +556,10 @@ impl Llama {
                     self.rope(&mut q[r * h..(r + 1) * h], pos);
                     self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
                     let heads = li * c.kv_heads..(li + 1) * c.kv_heads;
-                    let rows = k[r * kvd..(r + 1) * kvd].chunks_exact(c.head_dim);
-                    for (kc, kh) in s.cache.k[heads.clone()].iter_mut().zip(rows) {
-                        kc.extend_from_slice(kh);
-                    }
-                    let rows = v[r * kvd..(r + 1) * kvd].chunks_exact(c.head_dim);
-                    for (vc, vh) in s.cache.v[heads].iter_mut().zip(rows) {
-                        vc.extend_from_slice(vh);
+                    let keys = k[r * kvd..(r + 1) * kvd].chunks_exact(c.head_dim);
+                    let values = v[r * kvd..(r + 1) * kvd].chunks_exact(c.head_dim);
+                    for ((hc, kh), vh) in s.cache.heads[heads].iter_mut().zip(keys).zip(values) {
+                        hc.push(kh, vh);
                     }
                 }
                 r0 += s.tokens.len();
@@ -568,17 +570,24 @@ impl Llama {
             for s in segs.iter() {
                 let (start, heads) = (s.cache.len, li * c.kv_heads..(li + 1) * c.kv_heads);
                 for i in 0..s.tokens.len() {
-                    let (kc, vc) = (&s.cache.k[heads.clone()], &s.cache.v[heads.clone()]);
-                    row_ctx.push((kc, vc, start + i + 1));
+                    row_ctx.push((&s.cache.heads[heads.clone()], start + i + 1));
                 }
             }
+            // Per row and key/value head: the group of query heads that shares it (their
+            // outputs are side by side, as their queries are).
+            let group = c.heads / c.kv_heads * c.head_dim;
             let mut attn = vec![0f32; rows * h];
             let items: Vec<(usize, &mut [f32])> =
-                attn.chunks_exact_mut(c.head_dim).enumerate().collect();
+                attn.chunks_exact_mut(group).enumerate().collect();
+            let scale = 1.0 / (c.head_dim as f32).sqrt();
             self.pool.for_each(items, |(i, out)| {
-                let (r, head) = (i / c.heads, i % c.heads);
-                let (kc, vc, n) = row_ctx[r];
-                self.attend_head(&q[r * h..(r + 1) * h], head, kc, vc, n, out);
+                let (r, kvh) = (i / c.kv_heads, i % c.kv_heads);
+                let (heads, n) = row_ctx[r];
+                let qg = &q[r * h + kvh * group..r * h + (kvh + 1) * group];
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let kernel = self.pool.kernel();
+                    attn::attend(kernel, qg, &heads[kvh], c.head_dim, n, scale, out, scratch);
+                });
             });
             let [o] = layer.wo.forward(&self.pool, &attn, rows, h)?;
             add_into(&mut x, &o);
@@ -641,37 +650,6 @@ impl Llama {
                 head[2 * i + 1] = a * sin[i] + b * cos[i];
             }
         }
-    }
-
-    /// Causal attention of one head of query row `q` over the first `n` cached positions
-    /// (`kc`, `vc`: the layer's keys and values per key/value head), into `oh` (`head_dim`
-    /// wide).
-    fn attend_head(
-        &self,
-        q: &[f32],
-        head: usize,
-        kc: &[Vec<f32>],
-        vc: &[Vec<f32>],
-        n: usize,
-        oh: &mut [f32],
-    ) {
-        let c = &self.cfg;
-        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let kvh = head / group;
-        let qh = &q[head * hd..(head + 1) * hd];
-        let mut scores = vec![0f32; n];
-        dots(qh, &kc[kvh], hd, 0, &mut scores);
-        let max = crate::kernels::scale_and_max(&mut scores, scale);
-        crate::math::exp_sub_in_place(&mut scores, max);
-        let mut sum = 0f32;
-        for s in &scores {
-            sum += *s;
-        }
-        for s in scores.iter_mut() {
-            *s /= sum;
-        }
-        weighted_sum(&scores, &vc[kvh], hd, 0, oh);
     }
 }
 

@@ -454,18 +454,6 @@ impl Kernel {
         None
     }
 
-    /// [`crate::kernels::dots`] vectorized when the CPU allows (same bits either way);
-    /// `false` when it does not.
-    pub fn dots_f32(a: &[f32], b: &[f32], stride: usize, off: usize, out: &mut [f32]) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx") {
-            avx2::dots(a, b, stride, off, out);
-            return true;
-        }
-        let _ = (a, b, stride, off, out);
-        false
-    }
-
     /// [`crate::math::exp_sub_in_place`] vectorized when the CPU allows (same bits either
     /// way); `false` when it does not.
     pub fn exp_sub_f32(xs: &mut [f32], sub: f32) -> bool {
@@ -487,24 +475,6 @@ impl Kernel {
             return true;
         }
         let _ = (g, u);
-        false
-    }
-
-    /// [`crate::kernels::weighted_sum`] vectorized when the CPU allows (same bits either
-    /// way); `false` when it does not.
-    pub fn weighted_sum_f32(
-        p: &[f32],
-        v: &[f32],
-        stride: usize,
-        off: usize,
-        out: &mut [f32],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx") {
-            avx2::weighted_sum(p, v, stride, off, out);
-            return true;
-        }
-        let _ = (p, v, stride, off, out);
         false
     }
 
