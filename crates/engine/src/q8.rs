@@ -361,10 +361,10 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
 /// performs the same operations per output element, so all give the same bits (tested).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// AVX-512F (with AVX2, FMA, F16C) for the f32-activation products of [`crate::qf`],
-    /// and with BW and VNNI for the integer panel products of [`crate::q8p`] (their AVX2
-    /// form without them: the same bits); the integer products of this module and the row
-    /// routines run their AVX2 forms.
+    /// AVX-512F (with AVX2, FMA, F16C) for the f32-activation products of [`crate::qf`]
+    /// and attention ([`crate::attn`]), and with BW and VNNI for the integer panel products
+    /// of [`crate::q8p`] (their AVX2 form without them: the same bits); the integer products
+    /// of this module and the row routines run their AVX2 forms.
     Avx512,
     /// AVX2 + FMA + F16C intrinsics, chosen at run time.
     Avx2,
