@@ -293,9 +293,9 @@ fn draw(row: &[f32], t: f32, top_k_count: u32, top_p: f32, u: f64) -> u32 {
     }
     let mut acc = 0.0;
     let mut last = CLASSES - 1;
-    for c in 0..CLASSES {
-        let m = (banks[0][c] + banks[1][c]) + (banks[2][c] + banks[3][c]);
-        acc += m;
+    let [b0, b1, b2, b3] = &banks;
+    for (c, (((m0, m1), m2), m3)) in b0.iter().zip(b1).zip(b2).zip(b3).enumerate() {
+        acc += (m0 + m1) + (m2 + m3);
         if acc >= f64::from(top_p) * z {
             last = (c + 1).min(CLASSES - 1);
             break;
