@@ -103,7 +103,7 @@ pub fn attend(
     scratch: &mut Vec<f32>,
 ) {
     let hd = head_dim;
-    assert!(hd > 0 && q.len().is_multiple_of(hd) && out.len() == q.len());
+    assert!(hd > 0 && !q.is_empty() && q.len().is_multiple_of(hd) && out.len() == q.len());
     assert!(
         n >= 1 && n <= cache.len,
         "attention over {n} of {} positions",

@@ -1,15 +1,15 @@
 //! A llama forward pass of our own on our quantized-weight matmul kernels (Q8_0 weights with
 //! Q8 activations in integer panel products, [`crate::q8p`], or with f32 activations,
 //! [`crate::qf`]; Q4_1 weights with Q8 activations, [`crate::q8`]), with per-sequence KV
-//! caches.
+//! caches in half precision ([`crate::attn`]).
 //!
 //! Determinism: every operation here is computed per row in a fixed order. The linear layers
 //! compute each output element with one fixed sequence of operations whatever the number of
-//! rows or threads (see `q8p`, `qf` and `q8`). Norms, RoPE, SwiGLU and attention are computed per row in a fixed
-//! order (attention's dot products and weighted sums by AVX routines with the portable
-//! loops' operations; element-wise work split among threads by position only), so a token's
-//! logits are bit-identical whether it is computed in a prefill, in a batched decode step
-//! next to other sequences, or in a teacher-forced score.
+//! rows or threads (see `q8p`, `qf` and `q8`). Norms, RoPE, SwiGLU and attention are
+//! computed per row in a fixed order (attention's scores and weighted sums as per-lane
+//! chains, whatever the vector width; element-wise work split among threads by position
+//! only), so a token's logits are bit-identical whether it is computed in a prefill, in a
+//! batched decode step next to other sequences, or in a teacher-forced score.
 //!
 //! Weights kept in a shipped quantization ([`WeightFormat::Shipped`]) run on our kernels when
 //! it is Q4_1 (SmolLM2's file) or Q8_0; any other shipped quantization runs on candle's quantized
