@@ -110,18 +110,21 @@ pub fn attend(
         cache.len
     );
     let (g, np) = (q.len() / hd, n.div_ceil(TILE) * TILE);
-    scratch.clear();
-    scratch.resize(g * np, 0.0);
-    scores(kernel, q, &cache.keys, hd, np / TILE, scratch);
-    let mut sums = Vec::with_capacity(g);
-    for p in scratch.chunks_exact_mut(np) {
+    // The heads' scores, then their softmax sums. Every element is written before it is
+    // read (the scores fill whole tiles), so the buffer is only grown, never cleared.
+    if scratch.len() < g * np + g {
+        scratch.resize(g * np + g, 0.0);
+    }
+    let (p_all, sums) = scratch[..g * np + g].split_at_mut(g * np);
+    scores(kernel, q, &cache.keys, hd, np / TILE, p_all);
+    for (p, sum) in p_all.chunks_exact_mut(np).zip(sums.iter_mut()) {
         let max = crate::kernels::scale_and_max(&mut p[..n], scale);
         crate::math::exp_sub_in_place(&mut p[..n], max);
         p[n..].fill(0.0);
-        sums.push(lane_sum(p));
+        *sum = lane_sum(p);
     }
-    weighted_sums(kernel, scratch, np, &cache.values, hd, n, out);
-    for (o, sum) in out.chunks_exact_mut(hd).zip(sums) {
+    weighted_sums(kernel, p_all, np, &cache.values, hd, n, out);
+    for (o, &sum) in out.chunks_exact_mut(hd).zip(sums.iter()) {
         for x in o {
             *x /= sum;
         }

@@ -49,6 +49,36 @@ impl WeightQuant {
     }
 }
 
+/// A kernel module's weight matrix: `pub struct QMatrix(Stored)`, read as its [`Stored`],
+/// with `QMatrix::stack` (matrices of one format and input width; a product then returns one
+/// output per part; each kernel's layout keeps a part's rows together, so parts simply follow
+/// each other). The doc comment before the call documents the layout.
+macro_rules! stored_matrix {
+    ($(#[$doc:meta])*) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct QMatrix(Stored);
+
+        impl std::ops::Deref for QMatrix {
+            type Target = Stored;
+            fn deref(&self) -> &Stored {
+                &self.0
+            }
+        }
+
+        impl QMatrix {
+            /// Stacks matrices of one format and input width; a product returns one output
+            /// per part.
+            pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
+                Ok(QMatrix(Stored::stack(
+                    mats.into_iter().map(|m| m.0).collect(),
+                )?))
+            }
+        }
+    };
+}
+pub(crate) use stored_matrix;
+
 /// The storage of a quantized weight matrix, whatever the layout of its quants: `rows`
 /// outputs of `cols` inputs, possibly several stacked parts.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,18 +149,11 @@ impl Stored {
     }
 }
 
-/// A quantized weight matrix, row-major: row `j` is `cols / 32` blocks (quants: Q8_0 one int8
-/// per value; Q4_1 GGML's nibble order, value `i < 16` in the low nibble of byte `i`, value
-/// `i + 16` in its high nibble). Several matrices sharing an input can be stacked into one
-/// ([`QMatrix::stack`]); a product then returns one output per part.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QMatrix(Stored);
-
-impl std::ops::Deref for QMatrix {
-    type Target = Stored;
-    fn deref(&self) -> &Stored {
-        &self.0
-    }
+crate::q8::stored_matrix! {
+    /// A quantized weight matrix, row-major: row `j` is `cols / 32` blocks (quants: Q8_0 one int8
+    /// per value; Q4_1 GGML's nibble order, value `i < 16` in the low nibble of byte `i`, value
+    /// `i + 16` in its high nibble). Several matrices sharing an input can be stacked into one
+    /// ([`QMatrix::stack`]); a product then returns one output per part.
 }
 
 impl QMatrix {
@@ -161,13 +184,6 @@ impl QMatrix {
             out.qs.extend_from_slice(&b[head..]);
         }
         Ok(QMatrix(out))
-    }
-
-    /// Stacks matrices of one format and input width; a product returns one output per part.
-    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
-        Ok(QMatrix(Stored::stack(
-            mats.into_iter().map(|m| m.0).collect(),
-        )?))
     }
 
     /// Weight row `j`.

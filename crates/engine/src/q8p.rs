@@ -33,19 +33,12 @@ pub const PANEL: usize = 16;
 /// Column groups of four per block.
 pub const GROUPS: usize = BLOCK / 4;
 
-/// A Q8_0 weight matrix: `rows` outputs of `cols` inputs, in panels (see the module docs):
-/// panel after panel (each part padded with zero rows to whole panels), `cols × 16` quant
-/// bytes each, and per panel, per block, one f16 scale per row. Several matrices sharing an
-/// input can be stacked into one ([`QMatrix::stack`]); a product then returns one output per
-/// part.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QMatrix(Stored);
-
-impl std::ops::Deref for QMatrix {
-    type Target = Stored;
-    fn deref(&self) -> &Stored {
-        &self.0
-    }
+crate::q8::stored_matrix! {
+    /// A Q8_0 weight matrix: `rows` outputs of `cols` inputs, in panels (see the module docs):
+    /// panel after panel (each part padded with zero rows to whole panels), `cols × 16` quant
+    /// bytes each, and per panel, per block, one f16 scale per row. Several matrices sharing an
+    /// input can be stacked into one ([`QMatrix::stack`]); a product then returns one output per
+    /// part.
 }
 
 impl QMatrix {
@@ -90,14 +83,6 @@ impl QMatrix {
     fn at(p: usize, cols: usize, col: usize, lane: usize) -> usize {
         let (b, i) = (col / BLOCK, col % BLOCK);
         p * cols * PANEL + ((b * GROUPS + i / 4) * PANEL + lane) * 4 + i % 4
-    }
-
-    /// Stacks matrices of one input width; a product returns one output per part. Every
-    /// part is whole panels, so panels simply follow each other.
-    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
-        Ok(QMatrix(Stored::stack(
-            mats.into_iter().map(|m| m.0).collect(),
-        )?))
     }
 
     /// Integer quant of row `lane` of panel `p` at column `col`.
@@ -170,7 +155,7 @@ impl Acts {
             parts.push((&x[r0 * cols..(r0 + t) * cols], t, q, dd, c));
             (qs, d, corr) = (q_rest, d_rest, c_rest);
         }
-        let vector = vector_quantize(pool.kernel());
+        let vector = Imp::of(pool.kernel()).vector_quantize();
         let quantize = |(x, t, qs, d, corr): (&[f32], usize, &mut [i8], &mut [f32], &mut [i32])| {
             let (mut rq, mut rd, mut rs) = (vec![0i8; cols], vec![0f32; nb], vec![0f32; nb]);
             for (j, row) in x.chunks_exact(cols).enumerate() {
@@ -213,15 +198,37 @@ impl Acts {
     }
 }
 
-/// Whether `kernel` quantizes activations with the AVX2 routine (the same bits as the scalar
-/// one, which the scalar kernel keeps).
-fn vector_quantize(kernel: Kernel) -> bool {
+/// Which implementation runs the products for a kernel choice: VNNI where the AVX-512
+/// choice finds it, else the AVX2 form (same bits), or the scalar reference.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Imp {
     #[cfg(target_arch = "x86_64")]
-    if kernel != Kernel::Scalar {
-        return avx2::available();
+    Vnni,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Scalar,
+}
+
+impl Imp {
+    fn of(kernel: Kernel) -> Imp {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if avx512::available() => Imp::Vnni,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 | Kernel::Avx2 => Imp::Avx2,
+            _ => Imp::Scalar,
+        }
     }
-    let _ = kernel;
-    false
+
+    /// Whether activations are quantized with the AVX2 routine (the same bits as the scalar
+    /// one, which the scalar kernel keeps).
+    fn vector_quantize(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self != Imp::Scalar {
+            return avx2::available();
+        }
+        false
+    }
 }
 
 /// `x · Wᵀ` for `rows` activation rows `x` (row-major, `w`'s width): per part of `w`, a
@@ -243,23 +250,24 @@ pub fn matmul(pool: &Pool, w: &QMatrix, x: &[f32], rows: usize) -> Vec<Vec<f32>>
 
 /// Rows per activation tile for `kernel` and a product of `rows` rows.
 fn tile_rows(kernel: Kernel, rows: usize) -> usize {
-    match kernel {
+    match Imp::of(kernel) {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if avx512::available() => avx512::tile_rows(rows),
+        Imp::Vnni => avx512::tile_rows(rows),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx2 => avx2::TILE,
-        _ => rows,
+        Imp::Avx2 => avx2::TILE,
+        Imp::Scalar => rows,
     }
 }
 
 /// Name of this kernel's implementation for `kernel` (part of the node class), e.g.
 /// `sortition-q8p/avx512vnni`.
 pub fn kernel_name(kernel: Kernel) -> String {
-    let imp = match kernel {
+    let imp = match Imp::of(kernel) {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if avx512::available() => "avx512vnni",
-        Kernel::Avx512 | Kernel::Avx2 => "avx2",
-        Kernel::Scalar => "scalar",
+        Imp::Vnni => "avx512vnni",
+        #[cfg(target_arch = "x86_64")]
+        Imp::Avx2 => "avx2",
+        Imp::Scalar => "scalar",
     };
     format!("sortition-q8p/{imp}")
 }
@@ -276,12 +284,12 @@ fn chunk(kernel: Kernel, w: &QMatrix, p0: usize, x: &Acts, out: &mut [&mut [f32]
     assert!(out.iter().all(|o| o.len() == n) && p0 + n.div_ceil(PANEL) <= total);
     assert!(w.d.len() == total * nb * PANEL);
     assert!(x.tiles.iter().map(|t| t.1).sum::<usize>() == x.rows);
-    match kernel {
+    match Imp::of(kernel) {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if avx512::available() => avx512::chunk(w, p0, x, out),
+        Imp::Vnni => avx512::chunk(w, p0, x, out),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx2 => avx2::chunk(w, p0, x, out),
-        _ => scalar_chunk(w, p0, x, out),
+        Imp::Avx2 => avx2::chunk(w, p0, x, out),
+        Imp::Scalar => scalar_chunk(w, p0, x, out),
     }
 }
 

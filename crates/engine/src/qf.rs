@@ -38,19 +38,12 @@ fn panel_bytes_per_col(quant: WeightQuant) -> usize {
     }
 }
 
-/// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows:
-/// panel after panel (each part padded with zero rows to whole panels), column after column
-/// ([`panel_bytes_per_col`] bytes each); scales (and Q4_1 minimums) per panel, per block, one
-/// per row of the panel. Several matrices sharing an input can be stacked into one
-/// ([`QMatrix::stack`]); a product then returns one output per part.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QMatrix(Stored);
-
-impl std::ops::Deref for QMatrix {
-    type Target = Stored;
-    fn deref(&self) -> &Stored {
-        &self.0
-    }
+crate::q8::stored_matrix! {
+    /// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows:
+    /// panel after panel (each part padded with zero rows to whole panels), column after column
+    /// ([`panel_bytes_per_col`] bytes each); scales (and Q4_1 minimums) per panel, per block, one
+    /// per row of the panel. Several matrices sharing an input can be stacked into one
+    /// ([`QMatrix::stack`]); a product then returns one output per part.
 }
 
 impl QMatrix {
@@ -103,14 +96,6 @@ impl QMatrix {
             }
         }
         Ok(QMatrix(out))
-    }
-
-    /// Stacks matrices of one format and input width; a product returns one output per part.
-    /// Every part is whole panels, so panels simply follow each other.
-    pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
-        Ok(QMatrix(Stored::stack(
-            mats.into_iter().map(|m| m.0).collect(),
-        )?))
     }
 
     /// Integer `q` of row `lane` of panel `p` at column `col`.
