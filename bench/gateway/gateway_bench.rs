@@ -159,6 +159,7 @@ async fn start_gateway(dir: &Path, ledger: &Background, account: Keypair) -> (St
     store.close().await;
     let cfg = GatewayRunConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_listen: None,
         ledger_url: ledger.url.clone(),
         data_dir,
         database_url: None,

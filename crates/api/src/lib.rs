@@ -7,10 +7,12 @@
 //!
 //! Does not own: validation against a model (the engine does that) or transport.
 
+pub mod delivered;
 pub mod error;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod private_fs;
 
 pub use error::{
     ApiError, ErrorBody, ErrorKind, parse_json, payload_too_large_to_openai, unknown_route,

@@ -75,6 +75,13 @@ pub fn document(surface: Surface) -> Value {
         .as_object()
         .and_then(|o| o.keys().next().cloned())
         .unwrap_or_default();
+    // The gateway's model list needs an API key like every other `/v1` route; a node's is
+    // open (what it serves is public on the ledger anyway).
+    let mut models = json!({"summary": "Models served", "responses": {"200": {"description": "model list",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}}}});
+    if matches!(surface, Surface::Node) {
+        models["security"] = json!([]);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": title, "version": env!("CARGO_PKG_VERSION"),
@@ -84,8 +91,7 @@ pub fn document(surface: Surface) -> Value {
             "/v1/chat/completions": {"post": post("Chat completion (set stream=true for SSE)", "ChatCompletionRequest", "ChatCompletion", true)},
             "/v1/completions": {"post": post("Text completion (set stream=true for SSE)", "CompletionRequest", "Completion", true)},
             "/v1/embeddings": {"post": post("Embeddings (encoding_format float or base64)", "EmbeddingRequest", "EmbeddingResponse", false)},
-            "/v1/models": {"get": {"summary": "Models served", "security": [], "responses": {"200": {"description": "model list",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}}}}},
+            "/v1/models": {"get": models},
             "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}

@@ -146,7 +146,7 @@ fn key_file(dir: &Path, name: &str) -> Result<Keypair, DevnetError> {
             .map_err(|e| DevnetError::Setup(format!("{}: {e}", path.display())))?;
         return Ok(Keypair::from_secret(secret));
     }
-    std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+    sortition_api::private_fs::private_dir(path.parent().unwrap_or(dir))?;
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| DevnetError::Setup(format!("OS randomness: {e}")))?;
     write_private(&path, &hex::encode(secret))?;
@@ -197,8 +197,11 @@ async fn fund(
 
 impl Devnet {
     pub async fn start(cfg: DevnetConfig) -> Result<Devnet, DevnetError> {
-        std::fs::create_dir_all(&cfg.data_dir)?;
+        // The data directory holds keys, prompts and chain state: 0700, files 0600, tightened
+        // when an older run left them looser.
+        sortition_api::private_fs::private_tree(&cfg.data_dir)?;
         let dir = cfg.data_dir.canonicalize()?;
+        sortition_api::private_fs::private_tree(&dir.join("keys"))?;
         let admin = key_file(&dir, "admin")?;
         let genesis = genesis::load_or_create(&dir, &admin, &cfg)?;
         let mut lcfg = LedgerServiceConfig::new(dir.join("ledger"), genesis);
@@ -236,7 +239,7 @@ impl Devnet {
         }
 
         let gw_dir = dir.join("gateway");
-        std::fs::create_dir_all(&gw_dir)?;
+        sortition_api::private_fs::private_dir(&gw_dir)?;
         let account = key_file(&dir, "gateway")?;
         fund(&client, &admin, &account, float).await?;
         let secret = ServerSecret::load_or_create(&gw_dir)

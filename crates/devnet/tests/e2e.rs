@@ -27,6 +27,31 @@ async fn start(dir: &Path) -> Devnet {
     Devnet::start(cfg).await.expect("devnet starts")
 }
 
+/// Every directory under the devnet's data directory is 0700 and every file 0600 (no group or
+/// other bits): the gateway's database and WAL, the nodes' redb files, the ledger, the keys.
+#[cfg(unix)]
+fn data_files_are_private(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        let m = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m & 0o077, 0, "{} is mode {m:o}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let m = e.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(m & 0o077, 0, "{} is mode {m:o}", e.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 8, "only {files} files under {}", root.display());
+}
+
 async fn post(url: &str, key: &str, body: &Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(url)
@@ -92,6 +117,8 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         r.receipt.output_tokens,
         first["usage"]["completion_tokens"].as_u64().unwrap()
     );
+    // Issue 18: world-readable data. Keys, kept prompts, receipts and chain state are private.
+    data_files_are_private(dir.path());
 
     // The node proves the receipt's inclusion under the root its claim will commit to.
     let node_url = &info

@@ -8,8 +8,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sortition_api::delivered::{self, DeliveredError};
 use sortition_api::{ChatCompletion, Completion, SortitionExt};
-use sortition_types::SignedReceipt;
+use sortition_types::{Hash32, SignedReceipt, text_response_hash};
 
 use crate::proxy::Answer;
 
@@ -22,6 +23,28 @@ pub trait NodeAnswer: Serialize + DeserializeOwned + Send {
     fn answer(&self) -> Option<Answer>;
     /// Marks the receipt as checked against the ledger's key for the node.
     fn mark_verified(&mut self);
+    /// The `response_hash` of exactly what this answer delivers to the client, as the node
+    /// must have hashed it; an error when it delivers something no receipt covers.
+    fn delivered_hash(&self) -> Result<Hash32, DeliveredError>;
+}
+
+/// The hash of one choice's text, when the answer has exactly one choice, with index 0.
+fn one_choice_hash(
+    choices: usize,
+    index: u32,
+    text: &str,
+    finish: Option<&str>,
+) -> Result<Hash32, DeliveredError> {
+    if choices != 1 {
+        return Err(DeliveredError::Choices(choices));
+    }
+    if index != 0 {
+        return Err(DeliveredError::ChoiceIndex(u64::from(index)));
+    }
+    match finish {
+        Some(f) if !f.is_empty() => Ok(text_response_hash(text, f)),
+        _ => Err(DeliveredError::Unfinished),
+    }
 }
 
 /// The answer, if generation ended (it has a finish reason).
@@ -51,6 +74,16 @@ impl NodeAnswer for ChatCompletion {
     fn mark_verified(&mut self) {
         mark(&mut self.sortition);
     }
+
+    fn delivered_hash(&self) -> Result<Hash32, DeliveredError> {
+        let c = self.choices.first().ok_or(DeliveredError::Choices(0))?;
+        one_choice_hash(
+            self.choices.len(),
+            c.index,
+            &c.message.content,
+            Some(&c.finish_reason),
+        )
+    }
 }
 
 impl NodeAnswer for Completion {
@@ -69,6 +102,16 @@ impl NodeAnswer for Completion {
     fn mark_verified(&mut self) {
         mark(&mut self.sortition);
     }
+
+    fn delivered_hash(&self) -> Result<Hash32, DeliveredError> {
+        let c = self.choices.first().ok_or(DeliveredError::Choices(0))?;
+        one_choice_hash(
+            self.choices.len(),
+            c.index,
+            &c.text,
+            c.finish_reason.as_deref(),
+        )
+    }
 }
 
 impl NodeAnswer for Value {
@@ -77,15 +120,23 @@ impl NodeAnswer for Value {
     }
 
     fn answer(&self) -> Option<Answer> {
-        let mut a = Answer::default();
-        a.absorb(self);
-        finished(a)
+        let mut d = delivered::DeliveredText::default();
+        d.absorb(self);
+        Some(Answer {
+            text: d.text,
+            finish_reason: d.finish_reason?,
+        })
+        .and_then(finished)
     }
 
     fn mark_verified(&mut self) {
         if let Some(ext) = self.get_mut("sortition").and_then(Value::as_object_mut) {
             ext.insert("verified_by_gateway".into(), Value::Bool(true));
         }
+    }
+
+    fn delivered_hash(&self) -> Result<Hash32, DeliveredError> {
+        delivered::response_hash(self)
     }
 }
 
@@ -144,6 +195,12 @@ mod tests {
             let mut json = serde_json::to_value(&typed).unwrap();
             assert_eq!(typed.receipt(), json.receipt());
             assert!(typed.receipt().is_some());
+            assert_eq!(typed.delivered_hash(), json.delivered_hash());
+            assert_eq!(
+                typed.delivered_hash().is_ok(),
+                reason == "stop",
+                "an unfinished answer has no hash"
+            );
             let (a, b) = (typed.answer(), json.answer());
             assert_eq!(a.is_some(), reason == "stop");
             assert_eq!(

@@ -181,7 +181,7 @@ async fn bad_receipt(
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's confidential receipt");
     proxy::challenge_over_report(g, &e, r, None).await;
-    g.metrics.inc("receipts_refused_total", "", 1);
+    g.metrics.inc("receipts_refused_total", e.code(), 1);
     fail(g, d, format!("node {}: {e}; nothing was billed", d.node.id))
         .await
         .with_code("receipt_invalid")

@@ -15,6 +15,7 @@ pub mod answers;
 pub mod audits;
 pub mod confidential;
 pub mod directory;
+pub mod health;
 pub mod keys;
 pub mod ledger;
 pub mod limits;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use sortition_api::delivered::DeliveredError;
 use sortition_api::{ApiError, ErrorKind, unix_now_ms};
 use sortition_types::auth::{AUTH_HEADER, REQUEST_DOMAIN};
 use sortition_types::{
@@ -65,7 +66,22 @@ pub async fn dispatch(
     units_needed: u64,
     constraints: &Constraints,
 ) -> Result<Dispatched, ApiError> {
-    let mut tried: Vec<NodeId> = Vec::new();
+    dispatch_excluding(g, path, body, model, units_needed, constraints, &[]).await
+}
+
+/// As [`dispatch`], never choosing a node of `exclude` (nodes that already failed this
+/// request after their headers, e.g. a stream that broke before its first event).
+pub async fn dispatch_excluding(
+    g: &Arc<GatewayState>,
+    path: &str,
+    body: &Bytes,
+    model: &ModelId,
+    units_needed: u64,
+    constraints: &Constraints,
+    exclude: &[NodeId],
+) -> Result<Dispatched, ApiError> {
+    let mut tried: Vec<NodeId> = exclude.to_vec();
+    let first_try = tried.len();
     let mut last_err = None;
     let (mut failures, mut stale) = (0, 0);
     while failures < MAX_ATTEMPTS && stale <= MAX_STALE_STACKS {
@@ -73,7 +89,7 @@ pub async fn dispatch(
             let mut r = g.router.lock().await;
             match r.choose(model, constraints, &tried, Instant::now()) {
                 Ok(id) => r.node(id).cloned(),
-                Err(e) if tried.is_empty() => return Err(e.into()),
+                Err(e) if tried.len() == first_try => return Err(e.into()),
                 Err(_) => break,
             }
         };
@@ -251,6 +267,10 @@ pub enum ReceiptError {
     WrongNode { want: NodeId, got: NodeId },
     #[error("receipt does not commit to the request that was sent")]
     WrongRequest,
+    #[error("receipt does not commit to the answer the node delivered")]
+    WrongResponse,
+    #[error("the answer cannot be checked against its receipt: {0}")]
+    Uncovered(#[from] DeliveredError),
     #[error("receipt is for {got}, not the stack used ({want})")]
     WrongStack { want: StackId, got: StackId },
     #[error("receipt claims {claimed} units; at most {reserved} were reserved")]
@@ -259,13 +279,71 @@ pub enum ReceiptError {
     WrongCustody { want: Custody, got: Custody },
 }
 
-/// Checks a receipt against the chosen node's ledger key and the request actually sent.
-pub fn check_receipt(d: &Dispatched, body: &[u8], r: &SignedReceipt) -> Result<(), ReceiptError> {
+impl ReceiptError {
+    /// A short label for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReceiptError::Missing => "missing",
+            ReceiptError::BadSignature(_) => "bad_signature",
+            ReceiptError::WrongNode { .. } => "wrong_node",
+            ReceiptError::WrongRequest => "wrong_request",
+            ReceiptError::WrongResponse => "wrong_response",
+            ReceiptError::Uncovered(_) => "uncovered",
+            ReceiptError::WrongStack { .. } => "wrong_stack",
+            ReceiptError::OverReported { .. } => "over_reported",
+            ReceiptError::WrongCustody { .. } => "wrong_custody",
+        }
+    }
+
+    /// Whether the node's own signed word is contradicted by what it did (as opposed to an
+    /// answer that only fails to carry a usable receipt).
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(
+            self,
+            ReceiptError::WrongResponse
+                | ReceiptError::Uncovered(_)
+                | ReceiptError::OverReported { .. }
+                | ReceiptError::WrongCustody { .. }
+        )
+    }
+
+    /// How the router hears of it.
+    pub fn outcome(&self) -> Outcome {
+        if self.is_misbehaviour() {
+            Outcome::Misbehaved
+        } else {
+            Outcome::Failure
+        }
+    }
+}
+
+/// Checks a receipt against the chosen node's ledger key, the request actually sent and the
+/// answer actually delivered (`delivered`: its response hash, as computed by
+/// [`sortition_api::delivered`]). Only a receipt that passes all of it is vouched for and
+/// billed.
+pub fn check_receipt(
+    d: &Dispatched,
+    body: &[u8],
+    delivered: Result<Hash32, DeliveredError>,
+    r: &SignedReceipt,
+) -> Result<(), ReceiptError> {
     if r.receipt.request_hash != sha256(body) {
         return Err(ReceiptError::WrongRequest);
     }
     check_custody(Custody::Gateway, r)?;
-    check_signed(&d.node, d.stack, d.reserved, r)
+    check_signed(&d.node, d.stack, d.reserved, r)?;
+    check_delivered(delivered, r)
+}
+
+/// Checks that a receipt commits to exactly what was delivered to the client.
+pub fn check_delivered(
+    delivered: Result<Hash32, DeliveredError>,
+    r: &SignedReceipt,
+) -> Result<(), ReceiptError> {
+    if delivered? != r.receipt.response_hash {
+        return Err(ReceiptError::WrongResponse);
+    }
+    Ok(())
 }
 
 /// A plain request is kept by the gateway for its audits, a confidential one by its executor
@@ -316,20 +394,6 @@ pub struct Answer {
     pub finish_reason: String,
 }
 
-impl Answer {
-    /// Adds what one chat or text completion object, or one streamed chunk, carries.
-    pub fn absorb(&mut self, v: &serde_json::Value) {
-        let c = &v["choices"][0];
-        for t in [&c["message"]["content"], &c["delta"]["content"], &c["text"]] {
-            if let Some(t) = t.as_str() {
-                self.text.push_str(t);
-            }
-        }
-        if let Some(f) = c["finish_reason"].as_str() {
-            self.finish_reason = f.to_string();
-        }
-    }
-}
 
 /// What a node returned for a request, as billed and kept for the auditors: the receipt it
 /// signed, that receipt's JSON text (written once, for the usage row, the payload and the

@@ -304,8 +304,10 @@ async fn ask(
     let Some(receipt) = value.receipt() else {
         return failed("no receipt".into()).await;
     };
-    if let Err(e) = check_receipt(&d, q.body, &receipt) {
-        g.metrics.inc("receipts_refused_total", "", 1);
+    // Each member's answer must be what its receipt commits to: the majority is counted by
+    // response hash, so the answer sent on is then one the agreeing receipts all cover.
+    if let Err(e) = check_receipt(&d, q.body, value.delivered_hash(), &receipt) {
+        g.metrics.inc("receipts_refused_total", e.code(), 1);
         proxy::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
         return failed(format!("receipt refused: {e}")).await;
     }

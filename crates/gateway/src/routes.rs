@@ -210,7 +210,16 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
     result.unwrap_or_else(|e| error(&g, e))
 }
 
-pub async fn models(State(g): S) -> Json<ModelList> {
+/// `GET /v1/models`: like every `/v1` route, for holders of a valid API key only (as OpenAI,
+/// vLLM with `--api-key` and LiteLLM do).
+pub async fn models(State(g): S, headers: HeaderMap) -> Response {
+    match authenticate(&g, &headers).await {
+        Ok(_) => model_list(&g).await.into_response(),
+        Err(e) => error(&g, e),
+    }
+}
+
+async fn model_list(g: &GatewayState) -> Json<ModelList> {
     let r = g.router.lock().await;
     let data = r
         .models()
@@ -240,7 +249,41 @@ async fn forward<A: NodeAnswer>(
     path: &str,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let d = proxy::dispatch(g, path, &body, &a.model, a.units, &a.constraints).await?;
+    // A stream whose node fails before its first event has delivered nothing: it is retried on
+    // another node, as a unary request is, and the client never sees the failure.
+    let mut tried: Vec<sortition_types::NodeId> = Vec::new();
+    let mut stream_failure: Option<ApiError> = None;
+    let d = loop {
+        let d = match proxy::dispatch_excluding(
+            g,
+            path,
+            &body,
+            &a.model,
+            a.units,
+            &a.constraints,
+            &tried,
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => return Err(stream_failure.unwrap_or(e)),
+        };
+        if !a.stream || !d.response.status().is_success() {
+            break d;
+        }
+        match first_event(g, d).await {
+            Ok(started) => return Ok(relay_stream(g.clone(), a, started, body).into_response()),
+            Err((node, e)) => {
+                tried.push(node);
+                stream_failure = Some(e);
+                if tried.len() >= proxy::MAX_ATTEMPTS {
+                    return Err(stream_failure.unwrap_or_else(|| {
+                        ApiError::new(ErrorKind::BadGateway, "upstream_error", "stream failed")
+                    }));
+                }
+            }
+        }
+    };
     if !d.response.status().is_success() {
         // A client error from the node (bad parameters, too long a prompt): pass it on,
         // return the units, bill nothing.
@@ -255,11 +298,42 @@ async fn forward<A: NodeAnswer>(
         );
         return Ok(resp);
     }
-    if a.stream {
-        Ok(relay_stream(g.clone(), a, d, body).into_response())
-    } else {
-        unary::<A>(g, a, d, body).await
-    }
+    unary::<A>(g, a, d, body).await
+}
+
+/// The node's server-sent events, as the relay reads them.
+type NodeEvents = futures::stream::BoxStream<
+    'static,
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+>;
+
+/// A stream whose node has delivered its first event.
+struct StartedStream {
+    d: Dispatched,
+    /// Every event of the node's stream, the first one included.
+    events: NodeEvents,
+}
+
+/// Waits for a streamed answer's first event. A node that fails before it (connection lost,
+/// stream ended, nothing within the upstream timeout) has delivered nothing: its units are
+/// returned, the router hears of the failure, and the node's id comes back for the failover.
+async fn first_event(
+    g: &GatewayState,
+    mut d: Dispatched,
+) -> Result<StartedStream, (sortition_types::NodeId, ApiError)> {
+    let response = std::mem::replace(&mut d.response, empty_response());
+    let mut events = response.bytes_stream().eventsource();
+    let why = match tokio::time::timeout(g.config.upstream_timeout, events.next()).await {
+        Ok(Some(Ok(first))) => {
+            let events = futures::stream::iter([Ok(first)]).chain(events).boxed();
+            return Ok(StartedStream { d, events });
+        }
+        Ok(Some(Err(e))) => format!("the node's stream broke before its first event: {e}"),
+        Ok(None) => "the node's stream ended before its first event".to_string(),
+        Err(_) => "the node sent no event in time".to_string(),
+    };
+    tracing::warn!(node = %d.node.id, %why, "stream failed before delivering anything; trying another node");
+    Err((d.node.id, fail(g, &d, why).await))
 }
 
 /// A whole answer: read once as an `A` (or, if that type does not describe it, as any JSON),
@@ -303,7 +377,7 @@ async fn answered(
     let Some(receipt) = answer.receipt() else {
         return Err(bad_receipt(g, &d, proxy::ReceiptError::Missing, None).await);
     };
-    if let Err(e) = check_receipt(&d, &body, &receipt) {
+    if let Err(e) = check_receipt(&d, &body, answer.delivered_hash(), &receipt) {
         return Err(bad_receipt(g, &d, e, Some((&body, &receipt))).await);
     }
     g.finish(d.node.id, Outcome::Success { ttft, itl: None })
@@ -348,9 +422,9 @@ async fn bad_receipt(
     if let Some((body, r)) = signed {
         proxy::challenge_over_report(g, &e, r, Some((d, body))).await;
     }
-    g.metrics.inc("receipts_refused_total", "", 1);
+    g.metrics.inc("receipts_refused_total", e.code(), 1);
     g.store.release(d.stack, d.reserved).await.ok();
-    g.finish(d.node.id, Outcome::Failure).await;
+    g.finish(d.node.id, e.outcome()).await;
     ApiError::new(
         ErrorKind::BadGateway,
         "receipt_invalid",
@@ -366,10 +440,10 @@ async fn bad_receipt(
 fn relay_stream(
     g: Arc<GatewayState>,
     a: Admitted,
-    d: Dispatched,
+    started: StartedStream,
     body: Bytes,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    channel_sse(|tx| drive_relay(g, a, d, body, tx))
+    channel_sse(|tx| drive_relay(g, a, started, body, tx))
 }
 
 /// An SSE response fed by a task: `drive` gets the sender of the events' data and runs on its
@@ -416,18 +490,17 @@ pub(crate) async fn end_interrupted(
 async fn drive_relay(
     g: Arc<GatewayState>,
     a: Admitted,
-    mut d: Dispatched,
+    started: StartedStream,
     body: Bytes,
     tx: mpsc::Sender<String>,
 ) {
-    let response = std::mem::replace(&mut d.response, empty_response());
-    let mut events = response.bytes_stream().eventsource();
+    let StartedStream { d, mut events } = started;
     let mut delivered_chunks: u64 = 0;
     let mut ttft = None;
     let mut last_chunk = None;
     let mut receipt_ok = None;
     let mut client_gone = false;
-    let mut answer = proxy::Answer::default();
+    let mut answer = sortition_api::delivered::DeliveredText::default();
     while let Some(ev) = events.next().await {
         let ev = match ev {
             Ok(ev) => ev,
@@ -446,11 +519,14 @@ async fn drive_relay(
         if ttft.is_none() {
             ttft = Some(proxy::elapsed(&d));
         }
+        // Everything delivered counts toward what the receipt must cover, the receipt's own
+        // event included.
+        answer.absorb(&v);
         if v.get("sortition").and_then(|s| s.get("receipt")).is_some() {
             let parsed = v.receipt();
             let checked = match &parsed {
                 None => Err(proxy::ReceiptError::Missing),
-                Some(r) => check_receipt(&d, &body, r).map(|_| r.clone()),
+                Some(r) => check_receipt(&d, &body, answer.response_hash(), r).map(|_| r.clone()),
             };
             match checked {
                 Ok(r) => {
@@ -469,10 +545,14 @@ async fn drive_relay(
         } else {
             delivered_chunks += 1;
             last_chunk = Some(proxy::elapsed(&d));
-            answer.absorb(&v);
         }
         if tx.send(v.to_string()).await.is_err() {
             client_gone = true;
+            break;
+        }
+        if receipt_ok.is_some() {
+            // The receipt closes the answer: nothing the node sends after it is covered by it,
+            // so nothing more is relayed.
             break;
         }
     }
@@ -488,8 +568,11 @@ async fn drive_relay(
                 },
             )
             .await;
-            let answer = (!answer.finish_reason.is_empty()).then_some(&answer);
-            let served = proxy::Served::new(&r, answer);
+            let answer = answer.finish_reason.map(|finish_reason| proxy::Answer {
+                text: answer.text,
+                finish_reason,
+            });
+            let served = proxy::Served::new(&r, answer.as_ref());
             proxy::bill(&g, &d, &a.key, &a.model, &body, &served).await;
         }
         None => {

@@ -26,6 +26,9 @@ use crate::store::{GatewayStore, StoreError, StoreOptions};
 pub struct GatewayRunConfig {
     /// Address the OpenAI API listens on (port 0 picks a free one).
     pub listen: SocketAddr,
+    /// Serve `/metrics` on this address instead of the API's (keep it off a public
+    /// interface); `None` serves it beside the API.
+    pub metrics_listen: Option<SocketAddr>,
     /// The ledger the gateway reads nodes from and buys stacks on.
     pub ledger_url: String,
     /// Holds the server secret (keyed API-key hashes) and, without `database_url`, the
@@ -130,10 +133,34 @@ pub async fn run_on(
             },
         ))
     };
-    let served = crate::server::serve(state, listener, shutdown).await;
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { addr, source })?;
+            tracing::info!(addr = %l.local_addr().map_err(RunError::Serve)?, "metrics listening");
+            let mut rx = stop_rx.clone();
+            let app = crate::server::metrics_router(state.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let api = crate::server::router_with(state, cfg.metrics_listen.is_none());
+    let served = axum::serve(listener, api)
+        .with_graceful_shutdown(shutdown)
+        .await;
     let _ = stop_tx.send(true);
     let _ = refresh.await;
     let _ = follow.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     store.close().await;
     served.map_err(RunError::Serve)
 }

@@ -45,10 +45,24 @@ impl RouterQueries for crate::router::Router {
     }
 }
 
-/// The gateway's router over its state.
+/// The gateway's router over its state, `/metrics` included.
 pub fn router(state: Arc<GatewayState>) -> Router {
-    let limit = state.config.max_body_bytes;
+    router_with(state, true)
+}
+
+/// `/metrics` alone, for a listener of its own.
+pub fn metrics_router(state: Arc<GatewayState>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(sortition_api::unknown_route)
+        .with_state(state)
+}
+
+/// The gateway's router over its state; `/metrics` only when `with_metrics` (otherwise it is
+/// served on its own address by [`metrics_router`]).
+pub fn router_with(state: Arc<GatewayState>, with_metrics: bool) -> Router {
+    let limit = state.config.max_body_bytes;
+    let api = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/embeddings", post(routes::embeddings))
@@ -58,9 +72,13 @@ pub fn router(state: Arc<GatewayState>) -> Router {
             post(crate::confidential::chat_completions),
         )
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .fallback(sortition_api::unknown_route)
+        .route("/openapi.json", get(openapi));
+    let api = if with_metrics {
+        api.route("/metrics", get(metrics))
+    } else {
+        api
+    };
+    api.fallback(sortition_api::unknown_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(move |r| async move {
             sortition_api::payload_too_large_to_openai(r, limit)
@@ -83,13 +101,15 @@ async fn openapi() -> axum::Json<serde_json::Value> {
     ))
 }
 
-/// Keeps the router's node set in step with the ledger until `shutdown`.
+/// Keeps the router's node set in step with the ledger, and its health view in step with
+/// the nodes' `/health` probes ([`crate::health`]), until `shutdown`.
 pub async fn refresh_loop(g: Arc<GatewayState>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         if let Err(e) = g.refresh_nodes().await {
             tracing::warn!(error = %e, "could not refresh nodes from the ledger");
         }
+        crate::health::probe_round(&g).await;
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(g.config.refresh_interval) => {}

@@ -100,6 +100,7 @@ impl GatewayState {
         let label = match outcome {
             Outcome::Success { .. } => "success",
             Outcome::Failure => "failure",
+            Outcome::Misbehaved => "misbehaved",
             Outcome::Cancelled => "cancelled",
         };
         self.metrics.inc("upstream_total", label, 1);

@@ -42,8 +42,12 @@ fn err(e: impl Into<redb::Error>) -> ServiceError {
 impl Store {
     /// Opens (or creates) the database; a database made for another genesis is refused.
     pub fn open(dir: &Path, genesis: &Genesis) -> Result<Store, ServiceError> {
-        std::fs::create_dir_all(dir).map_err(|e| ServiceError::Storage(e.to_string()))?;
-        let db = Database::create(dir.join("ledger.redb")).map_err(err)?;
+        // Private from the first byte: 0700 directory, 0600 database (tightened when looser).
+        let io = |e: std::io::Error| ServiceError::Storage(e.to_string());
+        sortition_api::private_fs::private_dir(dir).map_err(io)?;
+        let path = dir.join("ledger.redb");
+        sortition_api::private_fs::private_file(&path).map_err(io)?;
+        let db = Database::create(path).map_err(err)?;
         let want = canonical_bytes(genesis);
         let w = db.begin_write().map_err(err)?;
         {

@@ -189,7 +189,7 @@ impl Ledger {
 fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKind) -> TxResult {
     use TxKind::*;
     match kind {
-        Faucet { to, amount } => ops::faucet(st, to, *amount),
+        Faucet { to, amount } => ops::faucet(st, sender, to, *amount),
         Transfer { to, amount } => ops::transfer(st, sender, to, *amount),
         RegisterModel { spec } => ops::register_model(st, sender, spec),
         RegisterNode { .. } => nodes::register(st, ctx, sender, kind),

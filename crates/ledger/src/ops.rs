@@ -158,9 +158,18 @@ pub(crate) fn done_work(st: &mut State, node: NodeId) {
     }
 }
 
-pub(crate) fn faucet(st: &mut State, to: &PublicKey, amount: Amount) -> TxResult {
+/// Mints `amount` to `to`: devnet chains only, and only when the genesis admin signs it.
+pub(crate) fn faucet(
+    st: &mut State,
+    sender: &PublicKey,
+    to: &PublicKey,
+    amount: Amount,
+) -> TxResult {
     if !st.devnet {
         return Err(LedgerError::FaucetDisabled);
+    }
+    if *sender != st.admin {
+        return Err(LedgerError::NotAdmin);
     }
     if amount == Amount::ZERO {
         return Err(LedgerError::ZeroAmount);

@@ -71,7 +71,7 @@ pub fn verdict_commitment(verdict: &Verdict, salt: &Hash32, auditor: &PublicKey)
 /// `{"transfer": {"to": "…", "amount": 5}}` or `"pause_node"`.
 #[serde(rename_all = "snake_case")]
 pub enum TxKind {
-    /// Devnet only: mint to an account.
+    /// Devnet only, signed by the genesis admin: mint to an account.
     Faucet {
         to: PublicKey,
         amount: Amount,

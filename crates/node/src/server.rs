@@ -51,9 +51,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
 
 async fn health(State(s): State<Arc<NodeState>>) -> impl IntoResponse {
     let attester = s.confidential.as_ref().map(|r| r.label());
-    axum::Json(
-        serde_json::json!({"status": "ok", "node": s.id, "models": s.model_names(), "attester": attester}),
-    )
+    // Requests waiting for a batch slot: gateways weigh it in their market score.
+    let queue_depth: u64 = s.chat.values().map(|m| m.engine.stats().queued).sum();
+    axum::Json(serde_json::json!({
+        "status": "ok", "node": s.id, "models": s.model_names(), "attester": attester,
+        "queue_depth": queue_depth,
+    }))
 }
 
 async fn metrics(State(s): State<Arc<NodeState>>) -> impl IntoResponse {

@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Address of the OpenAI-compatible API [default: 127.0.0.1:8420].
     #[arg(long, env = "SORTITION_GATEWAY_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve /metrics on this address only, not beside the API [default: beside the API].
+    #[arg(long, env = "SORTITION_GATEWAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Ledger URL [default: http://127.0.0.1:7400].
     #[arg(long, env = "SORTITION_GATEWAY_LEDGER")]
     ledger: Option<String>,
@@ -66,6 +69,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub ledger: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
@@ -144,6 +148,7 @@ pub fn merge(flags: ServeArgs, file: GatewayFile) -> Result<GatewayRunConfig> {
             .listen
             .or(file.listen)
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8420))),
+        metrics_listen: flags.metrics_listen.or(file.metrics_listen),
         ledger_url: base_url("ledger", &ledger)?,
         account_key: flags
             .account_key

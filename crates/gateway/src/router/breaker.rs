@@ -100,6 +100,14 @@ impl CircuitBreaker {
             s @ BreakerState::Open { .. } => s,
         };
     }
+
+    /// The node delivered something its own signed receipt contradicts: not a fault that
+    /// retries fix, so the breaker opens at once, whatever the count.
+    pub fn trip(&mut self, now: Instant) {
+        self.state = BreakerState::Open {
+            until: now + self.cfg.cooldown,
+        };
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +120,16 @@ mod tests {
             failure_threshold: 3,
             cooldown: Duration::from_secs(10),
         })
+    }
+
+    #[test]
+    fn a_contradicted_receipt_opens_the_breaker_at_once() {
+        let t0 = Instant::now();
+        let mut b = breaker();
+        b.on_success();
+        b.trip(t0);
+        assert!(!b.allows(t0));
+        assert!(matches!(b.state(t0), BreakerState::Open { .. }));
     }
 
     #[test]

@@ -63,8 +63,11 @@ pub enum Outcome {
         ttft: Duration,
         itl: Option<Duration>,
     },
-    /// 5xx, timeout, connection failure or a bad receipt: counts toward the breaker.
+    /// 5xx, timeout, connection failure or an unusable receipt: counts toward the breaker.
     Failure,
+    /// The node signed a receipt that its own delivery contradicts (another text, more units
+    /// than reserved): counted as a failure, and the breaker opens at once.
+    Misbehaved,
     /// The client went away; neither success nor failure.
     Cancelled,
 }
@@ -206,6 +209,10 @@ impl<R: Rng> Router<R> {
             Outcome::Failure => {
                 e.stats.record_failure(alpha);
                 e.breaker.on_failure(now);
+            }
+            Outcome::Misbehaved => {
+                e.stats.record_failure(alpha);
+                e.breaker.trip(now);
             }
             Outcome::Cancelled => {}
         }

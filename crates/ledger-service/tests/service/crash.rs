@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use sortition_ledger_service::{LedgerClient, LedgerServiceConfig, run_in_background};
 use sortition_types::{Hash32, Keypair};
 
-use crate::{faucet, genesis};
+use crate::{genesis, self_transfer, writer};
 
 fn spawn(dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ledger-devnode"))
@@ -33,9 +33,7 @@ fn spawn(dir: &std::path::Path) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_transaction() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys: Vec<Keypair> = (0..8)
-        .map(|i| Keypair::from_seed(format!("crash-{i}").as_bytes()))
-        .collect();
+    let keys: Vec<Keypair> = (0..8).map(writer).collect();
     let mut acked: Vec<Hash32> = Vec::new();
     for round in 0..5u64 {
         let (mut child, url) = spawn(dir.path());
@@ -55,7 +53,7 @@ async fn sigkill_loses_no_acknowledged_transaction() {
             writers.push(tokio::spawn(async move {
                 let mut nonce = c.next_nonce(&k.public()).await.expect("nonce");
                 loop {
-                    match c.submit(&faucet(&k, nonce, 1 + round)).await {
+                    match c.submit(&self_transfer(&k, nonce, 1 + round)).await {
                         Ok(r) => {
                             nonce += 1;
                             if tx.send(r.tx_hash).is_err() {

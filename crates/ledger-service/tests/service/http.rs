@@ -5,7 +5,7 @@ use sortition_ledger::{Event, Tx, TxKind};
 use sortition_ledger_service::{Cursor, LedgerServiceConfig, run_in_background};
 use sortition_types::{Amount, Keypair};
 
-use crate::{faucet, genesis};
+use crate::{admin, faucet, genesis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_query_refuse_and_stream() {
@@ -17,9 +17,21 @@ async fn submit_query_refuse_and_stream() {
     let alice = Keypair::from_seed(b"alice");
     let bob = Keypair::from_seed(b"bob");
 
-    let r = c
+    // Only the genesis admin may mint: alice's own faucet is refused (422, nothing minted).
+    let e = c
         .send(
             &alice,
+            TxKind::Faucet {
+                to: alice.public(),
+                amount: Amount(1_000),
+            },
+        )
+        .await
+        .expect_err("a non-admin faucet");
+    assert_eq!(e.code(), Some("not_admin"), "{e}");
+    let r = c
+        .send(
+            &admin(),
             TxKind::Faucet {
                 to: alice.public(),
                 amount: Amount(1_000),
@@ -49,7 +61,8 @@ async fn submit_query_refuse_and_stream() {
         c.account(&bob.public()).await.expect("account").balance,
         Amount(400)
     );
-    assert_eq!(c.next_nonce(&alice.public()).await.expect("nonce"), 2);
+    // The refused faucet used no nonce; the transfer used alice's first.
+    assert_eq!(c.next_nonce(&alice.public()).await.expect("nonce"), 1);
     assert_eq!(
         c.find_tx(&r2.tx_hash).await.expect("located").height,
         r2.height

@@ -25,7 +25,7 @@ async fn restart_replays_to_the_same_root_and_refuses_other_genesis() {
     let k = Keypair::from_seed(b"k");
     for i in 1..=5 {
         c.send(
-            &k,
+            &crate::admin(),
             TxKind::Faucet {
                 to: k.public(),
                 amount: Amount(i),

@@ -925,3 +925,33 @@ fn a_node_changes_class_only_when_nothing_is_open_under_the_old_one() {
         assert_eq!(drawn, auditors);
     }
 }
+
+/// Issue 18: a faucet transaction signed by a fresh, non-admin key minted on a devnet ledger.
+/// Only the genesis admin may mint; anyone else is refused and nothing is minted.
+#[test]
+fn non_admin_faucet_is_refused() {
+    let mut c = Chain::new(1, 1_000_000);
+    let stranger = Keypair::from_seed(b"a fresh key, not the admin");
+    let minted = c.ledger.state().minted;
+    let (r, ev) = c.tx(
+        &stranger,
+        TxKind::Faucet {
+            to: stranger.public(),
+            amount: Amount(1_000_000),
+        },
+    );
+    assert_eq!(r.expect_err("a stranger may not mint"), LedgerError::NotAdmin);
+    assert!(!ev.iter().any(|e| matches!(e, Event::Minted { .. })));
+    assert_eq!(c.balance(&stranger.public()), Amount::ZERO);
+    assert_eq!(c.ledger.state().minted, minted);
+    // The admin still can.
+    let admin = c.admin.clone();
+    c.ok(
+        &admin,
+        TxKind::Faucet {
+            to: stranger.public(),
+            amount: Amount(7),
+        },
+    );
+    assert_eq!(c.balance(&stranger.public()), Amount(7));
+}
