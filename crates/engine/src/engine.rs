@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 
 use serde::{Deserialize, Serialize};
 use sortition_types::{Hash32, ModelId, NodeClass};
@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{EngineError, Result};
 use crate::llama::{Llama, WeightFormat};
 use crate::sampling::SamplingParams;
-use crate::scheduler::{self, Job, Progress};
+pub use crate::scheduler::Lane;
+use crate::scheduler::{self, Job, Progress, Queues};
 use crate::tokenizer::{ChatMessage, ChatTokenizer};
 
 /// Version string recorded in the node class. The suffix counts changes of the numerics (any
@@ -263,7 +264,7 @@ pub struct EngineStats {
 struct Inner {
     info: ModelInfo,
     tokenizer: ChatTokenizer,
-    tx: SyncSender<Job>,
+    tx: Queues,
     stats: Arc<Stats>,
     resume: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -427,6 +428,12 @@ impl Engine {
 
     /// Validates and queues a generation. Answers `Overloaded` at once when the queue is full.
     pub fn generate(&self, req: GenerateRequest) -> Result<GenerationStream> {
+        self.generate_in(req, Lane::User)
+    }
+
+    /// [`Engine::generate`] in a given lane: audit work uses [`Lane::Audit`], which user
+    /// traffic cannot fill or starve. The output does not depend on the lane.
+    pub fn generate_in(&self, req: GenerateRequest, lane: Lane) -> Result<GenerationStream> {
         req.params.validate()?;
         let prompt = self.prompt_tokens(&req.prompt)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -439,7 +446,7 @@ impl Engine {
             tx,
             progress: progress.clone(),
         };
-        self.submit(job)?;
+        self.submit(job, lane)?;
         Ok(GenerationStream {
             rx,
             progress,
@@ -453,6 +460,16 @@ impl Engine {
         &self,
         prompt_tokens: Vec<u32>,
         claimed: Vec<u32>,
+    ) -> Result<Vec<TokenScore>> {
+        self.score_in(prompt_tokens, claimed, Lane::User).await
+    }
+
+    /// [`Engine::score`] in a given lane (see [`Engine::generate_in`]).
+    pub async fn score_in(
+        &self,
+        prompt_tokens: Vec<u32>,
+        claimed: Vec<u32>,
+        lane: Lane,
     ) -> Result<Vec<TokenScore>> {
         if claimed.is_empty() {
             return Ok(Vec::new());
@@ -475,20 +492,23 @@ impl Engine {
             )));
         }
         let (tx, rx) = oneshot::channel();
-        self.submit(Job::Score {
-            prompt: ids,
-            claimed,
-            tx,
-        })?;
+        self.submit(
+            Job::Score {
+                prompt: ids,
+                claimed,
+                tx,
+            },
+            lane,
+        )?;
         rx.await
             .map_err(|_| EngineError::Internal("engine thread stopped".into()))?
     }
 
-    fn submit(&self, job: Job) -> Result<()> {
+    fn submit(&self, job: Job, lane: Lane) -> Result<()> {
         // Counted before sending so that the scheduler's decrement never comes first.
         let queued = &self.inner.stats.queued;
         queued.fetch_add(1, Ordering::Relaxed);
-        let sent = self.inner.tx.try_send(job);
+        let sent = self.inner.tx.try_send(job, lane);
         if sent.is_err() {
             queued.fetch_sub(1, Ordering::Relaxed);
         }

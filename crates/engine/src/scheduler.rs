@@ -2,10 +2,18 @@
 //! prefills the new ones and decodes one token for every active sequence in the same forward
 //! call, samples each from its own logits row, streams the tokens and retires finished or
 //! cancelled sequences.
+//!
+//! Two bounded lanes lead to the thread ([`Queues`]): user traffic, and audit work (the
+//! re-execution and scoring an auditor or dispute member owes the ledger). Audit jobs are
+//! admitted first and may use [`AUDIT_SLOTS`] batch slots beyond `max_batch`, so a queue full
+//! of user requests can neither refuse nor starve them: an auditor is never made to miss a
+//! vote by its own users. Which sequences share a batch does not change any output (each row
+//! is computed and sampled on its own), so the lanes change latencies only, never results.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use sortition_types::sha256;
 use tokio::sync::{mpsc, oneshot};
@@ -74,19 +82,119 @@ struct Worker {
 /// Scheduler limits.
 pub struct Options {
     pub max_batch: usize,
+    /// Bound of the user lane.
     pub queue_capacity: usize,
 }
 
+/// Bound of the audit lane: audits a node judges at once are few (one per audit or dispute
+/// it was drawn for).
+pub const AUDIT_QUEUE_CAPACITY: usize = 32;
+/// Batch slots only audit sequences may take, beyond `max_batch`.
+pub const AUDIT_SLOTS: usize = 2;
+
+/// Which lane a job enters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lane {
+    /// Requests of the node's users, bounded by `queue_capacity`.
+    #[default]
+    User,
+    /// Audit and dispute work (re-execution, scoring): admitted first, with reserved slots.
+    Audit,
+}
+
+#[derive(Default)]
+struct Lanes {
+    user: VecDeque<Job>,
+    audit: VecDeque<Job>,
+    /// The last handle is gone: serve what is queued, then stop.
+    closed: bool,
+    /// The thread has stopped (or never started): nothing queued will run.
+    stopped: bool,
+}
+
+struct Shared {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    user_capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The bounded lanes in front of the scheduler thread. Dropping it lets the thread finish
+/// what is queued and stop.
+pub struct Queues {
+    shared: Arc<Shared>,
+}
+
+impl Queues {
+    /// Queues `job` in `lane`; `Full` when that lane is at its bound (the other lane's load
+    /// does not count), `Disconnected` when the thread has stopped.
+    pub fn try_send(&self, job: Job, lane: Lane) -> std::result::Result<(), TrySendError<Job>> {
+        let mut g = self.shared.lock();
+        if g.stopped {
+            return Err(TrySendError::Disconnected(job));
+        }
+        let (q, cap) = match lane {
+            Lane::User => (&mut g.user, self.shared.user_capacity),
+            Lane::Audit => (&mut g.audit, AUDIT_QUEUE_CAPACITY),
+        };
+        if q.len() >= cap {
+            return Err(TrySendError::Full(job));
+        }
+        q.push_back(job);
+        drop(g);
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_one();
+    }
+}
+
+/// Marks the lanes stopped when the thread ends, however it ends; queued jobs are dropped,
+/// which their waiters see as the engine stopping.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.stopped = true;
+        g.user.clear();
+        g.audit.clear();
+    }
+}
+
+/// What the thread takes next.
+enum Next {
+    Job(Job),
+    /// Nothing admissible now (the batch is full for what is queued, or nothing is).
+    Nothing,
+    /// Closed and drained, with nothing running: the thread ends.
+    Stop,
+}
+
 /// Starts the scheduler thread (it waits for one message on `resume` before serving);
-/// returns the bounded queue in front of it.
+/// returns the bounded lanes in front of it.
 pub fn spawn(
     model: Llama,
     tok: ChatTokenizer,
     opts: Options,
     stats: Arc<Stats>,
     resume: Receiver<()>,
-) -> Result<SyncSender<Job>> {
-    let (tx, rx) = sync_channel(opts.queue_capacity);
+) -> Result<Queues> {
+    let shared = Arc::new(Shared {
+        lanes: Mutex::new(Lanes::default()),
+        ready: Condvar::new(),
+        user_capacity: opts.queue_capacity,
+    });
     let mut w = Worker {
         model,
         tok,
@@ -94,38 +202,59 @@ pub fn spawn(
         stats,
         active: Vec::new(),
     };
+    let theirs = shared.clone();
     std::thread::Builder::new()
         .name("sortition-engine".into())
         .spawn(move || {
+            let _stopped = StopGuard(theirs.clone());
             if resume.recv().is_ok() {
-                w.run(rx)
+                w.run(&theirs)
             }
         })
         .map_err(|e| EngineError::Internal(format!("spawn engine thread: {e}")))?;
-    Ok(tx)
+    Ok(Queues { shared })
 }
 
 impl Worker {
-    fn run(&mut self, rx: Receiver<Job>) {
+    fn run(&mut self, q: &Shared) {
         loop {
-            if self.active.is_empty() {
-                match rx.recv() {
-                    Ok(job) => self.admit(job),
-                    Err(_) => return,
-                }
-            }
-            while self.active.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(job) => self.admit(job),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) if self.active.is_empty() => return,
-                    Err(TryRecvError::Disconnected) => break,
+            loop {
+                match self.next(q) {
+                    Next::Job(job) => self.admit(job),
+                    Next::Nothing => break,
+                    Next::Stop => return,
                 }
             }
             self.retire_cancelled();
             if !self.active.is_empty() {
                 self.step();
             }
+        }
+    }
+
+    /// The next job to admit: audit work first (up to `max_batch + AUDIT_SLOTS` sequences),
+    /// then user requests (up to `max_batch`). Waits for one when nothing runs.
+    fn next(&self, q: &Shared) -> Next {
+        let mut g = q.lock();
+        loop {
+            let n = self.active.len();
+            if n < self.max_batch + AUDIT_SLOTS
+                && let Some(job) = g.audit.pop_front()
+            {
+                return Next::Job(job);
+            }
+            if n < self.max_batch
+                && let Some(job) = g.user.pop_front()
+            {
+                return Next::Job(job);
+            }
+            if n > 0 {
+                return Next::Nothing;
+            }
+            if g.closed && g.user.is_empty() && g.audit.is_empty() {
+                return Next::Stop;
+            }
+            g = q.ready.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -323,5 +452,130 @@ impl Worker {
         }
         self.active = keep;
         self.publish_active();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig, GenerateRequest, Prompt};
+
+    /// One tiny model file per test process, written once (tests run in parallel).
+    fn model() -> std::path::PathBuf {
+        static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let dir = std::env::temp_dir()
+                .join(format!("sortition-scheduler-tests-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            crate::testutil::write_tiny_llama(&dir, 3).unwrap()
+        })
+        .clone()
+    }
+
+    fn engine(queue_capacity: usize, max_batch: usize) -> Engine {
+        let path = model();
+        Engine::load(EngineConfig {
+            queue_capacity,
+            max_batch,
+            start_paused: true,
+            ..EngineConfig::new(path, "tiny-3")
+        })
+        .unwrap()
+    }
+
+    fn req(prompt: &str, max_tokens: u32) -> GenerateRequest {
+        GenerateRequest {
+            prompt: Prompt::Text(prompt.into()),
+            params: SamplingParams::greedy(max_tokens),
+            trace_logits: true,
+        }
+    }
+
+    async fn tokens_and_logits(
+        s: crate::engine::GenerationStream,
+    ) -> (Vec<u32>, Vec<Option<sortition_types::Hash32>>) {
+        let mut s = s;
+        let (mut ids, mut logits) = (vec![], vec![]);
+        while let Some(ev) = s.next().await {
+            match ev {
+                StreamEvent::Token {
+                    id, logits_digest, ..
+                } => {
+                    ids.push(id);
+                    logits.push(logits_digest);
+                }
+                StreamEvent::Done { .. } => return (ids, logits),
+                StreamEvent::Error(e) => panic!("generation failed: {e}"),
+            }
+        }
+        panic!("stream ended without Done");
+    }
+
+    /// User traffic fills the bounded queue (a further user request is refused
+    /// `Overloaded`), yet audit work (a generation and a score) is accepted and completes, and
+    /// its output is bit-identical to the same request run alone.
+    #[tokio::test]
+    async fn audit_work_is_admitted_when_user_traffic_fills_the_queue() {
+        let alone = engine(4, 1);
+        alone.resume();
+        let reference =
+            tokens_and_logits(alone.generate(req("the audited request", 24)).unwrap()).await;
+
+        let e = engine(2, 1);
+        let users: Vec<_> = (0..2)
+            .map(|i| e.generate(req(&format!("user {i} asks"), 40)).unwrap())
+            .collect();
+        assert!(matches!(
+            e.generate(req("one more user", 8)),
+            Err(EngineError::Overloaded)
+        ));
+        // The audit lane is not the user lane: a score and a generation are both taken.
+        let audit = e
+            .generate_in(req("the audited request", 24), Lane::Audit)
+            .unwrap();
+        let ids = e
+            .prompt_tokens(&Prompt::Text("the audited request".into()))
+            .unwrap();
+        let score = e.score_in(ids, reference.0.clone(), Lane::Audit);
+        e.resume();
+        let (audited, scores) = tokio::join!(tokens_and_logits(audit), score);
+        assert_eq!(
+            audited, reference,
+            "the lane must not change a bit of the output"
+        );
+        let scores = scores.unwrap();
+        assert!(
+            scores
+                .iter()
+                .zip(&reference.0)
+                .all(|(s, t)| s.token == *t && s.argmax == *t)
+        );
+        for u in users {
+            tokens_and_logits(u).await;
+        }
+        // Audit work may take reserved slots beyond max_batch (1), never more.
+        assert!(e.stats().max_batch_seen <= (1 + AUDIT_SLOTS) as u64);
+        assert_eq!(e.stats().queued, 0);
+    }
+
+    /// The audit lane is bounded too: past its capacity it refuses, without touching the
+    /// user lane.
+    #[tokio::test]
+    async fn the_audit_lane_is_bounded() {
+        let e = engine(1, 1);
+        let held: Vec<_> = (0..AUDIT_QUEUE_CAPACITY)
+            .map(|_| e.generate_in(req("a", 2), Lane::Audit).unwrap())
+            .collect();
+        assert!(matches!(
+            e.generate_in(req("a", 2), Lane::Audit),
+            Err(EngineError::Overloaded)
+        ));
+        let user = e.generate(req("u", 2)).unwrap();
+        e.resume();
+        for s in held {
+            tokens_and_logits(s).await;
+        }
+        tokens_and_logits(user).await;
     }
 }
