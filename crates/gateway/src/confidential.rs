@@ -36,7 +36,7 @@ use crate::directory::{cost, unit_price};
 use crate::proxy::{self, ReceiptError};
 use crate::router::{NodeView, Outcome};
 use crate::state::GatewayState;
-use crate::store::{AuthedKey, UsageStatus};
+use crate::store::{AuthedKey, CreditHold, UsageStatus};
 
 type S = State<Arc<GatewayState>>;
 
@@ -76,6 +76,9 @@ struct Dispatched {
     stack: StackId,
     reserved: u64,
     started: Instant,
+    /// The credit held for the request's worst-case cost; its bill settles it, any other end
+    /// releases it.
+    hold: CreditHold,
 }
 
 async fn handle(
@@ -113,7 +116,11 @@ async fn handle(
         .with_param("node"));
     }
     let units = sealed_units(&env);
-    crate::routes::affordable(&key, cost(units, unit_price(&node)))?;
+    // The worst-case cost is held before any node is asked (a 402 quota error if it cannot
+    // be, a 503 if the store cannot write).
+    let need = cost(units, unit_price(&node));
+    crate::routes::affordable(&key, need)?;
+    let hold = g.store.hold(key.key_id, need).await?;
     let stack = proxy::hold_stack(g, &node, &model, units).await?;
     let started = Instant::now();
     let d = Dispatched {
@@ -123,6 +130,7 @@ async fn handle(
         stack: stack.stack_id,
         reserved: units,
         started,
+        hold,
     };
     let resp = match proxy::send(g, &d.node, CONFIDENTIAL_CHAT_PATH, &body, d.stack).await {
         Ok(r) => r,
@@ -210,17 +218,27 @@ impl Dispatched {
         }
     }
 
-    /// Bills an answer with a checked receipt.
-    async fn bill(&self, g: &GatewayState, receipt: &SignedReceipt) -> Amount {
+    /// The bill of an answer with a checked receipt.
+    fn receipted(&self, receipt: &SignedReceipt) -> crate::store::Bill {
         let json = serde_json::to_string(receipt).ok();
-        let bill = self.account().receipted(receipt, json, UsageStatus::Ok);
-        crate::proxy::record(g, &bill).await
+        self.account().receipted(receipt, json, UsageStatus::Ok)
+    }
+
+    /// Bills an answer with a checked receipt, settling the hold; an error means the answer
+    /// must be withheld.
+    async fn bill(
+        &mut self,
+        g: &GatewayState,
+        receipt: &SignedReceipt,
+    ) -> Result<Amount, ApiError> {
+        let bill = self.receipted(receipt);
+        crate::proxy::record(g, &mut self.hold, &[bill]).await
     }
 }
 
 async fn whole(
     g: &Arc<GatewayState>,
-    d: Dispatched,
+    mut d: Dispatched,
     resp: reqwest::Response,
 ) -> Result<Response, ApiError> {
     let bytes = match tokio::time::timeout(g.config.upstream_timeout, resp.bytes()).await {
@@ -240,7 +258,9 @@ async fn whole(
     let ttft = d.started.elapsed();
     g.finish(d.node.id, Outcome::Success { ttft, itl: None })
         .await;
-    d.bill(g, &answer.sortition.receipt).await;
+    // Billed before the answer leaves: if that cannot be recorded the client gets the error
+    // (503 on a storage fault), not an unpaid answer.
+    d.bill(g, &answer.sortition.receipt).await?;
     answer.sortition.verified_by_gateway = Some(true);
     let mut r = Json(answer).into_response();
     if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
@@ -325,7 +345,9 @@ async fn drive(
                 },
             )
             .await;
-            d.bill(&g, &r).await;
+            // Delivered already: settled now, or once the store can (the hold pays meanwhile).
+            let bill = d.receipted(&r);
+            crate::proxy::record_delivered(&g, d.hold, vec![bill]).await;
         }
         None => {
             // No receipt: the node failed or the client left. Bill only the chunks delivered,
@@ -339,7 +361,7 @@ async fn drive(
             )
             .await;
             let bill = d.account().unreceipted(chunks, status, Hash32::default());
-            crate::proxy::record(&g, &bill).await;
+            crate::proxy::record_delivered(&g, d.hold, vec![bill]).await;
         }
     }
 }

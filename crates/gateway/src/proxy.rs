@@ -20,7 +20,7 @@ use sortition_types::{
 use crate::directory::{cost, unit_price};
 use crate::router::{Constraints, NodeView, Outcome};
 use crate::state::GatewayState;
-use crate::store::{Bill, StackRecord, UsageStatus};
+use crate::store::{Bill, CreditHold, StackRecord, UsageStatus};
 
 /// Attempts per request before giving up (each on a different node).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -471,38 +471,67 @@ impl Account<'_> {
     }
 }
 
-/// Records a bill (stack settlement, charge, usage row, payload) in one transaction. Failures
-/// are logged, not returned: the node served the request, so the user gets the answer either
-/// way. Returns what the key was charged.
-pub async fn record(g: &GatewayState, bill: &Bill) -> Amount {
-    match g.store.bill(bill).await {
+/// Records `bills` (stack settlements, the charge, usage rows, payloads) in one transaction
+/// that settles the request's credit `hold` to their total. Returns what was charged, or the
+/// error for the client: the answer must then be withheld (a storage fault is a 503 with
+/// `Retry-After`; the hold stays open and is released when the guard is dropped). Never
+/// serves an answer at cost 0 because its charge failed: there is no such outcome.
+pub async fn record(
+    g: &GatewayState,
+    hold: &mut CreditHold,
+    bills: &[Bill],
+) -> Result<Amount, ApiError> {
+    match hold.settle(bills).await {
         Ok(billed) => {
             if let Some(e) = billed.settle_error {
-                tracing::error!(stack = %bill.stack, error = %e, "stack settlement failed");
+                tracing::error!(error = %e, "stack settlement failed");
             }
-            if let Some(e) = billed.charge_error {
-                // The pre-check passed but a concurrent request spent the credits first: the
-                // usage row records the shortfall for the operator to see.
-                let key = bill.usage.key_id;
-                tracing::warn!(key = %key, error = %e, "could not charge a served request");
-            }
-            billed.charged
+            Ok(billed.charged)
         }
         Err(e) => {
-            let custody = if bill.payload.is_some() {
-                " and payload custody"
-            } else {
-                ""
-            };
-            tracing::error!(error = %e, "billing failed; usage{custody} not recorded");
+            // Database faults are logged by the store, once and then at a bounded rate.
+            if !matches!(e, crate::store::StoreError::Db(_)) {
+                tracing::error!(hold = %hold.id(), error = %e, "could not bill a request; its answer is withheld");
+            }
+            g.metrics.inc("billing_failed_total", "", 1);
+            Err(e.into())
+        }
+    }
+}
+
+/// [`record`] for an answer already delivered (a stream): if the database cannot take the
+/// bill now, it is settled in the background once it can. Meanwhile the request's worst-case
+/// cost stays taken from the user's credits (the hold made before the node was asked), so a
+/// delivered answer is never free. Returns what was charged now (zero while pending).
+pub async fn record_delivered(g: &GatewayState, mut hold: CreditHold, bills: Vec<Bill>) -> Amount {
+    match record(g, &mut hold, &bills).await {
+        Ok(charged) => charged,
+        Err(_) => {
+            hold.settle_in_background(bills);
             Amount::ZERO
         }
     }
 }
 
-/// After a verified receipt: settle the stack's units, charge the user, record the usage and
-/// keep the payload (and the answer, when there is one) for auditors, in one transaction that
-/// is committed before the answer is returned.
+/// The bill of an answer with a checked receipt: the stack's units, the charge, the usage row,
+/// and the payload (with the answer, when there is one) kept for auditors.
+pub fn receipted_bill(
+    g: &GatewayState,
+    d: &Dispatched,
+    key: &crate::store::AuthedKey,
+    model: &ModelId,
+    body: &Bytes,
+    served: &Served<'_>,
+) -> Bill {
+    let account = d.account(key, model);
+    let mut b = account.receipted(served.receipt, served.receipt_json.clone(), UsageStatus::Ok);
+    b.payload = Some(payload(g, d, body, served));
+    b
+}
+
+/// After a verified receipt: settle the stack's units, charge the user (settling `hold`),
+/// record the usage and keep the payload for auditors, in one transaction that is committed
+/// before the answer is returned; an error means the answer must not be returned.
 pub async fn bill(
     g: &GatewayState,
     d: &Dispatched,
@@ -510,11 +539,9 @@ pub async fn bill(
     model: &ModelId,
     body: &Bytes,
     served: &Served<'_>,
-) -> Amount {
-    let account = d.account(key, model);
-    let mut b = account.receipted(served.receipt, served.receipt_json.clone(), UsageStatus::Ok);
-    b.payload = Some(payload(g, d, body, served));
-    record(g, &b).await
+    hold: &mut CreditHold,
+) -> Result<Amount, ApiError> {
+    record(g, hold, &[receipted_bill(g, d, key, model, body, served)]).await
 }
 
 fn payload(
@@ -537,8 +564,15 @@ fn payload(
 /// Keeps a request (and its answer) behind a receipt the node signed, so that auditors can
 /// be given it if the ledger samples the receipt.
 pub async fn keep_payload(g: &GatewayState, d: &Dispatched, body: &Bytes, served: &Served<'_>) {
-    if let Err(e) = g.store.put_payload(&payload(g, d, body, served)).await {
-        tracing::error!(error = %e, "payload custody failed; this request cannot be audited");
+    match g.store.put_payload(&payload(g, d, body, served)).await {
+        // Database faults are logged by the store, once and then at a bounded rate.
+        Err(crate::store::StoreError::Db(_)) => {
+            g.metrics.inc("payload_custody_failed_total", "", 1);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "payload custody failed; this request cannot be audited");
+        }
+        Ok(()) => {}
     }
 }
 

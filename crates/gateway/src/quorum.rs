@@ -24,12 +24,10 @@ use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{Hash32, ModelId, NodeId, SignedReceipt};
 
 use crate::answers::NodeAnswer;
-use crate::directory::cost;
 use crate::proxy::{self, Dispatched, check_receipt};
 use crate::router::{Constraints, NodeView, Outcome};
-use crate::server::RouterQueries;
 use crate::state::GatewayState;
-use crate::store::AuthedKey;
+use crate::store::{AuthedKey, CreditHold};
 
 /// What one member of the quorum returned, with a verified receipt.
 struct Member {
@@ -52,7 +50,14 @@ pub struct QuorumRequest<'a> {
 }
 
 /// Runs the request on a quorum and answers from its majority.
-pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Response, ApiError> {
+/// `hold` is the credit held for the request at admission: `size` answers at the dearest
+/// price, since every agreeing member is paid. The majority's bills settle it, in one
+/// transaction, before the answer is returned; any other end releases it.
+pub async fn serve(
+    g: &Arc<GatewayState>,
+    q: QuorumRequest<'_>,
+    mut hold: CreditHold,
+) -> Result<Response, ApiError> {
     // A quorum cannot answer before it agrees: members are asked unstreamed (their receipts
     // and the kept payloads commit to that body), and the majority's answer is then streamed.
     let unstreamed;
@@ -67,11 +72,6 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
     };
     let nodes: Vec<NodeView> = {
         let mut r = g.router.lock().await;
-        // Every member is paid: the user must afford n answers at the dearest price.
-        if let Some(worst) = r.worst_price(q.model) {
-            let n = u64::from(q.size);
-            crate::routes::affordable(q.key, cost(q.units.saturating_mul(n), worst))?;
-        }
         let ids = r.choose_quorum(q.model, q.constraints, q.size, &[], Instant::now())?;
         ids.iter().filter_map(|id| r.node(*id).cloned()).collect()
     };
@@ -140,11 +140,14 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
     };
     let agreeing: Vec<NodeId> = majority.iter().map(|&i| members[i].d.node.id).collect();
     let mut dissenting = Vec::new();
+    let mut bills = Vec::new();
     for (i, m) in members.iter().enumerate() {
         if majority.contains(&i) {
             let answer = m.value.answer();
             let served = proxy::Served::new(&m.receipt, answer.as_ref());
-            proxy::bill(g, &m.d, q.key, q.model, q.body, &served).await;
+            bills.push(proxy::receipted_bill(
+                g, &m.d, q.key, q.model, q.body, &served,
+            ));
         } else {
             tracing::warn!(node = %m.d.node.id, agreeing = ?agreeing, "quorum member disagreed with the majority");
             g.metrics.inc("quorum_dissent_total", "", 1);
@@ -171,6 +174,9 @@ pub async fn serve(g: &Arc<GatewayState>, q: QuorumRequest<'_>) -> Result<Respon
         },
         1,
     );
+    // Every agreeing member billed, in one transaction, before the answer leaves; if that
+    // cannot be recorded the client gets the error (503 on a storage fault), not the answer.
+    proxy::record(g, &mut hold, &bills).await?;
     let first = &members[majority[0]];
     let mut value = first.value.clone();
     value.mark_verified();

@@ -21,18 +21,22 @@ use crate::proxy::{self, Dispatched, check_receipt};
 use crate::router::{Constraints, Outcome};
 use crate::server::RouterQueries;
 use crate::state::GatewayState;
-use crate::store::AuthedKey;
 use crate::store::UsageStatus;
+use crate::store::{AuthedKey, CreditHold};
 
 type S = State<Arc<GatewayState>>;
 
-/// An authenticated, admitted request: its key and the parsed essentials.
+/// An authenticated, admitted request: its key, the parsed essentials, and the credit held for
+/// its worst-case cost (released if it is dropped before its bill settles it).
 struct Admitted {
     key: AuthedKey,
     model: ModelId,
     stream: bool,
     units: u64,
     constraints: Constraints,
+    /// How many nodes answer it (a synchronous quorum when above 1); each is paid.
+    size: u8,
+    hold: CreditHold,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -51,6 +55,11 @@ async fn authenticate(g: &Arc<GatewayState>, headers: &HeaderMap) -> Result<Auth
     Ok(key)
 }
 
+/// Admits a request: parses its constraints, then holds its worst-case cost (`units` at the
+/// dearest serving node's price, once per quorum member when `quorum` lets the model's policy
+/// or the constraints ask for one) against the key's credits and budget, atomically, before
+/// any node is asked. A request that cannot be held for gets the quota error (402
+/// `insufficient_credits` or `key_budget_exceeded`), or a 503 when the store cannot write.
 async fn admit(
     g: &Arc<GatewayState>,
     key: AuthedKey,
@@ -58,6 +67,7 @@ async fn admit(
     model: &str,
     stream: bool,
     units: u64,
+    quorum: bool,
 ) -> Result<Admitted, ApiError> {
     let permit = g.in_flight.try_acquire()?;
     let constraints = Constraints::from_header(
@@ -80,13 +90,26 @@ async fn admit(
         )
         .with_param("model"));
     };
-    affordable(&key, cost(units, worst))?;
+    let size = if quorum {
+        g.policy_quorum(&model)
+            .max(constraints.require_quorum.unwrap_or(1))
+    } else {
+        1
+    };
+    // Every quorum member is paid for what it served, each at most `units` at `worst`.
+    let need = sortition_types::Amount(cost(units, worst).0.saturating_mul(u64::from(size)));
+    // The snapshot read at authentication turns the obviously short away without a write;
+    // the hold is what decides, atomically.
+    affordable(&key, need)?;
+    let hold = g.store.hold(key.key_id, need).await?;
     Ok(Admitted {
         key,
         model,
         stream,
         units,
         constraints,
+        size,
+        hold,
         _permit: permit,
     })
 }
@@ -173,10 +196,8 @@ async fn generation<A: NodeAnswer>(
     let key = authenticate(g, headers).await?;
     let (model, messages, sampling) = parse(&body)?;
     let units = generation_units(&body, messages, &sampling);
-    let a = admit(g, key, headers, &model, sampling.is_stream(), units).await?;
-    let size = g
-        .policy_quorum(&a.model)
-        .max(a.constraints.require_quorum.unwrap_or(1));
+    let a = admit(g, key, headers, &model, sampling.is_stream(), units, true).await?;
+    let size = a.size;
     if size > 1 {
         return crate::quorum::serve(
             g,
@@ -190,6 +211,7 @@ async fn generation<A: NodeAnswer>(
                 path,
                 body: &body,
             },
+            a.hold,
         )
         .await;
     }
@@ -203,7 +225,7 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
         let req: EmbeddingRequest = parse_json(&body)?;
         let texts = req.input.clone().into_vec();
         let units: u64 = texts.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
-        let a = admit(&g, key, &headers, &req.model, false, units.max(1)).await?;
+        let a = admit(&g, key, &headers, &req.model, false, units.max(1), false).await?;
         forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await
     }
     .await;
@@ -368,7 +390,7 @@ async fn unary<A: NodeAnswer>(
 /// marked verified, with the node and receipt headers.
 async fn answered(
     g: &Arc<GatewayState>,
-    a: Admitted,
+    mut a: Admitted,
     d: Dispatched,
     body: Bytes,
     ttft: std::time::Duration,
@@ -384,7 +406,9 @@ async fn answered(
         .await;
     let generated = answer.answer();
     let served = proxy::Served::new(&receipt, generated.as_ref());
-    proxy::bill(g, &d, &a.key, &a.model, &body, &served).await;
+    // Billed (and the payload kept) before the answer leaves: if that cannot be recorded the
+    // client gets the error (503 on a storage fault) instead of an unpaid answer.
+    proxy::bill(g, &d, &a.key, &a.model, &body, &served, &mut a.hold).await?;
     answer.mark_verified();
     let mut resp = Json(answer).into_response();
     if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
@@ -573,7 +597,9 @@ async fn drive_relay(
                 finish_reason,
             });
             let served = proxy::Served::new(&r, answer.as_ref());
-            proxy::bill(&g, &d, &a.key, &a.model, &body, &served).await;
+            // Delivered already: settled now, or once the store can (the hold pays meanwhile).
+            let bill = proxy::receipted_bill(&g, &d, &a.key, &a.model, &body, &served);
+            proxy::record_delivered(&g, a.hold, vec![bill]).await;
         }
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill
@@ -591,7 +617,7 @@ async fn drive_relay(
                 status,
                 sortition_types::sha256(&body),
             );
-            proxy::record(&g, &bill).await;
+            proxy::record_delivered(&g, a.hold, vec![bill]).await;
         }
     }
 }

@@ -86,9 +86,20 @@ pub fn router_with(state: Arc<GatewayState>, with_metrics: bool) -> Router {
         .with_state(state)
 }
 
+/// `GET /health`: `"ok"` (200), or `"degraded"` (503) with the reason while the store cannot
+/// write (requests are then refused with 503 until it can; it recovers by itself).
 async fn health(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
     let nodes = g.router.lock().await.in_flight().len();
-    axum::Json(serde_json::json!({"status": "ok", "nodes": nodes}))
+    match g.store.degraded() {
+        None => (
+            axum::http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok", "nodes": nodes})),
+        ),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "degraded", "reason": reason, "nodes": nodes})),
+        ),
+    }
 }
 
 async fn metrics(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {

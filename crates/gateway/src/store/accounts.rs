@@ -13,7 +13,10 @@ use crate::keys::ApiKey;
 pub struct User {
     pub id: UserId,
     pub name: String,
+    /// What the user can spend: the balance less what is on hold.
     pub credits: Amount,
+    /// What is on hold for the user's requests in flight (their worst-case costs).
+    pub held: Amount,
     pub created_ms: i64,
 }
 
@@ -117,16 +120,18 @@ impl GatewayStore {
 
     /// A user and their current balance.
     pub async fn user(&self, user: UserId) -> Result<User> {
-        let row =
-            sqlx::query("SELECT id, name, credits_micro, created_ms FROM users WHERE id = $1")
-                .bind(user.0)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::UserNotFound(user))?;
+        let row = sqlx::query(
+            "SELECT id, name, credits_micro, held_micro, created_ms FROM users WHERE id = $1",
+        )
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::UserNotFound(user))?;
         Ok(User {
             id: UserId(row.try_get("id")?),
             name: row.try_get("name")?,
             credits: Amount(from_db(row.try_get("credits_micro")?, "credits")?),
+            held: Amount(from_db(row.try_get("held_micro")?, "held")?),
             created_ms: row.try_get("created_ms")?,
         })
     }
@@ -253,14 +258,21 @@ impl GatewayStore {
     }
 
     /// Debits `cost` from the key's user and adds it to the key's spend, in one transaction.
-    /// Fails with nothing applied if the key is revoked, the budget would be exceeded, or the
-    /// balance would go negative.
+    /// Fails with nothing applied if the key is revoked, the budget would be exceeded (counting
+    /// what the key has on hold), or the balance would go negative.
     pub async fn charge(&self, key: KeyId, cost: Amount) -> Result<Charged> {
+        let r = self.charge_once(key, cost).await;
+        self.track(super::faults::Work::Writes, &r);
+        r
+    }
+
+    async fn charge_once(&self, key: KeyId, cost: Amount) -> Result<Charged> {
         let c = to_db(cost.0, "cost")?;
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "UPDATE api_keys SET spent_micro = spent_micro + $1 WHERE id = $2 \
-             AND revoked_ms IS NULL AND (budget_micro IS NULL OR spent_micro + $1 <= budget_micro) \
+             AND revoked_ms IS NULL \
+             AND (budget_micro IS NULL OR spent_micro + held_micro + $1 <= budget_micro) \
              RETURNING user_id, spent_micro",
         )
         .bind(c)
@@ -296,11 +308,12 @@ impl GatewayStore {
 
     /// Explains why the key's conditional update matched nothing.
     pub(super) async fn why_key_refused(&self, key: KeyId, cost: Amount) -> Result<StoreError> {
-        let row =
-            sqlx::query("SELECT revoked_ms, budget_micro, spent_micro FROM api_keys WHERE id = $1")
-                .bind(key.0)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT revoked_ms, budget_micro, spent_micro, held_micro FROM api_keys WHERE id = $1",
+        )
+        .bind(key.0)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             return Ok(StoreError::KeyNotFound(key));
         };
@@ -310,10 +323,12 @@ impl GatewayStore {
         }
         let budget: Option<i64> = row.try_get("budget_micro")?;
         let spent = Amount(from_db(row.try_get("spent_micro")?, "spent")?);
+        let held = Amount(from_db(row.try_get("held_micro")?, "held")?);
         match budget {
             Some(b) => Ok(StoreError::OverBudget {
                 budget: Amount(from_db(b, "budget")?),
                 spent,
+                held,
                 cost,
             }),
             None => Ok(StoreError::OutOfRange("key spend after charge")),

@@ -22,16 +22,34 @@
 //! SQLite is used through one connection (see `pool_options`), plus one for the background
 //! checkpoints, which also keep the WAL file bounded under steady traffic (see `checkpoint`).
 //!
+//! Money is held before work ([`CreditHold`], see `holds`): a request's worst-case cost is
+//! taken from its user's credits and its key's budget before any node is asked, and its bill
+//! settles that hold to the actual cost. A bill whose charge cannot be made fails whole.
+//!
+//! Storage faults fail closed and heal: a write that fails is an error to the request (503,
+//! `Retry-After`); a connection that a failed `COMMIT` or `ROLLBACK` left believing it is still
+//! in a transaction is closed when it comes back to the pool, and the pool opens a fresh one
+//! (SQLite rolls a transaction back by itself on a full disk, and the `ROLLBACK` that follows
+//! fails); while writes fail the store reports itself degraded ([`GatewayStore::degraded`]),
+//! probes once a second, and logs each kind of failure once, then at most every
+//! [`faults::REPEAT_LOG_EVERY`] with a count, then its recovery.
+//!
+//! Files: the data directory is `0700` and `gateway.db` with its `-wal` and `-shm` files
+//! `0600` (they hold request bodies kept for audits), created so and tightened on open.
+//!
 //! Does not own: HTTP, rate limiting, the ledger's view of stacks (this is the gateway's cache
 //! of what it bought), or the plaintext of any key.
 
 mod accounts;
 mod billing;
+pub mod faults;
+mod holds;
 mod schema;
 mod stacks;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sortition_api::{ApiError, ErrorKind};
@@ -43,6 +61,7 @@ use crate::keys::{KeyError, ServerSecret};
 
 pub use accounts::{AuthError, AuthedKey, Charged, KeyInfo, User};
 pub use billing::{Bill, Billed};
+pub use holds::{CreditHold, HOLD_TTL, HoldId};
 pub use stacks::{NewUsage, Payload, StackRecord, StackState, UsageRecord, UsageStatus};
 
 /// A gateway user (an account holding credits).
@@ -88,12 +107,16 @@ pub enum StoreError {
     KeyRevoked(KeyId),
     #[error("insufficient credits: balance {balance}, cost {cost}")]
     InsufficientCredits { balance: Amount, cost: Amount },
-    #[error("key budget exceeded: budget {budget}, spent {spent}, cost {cost}")]
+    #[error("key budget exceeded: budget {budget}, spent {spent}, on hold {held}, cost {cost}")]
     OverBudget {
         budget: Amount,
         spent: Amount,
+        /// What the key's requests in flight hold.
+        held: Amount,
         cost: Amount,
     },
+    #[error("{0} was already settled or released")]
+    HoldNotFound(HoldId),
     #[error("{0} not found")]
     StackNotFound(StackId),
     #[error("{0} is expired or closed")]
@@ -146,13 +169,28 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorKind::NotFound, "not_found", e.to_string())
             }
             S::OutOfRange(_) => ApiError::invalid("out_of_range", e.to_string()),
-            S::Db(_) | S::UnsupportedUrl(_) | S::Key(_) | S::OverRelease { .. } | S::Corrupt(_) => {
+            // The database cannot be reached or written (a full disk, a lost server): nothing
+            // was served or recorded; the store logs the fault (rate-limited) and heals itself.
+            S::Db(_) => ApiError::new(
+                ErrorKind::Unavailable,
+                "storage_unavailable",
+                "the gateway cannot record requests right now; nothing was served or charged",
+            )
+            .with_retry_after(STORAGE_RETRY_AFTER_SECS),
+            S::UnsupportedUrl(_)
+            | S::Key(_)
+            | S::OverRelease { .. }
+            | S::Corrupt(_)
+            | S::HoldNotFound(_) => {
                 tracing::error!(error = %e, "gateway store failure");
                 ApiError::internal("the gateway's database failed")
             }
         }
     }
 }
+
+/// The `Retry-After` of a request refused because the database cannot be written.
+pub const STORAGE_RETRY_AFTER_SECS: u64 = 5;
 
 /// Which database is behind the pool.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -181,10 +219,16 @@ pub struct GatewayStore {
     backend: Backend,
     /// Keys API keys' hashes; the store never sees a key without it.
     secret: ServerSecret,
+    /// Which kinds of write are failing now, for `/health` and a rate-limited log.
+    faults: Arc<faults::Faults>,
 }
 
 /// The SQLite file inside the data directory.
 pub const SQLITE_FILE: &str = "gateway.db";
+
+/// The database's WAL and shared memory, beside it. SQLite creates them with the database's
+/// mode; one found looser (left by an older version) is tightened.
+const SQLITE_SIDE_FILES: [&str; 2] = ["-wal", "-shm"];
 
 impl GatewayStore {
     /// Opens (creating if needed) `<data_dir>/gateway.db` in WAL mode.
@@ -198,11 +242,21 @@ impl GatewayStore {
         secret: ServerSecret,
         options: &StoreOptions,
     ) -> Result<GatewayStore> {
-        std::fs::create_dir_all(data_dir).map_err(|source| KeyError::Io {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| KeyError::Io { path, source }
+        };
+        sortition_api::private_fs::private_dir(data_dir).map_err(io(data_dir))?;
         let path = data_dir.join(SQLITE_FILE);
+        // Created 0600 before SQLite opens it, so its -wal and -shm files (which take the
+        // database's mode) are private from their first byte; tightened if found looser.
+        sortition_api::private_fs::private_file(&path).map_err(io(&path))?;
+        for suffix in SQLITE_SIDE_FILES {
+            let file = data_dir.join(format!("{SQLITE_FILE}{suffix}"));
+            if file.exists() {
+                sortition_api::private_fs::private_file(&file).map_err(io(&file))?;
+            }
+        }
         Self::open_with(
             &format!("sqlite://{}?mode=rwc", path.display()),
             secret,
@@ -231,14 +285,44 @@ impl GatewayStore {
             pool,
             backend,
             secret,
+            faults: Arc::default(),
         };
         schema::migrate(&store).await?;
         if let (Backend::Sqlite, Some(every)) = (backend, flush) {
             // Checkpoints run on a connection of their own, beside the requests' one.
             let checkpointer = sqlite_options(CHECKPOINTER_PRAGMAS).connect(url).await?;
-            tokio::spawn(checkpoint_wal(checkpointer, store.pool.clone(), every));
+            tokio::spawn(checkpoint_wal(checkpointer, store.clone(), every));
         }
+        tokio::spawn(maintain(store.clone()));
         Ok(store)
+    }
+
+    /// Why the store is degraded (some kind of write failing now), or `None` when it is not.
+    pub fn degraded(&self) -> Option<String> {
+        self.faults.degraded()
+    }
+
+    /// Records how a write of `work` ended: a database error is a fault (logged at a bounded
+    /// rate, reported by [`GatewayStore::degraded`]); anything else shows the database works.
+    fn track<T>(&self, work: faults::Work, r: &Result<T>) {
+        match r {
+            Err(e @ StoreError::Db(_)) => self.faults.failed(work, e),
+            _ => self.faults.ok(work),
+        }
+    }
+
+    /// One small write, to learn whether writes work again.
+    async fn probe_write(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO store_meta (name, value) VALUES ('write_probe_ms', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Which database this store runs on.
@@ -284,6 +368,38 @@ impl Default for StoreOptions {
     }
 }
 
+/// How often a degraded store probes whether writes work again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often expired credit holds are swept.
+const SWEEP_HOLDS_EVERY: Duration = Duration::from_secs(60);
+
+/// The store's own upkeep until its pool closes: expired credit holds are released (at open,
+/// then every [`SWEEP_HOLDS_EVERY`]), and while writes fail a small write is tried every
+/// [`PROBE_EVERY`], so that the store reports itself healed even with no traffic.
+async fn maintain(store: GatewayStore) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep: Option<tokio::time::Instant> = None;
+    while !store.pool.is_closed() {
+        tick.tick().await;
+        if store.faults.is_failing(faults::Work::Writes) {
+            let r = store.probe_write().await;
+            if !store.pool.is_closed() {
+                store.track(faults::Work::Writes, &r);
+            }
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_HOLDS_EVERY) {
+            last_sweep = Some(tokio::time::Instant::now());
+            if let Err(e) = store.sweep_holds(now_ms()).await
+                && !store.pool.is_closed()
+            {
+                store.faults.failed(faults::Work::Releases, &e);
+            }
+        }
+    }
+}
+
 /// The pool for `backend`.
 ///
 /// SQLite gets one connection. SQLite has one writer at a time: with one connection the
@@ -294,14 +410,34 @@ impl Default for StoreOptions {
 /// in this process and cannot go stale, so it is not pinged before each use (a round trip to
 /// its worker thread). `flush` decides the durability pragmas (see [`StoreOptions`]).
 fn pool_options(backend: Backend, flush: Option<Duration>) -> AnyPoolOptions {
-    match backend {
+    let options = match backend {
         Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         // Without an fsync per commit, checkpoints (which fsync) run in the background.
         Backend::Sqlite if flush.is_some() => {
             sqlite_options("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")
         }
         Backend::Sqlite => sqlite_options("PRAGMA synchronous = FULL"),
+    };
+    options.after_release(|conn, _| Box::pin(still_usable(conn)))
+}
+
+/// Whether a connection coming back to the pool may be used again. A transaction left open
+/// (dropped on an error) was queued for rollback; once that has run (the ping waits for it),
+/// a connection that still believes it is in a transaction had its `COMMIT` or `ROLLBACK`
+/// fail — SQLite rolls back by itself on a full disk, and the `ROLLBACK` that follows finds no
+/// transaction — and every later `BEGIN` on it would fail ("attempted to call begin_with at
+/// non-zero transaction depth"). It is closed instead, and the pool opens a fresh one.
+async fn still_usable(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return Ok(true);
     }
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("replacing a database connection stuck in a failed transaction");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// One SQLite connection, set up with `pragmas`.
@@ -329,15 +465,18 @@ const WAL_RESTART_FRAMES: i64 = 8192;
 /// `synchronous = NORMAL` a checkpoint `fsync`s the WAL before copying it into the database
 /// (and the database after), so commits reach the disk within that window; running it here,
 /// with automatic checkpoints off, keeps those `fsync`s off the requests' commits.
-async fn checkpoint_wal(checkpointer: AnyPool, requests: AnyPool, every: Duration) {
+/// A failing checkpoint (a full disk) is logged once, then at a bounded rate, and reported as
+/// a fault until one succeeds.
+async fn checkpoint_wal(checkpointer: AnyPool, store: GatewayStore, every: Duration) {
+    let requests = &store.pool;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !requests.is_closed() {
         tick.tick().await;
-        if let Err(e) = checkpoint(&checkpointer, &requests).await
-            && !requests.is_closed()
-        {
-            tracing::error!(error = %e, "could not checkpoint the gateway's SQLite WAL");
+        match checkpoint(&checkpointer, requests).await {
+            Ok(()) => store.faults.ok(faults::Work::Checkpoints),
+            Err(e) if !requests.is_closed() => store.faults.failed(faults::Work::Checkpoints, &e),
+            Err(_) => {}
         }
     }
     checkpointer.close().await;

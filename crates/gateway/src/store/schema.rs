@@ -12,7 +12,8 @@ const DDL: &[&str] = &[
         id {id},
         name TEXT NOT NULL,
         credits_micro BIGINT NOT NULL DEFAULT 0 CHECK (credits_micro >= 0),
-        created_ms BIGINT NOT NULL
+        created_ms BIGINT NOT NULL,
+        held_micro BIGINT NOT NULL DEFAULT 0 CHECK (held_micro >= 0)
     )",
     "CREATE TABLE IF NOT EXISTS api_keys (
         id {id},
@@ -24,7 +25,8 @@ const DDL: &[&str] = &[
         revoked_ms BIGINT,
         rate_limit_rpm BIGINT NOT NULL CHECK (rate_limit_rpm > 0),
         budget_micro BIGINT CHECK (budget_micro IS NULL OR budget_micro >= 0),
-        spent_micro BIGINT NOT NULL DEFAULT 0 CHECK (spent_micro >= 0)
+        spent_micro BIGINT NOT NULL DEFAULT 0 CHECK (spent_micro >= 0),
+        held_micro BIGINT NOT NULL DEFAULT 0 CHECK (held_micro >= 0)
     )",
     "CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys (user_id)",
     "CREATE TABLE IF NOT EXISTS usage (
@@ -70,6 +72,40 @@ const DDL: &[&str] = &[
         PRIMARY KEY (stack_id, receipt_seq)
     )",
     "CREATE INDEX IF NOT EXISTS receipt_payloads_expiry ON receipt_payloads (expires_at_ms)",
+    // Credit holds: the worst-case cost of a request in flight, taken from its user's credits
+    // (into `users.held_micro`) and counted against its key's budget (`api_keys.held_micro`)
+    // before any node is asked; settled to the actual cost, or released, exactly once (the
+    // row is deleted by whichever comes first). A hold outlives its request only if the
+    // gateway died meanwhile: it is released when it expires.
+    "CREATE TABLE IF NOT EXISTS credit_holds (
+        id {id},
+        key_id BIGINT NOT NULL,
+        user_id BIGINT NOT NULL,
+        amount_micro BIGINT NOT NULL CHECK (amount_micro >= 0),
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS credit_holds_expiry ON credit_holds (expires_ms)",
+    // Small facts about the store itself (e.g. the write probe that tells a healed store).
+    "CREATE TABLE IF NOT EXISTS store_meta (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    )",
+];
+
+/// Columns added after their table was first released: `(table, column, definition)`. Added
+/// to databases created before them (the `CREATE TABLE`s above already carry them).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    (
+        "users",
+        "held_micro",
+        "BIGINT NOT NULL DEFAULT 0 CHECK (held_micro >= 0)",
+    ),
+    (
+        "api_keys",
+        "held_micro",
+        "BIGINT NOT NULL DEFAULT 0 CHECK (held_micro >= 0)",
+    ),
 ];
 
 /// A constant key for `pg_advisory_xact_lock`, so concurrent migrations serialize.
@@ -102,6 +138,29 @@ pub(super) async fn migrate(store: &GatewayStore) -> Result<()> {
         sqlx::query(AssertSqlSafe(render(stmt, store.backend)))
             .execute(&mut *tx)
             .await?;
+    }
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present = match store.backend {
+            Backend::Sqlite => {
+                use sqlx::Row;
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM pragma_table_info('{table}') WHERE name = '{column}'"
+                );
+                // Constant names only: no input reaches this text.
+                let row = sqlx::query(AssertSqlSafe(sql)).fetch_one(&mut *tx).await?;
+                row.try_get::<i64, _>("n")? > 0
+            }
+            // PostgreSQL says it itself (`IF NOT EXISTS`).
+            Backend::Postgres => false,
+        };
+        if !present {
+            let if_not = match store.backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => "IF NOT EXISTS ",
+            };
+            let sql = format!("ALTER TABLE {table} ADD COLUMN {if_not}{column} {definition}");
+            sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     Ok(())

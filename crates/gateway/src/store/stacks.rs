@@ -342,7 +342,9 @@ impl GatewayStore {
     /// receipt it belongs to: identical requests on other receipts are kept separately.
     /// Storing the same receipt's payload twice keeps the first.
     pub async fn put_payload(&self, p: &Payload) -> Result<()> {
-        insert_payload(&self.pool, p).await
+        let r = insert_payload(&self.pool, p).await;
+        self.track(super::faults::Work::Writes, &r);
+        r
     }
 
     /// The payload kept for receipt `seq` of `stack`, if it has not expired at `now_ms`.
