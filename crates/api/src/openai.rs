@@ -107,9 +107,82 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Every other field of the request, kept so that none is silently ignored: see
+    /// [`SamplingFields::check_supported`].
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Fields that change nothing Sortition computes (bookkeeping for the caller), accepted as
+/// OpenAI accepts them.
+const HARMLESS_FIELDS: &[&str] = &["store", "metadata", "service_tier"];
+
+/// OpenAI fields Sortition does not serve yet, with what to do instead. A request that sets
+/// one to anything but its neutral value is refused with a 400 naming it, never answered as
+/// if the field were not there.
+const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
+    ("tools", "tool calling is not supported yet"),
+    ("tool_choice", "tool calling is not supported yet"),
+    ("parallel_tool_calls", "tool calling is not supported yet"),
+    ("functions", "function calling is not supported yet"),
+    ("function_call", "function calling is not supported yet"),
+    ("response_format", "only response_format {\"type\": \"text\"} is supported yet"),
+    ("logprobs", "logprobs are not supported yet"),
+    ("top_logprobs", "logprobs are not supported yet"),
+    ("logit_bias", "logit_bias is not supported"),
+    ("echo", "echo is not supported yet"),
+    ("suffix", "suffix is not supported"),
+    ("best_of", "best_of is not supported; use n=1"),
+    ("modalities", "only text output is supported"),
+    ("audio", "only text output is supported"),
+    ("prediction", "predicted outputs are not supported"),
+    ("reasoning_effort", "reasoning_effort is not supported by these models"),
+    ("web_search_options", "web search is not supported"),
+];
+
+/// Whether `value` is the neutral setting of the unsupported field `name` (what a client that
+/// does not use the feature may still send).
+fn neutral(name: &str, value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (name, value) {
+        (_, Value::Null) => true,
+        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
+        ("tool_choice" | "function_call", Value::String(s)) => s == "none",
+        ("parallel_tool_calls", Value::Bool(_)) => true,
+        ("response_format", v) => v.get("type").and_then(Value::as_str) == Some("text"),
+        ("logprobs" | "echo", Value::Bool(b)) => !b,
+        ("logit_bias", Value::Object(o)) => o.is_empty(),
+        ("best_of", v) => v.as_u64() == Some(1),
+        ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
+        _ => false,
+    }
 }
 
 impl SamplingFields {
+    /// Refuses (400, naming the `param`) every field that would change the answer but that
+    /// Sortition does not serve, and every field it does not know, as OpenAI refuses an
+    /// unrecognized argument. Fields that are bookkeeping only are accepted.
+    pub fn check_supported(&self) -> Result<(), ApiError> {
+        self.check_n()?;
+        for (name, value) in &self.extra {
+            if HARMLESS_FIELDS.contains(&name.as_str()) || neutral(name, value) {
+                continue;
+            }
+            let err = match UNSUPPORTED_FIELDS.iter().find(|(f, _)| f == name) {
+                Some((_, why)) => ApiError::invalid(
+                    "unsupported_parameter",
+                    format!("'{name}' is not supported: {why}"),
+                ),
+                None => ApiError::invalid(
+                    "unknown_parameter",
+                    format!("unrecognized request argument supplied: '{name}'"),
+                ),
+            };
+            return Err(err.with_param(name.clone()));
+        }
+        Ok(())
+    }
+
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
@@ -409,5 +482,60 @@ mod tests {
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(v["error"]["code"], "rate_limited");
         assert_eq!(v["error"]["message"], "slow down");
+    }
+
+    /// Issue 21: `tools`, `response_format` and `logprobs` were answered with a 200 and the
+    /// field silently ignored. Each is now refused with a 400 naming it, unless set to its
+    /// neutral value; unknown fields are refused as OpenAI refuses them; bookkeeping fields
+    /// pass.
+    #[test]
+    fn fields_that_would_be_ignored_are_refused_by_name() {
+        let chat = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            serde_json::from_value::<ChatCompletionRequest>(v).unwrap()
+        };
+        let refused = |extra: serde_json::Value| {
+            let e = chat(extra.clone()).sampling.check_supported().unwrap_err();
+            assert_eq!(e.status().as_u16(), 400, "{extra}");
+            (e.param.clone().unwrap_or_default(), e.code, e.message)
+        };
+        for (field, value) in [
+            ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}])),
+            ("tool_choice", serde_json::json!("required")),
+            ("response_format", serde_json::json!({"type": "json_object"})),
+            ("logprobs", serde_json::json!(true)),
+            ("top_logprobs", serde_json::json!(3)),
+            ("logit_bias", serde_json::json!({"50256": -100})),
+        ] {
+            let (param, code, msg) = refused(serde_json::json!({ field: value }));
+            assert_eq!(param, field);
+            assert_eq!(code, "unsupported_parameter");
+            assert!(msg.contains(field), "{msg}");
+        }
+        let (param, code, _) = refused(serde_json::json!({"temprature": 0.5}));
+        assert_eq!((param.as_str(), code), ("temprature", "unknown_parameter"));
+        // Neutral values and bookkeeping pass; known fields are read, not kept as extra.
+        for ok in [
+            serde_json::json!({"tools": [], "tool_choice": "none", "logprobs": false}),
+            serde_json::json!({"response_format": {"type": "text"}, "parallel_tool_calls": true}),
+            serde_json::json!({"store": true, "metadata": {"a": "b"}, "user": "u", "seed": 3}),
+        ] {
+            let r = chat(ok.clone());
+            r.sampling.check_supported().unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        let r = chat(serde_json::json!({"temperature": 0.5, "stream": true}));
+        assert!(r.sampling.extra.is_empty());
+        assert_eq!(r.sampling.temperature, Some(0.5));
+        // Completions share the check.
+        let c: CompletionRequest =
+            serde_json::from_value(serde_json::json!({"model": "m", "prompt": "x", "echo": true}))
+                .unwrap();
+        assert_eq!(
+            c.sampling.check_supported().unwrap_err().param.as_deref(),
+            Some("echo")
+        );
     }
 }
