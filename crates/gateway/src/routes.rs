@@ -168,6 +168,7 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
     g.metrics.inc("requests_total", "chat", 1);
     generation::<ChatCompletion>(&g, &headers, body, "/v1/chat/completions", |body| {
         let req: ChatCompletionRequest = parse_json(body)?;
+        req.sampling.check_supported()?;
         Ok((req.model, req.messages.len(), req.sampling))
     })
     .await
@@ -178,6 +179,7 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
     g.metrics.inc("requests_total", "completions", 1);
     generation::<Completion>(&g, &headers, body, "/v1/completions", |body| {
         let req: CompletionRequest = parse_json(body)?;
+        req.sampling.check_supported()?;
         Ok((req.model, 1, req.sampling))
     })
     .await
