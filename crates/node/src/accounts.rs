@@ -123,9 +123,19 @@ impl StackAccounts {
         })
     }
 
-    /// Ends a reservation: `used` units are charged (at most the reservation) and the receipt
-    /// sequence number is returned; the rest goes back to the stack. `used == 0` with
-    /// `charge == false` releases without a receipt.
+    /// Ends a reservation whose receipt is persisted: `used` units are charged (at most the
+    /// reservation) and the rest goes back to the stack. (The receipt's sequence number is
+    /// allocated by the store, in the write that persists it.)
+    pub fn charge(&self, r: Reservation, used: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let acct = g.entry(r.stack).or_default();
+        acct.reserved = acct.reserved.saturating_sub(r.units);
+        acct.used += used.min(r.units);
+    }
+
+    /// Ends a reservation: `used` units are charged (at most the reservation) and a running
+    /// count of the stack's charges is returned; the rest goes back to the stack. `used == 0`
+    /// with `charge == false` releases without a receipt.
     pub fn settle(&self, r: Reservation, used: u64, charge: bool) -> Option<u64> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let acct = g.entry(r.stack).or_default();

@@ -15,19 +15,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sortition_api::{
-    ApiError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorKind, parse_json,
-};
-use sortition_engine::{GenerateRequest, Prompt};
+use sortition_api::{ApiError, ErrorKind};
 use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
 use sortition_ledger_service::{Cursor, LedgerClient};
 use sortition_types::{
-    AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId, embedding_response_hash,
-    sha256, text_response_hash,
+    AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId, sha256,
 };
 use tokio::sync::watch;
 
 use crate::claims::receipt_with_proof;
+pub use crate::judge::{Scored, Tolerance, judge, score};
 use crate::service::NodeState;
 
 /// What the holder of a request delivers to an auditor.
@@ -122,6 +119,12 @@ impl Expected {
 
     /// Whether `r` can be the audited receipt.
     fn admits(&self, r: &SignedReceipt) -> Result<(), String> {
+        if r.receipt.sequence != self.sequence {
+            return Err(format!(
+                "not the audited receipt: its sequence is {}, the audited position {}",
+                r.receipt.sequence, self.sequence
+            ));
+        }
         if let Some(d) = self.digest {
             // The ledger checked that receipt's signature when it took it.
             return if r.receipt.digest() == d {
@@ -443,7 +446,9 @@ async fn submit_receipt(
         Ok(r) => r,
         Err(e) => return tracing::error!(%audit, error = %e, "cannot read receipts"),
     };
-    let Some((receipt, proof)) = receipt_with_proof(&receipts, index) else {
+    // The claim holds the receipts in position (see `claims::in_position`): so does the proof.
+    let receipts = crate::claims::in_position(&receipts);
+    let Some((receipt, proof)) = receipt_with_proof(receipts, index) else {
         return tracing::error!(%audit, %stack, index, "sampled receipt not found");
     };
     match client
@@ -513,6 +518,26 @@ async fn payload_deadline(client: &LedgerClient, commit_deadline: u64) -> Option
     Some(commit_deadline - left / 4)
 }
 
+/// The height by which a judge stops retrying its own trouble and votes: half-way from the
+/// payload deadline (`payload_by`) to the end of the commit phase, and at least a block before
+/// it, so the commit still lands.
+fn judge_deadline(payload_by: Option<u64>, commit_deadline: u64) -> u64 {
+    let last = commit_deadline.saturating_sub(1);
+    let from = payload_by.unwrap_or(last).min(last);
+    from + (last - from) / 2
+}
+
+/// Resolves once the ledger reaches `height` (polled; a ledger that cannot be read is asked
+/// again).
+async fn until_height(client: &LedgerClient, height: u64) {
+    loop {
+        if client.status().await.is_ok_and(|s| s.height >= height) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
 /// dispute about it that this node sits on (whose commit phase ends at `commit_deadline`).
 fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, commit_deadline: u64) {
@@ -522,10 +547,18 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
         // digest is on the ledger once the executor submitted it, or from the challenge) is
         // judged: a decoy (an honest request of someone else) cannot clear a cheat.
         let mut payload = None;
+        let mut misplaced = None;
         for _ in 0..120 {
             if let Ok(a) = client.audit(audit).await
                 && let Some(kept) = a.receipt
             {
+                // The receipt the executor proved at position i of its claim must be receipt
+                // i: one with another sequence means the claim misplaces its receipts (what
+                // a gap left by a lost write did), and the audit would judge the wrong one.
+                if kept.signed.receipt.sequence != a.receipt_index {
+                    misplaced = Some((kept.digest, kept.signed.receipt.sequence, a.receipt_index));
+                    break;
+                }
                 state.audits.learn_receipt(audit, &kept);
                 payload = state
                     .audits
@@ -557,6 +590,20 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
             p.payloads.clear();
             (auditor, disputes)
         };
+        if let Some((digest, sequence, index)) = misplaced {
+            tracing::warn!(%audit, sequence, index, "the executor's claim holds receipt {sequence} at position {index}; voting mismatch");
+            state.metrics.inc("audits_total", "misplaced_receipt", 1);
+            let verdict = Verdict::Mismatch {
+                evidence_hash: digest,
+            };
+            if is_auditor {
+                vote(&state, &client, Ballot::Audit(audit), verdict).await;
+            }
+            for d in disputes {
+                vote(&state, &client, Ballot::Dispute(d), verdict).await;
+            }
+            return;
+        }
         let Some(payload) = payload else {
             // Say so rather than stay silent: silence is slashed as a missed deadline, while
             // `Unavailable` closes our part without reward or penalty.
@@ -577,8 +624,13 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
                 AuditMethod::Reexecute
             }
         };
-        let verdict = judge(&state, &payload, method).await;
-        tracing::info!(%audit, ?verdict, "re-executed audited request");
+        // This node's own trouble (busy, model missing, a failure) is retried until the vote
+        // must go out, then voted `Unavailable`: never a `Mismatch` against the executor.
+        let deadline = until_height(&client, judge_deadline(give_up, commit_deadline));
+        let verdict =
+            crate::judge::judge_in_time(&state, &payload, method, Default::default(), deadline)
+                .await;
+        tracing::info!(%audit, ?verdict, "judged audited request");
         if is_auditor {
             vote(&state, &client, Ballot::Audit(audit), verdict).await;
         }
@@ -586,233 +638,6 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
             vote(&state, &client, Ballot::Dispute(d), verdict).await;
         }
     });
-}
-
-/// Judges a request by the model's audit method. Scoring can only clear a receipt: a failed
-/// or inconclusive score falls through to exact re-execution, the authority for a mismatch.
-pub async fn judge(state: &NodeState, p: &AuditPayload, method: AuditMethod) -> Verdict {
-    if let AuditMethod::Score {
-        max_rank,
-        logit_slack_milli,
-    } = method
-    {
-        let tolerance = Tolerance {
-            max_rank,
-            logit_slack: logit_slack_milli as f32 / 1000.0,
-        };
-        match score(state, p, tolerance).await {
-            Scored::Pass => {
-                state.metrics.inc("audits_total", "scored_match", 1);
-                return Verdict::Match;
-            }
-            Scored::Fail(why) => {
-                state.metrics.inc("audits_total", "scored_fail", 1);
-                tracing::info!(%why, "scoring failed; confirming by re-execution");
-            }
-            Scored::Inconclusive(why) => {
-                state.metrics.inc("audits_total", "scored_inconclusive", 1);
-                tracing::debug!(%why, "scoring inconclusive; re-executing");
-            }
-        }
-    }
-    let verdict = reexecute_and_compare(state, p).await;
-    let label = match verdict {
-        Verdict::Match => "reexecuted_match",
-        Verdict::Mismatch { .. } => "reexecuted_mismatch",
-        Verdict::Unavailable => "unavailable",
-    };
-    state.metrics.inc("audits_total", label, 1);
-    verdict
-}
-
-/// Scoring tolerance (see `AuditMethod::Score`).
-#[derive(Clone, Copy, Debug)]
-pub struct Tolerance {
-    pub max_rank: u32,
-    pub logit_slack: f32,
-}
-
-/// What teacher-forced scoring concluded.
-#[derive(Debug)]
-pub enum Scored {
-    /// Every claimed token is one the model would produce under the request's parameters.
-    Pass,
-    /// Some token is not (re-execution confirms before any verdict).
-    Fail(String),
-    /// Scoring cannot decide (answer missing or not matching the receipt, stop strings,
-    /// penalties, a tokenization that does not round-trip).
-    Inconclusive(String),
-}
-
-/// Checks the claimed answer in one teacher-forced pass: token counts, each token's rank and
-/// logit gap, and the end of generation.
-pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Scored {
-    use Scored::Inconclusive;
-    let r = &p.receipt.receipt;
-    let Some(answer) = &p.answer else {
-        return Inconclusive("no answer delivered".into());
-    };
-    if text_response_hash(&answer.text, &answer.finish_reason) != r.response_hash {
-        return Inconclusive("answer does not match the receipt's response hash".into());
-    }
-    let (model, prompt, fields) = match generation_request(p) {
-        Ok(Some(v)) => v,
-        Ok(None) => return Inconclusive("not a generation request".into()),
-        Err(e) => return Inconclusive(e),
-    };
-    let params = match crate::routes::sampling_params(&fields, 256) {
-        Ok(p) => p,
-        Err(e) => return Inconclusive(e.message),
-    };
-    if !params.stop.is_empty() || params.presence_penalty != 0.0 || params.frequency_penalty != 0.0
-    {
-        return Inconclusive("stop strings or penalties: scoring does not model them".into());
-    }
-    let Ok(chat) = state.engine(&model) else {
-        return Inconclusive(format!("model {model} not served here"));
-    };
-    let engine = &chat.engine;
-    let prompt_ids = match engine.prompt_tokens(&prompt) {
-        Ok(ids) => ids,
-        Err(e) => return Inconclusive(e.to_string()),
-    };
-    if prompt_ids.len() as u64 != r.input_tokens {
-        return Scored::Fail(format!(
-            "receipt claims {} input tokens, the prompt has {}",
-            r.input_tokens,
-            prompt_ids.len()
-        ));
-    }
-    let mut claimed = match engine.tokenizer().encode(&answer.text) {
-        Ok(ids) => ids,
-        Err(e) => return Inconclusive(e.to_string()),
-    };
-    let stops = engine.tokenizer().stop_ids().to_vec();
-    let ended_by_eos = answer.finish_reason == "stop";
-    if ended_by_eos {
-        let Some(&eos) = stops.first() else {
-            return Inconclusive("model has no stop token".into());
-        };
-        claimed.push(eos);
-    } else if answer.finish_reason != "length" {
-        return Inconclusive(format!("finish reason {}", answer.finish_reason));
-    }
-    if claimed.len() as u64 != r.output_tokens {
-        // Re-tokenizing decoded text need not give back the generated ids.
-        return Inconclusive(format!(
-            "{} tokens re-tokenized, receipt claims {}",
-            claimed.len(),
-            r.output_tokens
-        ));
-    }
-    if answer.finish_reason == "length" && claimed.len() as u64 != u64::from(params.max_tokens) {
-        return Inconclusive("length finish below max_tokens (context limit)".into());
-    }
-    let n = claimed.len();
-    let scores = match engine.score(prompt_ids, claimed).await {
-        Ok(s) => s,
-        Err(e) => return Inconclusive(e.to_string()),
-    };
-    let greedy = params.temperature == 0.0;
-    for (i, t) in scores.iter().enumerate() {
-        let last_eos = ended_by_eos && i + 1 == n;
-        let ok = if last_eos {
-            stops.contains(&t.argmax) || (!greedy && t.rank <= tol.max_rank)
-        } else if greedy {
-            t.token == t.argmax || t.max_logit - t.logit <= tol.logit_slack
-        } else {
-            t.rank <= tol.max_rank
-        };
-        if !ok {
-            return Scored::Fail(format!(
-                "token {i} ({}) has rank {} and is {:.3} below the top logit",
-                t.token,
-                t.rank,
-                t.max_logit - t.logit
-            ));
-        }
-    }
-    Scored::Pass
-}
-
-/// The model, prompt and sampling fields of a chat or text completion payload; `None` for
-/// other routes.
-fn generation_request(
-    p: &AuditPayload,
-) -> Result<Option<(String, Prompt, sortition_api::SamplingFields)>, String> {
-    let body = p.body.as_bytes();
-    Ok(Some(match p.path.as_str() {
-        "/v1/chat/completions" => {
-            let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let msgs = crate::routes::chat_messages(&req.messages).map_err(|e| e.message)?;
-            (req.model, Prompt::Chat(msgs), req.sampling)
-        }
-        "/v1/completions" => {
-            let req: CompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let prompt = req.single_prompt().map_err(|e| e.message)?;
-            (req.model, Prompt::Text(prompt), req.sampling)
-        }
-        _ => return Ok(None),
-    }))
-}
-
-/// Re-executes the request exactly and compares with the receipt.
-async fn reexecute_and_compare(state: &NodeState, p: &AuditPayload) -> Verdict {
-    let r = &p.receipt.receipt;
-    let (hash, tokens) = match reexecute(state, p).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "re-execution failed");
-            return Verdict::Mismatch {
-                evidence_hash: sha256(e.as_bytes()),
-            };
-        }
-    };
-    if hash == r.response_hash
-        && tokens == (r.input_tokens, r.output_tokens)
-        && r.node_class == state.class.fingerprint()
-    {
-        Verdict::Match
-    } else {
-        Verdict::Mismatch {
-            evidence_hash: hash,
-        }
-    }
-}
-
-async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64, u64)), String> {
-    let (model, prompt, fields) = match (generation_request(p)?, p.path.as_str()) {
-        (Some(v), _) => v,
-        (None, "/v1/embeddings") => {
-            let req: EmbeddingRequest = parse_json(p.body.as_bytes()).map_err(|e| e.message)?;
-            let m = state.embedder(&req.model).map_err(|e| e.message)?;
-            let (embedder, texts) = (m.embedder.clone(), req.input.into_vec());
-            let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            return Ok((embedding_response_hash(&vectors), (tokens as u64, 0)));
-        }
-        (None, other) => return Err(format!("unknown route {other}")),
-    };
-    let chat = state.engine(&model).map_err(|e| e.message)?;
-    let params = crate::routes::sampling_params(&fields, 256).map_err(|e| e.message)?;
-    let stream = chat
-        .engine
-        .generate(GenerateRequest::new(prompt, params))
-        .map_err(|e| e.to_string())?;
-    let (finish, usage, _, text) = stream.collect().await.map_err(|e| e.to_string())?;
-    let finish = match finish {
-        sortition_engine::FinishReason::Stop => "stop",
-        sortition_engine::FinishReason::Length => "length",
-    };
-    Ok((
-        text_response_hash(&text, finish),
-        (
-            u64::from(usage.prompt_tokens),
-            u64::from(usage.completion_tokens),
-        ),
-    ))
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -11,6 +11,21 @@ pub struct ClaimMaterial {
     pub receipt_count: u64,
 }
 
+/// The receipts a claim may hold: the longest prefix of `receipts` (in sequence order) in
+/// which receipt `i` has sequence `i`. A receipt's position in the claim is its sequence: the
+/// ledger samples positions, and auditors and holders find the request by sequence, so a
+/// claim past a gap would send every audit after it to the wrong request. The node allocates
+/// sequences in the write that persists the receipt, so no gap arises; a store that holds one
+/// anyway (written by an older version) is claimed up to it, and the rest is left unclaimed.
+pub fn in_position(receipts: &[SignedReceipt]) -> &[SignedReceipt] {
+    let n = receipts
+        .iter()
+        .zip(0u64..)
+        .take_while(|(r, i)| r.receipt.sequence == *i)
+        .count();
+    &receipts[..n]
+}
+
 /// Sums the units and builds the Merkle root of the receipts' digests.
 pub fn claim_material(receipts: &[SignedReceipt]) -> ClaimMaterial {
     let leaves: Vec<Hash32> = receipts.iter().map(|r| r.receipt.digest()).collect();
@@ -117,6 +132,21 @@ mod tests {
             assert!(p.verify(&r.receipt.digest(), &m.receipts_root));
         }
         assert!(receipt_with_proof(&rs, 5).is_none());
+    }
+
+    /// A gap in the sequences (a receipt handed out and then lost) ends what a claim may
+    /// hold: past it, position and sequence would disagree.
+    #[test]
+    fn receipt_sequence_gap_ends_the_claimable_prefix() {
+        let rs = receipts(5);
+        assert_eq!(in_position(&rs).len(), 5);
+        let gapped: Vec<SignedReceipt> = rs
+            .iter()
+            .filter(|r| r.receipt.sequence != 2)
+            .cloned()
+            .collect();
+        assert_eq!(in_position(&gapped).len(), 2);
+        assert_eq!(in_position(&rs[1..]).len(), 0);
     }
 
     #[test]

@@ -460,7 +460,10 @@ impl Job {
         finish: &str,
     ) -> Result<SignedReceipt, ApiError> {
         let digest = state.engine(self.model.as_str())?.engine.info().digest;
-        let receipt = state.finish(
+        let plaintext = self.plaintext;
+        // The sealed request is kept in the same write as its receipt: a receipt in this
+        // node's custody whose request could not be kept is not delivered either.
+        state.finish_with(
             self.reservation,
             Outcome {
                 model: self.model,
@@ -473,9 +476,8 @@ impl Job {
                 // Only this node can ever hand the plaintext to auditors.
                 custody: Custody::Executor,
             },
-        )?;
-        keep_for_audit(state, &receipt, &self.plaintext, text, finish);
-        Ok(receipt)
+            |receipt| custody_record(state, receipt, &plaintext, text, finish),
+        )
     }
 }
 
@@ -688,19 +690,17 @@ async fn drive(a: Admitted, tx: mpsc::Sender<String>) {
     }
 }
 
-/// Keeps a receipted confidential request and its answer, sealed at rest, for its audits. A
-/// failure is logged, not returned: the user's answer does not depend on it (the audit will
-/// then be unverifiable).
-fn keep_for_audit(
+/// A receipted confidential request and its answer, sealed at rest for its audits (stored
+/// with the receipt). `None` (logged) if it cannot be sealed: the audit will then be
+/// unverifiable, as before this record was kept with the receipt.
+fn custody_record(
     state: &NodeState,
     receipt: &SignedReceipt,
     plaintext: &[u8],
     text: &str,
     finish: &str,
-) {
-    let Some(ring) = state.confidential.as_ref() else {
-        return;
-    };
+) -> Option<Vec<u8>> {
+    let ring = state.confidential.as_ref()?;
     let r = &receipt.receipt;
     let record = (|| {
         let payload = AuditPayload {
@@ -717,13 +717,11 @@ fn keep_for_audit(
             .seal(r.stack.0, r.sequence, &json)
             .map_err(|_| "sealing failed")
     })();
-    match record.map(|sealed| state.store.put_custody(r.stack, r.sequence, &sealed)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(stack = %r.stack, seq = r.sequence, error = %e, "could not keep a confidential request for audit")
-        }
+    match record {
+        Ok(sealed) => Some(sealed),
         Err(e) => {
-            tracing::error!(stack = %r.stack, seq = r.sequence, error = e, "could not keep a confidential request for audit")
+            tracing::error!(stack = %r.stack, seq = r.sequence, error = e, "could not keep a confidential request for audit");
+            None
         }
     }
 }

@@ -13,9 +13,17 @@ pub mod audit;
 pub mod auth;
 pub mod claims;
 pub mod confidential;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod fault_tests;
+pub mod fsmode;
+pub mod judge;
 pub mod ledger;
 pub mod routes;
 pub mod run;
 pub mod server;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod testkit;

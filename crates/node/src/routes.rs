@@ -25,7 +25,7 @@ type S = State<Arc<NodeState>>;
 
 /// Converts OpenAI sampling fields into engine parameters (validated by the engine).
 pub fn sampling_params(f: &SamplingFields, default_max: u32) -> Result<SamplingParams, ApiError> {
-    f.check_n()?;
+    f.check_supported()?;
     let d = SamplingParams::default();
     let p = SamplingParams {
         temperature: f.temperature.unwrap_or(1.0),
@@ -705,10 +705,12 @@ pub async fn receipt_proof(
     State(s): S,
     axum::extract::Path((stack, sequence)): axum::extract::Path<(u64, u64)>,
 ) -> Response {
-    let receipts = match s.store.receipts(sortition_types::StackId(stack)) {
+    let all = match s.store.receipts(sortition_types::StackId(stack)) {
         Ok(r) => r,
         Err(e) => return error(&s, ApiError::internal(format!("receipt store: {e}"))),
     };
+    // The receipts a claim holds (in position): the proof is under the root it commits to.
+    let receipts = crate::claims::in_position(&all);
     let Some(index) = receipts.iter().position(|r| r.receipt.sequence == sequence) else {
         return error(
             &s,
@@ -719,8 +721,8 @@ pub async fn receipt_proof(
             ),
         );
     };
-    let material = crate::claims::claim_material(&receipts);
-    match crate::claims::receipt_with_proof(&receipts, index as u64) {
+    let material = crate::claims::claim_material(receipts);
+    match crate::claims::receipt_with_proof(receipts, index as u64) {
         Some((receipt, proof)) => Json(ReceiptProof {
             receipt,
             proof,

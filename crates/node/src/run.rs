@@ -167,7 +167,10 @@ fn load_embed(name: &str, store: &ModelStore) -> Result<EmbedModel, StartError> 
 
 /// Loads models, registers on the ledger, and serves until [`RunningNode::shutdown`].
 pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartError> {
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    // The directory holds keys, receipts and confidential requests: owner only, and what an
+    // older version or a loose umask left readable is tightened.
+    crate::fsmode::private_dir(&cfg.data_dir)?;
+    crate::fsmode::private_files_in(&cfg.data_dir)?;
     let client = LedgerClient::new(cfg.ledger_url.clone());
     let genesis = client
         .genesis()
@@ -217,7 +220,11 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
             price_per_m_output: cfg.price_per_m_output,
         })
         .collect();
-    let store = NodeStore::open(&cfg.data_dir.join("node.redb"))?;
+    let db = cfg.data_dir.join("node.redb");
+    crate::fsmode::private_new_file(&db)?;
+    let store = NodeStore::open(&db)?;
+    let swept = store.sweep_nonces(unix_now_ms())?;
+    tracing::debug!(swept, "expired request nonces forgotten");
     let id = register(
         &client,
         &key,
@@ -244,6 +251,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
                 &cfg.data_dir.join("custody.key"),
             )
             .map_err(|e| StartError::Config(format!("attester: {e}")))?;
+            crate::fsmode::private_file(&cfg.data_dir.join("custody.key"))?;
             if ring.is_insecure() {
                 tracing::warn!(node = %id, "confidential keys attested by the INSECURE dev attester: no TEE, the evidence proves nothing");
             }
@@ -431,8 +439,21 @@ async fn claim_stack(
     store: &NodeStore,
     stack: StackId,
 ) -> Result<bool, String> {
-    let receipts = store.receipts(stack).map_err(|e| e.to_string())?;
-    let m = claim_material(&receipts);
+    let all = store.receipts(stack).map_err(|e| e.to_string())?;
+    let receipts = crate::claims::in_position(&all);
+    if receipts.len() < all.len() {
+        let at = receipts.len();
+        let found = all.get(at).map(|r| r.receipt.sequence);
+        tracing::error!(%stack, position = at, ?found, left_out = all.len() - at, "receipt sequences have a gap: claiming only the receipts before it (past it, audits would judge the wrong request)");
+    }
+    if receipts.is_empty() {
+        // Nothing claimable: remember it, so the error is not repeated every round.
+        store
+            .set_meta(&claimed_key(stack), b"1")
+            .map_err(|e| e.to_string())?;
+        return Ok(false);
+    }
+    let m = claim_material(receipts);
     let kind = TxKind::ClaimStack {
         stack,
         units_used: m.units_used,

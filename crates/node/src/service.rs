@@ -12,7 +12,7 @@ use sortition_types::{
 
 use crate::accounts::{Reservation, ReserveError, StackAccounts, StackInfo};
 use crate::auth::StackSource;
-use crate::store::NodeStore;
+use crate::store::{Appended, NodeStore, StoreError};
 
 /// A chat/text model served by this node.
 pub struct ChatModel {
@@ -143,39 +143,64 @@ impl NodeState {
             })
     }
 
-    /// Charges the reservation, signs the receipt and persists it before returning it.
+    /// Signs the receipt and persists it, then charges the reservation, before returning it.
+    /// The receipt's sequence number is allocated in the write that persists it (see
+    /// [`crate::store::NodeStore::append_receipt`]): a failed write leaves no gap. A receipt
+    /// that cannot be persisted is not delivered: the caller gets a 503 with `Retry-After`
+    /// (not the answer) and the reservation goes back to the stack uncharged.
     pub fn finish(&self, r: Reservation, out: Outcome) -> Result<SignedReceipt, ApiError> {
+        self.finish_with(r, out, |_| None)
+    }
+
+    /// [`NodeState::finish`], also keeping what `custody` makes of the delivered receipt (a
+    /// sealed confidential request) in the same write as the receipt.
+    pub fn finish_with(
+        &self,
+        r: Reservation,
+        out: Outcome,
+        custody: impl FnOnce(&SignedReceipt) -> Option<Vec<u8>>,
+    ) -> Result<SignedReceipt, ApiError> {
         let stack = r.stack;
         let used = out.input_tokens + out.output_tokens;
         let (input_tokens, output_tokens) = crate::adversary::report_usage(self.adversary, &out);
-        let sequence = self
-            .accounts
-            .settle(r, used, true)
-            .ok_or_else(|| ApiError::internal("settle returned no sequence"))?;
-        let receipt = Receipt {
-            node: self.id,
-            stack,
-            sequence,
-            model: out.model,
-            model_digest: out.model_digest,
-            node_class: self.class.fingerprint(),
-            request_hash: out.request_hash,
-            response_hash: out.response_hash,
-            input_tokens,
-            output_tokens,
-            sampling: out.sampling,
-            timestamp_ms: unix_now_ms(),
-            custody: out.custody,
+        let (input, output) = (out.input_tokens, out.output_tokens);
+        let persisted = self.store.append_receipt(stack, |sequence| {
+            let receipt = Receipt {
+                node: self.id,
+                stack,
+                sequence,
+                model: out.model,
+                model_digest: out.model_digest,
+                node_class: self.class.fingerprint(),
+                request_hash: out.request_hash,
+                response_hash: out.response_hash,
+                input_tokens,
+                output_tokens,
+                sampling: out.sampling,
+                timestamp_ms: unix_now_ms(),
+                custody: out.custody,
+            };
+            let kept = crate::adversary::kept_receipt(self.adversary, &receipt);
+            let signed = SignedReceipt::sign(receipt, &self.key);
+            let kept = kept.map_or_else(|| signed.clone(), |r| SignedReceipt::sign(r, &self.key));
+            Ok::<_, StoreError>(Appended {
+                kept,
+                custody: custody(&signed),
+                out: signed,
+            })
+        });
+        let signed = match persisted {
+            Ok(signed) => signed,
+            Err(e) => {
+                self.release(r);
+                self.metrics.inc("receipt_persist_failures_total", "", 1);
+                tracing::error!(%stack, error = %e, "receipt not persisted; the answer is withheld");
+                return Err(receipt_not_persisted(&e));
+            }
         };
-        let kept = crate::adversary::kept_receipt(self.adversary, &receipt);
-        let signed = SignedReceipt::sign(receipt, &self.key);
-        let kept = kept.map_or_else(|| signed.clone(), |r| SignedReceipt::sign(r, &self.key));
-        self.store
-            .put_receipt(&kept)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        self.metrics.inc("tokens_total", "input", out.input_tokens);
-        self.metrics
-            .inc("tokens_total", "output", out.output_tokens);
+        self.accounts.charge(r, used);
+        self.metrics.inc("tokens_total", "input", input);
+        self.metrics.inc("tokens_total", "output", output);
         Ok(signed)
     }
 
@@ -223,6 +248,17 @@ fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
         ),
     )
     .with_param("model")
+}
+
+/// The answer to a request whose receipt could not be persisted: retry shortly (storage
+/// trouble is usually brief), and no answer without its receipt.
+pub fn receipt_not_persisted(e: &StoreError) -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "receipt_not_persisted",
+        format!("the node could not persist the receipt of this request ({e}); retry shortly"),
+    )
+    .with_retry_after(1)
 }
 
 /// Maps engine errors to API errors (one place).
