@@ -208,8 +208,8 @@ async fn honest_auditor_busy_is_not_slashed() {
 
 /// An auditor whose users keep its engine's queue full (user requests are being refused
 /// `Overloaded` all along) judges many honest requests: every one matches, none is voted
-/// `Mismatch`. Before the fix, audit work entered the user queue and each refusal became a
-/// `Mismatch` vote.
+/// `Mismatch`, and no attempt even needed a retry (audit work has its own lane). Before the
+/// fix, audit work entered the user queue and each refusal became a `Mismatch` vote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn saturated_auditor_votes_no_mismatch_on_honest_requests() {
     let f = Arc::new(Fixture::start(2, 2).await);
@@ -267,4 +267,7 @@ async fn saturated_auditor_votes_no_mismatch_on_honest_requests() {
     assert_eq!(mismatches, 0, "{judged:?}");
     assert!(judged.iter().all(|v| *v == Verdict::Match), "{judged:?}");
     assert!(during > 0, "users were refused while the audits ran");
+    // Not by retrying: no audit attempt was ever refused or troubled.
+    let metrics = f.state.metrics.render("node");
+    assert!(!metrics.contains("audit_trouble_total"), "{metrics}");
 }
