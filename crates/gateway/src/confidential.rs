@@ -59,9 +59,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `POST /v1/confidential/chat/completions`.
 pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
     g.metrics.inc("requests_total", "confidential_chat", 1);
-    match handle(&g, &headers, body).await {
+    let mut ended = None;
+    match handle(&g, &headers, body, &mut ended).await {
         Ok(r) => r,
         Err(e) => {
+            // Answer once the credit hold is released: the client sees its credits back with
+            // the error.
+            if let Some(ended) = ended {
+                ended.wait(std::time::Duration::from_secs(2)).await;
+            }
             g.metrics.inc("errors_total", e.code, 1);
             e.into_response()
         }
@@ -81,10 +87,12 @@ struct Dispatched {
     hold: CreditHold,
 }
 
+/// `ended` learns when the request's credit hold (once made) has ended.
 async fn handle(
     g: &Arc<GatewayState>,
     headers: &HeaderMap,
     body: Bytes,
+    ended: &mut Option<crate::store::HoldEnded>,
 ) -> Result<Response, ApiError> {
     let key = g.store.authenticate(bearer(headers)).await?;
     g.limiter.check(key.key_id, key.rpm)?;
@@ -120,7 +128,8 @@ async fn handle(
     // be, a 503 if the store cannot write).
     let need = cost(units, unit_price(&node));
     crate::routes::affordable(&key, need)?;
-    let hold = g.store.hold(key.key_id, need).await?;
+    let mut hold = g.store.hold(key.key_id, need).await?;
+    *ended = Some(hold.ended());
     let stack = proxy::hold_stack(g, &node, &model, units).await?;
     let started = Instant::now();
     let d = Dispatched {

@@ -198,10 +198,11 @@ async fn generation<A: NodeAnswer>(
     let key = authenticate(g, headers).await?;
     let (model, messages, sampling) = parse(&body)?;
     let units = generation_units(&body, messages, &sampling);
-    let a = admit(g, key, headers, &model, sampling.is_stream(), units, true).await?;
+    let mut a = admit(g, key, headers, &model, sampling.is_stream(), units, true).await?;
+    let ended = a.hold.ended();
     let size = a.size;
-    if size > 1 {
-        return crate::quorum::serve(
+    let served = if size > 1 {
+        crate::quorum::serve(
             g,
             crate::quorum::QuorumRequest {
                 key: &a.key,
@@ -215,9 +216,26 @@ async fn generation<A: NodeAnswer>(
             },
             a.hold,
         )
-        .await;
+        .await
+    } else {
+        forward::<A>(g, a, path, body).await
+    };
+    released_on_error(served, ended).await
+}
+
+/// How long a failed request waits for its credit hold's release before it answers.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A failed request answers once its hold is released, so that its client sees its credits
+/// back as soon as it sees the error (the release itself runs whether or not it waits).
+async fn released_on_error(
+    served: Result<Response, ApiError>,
+    ended: crate::store::HoldEnded,
+) -> Result<Response, ApiError> {
+    if served.is_err() {
+        ended.wait(RELEASE_WAIT).await;
     }
-    forward::<A>(g, a, path, body).await
+    served
 }
 
 pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Response {
@@ -227,8 +245,10 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
         let req: EmbeddingRequest = parse_json(&body)?;
         let texts = req.input.clone().into_vec();
         let units: u64 = texts.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
-        let a = admit(&g, key, &headers, &req.model, false, units.max(1), false).await?;
-        forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await
+        let mut a = admit(&g, key, &headers, &req.model, false, units.max(1), false).await?;
+        let ended = a.hold.ended();
+        let served = forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await;
+        released_on_error(served, ended).await
     }
     .await;
     result.unwrap_or_else(|e| error(&g, e))

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use sortition_types::Amount;
 use sqlx::Row;
+use tokio::sync::oneshot;
 
 use super::faults::Work;
 use super::{GatewayStore, KeyId, Result, StoreError, UserId, from_db, now_ms, to_db};
@@ -51,6 +52,21 @@ pub struct CreditHold {
     amount: Amount,
     /// Still open: dropping it releases it.
     open: bool,
+    /// Dropped when the hold has ended (see [`CreditHold::ended`]).
+    ended: Option<oneshot::Sender<()>>,
+}
+
+/// Resolves once a hold has ended: settled, released, or its release tried once and handed
+/// to the background retries. A request that failed waits for it before it answers, so that
+/// the client sees its credits back as soon as it sees the error.
+#[derive(Debug)]
+pub struct HoldEnded(oneshot::Receiver<()>);
+
+impl HoldEnded {
+    /// Waits for the hold's end, at most `at_most`.
+    pub async fn wait(self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.0).await;
+    }
 }
 
 impl CreditHold {
@@ -68,6 +84,13 @@ impl CreditHold {
         self.amount
     }
 
+    /// A future of this hold's end (the latest one asked for; an earlier one resolves now).
+    pub fn ended(&mut self) -> HoldEnded {
+        let (tx, rx) = oneshot::channel();
+        self.ended = Some(tx);
+        HoldEnded(rx)
+    }
+
     /// Settles the hold with `bills` ([`GatewayStore::settle`]). On success, or when the hold
     /// is already gone, the guard is spent; on any other error it stays open (and is released
     /// when dropped).
@@ -75,6 +98,7 @@ impl CreditHold {
         let r = self.store.settle(self.id, bills).await;
         if matches!(r, Ok(_) | Err(StoreError::HoldNotFound(_))) {
             self.open = false;
+            drop(self.ended.take());
         }
         r
     }
@@ -93,13 +117,13 @@ impl CreditHold {
     /// gateway that stops before the database heals leaves it to expire, refunded.
     pub fn settle_in_background(mut self, bills: Vec<Bill>) {
         self.open = false;
-        let (store, id) = (self.store.clone(), self.id);
+        let (store, id, ended) = (self.store.clone(), self.id, self.ended.take());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!(hold = %id, "no runtime to settle a credit hold; it will expire");
             return;
         };
         rt.spawn(async move {
-            retry(&store, Work::Writes, id, || store.settle(id, &bills)).await;
+            retry(&store, Work::Writes, id, ended, || store.settle(id, &bills)).await;
         });
     }
 }
@@ -109,11 +133,11 @@ impl Drop for CreditHold {
         if !self.open {
             return;
         }
-        let (store, id) = (self.store.clone(), self.id);
+        let (store, id, ended) = (self.store.clone(), self.id, self.ended.take());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    retry(&store, Work::Releases, id, || store.release_hold(id)).await;
+                    retry(&store, Work::Releases, id, ended, || store.release_hold(id)).await;
                 });
             }
             Err(_) => {
@@ -125,15 +149,23 @@ impl Drop for CreditHold {
 
 /// Runs `op` on hold `id` until it succeeds, the hold is gone, or [`RETRY_FOR`] has passed,
 /// backing off from 100 ms to 10 s. Failures are recorded (and logged, rate-limited) as `work`.
-async fn retry<T, F, Fut>(store: &GatewayStore, work: Work, id: HoldId, mut op: F)
-where
+/// `ended` is dropped after the first try.
+async fn retry<T, F, Fut>(
+    store: &GatewayStore,
+    work: Work,
+    id: HoldId,
+    mut ended: Option<oneshot::Sender<()>>,
+    mut op: F,
+) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let deadline = tokio::time::Instant::now() + RETRY_FOR;
     let mut wait = Duration::from_millis(100);
     loop {
-        match op().await {
+        let r = op().await;
+        drop(ended.take());
+        match r {
             Ok(_) | Err(StoreError::HoldNotFound(_)) => {
                 store.faults.ok(work);
                 return;
@@ -170,6 +202,7 @@ impl GatewayStore {
             key,
             amount,
             open: true,
+            ended: None,
         })
     }
 

@@ -61,7 +61,7 @@ use crate::keys::{KeyError, ServerSecret};
 
 pub use accounts::{AuthError, AuthedKey, Charged, KeyInfo, User};
 pub use billing::{Bill, Billed};
-pub use holds::{CreditHold, HOLD_TTL, HoldId};
+pub use holds::{CreditHold, HOLD_TTL, HoldEnded, HoldId};
 pub use stacks::{NewUsage, Payload, StackRecord, StackState, UsageRecord, UsageStatus};
 
 /// A gateway user (an account holding credits).
@@ -303,11 +303,13 @@ impl GatewayStore {
     }
 
     /// Records how a write of `work` ended: a database error is a fault (logged at a bounded
-    /// rate, reported by [`GatewayStore::degraded`]); anything else shows the database works.
+    /// rate, reported by [`GatewayStore::degraded`]); a success shows writes work again; a
+    /// refusal (no credit, no stack) wrote nothing and says neither.
     fn track<T>(&self, work: faults::Work, r: &Result<T>) {
         match r {
             Err(e @ StoreError::Db(_)) => self.faults.failed(work, e),
-            _ => self.faults.ok(work),
+            Err(_) => {}
+            Ok(_) => self.faults.ok(work),
         }
     }
 
