@@ -1,11 +1,21 @@
 //! The devnet's genesis: created on the first run from the models it will serve, then kept in
 //! `genesis.json` so later runs reopen the same chain.
+//!
+//! Beacon keys: this module acts as a **trusted dealer**. On the first run it deals a fresh
+//! 1-of-1 BLS threshold group from OS randomness (`sortition_ledger::beacon::deal_from_seed`),
+//! puts the group key, threshold and public share in the genesis, and writes the one secret
+//! share to the ledger's data directory (`ledger/beacon-share`, 0600) — never to the genesis,
+//! which `GET /v1/genesis` serves to anyone. Nodes therefore cannot compute the randomness that
+//! samples their receipts. The dealer forgets the group secret once written, but it did know it:
+//! production needs a distributed key generation among the validators (e.g. commonware's
+//! `bls12381::dkg`, Feldman/Desmedt with resharing), whose public output goes in the genesis
+//! the same way while no party ever holds the group secret.
 
 use std::path::Path;
 
 use sortition_engine::ModelStore;
 use sortition_ledger::{AuditPolicy, Genesis, ModelSpec, Params, SecurityPolicy};
-use sortition_types::{Amount, Hash32, Keypair, ModelId};
+use sortition_types::{Amount, Keypair, ModelId};
 
 use crate::{DevnetConfig, DevnetError};
 
@@ -105,7 +115,14 @@ pub fn load_or_create(
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| DevnetError::Setup(e.to_string()))?;
-    g.randomness_seed = Hash32(seed);
+    let (beacon, shares) = sortition_ledger::beacon::deal_from_seed(seed, 1)
+        .map_err(|e| DevnetError::Setup(e.to_string()))?;
+    let share = shares
+        .first()
+        .ok_or_else(|| DevnetError::Setup("the dealer dealt no share".into()))?;
+    sortition_ledger_service::store::write_beacon_share(&dir.join("ledger"), share)
+        .map_err(|e| DevnetError::Setup(format!("beacon share: {e}")))?;
+    g.beacon = beacon;
     let text = serde_json::to_string_pretty(&g).map_err(|e| DevnetError::Setup(e.to_string()))?;
     std::fs::write(&path, text)?;
     Ok(g)

@@ -54,6 +54,7 @@ pub fn router(h: Handle) -> Router {
         .route("/v1/txs/{hash}", get(find_tx))
         .route("/v1/status", get(status))
         .route("/v1/genesis", get(genesis))
+        .route("/v1/blocks/{height}", get(block))
         .route("/v1/accounts/{pk}", get(account))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", get(node))
@@ -121,6 +122,38 @@ async fn status(State(h): State<Handle>) -> Json<StatusResponse> {
 
 async fn genesis(State(h): State<Handle>) -> Json<Value> {
     Json(serde_json::to_value(&h.shared().genesis).unwrap_or_default())
+}
+
+/// A block's header as anyone can check it: `beacon` (`σ_h`) verifies against the group key in
+/// `/v1/genesis` (`beacon.group_key`) over `sortition_ledger::beacon::message(chain_id,
+/// height)`, and `randomness` is its sha256.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BlockResponse {
+    pub height: u64,
+    pub timestamp_ms: u64,
+    pub state_root: Hash32,
+    pub randomness: Hash32,
+    pub beacon: sortition_ledger::BeaconSig,
+    pub tx_count: usize,
+}
+
+async fn block(State(h): State<Handle>, Path(height): Path<String>) -> ApiResult<BlockResponse> {
+    let height: u64 = height
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{height:?} is not a block height")))?;
+    let b = h
+        .shared()
+        .store
+        .block(height)?
+        .ok_or_else(|| ApiError::NotFound(format!("block {height}")))?;
+    Ok(Json(BlockResponse {
+        height: b.ctx.height,
+        timestamp_ms: b.ctx.timestamp_ms,
+        state_root: b.state_root,
+        randomness: b.ctx.randomness,
+        beacon: b.ctx.beacon,
+        tx_count: b.txs.len(),
+    }))
 }
 
 async fn account(State(h): State<Handle>, Path(pk): Path<String>) -> ApiResult<Account> {

@@ -19,6 +19,9 @@ pub enum ServiceError {
     FormatMismatch { stored: u32, current: u32 },
     #[error("invalid genesis: {0}")]
     Genesis(LedgerError),
+    /// This sequencer's beacon share is missing, malformed or not the genesis' (refused at start).
+    #[error("beacon share: {0}")]
+    Beacon(sortition_ledger::BeaconError),
     #[error("replay diverged at height {height}: stored root {stored}, recomputed {recomputed}")]
     RootMismatch {
         height: u64,

@@ -60,13 +60,16 @@ impl LedgerServiceConfig {
 pub fn start_sequencer(
     config: &LedgerServiceConfig,
 ) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
+    let beacon = sortition_ledger::Beacon::new(&config.genesis.chain_id, &config.genesis.beacon)
+        .map_err(|e| ServiceError::Genesis(sortition_ledger::LedgerError::BadBeaconKeys(e)))?;
+    let share = store::load_beacon_share(&config.data_dir, &config.genesis, &beacon)?;
     let store = store::Store::open(&config.data_dir, &config.genesis)?;
     let cfg = sequencer::SequencerConfig {
         block_interval: config.block_interval,
         max_block_txs: config.max_block_txs,
         idle_block_interval: config.idle_block_interval,
     };
-    sequencer::start(store, config.genesis.clone(), cfg)
+    sequencer::start(store, config.genesis.clone(), share, cfg)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sortition_ledger::{Event, Genesis, Ledger, LedgerError, SignedTx, TxResult, VerifiedTx};
+use sortition_ledger::{
+    BeaconError, Event, Genesis, Ledger, LedgerError, SecretShare, SignedTx, TxResult, VerifiedTx,
+};
 use sortition_types::{Hash32, canonical_bytes, sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -58,6 +60,8 @@ pub struct Metrics {
 
 pub struct Shared {
     ledger: RwLock<Ledger>,
+    /// This sequencer's secret beacon share (a 1-of-1 group: it alone signs `σ_h`).
+    share: SecretShare,
     pub genesis: Genesis,
     pub store: Store,
     tx_index: RwLock<HashMap<Hash32, (u64, u32)>>,
@@ -101,9 +105,21 @@ fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 pub fn start(
     store: Store,
     genesis: Genesis,
+    share: SecretShare,
     cfg: SequencerConfig,
 ) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
     let mut ledger = Ledger::new(&genesis).map_err(ServiceError::Genesis)?;
+    ledger
+        .beacon()
+        .check_share(&share)
+        .map_err(ServiceError::Beacon)?;
+    if ledger.beacon().threshold() != 1 {
+        // A larger group needs its peers' partials: that is the BFT step's job.
+        return Err(ServiceError::Beacon(BeaconError::NotEnoughPartials {
+            threshold: ledger.beacon().threshold(),
+            got: 1,
+        }));
+    }
     let mut index = HashMap::new();
     let metrics = Metrics::default();
     for b in store.blocks()? {
@@ -143,6 +159,7 @@ pub fn start(
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         ledger: RwLock::new(ledger),
+        share,
         genesis,
         store,
         tx_index: RwLock::new(index),
@@ -208,7 +225,9 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
     let started = Instant::now();
     let (ctx, outcome) = {
         let mut ledger = shared.ledger.write().unwrap_or_else(|p| p.into_inner());
-        let ctx = ledger.next_context(now_ms());
+        let ctx = ledger
+            .next_context(now_ms(), &shared.share)
+            .map_err(ServiceError::Beacon)?;
         let out = ledger.apply_verified(ctx, txs.into_iter().map(Ok).collect());
         (
             ctx,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sortition_ledger::{BlockContext, Event, Genesis, SignedTx};
+use sortition_ledger::{Beacon, BeaconError, BlockContext, Event, Genesis, SecretShare, SignedTx};
 use sortition_types::{Hash32, canonical_bytes};
 
 use crate::error::ServiceError;
@@ -18,8 +18,54 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// roots, so an old database is refused with a clear error instead of a replay mismatch.
 /// 1: until challenges and `Unavailable` verdicts (unrecorded then); 2: until receipts named
 /// who keeps the request for audits (`Receipt::custody`, withheld requests slashed); 3: until
-/// `UpdateNode` could change a node's class (a field more in its encoding); 4: since.
-pub const FORMAT: u32 = 4;
+/// `UpdateNode` could change a node's class (a field more in its encoding); 4: until blocks
+/// carried their BLS threshold beacon signature `σ_h` and draws waited for the next block's
+/// beacon; 5: since.
+pub const FORMAT: u32 = 5;
+
+/// The file in the data directory holding this sequencer's secret beacon share (hex, 0600).
+pub const BEACON_SHARE_FILE: &str = "beacon-share";
+
+/// Writes `share` to `dir`'s beacon share file, private from the first byte (0700 directory,
+/// 0600 file). The devnet's trusted dealer calls this; see `sortition_ledger::beacon`.
+pub fn write_beacon_share(dir: &Path, share: &SecretShare) -> Result<(), ServiceError> {
+    let io = |e: std::io::Error| ServiceError::Storage(e.to_string());
+    sortition_api::private_fs::private_dir(dir).map_err(io)?;
+    let path = dir.join(BEACON_SHARE_FILE);
+    sortition_api::private_fs::private_file(&path).map_err(io)?;
+    std::fs::write(&path, share.to_hex()).map_err(io)
+}
+
+/// This sequencer's secret share, checked against the genesis' beacon: the data directory's
+/// share file, or — only for a devnet genesis that names the public insecure test group and
+/// with no file present — that group's published share (see
+/// `sortition_ledger::beacon::insecure_test_group`).
+pub fn load_beacon_share(
+    dir: &Path,
+    genesis: &Genesis,
+    beacon: &Beacon,
+) -> Result<SecretShare, ServiceError> {
+    let path = dir.join(BEACON_SHARE_FILE);
+    let share = match std::fs::read_to_string(&path) {
+        Ok(text) => SecretShare::from_hex(&text).map_err(ServiceError::Beacon)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let test = sortition_ledger::beacon::insecure_test_group().0;
+            if !(genesis.devnet && genesis.beacon == test) {
+                return Err(ServiceError::Beacon(BeaconError::NoShare {
+                    path: path.display().to_string(),
+                }));
+            }
+            tracing::warn!(
+                "the genesis names the insecure test beacon (its secret is public): anyone can \
+                 predict this ledger's audits; deal a fresh group for anything facing real nodes"
+            );
+            sortition_ledger::beacon::insecure_test_share().map_err(ServiceError::Beacon)?
+        }
+        Err(e) => return Err(ServiceError::Io(e)),
+    };
+    beacon.check_share(&share).map_err(ServiceError::Beacon)?;
+    Ok(share)
+}
 
 /// What is kept per block: enough to replay it and to check the replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +147,18 @@ impl Store {
             t.insert(block.ctx.height, ev.as_slice()).map_err(err)?;
         }
         w.commit().map_err(err)
+    }
+
+    /// The block at `height`, if stored.
+    pub fn block(&self, height: u64) -> Result<Option<StoredBlock>, ServiceError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(BLOCKS).map_err(err)?;
+        let Some(v) = t.get(height).map_err(err)? else {
+            return Ok(None);
+        };
+        sortition_types::encoding::from_canonical_bytes(v.value())
+            .map(Some)
+            .map_err(|e| ServiceError::Storage(e.to_string()))
     }
 
     /// All blocks in height order.

@@ -1,8 +1,9 @@
 //! Asynchronous cross-validation: sampling receipts of a committed claim, drawing auditors,
 //! commit–reveal verdicts, the executor's receipt, and closing audits.
 //!
-//! Sampling: each receipt index `i` of a claim is selected with probability `q` by
-//! `draw(block randomness, "sample", claim, i)`. If more than `max_audits_per_claim` (default
+//! Sampling: at the end of the block after the one that included the claim (see `draws`), each
+//! receipt index `i` of a claim is selected with probability `q` by
+//! `draw(that block's randomness, "sample", claim, i)`. If more than `max_audits_per_claim` (default
 //! 16) are selected, that many are kept, chosen by the same randomness; this bounds per-claim
 //! work and is documented as a cap on the detection rate of very large claims.
 //!
@@ -226,50 +227,27 @@ pub(crate) fn challenge(
             .unwrap_or(u8::MAX)
             .max(1),
     );
-    let auditors = choose(&pool, usize::from(k), &ctx.randomness, "challengers", id.0);
+    // The auditors are drawn at the end of the next block, from this pool, with a beacon value
+    // nobody knows yet (see `draws`); the bond pays for as many as will be drawn.
+    let drawn = usize::from(k).min(pool.len());
     // No auditor to pay, no bond.
-    let bond = Amount(reward.0.saturating_mul(auditors.len() as u64));
+    let bond = Amount(reward.0.saturating_mul(drawn as u64));
     crate::ops::require_balance(st, sender, bond)?;
     // Validation done; mutate.
     crate::ops::debit(st, sender, bond);
     to_treasury(st, bond);
     st.next_ids.audit += 1;
-    let commit_deadline = ctx.height.saturating_add(st.params.audit_commit_blocks);
-    let reveal_deadline = commit_deadline.saturating_add(st.params.audit_reveal_blocks);
-    let mut events = vec![
-        Event::ReceiptChallenged {
-            audit: id,
-            stack,
-            sequence: r.sequence,
-            owner,
-            bond,
-        },
-        Event::AuditOpened {
-            audit: id,
-            claim,
-            stack,
-            owner,
-            executor,
-            model: model.clone(),
-            receipt_index: r.sequence,
-            auditors: auditors.clone(),
-            wanted: k,
-            commit_deadline,
-            reveal_deadline,
-        },
-    ];
-    let outcome = auditors.is_empty().then_some(AuditOutcome::Unverifiable);
-    if let Some(outcome) = outcome {
-        events.push(Event::AuditClosed { audit: id, outcome });
-    } else {
-        st.open_audits.insert(id);
-        auditors.iter().for_each(|a| add_work(st, *a));
-        if let Some(c) = claim.and_then(|c| st.claims.get_mut(&c)) {
-            c.open_audits += 1;
-        }
-    }
+    let events = vec![Event::ReceiptChallenged {
+        audit: id,
+        stack,
+        sequence: r.sequence,
+        owner,
+        bond,
+    }];
     if let Some(c) = claim.and_then(|c| st.claims.get_mut(&c)) {
         c.audits.push(id);
+        // Held back until drawn and closed, like an open audit.
+        c.open_audits += 1;
     }
     st.challenges.insert((stack, r.sequence), id);
     st.audits.insert(
@@ -283,18 +261,72 @@ pub(crate) fn challenge(
             model,
             receipt_index: r.sequence,
             wanted: k,
-            auditors,
+            auditors: vec![],
             commits: Default::default(),
             reveals: Default::default(),
             receipt: Some(AuditedReceipt::of(receipt)),
             opened_height: ctx.height,
-            commit_deadline,
-            reveal_deadline,
-            outcome,
+            commit_deadline: ctx.height,
+            reveal_deadline: ctx.height,
+            outcome: None,
             challenge_bond: Some(bond),
         },
     );
+    crate::draws::defer(
+        st,
+        ctx,
+        crate::state::Draw::Challengers { audit: id, pool, k },
+    );
     Ok(events)
+}
+
+/// Draws a challenge's auditors (see `draws`) from the pool fixed with the challenge and opens
+/// its audit; with nobody to draw it closes `Unverifiable` at once.
+pub(crate) fn draw_challengers(
+    st: &mut State,
+    ctx: &BlockContext,
+    id: AuditId,
+    pool: &[NodeId],
+    k: u8,
+    events: &mut Vec<Event>,
+) {
+    let Some(a) = st.audits.get(&id).cloned() else {
+        return;
+    };
+    if a.outcome.is_some() {
+        return;
+    }
+    let auditors = choose(pool, usize::from(k), &ctx.randomness, "challengers", id.0);
+    let commit_deadline = ctx.height.saturating_add(st.params.audit_commit_blocks);
+    let reveal_deadline = commit_deadline.saturating_add(st.params.audit_reveal_blocks);
+    events.push(Event::AuditOpened {
+        audit: id,
+        claim: a.claim,
+        stack: a.stack,
+        owner: a.owner,
+        executor: a.executor,
+        model: a.model.clone(),
+        receipt_index: a.receipt_index,
+        auditors: auditors.clone(),
+        wanted: k,
+        commit_deadline,
+        reveal_deadline,
+    });
+    let outcome = auditors.is_empty().then_some(AuditOutcome::Unverifiable);
+    if let Some(outcome) = outcome {
+        events.push(Event::AuditClosed { audit: id, outcome });
+        finish_for_claim(st, a.claim);
+    } else {
+        st.open_audits.insert(id);
+        auditors.iter().for_each(|n| add_work(st, *n));
+    }
+    if let Some(x) = st.audits.get_mut(&id) {
+        x.auditors = auditors;
+        x.opened_height = ctx.height;
+        x.commit_deadline = commit_deadline;
+        x.reveal_deadline = reveal_deadline;
+        x.outcome = outcome;
+    }
 }
 
 /// A claim was committed for `stack`: open challenges of the stack now hold it back.
@@ -311,9 +343,11 @@ pub(crate) fn attach_challenges(st: &mut State, stack: StackId, claim: ClaimId) 
         a.claim = Some(claim);
         // A challenge that found fault refunded the stack, which cannot be claimed after; so
         // only open (or disputed) ones matter here.
-        let open = st.open_audits.contains(&id)
+        // Open, or its auditors not drawn yet (outcome `None` either way), or in a dispute
+        // not resolved yet (its committee may still be waiting for its draw).
+        let open = a.outcome.is_none()
             || matches!(a.outcome, Some(AuditOutcome::Disputed { dispute })
-                if st.open_disputes.contains(&dispute));
+                if st.disputes.get(&dispute).is_some_and(|d| d.resolution.is_none()));
         if let Some(c) = st.claims.get_mut(&claim) {
             c.audits.push(id);
             if open {
@@ -514,7 +548,7 @@ fn close(st: &mut State, ctx: &BlockContext, id: AuditId, events: &mut Vec<Event
         || (judged.is_empty() && withheld(&a, a.reveals.values(), a.auditors.len()))
     {
         AuditOutcome::Disputed {
-            dispute: disputes::open(st, ctx, &a, events),
+            dispute: disputes::open(st, ctx, &a),
         }
     } else if judged.is_empty() {
         // Nobody could judge: a challenger's bond paid no one, so it goes back.

@@ -47,14 +47,43 @@ fn holds_current_key(st: &State, n: &Node) -> bool {
     n.confidential_key.0 != Hash32::ZERO && n.key_epoch.saturating_add(1) >= st.epoch
 }
 
-pub(crate) fn open(
-    st: &mut State,
-    ctx: &BlockContext,
-    a: &Audit,
-    events: &mut Vec<Event>,
-) -> DisputeId {
+/// Opens a dispute over audit `a` (closing in this block); its committee is drawn at the end
+/// of the next block (see `draws` and [`draw_committee`]).
+pub(crate) fn open(st: &mut State, ctx: &BlockContext, a: &Audit) -> DisputeId {
     let id = DisputeId(st.next_ids.dispute);
     st.next_ids.dispute += 1;
+    st.disputes.insert(
+        id,
+        Dispute {
+            id,
+            audit: a.id,
+            executor: a.executor,
+            committee: vec![],
+            commits: Default::default(),
+            votes: Default::default(),
+            opened_height: ctx.height,
+            commit_deadline: ctx.height,
+            reveal_deadline: ctx.height,
+            resolution: None,
+        },
+    );
+    crate::draws::defer(st, ctx, crate::state::Draw::Committee { dispute: id });
+    id
+}
+
+/// Draws dispute `id`'s committee with this block's randomness and opens it for votes.
+pub(crate) fn draw_committee(
+    st: &mut State,
+    ctx: &BlockContext,
+    id: DisputeId,
+    events: &mut Vec<Event>,
+) {
+    let Some(d) = st.disputes.get(&id) else {
+        return;
+    };
+    let Some(a) = st.audits.get(&d.audit).cloned() else {
+        return;
+    };
     let mut pool = peer_pool(st, a.executor, &a.model, &a.auditors);
     if a.receipt
         .as_ref()
@@ -77,23 +106,13 @@ pub(crate) fn open(
         commit_deadline,
         reveal_deadline,
     });
-    st.disputes.insert(
-        id,
-        Dispute {
-            id,
-            audit: a.id,
-            executor: a.executor,
-            committee,
-            commits: Default::default(),
-            votes: Default::default(),
-            opened_height: ctx.height,
-            commit_deadline,
-            reveal_deadline,
-            resolution: None,
-        },
-    );
+    if let Some(d) = st.disputes.get_mut(&id) {
+        d.committee = committee;
+        d.opened_height = ctx.height;
+        d.commit_deadline = commit_deadline;
+        d.reveal_deadline = reveal_deadline;
+    }
     st.open_disputes.insert(id);
-    id
 }
 
 fn as_member<'a>(

@@ -1,4 +1,5 @@
-//! End-of-block processing, in this order: close due audits (possibly opening disputes),
+//! End-of-block processing, in this order: draws fixed in earlier blocks (claim samples,
+//! challengers, dispute committees; see `draws`), close due audits (possibly opening disputes),
 //! resolve due disputes, settle claims whose window passed and whose audits all finished,
 //! expire unclaimed stacks, complete unbonding, turn the epoch.
 
@@ -10,13 +11,18 @@ use crate::{BlockContext, audits, disputes, stacks};
 
 pub(crate) fn run(st: &mut State, ctx: &BlockContext) -> Vec<Event> {
     let mut events = Vec::new();
+    crate::draws::run(st, ctx, &mut events);
     audits::close_due(st, ctx, &mut events);
     disputes::resolve_due(st, ctx, &mut events);
 
     let ready: Vec<(u64, ClaimId)> = st
         .claim_queue
         .range(..=(ctx.height, ClaimId(u64::MAX)))
-        .filter(|(_, id)| st.claims.get(id).is_some_and(|c| c.open_audits == 0))
+        .filter(|(_, id)| {
+            st.claims
+                .get(id)
+                .is_some_and(|c| c.sampled && c.open_audits == 0)
+        })
         .copied()
         .collect();
     for key in ready {

@@ -1,7 +1,10 @@
 //! Why a transaction or a block was refused. One variant per refusal.
 
+use crate::beacon::BeaconError;
 use serde::{Deserialize, Serialize};
-use sortition_types::{Amount, AuditId, ClaimId, DisputeId, ModelId, NodeId, StackId, Units};
+use sortition_types::{
+    Amount, AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeId, StackId, Units,
+};
 
 /// A transaction was refused. A refused transaction changes nothing in the state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -125,6 +128,9 @@ pub enum LedgerError {
     DisputeClosed(DisputeId),
     #[error("slash exceeds collateral")]
     SlashExceedsCollateral,
+    /// The genesis' beacon keys are inconsistent (refused at start).
+    #[error("genesis beacon keys refused: {0}")]
+    BadBeaconKeys(BeaconError),
 }
 
 /// A block was refused as a whole (wrong height or time going backwards). Nothing applied.
@@ -134,6 +140,15 @@ pub enum BlockError {
     WrongHeight { expected: u64, got: u64 },
     #[error("block time {got} ms is before the previous block's {previous} ms")]
     TimeWentBack { previous: u64, got: u64 },
+    /// `σ_h` is missing, malformed or not the group's signature of this height.
+    #[error("block beacon refused: {0}")]
+    Beacon(BeaconError),
+    #[error("block {height} randomness {got} is not sha256 of its beacon ({expected})")]
+    RandomnessMismatch {
+        height: u64,
+        expected: Hash32,
+        got: Hash32,
+    },
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

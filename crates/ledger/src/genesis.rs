@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use sortition_types::{Amount, Hash32, PublicKey, canonical_bytes, sha256};
 
+use crate::beacon::BeaconConfig;
+
 use crate::policy::ModelSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,12 +70,16 @@ pub struct Genesis {
     pub params: Params,
     /// Block time of height 0.
     pub genesis_time_ms: u64,
-    /// Seed of the randomness hash chain.
-    pub randomness_seed: Hash32,
+    /// The randomness beacon's public keys (group key, threshold, public shares). Secret
+    /// shares are never here: each validator keeps its own in its data directory.
+    pub beacon: BeaconConfig,
 }
 
 impl Genesis {
-    /// A devnet genesis with the faucet on and default parameters.
+    /// A devnet genesis with the faucet on and default parameters, and the **insecure test
+    /// beacon** ([`crate::beacon::insecure_test_group`]: a 1-of-1 group whose secret is public,
+    /// so its randomness is predictable). Tests use it as is; anything facing a node must
+    /// replace `beacon` with a freshly dealt group (as `sortition devnet` does).
     pub fn devnet(chain_id: &str, admin: PublicKey) -> Self {
         Genesis {
             chain_id: chain_id.into(),
@@ -84,7 +90,7 @@ impl Genesis {
             models: vec![],
             params: Params::default(),
             genesis_time_ms: 0,
-            randomness_seed: sha256(chain_id.as_bytes()),
+            beacon: crate::beacon::insecure_test_group().0,
         }
     }
 

@@ -7,8 +7,10 @@
 //! state root.
 //!
 //! Does not own: I/O, storage, networking, clocks or OS randomness. Time enters only as the
-//! block timestamp and randomness only as the block's beacon value (see [`beacon`]), so the same
-//! code runs in the sequencer, in replicas and in the simulator. The sequencer, storage and HTTP
+//! block timestamp and randomness only as the block's beacon value (see [`beacon`]), which every
+//! block carries as a BLS threshold signature checked against the genesis' group key; draws
+//! use the value of a block after the one that fixed what they select for (see `draws`). So
+//! the same code runs in the sequencer, in replicas and in the simulator. The sequencer, storage and HTTP
 //! API live in `sortition-ledger-service`.
 //!
 //! Atomicity: every handler validates fully before its first mutation, and the only fallible
@@ -26,6 +28,7 @@ pub mod tx;
 
 mod audits;
 mod disputes;
+mod draws;
 mod end_block;
 mod equivocation;
 mod nodes;
@@ -35,6 +38,7 @@ mod stacks;
 use serde::{Deserialize, Serialize};
 use sortition_types::{Hash32, PublicKey};
 
+pub use beacon::{Beacon, BeaconConfig, BeaconError, BeaconSig, SecretShare};
 pub use error::{BlockError, LedgerError, Result};
 pub use event::Event;
 pub use genesis::{Genesis, Params};
@@ -49,7 +53,23 @@ pub use tx::{
 pub struct BlockContext {
     pub height: u64,
     pub timestamp_ms: u64,
+    /// `sha256(beacon)`; checked.
     pub randomness: Hash32,
+    /// `σ_h`: the group's threshold signature of `beacon::message(chain_id, height)`; checked
+    /// against the genesis' group key.
+    pub beacon: BeaconSig,
+}
+
+impl BlockContext {
+    /// The context of block `height` with its beacon signature (randomness derived from it).
+    pub fn new(height: u64, timestamp_ms: u64, beacon: BeaconSig) -> Self {
+        BlockContext {
+            height,
+            timestamp_ms,
+            randomness: beacon.randomness(),
+            beacon,
+        }
+    }
 }
 
 /// The result of one transaction: its events, or why it was refused.
@@ -66,13 +86,23 @@ pub struct BlockOutcome {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     state: State,
+    beacon: Beacon,
 }
 
 impl Ledger {
+    /// Refuses a genesis whose beacon keys are inconsistent ([`LedgerError::BadBeaconKeys`]).
     pub fn new(genesis: &Genesis) -> std::result::Result<Self, LedgerError> {
+        let beacon =
+            Beacon::new(&genesis.chain_id, &genesis.beacon).map_err(LedgerError::BadBeaconKeys)?;
         Ok(Ledger {
             state: ops::genesis_state(genesis)?,
+            beacon,
         })
+    }
+
+    /// The beacon the genesis defines (verifies `σ_h`; recovers it from partials).
+    pub fn beacon(&self) -> &Beacon {
+        &self.beacon
     }
 
     pub fn state(&self) -> &State {
@@ -85,14 +115,20 @@ impl Ledger {
         self.state.root()
     }
 
-    /// The context of the next block under the devnet hash-chain beacon.
-    pub fn next_context(&self, timestamp_ms: u64) -> BlockContext {
+    /// The context of the next block, signed by a 1-of-1 group's only share (the embedded
+    /// sequencer; a larger group recovers `σ_h` from partials and uses [`BlockContext::new`]).
+    pub fn next_context(
+        &self,
+        timestamp_ms: u64,
+        share: &SecretShare,
+    ) -> std::result::Result<BlockContext, BeaconError> {
         let height = self.state.height + 1;
-        BlockContext {
+        let sig = self.beacon.sign_alone(share, height)?;
+        Ok(BlockContext::new(
             height,
-            timestamp_ms: timestamp_ms.max(self.state.timestamp_ms),
-            randomness: beacon::next_beacon(&self.state.randomness, height),
-        }
+            timestamp_ms.max(self.state.timestamp_ms),
+            sig,
+        ))
     }
 
     /// Verifies signatures, then applies the block. A transaction with a bad signature is
@@ -144,6 +180,16 @@ impl Ledger {
             return Err(BlockError::TimeWentBack {
                 previous: self.state.timestamp_ms,
                 got: ctx.timestamp_ms,
+            });
+        }
+        self.beacon
+            .verify(ctx.height, &ctx.beacon)
+            .map_err(BlockError::Beacon)?;
+        if ctx.randomness != ctx.beacon.randomness() {
+            return Err(BlockError::RandomnessMismatch {
+                height: ctx.height,
+                expected: ctx.beacon.randomness(),
+                got: ctx.randomness,
             });
         }
         self.state.height = ctx.height;

@@ -23,9 +23,10 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         params: g.params.clone(),
         height: 0,
         timestamp_ms: g.genesis_time_ms,
-        randomness: g.randomness_seed,
+        // No draw ever uses it: the first draws happen at the end of block 2 with its beacon.
+        randomness: g.hash(),
         epoch: 0,
-        epoch_nonce: crate::state::epoch_nonce(&g.randomness_seed, 0),
+        epoch_nonce: crate::state::epoch_nonce(&g.hash(), 0),
         fees_this_epoch: Amount::ZERO,
         treasury: g.treasury,
         minted: g.treasury,
@@ -46,6 +47,7 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         unbonding: BTreeSet::new(),
         slashes: Vec::new(),
         next_ids: NextIds::default(),
+        pending_draws: Vec::new(),
     };
     for (pk, amount) in &g.balances {
         st.minted = st

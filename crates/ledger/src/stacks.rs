@@ -173,6 +173,7 @@ pub(crate) fn claim(
             settles_at_height,
             audits: vec![],
             open_audits: 0,
+            sampled: false,
             executor_at_fault: false,
             status: ClaimStatus::Pending,
         },
@@ -180,14 +181,15 @@ pub(crate) fn claim(
     st.claim_queue.insert((settles_at_height, id));
     audits::attach_challenges(st, stack_id, id);
     add_work(st, node_id);
-    let mut events = vec![Event::ClaimCommitted {
+    let events = vec![Event::ClaimCommitted {
         claim: id,
         stack: stack_id,
         node: node_id,
         units_used,
         settles_at_height,
     }];
-    audits::open_for_claim(st, ctx, id, &mut events);
+    // Sampled at the end of the next block, with a beacon nobody knew when this was sent.
+    crate::draws::defer(st, ctx, crate::state::Draw::Sample { claim: id });
     Ok(events)
 }
 

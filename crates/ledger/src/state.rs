@@ -119,6 +119,9 @@ pub struct Claim {
     pub audits: Vec<AuditId>,
     /// Audits still open or in dispute.
     pub open_audits: u32,
+    /// Whether its receipts were sampled yet (at the end of the block after its own, with
+    /// that block's beacon); it cannot settle before.
+    pub sampled: bool,
     pub executor_at_fault: bool,
     pub status: ClaimStatus,
 }
@@ -286,6 +289,33 @@ pub struct State {
     pub unbonding: BTreeSet<(u64, NodeId)>,
     pub slashes: Vec<SlashRecord>,
     pub next_ids: NextIds,
+    /// Selections fixed in a block and drawn at the end of a later one, with that block's
+    /// beacon (see `draws`), in the order they were fixed.
+    pub pending_draws: Vec<PendingDraw>,
+}
+
+/// A selection waiting for a beacon value produced after `fixed_height`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDraw {
+    /// The block that fixed what is selected for; drawn at the end of the next block.
+    pub fixed_height: u64,
+    pub draw: Draw,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "draw", rename_all = "snake_case")]
+pub enum Draw {
+    /// Which receipts of a claim get audited, and their auditors.
+    Sample { claim: ClaimId },
+    /// A challenge's auditors, from the peers eligible when it was made (its bond paid for
+    /// `k` of them).
+    Challengers {
+        audit: AuditId,
+        pool: Vec<NodeId>,
+        k: u8,
+    },
+    /// A dispute's committee.
+    Committee { dispute: DisputeId },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,8 +328,8 @@ pub struct NextIds {
 }
 
 /// The nonce of `epoch`: `sha256("sortition/epoch-nonce" || randomness || epoch as u64 LE)`,
-/// where `randomness` is the beacon of the block that turned the epoch (the genesis seed for
-/// epoch 0).
+/// where `randomness` is the beacon of the block that turned the epoch, unknown before it
+/// (epoch 0: the genesis hash, fixed before any block).
 pub fn epoch_nonce(randomness: &Hash32, epoch: u64) -> Hash32 {
     sortition_types::hash::sha256_parts(&[
         b"sortition/epoch-nonce",

@@ -28,7 +28,9 @@ pub fn params() -> Params {
     Params {
         challenge_window_blocks: 2,
         unbonding_blocks: 5,
-        audit_commit_blocks: 2,
+        // One more than before draws were deferred a block: a test that fixes two draws in a
+        // row (each sealing its draw block) still has a block left to commit in.
+        audit_commit_blocks: 3,
         audit_reveal_blocks: 2,
         dispute_commit_blocks: 2,
         dispute_reveal_blocks: 2,
@@ -63,6 +65,9 @@ pub fn spec(q_ppm: u32) -> ModelSpec {
 
 pub struct Chain {
     pub ledger: Ledger,
+    pub genesis: Genesis,
+    /// The only share of the chain's 1-of-1 beacon group, dealt by [`test_group`].
+    pub share: SecretShare,
     pub admin: Keypair,
     pub users: Vec<Keypair>,
     pub nodes: Vec<Keypair>,
@@ -70,6 +75,13 @@ pub struct Chain {
 
 pub fn key(name: &str, i: usize) -> Keypair {
     Keypair::from_seed(format!("{name}-{i}").as_bytes())
+}
+
+/// A beacon group for tests, dealt by the trusted dealer from a fixed seed (so that test runs
+/// repeat): `n` validators, threshold the BFT quorum of `n`.
+pub fn test_group(n: u32) -> (BeaconConfig, Vec<SecretShare>) {
+    use rand_core::SeedableRng;
+    beacon::deal(rand_chacha::ChaCha20Rng::from_seed([7; 32]), n).expect("deal")
 }
 
 impl Chain {
@@ -87,11 +99,15 @@ impl Chain {
         g.params = params();
         g.models = vec![spec(q_ppm)];
         g.treasury = Amount(1_000_000);
+        let (beacon, mut shares) = test_group(1);
+        g.beacon = beacon;
         for k in users.iter().chain(nodes.iter()) {
             g.balances.push((k.public(), Amount(10_000_000_000)));
         }
         let mut c = Chain {
             ledger: Ledger::new(&g).expect("genesis"),
+            genesis: g,
+            share: shares.remove(0),
             admin,
             users,
             nodes,
@@ -123,10 +139,42 @@ impl Chain {
         .sign(k)
     }
 
-    /// One block, one second after the previous.
-    pub fn block(&mut self, txs: &[SignedTx]) -> BlockOutcome {
-        let ctx = self.ledger.next_context(self.now() + 1_000);
+    /// The next block's context at `timestamp_ms`, its beacon signed with the test share.
+    pub fn next_context(&self, timestamp_ms: u64) -> BlockContext {
+        self.ledger
+            .next_context(timestamp_ms, &self.share)
+            .expect("beacon")
+    }
+
+    /// One block, one second after the previous, and no more.
+    pub fn seal(&mut self, txs: &[SignedTx]) -> BlockOutcome {
+        let ctx = self.next_context(self.now() + 1_000);
         self.ledger.apply_block(ctx, txs).expect("block")
+    }
+
+    /// One block, one second after the previous. Draws it fixed (claim samples, challengers,
+    /// committees) happen at the end of the next block, with that block's beacon. When those
+    /// draws open something (an audit or a dispute), this seals that next (empty) block at once
+    /// — a live sequencer does on its next tick — and returns its end-of-block events with this
+    /// block's (and its state root), so a test sees what its transaction led to; a draw that
+    /// opens nothing waits for the test's next block, as it would live.
+    pub fn block(&mut self, txs: &[SignedTx]) -> BlockOutcome {
+        let mut out = self.seal(txs);
+        if !self.ledger.state().pending_draws.is_empty() {
+            let mut probe = self.ledger.clone();
+            let ctx = self.next_context(self.now() + 1_000);
+            let next = probe.apply_block(ctx, &[]).expect("block");
+            let opened = next
+                .end_block_events
+                .iter()
+                .any(|e| matches!(e, Event::AuditOpened { .. } | Event::DisputeOpened { .. }));
+            if opened {
+                self.ledger = probe;
+                out.end_block_events.extend(next.end_block_events);
+                out.state_root = next.state_root;
+            }
+        }
+        out
     }
 
     /// One transaction in its own block; returns its result and the block's end events.

@@ -397,7 +397,7 @@ fn refusals_are_typed_and_change_nothing() {
         kind: TxKind::PauseNode,
     }
     .sign(&u);
-    let ctx = c.ledger.next_context(c.now() + 1_000);
+    let ctx = c.next_context(c.now() + 1_000);
     c.ledger.begin_block(&ctx).expect("block");
     let root_in_block = c.ledger.state_root();
     let errs: Vec<LedgerError> = [replay, bad_sig, expired, wrong_chain]
@@ -501,8 +501,8 @@ fn key_rotation_records_epoch_and_nonce_and_refuses_stale_epochs() {
     let node = c.nodes[0].clone();
     let id = c.node_id(0);
     let st = c.ledger.state();
-    // Epoch 0's nonce comes from the genesis seed (the harness uses `Genesis::devnet`).
-    let seed = sortition_types::sha256(CHAIN.as_bytes());
+    // Epoch 0's nonce comes from the genesis (its hash: no secret seed any more).
+    let seed = c.genesis.hash();
     assert_eq!(st.epoch_nonce, epoch_nonce(&seed, 0));
     let (epoch0, nonce0) = (st.epoch, st.epoch_nonce);
     let key = SealingKey(sortition_types::sha256(b"k0"));
@@ -940,7 +940,10 @@ fn non_admin_faucet_is_refused() {
             amount: Amount(1_000_000),
         },
     );
-    assert_eq!(r.expect_err("a stranger may not mint"), LedgerError::NotAdmin);
+    assert_eq!(
+        r.expect_err("a stranger may not mint"),
+        LedgerError::NotAdmin
+    );
     assert!(!ev.iter().any(|e| matches!(e, Event::Minted { .. })));
     assert_eq!(c.balance(&stranger.public()), Amount::ZERO);
     assert_eq!(c.ledger.state().minted, minted);
