@@ -16,7 +16,6 @@ pub mod confidential;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod fault_tests;
-pub mod fsmode;
 pub mod judge;
 pub mod ledger;
 pub mod routes;

@@ -169,8 +169,7 @@ fn load_embed(name: &str, store: &ModelStore) -> Result<EmbedModel, StartError> 
 pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartError> {
     // The directory holds keys, receipts and confidential requests: owner only, and what an
     // older version or a loose umask left readable is tightened.
-    crate::fsmode::private_dir(&cfg.data_dir)?;
-    crate::fsmode::private_files_in(&cfg.data_dir)?;
+    sortition_api::private_fs::private_tree(&cfg.data_dir)?;
     let client = LedgerClient::new(cfg.ledger_url.clone());
     let genesis = client
         .genesis()
@@ -221,7 +220,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         })
         .collect();
     let db = cfg.data_dir.join("node.redb");
-    crate::fsmode::private_new_file(&db)?;
+    sortition_api::private_fs::private_file(&db)?;
     let store = NodeStore::open(&db)?;
     let swept = store.sweep_nonces(unix_now_ms())?;
     tracing::debug!(swept, "expired request nonces forgotten");
@@ -251,7 +250,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
                 &cfg.data_dir.join("custody.key"),
             )
             .map_err(|e| StartError::Config(format!("attester: {e}")))?;
-            crate::fsmode::private_file(&cfg.data_dir.join("custody.key"))?;
+            sortition_api::private_fs::private_file(&cfg.data_dir.join("custody.key"))?;
             if ring.is_insecure() {
                 tracing::warn!(node = %id, "confidential keys attested by the INSECURE dev attester: no TEE, the evidence proves nothing");
             }
