@@ -275,8 +275,11 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
     let chat = state
         .engine(&model)
         .map_err(|_| Trouble::ModelMissing(model.clone()))?;
-    let params = crate::routes::sampling_params(&fields, 256)
-        .map_err(|e| Trouble::Unjudgeable(e.message))?;
+    // A request that named no seed ran with the one the node drew and recorded: re-execute
+    // with that one (never with a fresh draw, which would diverge from any honest node).
+    let params =
+        crate::routes::sampling_params_seeded(&fields, 256, p.receipt.receipt.sampling.seed)
+            .map_err(|e| Trouble::Unjudgeable(e.message))?;
     let stream = chat
         .engine
         .generate_in(GenerateRequest::new(prompt, params), Lane::Audit)?;
@@ -329,7 +332,7 @@ pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Score
         Ok(None) => return Inconclusive("not a generation request".into()),
         Err(e) => return Inconclusive(e),
     };
-    let params = match crate::routes::sampling_params(&fields, 256) {
+    let params = match crate::routes::sampling_params_seeded(&fields, 256, r.sampling.seed) {
         Ok(p) => p,
         Err(e) => return Inconclusive(e.message),
     };

@@ -23,15 +23,33 @@ use crate::service::{NodeState, Outcome, engine_error};
 
 type S = State<Arc<NodeState>>;
 
-/// Converts OpenAI sampling fields into engine parameters (validated by the engine).
+/// Converts OpenAI sampling fields into engine parameters (validated by the engine). A request
+/// without `seed` gets a fresh one from the operating system, so that two identical requests
+/// sampled at a temperature above 0 are two independent draws (as OpenAI answers them); the
+/// seed used is recorded in the receipt's sampling record, where auditors read it.
 pub fn sampling_params(f: &SamplingFields, default_max: u32) -> Result<SamplingParams, ApiError> {
+    let seed = match f.seed {
+        Some(s) => s,
+        None => fresh_seed()?,
+    };
+    sampling_params_seeded(f, default_max, seed)
+}
+
+/// [`sampling_params`] with the seed to use when the request names none: an auditor passes the
+/// seed the receipt records, so it re-executes exactly what the node ran. A request that names
+/// a seed is always run with it.
+pub fn sampling_params_seeded(
+    f: &SamplingFields,
+    default_max: u32,
+    seed_if_absent: u64,
+) -> Result<SamplingParams, ApiError> {
     f.check_supported()?;
     let d = SamplingParams::default();
     let p = SamplingParams {
         temperature: f.temperature.unwrap_or(1.0),
         top_p: f.top_p.unwrap_or(d.top_p),
         top_k: f.top_k.unwrap_or(d.top_k),
-        seed: f.seed.unwrap_or(0),
+        seed: f.seed.unwrap_or(seed_if_absent),
         max_tokens: f
             .max_completion_tokens
             .or(f.max_tokens)
@@ -42,6 +60,21 @@ pub fn sampling_params(f: &SamplingFields, default_max: u32) -> Result<SamplingP
     };
     p.validate().map_err(engine_error)?;
     Ok(p)
+}
+
+/// A sampling seed drawn from the operating system.
+fn fresh_seed() -> Result<u64, ApiError> {
+    getrandom::u64().map_err(|e| ApiError::internal(format!("no randomness for a seed: {e}")))
+}
+
+/// A response id unique to this call (`chatcmpl-…`, `cmpl-…`): 96 random bits, so that two
+/// identical requests never share an id.
+pub(crate) fn response_id(prefix: &str) -> Result<String, ApiError> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ApiError::internal(format!("no randomness for an id: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}-{hex}"))
 }
 
 fn finish_str(f: FinishReason) -> &'static str {
@@ -175,12 +208,11 @@ async fn generation(
             (req.model, Prompt::Text(prompt), req.sampling)
         }
     };
-    let admitted = admit(s.clone(), stack, body, &model, prompt, &sampling).await?;
-    let prefix = match kind {
+    let id = response_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
-    };
-    let id = format!("{prefix}-{}", &admitted.job.request_hash.to_hex()[..24]);
+    })?;
+    let admitted = admit(s.clone(), stack, body, &model, prompt, &sampling).await?;
     if sampling.is_stream() {
         Ok(sse(admitted, id, model, sampling.include_usage(), kind).into_response())
     } else {
@@ -366,6 +398,20 @@ pub(crate) fn chunk_json(
     finish: Option<&str>,
     first: bool,
 ) -> String {
+    chunk_with(kind, id, model, text, finish, first, None)
+}
+
+/// A stream chunk with its one choice (index 0); `ext` puts the receipt on it (the finish
+/// chunk, when no usage chunk follows).
+fn chunk_with(
+    kind: Kind,
+    id: &str,
+    model: &str,
+    text: Option<String>,
+    finish: Option<&str>,
+    first: bool,
+    ext: Option<SortitionExt>,
+) -> String {
     let v = match kind {
         Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
             id: id.into(),
@@ -382,7 +428,7 @@ pub(crate) fn chunk_json(
                 logprobs: None,
             }],
             usage: None,
-            sortition: None,
+            sortition: ext,
         }),
         Kind::Text => serde_json::to_string(&Completion {
             id: id.into(),
@@ -396,19 +442,16 @@ pub(crate) fn chunk_json(
                 logprobs: None,
             }],
             usage: None,
-            sortition: None,
+            sortition: ext,
         }),
     };
     v.unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"{e}\"}}}}"))
 }
 
-fn final_json(
-    kind: Kind,
-    id: &str,
-    model: &str,
-    usage: Option<Usage>,
-    ext: SortitionExt,
-) -> String {
+/// The usage chunk OpenAI sends after the finish chunk when `stream_options.include_usage`
+/// is set: no choices, the usage, and (being the last event) the receipt.
+fn usage_json(kind: Kind, id: &str, model: &str, usage: Usage, ext: SortitionExt) -> String {
+    let usage = Some(usage);
     let v = match kind {
         Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
             id: id.into(),
@@ -513,10 +556,12 @@ async fn drive_stream(
                         ))
                         .await;
                 }
+                // The finish chunk is held until the receipt is signed: the receipt rides on
+                // the last event of the stream, which is the finish chunk (with its choice, as
+                // OpenAI SDK loops that index `choices[0]` expect) unless the client asked for
+                // the usage chunk, which then comes last and carries it. Whoever relays the
+                // stream checks the receipt on that event and relays nothing after it.
                 let finish = finish_str(finish_reason);
-                let _ = tx
-                    .send(chunk_json(kind, &id, &model, None, Some(finish), false))
-                    .await;
                 let (p, c) = (
                     u64::from(usage.prompt_tokens),
                     u64::from(usage.completion_tokens),
@@ -529,8 +574,25 @@ async fn drive_stream(
                             receipt,
                             verified_by_gateway: None,
                         };
-                        let usage = include_usage.then(|| Usage::new(p, c));
-                        let _ = tx.send(final_json(kind, &id, &model, usage, ext)).await;
+                        let events = if include_usage {
+                            vec![
+                                chunk_json(kind, &id, &model, None, Some(finish), false),
+                                usage_json(kind, &id, &model, Usage::new(p, c), ext),
+                            ]
+                        } else {
+                            vec![chunk_with(
+                                kind,
+                                &id,
+                                &model,
+                                None,
+                                Some(finish),
+                                false,
+                                Some(ext),
+                            )]
+                        };
+                        for e in events {
+                            let _ = tx.send(e).await;
+                        }
                     }
                     Err(e) => {
                         let _ = tx
@@ -742,3 +804,8 @@ pub struct ReceiptProof {
     pub receipts_root: sortition_types::Hash32,
     pub receipt_count: u64,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "routes_tests.rs"]
+mod tests;
