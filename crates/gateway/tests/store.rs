@@ -1212,3 +1212,239 @@ async fn gateway_data_files_are_private() {
     assert_eq!(s.user(UserId(1)).await.expect("kept").name, "private");
     s.close().await;
 }
+
+/// A node for the HTTP test: answers every chat completion after `delay` with one short text
+/// and a receipt it signs for the stack the gateway named, as an honest node does.
+async fn honest_node(
+    keys: sortition_types::Keypair,
+    id: NodeId,
+    delay: std::time::Duration,
+) -> String {
+    use axum::http::HeaderMap;
+    use sortition_types::auth::{AUTH_HEADER, RequestAuth};
+    use sortition_types::{Custody, Hash32, Receipt, SignedReceipt, text_response_hash};
+    let keys = Arc::new(keys);
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (keys, seq) = (keys.clone(), seq.clone());
+            async move {
+                let auth = headers
+                    .get(AUTH_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let (auth, _) =
+                    RequestAuth::parse_header(auth, "POST", "/v1/chat/completions", &body)
+                        .expect("the gateway signs its requests");
+                tokio::time::sleep(delay).await;
+                let (text, finish) = ("Paris.", "stop");
+                let receipt = Receipt {
+                    node: id,
+                    stack: auth.stack,
+                    sequence: seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    model: ModelId::new("m"),
+                    model_digest: Hash32::default(),
+                    node_class: Hash32::default(),
+                    request_hash: sha256(&body),
+                    response_hash: text_response_hash(text, finish),
+                    input_tokens: 10,
+                    output_tokens: 5,
+                    sampling: Default::default(),
+                    timestamp_ms: 0,
+                    custody: Custody::Gateway,
+                };
+                let signed = SignedReceipt::sign(receipt, &keys);
+                axum::Json(serde_json::json!({
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": finish}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    "sortition": {"receipt": signed},
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The ledger seen by the HTTP test: one node, and stacks bought on demand.
+struct OneNode {
+    node: sortition_gateway::router::NodeView,
+    bought: std::sync::atomic::AtomicU64,
+}
+
+impl sortition_gateway::directory::LedgerPort for OneNode {
+    fn active_nodes(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<sortition_gateway::router::NodeView>, String>>
+    {
+        let n = self.node.clone();
+        Box::pin(async move { Ok(vec![n]) })
+    }
+    fn buy_stack(
+        &self,
+        _node: NodeId,
+        _model: ModelId,
+        units: u64,
+        _max_price_per_m: Amount,
+    ) -> futures::future::BoxFuture<'_, Result<sortition_gateway::directory::BoughtStack, String>>
+    {
+        let id = 100
+            + self
+                .bought
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            Ok(sortition_gateway::directory::BoughtStack {
+                id: StackId(id),
+                units,
+                expires_at_ms: u64::MAX / 2,
+            })
+        })
+    }
+    fn challenge_receipt(
+        &self,
+        _receipt: sortition_types::SignedReceipt,
+    ) -> futures::future::BoxFuture<'_, Result<sortition_types::AuditId, String>> {
+        Box::pin(async { Err("no challenges here".to_string()) })
+    }
+}
+
+/// Issue 18, through the HTTP routes: 32 concurrent chat requests from a user with credit for
+/// ~14 at the worst case. Every request either gets its verified answer, charged in full, or
+/// the 402 quota error before any node work; none is answered free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credit_edge_never_serves_free_answers_over_http() {
+    use sortition_gateway::router::{BreakerConfig, NodeView, Router, RouterWeights};
+    use sortition_gateway::state::{GatewayConfig, GatewayState};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = GatewayStore::open_sqlite(dir.path(), secret())
+        .await
+        .expect("open sqlite");
+    let node_keys = sortition_types::Keypair::from_seed(b"honest node for the edge test");
+    let node_url = honest_node(
+        sortition_types::Keypair::from_seed(b"honest node for the edge test"),
+        NodeId(1),
+        std::time::Duration::from_millis(200),
+    )
+    .await;
+    let node = NodeView {
+        id: NodeId(1),
+        url: node_url,
+        operator: node_keys.public(),
+        // One micro-unit per unit.
+        price_in: Amount(1_000_000),
+        price_out: Amount(1_000_000),
+        collateral: Amount(1_000_000),
+        class: Default::default(),
+        confidential: false,
+        reputation: 1000,
+        slashes: 0,
+        models: vec![ModelId::new("m")],
+    };
+    let ledger = Arc::new(OneNode {
+        node,
+        bought: Default::default(),
+    });
+    let router = Router::new(RouterWeights::default(), BreakerConfig::default());
+    let g = GatewayState::new(
+        GatewayConfig::default(),
+        store.clone(),
+        ledger,
+        sortition_types::Keypair::from_seed(b"gateway account"),
+        router,
+    )
+    .expect("state");
+    g.refresh_nodes().await.expect("nodes");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(sortition_gateway::server::serve(
+        g.clone(),
+        listener,
+        std::future::pending(),
+    ));
+
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16,
+    })
+    .to_string();
+    // Worst case: every body byte a token, the template's overhead, and the new tokens.
+    let worst = body.len() as u64 + 64 + 8 + 16;
+    let user = store.create_user("http").await.expect("user");
+    store
+        .top_up(user, Amount(14 * worst + worst / 2))
+        .await
+        .expect("top up");
+    let (_, key) = store
+        .create_key(user, "k", 10_000, None)
+        .await
+        .expect("key");
+    let before = store.user(user).await.expect("user").credits;
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (http, url, key, body) = (
+            http.clone(),
+            url.clone(),
+            key.expose().to_string(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("the gateway answers");
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }));
+    }
+    let mut served = 0u64;
+    for t in tasks {
+        let (status, text) = t.await.expect("task");
+        match status {
+            200 => {
+                assert!(
+                    text.contains("Paris.") && text.contains("verified_by_gateway"),
+                    "{text}"
+                );
+                served += 1;
+            }
+            402 => assert!(text.contains("insufficient_credits"), "{text}"),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert!((14..32).contains(&served), "{served} of 32 served");
+    let after = store.user(user).await.expect("user");
+    let usage = store.usage_for_user(user, 100).await.expect("usage");
+    assert_eq!(usage.len() as u64, served, "one usage row per answer");
+    assert!(
+        usage.iter().all(|u| u.usage.cost == Amount(15)),
+        "every answer charged its 15 units, none at cost 0"
+    );
+    assert_eq!(
+        before.0 - after.credits.0,
+        served * 15,
+        "served x cost == charged"
+    );
+    assert_eq!(after.held, Amount(0), "nothing left on hold");
+    store.close().await;
+}
