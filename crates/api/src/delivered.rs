@@ -196,11 +196,16 @@ mod tests {
     fn streamed_chunks_hash_as_the_whole_answer() {
         let mut d = DeliveredText::default();
         for c in ["Par", "is", "."] {
-            d.absorb(&json!({"choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]}));
+            d.absorb(
+                &json!({"choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]}),
+            );
         }
         d.absorb(&json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
         d.absorb(&json!({"choices": [], "sortition": {}}));
-        assert_eq!(d.response_hash().unwrap(), text_response_hash("Paris.", "stop"));
+        assert_eq!(
+            d.response_hash().unwrap(),
+            text_response_hash("Paris.", "stop")
+        );
     }
 
     /// The f32 bits survive the JSON float text (parsed through f64) and base64, for values
@@ -255,6 +260,9 @@ mod tests {
         let a = json!({"object": "list", "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1},
             "data": [{"object": "embedding", "index": 1, "embedding": [1.0]},
                      {"object": "embedding", "index": 0, "embedding": [2.0]}]});
-        assert!(matches!(response_hash(&a), Err(DeliveredError::Embeddings(_))));
+        assert!(matches!(
+            response_hash(&a),
+            Err(DeliveredError::Embeddings(_))
+        ));
     }
 }

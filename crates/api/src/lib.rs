@@ -9,6 +9,7 @@
 
 pub mod delivered;
 pub mod error;
+pub mod fields;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;

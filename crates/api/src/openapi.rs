@@ -47,7 +47,7 @@ fn post(summary: &str, request: &str, response: &str, streams: bool) -> Value {
     });
     if streams {
         ok["content"]["text/event-stream"] = json!({
-            "schema": {"type": "string", "description": "SSE chunks; the last data event before [DONE] carries `sortition` with the receipt (and `usage` with stream_options.include_usage)"}
+            "schema": {"type": "string", "description": "SSE chunks, each with `choices[0]` but OpenAI's usage chunk (empty `choices`, sent only with stream_options.include_usage); the last data event before [DONE] carries `sortition` with the receipt: the finish chunk, or the usage chunk when asked for"}
         });
     }
     responses["200"] = ok;
