@@ -1,5 +1,6 @@
 //! Integration tests of the ledger state machine: scenarios and property tests.
 
+mod beacon;
 mod challenges;
 mod harness;
 mod props;
