@@ -57,21 +57,10 @@ impl Dispatched {
     }
 }
 
-/// Sends `body` to the best node for `model`, retrying on failures before the first byte.
+/// Sends `body` to the best node for `model`, retrying on failures before the first byte, never
+/// choosing a node of `exclude` (nodes that already failed this request after their headers,
+/// e.g. a stream that broke before its first event).
 pub async fn dispatch(
-    g: &Arc<GatewayState>,
-    path: &str,
-    body: &Bytes,
-    model: &ModelId,
-    units_needed: u64,
-    constraints: &Constraints,
-) -> Result<Dispatched, ApiError> {
-    dispatch_excluding(g, path, body, model, units_needed, constraints, &[]).await
-}
-
-/// As [`dispatch`], never choosing a node of `exclude` (nodes that already failed this
-/// request after their headers, e.g. a stream that broke before its first event).
-pub async fn dispatch_excluding(
     g: &Arc<GatewayState>,
     path: &str,
     body: &Bytes,

@@ -298,7 +298,7 @@ async fn forward<A: NodeAnswer>(
     let mut tried: Vec<sortition_types::NodeId> = Vec::new();
     let mut stream_failure: Option<ApiError> = None;
     let d = loop {
-        let d = match proxy::dispatch_excluding(
+        let d = match proxy::dispatch(
             g,
             path,
             &body,
