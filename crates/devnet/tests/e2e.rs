@@ -277,6 +277,56 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         (s, v["error"]["code"].as_str()),
         (404, Some("model_not_found"))
     );
+    // Issue 21: a model sent to the wrong endpoint is named as such (it was a 404 saying the
+    // model is not served, while listing it), and a field of the wrong type is named with
+    // what it accepts (it was "untagged enum EmbeddingInput").
+    let (s, v) = post(
+        &url,
+        &info.api_key,
+        &json!({"model": EMBED, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("wrong_endpoint")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("is an embedding model") && msg.contains("/v1/embeddings"),
+        "{v}"
+    );
+    let (s, v) = post(&eurl, &info.api_key, &json!({"model": CHAT, "input": "x"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("wrong_endpoint")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is a chat model"),
+        "{v}"
+    );
+    let (s, v) = post(
+        &eurl,
+        &info.api_key,
+        &json!({"model": EMBED, "input": {"a": 1}}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("input")),
+        "{v}"
+    );
+    assert!(
+        !v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("enum"),
+        "{v}"
+    );
     let resp = reqwest::Client::new()
         .post(&url)
         .bearer_auth(&info.api_key)

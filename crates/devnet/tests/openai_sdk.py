@@ -31,6 +31,33 @@ for chunk in stream:
 assert "".join(parts) == text, ("stream differs from non-stream", parts, text)
 assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
 
+# Issue 21: the common loop indexes choices[0] on every chunk. Without include_usage no chunk
+# may have empty choices (the receipt rides on the finish chunk, the last one).
+parts, finish, receipt = [], None, None
+for chunk in client.chat.completions.create(
+        model=chat_model, messages=msgs, max_tokens=6, temperature=0, stream=True):
+    delta = chunk.choices[0].delta
+    parts.append(delta.content or "")
+    finish = chunk.choices[0].finish_reason or finish
+    extra = chunk.model_extra or {}
+    if extra.get("sortition"):
+        receipt = extra["sortition"]["receipt"]
+assert "".join(parts) == text, ("stream differs from non-stream", parts, text)
+assert finish == r.choices[0].finish_reason, finish
+assert receipt is not None, "no chunk carried the receipt"
+for chunk in client.completions.create(
+        model=chat_model, prompt="The sky is", max_tokens=4, temperature=0, stream=True):
+    assert chunk.choices[0].text is not None, chunk
+
+# Issue 21: no seed, temperature 1: independent draws with their own ids; a seed repeats.
+ids = {client.chat.completions.create(model=chat_model, messages=msgs, max_tokens=4,
+                                      temperature=1).id for _ in range(3)}
+assert len(ids) == 3, ids
+seeded = [client.chat.completions.create(model=chat_model, messages=msgs, max_tokens=8,
+                                         temperature=1, seed=7).choices[0].message.content
+          for _ in range(2)]
+assert seeded[0] == seeded[1], seeded
+
 c = client.completions.create(model=chat_model, prompt="The sky is", max_tokens=4, temperature=0)
 assert c.choices[0].text is not None and c.usage.completion_tokens >= 1, c
 

@@ -19,7 +19,7 @@ use sortition_types::{
 use tokio::sync::mpsc;
 
 use crate::auth::authenticate;
-use crate::service::{NodeState, Outcome, engine_error};
+use crate::service::{ChatModel, EmbedModel, NodeState, Outcome, engine_error};
 
 type S = State<Arc<NodeState>>;
 
@@ -60,6 +60,31 @@ pub fn sampling_params_seeded(
     };
     p.validate().map_err(engine_error)?;
     Ok(p)
+}
+
+/// The chat model `model`; an embedding model named here is refused as such (400), not as
+/// unknown.
+pub fn chat_model<'a>(s: &'a NodeState, model: &str) -> Result<&'a ChatModel, ApiError> {
+    if s.embed.contains_key(&ModelId::new(model)) && !s.chat.contains_key(&ModelId::new(model)) {
+        return Err(ApiError::invalid(
+            "wrong_endpoint",
+            format!("'{model}' is an embedding model; use /v1/embeddings"),
+        )
+        .with_param("model"));
+    }
+    s.engine(model)
+}
+
+/// The embedding model `model`; a chat model named here is refused as such (400).
+pub fn embed_model<'a>(s: &'a NodeState, model: &str) -> Result<&'a EmbedModel, ApiError> {
+    if s.chat.contains_key(&ModelId::new(model)) && !s.embed.contains_key(&ModelId::new(model)) {
+        return Err(ApiError::invalid(
+            "wrong_endpoint",
+            format!("'{model}' is a chat model; use /v1/chat/completions or /v1/completions"),
+        )
+        .with_param("model"));
+    }
+    s.embedder(model)
 }
 
 /// A sampling seed drawn from the operating system.
@@ -114,7 +139,7 @@ async fn admit(
     prompt: Prompt,
     fields: &SamplingFields,
 ) -> Result<Admitted, ApiError> {
-    let chat = s.engine(model)?;
+    let chat = chat_model(&s, model)?;
     let params = sampling_params(fields, 256)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
     let model_id = ModelId::new(model);
@@ -649,7 +674,7 @@ async fn embeddings_inner(
     )
     .await?;
     let req: EmbeddingRequest = parse_json(body)?;
-    let m = s.embedder(&req.model)?;
+    let m = embed_model(s, &req.model)?;
     let format = req.encoding_format.clone();
     EmbeddingVector::encode(vec![], format.as_deref())?;
     if req.dimensions.is_some_and(|d| d as usize != m.embedder.dim) {

@@ -202,3 +202,26 @@ async fn audits_of_unseeded_requests_use_the_recorded_seed() {
         Judgement::Divergence(_)
     ));
 }
+
+/// A chat model sent to embeddings is named as a chat model (400 naming `model`), not
+/// answered with a 404 that lists it as available. (The reverse, with the real embedding
+/// model, is checked by the devnet end-to-end test.)
+#[tokio::test]
+async fn a_chat_model_sent_to_embeddings_is_named_as_such() {
+    let f = Fixture::start(8, 4).await;
+    let resp = f
+        .post(
+            "/v1/embeddings",
+            &json!({"model": MODEL, "input": "hi"}).to_string(),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "wrong_endpoint", "{v}");
+    assert_eq!(v["error"]["param"], "model");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("is a chat model") && msg.contains("/v1/chat/completions"),
+        "{msg}"
+    );
+}
