@@ -155,6 +155,10 @@ pub async fn run(a: ChatArgs) -> Result<()> {
     Ok(())
 }
 
+/// The model to chat with when none is named: the first model the gateway lists that is a chat
+/// model. The list names chat and embedding models alike, so each is asked of the embeddings
+/// route with an empty input, which costs nothing: a chat model is refused there as one
+/// (`wrong_endpoint`), an embedding model for its empty input.
 pub async fn first_model(http: &reqwest::Client, cfg: &ChatConfig) -> Result<String> {
     let url = format!("{}/v1/models", cfg.gateway);
     let resp = http
@@ -172,10 +176,43 @@ pub async fn first_model(http: &reqwest::Client, cfg: &ChatConfig) -> Result<Str
         );
     }
     let v: Value = serde_json::from_str(&body).context("the gateway's model list is not JSON")?;
-    v["data"][0]["id"]
-        .as_str()
-        .map(str::to_string)
-        .context("the gateway serves no model yet; pass --model")
+    let ids: Vec<String> = v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        bail!("the gateway serves no model yet; pass --model");
+    }
+    let probe = format!("{}/v1/embeddings", cfg.gateway);
+    for id in &ids {
+        let resp = http
+            .post(&probe)
+            .bearer_auth(&cfg.api_key)
+            .json(&json!({"model": id, "input": []}))
+            .send()
+            .await
+            .with_context(|| format!("POST {probe}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if is_chat_model_answer(status, &body) {
+            return Ok(id.clone());
+        }
+    }
+    bail!(
+        "none of the gateway's models ({}) is a chat model; pass --model",
+        ids.join(", ")
+    )
+}
+
+/// Whether the embeddings route's answer to a model says it is a chat model.
+pub fn is_chat_model_answer(status: u16, body: &str) -> bool {
+    status == 400
+        && serde_json::from_str::<Value>(body)
+            .is_ok_and(|v| v["error"]["code"].as_str() == Some("wrong_endpoint"))
 }
 
 /// Sends the conversation, prints tokens as they arrive, and returns the answer.
@@ -289,6 +326,85 @@ mod tests {
         assert_eq!(a.text, "Hi");
         assert_eq!(a.finish_reason.as_deref(), Some("stop"));
         assert!(a.ext.is_none());
+    }
+
+    /// A signed receipt extension committing to `text` and `finish`, as JSON.
+    pub(crate) fn ext_json(text: &str, finish: &str) -> String {
+        use sortition_types::{Keypair, ModelId, NodeId, Receipt, SignedReceipt, StackId, sha256};
+        let receipt = Receipt {
+            node: NodeId(1),
+            stack: StackId(2),
+            sequence: 3,
+            model: ModelId::new("m"),
+            model_digest: sha256(b"w"),
+            node_class: sha256(b"c"),
+            request_hash: sha256(b"req"),
+            response_hash: sortition_types::text_response_hash(text, finish),
+            input_tokens: 4,
+            output_tokens: 5,
+            sampling: Default::default(),
+            timestamp_ms: 6,
+            custody: Default::default(),
+        };
+        serde_json::to_string(&SortitionExt {
+            node: NodeId(1),
+            receipt: SignedReceipt::sign(receipt, &Keypair::from_seed(b"node")),
+            verified_by_gateway: Some(true),
+        })
+        .unwrap()
+    }
+
+    /// Issue 21: the receipt rides on the finish chunk (with its choice) now, or on the usage
+    /// chunk after it: read from whichever event carries it, with that event's finish reason.
+    #[test]
+    fn the_receipt_is_read_from_whichever_event_carries_it() {
+        let ext = ext_json("Hi", "stop");
+        let finish = format!(
+            r#"data: {{"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}],"sortition":{ext}}}"#
+        );
+        let mut a = Answer::default();
+        on_line(r#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#, &mut a).unwrap();
+        on_line(&finish, &mut a).unwrap();
+        assert_eq!(
+            (a.text.as_str(), a.finish_reason.as_deref()),
+            ("Hi", Some("stop"))
+        );
+        let r = a
+            .ext
+            .expect("receipt read from the finish chunk")
+            .receipt
+            .receipt;
+        assert_eq!(
+            r.response_hash,
+            sortition_types::text_response_hash("Hi", "stop")
+        );
+        // `sortition receipt verify` reads a stream of either shape alike.
+        let usage = format!(r#"data: {{"choices":[],"usage":{{}},"sortition":{ext}}}"#);
+        let head = r#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#;
+        let plain_finish = r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        for stream in [
+            format!("{head}\n{finish}\ndata: [DONE]\n"),
+            format!("{head}\n{plain_finish}\n{usage}\ndata: [DONE]\n"),
+        ] {
+            let (e, answer) = crate::cmd::receipt::extract(&stream).unwrap();
+            assert_eq!(answer, Some(("Hi".to_string(), "stop".to_string())));
+            assert_eq!(e.receipt.receipt.response_hash, r.response_hash);
+        }
+    }
+
+    /// Issue 21: `sortition chat` without `--model` picked the first listed model, the
+    /// embedding model. The probe's answer tells a chat model apart.
+    #[test]
+    fn a_chat_model_is_told_apart_by_the_probe() {
+        assert!(is_chat_model_answer(
+            400,
+            r#"{"error":{"code":"wrong_endpoint","message":"'m' is a chat model"}}"#
+        ));
+        assert!(!is_chat_model_answer(
+            400,
+            r#"{"error":{"code":"invalid_input","message":"input must hold 1 to 256 strings"}}"#
+        ));
+        assert!(!is_chat_model_answer(200, "{}"));
     }
 
     #[test]
