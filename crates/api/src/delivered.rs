@@ -42,7 +42,7 @@ pub struct DeliveredText {
 
 impl DeliveredText {
     /// Adds one chat or text completion object, or one streamed chunk. A chunk without
-    /// choices (the final one, carrying usage and the receipt) adds nothing.
+    /// choices (the usage chunk) adds nothing.
     pub fn absorb(&mut self, v: &Value) {
         let choices = match v.get("choices").and_then(Value::as_array) {
             Some(c) => c,

@@ -45,6 +45,12 @@ pub fn private_file(path: &Path) -> std::io::Result<()> {
     tighten(path, 0o600)
 }
 
+/// Writes `contents` to `path` (replacing what it held), the file `0600` from the first byte.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    private_file(path)?;
+    std::fs::write(path, contents)
+}
+
 /// Makes `dir` `0700` and every regular file directly inside it `0600`.
 pub fn private_tree(dir: &Path) -> std::io::Result<()> {
     private_dir(dir)?;
@@ -114,5 +120,9 @@ mod tests {
         private_file(&f).unwrap();
         assert_eq!(mode(&f), 0o400);
         assert_eq!(std::fs::read(&f).unwrap(), b"secret");
+        let w = dir.join("cursor");
+        write_private(&w, "41").unwrap();
+        write_private(&w, "42").unwrap();
+        assert_eq!((mode(&w), std::fs::read_to_string(&w).unwrap().as_str()), (0o600, "42"));
     }
 }

@@ -124,6 +124,7 @@ pub fn load_or_create(
         .map_err(|e| DevnetError::Setup(format!("beacon share: {e}")))?;
     g.beacon = beacon;
     let text = serde_json::to_string_pretty(&g).map_err(|e| DevnetError::Setup(e.to_string()))?;
-    std::fs::write(&path, text)?;
+    // Public content, but the data directory keeps one rule: files 0600.
+    crate::write_private(&path, &text)?;
     Ok(g)
 }

@@ -153,7 +153,7 @@ fn key_file(dir: &Path, name: &str) -> Result<Keypair, DevnetError> {
     Ok(Keypair::from_secret(secret))
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), DevnetError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), DevnetError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -361,7 +361,7 @@ async fn devnet_user(store: &GatewayStore, dir: &Path) -> Result<(UserId, String
         Some(id) => UserId(id),
         None => {
             let id = store.create_user("devnet").await.map_err(g)?;
-            std::fs::write(&id_file, id.0.to_string())?;
+            sortition_api::private_fs::write_private(&id_file, id.0.to_string())?;
             id
         }
     };

@@ -284,15 +284,13 @@ impl ReceiptError {
         }
     }
 
-    /// Whether the node's own signed word is contradicted by what it did (as opposed to an
-    /// answer that only fails to carry a usable receipt).
+    /// Whether the node delivered something its own valid, signed receipt contradicts (as
+    /// opposed to an answer without a usable receipt, or a receipt the ledger's audits will
+    /// judge: an over-report is challenged on the ledger and slashed there).
     pub fn is_misbehaviour(&self) -> bool {
         matches!(
             self,
-            ReceiptError::WrongResponse
-                | ReceiptError::Uncovered(_)
-                | ReceiptError::OverReported { .. }
-                | ReceiptError::WrongCustody { .. }
+            ReceiptError::WrongResponse | ReceiptError::Uncovered(_)
         )
     }
 

@@ -157,6 +157,25 @@ pub(crate) fn affordable(key: &AuthedKey, need: sortition_types::Amount) -> Resu
     Ok(())
 }
 
+/// `body` (a JSON object) with `"seed": seed` added.
+fn with_seed(body: &Bytes, seed: u64) -> Result<Bytes, ApiError> {
+    let mut v: serde_json::Value = parse_json(body)?;
+    match v.as_object_mut() {
+        Some(o) => {
+            o.insert("seed".into(), seed.into());
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "the request body must be a JSON object",
+            ));
+        }
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// Worst-case units of a generation request: every body byte a prompt token (a token is at
 /// least one byte), the chat template's overhead, and the maximum new tokens.
 fn generation_units(body: &[u8], messages: usize, s: &SamplingFields) -> u64 {
@@ -196,7 +215,18 @@ async fn generation<A: NodeAnswer>(
     parse: impl FnOnce(&[u8]) -> Result<(String, usize, SamplingFields), ApiError>,
 ) -> Result<Response, ApiError> {
     let key = authenticate(g, headers).await?;
-    let (model, messages, sampling) = parse(&body)?;
+    let (model, messages, mut sampling) = parse(&body)?;
+    // A request without a seed is sampled with a fresh one that the gateway draws and writes
+    // into the body it signs: every member of a quorum then samples alike, and no node can try
+    // seeds until it likes an answer (the seed is fixed by the stack owner's signature).
+    let body = match sampling.seed {
+        Some(_) => body,
+        None => {
+            let seed = rand::random::<u64>() >> 11; // exact in a JSON number read as f64
+            sampling.seed = Some(seed);
+            with_seed(&body, seed)?
+        }
+    };
     let units = generation_units(&body, messages, &sampling);
     let mut a = admit(g, key, headers, &model, sampling.is_stream(), units, true).await?;
     let ended = a.hold.ended();

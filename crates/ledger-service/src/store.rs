@@ -32,8 +32,7 @@ pub fn write_beacon_share(dir: &Path, share: &SecretShare) -> Result<(), Service
     let io = |e: std::io::Error| ServiceError::Storage(e.to_string());
     sortition_api::private_fs::private_dir(dir).map_err(io)?;
     let path = dir.join(BEACON_SHARE_FILE);
-    sortition_api::private_fs::private_file(&path).map_err(io)?;
-    std::fs::write(&path, share.to_hex()).map_err(io)
+    sortition_api::private_fs::write_private(&path, share.to_hex()).map_err(io)
 }
 
 /// This sequencer's secret share, checked against the genesis' beacon: the data directory's

@@ -65,8 +65,8 @@ pub enum Outcome {
     },
     /// 5xx, timeout, connection failure or an unusable receipt: counts toward the breaker.
     Failure,
-    /// The node signed a receipt that its own delivery contradicts (another text, more units
-    /// than reserved): counted as a failure, and the breaker opens at once.
+    /// The node signed a receipt that its own delivery contradicts (another text, or a part
+    /// of the answer no receipt covers): counted as a failure, and the breaker opens at once.
     Misbehaved,
     /// The client went away; neither success nor failure.
     Cancelled,
