@@ -11,8 +11,12 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing, invalid, revoked key or bad signature (401).
     Authentication,
-    /// Out of credits or an exhausted stack (402).
+    /// A stack the node holds is exhausted or closed (402): between a stack's owner and its
+    /// node.
     InsufficientFunds,
+    /// A user's credits or a key's budget cannot cover the request (429 `insufficient_quota`,
+    /// as OpenAI answers, which its SDKs raise as a rate-limit error).
+    QuotaExceeded,
     /// Authenticated but not allowed (403).
     Permission,
     /// Unknown model or object (404).
@@ -39,6 +43,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
             ErrorKind::InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
+            ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Permission => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
@@ -59,7 +64,7 @@ impl ErrorKind {
             }
             ErrorKind::Conflict => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
-            ErrorKind::InsufficientFunds => "insufficient_quota",
+            ErrorKind::InsufficientFunds | ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::Permission => "permission_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Internal => "server_error",

@@ -82,7 +82,7 @@ pub fn document(surface: Surface) -> Value {
     if matches!(surface, Surface::Node) {
         models["security"] = json!([]);
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": title, "version": env!("CARGO_PKG_VERSION"),
             "description": "OpenAI-compatible inference with signed receipts. Errors use {\"error\": {message, type, code, param}}."},
@@ -97,7 +97,15 @@ pub fn document(surface: Surface) -> Value {
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         },
         "components": {"securitySchemes": security, "schemas": schemas()}
-    })
+    });
+    if matches!(surface, Surface::Gateway) {
+        doc["paths"]["/v1/models/{id}"] = json!({"get": {"summary": "One model served",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "the model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelCard"}}}},
+                "404": {"description": "no node serves this model"}}}});
+    }
+    doc
 }
 
 fn schemas() -> Value {
@@ -132,8 +140,8 @@ fn schemas() -> Value {
             "model": {"type": "string"}, "choices": {"type": "array"}, "usage": usage, "sortition": ext}},
         "Completion": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "text_completion"}, "choices": {"type": "array"}, "usage": usage, "sortition": ext}},
         "EmbeddingResponse": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}, "sortition": ext}},
-        "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object",
-            "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "owned_by": {"type": "string"}}}}}},
+        "ModelList": {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/ModelCard"}}}},
+        "ModelCard": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"}, "owned_by": {"type": "string"}}},
         "SortitionExt": {"type": "object", "description": "the node's signed receipt; check it against the key the ledger holds for `node`",
             "properties": {"node": {"type": "integer"}, "receipt": {"type": "object", "properties": {"receipt": {"type": "object"}, "signature": {"type": "string"}}},
             "verified_by_gateway": {"type": "boolean"}}},

@@ -135,6 +135,13 @@ async fn ledger(dir: &Path, admin: &Keypair, devnet: bool) -> Background {
             ..audited_policy()
         },
     ));
+    // Its own beacon group, dealt here, the share in the ledger's data directory (only a devnet
+    // genesis may fall back to the public test group).
+    let (beacon, shares) =
+        sortition_ledger::beacon::deal_from_seed([9; 32], 1).expect("deal a beacon group");
+    g.beacon = beacon;
+    sortition_ledger_service::store::write_beacon_share(&dir.join("ledger"), &shares[0])
+        .expect("beacon share");
     sortition_ledger_service::run_in_background(LedgerServiceConfig::new(dir.join("ledger"), g))
         .await
         .expect("ledger starts")

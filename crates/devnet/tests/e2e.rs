@@ -267,6 +267,28 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    // Issue 18: every /v1 route needs a key, the model list included; /health stays open.
+    // Issue 21: /v1/models/{id}.
+    let get = |path: String, key: Option<String>| async move {
+        let mut r = reqwest::Client::new().get(path);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        let resp = r.send().await.unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let gw = &info.gateway_url;
+    let key = Some(info.api_key.clone());
+    assert_eq!(get(format!("{gw}/v1/models"), None).await.0, 401);
+    assert_eq!(get(format!("{gw}/health"), None).await.0, 200);
+    let (s, list) = get(format!("{gw}/v1/models"), key.clone()).await;
+    assert_eq!(s, 200, "{list}");
+    assert!(list["data"].to_string().contains(CHAT), "{list}");
+    let (s, card) = get(format!("{gw}/v1/models/{CHAT}"), key.clone()).await;
+    assert_eq!((s, card["id"].as_str()), (200, Some(CHAT)), "{card}");
+    let (s, v) = get(format!("{gw}/v1/models/nope"), key.clone()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(get(format!("{gw}/v1/models/{CHAT}"), None).await.0, 401);
     let (s, v) = post(
         &url,
         &info.api_key,

@@ -124,7 +124,7 @@ async fn handle(
         .with_param("node"));
     }
     let units = sealed_units(&env);
-    // The worst-case cost is held before any node is asked (a 402 quota error if it cannot
+    // The worst-case cost is held before any node is asked (a 429 quota error if it cannot
     // be, a 503 if the store cannot write).
     let need = cost(units, unit_price(&node));
     crate::routes::affordable(&key, need)?;

@@ -8,8 +8,9 @@
 //!
 //! Does not own: the ledger (stacks are bought there; this crate keeps the gateway's view),
 //! node execution, or receipt verification. Every error type here maps to an OpenAI-shaped
-//! `sortition_api::ApiError` through one `From` impl beside it: 401 for authentication, 402
-//! for credits, budgets and exhausted stacks, 429 for limits, 503 when no node can serve.
+//! `sortition_api::ApiError` through one `From` impl beside it: 401 for authentication, 429
+//! `insufficient_quota` for credits and budgets (as OpenAI), 429 for limits, 503 when no node
+//! (or no stack on one) can serve.
 
 pub mod answers;
 pub mod audits;

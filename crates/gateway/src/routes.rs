@@ -58,7 +58,7 @@ async fn authenticate(g: &Arc<GatewayState>, headers: &HeaderMap) -> Result<Auth
 /// Admits a request: parses its constraints, then holds its worst-case cost (`units` at the
 /// dearest serving node's price, once per quorum member when `quorum` lets the model's policy
 /// or the constraints ask for one) against the key's credits and budget, atomically, before
-/// any node is asked. A request that cannot be held for gets the quota error (402
+/// any node is asked. A request that cannot be held for gets the quota error (429
 /// `insufficient_credits` or `key_budget_exceeded`), or a 503 when the store cannot write.
 async fn admit(
     g: &Arc<GatewayState>,
@@ -129,12 +129,12 @@ fn inter_token(
     }
 }
 
-/// Refuses (402) a request that may cost `need` when the key's credits or budget cannot
+/// Refuses (429 `insufficient_quota`) a request that may cost `need` when the key's credits or budget cannot
 /// cover it, so that a request is never served unpaid.
 pub(crate) fn affordable(key: &AuthedKey, need: sortition_types::Amount) -> Result<(), ApiError> {
     if key.credits < need {
         return Err(ApiError::new(
-            ErrorKind::InsufficientFunds,
+            ErrorKind::QuotaExceeded,
             "insufficient_credits",
             format!(
                 "this request may cost up to {need}; the balance is {}",
@@ -146,7 +146,7 @@ pub(crate) fn affordable(key: &AuthedKey, need: sortition_types::Amount) -> Resu
         && key.spent.checked_add(need).is_none_or(|s| s > budget)
     {
         return Err(ApiError::new(
-            ErrorKind::InsufficientFunds,
+            ErrorKind::QuotaExceeded,
             "key_budget_exceeded",
             format!(
                 "this key's budget {budget} would be exceeded (spent {})",
@@ -290,6 +290,30 @@ pub async fn models(State(g): S, headers: HeaderMap) -> Response {
     match authenticate(&g, &headers).await {
         Ok(_) => model_list(&g).await.into_response(),
         Err(e) => error(&g, e),
+    }
+}
+
+/// `GET /v1/models/{id}`: one model's card, or 404 `model_not_found` (API key required).
+pub async fn model(
+    State(g): S,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Err(e) = authenticate(&g, &headers).await {
+        return error(&g, e);
+    }
+    let Json(list) = model_list(&g).await;
+    match list.data.into_iter().find(|m| m.id == id) {
+        Some(card) => Json(card).into_response(),
+        None => error(
+            &g,
+            ApiError::new(
+                ErrorKind::NotFound,
+                "model_not_found",
+                format!("the model '{id}' does not exist or no node serves it"),
+            )
+            .with_param("model"),
+        ),
     }
 }
 

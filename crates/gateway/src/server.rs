@@ -67,6 +67,7 @@ pub fn router_with(state: Arc<GatewayState>, with_metrics: bool) -> Router {
         .route("/v1/completions", post(routes::completions))
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/models", get(routes::models))
+        .route("/v1/models/{id}", get(routes::model))
         .route(
             sortition_confidential::wire::CONFIDENTIAL_CHAT_PATH,
             post(crate::confidential::chat_completions),

@@ -100,6 +100,14 @@ impl IntoResponse for ApiError {
             ),
         };
         let body = serde_json::json!({ "error": { "message": self.to_string(), "type": kind, "code": code } });
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Storage faults heal by themselves: say when to try again.
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }

@@ -120,8 +120,35 @@ pub fn start(
             got: 1,
         }));
     }
-    let mut index = HashMap::new();
     let metrics = Metrics::default();
+    let index = replay(&mut ledger, &store, &metrics)?;
+    metrics.height.store(ledger.height(), Ordering::Relaxed);
+    let (events, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        ledger: RwLock::new(ledger),
+        share,
+        genesis,
+        store,
+        tx_index: RwLock::new(index),
+        metrics,
+        events,
+    });
+    let (inbox, rx) = mpsc::channel(cfg.max_block_txs.max(1) * 4);
+    let s = shared.clone();
+    let rt = tokio::runtime::Handle::current();
+    // The task ends (and closes the database) once every Handle is dropped.
+    let task = tokio::task::spawn_blocking(move || run(rt, s, rx, cfg));
+    Ok((Handle { inbox, shared }, task))
+}
+
+/// Applies every stored block to `ledger` (fresh from the genesis), checking each state root
+/// and result; returns the index of stored transactions.
+fn replay(
+    ledger: &mut Ledger,
+    store: &Store,
+    metrics: &Metrics,
+) -> Result<HashMap<Hash32, (u64, u32)>, ServiceError> {
+    let mut index = HashMap::new();
     for b in store.blocks()? {
         let h = b.ctx.height;
         let out = ledger
@@ -155,23 +182,19 @@ pub fn start(
             .txs_applied
             .fetch_add(b.txs.len() as u64, Ordering::Relaxed);
     }
-    metrics.height.store(ledger.height(), Ordering::Relaxed);
-    let (events, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
-        ledger: RwLock::new(ledger),
-        share,
-        genesis,
-        store,
-        tx_index: RwLock::new(index),
-        metrics,
-        events,
-    });
-    let (inbox, rx) = mpsc::channel(cfg.max_block_txs.max(1) * 4);
-    let s = shared.clone();
-    let rt = tokio::runtime::Handle::current();
-    // The task ends (and closes the database) once every Handle is dropped.
-    let task = tokio::task::spawn_blocking(move || run(rt, s, rx, cfg));
-    Ok((Handle { inbox, shared }, task))
+    Ok(index)
+}
+
+/// After a block could not be persisted: the in-memory ledger applied it, the disk did not.
+/// Reopens the database and rebuilds the ledger from what is durable, so that the next block
+/// follows the last persisted one and nothing unacknowledged lingers in memory.
+fn heal(shared: &Shared) -> Result<(), ServiceError> {
+    shared.store.reopen()?;
+    let mut fresh = Ledger::new(&shared.genesis).map_err(ServiceError::Genesis)?;
+    let index = replay(&mut fresh, &shared.store, &Metrics::default())?;
+    *shared.ledger.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    *shared.tx_index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    Ok(())
 }
 
 fn run(
@@ -180,14 +203,14 @@ fn run(
     mut rx: mpsc::Receiver<Submission>,
     cfg: SequencerConfig,
 ) {
+    let mut faults = StorageFaults::default();
     loop {
         let first = match cfg.idle_block_interval {
             None => rx.blocking_recv(),
             Some(idle) => match rt.block_on(tokio::time::timeout(idle, rx.recv())) {
                 Ok(next) => next,
                 Err(_) => {
-                    if let Err(e) = seal(&shared, Vec::new()) {
-                        tracing::error!("sequencer stopped: {e}");
+                    if !faults.after(seal(&shared, Vec::new())) {
                         return;
                     }
                     continue;
@@ -210,15 +233,77 @@ fn run(
                 }
             }
         }
-        if let Err(e) = seal(&shared, batch) {
-            tracing::error!("sequencer stopped: {e}");
+        if !faults.after(seal(&shared, batch)) {
             return;
         }
     }
 }
 
-/// Applies, persists, then acknowledges one block.
-fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
+/// What the sequencer does after each block: stop on an error it cannot heal; after a block
+/// that could not be persisted (refused, state rolled back), wait a little before the next
+/// one and log the fault at a bounded rate (first occurrence, then a count every 30 s, then
+/// its end), so a full disk neither spins nor floods the log.
+#[derive(Default)]
+struct StorageFaults {
+    /// When the current run of failures began, when it was last logged, how many so far.
+    failing: Option<(Instant, Instant, u64)>,
+}
+
+impl StorageFaults {
+    const BACKOFF: Duration = Duration::from_millis(500);
+    const LOG_EVERY: Duration = Duration::from_secs(30);
+
+    /// Whether the sequencer goes on.
+    fn after(&mut self, sealed: Result<Sealed, ServiceError>) -> bool {
+        match sealed {
+            Ok(Sealed::Durable) => {
+                if let Some((since, _, n)) = self.failing.take() {
+                    tracing::warn!(
+                        failed_blocks = n,
+                        secs = since.elapsed().as_secs(),
+                        "ledger storage recovered; blocks are persisted again"
+                    );
+                }
+                true
+            }
+            Ok(Sealed::NotPersisted(why)) => {
+                let now = Instant::now();
+                match &mut self.failing {
+                    None => {
+                        tracing::error!(error = %why, "a block could not be persisted: its transactions were refused and the ledger rolled back to the last durable block; retrying");
+                        self.failing = Some((now, now, 1));
+                    }
+                    Some((since, logged, n)) => {
+                        *n += 1;
+                        if now.duration_since(*logged) >= Self::LOG_EVERY {
+                            tracing::error!(error = %why, failed_blocks = *n, secs = since.elapsed().as_secs(), "ledger storage still failing");
+                            *logged = now;
+                        }
+                    }
+                }
+                std::thread::sleep(Self::BACKOFF);
+                true
+            }
+            Err(e) => {
+                tracing::error!("sequencer stopped: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// How sealing one block ended, when it did not stop the sequencer.
+enum Sealed {
+    /// Persisted, then acknowledged.
+    Durable,
+    /// Not persisted: refused to its submitters, and the in-memory state rebuilt from disk.
+    NotPersisted(String),
+}
+
+/// Applies, persists, then acknowledges one block. A block that cannot be persisted is not
+/// acknowledged: its submitters get the storage error and the ledger is rebuilt from the
+/// durable blocks ([`heal`]); only a failure to do that stops the sequencer.
+fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<Sealed, ServiceError> {
     let (txs, replies): (Vec<VerifiedTx>, Vec<_>) =
         batch.into_iter().map(|s| (s.tx, s.reply)).unzip();
     let signed: Vec<SignedTx> = txs.iter().map(|t| t.signed().clone()).collect();
@@ -265,10 +350,14 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
         Ordering::Relaxed,
     );
     if let Err(e) = stored {
+        // Roll the state back before anyone hears of the refusal, so that nobody who was
+        // refused can then read the refused block's effects.
+        let healed = heal(shared);
         for r in replies {
             let _ = r.send(Err(ServiceError::Storage(e.to_string())));
         }
-        return Err(e);
+        healed?;
+        return Ok(Sealed::NotPersisted(e.to_string()));
     }
     {
         let mut idx = shared.tx_index.write().unwrap_or_else(|p| p.into_inner());
@@ -299,10 +388,15 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<(), ServiceError> {
         height: ctx.height,
         events: Arc::new(flat),
     });
-    Ok(())
+    Ok(Sealed::Durable)
 }
 
 impl Handle {
+    /// Makes the next `n` block writes fail as a full disk would (fault-injection tests).
+    pub fn fail_next_block_writes(&self, n: u32) {
+        self.shared.store.fail_next_appends(n);
+    }
+
     /// Verifies, pre-checks and sequences a transaction; resolves once its block is durable.
     pub async fn submit(&self, tx: SignedTx) -> Result<Included, SubmitError> {
         let v = tx.verify()?;

@@ -77,7 +77,17 @@ pub struct StoredBlock {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` only for the moment [`Store::reopen`] swaps it.
+    db: std::sync::RwLock<Option<Database>>,
+    path: std::path::PathBuf,
+    /// Failure injection for tests: this many coming [`Store::append`]s fail.
+    fail_appends: std::sync::atomic::AtomicU32,
+}
+
+/// The open database, or a storage error while it is being reopened.
+fn opened(g: &Option<Database>) -> Result<&Database, ServiceError> {
+    g.as_ref()
+        .ok_or_else(|| ServiceError::Storage("the database is being reopened".into()))
 }
 
 fn err(e: impl Into<redb::Error>) -> ServiceError {
@@ -92,7 +102,7 @@ impl Store {
         sortition_api::private_fs::private_dir(dir).map_err(io)?;
         let path = dir.join("ledger.redb");
         sortition_api::private_fs::private_file(&path).map_err(io)?;
-        let db = Database::create(path).map_err(err)?;
+        let db = Database::create(&path).map_err(err)?;
         let want = canonical_bytes(genesis);
         let w = db.begin_write().map_err(err)?;
         {
@@ -127,12 +137,42 @@ impl Store {
             w.open_table(EVENTS).map_err(err)?;
         }
         w.commit().map_err(err)?;
-        Ok(Store { db })
+        Ok(Store {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+            fail_appends: Default::default(),
+        })
+    }
+
+    /// Closes and opens the database file again: after a failed write (a full disk, an I/O
+    /// error) redb may refuse every later transaction until it is reopened.
+    pub fn reopen(&self) -> Result<(), ServiceError> {
+        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(g.take());
+        *g = Some(Database::create(&self.path).map_err(err)?);
+        Ok(())
+    }
+
+    /// Makes the next `n` [`Store::append`]s fail as a full disk would (tests).
+    pub fn fail_next_appends(&self, n: u32) {
+        self.fail_appends
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Persists a block and its events durably.
     pub fn append(&self, block: &StoredBlock, events: &[Event]) -> Result<(), ServiceError> {
-        let mut w = self.db.begin_write().map_err(err)?;
+        use std::sync::atomic::Ordering;
+        if self
+            .fail_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ServiceError::Storage(
+                "injected failure: no space left on device".into(),
+            ));
+        }
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let mut w = opened(&g)?.begin_write().map_err(err)?;
         w.set_durability(Durability::Immediate)
             .map_err(|e| ServiceError::Storage(e.to_string()))?;
         {
@@ -150,7 +190,8 @@ impl Store {
 
     /// The block at `height`, if stored.
     pub fn block(&self, height: u64) -> Result<Option<StoredBlock>, ServiceError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let r = opened(&g)?.begin_read().map_err(err)?;
         let t = r.open_table(BLOCKS).map_err(err)?;
         let Some(v) = t.get(height).map_err(err)? else {
             return Ok(None);
@@ -162,7 +203,8 @@ impl Store {
 
     /// All blocks in height order.
     pub fn blocks(&self) -> Result<Vec<StoredBlock>, ServiceError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let r = opened(&g)?.begin_read().map_err(err)?;
         let t = r.open_table(BLOCKS).map_err(err)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(err)? {
@@ -176,7 +218,8 @@ impl Store {
 
     /// Events of blocks `from..=to`, each with its height.
     pub fn events(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<Event>)>, ServiceError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let r = opened(&g)?.begin_read().map_err(err)?;
         let t = r.open_table(EVENTS).map_err(err)?;
         let mut out = Vec::new();
         for item in t.range(from..=to).map_err(err)? {

@@ -151,20 +151,21 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorKind::Authentication, "key_revoked", e.to_string())
             }
             S::InsufficientCredits { .. } => ApiError::new(
-                ErrorKind::InsufficientFunds,
+                ErrorKind::QuotaExceeded,
                 "insufficient_credits",
                 e.to_string(),
             ),
             S::OverBudget { .. } => ApiError::new(
-                ErrorKind::InsufficientFunds,
+                ErrorKind::QuotaExceeded,
                 "key_budget_exceeded",
                 e.to_string(),
             ),
-            S::StackInactive(_) | S::StackExhausted { .. } => ApiError::new(
-                ErrorKind::InsufficientFunds,
-                "stack_exhausted",
-                e.to_string(),
-            ),
+            // The gateway's own stack on a node, not the user's quota: another try (or node)
+            // goes on another stack.
+            S::StackInactive(_) | S::StackExhausted { .. } => {
+                ApiError::new(ErrorKind::Unavailable, "stack_exhausted", e.to_string())
+                    .with_retry_after(1)
+            }
             S::UserNotFound(_) | S::KeyNotFound(_) | S::StackNotFound(_) => {
                 ApiError::new(ErrorKind::NotFound, "not_found", e.to_string())
             }

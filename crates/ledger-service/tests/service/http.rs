@@ -159,3 +159,60 @@ async fn submit_query_refuse_and_stream() {
     drop((s, resumed));
     bg.shutdown().await.expect("shutdown");
 }
+
+/// Issue 18: a block that cannot be persisted (a full disk) is not acknowledged — its
+/// submitter gets 503 with `Retry-After`, and nothing of it is visible — and the ledger heals
+/// by itself: once writes succeed again the same transaction is accepted, without a restart,
+/// and a replay of the database agrees with the served state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpersisted_block_is_not_acknowledged_and_the_ledger_heals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No idle blocks: only these transactions' blocks meet the injected failures.
+    let mut cfg = LedgerServiceConfig::new(dir.path(), genesis());
+    cfg.idle_block_interval = None;
+    let bg = run_in_background(cfg.clone()).await.expect("start");
+    let c = bg.client();
+    let w = crate::writer(0);
+    c.submit(&crate::self_transfer(&w, 0, 1))
+        .await
+        .expect("a first transfer");
+    bg.handle.fail_next_block_writes(3);
+    let tx = crate::self_transfer(&w, 1, 2);
+    let e = c.submit(&tx).await.expect_err("refused while the disk is full");
+    assert!(
+        matches!(
+            e,
+            sortition_ledger_service::ClientError::Api { status: 503, .. }
+        ),
+        "{e}"
+    );
+    assert!(c.find_tx(&tx.hash()).await.is_err(), "an unacknowledged tx is visible");
+    assert_eq!(c.next_nonce(&w.public()).await.expect("nonce"), 1);
+    // The fault passes (the injected failures run out): the same transaction goes through.
+    let mut accepted = None;
+    for _ in 0..20 {
+        match c.submit(&tx).await {
+            Ok(r) => {
+                accepted = Some(r);
+                break;
+            }
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    sortition_ledger_service::ClientError::Api { status: 503, .. }
+                ),
+                "{e}"
+            ),
+        }
+    }
+    let r = accepted.expect("the ledger healed without a restart");
+    assert_eq!(c.find_tx(&r.tx_hash).await.expect("located").height, r.height);
+    assert_eq!(c.next_nonce(&w.public()).await.expect("nonce"), 2);
+    let served = c.status().await.expect("status");
+    bg.shutdown().await.expect("shutdown");
+    let again = run_in_background(cfg).await.expect("restart");
+    let replayed = again.client().status().await.expect("status");
+    assert_eq!(replayed.state_root, served.state_root);
+    assert_eq!(replayed.height, served.height);
+    again.shutdown().await.expect("shutdown");
+}
