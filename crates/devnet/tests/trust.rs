@@ -257,6 +257,28 @@ async fn gateway_refuses_a_receipt_for_another_text() {
     assert_eq!(status, 503, "{text}");
     assert_eq!(liar.hits.load(Ordering::SeqCst), 1);
     assert_eq!(credits(&net).await, before, "a withheld answer was charged");
+    // The node will still claim that receipt, so the gateway disowned it on the ledger: its
+    // units are burned at settlement instead of paid to the liar.
+    let ledger = LedgerClient::new(&net.info.ledger_url);
+    let owner = net.gateway.account.public();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stacks = ledger
+            .stacks_of(&owner)
+            .await
+            .expect("stacks of the gateway");
+        if stacks
+            .iter()
+            .any(|s| s.node == liar_id && !s.disowned.is_empty())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the liar's receipt was not disowned: {stacks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Streamed: the chunks already relayed cannot be taken back, but the stream ends with an
     // error event instead of a verified receipt, and nothing is charged.

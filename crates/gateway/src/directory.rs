@@ -38,6 +38,13 @@ pub trait LedgerPort: Send + Sync + 'static {
     /// Has one receipt of a stack the gateway owns audited now (the ledger's
     /// `ChallengeReceipt`); returns the audit opened. The gateway pays the bond.
     fn challenge_receipt(&self, receipt: SignedReceipt) -> BoxFuture<'_, Result<AuditId, String>>;
+    /// Disowns one receipt of a stack the gateway owns (the ledger's `DisownReceipt`): its
+    /// node delivered something else than the receipt commits to, so its units are burned at
+    /// settlement instead of paid.
+    fn disown_receipt(&self, receipt: SignedReceipt) -> BoxFuture<'_, Result<(), String>> {
+        let _ = receipt;
+        Box::pin(async { Err("not supported by this ledger port".into()) })
+    }
 }
 
 /// Price per million units of a stack bought from `n` (the ledger charges the higher price).

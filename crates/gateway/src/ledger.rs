@@ -120,4 +120,14 @@ impl LedgerPort for HttpLedger {
                 .ok_or_else(|| "challenge produced no AuditOpened event".to_string())
         })
     }
+
+    fn disown_receipt(&self, receipt: SignedReceipt) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.client
+                .send(&self.account, TxKind::DisownReceipt { receipt })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
 }

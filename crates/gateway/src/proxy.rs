@@ -590,6 +590,37 @@ pub fn challenge(g: &Arc<GatewayState>, receipts: Vec<SignedReceipt>, why: &'sta
     });
 }
 
+/// Disowns `r` on the ledger in the background (`DisownReceipt`): its node signed it for
+/// this request on our stack but delivered something it does not commit to (or that cannot be
+/// checked against it), and will still claim it. The ledger then burns its units at
+/// settlement instead of paying the node; the gateway pays for them anyway, so it gains
+/// nothing by disowning.
+pub fn disown(g: &Arc<GatewayState>, r: SignedReceipt) {
+    let g = g.clone();
+    tokio::spawn(async move {
+        let (node, stack, seq) = (r.receipt.node, r.receipt.stack, r.receipt.sequence);
+        match g.ledger.disown_receipt(r).await {
+            Ok(()) => {
+                g.metrics.inc("receipts_disowned_total", "", 1);
+                tracing::info!(%node, %stack, seq, "disowned a node's receipt");
+            }
+            Err(e) => {
+                g.metrics.inc("receipts_disown_failed_total", "", 1);
+                tracing::error!(%node, %stack, seq, error = %e, "could not disown a receipt");
+            }
+        }
+    });
+}
+
+/// Disowns `r` ([`disown`]) when it was refused because the node delivered something else
+/// than it commits to (`WrongResponse`, `Uncovered`): by then its signature, node and stack
+/// were checked, so it is the node's signed word about this request on our stack.
+pub fn disown_misdelivered(g: &Arc<GatewayState>, e: &ReceiptError, r: &SignedReceipt) {
+    if matches!(e, ReceiptError::WrongResponse | ReceiptError::Uncovered(_)) {
+        disown(g, r.clone());
+    }
+}
+
 /// A receipt refused because it claims more units than the request could use is still one
 /// the node signed for this request on our stack, and the node will claim it. Rather than
 /// leave that to the sampling rate, the gateway keeps the request (plain requests; a

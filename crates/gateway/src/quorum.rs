@@ -315,6 +315,7 @@ async fn ask(
     if let Err(e) = check_receipt(&d, q.body, value.delivered_hash(), &receipt) {
         g.metrics.inc("receipts_refused_total", e.code(), 1);
         proxy::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
+        proxy::disown_misdelivered(g, &e, &receipt);
         return failed(format!("receipt refused: {e}")).await;
     }
     Ok(Member {

@@ -511,7 +511,8 @@ async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
 
 /// Refuses a node's answer whose receipt does not check out. A receipt the node did sign for
 /// this request (it only over-reports) will still be claimed by the node, so it is challenged
-/// ([`proxy::challenge_over_report`]).
+/// ([`proxy::challenge_over_report`]); one whose answer is not what it commits to is disowned
+/// ([`proxy::disown_misdelivered`]).
 async fn bad_receipt(
     g: &Arc<GatewayState>,
     d: &Dispatched,
@@ -521,6 +522,7 @@ async fn bad_receipt(
     tracing::error!(node = %d.node.id, error = %e, "refused a node's receipt");
     if let Some((body, r)) = signed {
         proxy::challenge_over_report(g, &e, r, Some((d, body))).await;
+        proxy::disown_misdelivered(g, &e, r);
     }
     g.metrics.inc("receipts_refused_total", e.code(), 1);
     g.store.release(d.stack, d.reserved).await.ok();

@@ -128,6 +128,18 @@ pub enum LedgerError {
     DisputeClosed(DisputeId),
     #[error("slash exceeds collateral")]
     SlashExceedsCollateral,
+    #[error("receipt names node {receipt_node} and model {model}, not stack {stack}'s")]
+    ReceiptNotOfStack {
+        stack: StackId,
+        receipt_node: NodeId,
+        model: ModelId,
+    },
+    #[error("receipt {sequence} of stack {stack} is not signed by the stack's node")]
+    ReceiptSignatureInvalid { stack: StackId, sequence: u64 },
+    #[error("stack {0} is already settled, refunded or expired")]
+    StackClosed(StackId),
+    #[error("receipt {sequence} of stack {stack} is already disowned")]
+    AlreadyDisowned { stack: StackId, sequence: u64 },
     /// The genesis' beacon keys are inconsistent (refused at start).
     #[error("genesis beacon keys refused: {0}")]
     BadBeaconKeys(BeaconError),

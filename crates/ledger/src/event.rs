@@ -163,6 +163,10 @@ pub enum Event {
         paid: Amount,
         fee: Amount,
         refunded: Amount,
+        /// The cost of the receipts the owner disowned, sent to the treasury instead of paid
+        /// to the node or refunded (see `TxKind::DisownReceipt`).
+        #[serde(default)]
+        burned: Amount,
     },
     Refunded {
         stack: StackId,
@@ -177,5 +181,13 @@ pub enum Event {
         /// The new epoch's nonce: confidential keys of this epoch must bind it.
         nonce: Hash32,
         fees_last_epoch: Amount,
+    },
+    /// The owner of `stack` disowned receipt `sequence` of `node`: its `units` are burned at
+    /// settlement instead of paid.
+    ReceiptDisowned {
+        stack: StackId,
+        node: NodeId,
+        sequence: u64,
+        units: Units,
     },
 }

@@ -315,5 +315,6 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
         } => disputes::reveal(st, ctx, sender, *dispute, verdict, salt),
         ChallengeReceipt { receipt } => audits::challenge(st, ctx, sender, receipt),
         ReportEquivocation { first, second } => equivocation::report(st, sender, first, second),
+        DisownReceipt { receipt } => stacks::disown(st, sender, receipt),
     }
 }

@@ -5,7 +5,9 @@
 //! `ceil(units * price / 1e6)`; a claim owes `ceil(units_used * price / 1e6)` (never more than
 //! the escrow).
 
-use sortition_types::{Amount, ClaimId, Hash32, ModelId, NodeId, PublicKey, StackId, Units};
+use sortition_types::{
+    Amount, ClaimId, Hash32, ModelId, NodeId, PublicKey, SignedReceipt, StackId, Units,
+};
 
 use crate::beacon::{below, draw};
 use crate::error::LedgerError;
@@ -92,6 +94,7 @@ pub(crate) fn buy(
             expires_at_ms,
             status: StackStatus::Open,
             bought_height: ctx.height,
+            disowned: Default::default(),
         },
     );
     st.stack_expiry.insert((expires_at_ms, id));
@@ -193,17 +196,83 @@ pub(crate) fn claim(
     Ok(events)
 }
 
+/// The stack's owner disowns one receipt its node signed (see `TxKind::DisownReceipt`): the
+/// receipt's units are burned at settlement instead of paid. Only while the stack is open or
+/// its claim still pending, once per receipt position.
+pub(crate) fn disown(st: &mut State, sender: &PublicKey, receipt: &SignedReceipt) -> TxResult {
+    let r = &receipt.receipt;
+    let s = st
+        .stacks
+        .get(&r.stack)
+        .ok_or(LedgerError::UnknownStack(r.stack))?;
+    if s.owner != *sender {
+        return Err(LedgerError::NotStackOwner(r.stack));
+    }
+    if r.node != s.node || r.model != s.model {
+        return Err(LedgerError::ReceiptNotOfStack {
+            stack: r.stack,
+            receipt_node: r.node,
+            model: r.model.clone(),
+        });
+    }
+    let executor = st
+        .nodes
+        .get(&s.node)
+        .ok_or(LedgerError::UnknownNode(s.node))?;
+    if receipt.verify(&executor.operator).is_err() {
+        return Err(LedgerError::ReceiptSignatureInvalid {
+            stack: r.stack,
+            sequence: r.sequence,
+        });
+    }
+    let open = match s.status {
+        StackStatus::Open => true,
+        StackStatus::Claimed { claim } => st
+            .claims
+            .get(&claim)
+            .is_some_and(|c| c.status == ClaimStatus::Pending),
+        StackStatus::Settled | StackStatus::Refunded | StackStatus::Expired => false,
+    };
+    if !open {
+        return Err(LedgerError::StackClosed(r.stack));
+    }
+    if s.disowned.contains_key(&r.sequence) {
+        return Err(LedgerError::AlreadyDisowned {
+            stack: r.stack,
+            sequence: r.sequence,
+        });
+    }
+    let (stack, node, units) = (r.stack, r.node, r.units());
+    // Validation done; mutate.
+    if let Some(s) = st.stacks.get_mut(&stack) {
+        s.disowned.insert(r.sequence, units);
+    }
+    Ok(vec![Event::ReceiptDisowned {
+        stack,
+        node,
+        sequence: r.sequence,
+        units,
+    }])
+}
+
 /// Closes a claim whose window passed and whose audits finished: pays the node (minus the
 /// treasury fee) and refunds the owner the rest, or refunds everything if the node was at fault.
+/// The cost of receipts the owner disowned (among the claim's) is burned, not paid nor refunded.
 pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>) {
     let Some(c) = st.claims.get(&claim_id) else {
         return;
     };
     let (stack_id, node_id, at_fault, payment) = (c.stack, c.node, c.executor_at_fault, c.payment);
+    let (units_used, receipt_count) = (c.units_used, c.receipt_count);
     let Some(s) = st.stacks.get_mut(&stack_id) else {
         return;
     };
-    let (owner, escrow) = (s.owner, s.escrow);
+    let (owner, escrow, price) = (s.owner, s.escrow, s.price_per_m);
+    let disowned = Units(
+        s.disowned
+            .range(..receipt_count)
+            .fold(0u64, |a, (_, u)| a.saturating_add(u.0)),
+    );
     s.escrow = Amount::ZERO;
     s.status = if at_fault {
         StackStatus::Refunded
@@ -211,18 +280,32 @@ pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>)
         StackStatus::Settled
     };
     let operator = st.nodes.get(&node_id).map(|n| n.operator);
-    let (paid, fee) = match (at_fault, operator) {
+    let (paid, fee, burned) = match (at_fault, operator) {
         (false, Some(op)) => {
+            let (payment, burned) = if disowned.0 == 0 {
+                (payment, Amount::ZERO)
+            } else {
+                let kept = Units(units_used.0.saturating_sub(disowned.0));
+                let payment = cost(kept, price).unwrap_or(payment).min(payment);
+                let burned = cost(disowned, price)
+                    .unwrap_or(Amount(u64::MAX))
+                    .min(escrow.saturating_sub(payment));
+                (payment, burned)
+            };
             let fee = bps(payment, st.params.treasury_fee_bps);
             let paid = payment.saturating_sub(fee);
             credit(st, &op, paid);
             to_treasury(st, fee);
+            to_treasury(st, burned);
             st.fees_this_epoch = Amount(st.fees_this_epoch.0.saturating_add(fee.0));
-            (paid, fee)
+            (paid, fee, burned)
         }
-        _ => (Amount::ZERO, Amount::ZERO),
+        _ => (Amount::ZERO, Amount::ZERO, Amount::ZERO),
     };
-    let refund = escrow.saturating_sub(paid).saturating_sub(fee);
+    let refund = escrow
+        .saturating_sub(paid)
+        .saturating_sub(fee)
+        .saturating_sub(burned);
     credit(st, &owner, refund);
     if let Some(c) = st.claims.get_mut(&claim_id) {
         c.status = if at_fault {
@@ -246,6 +329,7 @@ pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>)
             paid,
             fee,
             refunded: refund,
+            burned,
         });
     }
 }

@@ -93,6 +93,10 @@ pub struct Stack {
     pub expires_at_ms: u64,
     pub status: StackStatus,
     pub bought_height: u64,
+    /// Receipts the owner disowned, by sequence, with the units each charged: burned at
+    /// settlement instead of paid to the node (see `TxKind::DisownReceipt`).
+    #[serde(default)]
+    pub disowned: BTreeMap<u64, Units>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,6 +175,14 @@ pub enum TxKind {
         first: Box<SignedReceipt>,
         second: Box<SignedReceipt>,
     },
+    /// The stack's owner disowns a receipt its node signed: e.g. the node delivered another
+    /// text than the one the receipt's `response_hash` commits to, which the ledger cannot
+    /// see. The receipt's units are burned at settlement (sent to the treasury) instead of
+    /// paid to the node or refunded to the owner: the owner pays anyway, so disowning an
+    /// honest receipt gains it nothing, and a cheating node loses the pay.
+    DisownReceipt {
+        receipt: SignedReceipt,
+    },
 }
 
 /// A transaction with its sender's signature.

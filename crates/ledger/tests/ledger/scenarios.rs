@@ -1,7 +1,9 @@
 //! Scenario tests: each reads as one story of the protocol.
 
 use sortition_ledger::*;
-use sortition_types::{Amount, AuditId, Custody, DisputeId, Keypair, NodeClass, NodeId, StackId};
+use sortition_types::{
+    Amount, AuditId, Custody, DisputeId, Keypair, NodeClass, NodeId, SignedReceipt, StackId,
+};
 
 use crate::harness::*;
 
@@ -957,4 +959,204 @@ fn non_admin_faucet_is_refused() {
         },
     );
     assert_eq!(c.balance(&stranger.public()), Amount(7));
+}
+
+/// Audit rate of one in a million: claims sample nothing, settlement follows the window.
+const RARELY: u32 = 1;
+
+#[test]
+fn disowned_receipt_is_burned_not_paid() {
+    let mut c = Chain::new(3, RARELY);
+    let user = c.users[0].clone();
+    let node = c.nodes[0].clone();
+    let n0 = c.node_id(0);
+    let before_user = c.balance(&user.public());
+    let before_node = c.balance(&node.public());
+    let before_treasury = c.ledger.state().treasury;
+    let stack = buy_from_node0(&mut c);
+    // 15 receipts of 20 units; the node claims the first 10 (200 units, escrow 1000).
+    let rs = Receipts::new(n0, stack, &node, 15);
+    // Disowned while the stack is open, while its claim is pending, and one the claim leaves out.
+    let ev = c.ok(
+        &user,
+        TxKind::DisownReceipt {
+            receipt: rs.signed[1].clone(),
+        },
+    );
+    assert!(
+        ev.contains(&Event::ReceiptDisowned {
+            stack,
+            node: n0,
+            sequence: 1,
+            units: units(20),
+        }),
+        "{ev:?}"
+    );
+    let leaves = rs.leaves[..10].to_vec();
+    let ev = c.ok(
+        &node,
+        TxKind::ClaimStack {
+            stack,
+            units_used: units(200),
+            receipts_root: sortition_types::merkle_root(&leaves),
+            receipt_count: 10,
+        },
+    );
+    let claim = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::ClaimCommitted { claim, .. } => Some(*claim),
+            _ => None,
+        })
+        .expect("claimed");
+    // The window is two blocks: both go in before settlement.
+    let mut ev = vec![];
+    for i in [4, 12] {
+        ev.extend(c.ok(
+            &user,
+            TxKind::DisownReceipt {
+                receipt: rs.signed[i].clone(),
+            },
+        ));
+    }
+    assert_eq!(c.ledger.state().stacks[&stack].disowned.len(), 3);
+    ev.extend(c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled));
+    let fee_bps = u64::from(c.ledger.state().params.treasury_fee_bps);
+    // Receipts 1 and 4 (40 units) are burned; receipt 12 is not in the claim.
+    let payment = 160;
+    let fee = payment * fee_bps / 10_000;
+    let burned = 40;
+    let honest_fee = 200 * fee_bps / 10_000;
+    let refund = 1_000 - payment - burned;
+    assert!(
+        ev.contains(&Event::Settled {
+            claim,
+            stack,
+            node: n0,
+            paid: Amount(payment - fee),
+            fee: Amount(fee),
+            refunded: Amount(refund),
+            burned: Amount(burned),
+        }),
+        "{ev:?}"
+    );
+    // The node lost the disowned receipts' pay, less the fee it would have owed on it.
+    let paid = c.balance(&node.public()).0 - before_node.0;
+    assert_eq!(paid, payment - fee);
+    assert_eq!((200 - honest_fee) - paid, burned - (honest_fee - fee));
+    // The owner paid for them anyway: escrow less the node's payment and the burn.
+    assert_eq!(
+        c.balance(&user.public()),
+        Amount(before_user.0 - payment - burned)
+    );
+    let st = c.ledger.state();
+    assert_eq!(st.treasury.0 - before_treasury.0, fee + burned);
+    assert_eq!(st.stacks[&stack].escrow, Amount::ZERO);
+    let sup = st.supply();
+    assert_eq!(
+        sup.balances.0 + sup.escrow.0 + sup.collateral.0 + sup.treasury.0,
+        sup.minted.0
+    );
+}
+
+#[test]
+fn disown_is_refused_unless_owner_signed_and_open() {
+    let mut c = Chain::new(3, RARELY);
+    let user = c.users[0].clone();
+    let other = c.users[1].clone();
+    let node = c.nodes[0].clone();
+    let n0 = c.node_id(0);
+    let n1 = c.node_id(1);
+    let stack = buy_from_node0(&mut c);
+    let rs = Receipts::new(n0, stack, &node, 2);
+    let disown = |r: &SignedReceipt| TxKind::DisownReceipt { receipt: r.clone() };
+    let refused = |c: &mut Chain, k: &Keypair, kind: TxKind, want: LedgerError| {
+        let before = c.ledger.state().stacks[&stack].disowned.clone();
+        assert_eq!(c.tx(k, kind).0, Err(want));
+        assert_eq!(c.ledger.state().stacks[&stack].disowned, before);
+    };
+
+    // Not the owner.
+    refused(
+        &mut c,
+        &other,
+        disown(&rs.signed[0]),
+        LedgerError::NotStackOwner(stack),
+    );
+    // Forged: another key signed it, or the text was changed after signing.
+    let forged = Receipts::new(n0, stack, &c.nodes[1].clone(), 1);
+    refused(
+        &mut c,
+        &user,
+        disown(&forged.signed[0]),
+        LedgerError::ReceiptSignatureInvalid { stack, sequence: 0 },
+    );
+    let mut altered = rs.signed[0].clone();
+    altered.receipt.response_hash = sortition_types::sha256(b"other text");
+    refused(
+        &mut c,
+        &user,
+        disown(&altered),
+        LedgerError::ReceiptSignatureInvalid { stack, sequence: 0 },
+    );
+    // Another stack's receipt: node 1 signed it, on its own stack, which user 0 also owns.
+    let ev = c.ok(
+        &user,
+        TxKind::BuyStack {
+            model: model(),
+            node: Some(n1),
+            max_price_per_m: Amount(1_000_000),
+            units: units(1_000),
+            expires_at_ms: c.now() + 1_000_000,
+        },
+    );
+    let Event::StackBought { stack: stack1, .. } = ev[0].clone() else {
+        panic!("{ev:?}")
+    };
+    let mut misplaced = Receipts::new(n1, stack1, &c.nodes[1].clone(), 1).signed[0].clone();
+    misplaced.receipt.stack = stack;
+    refused(
+        &mut c,
+        &user,
+        disown(&misplaced),
+        LedgerError::ReceiptNotOfStack {
+            stack,
+            receipt_node: n1,
+            model: model(),
+        },
+    );
+    // Unknown stack.
+    let mut nowhere = rs.signed[0].clone();
+    nowhere.receipt.stack = StackId(999);
+    refused(
+        &mut c,
+        &user,
+        disown(&nowhere),
+        LedgerError::UnknownStack(StackId(999)),
+    );
+    // Twice.
+    c.ok(&user, disown(&rs.signed[0]));
+    refused(
+        &mut c,
+        &user,
+        disown(&rs.signed[0]),
+        LedgerError::AlreadyDisowned { stack, sequence: 0 },
+    );
+    // After settlement.
+    c.ok(
+        &node,
+        TxKind::ClaimStack {
+            stack,
+            units_used: units(40),
+            receipts_root: rs.root(),
+            receipt_count: 2,
+        },
+    );
+    c.run_until(|s| s.stacks[&stack].status == StackStatus::Settled);
+    refused(
+        &mut c,
+        &user,
+        disown(&rs.signed[1]),
+        LedgerError::StackClosed(stack),
+    );
 }
