@@ -285,11 +285,14 @@ pub(crate) fn settle(st: &mut State, claim_id: ClaimId, events: &mut Vec<Event>)
             let (payment, burned) = if disowned.0 == 0 {
                 (payment, Amount::ZERO)
             } else {
+                // The owner pays, in all, at most what the node claimed: the kept units to the
+                // node, the disowned ones to the treasury.
+                let claimed = payment;
                 let kept = Units(units_used.0.saturating_sub(disowned.0));
-                let payment = cost(kept, price).unwrap_or(payment).min(payment);
+                let payment = cost(kept, price).unwrap_or(claimed).min(claimed);
                 let burned = cost(disowned, price)
                     .unwrap_or(Amount(u64::MAX))
-                    .min(escrow.saturating_sub(payment));
+                    .min(claimed.saturating_sub(payment));
                 (payment, burned)
             };
             let fee = bps(payment, st.params.treasury_fee_bps);
