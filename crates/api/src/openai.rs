@@ -126,7 +126,10 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("parallel_tool_calls", "tool calling is not supported yet"),
     ("functions", "function calling is not supported yet"),
     ("function_call", "function calling is not supported yet"),
-    ("response_format", "only response_format {\"type\": \"text\"} is supported yet"),
+    (
+        "response_format",
+        "only response_format {\"type\": \"text\"} is supported yet",
+    ),
     ("logprobs", "logprobs are not supported yet"),
     ("top_logprobs", "logprobs are not supported yet"),
     ("logit_bias", "logit_bias is not supported"),
@@ -136,7 +139,10 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("modalities", "only text output is supported"),
     ("audio", "only text output is supported"),
     ("prediction", "predicted outputs are not supported"),
-    ("reasoning_effort", "reasoning_effort is not supported by these models"),
+    (
+        "reasoning_effort",
+        "reasoning_effort is not supported by these models",
+    ),
     ("web_search_options", "web search is not supported"),
 ];
 
@@ -491,7 +497,8 @@ mod tests {
     #[test]
     fn fields_that_would_be_ignored_are_refused_by_name() {
         let chat = |extra: serde_json::Value| {
-            let mut v = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            let mut v =
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
             for (k, x) in extra.as_object().unwrap() {
                 v[k] = x.clone();
             }
@@ -503,9 +510,15 @@ mod tests {
             (e.param.clone().unwrap_or_default(), e.code, e.message)
         };
         for (field, value) in [
-            ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}])),
+            (
+                "tools",
+                serde_json::json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
             ("tool_choice", serde_json::json!("required")),
-            ("response_format", serde_json::json!({"type": "json_object"})),
+            (
+                "response_format",
+                serde_json::json!({"type": "json_object"}),
+            ),
             ("logprobs", serde_json::json!(true)),
             ("top_logprobs", serde_json::json!(3)),
             ("logit_bias", serde_json::json!({"50256": -100})),
@@ -524,7 +537,9 @@ mod tests {
             serde_json::json!({"store": true, "metadata": {"a": "b"}, "user": "u", "seed": 3}),
         ] {
             let r = chat(ok.clone());
-            r.sampling.check_supported().unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+            r.sampling
+                .check_supported()
+                .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
         }
         let r = chat(serde_json::json!({"temperature": 0.5, "stream": true}));
         assert!(r.sampling.extra.is_empty());

@@ -123,6 +123,9 @@ mod tests {
         let w = dir.join("cursor");
         write_private(&w, "41").unwrap();
         write_private(&w, "42").unwrap();
-        assert_eq!((mode(&w), std::fs::read_to_string(&w).unwrap().as_str()), (0o600, "42"));
+        assert_eq!(
+            (mode(&w), std::fs::read_to_string(&w).unwrap().as_str()),
+            (0o600, "42")
+        );
     }
 }

@@ -275,7 +275,10 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
             r = r.bearer_auth(k);
         }
         let resp = r.send().await.unwrap();
-        (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().await.unwrap_or(Value::Null),
+        )
     };
     let gw = &info.gateway_url;
     let key = Some(info.api_key.clone());
@@ -287,7 +290,10 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
     let (s, card) = get(format!("{gw}/v1/models/{CHAT}"), key.clone()).await;
     assert_eq!((s, card["id"].as_str()), (200, Some(CHAT)), "{card}");
     let (s, v) = get(format!("{gw}/v1/models/nope"), key.clone()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     assert_eq!(get(format!("{gw}/v1/models/{CHAT}"), None).await.0, 401);
     let (s, v) = post(
         &url,

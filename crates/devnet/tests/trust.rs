@@ -248,7 +248,10 @@ async fn gateway_refuses_a_receipt_for_another_text() {
     let before = credits(&net).await;
     let (status, text) = post(&url, &key, &chat(false), only_liar.clone()).await;
     assert_eq!(status, 502, "{text}");
-    assert!(!text.contains(LIE), "the unverified text reached the client: {text}");
+    assert!(
+        !text.contains(LIE),
+        "the unverified text reached the client: {text}"
+    );
     let err: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(err["error"]["code"], "receipt_invalid", "{text}");
     assert_eq!(liar.hits.load(Ordering::SeqCst), 1);
@@ -293,7 +296,11 @@ async fn gateway_refuses_a_receipt_for_another_text() {
     assert!(!text.contains("verified_by_gateway"), "{text}");
     // Billing happens after the stream; give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(credits(&net).await, before, "a contradicted stream was charged");
+    assert_eq!(
+        credits(&net).await,
+        before,
+        "a contradicted stream was charged"
+    );
 
     // Quorum: the liar signs exactly what the honest nodes sign (the honest answer's hash)
     // but delivers another text. It must not count as agreeing, and the user gets the honest
@@ -329,7 +336,10 @@ async fn gateway_refuses_a_receipt_for_another_text() {
         .iter()
         .map(|x| x.as_u64().unwrap())
         .collect();
-    assert!(!agreeing.contains(&liar3_id.0), "the liar counted as agreeing: {q}");
+    assert!(
+        !agreeing.contains(&liar3_id.0),
+        "the liar counted as agreeing: {q}"
+    );
     assert_eq!(agreeing.len(), 2, "{q}");
     assert!(q["failed"].to_string().contains("receipt"), "{q}");
     assert_eq!(liar3.hits.load(Ordering::SeqCst), 1);

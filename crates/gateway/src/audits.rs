@@ -169,7 +169,9 @@ pub async fn follow(
                 },
                 _ => {}
             }
-            if let Err(e) = sortition_api::private_fs::write_private(&cursor_file, cursor.next().to_string()) {
+            if let Err(e) =
+                sortition_api::private_fs::write_private(&cursor_file, cursor.next().to_string())
+            {
                 tracing::error!(error = %e, "could not store the audit cursor");
             }
         }

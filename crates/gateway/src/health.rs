@@ -160,9 +160,29 @@ mod tests {
     /// node reporting a deep queue loses it too.
     #[tokio::test]
     async fn market_score_is_fed_by_health_probes() {
-        let ok = |q: u32| (200, serde_json::json!({"status": "ok", "queue_depth": q}), Duration::ZERO);
-        let flapping = node(move |n| if n % 2 == 0 { (503, serde_json::json!({}), Duration::ZERO) } else { ok(0) }).await;
-        let slow = node(move |_| (200, serde_json::json!({"status": "ok"}), Duration::from_millis(400))).await;
+        let ok = |q: u32| {
+            (
+                200,
+                serde_json::json!({"status": "ok", "queue_depth": q}),
+                Duration::ZERO,
+            )
+        };
+        let flapping = node(move |n| {
+            if n % 2 == 0 {
+                (503, serde_json::json!({}), Duration::ZERO)
+            } else {
+                ok(0)
+            }
+        })
+        .await;
+        let slow = node(move |_| {
+            (
+                200,
+                serde_json::json!({"status": "ok"}),
+                Duration::from_millis(400),
+            )
+        })
+        .await;
         let busy = node(move |_| ok(40)).await;
         let steady = node(move |_| ok(0)).await;
         let http = reqwest::Client::new();

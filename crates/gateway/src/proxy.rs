@@ -381,7 +381,6 @@ pub struct Answer {
     pub finish_reason: String,
 }
 
-
 /// What a node returned for a request, as billed and kept for the auditors: the receipt it
 /// signed, that receipt's JSON text (written once, for the usage row, the payload and the
 /// response's receipt header), and the generated answer when there is one.

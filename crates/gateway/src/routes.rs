@@ -352,16 +352,8 @@ async fn forward<A: NodeAnswer>(
     let mut tried: Vec<sortition_types::NodeId> = Vec::new();
     let mut stream_failure: Option<ApiError> = None;
     let d = loop {
-        let d = match proxy::dispatch(
-            g,
-            path,
-            &body,
-            &a.model,
-            a.units,
-            &a.constraints,
-            &tried,
-        )
-        .await
+        let d = match proxy::dispatch(g, path, &body, &a.model, a.units, &a.constraints, &tried)
+            .await
         {
             Ok(d) => d,
             Err(e) => return Err(stream_failure.unwrap_or(e)),

@@ -178,7 +178,10 @@ async fn unpersisted_block_is_not_acknowledged_and_the_ledger_heals() {
         .expect("a first transfer");
     bg.handle.fail_next_block_writes(3);
     let tx = crate::self_transfer(&w, 1, 2);
-    let e = c.submit(&tx).await.expect_err("refused while the disk is full");
+    let e = c
+        .submit(&tx)
+        .await
+        .expect_err("refused while the disk is full");
     assert!(
         matches!(
             e,
@@ -186,7 +189,10 @@ async fn unpersisted_block_is_not_acknowledged_and_the_ledger_heals() {
         ),
         "{e}"
     );
-    assert!(c.find_tx(&tx.hash()).await.is_err(), "an unacknowledged tx is visible");
+    assert!(
+        c.find_tx(&tx.hash()).await.is_err(),
+        "an unacknowledged tx is visible"
+    );
     assert_eq!(c.next_nonce(&w.public()).await.expect("nonce"), 1);
     // The fault passes (the injected failures run out): the same transaction goes through.
     let mut accepted = None;
@@ -206,7 +212,10 @@ async fn unpersisted_block_is_not_acknowledged_and_the_ledger_heals() {
         }
     }
     let r = accepted.expect("the ledger healed without a restart");
-    assert_eq!(c.find_tx(&r.tx_hash).await.expect("located").height, r.height);
+    assert_eq!(
+        c.find_tx(&r.tx_hash).await.expect("located").height,
+        r.height
+    );
     assert_eq!(c.next_nonce(&w.public()).await.expect("nonce"), 2);
     let served = c.status().await.expect("status");
     bg.shutdown().await.expect("shutdown");

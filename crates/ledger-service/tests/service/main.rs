@@ -20,7 +20,9 @@ pub fn writer(i: usize) -> Keypair {
 /// The same genesis as the `ledger-devnode` binary.
 pub fn genesis() -> Genesis {
     let mut g = Genesis::devnet("devnet", admin().public());
-    g.balances = (0..8).map(|i| (writer(i).public(), Amount(1_000_000_000))).collect();
+    g.balances = (0..8)
+        .map(|i| (writer(i).public(), Amount(1_000_000_000)))
+        .collect();
     g
 }
 
