@@ -79,6 +79,10 @@ pub fn router_with(state: Arc<GatewayState>, with_metrics: bool) -> Router {
     } else {
         api
     };
+    let api = match cors(&state.config.cors_origins) {
+        Some(layer) => api.layer(layer),
+        None => api,
+    };
     api.fallback(sortition_api::unknown_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(move |r| async move {
@@ -89,6 +93,42 @@ pub fn router_with(state: Arc<GatewayState>, with_metrics: bool) -> Router {
 
 /// `GET /health`: `"ok"` (200), or `"degraded"` (503) with the reason while the store cannot
 /// write (requests are then refused with 503 until it can; it recovers by itself).
+/// The CORS layer for `origins` (`"*"` for any), or none when the list is empty: browsers'
+/// preflights are answered and responses carry the headers a browser app needs, the
+/// receipt and node headers included.
+pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(sortition_api::CONSTRAINTS_HEADER),
+            ])
+            .expose_headers([
+                HeaderName::from_static(sortition_api::RECEIPT_HEADER),
+                HeaderName::from_static(sortition_api::NODE_HEADER),
+                header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 async fn health(State(g): State<Arc<GatewayState>>) -> impl IntoResponse {
     let nodes = g.router.lock().await.in_flight().len();
     match g.store.degraded() {
@@ -138,4 +178,87 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    fn app(origins: &[&str]) -> axum::Router {
+        let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
+        let r = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(|| async { "ok" }),
+        );
+        match super::cors(&origins) {
+            Some(l) => r.layer(l),
+            None => r,
+        }
+    }
+
+    fn preflight(origin: &str) -> Request<Body> {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/chat/completions")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// Issue 21: a browser app's preflight got 405. With allowed origins configured it is
+    /// answered for those origins only, and responses expose the receipt header.
+    #[tokio::test]
+    async fn browser_preflights_are_answered_for_allowed_origins() {
+        let a = app(&["https://app.example"]);
+        let resp = a
+            .clone()
+            .oneshot(preflight("https://app.example"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
+        assert!(
+            h["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+        let other = a
+            .clone()
+            .oneshot(preflight("https://evil.example"))
+            .await
+            .unwrap();
+        assert!(other.headers().get("access-control-allow-origin").is_none());
+        let post = Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("origin", "https://app.example")
+            .body(Body::empty())
+            .unwrap();
+        let resp = a.oneshot(post).await.unwrap();
+        let exposed = resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap();
+        assert!(exposed.contains("x-sortition-receipt"), "{exposed}");
+        // Any origin with "*"; none configured: no CORS headers at all.
+        let any = app(&["*"])
+            .oneshot(preflight("https://x.example"))
+            .await
+            .unwrap();
+        assert_eq!(any.headers()["access-control-allow-origin"], "*");
+        let none = app(&[])
+            .oneshot(preflight("https://app.example"))
+            .await
+            .unwrap();
+        assert!(none.headers().get("access-control-allow-origin").is_none());
+    }
 }

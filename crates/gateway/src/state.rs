@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     pub max_in_flight: usize,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS: preflights answered, headers on
+    /// responses); `"*"` allows any; empty (the default) sends no CORS headers.
+    pub cors_origins: Vec<String>,
     /// Time allowed for a node's response headers (non-streaming: the whole generation).
     pub upstream_timeout: Duration,
     /// How often the node registry is re-read from the ledger.
@@ -39,6 +42,7 @@ impl Default for GatewayConfig {
             payload_retention: Duration::from_secs(24 * 3600),
             max_in_flight: 256,
             max_body_bytes: 4 * 1024 * 1024,
+            cors_origins: Vec::new(),
             upstream_timeout: Duration::from_secs(300),
             refresh_interval: Duration::from_secs(2),
         }

@@ -79,6 +79,7 @@ pub struct GatewayFile {
     pub payload_retention_secs: Option<u64>,
     pub max_in_flight: Option<usize>,
     pub max_body_bytes: Option<usize>,
+    pub cors_origins: Option<Vec<String>>,
     pub upstream_timeout_secs: Option<u64>,
     pub refresh_interval_secs: Option<u64>,
     pub sqlite_flush_ms: Option<u64>,
@@ -115,6 +116,7 @@ pub fn merge(flags: ServeArgs, file: GatewayFile) -> Result<GatewayRunConfig> {
         )?,
         max_in_flight: positive("max_in_flight", file.max_in_flight, d.max_in_flight)?,
         max_body_bytes: positive("max_body_bytes", file.max_body_bytes, d.max_body_bytes)?,
+        cors_origins: file.cors_origins.unwrap_or_default(),
         upstream_timeout: secs(
             "upstream_timeout_secs",
             file.upstream_timeout_secs,
