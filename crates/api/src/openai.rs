@@ -164,29 +164,35 @@ fn neutral(name: &str, value: &serde_json::Value) -> bool {
     }
 }
 
+/// Refuses (400, naming the `param`) the first of `extra` (fields no typed field read) that
+/// is neither bookkeeping nor set to its neutral value.
+fn refuse_extra(extra: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    for (name, value) in extra {
+        if HARMLESS_FIELDS.contains(&name.as_str()) || neutral(name, value) {
+            continue;
+        }
+        let err = match UNSUPPORTED_FIELDS.iter().find(|(f, _)| f == name) {
+            Some((_, why)) => ApiError::invalid(
+                "unsupported_parameter",
+                format!("'{name}' is not supported: {why}"),
+            ),
+            None => ApiError::invalid(
+                "unknown_parameter",
+                format!("unrecognized request argument supplied: '{name}'"),
+            ),
+        };
+        return Err(err.with_param(name.clone()));
+    }
+    Ok(())
+}
+
 impl SamplingFields {
     /// Refuses (400, naming the `param`) every field that would change the answer but that
     /// Sortition does not serve, and every field it does not know, as OpenAI refuses an
     /// unrecognized argument. Fields that are bookkeeping only are accepted.
     pub fn check_supported(&self) -> Result<(), ApiError> {
         self.check_n()?;
-        for (name, value) in &self.extra {
-            if HARMLESS_FIELDS.contains(&name.as_str()) || neutral(name, value) {
-                continue;
-            }
-            let err = match UNSUPPORTED_FIELDS.iter().find(|(f, _)| f == name) {
-                Some((_, why)) => ApiError::invalid(
-                    "unsupported_parameter",
-                    format!("'{name}' is not supported: {why}"),
-                ),
-                None => ApiError::invalid(
-                    "unknown_parameter",
-                    format!("unrecognized request argument supplied: '{name}'"),
-                ),
-            };
-            return Err(err.with_param(name.clone()));
-        }
-        Ok(())
+        refuse_extra(&self.extra)
     }
 
     pub fn is_stream(&self) -> bool {
@@ -378,6 +384,17 @@ pub struct EmbeddingRequest {
     pub dimensions: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Every other field, so that none is silently ignored ([`EmbeddingRequest::check_supported`]).
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EmbeddingRequest {
+    /// Refuses (400, naming the `param`) any field this request type does not read, as
+    /// chat and completions do.
+    pub fn check_supported(&self) -> Result<(), ApiError> {
+        refuse_extra(&self.extra)
+    }
 }
 
 /// One embedding: a float list or its base64 encoding.
@@ -552,5 +569,17 @@ mod tests {
             c.sampling.check_supported().unwrap_err().param.as_deref(),
             Some("echo")
         );
+        // Embeddings too: a field nothing reads is refused by name; known ones pass.
+        let e: EmbeddingRequest = serde_json::from_value(serde_json::json!(
+            {"model": "m", "input": "x", "encoding_format": "base64", "user": "u", "truncate": true}))
+        .unwrap();
+        assert_eq!(
+            e.check_supported().unwrap_err().param.as_deref(),
+            Some("truncate")
+        );
+        let e: EmbeddingRequest = serde_json::from_value(serde_json::json!(
+            {"model": "m", "input": ["x"], "dimensions": 384, "metadata": {}}))
+        .unwrap();
+        e.check_supported().unwrap();
     }
 }

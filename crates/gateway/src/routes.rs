@@ -273,6 +273,7 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
     let result = async {
         let key = authenticate(&g, &headers).await?;
         let req: EmbeddingRequest = parse_json(&body)?;
+        req.check_supported()?;
         let texts = req.input.clone().into_vec();
         let units: u64 = texts.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
         let mut a = admit(&g, key, &headers, &req.model, false, units.max(1), false).await?;

@@ -674,6 +674,7 @@ async fn embeddings_inner(
     )
     .await?;
     let req: EmbeddingRequest = parse_json(body)?;
+    req.check_supported()?;
     let m = embed_model(s, &req.model)?;
     let format = req.encoding_format.clone();
     EmbeddingVector::encode(vec![], format.as_deref())?;
