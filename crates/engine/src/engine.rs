@@ -103,6 +103,9 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     /// Attach the SHA-256 of each step's logits row to token events (for audits and tests).
     pub trace_logits: bool,
+    /// Attach each generated token's log-probability and this many alternatives (at most
+    /// [`crate::MAX_TOP_LOGPROBS`]) to its event; `None`: no log-probabilities.
+    pub logprobs: Option<u8>,
 }
 
 impl GenerateRequest {
@@ -111,6 +114,7 @@ impl GenerateRequest {
             prompt,
             params,
             trace_logits: false,
+            logprobs: None,
         }
     }
 }
@@ -134,11 +138,14 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEvent {
     /// A generated token and the text it completes (may be empty while a UTF-8 character or a
-    /// possible stop string is incomplete). `logits_digest` only with `trace_logits`.
+    /// possible stop string is incomplete). `logits_digest` only with `trace_logits`;
+    /// `logprobs` only when the request asked for them, and never on the end-of-sequence
+    /// token (which is not part of the text).
     Token {
         id: u32,
         text: String,
         logits_digest: Option<Hash32>,
+        logprobs: Option<crate::TokenLogprobs>,
     },
     /// The last event of a successful generation. `text` excludes any stop string.
     Done {
@@ -148,6 +155,17 @@ pub enum StreamEvent {
         text: String,
     },
     Error(EngineError),
+}
+
+/// A whole generation, as [`GenerationStream::collect_all`] gathers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// The log-probabilities of the token events that carried them, in order.
+    pub logprobs: Vec<crate::TokenLogprobs>,
 }
 
 /// Teacher-forced check of one claimed token.
@@ -203,6 +221,33 @@ impl GenerationStream {
             prompt_tokens: self.prompt_tokens,
         }
     }
+    /// Reads events until `Done`; returns the generation with the tokens' log-probabilities
+    /// (or the error).
+    pub async fn collect_all(mut self) -> Result<Generation> {
+        let mut logprobs = Vec::new();
+        while let Some(ev) = self.next().await {
+            match ev {
+                StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    tokens,
+                    text,
+                } => {
+                    return Ok(Generation {
+                        finish_reason,
+                        usage,
+                        tokens,
+                        text,
+                        logprobs,
+                    });
+                }
+                StreamEvent::Error(e) => return Err(e),
+                StreamEvent::Token { logprobs: lp, .. } => logprobs.extend(lp),
+            }
+        }
+        Err(EngineError::Internal("stream ended without Done".into()))
+    }
+
     /// Reads events until `Done`; returns it (or the error).
     pub async fn collect(mut self) -> Result<(FinishReason, Usage, Vec<u32>, String)> {
         while let Some(ev) = self.next().await {
@@ -435,6 +480,14 @@ impl Engine {
     /// traffic cannot fill or starve. The output does not depend on the lane.
     pub fn generate_in(&self, req: GenerateRequest, lane: Lane) -> Result<GenerationStream> {
         req.params.validate()?;
+        if let Some(top) = req.logprobs
+            && top > crate::MAX_TOP_LOGPROBS
+        {
+            return Err(EngineError::InvalidParams(format!(
+                "top_logprobs {top} is more than {}",
+                crate::MAX_TOP_LOGPROBS
+            )));
+        }
         let prompt = self.prompt_tokens(&req.prompt)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let progress = Arc::new(Progress::default());
@@ -443,6 +496,7 @@ impl Engine {
             prompt,
             params: req.params,
             trace: req.trace_logits,
+            logprobs: req.logprobs,
             tx,
             progress: progress.clone(),
         };

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod kernels;
 pub mod llama;
+pub mod logprobs;
 pub(crate) mod math;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -33,11 +34,12 @@ pub mod tokenizer;
 
 pub use embed::Embedder;
 pub use engine::{
-    ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest,
+    ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, Generation,
     GenerationStream, ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,
 };
 pub use error::{EngineError, Result};
 pub use llama::WeightFormat;
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs};
 pub use models::{ModelStore, PullSource, PulledModel};
 pub use q8::Kernel;
 pub use sampling::SamplingParams;

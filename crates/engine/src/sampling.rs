@@ -348,7 +348,7 @@ fn top_logit(row: &[f32]) -> Option<f32> {
 }
 
 /// Packed keys of every non-NaN logit, in id order.
-fn candidates_keys(row: &[f32]) -> Vec<u64> {
+pub(crate) fn candidates_keys(row: &[f32]) -> Vec<u64> {
     row.iter()
         .enumerate()
         .filter(|(_, v)| !v.is_nan())

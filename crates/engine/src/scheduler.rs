@@ -47,6 +47,8 @@ pub enum Job {
         prompt: Vec<u32>,
         params: SamplingParams,
         trace: bool,
+        /// Alternatives per token when log-probabilities are asked for.
+        logprobs: Option<u8>,
         tx: mpsc::UnboundedSender<StreamEvent>,
         progress: Arc<Progress>,
     },
@@ -67,6 +69,8 @@ struct Seq {
     generated: Vec<u32>,
     text: TextTracker,
     trace: bool,
+    /// Alternatives per token when log-probabilities are asked for.
+    logprobs: Option<u8>,
     tx: mpsc::UnboundedSender<StreamEvent>,
     progress: Arc<Progress>,
 }
@@ -78,6 +82,14 @@ struct Worker {
     stats: Arc<Stats>,
     active: Vec<Seq>,
 }
+
+/// What one sequence took from its logits row: the token, the row's digest (when traced),
+/// the token's log-probabilities (when asked for).
+type Pick = (
+    u32,
+    Option<sortition_types::Hash32>,
+    Option<crate::TokenLogprobs>,
+);
 
 /// Scheduler limits.
 pub struct Options {
@@ -272,6 +284,7 @@ impl Worker {
                 prompt,
                 params,
                 trace,
+                logprobs,
                 tx,
                 progress,
             } => {
@@ -284,6 +297,7 @@ impl Worker {
                     sampler: Sampler::new(params),
                     generated: Vec::new(),
                     trace,
+                    logprobs,
                     tx,
                     progress,
                 };
@@ -383,28 +397,34 @@ impl Worker {
                 return;
             }
         };
-        // Each sequence samples from its own row with its own state: in parallel.
-        let mut picks: Vec<(u32, Option<sortition_types::Hash32>)> = vec![(0, None); rows.len()];
+        // Each sequence samples from its own row with its own state (and reads its
+        // log-probabilities from the same row): in parallel.
+        let mut picks: Vec<Pick> = vec![(0, None, None); rows.len()];
+        let stop_ids = self.tok.stop_ids();
         let items: Vec<_> = self
             .active
             .iter_mut()
             .zip(&rows)
             .zip(picks.iter_mut())
-            .map(|((s, row), pick)| (&mut s.sampler, s.trace, row, pick))
+            .map(|((s, row), pick)| (&mut s.sampler, s.trace, s.logprobs, row, pick))
             .collect();
         self.model
             .pool()
-            .for_each(items, |(sampler, trace, row, pick)| {
+            .for_each(items, |(sampler, trace, logprobs, row, pick)| {
                 let digest = trace.then(|| {
                     let bytes: Vec<u8> =
                         row.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
                     sha256(&bytes)
                 });
-                *pick = (sampler.sample(row), digest);
+                let id = sampler.sample(row);
+                let lp = logprobs
+                    .filter(|_| !stop_ids.contains(&id))
+                    .map(|top| crate::logprobs::token_logprobs(row, id, top));
+                *pick = (id, digest, lp);
             });
         let context = self.model.cfg.context_len;
         let mut keep = Vec::with_capacity(self.active.len());
-        for (mut s, (id, logits_digest)) in self.active.drain(..).zip(picks) {
+        for (mut s, (id, logits_digest, logprobs)) in self.active.drain(..).zip(picks) {
             s.generated.push(id);
             s.progress
                 .generated
@@ -426,6 +446,7 @@ impl Worker {
                 id,
                 text: delta,
                 logits_digest,
+                logprobs,
             });
             match finish {
                 Some(finish_reason) => {
@@ -489,6 +510,7 @@ mod tests {
             prompt: Prompt::Text(prompt.into()),
             params: SamplingParams::greedy(max_tokens),
             trace_logits: true,
+            logprobs: None,
         }
     }
 

@@ -227,8 +227,69 @@ impl ChatTokenizer {
         self.digest
     }
 
+    /// The bytes token `id` stands for: its vocabulary string read through the byte-level
+    /// alphabet (GPT-2's `bytes_to_unicode`), so a token that holds part of a UTF-8 character
+    /// gives that part; characters outside the alphabet (special tokens) as UTF-8. Empty for an
+    /// id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(piece.len());
+        for c in piece.chars() {
+            match byte_of_char(c) {
+                Some(b) => out.push(b),
+                None => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        out
+    }
+
     /// Single id of a token string, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+}
+
+/// The byte a character of the byte-level alphabet stands for: printable Latin-1 bytes
+/// (`!`..=`~`, `¡`..=`¬`, `®`..=`ÿ`) are themselves; the other 68 bytes, in order, are the
+/// characters from U+0100 on.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let n = c as u32;
+    if n < 256 {
+        return printable(n).then_some(n as u8);
+    }
+    let k = n - 256;
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(k as usize)
+        .map(|b| b as u8)
+}
+
+#[cfg(test)]
+mod byte_level_tests {
+    use super::byte_of_char;
+
+    #[test]
+    fn the_byte_level_alphabet_inverts_to_every_byte_once() {
+        let mut seen = [false; 256];
+        for c in (33u32..=126)
+            .chain(161..=172)
+            .chain(174..=255)
+            .chain(256..324)
+        {
+            let b = byte_of_char(char::from_u32(c).unwrap_or('?')).unwrap_or_default();
+            assert!(!seen[usize::from(b)], "byte {b} twice");
+            seen[usize::from(b)] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(byte_of_char('Ġ'), Some(b' '));
+        assert_eq!(byte_of_char('Ċ'), Some(b'\n'));
+        assert_eq!(byte_of_char('a'), Some(b'a'));
+        assert_eq!(byte_of_char('\u{2603}'), None);
     }
 }

@@ -16,6 +16,8 @@ pub struct Outcome {
     pub ids: Vec<u32>,
     pub texts: Vec<String>,
     pub logits: Vec<Option<Hash32>>,
+    /// Each token's log-probability and top alternatives, as f32 bits (compared exactly).
+    pub logprobs: Vec<Option<(u32, Vec<(u32, u32)>)>>,
     pub finish: FinishReason,
     pub usage: Usage,
     pub tokens: Vec<u32>,
@@ -23,14 +25,19 @@ pub struct Outcome {
 }
 
 pub async fn run(mut s: GenerationStream) -> Outcome {
-    let (mut ids, mut texts, mut logits) = (vec![], vec![], vec![]);
+    let (mut ids, mut texts, mut logits, mut lps) = (vec![], vec![], vec![], vec![]);
     while let Some(ev) = s.next().await {
         match ev {
             StreamEvent::Token {
                 id,
                 text,
                 logits_digest,
+                logprobs,
             } => {
+                lps.push(logprobs.map(|l| {
+                    let top = l.top.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                    (l.logprob.to_bits(), top)
+                }));
                 ids.push(id);
                 texts.push(text);
                 logits.push(logits_digest);
@@ -45,6 +52,7 @@ pub async fn run(mut s: GenerationStream) -> Outcome {
                     ids,
                     texts,
                     logits,
+                    logprobs: lps,
                     finish: finish_reason,
                     usage,
                     tokens,
@@ -76,6 +84,7 @@ pub fn req(prompt: &str, params: SamplingParams) -> GenerateRequest {
         prompt: Prompt::Text(prompt.into()),
         params,
         trace_logits: true,
+        logprobs: Some(5),
     }
 }
 

@@ -31,6 +31,7 @@ fn chat(q: &str, max_tokens: u32) -> GenerateRequest {
         prompt: Prompt::Chat(vec![ChatMessage::new("user", q)]),
         params: SamplingParams::greedy(max_tokens),
         trace_logits: true,
+        logprobs: None,
     }
 }
 

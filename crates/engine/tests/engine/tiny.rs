@@ -57,6 +57,11 @@ async fn alone_equals_inside_a_batch_bit_for_bit() {
         "per-step logits must be bit-identical"
     );
     assert!(alone.logits.iter().all(Option::is_some));
+    assert_eq!(
+        alone.logprobs, batched.logprobs,
+        "log-probabilities must be bit-identical"
+    );
+    assert!(alone.logprobs.iter().any(Option::is_some));
 
     // Joining mid-flight (others already decoding) gives the same again.
     let late_others: Vec<_> = OTHERS
@@ -65,6 +70,7 @@ async fn alone_equals_inside_a_batch_bit_for_bit() {
         .collect();
     let late = run(engine.generate(req("the cat sat on", params)).unwrap()).await;
     assert_eq!(alone.logits, late.logits);
+    assert_eq!(alone.logprobs, late.logprobs);
     drop(late_others);
 }
 
@@ -104,7 +110,12 @@ async fn child_tiny_generate() {
         .iter()
         .map(|d| d.unwrap_or(Hash32::ZERO).to_hex())
         .collect();
-    println!("RESULT {:?} {}", out.ids, digests.join(","));
+    println!(
+        "RESULT {:?} {} {:?}",
+        out.ids,
+        digests.join(","),
+        out.logprobs
+    );
 }
 
 #[tokio::test]
@@ -121,7 +132,7 @@ async fn one_and_two_threads_and_processes_agree() {
         .iter()
         .map(|d| d.unwrap_or(Hash32::ZERO).to_hex())
         .collect();
-    let expected = format!("{:?} {}", here.ids, digests.join(","));
+    let expected = format!("{:?} {} {:?}", here.ids, digests.join(","), here.logprobs);
     assert_eq!(child("tiny::child_tiny_generate", 1, &[]), expected);
     assert_eq!(child("tiny::child_tiny_generate", 2, &[]), expected);
 }
@@ -400,4 +411,21 @@ fn scoring_rows_equal_full_prefill_and_decode_rows_bit_for_bit() {
             }
         }
     }
+}
+
+/// Greedy tokens are their position's most likely: each token's log-probability is its
+/// list's first; the end-of-sequence token carries none.
+#[tokio::test]
+async fn greedy_tokens_head_their_logprobs() {
+    let out = run(tiny_engine(5)
+        .generate(req("which is likeliest", SamplingParams::greedy(24)))
+        .unwrap())
+    .await;
+    for (id, lp) in out.ids.iter().zip(&out.logprobs) {
+        let Some((bits, top)) = lp else { continue };
+        assert_eq!(top.len(), 5);
+        assert_eq!(top[0], (*id, *bits));
+        assert!(f32::from_bits(*bits) <= 0.0);
+    }
+    assert!(out.logprobs.iter().any(Option::is_some));
 }
