@@ -1,7 +1,8 @@
 //! What an answer delivers, as its receipt must commit to it.
 //!
 //! A receipt's `response_hash` commits to the text and finish reason of a chat or text
-//! completion (`text_response_hash`), or to the exact f32 bits of an embeddings answer
+//! completion (`text_response_hash`; with the tokens' log-probabilities, when the answer
+//! delivers them, `logprobs_response_hash`), or to the exact f32 bits of an embeddings answer
 //! (`embedding_response_hash`). Whoever vouches for an answer (the gateway) or checks one (a
 //! client) hashes what it actually received here and compares: a receipt signed for one text
 //! and delivered with another is caught, whatever the signature says.
@@ -11,7 +12,9 @@
 //! receipt does not commit to), and for embeddings the vectors in index order `0..n`.
 
 use serde_json::Value;
-use sortition_types::{Hash32, embedding_response_hash, text_response_hash};
+use sortition_types::{
+    Hash32, TokenLogprobCommit, embedding_response_hash, logprobs_response_hash, text_response_hash,
+};
 
 use crate::{EmbeddingResponse, EmbeddingVector};
 
@@ -28,6 +31,8 @@ pub enum DeliveredError {
     UnknownObject,
     #[error("the embeddings answer is malformed: {0}")]
     Embeddings(String),
+    #[error("{0}")]
+    Logprobs(#[from] crate::logprobs::MalformedLogprobs),
 }
 
 /// The generated text and why it ended, accumulated from a whole answer or the chunks of a
@@ -36,6 +41,9 @@ pub enum DeliveredError {
 pub struct DeliveredText {
     pub text: String,
     pub finish_reason: Option<String>,
+    /// The tokens' log-probabilities when the answer delivers any (`logprobs` not null on
+    /// some choice), concatenated over the chunks of a stream.
+    pub logprobs: Option<Vec<TokenLogprobCommit>>,
     /// The first part of the delivery a receipt does not commit to, if any.
     pub uncovered: Option<DeliveredError>,
 }
@@ -64,6 +72,13 @@ impl DeliveredText {
         if let Some(f) = c["finish_reason"].as_str() {
             self.finish_reason = Some(f.to_string());
         }
+        match c.get("logprobs") {
+            None | Some(Value::Null) => {}
+            Some(lp) => match crate::logprobs::commit_json(lp) {
+                Ok(entries) => self.logprobs.get_or_insert_default().extend(entries),
+                Err(e) => self.uncover(e.into()),
+            },
+        }
     }
 
     fn uncover(&mut self, e: DeliveredError) {
@@ -80,7 +95,16 @@ impl DeliveredText {
             .as_deref()
             .filter(|f| !f.is_empty())
             .ok_or(DeliveredError::Unfinished)?;
-        Ok(text_response_hash(&self.text, finish))
+        Ok(answer_hash(&self.text, finish, self.logprobs.as_deref()))
+    }
+}
+
+/// The `response_hash` of a text answer: its text and finish reason, and its tokens'
+/// log-probabilities when it delivers them.
+pub fn answer_hash(text: &str, finish: &str, logprobs: Option<&[TokenLogprobCommit]>) -> Hash32 {
+    match logprobs {
+        Some(lp) => logprobs_response_hash(text, finish, lp),
+        None => text_response_hash(text, finish),
     }
 }
 
@@ -206,6 +230,48 @@ mod tests {
             d.response_hash().unwrap(),
             text_response_hash("Paris.", "stop")
         );
+    }
+
+    /// Log-probabilities are part of what is delivered, so of the hash: a stream that spreads
+    /// them over chunks hashes as the whole answer; an altered value changes the hash.
+    #[test]
+    fn logprobs_are_covered_streamed_or_whole() {
+        let entry = |t: &str, lp: f32| {
+            json!({"token": t, "logprob": lp, "bytes": t.as_bytes(),
+                   "top_logprobs": [{"token": t, "logprob": lp, "bytes": t.as_bytes()}]})
+        };
+        let whole = json!({"object": "chat.completion", "choices": [{"index": 0,
+            "message": {"content": "Paris."}, "finish_reason": "stop",
+            "logprobs": {"content": [entry("Paris", -0.25), entry(".", -1.5)]}}]});
+        let h = response_hash(&whole).unwrap();
+        assert_ne!(h, text_response_hash("Paris.", "stop"));
+        let mut d = DeliveredText::default();
+        d.absorb(
+            &json!({"choices": [{"index": 0, "delta": {"content": "Paris"},
+            "logprobs": {"content": [entry("Paris", -0.25)]}}]}),
+        );
+        d.absorb(&json!({"choices": [{"index": 0, "delta": {"content": "."},
+            "logprobs": {"content": [entry(".", -1.5)]}}]}));
+        d.absorb(&json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": null}]}));
+        assert_eq!(d.response_hash().unwrap(), h);
+        let mut forged = whole.clone();
+        forged["choices"][0]["logprobs"]["content"][1]["logprob"] = json!(-1.25);
+        assert_ne!(response_hash(&forged).unwrap(), h);
+        // Text completions: the four lists.
+        let text = json!({"object": "text_completion", "choices": [{"index": 0, "text": "ab",
+            "finish_reason": "length", "logprobs": {"tokens": ["a", "b"],
+            "token_logprobs": [-0.5, -0.75], "top_logprobs": [{"a": -0.5}, {"b": -0.75}],
+            "text_offset": [0, 1]}}]});
+        assert_ne!(
+            response_hash(&text).unwrap(),
+            text_response_hash("ab", "length")
+        );
+        let mut bad = text.clone();
+        bad["choices"][0]["logprobs"]["text_offset"] = json!([0]);
+        assert!(matches!(
+            response_hash(&bad),
+            Err(DeliveredError::Logprobs(_))
+        ));
     }
 
     /// The f32 bits survive the JSON float text (parsed through f64) and base64, for values

@@ -21,6 +21,8 @@ enum Shape {
     U64,
     /// A string or a list of strings.
     StrOrStrs,
+    /// `logprobs`: true or false (chat), a whole number (completions).
+    BoolOrU32,
     /// The `input` of embeddings.
     EmbeddingInput,
     StreamOptions,
@@ -39,6 +41,7 @@ impl Shape {
             Shape::U32 => U32_TEXT,
             Shape::U64 => U64_TEXT,
             Shape::StrOrStrs => "a string or a list of strings",
+            Shape::BoolOrU32 => "true or false (chat), or a whole number from 0 to 5 (completions)",
             Shape::EmbeddingInput => "a string or a list of strings",
             Shape::StreamOptions => "an object such as {\"include_usage\": true}",
             Shape::Messages => "a list of message objects",
@@ -55,6 +58,7 @@ impl Shape {
             Shape::U32 => u32_ok(v),
             Shape::U64 => v.as_u64().is_some(),
             Shape::StrOrStrs => v.is_string() || strs(v),
+            Shape::BoolOrU32 => v.is_boolean() || u32_ok(v),
             Shape::EmbeddingInput => v.is_string() || strs(v),
             Shape::StreamOptions => v
                 .as_object()
@@ -85,6 +89,9 @@ const FIELDS: &[(&str, Shape)] = &[
     ("stream_options", Shape::StreamOptions),
     ("user", Shape::Str),
     ("encoding_format", Shape::Str),
+    ("logprobs", Shape::BoolOrU32),
+    ("top_logprobs", Shape::U32),
+    ("echo", Shape::Bool),
 ];
 
 fn bad(param: impl Into<String>, what: &str) -> ApiError {

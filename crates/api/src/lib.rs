@@ -10,6 +10,7 @@
 pub mod delivered;
 pub mod error;
 pub mod fields;
+pub mod logprobs;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
@@ -18,6 +19,7 @@ pub mod private_fs;
 pub use error::{
     ApiError, ErrorBody, ErrorKind, parse_json, payload_too_large_to_openai, unknown_route,
 };
+pub use logprobs::{ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob};
 pub use openai::*;
 
 /// Header that carries a JSON-encoded receipt on non-streaming responses.

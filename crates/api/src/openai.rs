@@ -107,10 +107,40 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Chat: `true` for each token's log-probability; text completions: how many
+    /// alternatives (0 to 5) to list with each token's. Read by [`SamplingFields::logprobs_for`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobsSpec>,
+    /// Chat only: alternatives (0 to 20) listed with each token's log-probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// Text completions only: the answer's text starts with the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
     /// Every other field of the request, kept so that none is silently ignored: see
     /// [`SamplingFields::check_supported`].
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `max_tokens` of a chat completion that names none.
+pub const DEFAULT_MAX_TOKENS_CHAT: u32 = 256;
+/// `max_tokens` of a text completion that names none (OpenAI's default).
+pub const DEFAULT_MAX_TOKENS_COMPLETIONS: u32 = 16;
+
+/// `logprobs`: a flag on chat, a count of alternatives on text completions.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum LogprobsSpec {
+    Flag(bool),
+    Count(u32),
+}
+
+/// Which generation endpoint a request came to (fields differ between the two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
 }
 
 /// Fields that change nothing Sortition computes (bookkeeping for the caller), accepted as
@@ -130,10 +160,7 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
         "response_format",
         "only response_format {\"type\": \"text\"} is supported yet",
     ),
-    ("logprobs", "logprobs are not supported yet"),
-    ("top_logprobs", "logprobs are not supported yet"),
     ("logit_bias", "logit_bias is not supported"),
-    ("echo", "echo is not supported yet"),
     ("suffix", "suffix is not supported"),
     ("best_of", "best_of is not supported; use n=1"),
     ("modalities", "only text output is supported"),
@@ -156,7 +183,6 @@ fn neutral(name: &str, value: &serde_json::Value) -> bool {
         ("tool_choice" | "function_call", Value::String(s)) => s == "none",
         ("parallel_tool_calls", Value::Bool(_)) => true,
         ("response_format", v) => v.get("type").and_then(Value::as_str) == Some("text"),
-        ("logprobs" | "echo", Value::Bool(b)) => !b,
         ("logit_bias", Value::Object(o)) => o.is_empty(),
         ("best_of", v) => v.as_u64() == Some(1),
         ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
@@ -193,6 +219,87 @@ impl SamplingFields {
     pub fn check_supported(&self) -> Result<(), ApiError> {
         self.check_n()?;
         refuse_extra(&self.extra)
+    }
+
+    /// How many alternatives to list with each generated token's log-probability, or `None`
+    /// when the request asks for no log-probabilities, as `endpoint` defines its fields: chat
+    /// takes `logprobs: true` with `top_logprobs` (0 to 20), text completions `logprobs` (0 to
+    /// 5); `echo` belongs to text completions. Anything else is refused naming the field.
+    pub fn logprobs_for(&self, endpoint: Endpoint) -> Result<Option<u8>, ApiError> {
+        use crate::logprobs::{MAX_CHAT_TOP_LOGPROBS, MAX_COMPLETION_LOGPROBS};
+        let refuse = |param: &str, code: &'static str, msg: String| {
+            Err(ApiError::invalid(code, msg).with_param(param.to_string()))
+        };
+        match endpoint {
+            Endpoint::Chat => {
+                if self.echo == Some(true) {
+                    return refuse(
+                        "echo",
+                        "unknown_parameter",
+                        "'echo' belongs to /v1/completions; chat completions do not echo".into(),
+                    );
+                }
+                let on = match self.logprobs {
+                    None | Some(LogprobsSpec::Flag(false)) => false,
+                    Some(LogprobsSpec::Flag(true)) => true,
+                    Some(LogprobsSpec::Count(_)) => {
+                        return refuse(
+                            "logprobs",
+                            "invalid_type",
+                            "'logprobs' must be true or false on chat completions; \
+                             use top_logprobs (0 to 20) for alternatives"
+                                .into(),
+                        );
+                    }
+                };
+                match (on, self.top_logprobs) {
+                    (_, Some(n)) if n > MAX_CHAT_TOP_LOGPROBS => refuse(
+                        "top_logprobs",
+                        "invalid_value",
+                        format!(
+                            "'top_logprobs' is {n}; it must be from 0 to {MAX_CHAT_TOP_LOGPROBS}"
+                        ),
+                    ),
+                    (false, Some(n)) if n > 0 => refuse(
+                        "top_logprobs",
+                        "invalid_value",
+                        "'top_logprobs' needs 'logprobs': true".into(),
+                    ),
+                    (false, _) => Ok(None),
+                    (true, n) => Ok(Some(n.unwrap_or(0) as u8)),
+                }
+            }
+            Endpoint::Completions => {
+                if self.top_logprobs.is_some() {
+                    return refuse(
+                        "top_logprobs",
+                        "unknown_parameter",
+                        "'top_logprobs' belongs to chat completions; on /v1/completions \
+                         'logprobs' (0 to 5) is the number of alternatives"
+                            .into(),
+                    );
+                }
+                match self.logprobs {
+                    None => Ok(None),
+                    Some(LogprobsSpec::Count(n)) if n <= MAX_COMPLETION_LOGPROBS => {
+                        Ok(Some(n as u8))
+                    }
+                    Some(_) => refuse(
+                        "logprobs",
+                        "invalid_value",
+                        format!(
+                            "'logprobs' must be a whole number from 0 to \
+                             {MAX_COMPLETION_LOGPROBS} on /v1/completions"
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Whether a text completion's answer starts with its prompt.
+    pub fn echo(&self) -> bool {
+        self.echo == Some(true)
     }
 
     pub fn is_stream(&self) -> bool {
@@ -292,7 +399,7 @@ pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: String,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<crate::logprobs::ChatLogprobs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -320,7 +427,7 @@ pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
     pub finish_reason: Option<String>,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<crate::logprobs::ChatLogprobs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -341,7 +448,7 @@ pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
     pub finish_reason: Option<String>,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<crate::logprobs::CompletionLogprobs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -536,8 +643,6 @@ mod tests {
                 "response_format",
                 serde_json::json!({"type": "json_object"}),
             ),
-            ("logprobs", serde_json::json!(true)),
-            ("top_logprobs", serde_json::json!(3)),
             ("logit_bias", serde_json::json!({"50256": -100})),
         ] {
             let (param, code, msg) = refused(serde_json::json!({ field: value }));
@@ -563,11 +668,11 @@ mod tests {
         assert_eq!(r.sampling.temperature, Some(0.5));
         // Completions share the check.
         let c: CompletionRequest =
-            serde_json::from_value(serde_json::json!({"model": "m", "prompt": "x", "echo": true}))
+            serde_json::from_value(serde_json::json!({"model": "m", "prompt": "x", "suffix": "y"}))
                 .unwrap();
         assert_eq!(
             c.sampling.check_supported().unwrap_err().param.as_deref(),
-            Some("echo")
+            Some("suffix")
         );
         // Embeddings too: a field nothing reads is refused by name; known ones pass.
         let e: EmbeddingRequest = serde_json::from_value(serde_json::json!(
@@ -581,5 +686,44 @@ mod tests {
             {"model": "m", "input": ["x"], "dimensions": 384, "metadata": {}}))
         .unwrap();
         e.check_supported().unwrap();
+    }
+
+    /// Issue 21: log-probabilities are served in each endpoint's own terms; a value out of
+    /// range, or a field of the other endpoint, is refused naming it.
+    #[test]
+    fn logprobs_fields_are_read_per_endpoint() {
+        let fields = |v: serde_json::Value| {
+            let mut body = serde_json::json!({"model": "m", "prompt": "x"});
+            for (k, x) in v.as_object().unwrap() {
+                body[k] = x.clone();
+            }
+            let r: CompletionRequest = serde_json::from_value(body).unwrap();
+            r.sampling.check_supported().unwrap();
+            r.sampling
+        };
+        let chat = |v| fields(v).logprobs_for(Endpoint::Chat);
+        let text = |v| fields(v).logprobs_for(Endpoint::Completions);
+        let param = |r: Result<Option<u8>, ApiError>| r.unwrap_err().param.unwrap_or_default();
+        use serde_json::json;
+        assert_eq!(chat(json!({})).unwrap(), None);
+        assert_eq!(chat(json!({"logprobs": false})).unwrap(), None);
+        assert_eq!(chat(json!({"logprobs": true})).unwrap(), Some(0));
+        assert_eq!(
+            chat(json!({"logprobs": true, "top_logprobs": 20})).unwrap(),
+            Some(20)
+        );
+        assert_eq!(
+            param(chat(json!({"logprobs": true, "top_logprobs": 21}))),
+            "top_logprobs"
+        );
+        assert_eq!(param(chat(json!({"top_logprobs": 2}))), "top_logprobs");
+        assert_eq!(param(chat(json!({"logprobs": 3}))), "logprobs");
+        assert_eq!(param(chat(json!({"echo": true}))), "echo");
+        assert_eq!(text(json!({"logprobs": 0})).unwrap(), Some(0));
+        assert_eq!(text(json!({"logprobs": 5})).unwrap(), Some(5));
+        assert_eq!(param(text(json!({"logprobs": 6}))), "logprobs");
+        assert_eq!(param(text(json!({"logprobs": true}))), "logprobs");
+        assert_eq!(param(text(json!({"top_logprobs": 1}))), "top_logprobs");
+        assert!(fields(json!({"echo": true})).echo());
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sortition_api::delivered::{self, DeliveredError};
 use sortition_api::{ChatCompletion, Completion, SortitionExt};
-use sortition_types::{Hash32, SignedReceipt, text_response_hash};
+use sortition_types::{Hash32, SignedReceipt, TokenLogprobCommit};
 
 use crate::proxy::Answer;
 
@@ -28,12 +28,14 @@ pub trait NodeAnswer: Serialize + DeserializeOwned + Send {
     fn delivered_hash(&self) -> Result<Hash32, DeliveredError>;
 }
 
-/// The hash of one choice's text, when the answer has exactly one choice, with index 0.
+/// The hash of one choice's text (and log-probabilities, when delivered), when the answer
+/// has exactly one choice, with index 0.
 fn one_choice_hash(
     choices: usize,
     index: u32,
     text: &str,
     finish: Option<&str>,
+    logprobs: Option<Vec<TokenLogprobCommit>>,
 ) -> Result<Hash32, DeliveredError> {
     if choices != 1 {
         return Err(DeliveredError::Choices(choices));
@@ -42,7 +44,7 @@ fn one_choice_hash(
         return Err(DeliveredError::ChoiceIndex(u64::from(index)));
     }
     match finish {
-        Some(f) if !f.is_empty() => Ok(text_response_hash(text, f)),
+        Some(f) if !f.is_empty() => Ok(delivered::answer_hash(text, f, logprobs.as_deref())),
         _ => Err(DeliveredError::Unfinished),
     }
 }
@@ -82,6 +84,7 @@ impl NodeAnswer for ChatCompletion {
             c.index,
             &c.message.content,
             Some(&c.finish_reason),
+            c.logprobs.as_ref().map(|l| l.commit()),
         )
     }
 }
@@ -110,6 +113,7 @@ impl NodeAnswer for Completion {
             c.index,
             &c.text,
             c.finish_reason.as_deref(),
+            c.logprobs.as_ref().map(|l| l.commit()).transpose()?,
         )
     }
 }

@@ -179,7 +179,10 @@ fn with_seed(body: &Bytes, seed: u64) -> Result<Bytes, ApiError> {
 /// Worst-case units of a generation request: every body byte a prompt token (a token is at
 /// least one byte), the chat template's overhead, and the maximum new tokens.
 fn generation_units(body: &[u8], messages: usize, s: &SamplingFields) -> u64 {
-    let max_new = s.max_completion_tokens.or(s.max_tokens).unwrap_or(256);
+    let max_new = s
+        .max_completion_tokens
+        .or(s.max_tokens)
+        .unwrap_or(DEFAULT_MAX_TOKENS_CHAT.max(DEFAULT_MAX_TOKENS_COMPLETIONS));
     body.len() as u64 + 64 + 8 * messages as u64 + u64::from(max_new)
 }
 
@@ -188,6 +191,7 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
     generation::<ChatCompletion>(&g, &headers, body, "/v1/chat/completions", |body| {
         let req: ChatCompletionRequest = parse_json(body)?;
         req.sampling.check_supported()?;
+        req.sampling.logprobs_for(Endpoint::Chat)?;
         Ok((req.model, req.messages.len(), req.sampling))
     })
     .await
@@ -199,6 +203,7 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
     generation::<Completion>(&g, &headers, body, "/v1/completions", |body| {
         let req: CompletionRequest = parse_json(body)?;
         req.sampling.check_supported()?;
+        req.sampling.logprobs_for(Endpoint::Completions)?;
         Ok((req.model, 1, req.sampling))
     })
     .await

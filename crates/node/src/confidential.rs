@@ -410,13 +410,25 @@ async fn admit(
             "the sealed request's model, max_tokens or stream flag differs from the envelope's",
         ));
     }
+    if req
+        .sampling
+        .logprobs_for(sortition_api::Endpoint::Chat)
+        .map_err(redact)?
+        .is_some()
+    {
+        return Err(sealed_error(
+            "unsupported_parameter",
+            "logprobs are not served for sealed requests",
+        )
+        .with_param("logprobs"));
+    }
     let prompt = Prompt::Chat(crate::routes::chat_messages(&req.messages).map_err(redact)?);
     let chat = s.engine(&req.model)?;
     let params = crate::routes::sampling_params(&req.sampling, 256).map_err(redact)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
     let model = ModelId::new(&req.model);
     let (reservation, stream) =
-        s.start_generation(&stack, chat, &model, prompt_tokens, params.clone())?;
+        s.start_generation(&stack, chat, &model, prompt_tokens, params.clone(), None)?;
     let request_hash = sha256(&plaintext);
     Ok(Admitted {
         state: s.clone(),

@@ -15,6 +15,8 @@ use std::time::Duration;
 use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_json};
 use sortition_engine::engine::Lane;
 use sortition_engine::{EngineError, GenerateRequest, Prompt};
+
+use crate::routes::Kind;
 use sortition_ledger::{AuditMethod, Verdict};
 use sortition_types::{Hash32, embedding_response_hash, text_response_hash};
 
@@ -256,7 +258,7 @@ async fn reexecute_and_compare(state: &NodeState, p: &AuditPayload) -> Judgement
 /// tokens, or this node's trouble.
 async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64, u64)), Trouble> {
     let request = generation_request(p).map_err(Trouble::Unjudgeable)?;
-    let (model, prompt, fields) = match (request, p.path.as_str()) {
+    let (kind, model, prompt, fields) = match (request, p.path.as_str()) {
         (Some(v), _) => v,
         (None, "/v1/embeddings") => {
             let req: EmbeddingRequest =
@@ -277,19 +279,43 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
         .map_err(|_| Trouble::ModelMissing(model.clone()))?;
     // A request that named no seed ran with the one the node drew and recorded: re-execute
     // with that one (never with a fresh draw, which would diverge from any honest node).
+    let max = crate::routes::default_max_tokens(kind);
     let params =
-        crate::routes::sampling_params_seeded(&fields, 256, p.receipt.receipt.sampling.seed)
+        crate::routes::sampling_params_seeded(&fields, max, p.receipt.receipt.sampling.seed)
             .map_err(|e| Trouble::Unjudgeable(e.message))?;
-    let stream = chat
+    let extras = crate::routes::Extras::read(kind, &fields, &prompt)
+        .map_err(|e| Trouble::Unjudgeable(e.message))?;
+    let request = GenerateRequest {
+        logprobs: extras.logprobs,
+        ..GenerateRequest::new(prompt, params)
+    };
+    let g = chat
         .engine
-        .generate_in(GenerateRequest::new(prompt, params), Lane::Audit)?;
-    let (finish, usage, _, text) = stream.collect().await?;
-    let finish = match finish {
+        .generate_in(request, Lane::Audit)?
+        .collect_all()
+        .await?;
+    let finish = match g.finish_reason {
         sortition_engine::FinishReason::Stop => "stop",
         sortition_engine::FinishReason::Length => "length",
     };
+    // What the executor delivered: the echoed prompt, the text, the rendered
+    // log-probabilities, as the executor renders them.
+    let text = format!("{}{}", extras.echo.as_deref().unwrap_or(""), g.text);
+    let commit = extras.logprobs.map(|_| {
+        let offset = extras
+            .echo
+            .as_deref()
+            .map_or(0, |e| e.chars().count() as u32);
+        let mut r = crate::logprobs::Renderer::new(chat.engine.tokenizer().clone(), offset);
+        match kind {
+            Kind::Chat => crate::logprobs::Rendered::Chat(r.chat(&g.logprobs)),
+            Kind::Text => crate::logprobs::Rendered::Text(r.text(&g.logprobs)),
+        }
+        .commit()
+    });
+    let usage = g.usage;
     Ok((
-        text_response_hash(&text, finish),
+        sortition_api::delivered::answer_hash(&text, finish, commit.as_deref()),
         (
             u64::from(usage.prompt_tokens),
             u64::from(usage.completion_tokens),
@@ -327,15 +353,19 @@ pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Score
     if text_response_hash(&answer.text, &answer.finish_reason) != r.response_hash {
         return Inconclusive("answer does not match the receipt's response hash".into());
     }
-    let (model, prompt, fields) = match generation_request(p) {
+    let (kind, model, prompt, fields) = match generation_request(p) {
         Ok(Some(v)) => v,
         Ok(None) => return Inconclusive("not a generation request".into()),
         Err(e) => return Inconclusive(e),
     };
-    let params = match crate::routes::sampling_params_seeded(&fields, 256, r.sampling.seed) {
+    let max = crate::routes::default_max_tokens(kind);
+    let params = match crate::routes::sampling_params_seeded(&fields, max, r.sampling.seed) {
         Ok(p) => p,
         Err(e) => return Inconclusive(e.message),
     };
+    if fields.echo() {
+        return Inconclusive("echo: the answer starts with the prompt, not generated".into());
+    }
     if !params.stop.is_empty() || params.presence_penalty != 0.0 || params.frequency_penalty != 0.0
     {
         return Inconclusive("stop strings or penalties: scoring does not model them".into());
@@ -407,22 +437,23 @@ pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Score
     Scored::Pass
 }
 
-/// The model, prompt and sampling fields of a chat or text completion payload; `None` for
-/// other routes.
-fn generation_request(
-    p: &AuditPayload,
-) -> Result<Option<(String, Prompt, sortition_api::SamplingFields)>, String> {
+/// A chat or text completion payload: endpoint, model, prompt and sampling fields.
+type GenerationRequest = (Kind, String, Prompt, sortition_api::SamplingFields);
+
+/// The endpoint, model, prompt and sampling fields of a chat or text completion payload;
+/// `None` for other routes.
+fn generation_request(p: &AuditPayload) -> Result<Option<GenerationRequest>, String> {
     let body = p.body.as_bytes();
     Ok(Some(match p.path.as_str() {
         "/v1/chat/completions" => {
             let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
             let msgs = crate::routes::chat_messages(&req.messages).map_err(|e| e.message)?;
-            (req.model, Prompt::Chat(msgs), req.sampling)
+            (Kind::Chat, req.model, Prompt::Chat(msgs), req.sampling)
         }
         "/v1/completions" => {
             let req: CompletionRequest = parse_json(body).map_err(|e| e.message)?;
             let prompt = req.single_prompt().map_err(|e| e.message)?;
-            (req.model, Prompt::Text(prompt), req.sampling)
+            (Kind::Text, req.model, Prompt::Text(prompt), req.sampling)
         }
         _ => return Ok(None),
     }))

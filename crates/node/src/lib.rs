@@ -18,6 +18,7 @@ pub mod confidential;
 mod fault_tests;
 pub mod judge;
 pub mod ledger;
+pub mod logprobs;
 pub mod routes;
 pub mod run;
 pub mod server;

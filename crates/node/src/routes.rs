@@ -12,13 +12,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use sortition_api::*;
-use sortition_engine::{FinishReason, Prompt, SamplingParams, StreamEvent};
+use sortition_engine::{FinishReason, Prompt, SamplingParams, StreamEvent, TokenLogprobs};
 use sortition_types::{
-    Custody, ModelId, SignedReceipt, embedding_response_hash, sha256, text_response_hash,
+    Custody, ModelId, SignedReceipt, TokenLogprobCommit, embedding_response_hash, sha256,
 };
 use tokio::sync::mpsc;
 
 use crate::auth::authenticate;
+use crate::logprobs::{Rendered, Renderer};
 use crate::service::{ChatModel, EmbedModel, NodeState, Outcome, engine_error};
 
 type S = State<Arc<NodeState>>;
@@ -60,6 +61,72 @@ pub fn sampling_params_seeded(
     };
     p.validate().map_err(engine_error)?;
     Ok(p)
+}
+
+/// What an answer carries besides the generated text, read from the request as its endpoint
+/// defines the fields. Executors and auditors read it here alike: the receipt commits to all
+/// of it.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Alternatives listed with each token's log-probability, when they are asked for.
+    pub logprobs: Option<u8>,
+    /// The prompt, delivered before the generated text (text completions' `echo`).
+    pub echo: Option<String>,
+}
+
+impl Extras {
+    /// The extras of a request to `kind` with these fields and prompt.
+    pub fn read(kind: Kind, fields: &SamplingFields, prompt: &Prompt) -> Result<Self, ApiError> {
+        let endpoint = match kind {
+            Kind::Chat => Endpoint::Chat,
+            Kind::Text => Endpoint::Completions,
+        };
+        let logprobs = fields.logprobs_for(endpoint)?;
+        let echo = match (fields.echo(), prompt) {
+            (false, _) => None,
+            (true, _) if logprobs.is_some() => {
+                return Err(ApiError::invalid(
+                    "unsupported_parameter",
+                    "'echo' with 'logprobs' is not supported: the prompt's log-probabilities \
+                     are not served; ask for one or the other",
+                )
+                .with_param("echo"));
+            }
+            (true, Prompt::Text(t)) => Some(t.clone()),
+            (true, _) => {
+                return Err(ApiError::invalid(
+                    "unsupported_parameter",
+                    "'echo' needs a text prompt",
+                )
+                .with_param("echo"));
+            }
+        };
+        Ok(Extras { logprobs, echo })
+    }
+
+    /// A renderer for this answer's log-probabilities, when asked for.
+    fn renderer(&self, chat: &ChatModel) -> Option<Renderer> {
+        self.logprobs.map(|_| {
+            let offset = self.echo.as_deref().map_or(0, |e| e.chars().count() as u32);
+            Renderer::new(chat.engine.tokenizer().clone(), offset)
+        })
+    }
+}
+
+/// Renders `lps` for `kind`.
+fn render(kind: Kind, r: &mut Renderer, lps: &[TokenLogprobs]) -> Rendered {
+    match kind {
+        Kind::Chat => Rendered::Chat(r.chat(lps)),
+        Kind::Text => Rendered::Text(r.text(lps)),
+    }
+}
+
+/// The default `max_tokens` of an endpoint (OpenAI's 16 for text completions).
+pub fn default_max_tokens(kind: Kind) -> u32 {
+    match kind {
+        Kind::Chat => DEFAULT_MAX_TOKENS_CHAT,
+        Kind::Text => DEFAULT_MAX_TOKENS_COMPLETIONS,
+    }
 }
 
 /// The chat model `model`; an embedding model named here is refused as such (400), not as
@@ -119,6 +186,8 @@ fn receipt_header(r: &SignedReceipt) -> Option<HeaderValue> {
 struct Admitted {
     job: Job,
     stream: sortition_engine::GenerationStream,
+    /// Renders the tokens' log-probabilities, when they are asked for.
+    renderer: Option<Renderer>,
 }
 
 /// What is needed to receipt a request once its generation ends.
@@ -129,6 +198,7 @@ struct Job {
     params: SamplingParams,
     request_hash: sortition_types::Hash32,
     started: Instant,
+    extras: Extras,
 }
 
 async fn admit(
@@ -138,13 +208,22 @@ async fn admit(
     model: &str,
     prompt: Prompt,
     fields: &SamplingFields,
+    kind: Kind,
 ) -> Result<Admitted, ApiError> {
     let chat = chat_model(&s, model)?;
-    let params = sampling_params(fields, 256)?;
+    let params = sampling_params(fields, default_max_tokens(kind))?;
+    let extras = Extras::read(kind, fields, &prompt)?;
+    let renderer = extras.renderer(chat);
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
     let model_id = ModelId::new(model);
-    let (reservation, stream) =
-        s.start_generation(&stack, chat, &model_id, prompt_tokens, params.clone())?;
+    let (reservation, stream) = s.start_generation(
+        &stack,
+        chat,
+        &model_id,
+        prompt_tokens,
+        params.clone(),
+        extras.logprobs,
+    )?;
     let job = Job {
         state: s.clone(),
         reservation,
@@ -152,18 +231,25 @@ async fn admit(
         params,
         request_hash: sha256(body),
         started: Instant::now(),
+        extras,
     };
-    Ok(Admitted { job, stream })
+    Ok(Admitted {
+        job,
+        stream,
+        renderer,
+    })
 }
 
 impl Job {
-    /// Finishes with the generated text: receipt signed and persisted.
+    /// Finishes with the delivered text (and log-probabilities, when asked for): receipt
+    /// signed and persisted.
     fn complete(
         self,
         prompt_tokens: u64,
         completion_tokens: u64,
         text: &str,
         finish: &str,
+        logprobs: Option<&[TokenLogprobCommit]>,
     ) -> Result<SignedReceipt, ApiError> {
         let digest = self.state.engine(self.model.as_str())?.engine.info().digest;
         self.state.finish(
@@ -172,7 +258,7 @@ impl Job {
                 model: self.model,
                 model_digest: digest,
                 request_hash: self.request_hash,
-                response_hash: text_response_hash(text, finish),
+                response_hash: sortition_api::delivered::answer_hash(text, finish, logprobs),
                 input_tokens: prompt_tokens,
                 output_tokens: completion_tokens,
                 sampling: self.params.to_record(),
@@ -237,7 +323,7 @@ async fn generation(
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
     })?;
-    let admitted = admit(s.clone(), stack, body, &model, prompt, &sampling).await?;
+    let admitted = admit(s.clone(), stack, body, &model, prompt, &sampling, kind).await?;
     if sampling.is_stream() {
         Ok(sse(admitted, id, model, sampling.include_usage(), kind).into_response())
     } else {
@@ -312,8 +398,8 @@ impl TokenClock {
     }
 }
 
-#[derive(Clone, Copy)]
-pub(crate) enum Kind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
     Chat,
     Text,
 }
@@ -323,8 +409,13 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
     // The generation runs to completion in its own task even if the client leaves, so the
     // work done is always receipted.
     let task = tokio::spawn(async move {
-        let Admitted { job, mut stream } = a;
+        let Admitted {
+            job,
+            mut stream,
+            mut renderer,
+        } = a;
         let mut clock = TokenClock::new(job.started);
+        let mut lps = Vec::new();
         let result = loop {
             match stream.next().await {
                 Some(StreamEvent::Done {
@@ -334,7 +425,10 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                     ..
                 }) => break Ok((finish_reason, usage, text)),
                 Some(StreamEvent::Error(e)) => break Err(engine_error(e)),
-                Some(StreamEvent::Token { .. }) => clock.tick(&job.state.metrics),
+                Some(StreamEvent::Token { logprobs, .. }) => {
+                    clock.tick(&job.state.metrics);
+                    lps.extend(logprobs);
+                }
                 None => break Err(ApiError::internal("generation ended without a result")),
             }
         };
@@ -345,9 +439,12 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                     u64::from(usage.completion_tokens),
                 );
                 let text = crate::adversary::rewrite_text(job.state.adversary, text);
+                let text = format!("{}{text}", job.extras.echo.as_deref().unwrap_or(""));
+                let rendered = renderer.as_mut().map(|r| render(kind, r, &lps));
+                let commit = rendered.as_ref().map(Rendered::commit);
                 let elapsed = job.started.elapsed();
-                let receipt = job.complete(p, c, &text, finish_str(finish))?;
-                Ok((finish, p, c, text, receipt, elapsed))
+                let receipt = job.complete(p, c, &text, finish_str(finish), commit.as_deref())?;
+                Ok((finish, p, c, text, rendered, receipt, elapsed))
             }
             Err(e) => {
                 job.state.release(job.reservation);
@@ -355,7 +452,7 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
             }
         }
     });
-    let (finish, p, c, text, receipt, elapsed) = match task.await {
+    let (finish, p, c, text, rendered, receipt, elapsed) = match task.await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return error(&s, e),
         Err(e) => {
@@ -372,8 +469,10 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
         verified_by_gateway: None,
     });
     let usage = Usage::new(p, c);
+    // Written from the typed answer (never through a `Value`, which would print f32
+    // log-probabilities with f64 digits).
     let body = match kind {
-        Kind::Chat => serde_json::to_value(ChatCompletion {
+        Kind::Chat => serde_json::to_string(&ChatCompletion {
             id,
             object: "chat.completion".into(),
             created: unix_now(),
@@ -385,12 +484,15 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                     content: text,
                 },
                 finish_reason: finish_str(finish).into(),
-                logprobs: None,
+                logprobs: match rendered {
+                    Some(Rendered::Chat(c)) => Some(c),
+                    _ => None,
+                },
             }],
             usage,
             sortition: ext,
         }),
-        Kind::Text => serde_json::to_value(Completion {
+        Kind::Text => serde_json::to_string(&Completion {
             id,
             object: "text_completion".into(),
             created: unix_now(),
@@ -399,14 +501,17 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                 index: 0,
                 text,
                 finish_reason: Some(finish_str(finish).into()),
-                logprobs: None,
+                logprobs: match rendered {
+                    Some(Rendered::Text(t)) => Some(t),
+                    _ => None,
+                },
             }],
             usage: Some(usage),
             sortition: ext,
         }),
     };
     let mut resp = match body {
-        Ok(v) => Json(v).into_response(),
+        Ok(v) => ([(axum::http::header::CONTENT_TYPE, "application/json")], v).into_response(),
         Err(e) => return error(&s, ApiError::internal(e.to_string())),
     };
     if let Some(h) = receipt_header(&receipt) {
@@ -423,11 +528,12 @@ pub(crate) fn chunk_json(
     finish: Option<&str>,
     first: bool,
 ) -> String {
-    chunk_with(kind, id, model, text, finish, first, None)
+    chunk_with(kind, id, model, text, finish, first, None, None)
 }
 
-/// A stream chunk with its one choice (index 0); `ext` puts the receipt on it (the finish
-/// chunk, when no usage chunk follows).
+/// A stream chunk with its one choice (index 0) and the log-probabilities of the tokens it
+/// completes; `ext` puts the receipt on it (the finish chunk, when no usage chunk follows).
+#[allow(clippy::too_many_arguments)]
 fn chunk_with(
     kind: Kind,
     id: &str,
@@ -435,8 +541,14 @@ fn chunk_with(
     text: Option<String>,
     finish: Option<&str>,
     first: bool,
+    logprobs: Option<Rendered>,
     ext: Option<SortitionExt>,
 ) -> String {
+    let (chat_lp, text_lp) = match logprobs {
+        Some(Rendered::Chat(c)) => (Some(c), None),
+        Some(Rendered::Text(t)) => (None, Some(t)),
+        None => (None, None),
+    };
     let v = match kind {
         Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
             id: id.into(),
@@ -450,7 +562,7 @@ fn chunk_with(
                     content: text,
                 },
                 finish_reason: finish.map(Into::into),
-                logprobs: None,
+                logprobs: chat_lp,
             }],
             usage: None,
             sortition: ext,
@@ -464,7 +576,7 @@ fn chunk_with(
                 index: 0,
                 text: text.unwrap_or_default(),
                 finish_reason: finish.map(Into::into),
-                logprobs: None,
+                logprobs: text_lp,
             }],
             usage: None,
             sortition: ext,
@@ -528,33 +640,63 @@ async fn drive_stream(
     kind: Kind,
     tx: mpsc::Sender<String>,
 ) {
-    let Admitted { job, mut stream } = a;
+    let Admitted {
+        job,
+        mut stream,
+        mut renderer,
+    } = a;
     let s = job.state.clone();
     let usage_handle = stream.usage_handle();
     let mut first = true;
     let mut sent_text = String::new();
+    // Log-probabilities of tokens whose text is not out yet (held back), and the commitment
+    // of those already sent: every chunk carries the entries of the tokens it completes.
+    let mut pending: Vec<TokenLogprobs> = Vec::new();
+    let mut sent_lp: Vec<TokenLogprobCommit> = Vec::new();
+    let mut take = |pending: &mut Vec<TokenLogprobs>, sent_lp: &mut Vec<TokenLogprobCommit>| {
+        renderer.as_mut().map(|r| {
+            let rendered = render(kind, r, pending);
+            sent_lp.extend(rendered.commit());
+            pending.clear();
+            rendered
+        })
+    };
+    let lp_sent = |sent_lp: &[TokenLogprobCommit]| job.extras.logprobs.map(|_| sent_lp.to_vec());
     let mut clock = TokenClock::new(job.started);
+    if let Some(echo) = job.extras.echo.clone() {
+        sent_text.push_str(&echo);
+        if tx
+            .send(chunk_json(kind, &id, &model, Some(echo), None, first))
+            .await
+            .is_err()
+        {
+            drop(stream);
+            s.release(job.reservation);
+            return;
+        }
+        first = false;
+    }
     loop {
         let ev = stream.next().await;
         match ev {
-            Some(StreamEvent::Token { text, .. }) => {
+            Some(StreamEvent::Token { text, logprobs, .. }) => {
                 clock.tick(&s.metrics);
+                pending.extend(logprobs);
                 if text.is_empty() {
                     continue;
                 }
                 sent_text.push_str(&text);
-                if tx
-                    .send(chunk_json(kind, &id, &model, Some(text), None, first))
-                    .await
-                    .is_err()
-                {
+                let lp = take(&mut pending, &mut sent_lp);
+                let chunk = chunk_with(kind, &id, &model, Some(text), None, first, lp, None);
+                if tx.send(chunk).await.is_err() {
                     // Client left: cancel generation, bill what was generated.
                     drop(stream);
                     let usage = usage_handle.usage();
                     s.metrics.inc("client_disconnects_total", "", 1);
                     let p = u64::from(usage.prompt_tokens);
                     let c = u64::from(usage.completion_tokens);
-                    let _ = job.complete(p, c, &sent_text, "cancelled");
+                    let lp = lp_sent(&sent_lp);
+                    let _ = job.complete(p, c, &sent_text, "cancelled", lp.as_deref());
                     return;
                 }
                 first = false;
@@ -565,58 +707,58 @@ async fn drive_stream(
                 text,
                 ..
             }) => {
+                let text = format!("{}{text}", job.extras.echo.as_deref().unwrap_or(""));
                 // Any text held back (e.g. a partial stop-string match that did not complete)
                 // is flushed so that the stream equals the non-streamed answer.
                 if let Some(rest) = text.strip_prefix(sent_text.as_str())
                     && !rest.is_empty()
                 {
-                    let _ = tx
-                        .send(chunk_json(
-                            kind,
-                            &id,
-                            &model,
-                            Some(rest.to_string()),
-                            None,
-                            first,
-                        ))
-                        .await;
+                    let lp = take(&mut pending, &mut sent_lp);
+                    let rest = Some(rest.to_string());
+                    let chunk = chunk_with(kind, &id, &model, rest, None, first, lp, None);
+                    let _ = tx.send(chunk).await;
                 }
                 // The finish chunk is held until the receipt is signed: the receipt rides on
                 // the last event of the stream, which is the finish chunk (with its choice, as
                 // OpenAI SDK loops that index `choices[0]` expect) unless the client asked for
                 // the usage chunk, which then comes last and carries it. Whoever relays the
-                // stream checks the receipt on that event and relays nothing after it.
+                // stream checks the receipt on that event and relays nothing after it. With
+                // log-probabilities, the finish chunk carries the entries of any token not
+                // sent yet (an empty list if none), so a stream always delivers some.
                 let finish = finish_str(finish_reason);
                 let (p, c) = (
                     u64::from(usage.prompt_tokens),
                     u64::from(usage.completion_tokens),
                 );
                 let text = crate::adversary::rewrite_text(s.adversary, text);
-                match job.complete(p, c, &text, finish) {
+                let last_lp = take(&mut pending, &mut sent_lp);
+                let lp = lp_sent(&sent_lp);
+                match job.complete(p, c, &text, finish, lp.as_deref()) {
                     Ok(receipt) => {
                         let ext = SortitionExt {
                             node: s.id,
                             receipt,
                             verified_by_gateway: None,
                         };
-                        let events = if include_usage {
-                            vec![
-                                chunk_json(kind, &id, &model, None, Some(finish), false),
-                                usage_json(kind, &id, &model, Usage::new(p, c), ext),
-                            ]
-                        } else {
-                            vec![chunk_with(
+                        let (finish_ext, usage_event) = match include_usage {
+                            true => (None, Some(ext)),
+                            false => (Some(ext), None),
+                        };
+                        let _ = tx
+                            .send(chunk_with(
                                 kind,
                                 &id,
                                 &model,
                                 None,
                                 Some(finish),
                                 false,
-                                Some(ext),
-                            )]
-                        };
-                        for e in events {
-                            let _ = tx.send(e).await;
+                                last_lp,
+                                finish_ext,
+                            ))
+                            .await;
+                        if let Some(ext) = usage_event {
+                            let usage = Usage::new(p, c);
+                            let _ = tx.send(usage_json(kind, &id, &model, usage, ext)).await;
                         }
                     }
                     Err(e) => {
@@ -638,7 +780,8 @@ async fn drive_stream(
                 if c == 0 {
                     s.release(job.reservation);
                 } else {
-                    let _ = job.complete(p, c, &sent_text, "error");
+                    let lp = lp_sent(&sent_lp);
+                    let _ = job.complete(p, c, &sent_text, "error", lp.as_deref());
                 }
                 return;
             }
@@ -835,3 +978,8 @@ pub struct ReceiptProof {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "routes_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "logprobs_tests.rs"]
+mod logprobs_tests;

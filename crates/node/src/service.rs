@@ -218,6 +218,7 @@ impl NodeState {
         model: &ModelId,
         prompt_tokens: Vec<u32>,
         params: sortition_engine::SamplingParams,
+        logprobs: Option<u8>,
     ) -> Result<(Reservation, sortition_engine::GenerationStream), ApiError> {
         let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
         let reservation = self.reserve(stack, model, needed)?;
@@ -225,10 +226,10 @@ impl NodeState {
             self.adversary,
             sortition_engine::Prompt::Tokens(prompt_tokens),
         );
-        match chat
-            .engine
-            .generate(sortition_engine::GenerateRequest::new(prompt, params))
-        {
+        match chat.engine.generate(sortition_engine::GenerateRequest {
+            logprobs,
+            ..sortition_engine::GenerateRequest::new(prompt, params)
+        }) {
             Ok(stream) => Ok((reservation, stream)),
             Err(e) => {
                 self.release(reservation);

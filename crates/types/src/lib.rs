@@ -23,6 +23,6 @@ pub use hash::{Hash32, sha256};
 pub use ids::{AuditId, ClaimId, DisputeId, ModelId, NodeId, StackId};
 pub use merkle::{MerkleProof, merkle_root};
 pub use receipt::{
-    Custody, NodeClass, Receipt, SamplingRecord, SignedReceipt, embedding_response_hash,
-    text_response_hash,
+    Custody, NodeClass, Receipt, SamplingRecord, SignedReceipt, TokenLogprobCommit,
+    embedding_response_hash, logprobs_response_hash, text_response_hash,
 };

@@ -136,6 +136,48 @@ pub fn text_response_hash(text: &str, finish_reason: &str) -> Hash32 {
     }))
 }
 
+/// One generated token's log-probabilities as an answer delivers them (chat's `content`
+/// entries, or one position of a text completion's parallel lists): what a receipt commits to
+/// besides the text when the request asked for log-probabilities.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenLogprobCommit {
+    /// The token as delivered.
+    pub token: String,
+    /// Its bytes (chat answers deliver them; text completions do not).
+    pub bytes: Option<Vec<u8>>,
+    /// The f32 bits of its log-probability (`None`: delivered as `null`).
+    pub logprob: Option<u32>,
+    /// Its `text_offset` (text completions only).
+    pub offset: Option<u32>,
+    /// The alternatives as delivered (token, bytes, f32 bits of the log-probability): in list
+    /// order for chat, in key order of the token → log-probability map for text completions.
+    pub top: Vec<(String, Option<Vec<u8>>, u32)>,
+}
+
+#[derive(Serialize)]
+struct LogprobsCommitment<'a> {
+    kind: &'a str,
+    text: &'a str,
+    finish_reason: &'a str,
+    logprobs: &'a [TokenLogprobCommit],
+}
+
+/// `response_hash` of a chat or text completion delivered with log-probabilities: the text,
+/// the finish reason and every token's entry, in order. (An answer without them keeps
+/// [`text_response_hash`].)
+pub fn logprobs_response_hash(
+    text: &str,
+    finish_reason: &str,
+    logprobs: &[TokenLogprobCommit],
+) -> Hash32 {
+    crate::sha256(&crate::canonical_bytes(&LogprobsCommitment {
+        kind: "text+logprobs",
+        text,
+        finish_reason,
+        logprobs,
+    }))
+}
+
 /// `response_hash` of an embeddings answer: the exact f32 bit patterns of every vector.
 pub fn embedding_response_hash(vectors: &[Vec<f32>]) -> Hash32 {
     let bits: Vec<Vec<u32>> = vectors

@@ -10,6 +10,9 @@ use sortition_engine::{
 };
 use sortition_types::Hash32;
 
+/// A token's log-probability and its alternatives `(id, bits)`, as f32 bits.
+pub type LogprobBits = (u32, Vec<(u32, u32)>);
+
 /// Everything a finished stream produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -17,7 +20,7 @@ pub struct Outcome {
     pub texts: Vec<String>,
     pub logits: Vec<Option<Hash32>>,
     /// Each token's log-probability and top alternatives, as f32 bits (compared exactly).
-    pub logprobs: Vec<Option<(u32, Vec<(u32, u32)>)>>,
+    pub logprobs: Vec<Option<LogprobBits>>,
     pub finish: FinishReason,
     pub usage: Usage,
     pub tokens: Vec<u32>,
