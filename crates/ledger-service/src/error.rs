@@ -32,6 +32,19 @@ pub enum ServiceError {
     Replay { height: u64, reason: String },
     #[error("sequencer stopped")]
     Stopped,
+    /// Under consensus: the transaction was accepted into the mempool but is not in a final
+    /// block yet (this validator may be partitioned, or the network may have lost its quorum).
+    #[error(
+        "transaction {tx} is not final after {secs} s (this validator may be cut off or the \
+         validators may lack a quorum); it may still be included: check GET /v1/txs/{tx}"
+    )]
+    NotFinal { tx: String, secs: u64 },
+    /// Under consensus: the transaction left the mempool without being included.
+    #[error("transaction {tx} was dropped: {reason}")]
+    Dropped { tx: String, reason: String },
+    /// Under consensus: the mempool is full.
+    #[error("the mempool is full ({0} transactions waiting); retry shortly")]
+    MempoolFull(usize),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 pub mod delivery;
 pub mod error;
+pub mod replica;
 pub mod sequencer;
 pub mod sse;
 pub mod store;
@@ -25,6 +26,7 @@ use tokio::sync::oneshot;
 
 pub use client::{ClientError, LedgerClient};
 pub use error::{ApiError, ServiceError};
+pub use replica::{Replica, ReplicaConfig, start_replica};
 pub use sequencer::{Handle, Included, SubmitError};
 pub use sse::Cursor;
 

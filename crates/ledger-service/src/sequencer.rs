@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sortition_ledger::{
-    BeaconError, Event, Genesis, Ledger, LedgerError, SecretShare, SignedTx, TxResult, VerifiedTx,
+    BeaconError, BlockContext, BlockOutcome, Event, Genesis, Ledger, LedgerError, SecretShare,
+    SignedTx, TxResult, VerifiedTx,
 };
 use sortition_types::{Hash32, canonical_bytes, sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -59,26 +60,30 @@ pub struct Metrics {
 }
 
 pub struct Shared {
-    ledger: RwLock<Ledger>,
-    /// This sequencer's secret beacon share (a 1-of-1 group: it alone signs `σ_h`).
-    share: SecretShare,
+    pub(crate) ledger: RwLock<Ledger>,
+    /// This sequencer's (or validator's) secret beacon share. A 1-of-1 group's sequencer signs
+    /// `σ_h` alone; a validator contributes a partial signature.
+    pub(crate) share: SecretShare,
     pub genesis: Genesis,
     pub store: Store,
-    tx_index: RwLock<HashMap<Hash32, (u64, u32)>>,
+    pub(crate) tx_index: RwLock<HashMap<Hash32, (u64, u32)>>,
     pub metrics: Metrics,
     pub events: broadcast::Sender<BlockEvents>,
 }
 
-struct Submission {
-    tx: VerifiedTx,
-    reply: oneshot::Sender<Result<Included, ServiceError>>,
+pub(crate) struct Submission {
+    pub(crate) tx: VerifiedTx,
+    pub(crate) reply: oneshot::Sender<Result<Included, ServiceError>>,
 }
 
-/// Cheap, cloneable access to the sequencer and its state.
+/// Cheap, cloneable access to the sequencer (or replica) and its state.
 #[derive(Clone)]
 pub struct Handle {
-    inbox: mpsc::Sender<Submission>,
-    shared: Arc<Shared>,
+    pub(crate) inbox: mpsc::Sender<Submission>,
+    pub(crate) shared: Arc<Shared>,
+    /// Under consensus, how long a submitter waits for its transaction to be final before it
+    /// is told so (the transaction may still be included later).
+    pub(crate) ack_timeout: Option<Duration>,
 }
 
 pub struct SequencerConfig {
@@ -95,7 +100,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -108,23 +113,47 @@ pub fn start(
     share: SecretShare,
     cfg: SequencerConfig,
 ) -> Result<(Handle, tokio::task::JoinHandle<()>), ServiceError> {
+    let shared = open_shared(store, genesis, share)?;
+    let threshold = read(&shared.ledger).beacon().threshold();
+    if threshold != 1 {
+        // A larger group needs its peers' partials: run `sortition validator` instead.
+        return Err(ServiceError::Beacon(BeaconError::NotEnoughPartials {
+            threshold,
+            got: 1,
+        }));
+    }
+    let (inbox, rx) = mpsc::channel(cfg.max_block_txs.max(1) * 4);
+    let s = shared.clone();
+    let rt = tokio::runtime::Handle::current();
+    // The task ends (and closes the database) once every Handle is dropped.
+    let task = tokio::task::spawn_blocking(move || run(rt, s, rx, cfg));
+    Ok((
+        Handle {
+            inbox,
+            shared,
+            ack_timeout: None,
+        },
+        task,
+    ))
+}
+
+/// The ledger rebuilt from the store: the genesis, then every stored block replayed and
+/// checked (state roots and results).
+pub(crate) fn open_shared(
+    store: Store,
+    genesis: Genesis,
+    share: SecretShare,
+) -> Result<Arc<Shared>, ServiceError> {
     let mut ledger = Ledger::new(&genesis).map_err(ServiceError::Genesis)?;
     ledger
         .beacon()
         .check_share(&share)
         .map_err(ServiceError::Beacon)?;
-    if ledger.beacon().threshold() != 1 {
-        // A larger group needs its peers' partials: that is the BFT step's job.
-        return Err(ServiceError::Beacon(BeaconError::NotEnoughPartials {
-            threshold: ledger.beacon().threshold(),
-            got: 1,
-        }));
-    }
     let metrics = Metrics::default();
     let index = replay(&mut ledger, &store, &metrics)?;
     metrics.height.store(ledger.height(), Ordering::Relaxed);
     let (events, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         ledger: RwLock::new(ledger),
         share,
         genesis,
@@ -132,18 +161,12 @@ pub fn start(
         tx_index: RwLock::new(index),
         metrics,
         events,
-    });
-    let (inbox, rx) = mpsc::channel(cfg.max_block_txs.max(1) * 4);
-    let s = shared.clone();
-    let rt = tokio::runtime::Handle::current();
-    // The task ends (and closes the database) once every Handle is dropped.
-    let task = tokio::task::spawn_blocking(move || run(rt, s, rx, cfg));
-    Ok((Handle { inbox, shared }, task))
+    }))
 }
 
 /// Applies every stored block to `ledger` (fresh from the genesis), checking each state root
 /// and result; returns the index of stored transactions.
-fn replay(
+pub(crate) fn replay(
     ledger: &mut Ledger,
     store: &Store,
     metrics: &Metrics,
@@ -322,6 +345,42 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<Sealed, ServiceError>
             })?,
         )
     };
+    match persist_applied(shared, ctx, signed, outcome, None, started) {
+        Ok(included) => {
+            for (reply, inc) in replies.into_iter().zip(included) {
+                let _ = reply.send(Ok(inc));
+            }
+            Ok(Sealed::Durable)
+        }
+        Err(Unpersisted { error, healed }) => {
+            for r in replies {
+                let _ = r.send(Err(ServiceError::Storage(error.clone())));
+            }
+            healed?;
+            Ok(Sealed::NotPersisted(error))
+        }
+    }
+}
+
+/// A block the ledger applied but the disk did not take. The ledger was rolled back to the last
+/// durable block (`healed` says whether that worked) before this is returned, so that nobody
+/// who is then refused can read the refused block's effects.
+pub(crate) struct Unpersisted {
+    pub error: String,
+    pub healed: Result<(), ServiceError>,
+}
+
+/// Persists a block the ledger has just applied (with its finality certificate, under
+/// consensus), then indexes it, counts it and publishes its events; returns each transaction's
+/// inclusion, in block order. Callers acknowledge only after this returns `Ok`.
+pub(crate) fn persist_applied(
+    shared: &Shared,
+    ctx: BlockContext,
+    txs: Vec<SignedTx>,
+    outcome: BlockOutcome,
+    certificate: Option<&[u8]>,
+    started: Instant,
+) -> Result<Vec<Included>, Unpersisted> {
     let applied = started.elapsed();
     let block = StoredBlock {
         ctx,
@@ -330,7 +389,7 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<Sealed, ServiceError>
             .iter()
             .map(|r| sha256(&canonical_bytes(r)))
             .collect(),
-        txs: signed,
+        txs,
         state_root: outcome.state_root,
     };
     let mut flat: Vec<Event> = outcome
@@ -341,7 +400,7 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<Sealed, ServiceError>
         .cloned()
         .collect();
     flat.extend(outcome.end_block_events.iter().cloned());
-    let stored = shared.store.append(&block, &flat);
+    let stored = shared.store.append(&block, &flat, certificate);
     let m = &shared.metrics;
     m.block_apply_us_total
         .fetch_add(applied.as_micros() as u64, Ordering::Relaxed);
@@ -350,14 +409,10 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<Sealed, ServiceError>
         Ordering::Relaxed,
     );
     if let Err(e) = stored {
-        // Roll the state back before anyone hears of the refusal, so that nobody who was
-        // refused can then read the refused block's effects.
-        let healed = heal(shared);
-        for r in replies {
-            let _ = r.send(Err(ServiceError::Storage(e.to_string())));
-        }
-        healed?;
-        return Ok(Sealed::NotPersisted(e.to_string()));
+        return Err(Unpersisted {
+            error: e.to_string(),
+            healed: heal(shared),
+        });
     }
     {
         let mut idx = shared.tx_index.write().unwrap_or_else(|p| p.into_inner());
@@ -371,24 +426,23 @@ fn seal(shared: &Shared, batch: Vec<Submission>) -> Result<Sealed, ServiceError>
     m.tx_errors.fetch_add(errors, Ordering::Relaxed);
     m.blocks.fetch_add(1, Ordering::Relaxed);
     m.height.store(ctx.height, Ordering::Relaxed);
-    for (i, ((reply, result), t)) in replies
+    let included = outcome
+        .results
         .into_iter()
-        .zip(outcome.results)
         .zip(&block.txs)
         .enumerate()
-    {
-        let _ = reply.send(Ok(Included {
+        .map(|(i, (result, t))| Included {
             height: ctx.height,
             index: i as u32,
             tx_hash: t.hash(),
             result,
-        }));
-    }
+        })
+        .collect();
     let _ = shared.events.send(BlockEvents {
         height: ctx.height,
         events: Arc::new(flat),
     });
-    Ok(Sealed::Durable)
+    Ok(included)
 }
 
 impl Handle {
@@ -401,12 +455,31 @@ impl Handle {
     pub async fn submit(&self, tx: SignedTx) -> Result<Included, SubmitError> {
         let v = tx.verify()?;
         self.precheck(&v)?;
+        let hash = v.signed().hash();
         let (reply, rx) = oneshot::channel();
         self.inbox
             .send(Submission { tx: v, reply })
             .await
             .map_err(|_| ServiceError::Stopped)?;
-        Ok(rx.await.map_err(|_| ServiceError::Stopped)??)
+        Ok(self.acknowledged(hash, rx).await?)
+    }
+
+    /// Waits for a submission's answer, at most `ack_timeout` under consensus.
+    async fn acknowledged(
+        &self,
+        hash: Hash32,
+        rx: oneshot::Receiver<Result<Included, ServiceError>>,
+    ) -> Result<Included, ServiceError> {
+        match self.ack_timeout {
+            None => rx.await.map_err(|_| ServiceError::Stopped)?,
+            Some(t) => match tokio::time::timeout(t, rx).await {
+                Ok(r) => r.map_err(|_| ServiceError::Stopped)?,
+                Err(_) => Err(ServiceError::NotFinal {
+                    tx: hash.to_hex(),
+                    secs: t.as_secs(),
+                }),
+            },
+        }
     }
 
     /// Submits several transactions in this order (so one sender's nonces may be pipelined
@@ -417,22 +490,20 @@ impl Handle {
             let sent = async {
                 let v = tx.verify()?;
                 self.precheck(&v)?;
+                let hash = v.signed().hash();
                 let (reply, rx) = oneshot::channel();
                 self.inbox
                     .send(Submission { tx: v, reply })
                     .await
                     .map_err(|_| ServiceError::Stopped)?;
-                Ok::<_, SubmitError>(rx)
+                Ok::<_, SubmitError>((hash, rx))
             };
             pending.push(sent.await);
         }
         let mut out = Vec::with_capacity(pending.len());
         for p in pending {
             out.push(match p {
-                Ok(rx) => rx
-                    .await
-                    .map_err(|_| SubmitError::Service(ServiceError::Stopped))
-                    .and_then(|r| Ok(r?)),
+                Ok((hash, rx)) => self.acknowledged(hash, rx).await.map_err(SubmitError::from),
                 Err(e) => Err(e),
             });
         }
@@ -441,7 +512,7 @@ impl Handle {
 
     /// Cheap refusals before sequencing. Skipped while a block is being applied; the block is
     /// the authority either way.
-    fn precheck(&self, v: &VerifiedTx) -> Result<(), LedgerError> {
+    pub(crate) fn precheck(&self, v: &VerifiedTx) -> Result<(), LedgerError> {
         let Ok(l) = self.shared.ledger.try_read() else {
             return Ok(());
         };

@@ -13,6 +13,9 @@ use crate::error::ServiceError;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Each block's finality certificate, under consensus (the engine's encoding); written in the
+/// block's own transaction. The embedded sequencer has none.
+const CERTIFICATES: TableDefinition<u64, &[u8]> = TableDefinition::new("certificates");
 
 /// The state machine's format: bumped whenever applying the same blocks gives other state
 /// roots, so an old database is refused with a clear error instead of a replay mismatch.
@@ -33,6 +36,21 @@ pub fn write_beacon_share(dir: &Path, share: &SecretShare) -> Result<(), Service
     sortition_api::private_fs::private_dir(dir).map_err(io)?;
     let path = dir.join(BEACON_SHARE_FILE);
     sortition_api::private_fs::write_private(&path, share.to_hex()).map_err(io)
+}
+
+/// A validator's secret share from its data directory, checked against the genesis' beacon
+/// (no fallback: a validator without its share cannot contribute to the beacon).
+pub fn load_validator_share(dir: &Path, beacon: &Beacon) -> Result<SecretShare, ServiceError> {
+    let path = dir.join(BEACON_SHARE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ServiceError::Beacon(BeaconError::NoShare {
+            path: path.display().to_string(),
+        }),
+        _ => ServiceError::Io(e),
+    })?;
+    let share = SecretShare::from_hex(&text).map_err(ServiceError::Beacon)?;
+    beacon.check_share(&share).map_err(ServiceError::Beacon)?;
+    Ok(share)
 }
 
 /// This sequencer's secret share, checked against the genesis' beacon: the data directory's
@@ -135,6 +153,7 @@ impl Store {
             }
             w.open_table(BLOCKS).map_err(err)?;
             w.open_table(EVENTS).map_err(err)?;
+            w.open_table(CERTIFICATES).map_err(err)?;
         }
         w.commit().map_err(err)?;
         Ok(Store {
@@ -159,8 +178,14 @@ impl Store {
             .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Persists a block and its events durably.
-    pub fn append(&self, block: &StoredBlock, events: &[Event]) -> Result<(), ServiceError> {
+    /// Persists a block, its events and its finality certificate (if any) durably, in one
+    /// transaction.
+    pub fn append(
+        &self,
+        block: &StoredBlock,
+        events: &[Event],
+        certificate: Option<&[u8]>,
+    ) -> Result<(), ServiceError> {
         use std::sync::atomic::Ordering;
         if self
             .fail_appends
@@ -184,8 +209,20 @@ impl Store {
                 serde_json::to_vec(events).map_err(|e| ServiceError::Storage(e.to_string()))?;
             let mut t = w.open_table(EVENTS).map_err(err)?;
             t.insert(block.ctx.height, ev.as_slice()).map_err(err)?;
+            if let Some(c) = certificate {
+                let mut t = w.open_table(CERTIFICATES).map_err(err)?;
+                t.insert(block.ctx.height, c).map_err(err)?;
+            }
         }
         w.commit().map_err(err)
+    }
+
+    /// The finality certificate stored with block `height`, if any.
+    pub fn certificate(&self, height: u64) -> Result<Option<Vec<u8>>, ServiceError> {
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let r = opened(&g)?.begin_read().map_err(err)?;
+        let t = r.open_table(CERTIFICATES).map_err(err)?;
+        Ok(t.get(height).map_err(err)?.map(|v| v.value().to_vec()))
     }
 
     /// The block at `height`, if stored.

@@ -181,6 +181,21 @@ impl PartialSig {
     pub fn index(&self) -> u32 {
         self.0.index.get()
     }
+
+    /// The commonware encoding (index, then the G1 point), for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.encode().to_vec()
+    }
+
+    /// Decodes [`PartialSig::to_bytes`]; says what is wrong with malformed bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BeaconError> {
+        PartialSignature::<MinSig>::decode(bytes.to_vec())
+            .map(PartialSig)
+            .map_err(|e| BeaconError::Malformed {
+                field: "partial signature".into(),
+                reason: e.to_string(),
+            })
+    }
 }
 
 /// The message signed for height `h` of `chain_id`: `len(chain_id) as u32 LE || chain_id ||

@@ -73,6 +73,11 @@ pub struct Genesis {
     /// The randomness beacon's public keys (group key, threshold, public shares). Secret
     /// shares are never here: each validator keeps its own in its data directory.
     pub beacon: BeaconConfig,
+    /// The validator set under BFT consensus: each validator's consensus identity (hex ed25519
+    /// public key), in participant order, which is also the beacon's: validator `i` holds
+    /// beacon share `i`. Empty for the embedded single sequencer. See [`Genesis::check_validators`].
+    #[serde(default)]
+    pub validators: Vec<String>,
 }
 
 impl Genesis {
@@ -91,7 +96,47 @@ impl Genesis {
             params: Params::default(),
             genesis_time_ms: 0,
             beacon: crate::beacon::insecure_test_group().0,
+            validators: vec![],
         }
+    }
+
+    /// Checks that the validator set and the beacon agree: one public share per validator,
+    /// identities distinct, well-formed (64 hex digits) and in ascending order (the order
+    /// consensus numbers participants in), and a beacon threshold equal to the BFT quorum
+    /// `n - (n - 1) / 3`, so that exactly the coalitions that could finalize a block can make
+    /// its randomness. Says what is wrong.
+    pub fn check_validators(&self) -> std::result::Result<(), String> {
+        let n = self.validators.len();
+        if n == 0 {
+            return Err("the genesis names no validators".into());
+        }
+        for (i, v) in self.validators.iter().enumerate() {
+            let ok = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(format!(
+                    "validator {i}'s key {v:?} is not a hex ed25519 public key (64 hex digits)"
+                ));
+            }
+        }
+        let lower: Vec<String> = self.validators.iter().map(|v| v.to_lowercase()).collect();
+        if lower.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("validators must be listed once each, in ascending order of key".into());
+        }
+        if self.beacon.public_shares.len() != n {
+            return Err(format!(
+                "the genesis names {n} validators but {} beacon public shares",
+                self.beacon.public_shares.len()
+            ));
+        }
+        let quorum = n - (n - 1) / 3;
+        if self.beacon.threshold as usize != quorum {
+            return Err(format!(
+                "the beacon threshold is {} but {n} validators finalize with a quorum of {quorum}: \
+                 they must be equal",
+                self.beacon.threshold
+            ));
+        }
+        Ok(())
     }
 
     pub fn hash(&self) -> Hash32 {

@@ -38,7 +38,7 @@ mod stacks;
 use serde::{Deserialize, Serialize};
 use sortition_types::{Hash32, PublicKey};
 
-pub use beacon::{Beacon, BeaconConfig, BeaconError, BeaconSig, SecretShare};
+pub use beacon::{Beacon, BeaconConfig, BeaconError, BeaconSig, PartialSig, SecretShare};
 pub use error::{BlockError, LedgerError, Result};
 pub use event::Event;
 pub use genesis::{Genesis, Params};

@@ -1,0 +1,757 @@
+//! Wiring: runtime, p2p, simplex, marshal, the application (proposals and verification), the
+//! committer (finalized blocks into the ledger), the beacon partials and the mempool gossip.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use commonware_broadcast::buffered;
+use commonware_codec::Encode;
+use commonware_consensus::marshal::{
+    self, Start, Update,
+    ancestry::Ancestry,
+    core::{Actor as MarshalActor, Mailbox as MarshalMailbox},
+    resolver::p2p as marshal_resolver,
+    standard::{Inline, Standard},
+};
+use commonware_consensus::simplex::{
+    self,
+    config::{ForwardPolicy, SkipBudget, SkipPolicy},
+    elector::RoundRobin,
+    types::Context,
+};
+use commonware_consensus::types::{Epoch, FixedEpocher, ViewDelta};
+use commonware_consensus::{Application, Heightable, Reporter};
+use commonware_cryptography::{
+    Digested, Digestible, Sha256, Signer, certificate::ConstantProvider, ed25519, sha256::Digest,
+};
+use commonware_p2p::{Receiver as _, Recipients, Sender as _, authenticated::lookup};
+use commonware_parallel::Sequential;
+use commonware_runtime::{
+    Quota, Runner as _, Supervisor as _, buffer::paged::CacheRef, tokio as cw_tokio,
+};
+use commonware_storage::archive::immutable;
+use commonware_utils::{Acknowledgement, NZDuration, NZU16, NZU32, NZU64, NZUsize, ordered::Set};
+use futures::StreamExt;
+use sortition_ledger::{BeaconSig, Genesis, PartialSig, SignedTx};
+use sortition_ledger_service::{LedgerServiceConfig, Replica, ReplicaConfig};
+use tokio::sync::Notify;
+
+use crate::block::{Block, MAX_BLOCK_TXS, MAX_TXS_BYTES};
+
+type Scheme = simplex::scheme::ed25519::Scheme;
+type Ctx = Context<Digest, ed25519::PublicKey>;
+
+const NAMESPACE: &[u8] = b"sortition/consensus";
+const P2P_NAMESPACE: &[u8] = b"sortition/p2p";
+
+const CH_VOTES: u64 = 0;
+const CH_CERTS: u64 = 1;
+const CH_RESOLVER: u64 = 2;
+const CH_BACKFILL: u64 = 3;
+const CH_BLOCKS: u64 = 4;
+const CH_MEMPOOL: u64 = 5;
+const CH_BEACON: u64 = 6;
+
+/// Consensus timeouts.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long a view waits for its leader's proposal.
+    pub leader_timeout: Duration,
+    /// How long a view waits for certification after the proposal.
+    pub certification_timeout: Duration,
+    /// How often a timed-out vote is sent again.
+    pub timeout_retry: Duration,
+    /// How long a proposer waits for the beacon partials of its height before skipping.
+    pub beacon_wait: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            leader_timeout: Duration::from_secs(2),
+            certification_timeout: Duration::from_secs(3),
+            timeout_retry: Duration::from_secs(2),
+            beacon_wait: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// One validator.
+#[derive(Debug, Clone)]
+pub struct ValidatorConfig {
+    pub data_dir: PathBuf,
+    pub genesis: Genesis,
+    /// The HTTP API (the ledger's, served from this replica).
+    pub listen: SocketAddr,
+    /// The consensus p2p listener.
+    pub p2p: SocketAddr,
+    /// Every validator's p2p address, by its public key (hex); this one's may be included.
+    pub peers: Vec<(String, SocketAddr)>,
+    pub timing: Timing,
+    /// How long a submitter waits for finality.
+    pub ack_timeout: Duration,
+    /// Called once the API listens, with its address (the devnet prints it).
+    pub on_listening: Option<fn(SocketAddr)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a validator refused to start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidatorError {
+    #[error("invalid genesis: {0}")]
+    Genesis(String),
+    #[error("validator key: {0}")]
+    Key(String),
+    #[error("peers: {0}")]
+    Peers(String),
+    #[error(transparent)]
+    Service(#[from] sortition_ledger_service::ServiceError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks everything that can be checked before the runtime starts: the genesis' validator
+/// set against its beacon, this validator's key and share, and the peer list.
+fn preflight(
+    cfg: &ValidatorConfig,
+) -> Result<
+    (
+        ed25519::PrivateKey,
+        Set<ed25519::PublicKey>,
+        Vec<(ed25519::PublicKey, SocketAddr)>,
+    ),
+    ValidatorError,
+> {
+    cfg.genesis
+        .check_validators()
+        .map_err(ValidatorError::Genesis)?;
+    sortition_ledger::Beacon::new(&cfg.genesis.chain_id, &cfg.genesis.beacon)
+        .map_err(|e| ValidatorError::Genesis(e.to_string()))?;
+    let keys: Vec<ed25519::PublicKey> = cfg
+        .genesis
+        .validators
+        .iter()
+        .map(|k| crate::keys::parse_public(k))
+        .collect::<Result<_, _>>()
+        .map_err(ValidatorError::Genesis)?;
+    let participants = Set::try_from(keys.clone())
+        .map_err(|_| ValidatorError::Genesis("validator keys repeat".into()))?;
+    // The genesis lists keys ascending, which must be consensus' participant order, because
+    // validator i's beacon share is share i.
+    if participants.iter().cloned().collect::<Vec<_>>() != keys {
+        return Err(ValidatorError::Genesis(
+            "validators are not in the participant order (ascending keys)".into(),
+        ));
+    }
+    let me = crate::keys::load(&cfg.data_dir).map_err(ValidatorError::Key)?;
+    let Some(index) = keys.iter().position(|k| *k == me.public_key()) else {
+        return Err(ValidatorError::Key(format!(
+            "this validator's key {} is not in the genesis' validator set",
+            crate::keys::public_hex(&me)
+        )));
+    };
+    let beacon = sortition_ledger::Beacon::new(&cfg.genesis.chain_id, &cfg.genesis.beacon)
+        .map_err(|e| ValidatorError::Genesis(e.to_string()))?;
+    let share = sortition_ledger_service::store::load_validator_share(
+        &crate::setup::ledger_dir(&cfg.data_dir),
+        &beacon,
+    )?;
+    if share.index() as usize != index {
+        return Err(ValidatorError::Key(format!(
+            "this validator is participant {index} but holds beacon share {}",
+            share.index()
+        )));
+    }
+    let mut peers = Vec::new();
+    for (k, addr) in &cfg.peers {
+        let pk = crate::keys::parse_public(k).map_err(ValidatorError::Peers)?;
+        if !keys.contains(&pk) {
+            return Err(ValidatorError::Peers(format!(
+                "{k} is not a validator of the genesis"
+            )));
+        }
+        if pk != me.public_key() {
+            peers.push((pk, *addr));
+        }
+    }
+    Ok((me, participants, peers))
+}
+
+/// Runs a validator until the process is stopped. Blocks the calling thread (it owns its
+/// runtime).
+pub fn run(cfg: ValidatorConfig) -> Result<(), ValidatorError> {
+    let (me, participants, peers) = preflight(&cfg)?;
+    let storage = cfg.data_dir.join("consensus");
+    sortition_api::private_fs::private_dir(&storage)?;
+    let runtime = cw_tokio::Runner::new(
+        cw_tokio::Config::new()
+            .with_storage_directory(storage)
+            .with_catch_panics(false),
+    );
+    runtime.start(|context| async move { serve(context, cfg, me, participants, peers).await })
+}
+
+/// Gathers beacon partials per height and the recovered signatures.
+struct BeaconPool {
+    inner: Mutex<BeaconInner>,
+    notify: Notify,
+    threshold: usize,
+}
+
+#[derive(Default)]
+struct BeaconInner {
+    partials: BTreeMap<u64, HashMap<u32, PartialSig>>,
+    sigs: BTreeMap<u64, BeaconSig>,
+    /// This validator's latest partial (sent again periodically for peers that missed it).
+    own: Option<(u64, PartialSig)>,
+}
+
+impl BeaconPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BeaconInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a verified partial; recovers `σ_height` once `threshold` are in.
+    fn add(&self, replica: &Replica, height: u64, p: PartialSig) {
+        let mut g = self.lock();
+        if g.sigs.contains_key(&height) || height <= replica.height() {
+            return;
+        }
+        let set = g.partials.entry(height).or_default();
+        set.insert(p.index(), p);
+        if set.len() >= self.threshold {
+            let ps: Vec<PartialSig> = set.values().cloned().collect();
+            match replica.recover(height, &ps) {
+                Ok(sig) => {
+                    g.sigs.insert(height, sig);
+                    g.partials.remove(&height);
+                    drop(g);
+                    self.notify.notify_waiters();
+                }
+                Err(e) => tracing::warn!(height, "beacon recovery failed: {e}"),
+            }
+        }
+    }
+
+    fn prune(&self, applied: u64) {
+        let mut g = self.lock();
+        g.partials = g.partials.split_off(&(applied + 1));
+        g.sigs = g.sigs.split_off(&(applied + 1));
+    }
+
+    async fn wait_for(&self, height: u64, limit: Duration) -> Option<BeaconSig> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.notify.notified();
+            if let Some(s) = self.lock().sigs.get(&height) {
+                return Some(*s);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.lock().sigs.get(&height).copied();
+            }
+        }
+    }
+}
+
+fn encode_partial(height: u64, p: &PartialSig) -> Vec<u8> {
+    let mut out = height.to_be_bytes().to_vec();
+    out.extend(p.to_bytes());
+    out
+}
+
+fn decode_partial(bytes: &[u8]) -> Option<(u64, PartialSig)> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+    PartialSig::from_bytes(&bytes[8..])
+        .ok()
+        .map(|p| (height, p))
+}
+
+/// The application simplex (through marshal) asks to propose and verify blocks.
+#[derive(Clone)]
+struct App {
+    replica: Replica,
+    beacon: Arc<BeaconPool>,
+    beacon_wait: Duration,
+}
+
+impl<E: Send + Sync + 'static> Application<E> for App {
+    type SigningScheme = Scheme;
+    type Context = Ctx;
+    type Block = Block;
+    type Input = ();
+
+    async fn propose(
+        &mut self,
+        _context: (E, Ctx),
+        mut ancestry: impl Ancestry<Block>,
+        _input: (),
+    ) -> Option<Digested<Block>> {
+        let parent = ancestry.next().await?;
+        let parent = parent.inner();
+        let height = parent.height.next();
+        // σ_h exists only once a quorum has block h-1 final; until then there is nothing to
+        // propose (the view times out and the next leader tries).
+        let sig = self.beacon.wait_for(height.get(), self.beacon_wait).await?;
+        let mut txs = self.replica.proposal(MAX_BLOCK_TXS, &HashSet::new());
+        // Keep the block under its byte bound.
+        let mut bytes = 0usize;
+        let mut keep = 0;
+        for t in &txs {
+            let n = sortition_types::canonical_bytes(t).len() + 8;
+            if bytes + n > MAX_TXS_BYTES - 64 {
+                break;
+            }
+            bytes += n;
+            keep += 1;
+        }
+        txs.truncate(keep);
+        let block = Block::new(
+            parent.digest(),
+            height,
+            now_ms().max(parent.timestamp_ms),
+            sig.0,
+            &txs,
+        );
+        let digest = block.digest();
+        Some(Digested::precomputed(block, digest))
+    }
+
+    async fn verify(&mut self, _context: (E, Ctx), mut ancestry: impl Ancestry<Block>) -> bool {
+        let Some(block) = ancestry.next().await else {
+            return false;
+        };
+        let Some(parent) = ancestry.next().await else {
+            return false;
+        };
+        match check_block(&self.replica, block.inner(), parent.inner()) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    height = block.inner().height.get(),
+                    "refused a proposal: {why}"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// What every validator checks before voting for a block (deterministic, but for the clock
+/// bound on the timestamp, which only delays a vote for a block from the future).
+fn check_block(replica: &Replica, b: &Block, parent: &Block) -> Result<(), String> {
+    if b.height.get() != parent.height.get() + 1 || b.parent != parent.digest() {
+        return Err("not a child of its parent".into());
+    }
+    if b.timestamp_ms < parent.timestamp_ms {
+        return Err("timestamp before its parent's".into());
+    }
+    if b.timestamp_ms > now_ms() + 10_000 {
+        return Err("timestamp more than 10 s in the future".into());
+    }
+    replica
+        .verify_beacon(b.height.get(), &BeaconSig(b.beacon))
+        .map_err(|e| e.to_string())?;
+    let txs = b.transactions()?;
+    if txs.len() > MAX_BLOCK_TXS {
+        return Err(format!(
+            "{} transactions (at most {MAX_BLOCK_TXS})",
+            txs.len()
+        ));
+    }
+    for t in txs {
+        t.verify()
+            .map_err(|e| format!("a transaction does not verify: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Receives marshal's finalized blocks (in height order) for the committer.
+#[derive(Clone)]
+struct Finalized {
+    tx: tokio::sync::mpsc::UnboundedSender<Update<Block>>,
+}
+
+impl Reporter for Finalized {
+    type Activity = Update<Block>;
+    fn report(&mut self, activity: Self::Activity) -> commonware_actor::Feedback {
+        let _ = self.tx.send(activity);
+        commonware_actor::Feedback::Ok
+    }
+}
+
+async fn serve(
+    context: cw_tokio::Context,
+    cfg: ValidatorConfig,
+    me: ed25519::PrivateKey,
+    participants: Set<ed25519::PublicKey>,
+    peers: Vec<(ed25519::PublicKey, SocketAddr)>,
+) -> Result<(), ValidatorError> {
+    // The ledger replica and its HTTP API.
+    let lcfg =
+        LedgerServiceConfig::new(crate::setup::ledger_dir(&cfg.data_dir), cfg.genesis.clone());
+    let (handle, replica, mut gossip) = sortition_ledger_service::start_replica(
+        &lcfg,
+        ReplicaConfig {
+            ack_timeout: cfg.ack_timeout,
+            ..Default::default()
+        },
+    )?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let api_addr = listener.local_addr()?;
+    let h = handle.clone();
+    tokio::spawn(async move {
+        if let Err(e) =
+            sortition_ledger_service::serve_handle(h, listener, std::future::pending()).await
+        {
+            tracing::error!("ledger API stopped: {e}");
+        }
+    });
+    if let Some(f) = cfg.on_listening {
+        f(api_addr);
+    }
+
+    // p2p: the validators of the genesis, at the given addresses.
+    let max_message = (crate::block::MAX_TXS_BYTES + 64 * 1024) as u32;
+    let handshake =
+        commonware_stream::cups::Cups::<_, commonware_cryptography::ChaCha20Poly1305>::new(
+            commonware_stream::sake::Sake {
+                signer: me.clone(),
+                synchrony_bound: Duration::from_secs(5),
+                max_handshake_age: Duration::from_secs(10),
+                version: commonware_stream::sake::Version::V1,
+            },
+            commonware_stream::cups::Version::V1,
+        );
+    let p2p_cfg = lookup::Config::local(
+        handshake,
+        P2P_NAMESPACE,
+        cfg.p2p,
+        NZUsize!(participants.len().max(1) + 1),
+        max_message,
+        NZUsize!(4096),
+    );
+    let (mut network, mut oracle) = lookup::Network::new(context.child("network"), p2p_cfg);
+    let mut addrs: Vec<(ed25519::PublicKey, commonware_p2p::Address)> = peers
+        .iter()
+        .map(|(k, a)| (k.clone(), (*a).into()))
+        .collect();
+    addrs.push((me.public_key(), cfg.p2p.into()));
+    let book: commonware_utils::ordered::Map<_, _> = addrs
+        .try_into()
+        .map_err(|_| ValidatorError::Peers("a validator is listed twice".into()))?;
+    use commonware_p2p::AddressableManager as _;
+    oracle.track(0, book);
+
+    let quota = Quota::per_second(NZU32!(1_000));
+    let votes = network.register(CH_VOTES, quota);
+    let certs = network.register(CH_CERTS, quota);
+    let resolver_net = network.register(CH_RESOLVER, quota);
+    let backfill = network.register(CH_BACKFILL, quota);
+    let blocks_net = network.register(CH_BLOCKS, quota);
+    let (mut mempool_tx, mut mempool_rx) = network.register(CH_MEMPOOL, quota);
+    let (mut beacon_tx, mut beacon_rx) = network.register(CH_BEACON, quota);
+    network.start();
+
+    let scheme = Scheme::signer(NAMESPACE, participants.clone(), me.clone())
+        .ok_or_else(|| ValidatorError::Key("not a participant".into()))?;
+    let provider = ConstantProvider::new(scheme.clone());
+    let epocher = FixedEpocher::new(NZU64!(u64::MAX / 2));
+    let page_cache = CacheRef::new(NZU16!(4096), NZUsize!(1024));
+
+    // Marshal: finalized blocks in order, backfill, block storage.
+    let genesis_block = Block::genesis(cfg.genesis.hash().as_bytes(), cfg.genesis.genesis_time_ms);
+    let genesis_digest = genesis_block.digest();
+    let genesis_block = Digested::precomputed(genesis_block, genesis_digest);
+    let mcfg = marshal::Config {
+        provider: provider.clone(),
+        epocher: epocher.clone(),
+        start: Start::Genesis(genesis_block),
+        mailbox_size: NZUsize!(1024),
+        view_retention: ViewDelta::new(64),
+        max_repair: NZUsize!(64),
+        max_pending_acks: NZUsize!(1),
+        block_codec_config: (),
+        partition_prefix: "marshal".into(),
+        prunable_items_per_section: NZU64!(64),
+        replay_buffer: NZUsize!(1 << 20),
+        key_write_buffer: NZUsize!(1 << 16),
+        value_write_buffer: NZUsize!(1 << 16),
+        page_cache: page_cache.clone(),
+        strategy: Sequential,
+    };
+    let resolver = marshal_resolver::init(
+        context.child("resolver"),
+        marshal_resolver::Config {
+            public_key: me.public_key(),
+            peer_provider: oracle.clone(),
+            blocker: oracle.clone(),
+            mailbox_size: NZUsize!(1024),
+            fetch_timeout: NZDuration!(Duration::from_secs(2)),
+            fetch_retry_delay: Duration::from_millis(200),
+            priority_requests: false,
+            priority_responses: false,
+        },
+        backfill,
+    );
+    let (broadcast_engine, buffer) = buffered::Engine::new(
+        context.child("broadcast"),
+        buffered::Config {
+            public_key: me.public_key(),
+            mailbox_size: NZUsize!(1024),
+            deque_size: 16,
+            priority: false,
+            codec_config: (),
+            peer_provider: oracle.clone(),
+            strategy: Sequential,
+        },
+    );
+    broadcast_engine.start(blocks_net);
+    let finalizations = immutable::Archive::init(
+        context.child("finalizations"),
+        archive_config("finalizations", &page_cache, <Scheme as commonware_cryptography::certificate::Verifier>::certificate_codec_config_unbounded()),
+    )
+    .await
+    .map_err(|e| ValidatorError::Io(std::io::Error::other(e.to_string())))?;
+    let blocks = immutable::Archive::init(
+        context.child("blocks"),
+        archive_config("blocks", &page_cache, ()),
+    )
+    .await
+    .map_err(|e| ValidatorError::Io(std::io::Error::other(e.to_string())))?;
+    let (actor, marshal_mailbox, _floor) =
+        MarshalActor::init(context.child("marshal"), finalizations, blocks, mcfg).await;
+    let (fin_tx, fin_rx) = tokio::sync::mpsc::unbounded_channel();
+    actor.start(Finalized { tx: fin_tx }, buffer, resolver);
+
+    // The beacon: our partial for the next height, now and after every block.
+    let beacon = Arc::new(BeaconPool {
+        inner: Mutex::new(BeaconInner::default()),
+        notify: Notify::new(),
+        threshold: cfg.genesis.beacon.threshold as usize,
+    });
+    let (release_tx, mut release_rx) = tokio::sync::watch::channel(replica.height() + 1);
+    {
+        let replica = replica.clone();
+        let beacon = beacon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(300));
+            loop {
+                tokio::select! {
+                    changed = release_rx.changed() => {
+                        if changed.is_err() { return; }
+                    }
+                    _ = tick.tick() => {}
+                }
+                let height = *release_rx.borrow();
+                let p = replica.partial(height);
+                beacon.add(&replica, height, p.clone());
+                beacon.lock().own = Some((height, p.clone()));
+                beacon_tx.send(Recipients::All, encode_partial(height, &p), true);
+            }
+        });
+    }
+    {
+        let replica = replica.clone();
+        let beacon = beacon.clone();
+        tokio::spawn(async move {
+            while let Ok((_from, msg)) = beacon_rx.recv().await {
+                let bytes: Vec<u8> = msg.as_ref().to_vec();
+                let Some((height, p)) = decode_partial(&bytes) else {
+                    continue;
+                };
+                if height <= replica.height() || height > replica.height() + 64 {
+                    continue;
+                }
+                if replica.verify_partial(height, &p).is_ok() {
+                    beacon.add(&replica, height, p);
+                }
+            }
+        });
+    }
+
+    // Mempool gossip: our clients' transactions to the others, theirs into our pool.
+    tokio::spawn(async move {
+        while let Some(first) = gossip.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match gossip.try_recv() {
+                    Ok(t) => batch.push(t),
+                    Err(_) => break,
+                }
+            }
+            let bytes = sortition_types::canonical_bytes(&batch);
+            mempool_tx.send(Recipients::All, bytes, false);
+        }
+    });
+    {
+        let replica = replica.clone();
+        tokio::spawn(async move {
+            while let Ok((_from, msg)) = mempool_rx.recv().await {
+                let bytes: Vec<u8> = msg.as_ref().to_vec();
+                let Ok(txs) =
+                    sortition_types::encoding::from_canonical_bytes::<Vec<SignedTx>>(&bytes)
+                else {
+                    continue;
+                };
+                for t in txs {
+                    replica.add_remote(t);
+                }
+            }
+        });
+    }
+
+    // The committer: finalized blocks into the ledger, then the next partial.
+    {
+        let replica = replica.clone();
+        let beacon = beacon.clone();
+        let mailbox = marshal_mailbox.clone();
+        tokio::spawn(commit_loop(fin_rx, replica, beacon, mailbox, release_tx));
+    }
+
+    // Consensus.
+    let app = App {
+        replica: replica.clone(),
+        beacon: beacon.clone(),
+        beacon_wait: cfg.timing.beacon_wait,
+    };
+    let inline = Inline::new(
+        context.child("inline"),
+        app,
+        marshal_mailbox.clone(),
+        epocher,
+    );
+    let engine = simplex::Engine::new(
+        context.child("simplex"),
+        simplex::config::Config {
+            scheme,
+            elector: RoundRobin::<Sha256>::default(),
+            blocker: oracle.clone(),
+            automaton: inline.clone(),
+            relay: inline.clone(),
+            reporter: inline,
+            strategy: Sequential,
+            partition: "simplex".into(),
+            mailbox_size: NZUsize!(1024),
+            epoch: Epoch::zero(),
+            floor: simplex::config::Floor::Genesis(genesis_digest),
+            replay_buffer: NZUsize!(1 << 20),
+            write_buffer: NZUsize!(1 << 16),
+            page_cache,
+            leader_timeout: cfg.timing.leader_timeout,
+            certification_timeout: cfg.timing.certification_timeout,
+            timeout_retry: cfg.timing.timeout_retry,
+            view_retention: ViewDelta::new(64),
+            skip: SkipPolicy::Enabled {
+                timeout: cfg.timing.leader_timeout * 3,
+                budget: SkipBudget::Participants,
+            },
+            fetch_timeout: NZDuration!(Duration::from_secs(1)),
+            fetch_retry_delay: Duration::from_millis(100),
+            forward: ForwardPolicy::Disabled,
+            track_historical_votes: false,
+        },
+    );
+    let handle = engine.start(votes, certs, resolver_net);
+    tracing::info!(api = %api_addr, p2p = %cfg.p2p, height = replica.height(), "validator started");
+    let _ = handle.await;
+    Err(ValidatorError::Io(std::io::Error::other(
+        "consensus engine stopped",
+    )))
+}
+
+fn archive_config<C: Clone>(name: &str, page_cache: &CacheRef, codec: C) -> immutable::Config<C> {
+    immutable::Config {
+        metadata_partition: format!("{name}-metadata"),
+        freezer_table_partition: format!("{name}-freezer-table"),
+        freezer_table_initial_size: 1024,
+        freezer_table_resize_frequency: 4,
+        freezer_table_resize_chunk_size: 1024,
+        freezer_key_partition: format!("{name}-freezer-key"),
+        freezer_key_page_cache: page_cache.clone(),
+        freezer_value_partition: format!("{name}-freezer-value"),
+        freezer_value_target_size: 1 << 24,
+        freezer_value_compression: None,
+        ordinal_partition: format!("{name}-ordinal"),
+        items_per_section: NZU64!(1024),
+        codec_config: codec,
+        replay_buffer: NZUsize!(1 << 20),
+        freezer_key_write_buffer: NZUsize!(1 << 16),
+        freezer_value_write_buffer: NZUsize!(1 << 16),
+        ordinal_write_buffer: NZUsize!(1 << 16),
+    }
+}
+
+/// Applies each finalized block marshal delivers, then acknowledges it and releases this
+/// validator's beacon partial for the next height. A block that cannot be persisted is retried
+/// (the replica rolled back), with a bounded backoff; nothing is acknowledged before it is
+/// durable.
+async fn commit_loop(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Update<Block>>,
+    replica: Replica,
+    beacon: Arc<BeaconPool>,
+    mailbox: MarshalMailbox<Scheme, Standard<Block>>,
+    release: tokio::sync::watch::Sender<u64>,
+) {
+    while let Some(update) = rx.recv().await {
+        let Update::Block(block, ack) = update else {
+            continue;
+        };
+        let block = block.inner();
+        let height = block.height();
+        if height.get() == 0 || height.get() <= replica.height() {
+            ack.acknowledge();
+            continue;
+        }
+        let txs = match block.transactions() {
+            Ok(t) => t,
+            Err(e) => {
+                // Verified before any honest vote: a quorum finalized something undecodable.
+                tracing::error!(
+                    height = height.get(),
+                    "a final block does not decode: {e}; stopping"
+                );
+                return;
+            }
+        };
+        let certificate = mailbox
+            .get_finalization(height)
+            .await
+            .map(|f| f.encode().to_vec());
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let r = replica.commit(block.context(), txs.clone(), certificate.as_deref());
+            match r {
+                Ok(_) => break,
+                Err(sortition_ledger_service::ServiceError::Storage(e)) => {
+                    tracing::error!(
+                        height = height.get(),
+                        "final block not persisted ({e}); retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        height = height.get(),
+                        "final block cannot be applied: {e}; stopping"
+                    );
+                    return;
+                }
+            }
+        }
+        ack.acknowledge();
+        beacon.prune(height.get());
+        let _ = release.send(height.get() + 1);
+    }
+}

@@ -1,0 +1,131 @@
+//! Four validators on loopback, in one process (each with its own runtime on its own thread):
+//! transactions submitted at any of them become final at all of them, with the same state
+//! roots, and σ_h checks against the group key.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sortition_ledger::{Genesis, TxKind};
+use sortition_ledger_service::LedgerClient;
+use sortition_types::{Amount, Keypair};
+use sortition_validator::{Timing, ValidatorConfig};
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+async fn wait_for_height(clients: &[LedgerClient], height: u64) {
+    for c in clients {
+        for _ in 0..400 {
+            if c.status()
+                .await
+                .map(|s| s.height >= height)
+                .unwrap_or(false)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_validators_finalize_the_same_ledger() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let admin = Keypair::from_seed(b"validators-admin");
+    let mut genesis = Genesis::devnet("bft-test", admin.public());
+    let dirs: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("v{i}"))).collect();
+    let keys = sortition_validator::setup::deal(&mut genesis, &dirs).expect("deal");
+    let apis: Vec<SocketAddr> = (0..4).map(|_| free_port()).collect();
+    let p2ps: Vec<SocketAddr> = (0..4).map(|_| free_port()).collect();
+    let peers: Vec<(String, SocketAddr)> = keys.iter().cloned().zip(p2ps.iter().copied()).collect();
+    for i in 0..4 {
+        let cfg = ValidatorConfig {
+            data_dir: dirs[i].clone(),
+            genesis: genesis.clone(),
+            listen: apis[i],
+            p2p: p2ps[i],
+            peers: peers.clone(),
+            timing: Timing::default(),
+            ack_timeout: Duration::from_secs(30),
+            on_listening: None,
+        };
+        std::thread::spawn(move || {
+            if let Err(e) = sortition_validator::run(cfg) {
+                eprintln!("validator {i} stopped: {e}");
+            }
+        });
+    }
+    let clients: Vec<LedgerClient> = apis
+        .iter()
+        .map(|a| LedgerClient::new(format!("http://{a}")))
+        .collect();
+    // Wait for the APIs.
+    for c in &clients {
+        for _ in 0..100 {
+            if c.status().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Submit at each validator in turn.
+    let user = Keypair::from_seed(b"validators-user");
+    for (i, c) in clients.iter().enumerate() {
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            c.send(
+                &admin,
+                TxKind::Faucet {
+                    to: user.public(),
+                    amount: Amount(10 + i as u64),
+                },
+            ),
+        )
+        .await
+        .expect("final within 60 s")
+        .expect("accepted");
+        assert!(r.height >= 1, "faucet {i}: {r:?}");
+        // Replicas apply final blocks independently: the next sender reads its nonce from
+        // another validator, so wait until all of them have this block.
+        wait_for_height(&clients, r.height).await;
+    }
+    // Every replica reaches the same height with the same root.
+    let target = clients[0].status().await.expect("status").height;
+    for c in &clients {
+        for _ in 0..200 {
+            if c.status().await.expect("status").height >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let a = c.account(&user.public()).await.expect("account");
+        assert_eq!(a.balance, Amount(10 + 11 + 12 + 13));
+    }
+    let url = |i: usize, h: u64| format!("http://{}/v1/blocks/{h}", apis[i]);
+    let http = reqwest::Client::new();
+    for h in 1..=target {
+        let mut roots = Vec::new();
+        for i in 0..4 {
+            let b: serde_json::Value = http
+                .get(url(i, h))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            roots.push((b["state_root"].clone(), b["beacon"].clone()));
+        }
+        assert!(
+            roots.windows(2).all(|w| w[0] == w[1]),
+            "height {h}: {roots:?}"
+        );
+    }
+}
