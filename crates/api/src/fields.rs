@@ -42,7 +42,9 @@ impl Shape {
             Shape::U64 => U64_TEXT,
             Shape::StrOrStrs => "a string or a list of strings",
             Shape::BoolOrU32 => "true or false (chat), or a whole number from 0 to 5 (completions)",
-            Shape::EmbeddingInput => "a string or a list of strings",
+            Shape::EmbeddingInput => {
+                "a string, a list of strings, a list of token ids or a list of lists of token ids"
+            }
             Shape::StreamOptions => "an object such as {\"include_usage\": true}",
             Shape::Messages => "a list of message objects",
         }
@@ -59,7 +61,11 @@ impl Shape {
             Shape::U64 => v.as_u64().is_some(),
             Shape::StrOrStrs => v.is_string() || strs(v),
             Shape::BoolOrU32 => v.is_boolean() || u32_ok(v),
-            Shape::EmbeddingInput => v.is_string() || strs(v),
+            Shape::EmbeddingInput => {
+                let ids = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(u32_ok));
+                let lists = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(ids));
+                v.is_string() || strs(v) || ids(v) || lists(v)
+            }
             Shape::StreamOptions => v
                 .as_object()
                 .is_some_and(|o| o.get("include_usage").is_none_or(Value::is_boolean)),
@@ -322,8 +328,14 @@ mod tests {
             (
                 r#"{"model":"m","input":{"a":1}}"#,
                 "input",
-                "a string or a list of strings",
+                "a string, a list of strings, a list of token ids",
             ),
+            (
+                r#"{"model":"m","input":[1,"a"]}"#,
+                "input",
+                "list of lists of token ids",
+            ),
+            (r#"{"model":"m","input":[[1],[-2]]}"#, "input", "token ids"),
             (
                 r#"{"model":"m","input":[true]}"#,
                 "input",

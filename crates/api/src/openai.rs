@@ -354,7 +354,8 @@ impl CompletionRequest {
             PromptSpec::Many(v) if v.len() == 1 => Ok(v[0].clone()),
             PromptSpec::Many(_) => Err(ApiError::invalid(
                 "unsupported_prompt",
-                "only one prompt per request is supported",
+                "several prompts in one request are not supported: a receipt commits to one \
+                 answer; send one request per prompt",
             )
             .with_param("prompt")),
         }
@@ -464,19 +465,75 @@ pub struct Completion {
     pub sortition: Option<SortitionExt>,
 }
 
+/// Most inputs of one embeddings request (OpenAI's bound).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// Embeddings `input`: a string, a list of strings, a list of token ids, or a list of lists
+/// of token ids (ids of the model's own vocabulary).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     One(String),
     Many(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// One input of an embeddings request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbeddingItem {
+    Text(String),
+    Tokens(Vec<u32>),
 }
 
 impl EmbeddingInput {
-    pub fn into_vec(self) -> Vec<String> {
+    /// The inputs, in order: one per string or per list of ids.
+    pub fn into_items(self) -> Vec<EmbeddingItem> {
         match self {
-            EmbeddingInput::One(s) => vec![s],
-            EmbeddingInput::Many(v) => v,
+            EmbeddingInput::One(s) => vec![EmbeddingItem::Text(s)],
+            EmbeddingInput::Many(v) => v.into_iter().map(EmbeddingItem::Text).collect(),
+            EmbeddingInput::Tokens(ids) => vec![EmbeddingItem::Tokens(ids)],
+            EmbeddingInput::TokenLists(v) => v.into_iter().map(EmbeddingItem::Tokens).collect(),
         }
+    }
+
+    /// How many inputs.
+    pub fn count(&self) -> usize {
+        match self {
+            EmbeddingInput::One(_) | EmbeddingInput::Tokens(_) => 1,
+            EmbeddingInput::Many(v) => v.len(),
+            EmbeddingInput::TokenLists(v) => v.len(),
+        }
+    }
+
+    /// An upper bound of the tokens embedded, capped per input at `max_per_input`: a text
+    /// has at most one token per byte plus `[CLS]` and `[SEP]`; ids count as given.
+    pub fn token_bound(&self, max_per_input: u64) -> u64 {
+        let text = |t: &String| (t.len() as u64 + 2).min(max_per_input);
+        let ids = |v: &Vec<u32>| (v.len() as u64).min(max_per_input);
+        match self {
+            EmbeddingInput::One(t) => text(t),
+            EmbeddingInput::Many(v) => v.iter().map(text).sum(),
+            EmbeddingInput::Tokens(v) => ids(v),
+            EmbeddingInput::TokenLists(v) => v.iter().map(ids).sum(),
+        }
+    }
+
+    /// Refuses (400, `param` `input`) an empty request or more than
+    /// [`MAX_EMBEDDING_INPUTS`] inputs.
+    pub fn check_count(&self) -> Result<(), ApiError> {
+        let n = self.count();
+        if n == 0 || n > MAX_EMBEDDING_INPUTS {
+            return Err(ApiError::invalid(
+                "invalid_input",
+                format!(
+                    "'input' holds {n} inputs; it must hold 1 to {MAX_EMBEDDING_INPUTS} \
+                     strings or lists of token ids"
+                ),
+            )
+            .with_param("input"));
+        }
+        Ok(())
     }
 }
 
@@ -725,5 +782,40 @@ mod tests {
         assert_eq!(param(text(json!({"logprobs": true}))), "logprobs");
         assert_eq!(param(text(json!({"top_logprobs": 1}))), "top_logprobs");
         assert!(fields(json!({"echo": true})).echo());
+    }
+
+    /// Issue 21: token-id inputs (one list, or a list of lists) as LangChain sends them, and
+    /// up to 2048 inputs per call.
+    #[test]
+    fn embedding_inputs_take_token_ids_and_up_to_2048() {
+        let parse = |input: serde_json::Value| {
+            serde_json::from_value::<EmbeddingRequest>(
+                serde_json::json!({"model": "m", "input": input}),
+            )
+            .unwrap()
+            .input
+        };
+        assert_eq!(
+            parse(serde_json::json!([1, 2, 3])).into_items(),
+            vec![EmbeddingItem::Tokens(vec![1, 2, 3])]
+        );
+        let lists = parse(serde_json::json!([[1, 2], [3]]));
+        assert_eq!(lists.count(), 2);
+        assert_eq!(lists.token_bound(512), 3);
+        assert_eq!(
+            parse(serde_json::json!(["a", "b"])).into_items(),
+            vec![
+                EmbeddingItem::Text("a".into()),
+                EmbeddingItem::Text("b".into())
+            ]
+        );
+        let many = parse(serde_json::json!(vec!["x"; MAX_EMBEDDING_INPUTS]));
+        many.check_count().unwrap();
+        let too_many = parse(serde_json::json!(vec!["x"; MAX_EMBEDDING_INPUTS + 1]));
+        assert_eq!(
+            too_many.check_count().unwrap_err().param.as_deref(),
+            Some("input")
+        );
+        assert!(parse(serde_json::json!([])).check_count().is_err());
     }
 }

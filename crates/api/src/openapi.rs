@@ -113,7 +113,7 @@ fn schemas() -> Value {
         "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 1},
         "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "top_k": {"type": "integer", "minimum": 0, "description": "extension: top-k sampling"},
-        "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "max_tokens": {"type": "integer", "minimum": 1, "description": "default 256 on chat, 16 on completions"}, "max_completion_tokens": {"type": "integer", "minimum": 1},
         "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
         "seed": {"type": "integer", "minimum": 0}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"},
         "n": {"type": "integer", "enum": [1]}, "stream": {"type": "boolean"},
@@ -129,12 +129,20 @@ fn schemas() -> Value {
     let usage = json!({"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}});
     let ext = json!({"$ref": "#/components/schemas/SortitionExt"});
     json!({
-        "ChatCompletionRequest": with(json!({"model": {"type": "string"}, "messages": {"type": "array", "minItems": 1, "items": {"type": "object",
+        "ChatCompletionRequest": with(json!({
+            "logprobs": {"type": "boolean", "description": "each generated token's log-probability (log-softmax of the model's raw logits, before penalties and temperature) in choices[].logprobs.content; the receipt commits to them"},
+            "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20, "description": "alternatives per token; needs logprobs: true"},
+            "model": {"type": "string"}, "messages": {"type": "array", "minItems": 1, "items": {"type": "object",
             "required": ["role"], "properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}, "content": {"oneOf": [{"type": "string"},
             {"type": "array", "items": {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}}}}}), &["model", "messages"]),
-        "CompletionRequest": with(json!({"model": {"type": "string"}, "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 1}]}}), &["model", "prompt"]),
+        "CompletionRequest": with(json!({
+            "logprobs": {"type": "integer", "minimum": 0, "maximum": 5, "description": "alternatives per token; choices[].logprobs has tokens, token_logprobs, top_logprobs, text_offset"},
+            "echo": {"type": "boolean", "description": "the text starts with the prompt (not with logprobs)"},
+            "model": {"type": "string"}, "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 1}]}}), &["model", "prompt"]),
         "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {"model": {"type": "string"},
-            "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 256}]},
+            "input": {"description": "at most 2048 inputs, each at most 512 tokens (longer: 400 context_length_exceeded); token ids are the model's own vocabulary",
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 2048},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}, "maxItems": 2048}]},
             "encoding_format": {"enum": ["float", "base64"]}, "dimensions": {"type": "integer"}}},
         "ChatCompletion": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"},
             "model": {"type": "string"}, "choices": {"type": "array"}, "usage": usage, "sortition": ext}},

@@ -10,12 +10,26 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 use crate::error::{EngineError, Result};
 
-/// Most tokens of one text; longer texts are truncated.
+/// Most tokens of one input; a longer one is refused ([`EngineError::EmbeddingTooLong`]),
+/// never truncated.
 pub const MAX_TOKENS: usize = 512;
+
+/// Inputs tokenized together (a batch bounds the tokenizer's memory, not the results: each
+/// input runs through the network on its own).
+const TOKENIZE_BATCH: usize = 256;
+
+/// One input to embed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmbedInput {
+    /// Text, tokenized with the model's tokenizer (its `[CLS]`/`[SEP]` added).
+    Text(String),
+    /// Token ids of the model's own vocabulary, used as given.
+    Tokens(Vec<u32>),
+}
 
 /// A loaded embedding model.
 pub struct Embedder {
@@ -35,16 +49,11 @@ impl Embedder {
             serde_json::from_str(&cfg_text).map_err(|e| corrupt("config.json", e.to_string()))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| corrupt("tokenizer.json", e.to_string()))?;
-        let pad = PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        };
-        tokenizer.with_padding(Some(pad));
+        // Every input runs on its own unpadded tokens, and none is cut: a too-long input is
+        // refused by name.
+        tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
+            .with_truncation(None)
             .map_err(|e| corrupt("tokenizer.json", e.to_string()))?;
         let weights = dir.join("model.safetensors");
         let bytes =
@@ -64,23 +73,78 @@ impl Embedder {
         })
     }
 
-    /// Embeds each text; returns the vectors and the number of (unpadded) tokens used.
+    /// Embeds each text; returns the vectors and the number of tokens used.
     pub fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize)> {
-        if texts.is_empty() {
-            return Ok((Vec::new(), 0));
+        let inputs: Vec<EmbedInput> = texts.iter().cloned().map(EmbedInput::Text).collect();
+        self.embed_inputs(&inputs)
+    }
+
+    /// The token ids of each input, checked before any is embedded: none empty, none longer
+    /// than [`MAX_TOKENS`], every id in the vocabulary.
+    pub fn tokenize(&self, inputs: &[EmbedInput]) -> Result<Vec<Vec<u32>>> {
+        let vocab = self.tokenizer.get_vocab_size(true);
+        let mut out = Vec::with_capacity(inputs.len());
+        for (start, batch) in (0..)
+            .step_by(TOKENIZE_BATCH)
+            .zip(inputs.chunks(TOKENIZE_BATCH))
+        {
+            let texts: Vec<String> = batch
+                .iter()
+                .filter_map(|i| match i {
+                    EmbedInput::Text(t) => Some(t.clone()),
+                    EmbedInput::Tokens(_) => None,
+                })
+                .collect();
+            let mut encs = self
+                .tokenizer
+                .encode_batch(texts, true)
+                .map_err(|e| EngineError::InvalidParams(format!("tokenize: {e}")))?
+                .into_iter();
+            for (k, input) in batch.iter().enumerate() {
+                let ids = match input {
+                    EmbedInput::Text(_) => encs.next().map(|e| e.get_ids().to_vec()),
+                    EmbedInput::Tokens(ids) => Some(ids.clone()),
+                }
+                .unwrap_or_default();
+                let index = start + k;
+                if ids.is_empty() {
+                    return Err(EngineError::InvalidParams(format!(
+                        "input[{index}] has no tokens"
+                    )));
+                }
+                if ids.len() > MAX_TOKENS {
+                    return Err(EngineError::EmbeddingTooLong {
+                        index,
+                        tokens: ids.len(),
+                        max: MAX_TOKENS,
+                    });
+                }
+                if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+                    return Err(EngineError::InvalidParams(format!(
+                        "input[{index}]: token id {bad} is outside the vocabulary (0 to {})",
+                        vocab - 1
+                    )));
+                }
+                out.push(ids);
+            }
         }
-        let encs = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EngineError::InvalidParams(format!("tokenize: {e}")))?;
-        let mut out = Vec::with_capacity(texts.len());
+        Ok(out)
+    }
+
+    /// Embeds each input (all checked first, see [`Embedder::tokenize`]); returns the vectors
+    /// and the number of tokens used.
+    pub fn embed_inputs(&self, inputs: &[EmbedInput]) -> Result<(Vec<Vec<f32>>, usize)> {
+        self.embed_tokens(&self.tokenize(inputs)?)
+    }
+
+    /// Embeds inputs already tokenized and checked by [`Embedder::tokenize`].
+    pub fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<(Vec<Vec<f32>>, usize)> {
+        let mut out = Vec::with_capacity(ids.len());
         let mut usage = 0;
-        for enc in &encs {
-            let n = enc.get_attention_mask().iter().filter(|&&m| m == 1).count();
-            usage += n;
-            let ids = &enc.get_ids()[..n];
-            let types = &enc.get_type_ids()[..n];
-            out.push(self.embed_one(ids, types)?);
+        for ids in ids {
+            usage += ids.len();
+            let types = vec![0u32; ids.len()];
+            out.push(self.embed_one(ids, &types)?);
         }
         Ok((out, usage))
     }

@@ -12,6 +12,13 @@ pub enum EngineError {
     /// The prompt (plus room for at least one generated token) does not fit the context.
     #[error("prompt of {tokens} tokens does not fit the context of {context} tokens")]
     PromptTooLong { tokens: usize, context: usize },
+    /// An embeddings input is longer than the model reads (never truncated silently).
+    #[error("input[{index}] has {tokens} tokens; this model reads at most {max}")]
+    EmbeddingTooLong {
+        index: usize,
+        tokens: usize,
+        max: usize,
+    },
     /// Sampling parameters or the request shape are invalid.
     #[error("invalid parameters: {0}")]
     InvalidParams(String),

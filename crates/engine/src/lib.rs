@@ -32,7 +32,7 @@ pub mod testutil;
 mod text;
 pub mod tokenizer;
 
-pub use embed::Embedder;
+pub use embed::{EmbedInput, Embedder};
 pub use engine::{
     ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, Generation,
     GenerationStream, ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,

@@ -279,8 +279,8 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
         let key = authenticate(&g, &headers).await?;
         let req: EmbeddingRequest = parse_json(&body)?;
         req.check_supported()?;
-        let texts = req.input.clone().into_vec();
-        let units: u64 = texts.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
+        req.input.check_count()?;
+        let units = req.input.token_bound(512);
         let mut a = admit(&g, key, &headers, &req.model, false, units.max(1), false).await?;
         let ended = a.hold.ended();
         let served = forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await;

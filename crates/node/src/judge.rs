@@ -69,9 +69,9 @@ impl From<EngineError> for Trouble {
         match e {
             EngineError::Overloaded => Trouble::Busy,
             EngineError::UnknownModel(m) => Trouble::ModelMissing(m),
-            EngineError::PromptTooLong { .. } | EngineError::InvalidParams(_) => {
-                Trouble::Unjudgeable(e.to_string())
-            }
+            EngineError::PromptTooLong { .. }
+            | EngineError::EmbeddingTooLong { .. }
+            | EngineError::InvalidParams(_) => Trouble::Unjudgeable(e.to_string()),
             other => Trouble::Internal(other.to_string()),
         }
     }
@@ -266,10 +266,11 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
             let m = state
                 .embedder(&req.model)
                 .map_err(|_| Trouble::ModelMissing(req.model.clone()))?;
-            let (embedder, texts) = (m.embedder.clone(), req.input.into_vec());
-            let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
-                .await
-                .map_err(|e| Trouble::Internal(e.to_string()))??;
+            let (embedder, inputs) = (m.embedder.clone(), crate::routes::embed_inputs(req.input));
+            let (vectors, tokens) =
+                tokio::task::spawn_blocking(move || embedder.embed_inputs(&inputs))
+                    .await
+                    .map_err(|e| Trouble::Internal(e.to_string()))??;
             return Ok((embedding_response_hash(&vectors), (tokens as u64, 0)));
         }
         (None, other) => return Err(Trouble::Unjudgeable(format!("unknown route {other}"))),

@@ -793,6 +793,18 @@ async fn drive_stream(
     }
 }
 
+/// An embeddings request's inputs as the engine takes them.
+pub fn embed_inputs(input: EmbeddingInput) -> Vec<sortition_engine::EmbedInput> {
+    input
+        .into_items()
+        .into_iter()
+        .map(|i| match i {
+            EmbeddingItem::Text(t) => sortition_engine::EmbedInput::Text(t),
+            EmbeddingItem::Tokens(ids) => sortition_engine::EmbedInput::Tokens(ids),
+        })
+        .collect()
+}
+
 pub async fn embeddings(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.inc("requests_total", "embeddings", 1);
     match embeddings_inner(&s, &headers, &body).await {
@@ -828,19 +840,20 @@ async fn embeddings_inner(
         )
         .with_param("dimensions"));
     }
-    let inputs = req.input.into_vec();
-    if inputs.is_empty() || inputs.len() > 256 {
-        return Err(
-            ApiError::invalid("invalid_input", "input must hold 1 to 256 strings")
-                .with_param("input"),
-        );
-    }
-    // Upper bound of the tokens: never more than bytes + [CLS]/[SEP], never more than 512.
-    let bound: u64 = inputs.iter().map(|t| (t.len() as u64 + 2).min(512)).sum();
+    req.input.check_count()?;
+    let max = sortition_engine::embed::MAX_TOKENS as u64;
+    let bound = req.input.token_bound(max);
+    let inputs = embed_inputs(req.input);
+    // Every input is tokenized and checked (length, ids) before units are reserved: an
+    // over-long input is refused by index, never truncated.
+    let embedder = m.embedder.clone();
+    let ids = tokio::task::spawn_blocking(move || embedder.tokenize(&inputs))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(engine_error)?;
     let reservation = s.reserve(&stack, &m.id, bound)?;
     let embedder = m.embedder.clone();
-    let texts = inputs.clone();
-    let result = tokio::task::spawn_blocking(move || embedder.embed(&texts)).await;
+    let result = tokio::task::spawn_blocking(move || embedder.embed_tokens(&ids)).await;
     let (vectors, tokens) = match result {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {

@@ -273,6 +273,9 @@ pub fn engine_error(e: EngineError) -> ApiError {
         EngineError::PromptTooLong { .. } => {
             ApiError::invalid("context_length_exceeded", e.to_string()).with_param("messages")
         }
+        EngineError::EmbeddingTooLong { .. } => {
+            ApiError::invalid("context_length_exceeded", e.to_string()).with_param("input")
+        }
         EngineError::InvalidParams(m) => ApiError::invalid("invalid_parameter", m),
         EngineError::Overloaded => ApiError::new(
             ErrorKind::RateLimited,

@@ -3,12 +3,12 @@
 
 use std::sync::OnceLock;
 
-use sortition_engine::embed::cosine;
+use sortition_engine::embed::{EmbedInput, cosine};
 use sortition_engine::models::pull;
 
 use sortition_engine::{
-    ChatMessage, Embedder, Engine, EngineConfig, FinishReason, GenerateRequest, Kernel, Prompt,
-    SamplingParams, WeightFormat,
+    ChatMessage, Embedder, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest,
+    Kernel, Prompt, SamplingParams, WeightFormat,
 };
 
 use crate::harness::*;
@@ -298,4 +298,38 @@ fn minilm_embeddings_are_batch_invariant_and_meaningful() {
     assert_eq!(batch[0].len(), 384);
     assert!((cosine(&batch[0], &batch[0]) - 1.0).abs() < 1e-5);
     assert!(cosine(&batch[0], &batch[1]) > cosine(&batch[0], &batch[2]) + 0.2);
+
+    // Issue 21: token ids (the model's own vocabulary) embed as the text they tokenize,
+    // bit for bit, mixed with texts in one call; inputs over 512 tokens are refused by
+    // index, never truncated; ids outside the vocabulary are refused.
+    let ids = e.tokenize(&[EmbedInput::Text(texts[1].clone())]).unwrap();
+    let mixed = [
+        EmbedInput::Text(texts[0].clone()),
+        EmbedInput::Tokens(ids[0].clone()),
+    ];
+    let (v, n) = e.embed_inputs(&mixed).unwrap();
+    assert_eq!(bits(&v[0]), bits(&batch[0]));
+    assert_eq!(bits(&v[1]), bits(&batch[1]));
+    assert_eq!(
+        n,
+        e.tokenize(&mixed)
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+    );
+    let long = EmbedInput::Text("word ".repeat(600));
+    assert!(matches!(
+        e.embed_inputs(&[mixed[0].clone(), long]),
+        Err(EngineError::EmbeddingTooLong {
+            index: 1,
+            max: 512,
+            ..
+        })
+    ));
+    assert!(matches!(
+        e.embed_inputs(&[EmbedInput::Tokens(vec![101, 9_999_999])]),
+        Err(EngineError::InvalidParams(_))
+    ));
+    assert!(e.embed_inputs(&[EmbedInput::Tokens(vec![])]).is_err());
 }

@@ -1,0 +1,215 @@
+#![allow(clippy::unwrap_used)]
+//! Issue 21, end to end: the OpenAI features served beyond plain text (log-probabilities,
+//! `echo`, the completions default `max_tokens`, token-id embeddings), through a real devnet's gateway with the
+//! real chat model, each answer vouched for by the gateway (its receipt checked against what
+//! was delivered).
+
+use serde_json::{Value, json};
+use sortition_api::delivered::{DeliveredText, response_hash};
+use sortition_devnet::{Devnet, DevnetConfig};
+use sortition_types::SignedReceipt;
+
+const CHAT: &str = "smollm2-135m-instruct";
+
+async fn post(url: &str, key: &str, body: &Value) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    (resp.status().as_u16(), resp.text().await.expect("body"))
+}
+
+fn receipt_of(v: &Value) -> SignedReceipt {
+    serde_json::from_value(v["sortition"]["receipt"].clone()).expect("a receipt")
+}
+
+/// The data events of an SSE body, `[DONE]` excluded.
+fn events(raw: &str) -> Vec<Value> {
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logprobs_echo_and_defaults_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Devnet::start(DevnetConfig::new(dir.path()))
+        .await
+        .expect("devnet starts");
+    let (gw, key) = (net.info.gateway_url.clone(), net.info.api_key.clone());
+    let chat_url = format!("{gw}/v1/chat/completions");
+    let text_url = format!("{gw}/v1/completions");
+
+    // Chat logprobs, whole: OpenAI's shape, vouched for by the gateway.
+    let body = json!({"model": CHAT, "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 8, "temperature": 0, "seed": 1, "logprobs": true, "top_logprobs": 3});
+    let (status, raw) = post(&chat_url, &key, &body).await;
+    assert_eq!(status, 200, "{raw}");
+    let whole: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(whole["sortition"]["verified_by_gateway"], true, "{whole}");
+    let content = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert!(!content.is_empty());
+    let text: String = content
+        .iter()
+        .map(|e| e["token"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with(text.trim_end()),
+        "tokens spell the text: {text:?} / {whole}"
+    );
+    for e in content {
+        assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 3);
+        assert_eq!(e["top_logprobs"][0]["token"], e["token"], "greedy: {e}");
+    }
+    assert_eq!(
+        response_hash(&whole).unwrap(),
+        receipt_of(&whole).receipt.response_hash
+    );
+
+    // The same streamed: the same entries spread over the chunks, the receipt on the last.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, raw) = post(&chat_url, &key, &streamed).await;
+    assert_eq!(status, 200, "{raw}");
+    let ev = events(&raw);
+    let mut d = DeliveredText::default();
+    let mut entries = Vec::new();
+    for e in &ev {
+        d.absorb(e);
+        if let Some(c) = e["choices"][0]["logprobs"]["content"].as_array() {
+            entries.extend(c.iter().cloned());
+        }
+    }
+    assert_eq!(&entries, content);
+    let last = ev.last().unwrap();
+    assert_eq!(last["sortition"]["verified_by_gateway"], true, "{last}");
+    assert_eq!(
+        d.response_hash().unwrap(),
+        receipt_of(last).receipt.response_hash
+    );
+
+    // Completions: logprobs as four lists, echo, and OpenAI's default of 16 new tokens.
+    let (status, raw) = post(
+        &text_url,
+        &key,
+        &json!({"model": CHAT, "prompt": "The sky is", "temperature": 0, "logprobs": 2,
+            "max_tokens": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["sortition"]["verified_by_gateway"], true);
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 5, "{lp}");
+    assert_eq!(lp["text_offset"][0], 0);
+    let (status, raw) = post(
+        &text_url,
+        &key,
+        &json!({"model": CHAT, "prompt": "The sky is", "temperature": 0, "echo": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["sortition"]["verified_by_gateway"], true);
+    assert!(
+        v["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("The sky is")
+    );
+    assert_eq!(receipt_of(&v).receipt.sampling.max_tokens, 16);
+
+    // Refusals name the field, at the gateway.
+    for (url, body, param) in [
+        (
+            &chat_url,
+            json!({"model": CHAT, "messages": [{"role": "user", "content": "x"}],
+                "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            &text_url,
+            json!({"model": CHAT, "prompt": "x", "logprobs": 9}),
+            "logprobs",
+        ),
+        (
+            &text_url,
+            json!({"model": CHAT, "prompt": "x", "best_of": 3}),
+            "best_of",
+        ),
+    ] {
+        let (status, raw) = post(url, &key, &body).await;
+        assert_eq!(status, 400, "{raw}");
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+    embeddings(&gw, &key).await;
+    net.shutdown().await;
+}
+
+/// Embeddings: token-id inputs (what LangChain's `OpenAIEmbeddings` sends by default, here in
+/// the model's own vocabulary), more than the old bound of 256 inputs, and an over-long input
+/// refused as `context_length_exceeded` instead of silently truncated.
+async fn embeddings(gw: &str, key: &str) {
+    const EMBED: &str = "all-minilm-l6-v2";
+    let url = format!("{gw}/v1/embeddings");
+    // "hello world" in MiniLM's vocabulary, with [CLS] and [SEP].
+    let ids = json!([101, 7592, 2088, 102]);
+    let (status, raw) = post(
+        &url,
+        key,
+        &json!({"model": EMBED, "input": ["hello world", ids.clone()]}),
+    )
+    .await;
+    assert_eq!(status, 400, "a mixed list is not an OpenAI input: {raw}");
+    let (status, raw) = post(&url, key, &json!({"model": EMBED, "input": "hello world"})).await;
+    assert_eq!(status, 200, "{raw}");
+    let text: Value = serde_json::from_str(&raw).unwrap();
+    let (status, raw) = post(
+        &url,
+        key,
+        &json!({"model": EMBED, "input": [ids.clone(), ids]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    let tokens: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(tokens["sortition"]["verified_by_gateway"], true);
+    assert_eq!(tokens["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        tokens["data"][0]["embedding"], text["data"][0]["embedding"],
+        "the ids of a text embed as the text"
+    );
+    assert_eq!(tokens["usage"]["prompt_tokens"], 8);
+
+    let many: Vec<String> = (0..300).map(|i| format!("sentence {i}")).collect();
+    let (status, raw) = post(&url, key, &json!({"model": EMBED, "input": many})).await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 300);
+    assert_eq!(v["data"][299]["index"], 299);
+
+    let (status, raw) = post(
+        &url,
+        key,
+        &json!({"model": EMBED, "input": ["short", "word ".repeat(600)]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["error"]["param"], "input");
+    assert!(v["error"]["message"].as_str().unwrap().contains("input[1]"));
+    let too_many = vec!["x"; 2049];
+    let (status, raw) = post(&url, key, &json!({"model": EMBED, "input": too_many})).await;
+    assert_eq!(status, 400, "{raw}");
+}
