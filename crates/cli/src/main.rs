@@ -45,6 +45,8 @@ enum Cmd {
     Policy(cmd::policy::PolicyCmd),
     /// Mint test currency to an account (devnet ledgers only).
     Faucet(cmd::faucet::FaucetArgs),
+    /// Simulate nodes, gateways and auditors with strategies on the real ledger state machine.
+    Sim(cmd::sim::SimArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +85,7 @@ fn run() -> Result<()> {
             Cmd::Chat(a) => cmd::chat::run(a).await,
             Cmd::Policy(c) => cmd::policy::run(c).await,
             Cmd::Faucet(a) => cmd::faucet::run(a).await,
+            Cmd::Sim(a) => cmd::sim::run(a).await,
         }
     })
 }

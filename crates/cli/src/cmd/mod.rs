@@ -12,4 +12,5 @@ pub mod model;
 pub mod node;
 pub mod policy;
 pub mod receipt;
+pub mod sim;
 pub mod status;
