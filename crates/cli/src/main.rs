@@ -22,6 +22,8 @@ enum Cmd {
     Devnet(cmd::devnet::DevnetArgs),
     /// A ledger sequencer with its HTTP API.
     Ledger(cmd::ledger::LedgerArgs),
+    /// One validator of a replicated ledger (BFT consensus), serving the ledger's HTTP API.
+    Validator(cmd::validator::ValidatorArgs),
     /// Fetch and list models.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
@@ -69,11 +71,17 @@ fn run() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let cmd = match cli.cmd {
+        // A validator owns its runtime (commonware's), so it starts outside ours.
+        Cmd::Validator(a) => return cmd::validator::run(a),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.cmd {
+        match cmd {
+            Cmd::Validator(_) => unreachable!("handled above"),
             Cmd::Devnet(a) => cmd::devnet::run(a).await,
             Cmd::Ledger(a) => cmd::ledger::run(a).await,
             Cmd::Model(c) => cmd::model::run(c),

@@ -59,17 +59,82 @@ fn sender_lock(pk: &PublicKey) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
+/// A client of one ledger, or of several validators of one replicated ledger.
+///
+/// `new` takes one URL or a comma-separated list of validator URLs. Requests go to the
+/// validator that answered last; when it cannot be reached (or answers 503 to a query), the
+/// next one is tried, so a client rides out a crashed or cut-off validator. A transaction is
+/// sent again elsewhere only when it could not have reached the first validator (a connection
+/// failure), so failing over never submits it twice. The event stream resumes on another
+/// validator from the same cursor (replicas have identical blocks, so cursors mean the same).
 #[derive(Clone, Debug)]
 pub struct LedgerClient {
-    base: String,
+    urls: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
 }
 
 impl LedgerClient {
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let urls: Vec<String> = url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
         LedgerClient {
-            base: url.into().trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            urls: Arc::new(if urls.is_empty() { vec![url] } else { urls }),
+            current: Default::default(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Every URL this client may use, the current one first.
+    pub fn urls(&self) -> Vec<String> {
+        let n = self.urls.len();
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed) % n;
+        (0..n).map(|i| self.urls[(start + i) % n].clone()).collect()
+    }
+
+    /// The URL requests go to now.
+    pub fn base(&self) -> String {
+        self.urls()[0].clone()
+    }
+
+    /// Sends `build(base)` to the current validator, failing over to the next ones on a
+    /// connection failure, or — when `idempotent` — on any transport error or a 503.
+    async fn request(
+        &self,
+        idempotent: bool,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.urls.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            match build(&self.urls[at]).send().await {
+                Ok(r) if idempotent && r.status().as_u16() == 503 && i + 1 < n => {
+                    last = Some(Ok(r));
+                }
+                Ok(r) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Err(e) if e.is_connect() || (idempotent && (e.is_timeout() || e.is_request())) => {
+                    last = Some(Err(e));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match last {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(ClientError::Decode("no ledger URL".into())),
         }
     }
 
@@ -89,7 +154,11 @@ impl LedgerClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Self::decode(self.http.get(format!("{}{path}", self.base)).send().await?).await
+        Self::decode(
+            self.request(true, |b| self.http.get(format!("{b}{path}")))
+                .await?,
+        )
+        .await
     }
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
@@ -150,10 +219,7 @@ impl LedgerClient {
     /// Submits a signed transaction and waits until its block is durable.
     pub async fn submit(&self, tx: &SignedTx) -> Result<TxResult, ClientError> {
         Self::decode(
-            self.http
-                .post(format!("{}/v1/tx", self.base))
-                .json(tx)
-                .send()
+            self.request(false, |b| self.http.post(format!("{b}/v1/tx")).json(tx))
                 .await?,
         )
         .await
@@ -203,9 +269,9 @@ impl LedgerClient {
         from: Cursor,
     ) -> Result<impl Stream<Item = Result<(Cursor, Event), ClientError>> + use<>, ClientError> {
         let resp = self
-            .http
-            .get(format!("{}/v1/events?from={from}", self.base))
-            .send()
+            .request(true, |b| {
+                self.http.get(format!("{b}/v1/events?from={from}"))
+            })
             .await?;
         if !resp.status().is_success() {
             return Err(Self::decode::<Value>(resp)

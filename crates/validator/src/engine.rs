@@ -66,6 +66,10 @@ pub struct Timing {
     pub timeout_retry: Duration,
     /// How long a proposer waits for the beacon partials of its height before skipping.
     pub beacon_wait: Duration,
+    /// Least time between a block and its parent (by their timestamps): the ledger counts
+    /// deadlines in blocks, so blocks come at a steady pace rather than as fast as consensus
+    /// can go.
+    pub block_interval: Duration,
 }
 
 impl Default for Timing {
@@ -75,6 +79,7 @@ impl Default for Timing {
             certification_timeout: Duration::from_secs(3),
             timeout_retry: Duration::from_secs(2),
             beacon_wait: Duration::from_millis(1500),
+            block_interval: Duration::from_millis(250),
         }
     }
 }
@@ -283,6 +288,7 @@ struct App {
     replica: Replica,
     beacon: Arc<BeaconPool>,
     beacon_wait: Duration,
+    block_interval: Duration,
 }
 
 impl<E: Send + Sync + 'static> Application<E> for App {
@@ -303,6 +309,12 @@ impl<E: Send + Sync + 'static> Application<E> for App {
         // σ_h exists only once a quorum has block h-1 final; until then there is nothing to
         // propose (the view times out and the next leader tries).
         let sig = self.beacon.wait_for(height.get(), self.beacon_wait).await?;
+        // Pace blocks: not before the parent's time plus the interval.
+        let due = parent.timestamp_ms + self.block_interval.as_millis() as u64;
+        let now = now_ms();
+        if due > now {
+            tokio::time::sleep(Duration::from_millis(due - now)).await;
+        }
         let mut txs = self.replica.proposal(MAX_BLOCK_TXS, &HashSet::new());
         // Keep the block under its byte bound.
         let mut bytes = 0usize;
@@ -624,6 +636,7 @@ async fn serve(
         replica: replica.clone(),
         beacon: beacon.clone(),
         beacon_wait: cfg.timing.beacon_wait,
+        block_interval: cfg.timing.block_interval,
     };
     let inline = Inline::new(
         context.child("inline"),

@@ -14,3 +14,4 @@ pub mod policy;
 pub mod receipt;
 pub mod sim;
 pub mod status;
+pub mod validator;
