@@ -54,8 +54,11 @@ pub enum Strategy {
     CheatFraction,
     /// Cheats only on long prompts (input above `long_prompt_tokens`), where cheating saves most.
     Selective,
-    /// Cheats on `cheat_p` of requests and times each claim with all public information,
-    /// delaying it while its prediction of the next beacon would sample a cheated receipt.
+    /// Cheats on `cheat_p` of requests, using all public information: it predicts the
+    /// randomness its claim will be sampled with (and the claim's id), cheats only on the
+    /// receipts that prediction leaves unsampled, and delays its claim while the prediction
+    /// would still sample a cheat. Right against a predictable beacon, blind against the
+    /// threshold one.
     TimingDodger,
     /// Serves honestly but inflates the token count of `cheat_p` of its receipts.
     OverReport,

@@ -6,6 +6,7 @@
 //! (stack, sequence, the request's record), so a sampled one is rebuilt, signed and proven
 //! when it is audited, and only its compact record is kept meanwhile.
 
+use sortition_ledger::beacon::{below, draw};
 use sortition_ledger::policy::PPM;
 use sortition_types::{
     Custody, Hash32, Keypair, MerkleProof, ModelId, NodeClass, NodeId, Receipt, SamplingRecord,
@@ -118,6 +119,9 @@ fn over(output: u16) -> u64 {
 }
 
 /// Serves `count` requests on `stack` for node `node`: records, units and the receipts' root.
+///
+/// `plan`: a timing dodger's prediction of the randomness its claim will be sampled with and
+/// of the claim's id; it cheats only on receipts that prediction leaves unsampled.
 #[allow(clippy::too_many_arguments)]
 pub fn serve(
     cfg: &SimConfig,
@@ -128,6 +132,7 @@ pub fn serve(
     strategy: Strategy,
     stack: StackId,
     count: u64,
+    plan: Option<(Hash32, u64)>,
 ) -> Served {
     let mut rng = Rng::new(cfg.seed ^ 0x5e27_e000_0000_0000, stack.0);
     let p = (cfg.cheat_p * PPM as f64) as u64;
@@ -150,7 +155,10 @@ pub fn serve(
         claimed_at: None,
         delayed: 0,
     };
-    for _ in 0..count {
+    let q = u64::from(cfg.q_ppm());
+    let unsampled =
+        |i: u64| plan.is_none_or(|(rand, claim)| below(draw(&rand, "sample", claim, i), PPM) >= q);
+    for i in 0..count {
         let input = 20 + rng.below(480) as u16;
         let output = 20 + rng.below(280) as u16;
         let long = u32::from(input) > cfg.long_prompt_tokens;
@@ -159,8 +167,15 @@ pub fn serve(
         flags |= match strategy {
             Strategy::Honest | Strategy::LazyCopy | Strategy::LazySkip => 0,
             Strategy::AlwaysCheat | Strategy::Colluder => CHEAT,
-            Strategy::CheatFraction | Strategy::TimingDodger | Strategy::Withhold => {
+            Strategy::CheatFraction | Strategy::Withhold => {
                 if coin {
+                    CHEAT
+                } else {
+                    0
+                }
+            }
+            Strategy::TimingDodger => {
+                if coin && unsampled(i) {
                     CHEAT
                 } else {
                     0
@@ -332,7 +347,17 @@ mod tests {
             classes: vec![ReceiptShape::class(0).fingerprint()],
         };
         for strategy in [Strategy::OverReport, Strategy::Withhold, Strategy::Honest] {
-            let s = serve(&cfg, &shape, 0, 3, NodeId(3), strategy, StackId(9), 37);
+            let s = serve(
+                &cfg,
+                &shape,
+                0,
+                3,
+                NodeId(3),
+                strategy,
+                StackId(9),
+                37,
+                None,
+            );
             let slow: Vec<Hash32> = (0..37)
                 .map(|i| receipt(&shape, &s, 0, i).digest())
                 .collect();

@@ -19,7 +19,7 @@ use sortition_ledger::{
     AuditPolicy, Beacon, Event, Genesis, Ledger, ModelSpec, Offer, Params, SealingKey, SecretShare,
     SecurityPolicy, Tx, TxKind, VerifiedTx, min_collateral,
 };
-use sortition_types::{Amount, Keypair, ModelId, NodeId, StackId, Units, sha256};
+use sortition_types::{Amount, Hash32, Keypair, ModelId, NodeId, StackId, Units, sha256};
 
 use crate::config::{BeaconMode, SimConfig, SimError, Strategy};
 use crate::rng::Rng;
@@ -355,7 +355,12 @@ impl World {
     /// claim will be sampled with (that of `height + 1`) with its model of the beacon, and
     /// waits while that prediction samples one of its cheats.
     fn claims(&mut self, height: u64) -> Vec<Action> {
-        let pending = std::mem::take(&mut self.pending_claims);
+        // Timing dodgers claim last (see `dodger_plans`).
+        let (mut pending, dodgers): (Vec<Served>, Vec<Served>) =
+            std::mem::take(&mut self.pending_claims)
+                .into_iter()
+                .partition(|s| s.strategy != Strategy::TimingDodger);
+        pending.extend(dodgers);
         let mut next_claim = self.ledger.state().next_ids.claim;
         let mut predicted = None;
         let mut out = vec![];
@@ -436,23 +441,25 @@ impl World {
         self.stats.txs += txs.len() as u64;
 
         let t = Instant::now();
+        let bought: Vec<(StackId, usize)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StackBought { stack, node, .. } => Some((*stack, node.0 as usize)),
+                _ => None,
+            })
+            .collect();
+        if !bought.is_empty() {
+            self.serve_all(bought);
+        }
+        Timings::add(&mut self.stats.timings.serve_and_merkle, t.elapsed());
+
+        let t = Instant::now();
         self.react(&events);
         Timings::add(&mut self.stats.timings.agents, t.elapsed());
     }
 
     fn react(&mut self, events: &[Event]) {
         let height = self.ledger.height();
-        let mut bought = vec![];
-        for e in events {
-            if let Event::StackBought { stack, node, .. } = e {
-                bought.push((*stack, node.0 as usize));
-            }
-        }
-        if !bought.is_empty() {
-            let t = Instant::now();
-            self.serve_all(bought);
-            Timings::add(&mut self.stats.timings.serve_and_merkle, t.elapsed());
-        }
         let slashes = self.ledger.state().slashes[self.slash_cursor..].to_vec();
         self.slash_cursor += slashes.len();
         crate::agents::react(self, height, events, &slashes);
@@ -467,6 +474,8 @@ impl World {
             self.stats.requests_served += count;
             jobs.push((stack, node, count));
         }
+        let plans = self.dodger_plans(&jobs);
+        let jobs: Vec<_> = jobs.into_iter().zip(plans).collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = jobs.len().div_ceil(threads).max(1);
         let (cfg, shape, strategy, class) = (&self.cfg, &self.shape, &self.strategy, &self.class);
@@ -476,7 +485,7 @@ impl World {
                 .map(|part| {
                     sc.spawn(move || {
                         part.iter()
-                            .map(|(stack, node, count)| {
+                            .map(|((stack, node, count), plan)| {
                                 serve(
                                     cfg,
                                     shape,
@@ -486,6 +495,7 @@ impl World {
                                     strategy[*node],
                                     *stack,
                                     *count,
+                                    *plan,
                                 )
                             })
                             .collect::<Vec<_>>()
@@ -498,6 +508,46 @@ impl World {
                 .collect()
         });
         self.pending_claims.extend(served);
+    }
+
+    /// Each timing dodger's plan for the stack it serves now: it will claim in the next
+    /// block, after every other claim (so its claim id is the next free one past them), and
+    /// that claim is sampled with the randomness of the block after, which it predicts with
+    /// its model of the beacon.
+    fn dodger_plans(&mut self, jobs: &[(StackId, usize, u64)]) -> Vec<Option<(Hash32, u64)>> {
+        let dodger = |s: Strategy| s == Strategy::TimingDodger;
+        if !jobs.iter().any(|(_, n, _)| dodger(self.strategy[*n])) {
+            return vec![None; jobs.len()];
+        }
+        let sample_height = self.ledger.height() + 2;
+        let rand = self
+            .predictor
+            .sign_alone(&self.predictor_share, sample_height)
+            .map(|sig| sig.randomness())
+            .unwrap_or_default();
+        let others = self
+            .pending_claims
+            .iter()
+            .filter(|s| !dodger(s.strategy))
+            .count()
+            + jobs
+                .iter()
+                .filter(|(_, n, _)| !dodger(self.strategy[*n]))
+                .count();
+        let earlier = self
+            .pending_claims
+            .iter()
+            .filter(|s| dodger(s.strategy))
+            .count();
+        let mut next = self.ledger.state().next_ids.claim + (others + earlier) as u64;
+        jobs.iter()
+            .map(|(_, n, _)| {
+                dodger(self.strategy[*n]).then(|| {
+                    next += 1;
+                    (rand, next - 1)
+                })
+            })
+            .collect()
     }
 
     /// Nonces in order, then signatures and their verification in parallel.
