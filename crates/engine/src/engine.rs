@@ -106,6 +106,9 @@ pub struct GenerateRequest {
     /// Attach each generated token's log-probability and this many alternatives (at most
     /// [`crate::MAX_TOP_LOGPROBS`]) to its event; `None`: no log-probabilities.
     pub logprobs: Option<u8>,
+    /// Constrains the text (structured outputs): only tokens the constraint allows are
+    /// sampled, and the sequence ends only where it is satisfied.
+    pub constraint: Option<crate::Constraint>,
 }
 
 impl GenerateRequest {
@@ -115,6 +118,7 @@ impl GenerateRequest {
             params,
             trace_logits: false,
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -312,6 +316,9 @@ struct Inner {
     tx: Queues,
     stats: Arc<Stats>,
     resume: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Compiles constraints for this tokenizer, built on first use.
+    compiler:
+        std::sync::OnceLock<std::result::Result<Arc<crate::constrain::Compiler>, EngineError>>,
 }
 
 /// Cheap cloneable handle to a loaded model and its scheduler thread. The thread ends when
@@ -410,6 +417,7 @@ impl Engine {
                 tx,
                 stats,
                 resume,
+                compiler: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -471,6 +479,17 @@ impl Engine {
         Ok(ids)
     }
 
+    /// A fresh matcher for `c` (the compiler is built on first use); a constraint the library
+    /// cannot enforce is `InvalidConstraint`.
+    pub fn constraint_matcher(&self, c: &crate::Constraint) -> Result<llguidance::Matcher> {
+        let compiler = self
+            .inner
+            .compiler
+            .get_or_init(|| crate::constrain::Compiler::new(&self.inner.tokenizer).map(Arc::new))
+            .clone()?;
+        compiler.matcher(c)
+    }
+
     /// Validates and queues a generation. Answers `Overloaded` at once when the queue is full.
     pub fn generate(&self, req: GenerateRequest) -> Result<GenerationStream> {
         self.generate_in(req, Lane::User)
@@ -489,6 +508,11 @@ impl Engine {
             )));
         }
         let prompt = self.prompt_tokens(&req.prompt)?;
+        let matcher = req
+            .constraint
+            .as_ref()
+            .map(|c| self.constraint_matcher(c))
+            .transpose()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let progress = Arc::new(Progress::default());
         let prompt_tokens = prompt.len() as u32;
@@ -497,6 +521,7 @@ impl Engine {
             params: req.params,
             trace: req.trace_logits,
             logprobs: req.logprobs,
+            matcher: matcher.map(Box::new),
             tx,
             progress: progress.clone(),
         };

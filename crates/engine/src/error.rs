@@ -19,6 +19,9 @@ pub enum EngineError {
         tokens: usize,
         max: usize,
     },
+    /// A constraint (structured output) the constraint library cannot enforce, with why.
+    #[error("unsupported response_format: {0}")]
+    InvalidConstraint(String),
     /// Sampling parameters or the request shape are invalid.
     #[error("invalid parameters: {0}")]
     InvalidParams(String),

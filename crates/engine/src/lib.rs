@@ -11,6 +11,7 @@
 //! Does not own: HTTP serving, receipts and signing (`node`), audit policy (`audit`), billing.
 
 pub(crate) mod attn;
+pub mod constrain;
 pub mod embed;
 pub mod engine;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod testutil;
 mod text;
 pub mod tokenizer;
 
+pub use constrain::{CONSTRAINT_LIBRARY, Constraint};
 pub use embed::{EmbedInput, Embedder};
 pub use engine::{
     ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, Generation,

@@ -49,6 +49,8 @@ pub enum Job {
         trace: bool,
         /// Alternatives per token when log-probabilities are asked for.
         logprobs: Option<u8>,
+        /// The constraint's matcher (structured outputs), when the text is constrained.
+        matcher: Option<Box<llguidance::Matcher>>,
         tx: mpsc::UnboundedSender<StreamEvent>,
         progress: Arc<Progress>,
     },
@@ -71,6 +73,8 @@ struct Seq {
     trace: bool,
     /// Alternatives per token when log-probabilities are asked for.
     logprobs: Option<u8>,
+    /// The constraint's matcher: masks each row before sampling, takes each token after.
+    matcher: Option<Box<llguidance::Matcher>>,
     tx: mpsc::UnboundedSender<StreamEvent>,
     progress: Arc<Progress>,
 }
@@ -83,13 +87,19 @@ struct Worker {
     active: Vec<Seq>,
 }
 
-/// What one sequence took from its logits row: the token, the row's digest (when traced),
-/// the token's log-probabilities (when asked for).
-type Pick = (
-    u32,
-    Option<sortition_types::Hash32>,
-    Option<crate::TokenLogprobs>,
-);
+/// What one sequence took from its logits row.
+#[derive(Clone, Default)]
+struct Pick {
+    id: u32,
+    /// The row's digest, when traced.
+    logits_digest: Option<sortition_types::Hash32>,
+    /// The token's log-probabilities, when asked for.
+    logprobs: Option<crate::TokenLogprobs>,
+    /// The constraint is complete with this token: the text ends here.
+    complete: bool,
+    /// Why the sequence's constraint failed, if it did.
+    failed: Option<String>,
+}
 
 /// Scheduler limits.
 pub struct Options {
@@ -285,6 +295,7 @@ impl Worker {
                 params,
                 trace,
                 logprobs,
+                matcher,
                 tx,
                 progress,
             } => {
@@ -298,6 +309,7 @@ impl Worker {
                     generated: Vec::new(),
                     trace,
                     logprobs,
+                    matcher,
                     tx,
                     progress,
                 };
@@ -399,39 +411,76 @@ impl Worker {
         };
         // Each sequence samples from its own row with its own state (and reads its
         // log-probabilities from the same row): in parallel.
-        let mut picks: Vec<Pick> = vec![(0, None, None); rows.len()];
+        let mut picks: Vec<Pick> = vec![Pick::default(); rows.len()];
         let stop_ids = self.tok.stop_ids();
         let items: Vec<_> = self
             .active
             .iter_mut()
             .zip(&rows)
             .zip(picks.iter_mut())
-            .map(|((s, row), pick)| (&mut s.sampler, s.trace, s.logprobs, row, pick))
+            .map(|((s, row), pick)| {
+                let matcher = s.matcher.as_deref_mut();
+                (&mut s.sampler, s.trace, s.logprobs, matcher, row, pick)
+            })
             .collect();
         self.model
             .pool()
-            .for_each(items, |(sampler, trace, logprobs, row, pick)| {
+            .for_each(items, |(sampler, trace, logprobs, matcher, row, pick)| {
                 let digest = trace.then(|| {
                     let bytes: Vec<u8> =
                         row.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
                     sha256(&bytes)
                 });
-                let id = sampler.sample(row);
+                // A constrained sequence samples from its row with the disallowed tokens at
+                // -inf, and feeds the token back to its matcher.
+                let drawn = match matcher {
+                    None => Ok((sampler.sample(row), false)),
+                    Some(m) => crate::constrain::masked(m, row).and_then(|masked| {
+                        let id = sampler.sample(&masked);
+                        m.consume_token(id).map_err(|e| e.to_string())?;
+                        Ok((id, m.is_stopped()))
+                    }),
+                };
+                let (id, complete, failed) = match drawn {
+                    Ok((id, complete)) => (id, complete, None),
+                    Err(e) => (0, false, Some(e)),
+                };
+                // Log-probabilities are the model's own (the raw row), constrained or not.
                 let lp = logprobs
-                    .filter(|_| !stop_ids.contains(&id))
+                    .filter(|_| failed.is_none() && !stop_ids.contains(&id))
                     .map(|top| crate::logprobs::token_logprobs(row, id, top));
-                *pick = (id, digest, lp);
+                *pick = Pick {
+                    id,
+                    logits_digest: digest,
+                    logprobs: lp,
+                    complete,
+                    failed,
+                };
             });
         let context = self.model.cfg.context_len;
         let mut keep = Vec::with_capacity(self.active.len());
-        for (mut s, (id, logits_digest, logprobs)) in self.active.drain(..).zip(picks) {
+        for (mut s, pick) in self.active.drain(..).zip(picks) {
+            let Pick {
+                id,
+                logits_digest,
+                logprobs,
+                complete,
+                failed,
+            } = pick;
+            if let Some(why) = failed {
+                self.stats.active.fetch_sub(1, Ordering::Relaxed);
+                s.progress.retired.store(true, Ordering::Release);
+                let e = EngineError::Internal(format!("constrained decoding: {why}"));
+                let _ = s.tx.send(StreamEvent::Error(e));
+                continue;
+            }
             s.generated.push(id);
             s.progress
                 .generated
                 .store(s.generated.len() as u32, Ordering::Release);
             let eos = self.tok.stop_ids().contains(&id);
             let (delta, stopped) = s.text.push(&self.tok, &s.generated, eos);
-            let finish = if eos || stopped {
+            let finish = if eos || stopped || complete {
                 Some(FinishReason::Stop)
             } else if s.generated.len() as u32 >= s.max_tokens || s.cache.len() >= context {
                 Some(FinishReason::Length)
@@ -511,6 +560,7 @@ mod tests {
             params: SamplingParams::greedy(max_tokens),
             trace_logits: true,
             logprobs: None,
+            constraint: None,
         }
     }
 

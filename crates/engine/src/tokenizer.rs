@@ -40,6 +40,9 @@ pub struct ChatTokenizer {
     template: Option<String>,
     /// Token ids that end a generation (eos and `<|im_end|>` when present).
     stop_ids: Vec<u32>,
+    /// Control tokens (GGUF token types 3 and 4), ascending: never text, for constrained
+    /// decoding's token trie.
+    special_ids: Vec<u32>,
     /// Text of the bos/eos tokens, passed to the template.
     bos_text: String,
     eos_text: String,
@@ -138,10 +141,17 @@ impl ChatTokenizer {
         for id in [bos, eos] {
             parts.extend_from_slice(&id.map(i64::from).unwrap_or(-1).to_le_bytes());
         }
+        let special_ids = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == 3 || **t == 4)
+            .map(|(i, _)| i as u32)
+            .collect();
         Ok(ChatTokenizer {
             inner,
             template,
             stop_ids,
+            special_ids,
             bos_text: name(bos),
             eos_text: name(eos),
             vocab_size: tokens.len(),
@@ -210,6 +220,11 @@ impl ChatTokenizer {
             eos_token => &self.eos_text,
         })
         .map_err(|e| EngineError::InvalidParams(format!("chat template: {e}")))
+    }
+
+    /// Ids of the control tokens (`<|im_start|>`, `<|endoftext|>`, …), ascending.
+    pub fn special_ids(&self) -> &[u32] {
+        &self.special_ids
     }
 
     /// Ids that end a generation.

@@ -88,6 +88,7 @@ pub fn req(prompt: &str, params: SamplingParams) -> GenerateRequest {
         params,
         trace_logits: true,
         logprobs: Some(5),
+        constraint: None,
     }
 }
 

@@ -32,6 +32,7 @@ fn chat(q: &str, max_tokens: u32) -> GenerateRequest {
         params: SamplingParams::greedy(max_tokens),
         trace_logits: true,
         logprobs: None,
+        constraint: None,
     }
 }
 
