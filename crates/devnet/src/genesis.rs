@@ -93,6 +93,11 @@ fn model_spec(
 }
 
 /// Reads `genesis.json`, or builds and writes it on the first run.
+/// Where validator `i` of a replicated devnet keeps its key, share, ledger and consensus state.
+pub fn validator_dir(dir: &Path, i: usize) -> std::path::PathBuf {
+    dir.join(format!("validator-{i}"))
+}
+
 pub fn load_or_create(
     dir: &Path,
     admin: &Keypair,
@@ -112,6 +117,16 @@ pub fn load_or_create(
     g.models.push(model_spec(&cfg.chat_model, &store, cfg)?);
     if let Some(e) = &cfg.embed_model {
         g.models.push(model_spec(e, &store, cfg)?);
+    }
+    if cfg.validators > 0 {
+        // Consensus keys and beacon shares for each validator, dealt here (a trusted dealer:
+        // fine for a devnet, see sortition_validator::setup).
+        let dirs: Vec<_> = (0..cfg.validators).map(|i| validator_dir(dir, i)).collect();
+        sortition_validator::setup::deal(&mut g, &dirs).map_err(DevnetError::Setup)?;
+        let text =
+            serde_json::to_string_pretty(&g).map_err(|e| DevnetError::Setup(e.to_string()))?;
+        crate::write_private(&path, &text)?;
+        return Ok(g);
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| DevnetError::Setup(e.to_string()))?;

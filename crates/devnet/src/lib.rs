@@ -56,6 +56,12 @@ pub struct DevnetConfig {
     pub attester: Option<sortition_confidential::AttesterKind>,
     /// Blocks per epoch (confidential keys rotate at every turn); `None`: the default.
     pub epoch_length_blocks: Option<u64>,
+    /// 0: the embedded single sequencer in this process. N ≥ 1: N validators under BFT
+    /// consensus, each its own OS process (`sortition validator`), started from
+    /// `validator_exe`. Fixed at the first run (the genesis names the validators).
+    pub validators: usize,
+    /// The `sortition` binary (for `validators` > 0).
+    pub validator_exe: Option<PathBuf>,
 }
 
 impl DevnetConfig {
@@ -78,6 +84,8 @@ impl DevnetConfig {
             },
             attester: None,
             epoch_length_blocks: None,
+            validators: 0,
+            validator_exe: None,
         }
     }
 }
@@ -114,7 +122,12 @@ pub enum DevnetError {
 pub struct DevnetInfo {
     pub gateway_url: String,
     pub api_key: String,
+    /// The ledger's URL; with validators, all of theirs, comma-separated (what
+    /// `LedgerClient::new`, `--ledger` and the nodes' settings take).
     pub ledger_url: String,
+    /// The validators, when the ledger is replicated (`--validators N`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validators: Vec<ValidatorEntry>,
     pub nodes: Vec<NodeEntry>,
     pub models: Vec<String>,
 }
@@ -128,10 +141,24 @@ pub struct NodeEntry {
     pub adversary: Option<String>,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ValidatorEntry {
+    /// Its consensus key (hex), as in the genesis.
+    pub id: String,
+    pub url: String,
+    pub pid: u32,
+}
+
+/// The devnet's ledger: the embedded sequencer, or validator processes.
+pub enum RunningLedger {
+    Embedded(Background),
+    Validators(Vec<std::process::Child>),
+}
+
 /// A running devnet.
 pub struct Devnet {
     pub info: DevnetInfo,
-    pub ledger: Background,
+    pub ledger: RunningLedger,
     pub nodes: Vec<RunningNode>,
     pub gateway: Arc<GatewayState>,
     stop: watch::Sender<bool>,
@@ -204,16 +231,36 @@ impl Devnet {
         sortition_api::private_fs::private_tree(&dir.join("keys"))?;
         let admin = key_file(&dir, "admin")?;
         let genesis = genesis::load_or_create(&dir, &admin, &cfg)?;
-        let mut lcfg = LedgerServiceConfig::new(dir.join("ledger"), genesis);
-        // Blocks are the ledger's clock: keep it ticking on an idle devnet.
-        // Blocks are sealed at a steady pace (a block collects transactions for 250 ms), so a
-        // deadline of N blocks is N/4 seconds whatever the load.
-        lcfg.idle_block_interval = Some(std::time::Duration::from_millis(250));
-        lcfg.block_interval = std::time::Duration::from_millis(250);
-        let ledger = sortition_ledger_service::run_in_background(lcfg)
-            .await
-            .map_err(|e| DevnetError::Ledger(e.to_string()))?;
-        let client = ledger.client();
+        if cfg.validators != 0 && cfg.validators != genesis.validators.len() {
+            return Err(DevnetError::Setup(format!(
+                "the chain in {} was created with {} validators, not {}: use another --data-dir",
+                dir.display(),
+                genesis.validators.len(),
+                cfg.validators
+            )));
+        }
+        let (ledger, ledger_url, validators) = if genesis.validators.is_empty() {
+            let mut lcfg = LedgerServiceConfig::new(dir.join("ledger"), genesis);
+            // Blocks are the ledger's clock: keep it ticking on an idle devnet.
+            // Blocks are sealed at a steady pace (a block collects transactions for 250 ms), so
+            // a deadline of N blocks is N/4 seconds whatever the load.
+            lcfg.idle_block_interval = Some(std::time::Duration::from_millis(250));
+            lcfg.block_interval = std::time::Duration::from_millis(250);
+            let ledger = sortition_ledger_service::run_in_background(lcfg)
+                .await
+                .map_err(|e| DevnetError::Ledger(e.to_string()))?;
+            let url = ledger.url.clone();
+            (RunningLedger::Embedded(ledger), url, Vec::new())
+        } else {
+            let (children, entries) = start_validators(&dir, &genesis, &cfg).await?;
+            let url = entries
+                .iter()
+                .map(|v| v.url.clone())
+                .collect::<Vec<_>>()
+                .join(",");
+            (RunningLedger::Validators(children), url, entries)
+        };
+        let client = LedgerClient::new(&ledger_url);
         let float = Amount::from_units(1_000_000).unwrap_or(Amount(u64::MAX / 4));
 
         let mut nodes = Vec::new();
@@ -223,7 +270,7 @@ impl Devnet {
             fund(&client, &admin, &key, float).await?;
             let adversary = if i == cfg.nodes { cfg.adversary } else { None };
             let nc = NodeConfig {
-                ledger_url: ledger.url.clone(),
+                ledger_url: ledger_url.clone(),
                 data_dir: dir.join(format!("node-{i}")),
                 chat_models: vec![cfg.chat_model.clone()],
                 embed_models: cfg.embed_model.clone().into_iter().collect(),
@@ -297,7 +344,8 @@ impl Devnet {
         let info = DevnetInfo {
             gateway_url,
             api_key,
-            ledger_url: ledger.url.clone(),
+            ledger_url: ledger_url.clone(),
+            validators,
             nodes: nodes
                 .iter()
                 .enumerate()
@@ -344,10 +392,111 @@ impl Devnet {
         for n in self.nodes {
             n.shutdown().await;
         }
-        if let Err(e) = self.ledger.shutdown().await {
-            tracing::warn!(error = %e, "ledger shutdown");
+        match self.ledger {
+            RunningLedger::Embedded(l) => {
+                if let Err(e) = l.shutdown().await {
+                    tracing::warn!(error = %e, "ledger shutdown");
+                }
+            }
+            RunningLedger::Validators(children) => {
+                for mut c in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
         }
     }
+}
+
+fn free_port() -> Result<SocketAddr, DevnetError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Starts the genesis' validators as `sortition validator` processes (their keys and shares
+/// are in `DIR/validator-I`, dealt with the genesis), and waits until each serves its API.
+async fn start_validators(
+    dir: &Path,
+    genesis: &sortition_ledger::Genesis,
+    cfg: &DevnetConfig,
+) -> Result<(Vec<std::process::Child>, Vec<ValidatorEntry>), DevnetError> {
+    let exe = cfg
+        .validator_exe
+        .clone()
+        .ok_or_else(|| DevnetError::Setup("validators need the sortition binary".into()))?;
+    let n = genesis.validators.len();
+    let dirs: Vec<PathBuf> = (0..n).map(|i| genesis::validator_dir(dir, i)).collect();
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            sortition_validator::keys::load(d)
+                .map(|k| sortition_validator::keys::public_hex(&k))
+                .map_err(DevnetError::Setup)
+        })
+        .collect::<Result<_, _>>()?;
+    let apis: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let p2ps: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let peers = ids
+        .iter()
+        .zip(&p2ps)
+        .map(|(k, a)| format!("{k}@{a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let genesis_path = dir.join("genesis.json");
+    let mut children = Vec::new();
+    let mut entries = Vec::new();
+    for i in 0..n {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dirs[i].join("validator.log"))?;
+        let child = std::process::Command::new(&exe)
+            .arg("validator")
+            .arg("--data-dir")
+            .arg(&dirs[i])
+            .arg("--genesis")
+            .arg(&genesis_path)
+            .args([
+                "--listen",
+                &apis[i].to_string(),
+                "--p2p",
+                &p2ps[i].to_string(),
+            ])
+            .args(["--peers", &peers])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        entries.push(ValidatorEntry {
+            id: ids[i].clone(),
+            url: format!("http://{}", apis[i]),
+            pid: child.id(),
+        });
+        children.push(child);
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let c = LedgerClient::new(&e.url);
+        let mut up = false;
+        for _ in 0..300 {
+            if c.status().await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if !up {
+            for mut c in children {
+                let _ = c.kill();
+            }
+            return Err(DevnetError::Ledger(format!(
+                "validator {i} did not start within 30 s; see {}",
+                dirs[i].join("validator.log").display()
+            )));
+        }
+    }
+    Ok((children, entries))
 }
 
 /// The devnet's user (created once, its id kept in the data dir), topped up, with a fresh key.

@@ -38,6 +38,10 @@ pub struct StatusResponse {
     /// The current epoch's nonce, which TEE evidence of this epoch's keys binds.
     #[serde(default)]
     pub epoch_nonce: Hash32,
+    /// The validator set (consensus keys, hex, in participant order); empty for the embedded
+    /// single sequencer.
+    #[serde(default)]
+    pub validators: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +121,7 @@ async fn status(State(h): State<Handle>) -> Json<StatusResponse> {
         timestamp: l.state().timestamp_ms,
         epoch: l.state().epoch,
         epoch_nonce: l.state().epoch_nonce,
+        validators: h.shared().genesis.validators.clone(),
     }))
 }
 
@@ -135,6 +140,12 @@ pub struct BlockResponse {
     pub randomness: Hash32,
     pub beacon: sortition_ledger::BeaconSig,
     pub tx_count: usize,
+    /// Under consensus: the block's finality certificate (hex of commonware simplex's
+    /// `Finalization` encoding: the proposal and the validators' ed25519 signatures), when this
+    /// replica holds one (a block finalized through a descendant's certificate has none of its
+    /// own). `None` for the embedded sequencer.
+    #[serde(default)]
+    pub certificate: Option<String>,
 }
 
 async fn block(State(h): State<Handle>, Path(height): Path<String>) -> ApiResult<BlockResponse> {
@@ -153,6 +164,7 @@ async fn block(State(h): State<Handle>, Path(height): Path<String>) -> ApiResult
         randomness: b.ctx.randomness,
         beacon: b.ctx.beacon,
         tx_count: b.txs.len(),
+        certificate: h.shared().store.certificate(height)?.map(hex::encode),
     }))
 }
 

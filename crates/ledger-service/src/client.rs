@@ -16,7 +16,17 @@ use sortition_types::{
     AuditId, ClaimId, DisputeId, Hash32, Keypair, ModelId, NodeId, PublicKey, StackId,
 };
 
-pub use crate::api::{StatusResponse, TxLocation, TxResponse as TxResult};
+pub use crate::api::{BlockResponse, StatusResponse, TxLocation, TxResponse as TxResult};
+
+/// What one validator says, in [`LedgerClient::replicas`].
+#[derive(Debug, Clone)]
+pub struct ReplicaView {
+    pub url: String,
+    /// Its status, or why it did not answer.
+    pub status: Result<StatusResponse, String>,
+    /// Its state root at the highest height every answering replica has reached.
+    pub root_at_common: Option<Hash32>,
+}
 pub use crate::sse::Cursor;
 
 /// How long a transaction signed by [`LedgerClient::send`] stays valid.
@@ -256,6 +266,42 @@ impl LedgerClient {
             }
         }
         Err(last.unwrap_or(ClientError::Decode("no attempt made".into())))
+    }
+
+    /// One block's header, state root, beacon and (under consensus) certificate.
+    pub async fn block(&self, height: u64) -> Result<BlockResponse, ClientError> {
+        self.get(&format!("/v1/blocks/{height}")).await
+    }
+
+    /// Asks every validator this client knows for its status and for its state root at the
+    /// highest height all answering ones have, so that anyone can see whether they agree
+    /// (no single validator is trusted for a fact another can contradict). Returns the common
+    /// height too.
+    pub async fn replicas(&self) -> (u64, Vec<ReplicaView>) {
+        let mut views = Vec::new();
+        for url in self.urls.iter() {
+            let one = LedgerClient::new(url.clone());
+            views.push(ReplicaView {
+                url: url.clone(),
+                status: one.status().await.map_err(|e| e.to_string()),
+                root_at_common: None,
+            });
+        }
+        let common = views
+            .iter()
+            .filter_map(|v| v.status.as_ref().ok().map(|s| s.height))
+            .min()
+            .unwrap_or(0);
+        for v in &mut views {
+            if v.status.is_ok() && common > 0 {
+                v.root_at_common = LedgerClient::new(v.url.clone())
+                    .block(common)
+                    .await
+                    .ok()
+                    .map(|b| b.state_root);
+            }
+        }
+        (common, views)
     }
 
     /// Fetches one dispute.

@@ -41,6 +41,11 @@ pub struct DevnetArgs {
     /// then needs `--allow-insecure-dev`.
     #[arg(long)]
     attester: Option<String>,
+    /// Replicate the ledger over N validators under BFT consensus, each its own process
+    /// (`sortition validator`); 0 runs the embedded sequencer in this process. Fixed at the
+    /// first run.
+    #[arg(long, default_value_t = 0)]
+    validators: usize,
 }
 
 pub async fn run(a: DevnetArgs) -> Result<()> {
@@ -55,6 +60,8 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
         _ => sortition_ledger::AuditMethod::Reexecute,
     };
     cfg.adversary = a.adversary;
+    cfg.validators = a.validators;
+    cfg.validator_exe = Some(std::env::current_exe()?);
     cfg.gateway_listen = a.gateway_listen;
     cfg.chat_model = a.model;
     cfg.embed_model = (a.embed_model != "none").then_some(a.embed_model);
@@ -74,7 +81,18 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     let i = &net.info;
     println!("Sortition devnet is up.");
     println!("  gateway  {}", i.gateway_url);
-    println!("  ledger   {}", i.ledger_url);
+    if i.validators.is_empty() {
+        println!("  ledger   {}", i.ledger_url);
+    } else {
+        for (k, v) in i.validators.iter().enumerate() {
+            println!(
+                "  validator {k}  {}  (pid {}, key {}…)",
+                v.url,
+                v.pid,
+                &v.id[..12.min(v.id.len())]
+            );
+        }
+    }
     for n in &i.nodes {
         println!(
             "  {}  {}  class {}{}",

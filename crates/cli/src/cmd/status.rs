@@ -9,7 +9,7 @@ use sortition_types::Amount;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Ledger URL.
+    /// Ledger URL, or every validator's, comma-separated (then their agreement is checked).
     #[arg(long, default_value = "http://127.0.0.1:7400")]
     ledger: String,
     /// Print JSON instead of tables.
@@ -31,10 +31,12 @@ async fn get<T: DeserializeOwned>(base: &str, path: &str) -> Result<T> {
 pub async fn run(a: StatusArgs) -> Result<()> {
     let client = LedgerClient::new(&a.ledger);
     let status = client.status().await.context("ledger status")?;
+    let (common, replicas) = client.replicas().await;
+    let base = client.base();
     let nodes = client.nodes().await?;
     let models = client.models().await?;
-    let stacks: Vec<Stack> = get(&a.ledger, "/v1/stacks").await?;
-    let audits: Vec<Audit> = get(&a.ledger, "/v1/audits").await?;
+    let stacks: Vec<Stack> = get(&base, "/v1/stacks").await?;
+    let audits: Vec<Audit> = get(&base, "/v1/audits").await?;
     let disputes = client.disputes().await?;
     let slashes = client.slashes().await?;
     let mut claims: Vec<Claim> = Vec::new();
@@ -43,8 +45,23 @@ pub async fn run(a: StatusArgs) -> Result<()> {
             claims.push(client.claim(claim).await?);
         }
     }
+    let roots: std::collections::BTreeSet<_> =
+        replicas.iter().filter_map(|r| r.root_at_common).collect();
+    let agree = roots.len() <= 1;
     if a.json {
+        let reps: Vec<_> = replicas
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "url": r.url,
+                    "height": r.status.as_ref().ok().map(|s| s.height),
+                    "error": r.status.as_ref().err(),
+                    "root_at_common_height": r.root_at_common,
+                })
+            })
+            .collect();
         let v = serde_json::json!({
+            "replicas": {"common_height": common, "agree": agree, "validators": reps},
             "status": status, "nodes": nodes, "models": models, "stacks": stacks, "claims": claims,
             "audits": audits, "disputes": disputes, "slashes": slashes,
         });
@@ -55,6 +72,27 @@ pub async fn run(a: StatusArgs) -> Result<()> {
         "chain {}  height {}  state root {}",
         status.chain_id, status.height, status.state_root
     );
+    if !status.validators.is_empty() || replicas.len() > 1 {
+        println!(
+            "\nVALIDATORS  {} in the genesis; {} asked; at common height {common} they {}",
+            status.validators.len(),
+            replicas.len(),
+            if agree { "agree" } else { "DISAGREE" }
+        );
+        for r in &replicas {
+            match &r.status {
+                Ok(s) => println!(
+                    "  {:<28} height {:>7}  root@{common} {}",
+                    r.url,
+                    s.height,
+                    r.root_at_common
+                        .map(|h| h.to_hex())
+                        .unwrap_or_else(|| "-".into())
+                ),
+                Err(e) => println!("  {:<28} unreachable: {e}", r.url),
+            }
+        }
+    }
     println!("\nMODELS");
     println!(
         "  {:<26} {:<22} {:>14}  policy",
