@@ -53,6 +53,9 @@ pub struct SimArgs {
     pub receipts_per_claim: u64,
     #[arg(long, value_enum, default_value_t = BeaconMode::Threshold)]
     pub beacon: BeaconMode,
+    /// Blocks per epoch (every node rotates its confidential key at each turn).
+    #[arg(long, default_value_t = 40)]
+    pub epoch_blocks: u64,
     /// Print the machine-readable summary.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +94,7 @@ impl SimArgs {
             cheat_p: self.cheat_p,
             receipts_per_claim: self.receipts_per_claim,
             beacon: self.beacon,
+            epoch_blocks: self.epoch_blocks,
             ..SimConfig::default()
         };
         cfg.validate()?;
