@@ -36,6 +36,10 @@ pub enum Mode {
     /// Gives the user an honest receipt but keeps, and claims, another one for the same
     /// position with twice the output tokens: paid double unless someone compares the two.
     Equivocate,
+    /// Truncates its answers like `Truncate`, and times its claims with everything public
+    /// (see `crate::dodge`) so that, if it could predict the audit sample, none of its bad
+    /// receipts would ever be drawn.
+    Dodge,
 }
 
 /// Blocks the `smaller-model` adversary keeps.
@@ -54,8 +58,9 @@ impl std::str::FromStr for Mode {
             "smaller-model" => Ok(Mode::SmallerModel),
             "withhold-custody" => Ok(Mode::WithholdCustody),
             "equivocate" => Ok(Mode::Equivocate),
+            "dodge" => Ok(Mode::Dodge),
             other => Err(format!(
-                "unknown adversary mode '{other}'; expected truncate, random, over-report, over-report-blatant, skip-audits, copy, smaller-model, withhold-custody or equivocate"
+                "unknown adversary mode '{other}'; expected truncate, random, over-report, over-report-blatant, skip-audits, copy, smaller-model, withhold-custody, equivocate or dodge"
             )),
         }
     }
@@ -69,7 +74,7 @@ pub fn rewrite_prompt(_mode: Option<Mode>, prompt: Prompt) -> Prompt {
 /// The text the adversary returns.
 pub fn rewrite_text(mode: Option<Mode>, text: String) -> String {
     match mode {
-        Some(Mode::Truncate | Mode::WithholdCustody) => {
+        Some(Mode::Truncate | Mode::WithholdCustody | Mode::Dodge) => {
             text.chars().take(text.chars().count() / 2).collect()
         }
         Some(Mode::Random) => text.chars().rev().collect(),

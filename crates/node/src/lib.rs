@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 pub mod claims;
 pub mod confidential;
+pub mod dodge;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod fault_tests;

@@ -411,6 +411,16 @@ pub async fn claim_due(
         if !all && !policy.due(&receipts, info.units, info.expires_at_ms, unix_now_ms()) {
             continue;
         }
+        if !all
+            && state.adversary == Some(crate::adversary::Mode::Dodge)
+            && unix_now_ms() + policy.before_expiry_ms / 2 < info.expires_at_ms
+            && crate::dodge::predicts_audit(client, &info.model, receipts.len() as u64)
+                .await
+                .unwrap_or(false)
+        {
+            tracing::info!(%stack, "dodge: the predicted sample holds a receipt; postponing the claim");
+            continue;
+        }
         // Close the stack to new requests, wait for those in flight, then claim. The book's
         // close is what makes this safe: a request that looked the stack up just before
         // could otherwise reserve after the wait and add a receipt to a claimed stack.

@@ -24,7 +24,7 @@ pub struct DevnetArgs {
     #[arg(long, default_value = "reexecute", value_parser = ["reexecute", "score"])]
     audit_method: String,
     /// Add one cheating node: truncate, random, over-report, over-report-blatant, skip-audits, copy,
-    /// smaller-model, withhold-custody or equivocate.
+    /// smaller-model, withhold-custody, equivocate or dodge (times its claims to dodge audits).
     #[arg(long)]
     adversary: Option<sortition_node::adversary::Mode>,
     /// Gateway address.
