@@ -1,8 +1,9 @@
 //! What an answer delivers, as its receipt must commit to it.
 //!
 //! A receipt's `response_hash` commits to the text and finish reason of a chat or text
-//! completion (`text_response_hash`; with the tokens' log-probabilities, when the answer
-//! delivers them, `logprobs_response_hash`), or to the exact f32 bits of an embeddings answer
+//! completion (`text_response_hash`; `answer_response_hash` when the request constrained
+//! the text — the constraint's digest, read from the request — or the answer delivers the
+//! tokens' log-probabilities), or to the exact f32 bits of an embeddings answer
 //! (`embedding_response_hash`). Whoever vouches for an answer (the gateway) or checks one (a
 //! client) hashes what it actually received here and compares: a receipt signed for one text
 //! and delivered with another is caught, whatever the signature says.
@@ -12,9 +13,7 @@
 //! receipt does not commit to), and for embeddings the vectors in index order `0..n`.
 
 use serde_json::Value;
-use sortition_types::{
-    Hash32, TokenLogprobCommit, embedding_response_hash, logprobs_response_hash, text_response_hash,
-};
+use sortition_types::{Hash32, TokenLogprobCommit, answer_response_hash, embedding_response_hash};
 
 use crate::{EmbeddingResponse, EmbeddingVector};
 
@@ -44,11 +43,22 @@ pub struct DeliveredText {
     /// The tokens' log-probabilities when the answer delivers any (`logprobs` not null on
     /// some choice), concatenated over the chunks of a stream.
     pub logprobs: Option<Vec<TokenLogprobCommit>>,
+    /// The digest of the constraint the request put on the text (structured outputs), read
+    /// from the request by whoever checks the delivery ([`DeliveredText::for_request`]).
+    pub constraint: Option<Hash32>,
     /// The first part of the delivery a receipt does not commit to, if any.
     pub uncovered: Option<DeliveredError>,
 }
 
 impl DeliveredText {
+    /// An empty delivery for the request `body` (its constraint noted).
+    pub fn for_request(body: &[u8]) -> Self {
+        DeliveredText {
+            constraint: crate::constraint::digest_of_body(body),
+            ..Default::default()
+        }
+    }
+
     /// Adds one chat or text completion object, or one streamed chunk. A chunk without
     /// choices (the usage chunk) adds nothing.
     pub fn absorb(&mut self, v: &Value) {
@@ -95,22 +105,20 @@ impl DeliveredText {
             .as_deref()
             .filter(|f| !f.is_empty())
             .ok_or(DeliveredError::Unfinished)?;
-        Ok(answer_hash(&self.text, finish, self.logprobs.as_deref()))
+        Ok(answer_response_hash(
+            &self.text,
+            finish,
+            self.constraint,
+            self.logprobs.as_deref(),
+        ))
     }
 }
 
-/// The `response_hash` of a text answer: its text and finish reason, and its tokens'
-/// log-probabilities when it delivers them.
-pub fn answer_hash(text: &str, finish: &str, logprobs: Option<&[TokenLogprobCommit]>) -> Hash32 {
-    match logprobs {
-        Some(lp) => logprobs_response_hash(text, finish, lp),
-        None => text_response_hash(text, finish),
-    }
-}
-
-/// The `response_hash` that a receipt for this whole (unstreamed) answer must carry: chat and
-/// text completions by their one choice's text and finish reason, embeddings by their vectors.
-pub fn response_hash(answer: &Value) -> Result<Hash32, DeliveredError> {
+/// The `response_hash` that a receipt for this whole (unstreamed) answer to the request
+/// `body` must carry: chat and text completions by their one choice's text and finish reason
+/// (and the request's constraint, and the delivered log-probabilities), embeddings by their
+/// vectors.
+pub fn response_hash(answer: &Value, body: &[u8]) -> Result<Hash32, DeliveredError> {
     match answer.get("object").and_then(Value::as_str) {
         Some("chat.completion" | "text_completion") => {
             let n = answer
@@ -120,7 +128,7 @@ pub fn response_hash(answer: &Value) -> Result<Hash32, DeliveredError> {
             if n != 1 {
                 return Err(DeliveredError::Choices(n));
             }
-            let mut d = DeliveredText::default();
+            let mut d = DeliveredText::for_request(body);
             d.absorb(answer);
             d.response_hash()
         }
@@ -175,19 +183,20 @@ fn decode_vector(v: &EmbeddingVector) -> Result<Vec<f32>, DeliveredError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use sortition_types::text_response_hash;
 
     #[test]
     fn chat_and_text_answers_hash_their_one_choice() {
         let chat = json!({"object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "stop"}]});
         assert_eq!(
-            response_hash(&chat).unwrap(),
+            response_hash(&chat, b"{}").unwrap(),
             text_response_hash("Paris.", "stop")
         );
         let text = json!({"object": "text_completion", "choices": [
             {"index": 0, "text": "Paris.", "finish_reason": "length"}]});
         assert_eq!(
-            response_hash(&text).unwrap(),
+            response_hash(&text, b"{}").unwrap(),
             text_response_hash("Paris.", "length")
         );
     }
@@ -197,15 +206,21 @@ mod tests {
         let two = json!({"object": "chat.completion", "choices": [
             {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
             {"index": 1, "message": {"content": "b"}, "finish_reason": "stop"}]});
-        assert_eq!(response_hash(&two), Err(DeliveredError::Choices(2)));
+        assert_eq!(response_hash(&two, b"{}"), Err(DeliveredError::Choices(2)));
         let other = json!({"object": "chat.completion", "choices": [
             {"index": 1, "message": {"content": "a"}, "finish_reason": "stop"}]});
-        assert_eq!(response_hash(&other), Err(DeliveredError::ChoiceIndex(1)));
+        assert_eq!(
+            response_hash(&other, b"{}"),
+            Err(DeliveredError::ChoiceIndex(1))
+        );
         let unfinished = json!({"object": "text_completion", "choices": [
             {"index": 0, "text": "a", "finish_reason": null}]});
-        assert_eq!(response_hash(&unfinished), Err(DeliveredError::Unfinished));
         assert_eq!(
-            response_hash(&json!({"object": "x"})),
+            response_hash(&unfinished, b"{}"),
+            Err(DeliveredError::Unfinished)
+        );
+        assert_eq!(
+            response_hash(&json!({"object": "x"}), b"{}"),
             Err(DeliveredError::UnknownObject)
         );
         // In a stream, one stray chunk for another choice taints the whole delivery.
@@ -243,7 +258,7 @@ mod tests {
         let whole = json!({"object": "chat.completion", "choices": [{"index": 0,
             "message": {"content": "Paris."}, "finish_reason": "stop",
             "logprobs": {"content": [entry("Paris", -0.25), entry(".", -1.5)]}}]});
-        let h = response_hash(&whole).unwrap();
+        let h = response_hash(&whole, b"{}").unwrap();
         assert_ne!(h, text_response_hash("Paris.", "stop"));
         let mut d = DeliveredText::default();
         d.absorb(
@@ -256,22 +271,42 @@ mod tests {
         assert_eq!(d.response_hash().unwrap(), h);
         let mut forged = whole.clone();
         forged["choices"][0]["logprobs"]["content"][1]["logprob"] = json!(-1.25);
-        assert_ne!(response_hash(&forged).unwrap(), h);
+        assert_ne!(response_hash(&forged, b"{}").unwrap(), h);
         // Text completions: the four lists.
         let text = json!({"object": "text_completion", "choices": [{"index": 0, "text": "ab",
             "finish_reason": "length", "logprobs": {"tokens": ["a", "b"],
             "token_logprobs": [-0.5, -0.75], "top_logprobs": [{"a": -0.5}, {"b": -0.75}],
             "text_offset": [0, 1]}}]});
         assert_ne!(
-            response_hash(&text).unwrap(),
+            response_hash(&text, b"{}").unwrap(),
             text_response_hash("ab", "length")
         );
         let mut bad = text.clone();
         bad["choices"][0]["logprobs"]["text_offset"] = json!([0]);
         assert!(matches!(
-            response_hash(&bad),
+            response_hash(&bad, b"{}"),
             Err(DeliveredError::Logprobs(_))
         ));
+    }
+
+    /// A constrained request's answer commits to its constraint: the same text hashes
+    /// otherwise without it, or under another schema.
+    #[test]
+    fn the_request_constraint_is_part_of_the_hash() {
+        let answer = json!({"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"content": "{}"}, "finish_reason": "stop"}]});
+        let obj = json!({"response_format": {"type": "json_object"}}).to_string();
+        let schema = json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object", "required": []}}}})
+        .to_string();
+        let plain = response_hash(&answer, b"{}").unwrap();
+        let a = response_hash(&answer, obj.as_bytes()).unwrap();
+        let b = response_hash(&answer, schema.as_bytes()).unwrap();
+        assert_eq!(plain, text_response_hash("{}", "stop"));
+        assert!(a != plain && b != plain && a != b);
+        let mut d = DeliveredText::for_request(obj.as_bytes());
+        d.absorb(&json!({"choices": [{"index": 0, "delta": {"content": "{}"}, "finish_reason": "stop"}]}));
+        assert_eq!(d.response_hash().unwrap(), a);
     }
 
     /// The f32 bits survive the JSON float text (parsed through f64) and base64, for values
@@ -317,7 +352,7 @@ mod tests {
             };
             let text = serde_json::to_string(&r).unwrap();
             let back: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(response_hash(&back).unwrap(), want, "{format:?}");
+            assert_eq!(response_hash(&back, b"{}").unwrap(), want, "{format:?}");
         }
     }
 
@@ -327,7 +362,7 @@ mod tests {
             "data": [{"object": "embedding", "index": 1, "embedding": [1.0]},
                      {"object": "embedding", "index": 0, "embedding": [2.0]}]});
         assert!(matches!(
-            response_hash(&a),
+            response_hash(&a, b"{}"),
             Err(DeliveredError::Embeddings(_))
         ));
     }

@@ -25,6 +25,8 @@ enum Shape {
     BoolOrU32,
     /// The `input` of embeddings.
     EmbeddingInput,
+    /// `response_format`.
+    ResponseFormat,
     StreamOptions,
     Messages,
 }
@@ -46,6 +48,10 @@ impl Shape {
                 "a string, a list of strings, a list of token ids or a list of lists of token ids"
             }
             Shape::StreamOptions => "an object such as {\"include_usage\": true}",
+            Shape::ResponseFormat => {
+                "{\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \
+                 \"json_schema\": {\"name\": \"…\", \"schema\": {…}, \"strict\": true}}"
+            }
             Shape::Messages => "a list of message objects",
         }
     }
@@ -70,6 +76,15 @@ impl Shape {
                 .as_object()
                 .is_some_and(|o| o.get("include_usage").is_none_or(Value::is_boolean)),
             Shape::Messages => v.is_array(),
+            Shape::ResponseFormat => match v.get("type").and_then(Value::as_str) {
+                Some("text" | "json_object") => true,
+                Some("json_schema") => v.get("json_schema").is_some_and(|j| {
+                    j.get("name").is_some_and(Value::is_string)
+                        && j.get("strict")
+                            .is_none_or(|s| s.is_boolean() || s.is_null())
+                }),
+                _ => false,
+            },
         }
     }
 }
@@ -98,6 +113,7 @@ const FIELDS: &[(&str, Shape)] = &[
     ("logprobs", Shape::BoolOrU32),
     ("top_logprobs", Shape::U32),
     ("echo", Shape::Bool),
+    ("response_format", Shape::ResponseFormat),
 ];
 
 fn bad(param: impl Into<String>, what: &str) -> ApiError {

@@ -117,6 +117,10 @@ pub struct SamplingFields {
     /// Text completions only: the answer's text starts with the prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
+    /// Chat only: `text`, `json_object` or `json_schema`, enforced by constrained decoding
+    /// (read by [`SamplingFields::constraint_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<crate::constraint::ResponseFormat>,
     /// Every other field of the request, kept so that none is silently ignored: see
     /// [`SamplingFields::check_supported`].
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -156,10 +160,6 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("parallel_tool_calls", "tool calling is not supported yet"),
     ("functions", "function calling is not supported yet"),
     ("function_call", "function calling is not supported yet"),
-    (
-        "response_format",
-        "only response_format {\"type\": \"text\"} is supported yet",
-    ),
     ("logit_bias", "logit_bias is not supported"),
     ("suffix", "suffix is not supported"),
     ("best_of", "best_of is not supported; use n=1"),
@@ -182,7 +182,6 @@ fn neutral(name: &str, value: &serde_json::Value) -> bool {
         ("tools" | "functions", Value::Array(a)) => a.is_empty(),
         ("tool_choice" | "function_call", Value::String(s)) => s == "none",
         ("parallel_tool_calls", Value::Bool(_)) => true,
-        ("response_format", v) => v.get("type").and_then(Value::as_str) == Some("text"),
         ("logit_bias", Value::Object(o)) => o.is_empty(),
         ("best_of", v) => v.as_u64() == Some(1),
         ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
@@ -294,6 +293,24 @@ impl SamplingFields {
                     ),
                 }
             }
+        }
+    }
+
+    /// The constraint the answer must satisfy (`response_format` other than `text`), chat
+    /// only: on `/v1/completions` the field is refused naming it.
+    pub fn constraint_for(
+        &self,
+        endpoint: Endpoint,
+    ) -> Result<Option<crate::constraint::ConstraintSpec>, ApiError> {
+        use crate::constraint::{ConstraintSpec, ResponseFormat};
+        match (&self.response_format, endpoint) {
+            (None | Some(ResponseFormat::Text), _) => Ok(None),
+            (Some(f), Endpoint::Chat) => ConstraintSpec::of(f),
+            (Some(_), Endpoint::Completions) => Err(ApiError::invalid(
+                "unknown_parameter",
+                "'response_format' belongs to chat completions; /v1/completions has none",
+            )
+            .with_param("response_format")),
         }
     }
 
@@ -696,10 +713,6 @@ mod tests {
                 serde_json::json!([{"type": "function", "function": {"name": "f"}}]),
             ),
             ("tool_choice", serde_json::json!("required")),
-            (
-                "response_format",
-                serde_json::json!({"type": "json_object"}),
-            ),
             ("logit_bias", serde_json::json!({"50256": -100})),
         ] {
             let (param, code, msg) = refused(serde_json::json!({ field: value }));

@@ -132,6 +132,11 @@ fn schemas() -> Value {
         "ChatCompletionRequest": with(json!({
             "logprobs": {"type": "boolean", "description": "each generated token's log-probability (log-softmax of the model's raw logits, before penalties and temperature) in choices[].logprobs.content; the receipt commits to them"},
             "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20, "description": "alternatives per token; needs logprobs: true"},
+            "response_format": {"description": "text, json_object, or json_schema (enforced by constrained decoding with llguidance 1.9.1; compact JSON; strict accepted, the schema is always enforced; a schema feature the library cannot enforce: 400 naming response_format). The receipt's response_hash names the schema's digest",
+                "oneOf": [{"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}, "required": ["type"]},
+                    {"type": "object", "required": ["type", "json_schema"], "properties": {"type": {"const": "json_schema"},
+                        "json_schema": {"type": "object", "required": ["name", "schema"], "properties": {"name": {"type": "string"}, "description": {"type": "string"},
+                            "schema": {"type": "object"}, "strict": {"type": "boolean"}}}}}]},
             "model": {"type": "string"}, "messages": {"type": "array", "minItems": 1, "items": {"type": "object",
             "required": ["role"], "properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}, "content": {"oneOf": [{"type": "string"},
             {"type": "array", "items": {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}}}}}), &["model", "messages"]),

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Issue 21, end to end: the OpenAI features served beyond plain text (log-probabilities,
-//! `echo`, the completions default `max_tokens`, token-id embeddings), through a real devnet's gateway with the
-//! real chat model, each answer vouched for by the gateway (its receipt checked against what
-//! was delivered).
+//! `echo`, the completions default `max_tokens`, token-id embeddings, structured outputs),
+//! through a real devnet's gateway with the real models, each answer vouched for by the
+//! gateway (its receipt checked against what was delivered).
 
 use serde_json::{Value, json};
 use sortition_api::delivered::{DeliveredText, response_hash};
@@ -72,7 +72,7 @@ async fn logprobs_echo_and_defaults_through_the_gateway() {
         assert_eq!(e["top_logprobs"][0]["token"], e["token"], "greedy: {e}");
     }
     assert_eq!(
-        response_hash(&whole).unwrap(),
+        response_hash(&whole, body.to_string().as_bytes()).unwrap(),
         receipt_of(&whole).receipt.response_hash
     );
 
@@ -154,7 +154,60 @@ async fn logprobs_echo_and_defaults_through_the_gateway() {
         assert_eq!(v["error"]["param"], param, "{v}");
     }
     embeddings(&gw, &key).await;
+    structured(&gw, &key).await;
     net.shutdown().await;
+}
+
+/// Structured outputs with the real model: a JSON schema enforced by constrained decoding
+/// (what `client.chat.completions.parse` sends), plain and streamed, vouched for by the
+/// gateway (which hashes the delivery with the request's constraint).
+async fn structured(gw: &str, key: &str) {
+    let url = format!("{gw}/v1/chat/completions");
+    let body = json!({"model": CHAT, "temperature": 0, "max_tokens": 96,
+        "messages": [{"role": "user", "content": "Give the capital of France and its population."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "strict": true,
+            "schema": {"type": "object", "additionalProperties": false, "required": ["city", "population"],
+                "properties": {"city": {"type": "string", "maxLength": 40},
+                    "population": {"type": "integer", "minimum": 0, "maximum": 99999999}}}}}});
+    let (status, raw) = post(&url, key, &body).await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["sortition"]["verified_by_gateway"], true, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let doc: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(
+        doc["city"].is_string() && doc["population"].is_u64(),
+        "{doc}"
+    );
+    assert_eq!(doc.as_object().unwrap().len(), 2);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, raw) = post(&url, key, &streamed).await;
+    assert_eq!(status, 200, "{raw}");
+    let ev = events(&raw);
+    assert_eq!(ev.last().unwrap()["sortition"]["verified_by_gateway"], true);
+    let streamed_text: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed_text, text);
+
+    let (status, raw) = post(
+        &url,
+        key,
+        &json!({"model": CHAT, "max_tokens": 48, "temperature": 0,
+            "messages": [{"role": "user", "content": "A JSON object about cats."}],
+            "response_format": {"type": "json_object"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["sortition"]["verified_by_gateway"], true);
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(serde_json::from_str::<Value>(text).unwrap().is_object());
+    }
 }
 
 /// Embeddings: token-id inputs (what LangChain's `OpenAIEmbeddings` sends by default, here in

@@ -127,3 +127,19 @@ pub fn masked(m: &mut Matcher, row: &[f32]) -> std::result::Result<Vec<f32>, Str
     });
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    /// [`super::CONSTRAINT_LIBRARY`] names the version the engine is built with (pinned).
+    #[test]
+    fn the_named_library_version_is_the_pinned_one() {
+        let manifest = include_str!("../Cargo.toml");
+        let version = super::CONSTRAINT_LIBRARY
+            .strip_prefix("llguidance ")
+            .unwrap_or_default();
+        assert!(
+            manifest.contains(&format!("llguidance = {{ version = \"={version}\"")),
+            "Cargo.toml does not pin llguidance {version}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sortition_api::delivered::{self, DeliveredError};
 use sortition_api::{ChatCompletion, Completion, SortitionExt};
-use sortition_types::{Hash32, SignedReceipt, TokenLogprobCommit};
+use sortition_types::{Hash32, SignedReceipt, TokenLogprobCommit, answer_response_hash};
 
 use crate::proxy::Answer;
 
@@ -23,19 +23,21 @@ pub trait NodeAnswer: Serialize + DeserializeOwned + Send {
     fn answer(&self) -> Option<Answer>;
     /// Marks the receipt as checked against the ledger's key for the node.
     fn mark_verified(&mut self);
-    /// The `response_hash` of exactly what this answer delivers to the client, as the node
-    /// must have hashed it; an error when it delivers something no receipt covers.
-    fn delivered_hash(&self) -> Result<Hash32, DeliveredError>;
+    /// The `response_hash` of exactly what this answer to the request `body` delivers to the
+    /// client, as the node must have hashed it; an error when it delivers something no
+    /// receipt covers.
+    fn delivered_hash(&self, body: &[u8]) -> Result<Hash32, DeliveredError>;
 }
 
-/// The hash of one choice's text (and log-probabilities, when delivered), when the answer
-/// has exactly one choice, with index 0.
+/// The hash of one choice's text (with the request's constraint, and the log-probabilities
+/// when delivered), when the answer has exactly one choice, with index 0.
 fn one_choice_hash(
     choices: usize,
     index: u32,
     text: &str,
     finish: Option<&str>,
     logprobs: Option<Vec<TokenLogprobCommit>>,
+    body: &[u8],
 ) -> Result<Hash32, DeliveredError> {
     if choices != 1 {
         return Err(DeliveredError::Choices(choices));
@@ -44,7 +46,12 @@ fn one_choice_hash(
         return Err(DeliveredError::ChoiceIndex(u64::from(index)));
     }
     match finish {
-        Some(f) if !f.is_empty() => Ok(delivered::answer_hash(text, f, logprobs.as_deref())),
+        Some(f) if !f.is_empty() => Ok(answer_response_hash(
+            text,
+            f,
+            sortition_api::constraint::digest_of_body(body),
+            logprobs.as_deref(),
+        )),
         _ => Err(DeliveredError::Unfinished),
     }
 }
@@ -77,7 +84,7 @@ impl NodeAnswer for ChatCompletion {
         mark(&mut self.sortition);
     }
 
-    fn delivered_hash(&self) -> Result<Hash32, DeliveredError> {
+    fn delivered_hash(&self, body: &[u8]) -> Result<Hash32, DeliveredError> {
         let c = self.choices.first().ok_or(DeliveredError::Choices(0))?;
         one_choice_hash(
             self.choices.len(),
@@ -85,6 +92,7 @@ impl NodeAnswer for ChatCompletion {
             &c.message.content,
             Some(&c.finish_reason),
             c.logprobs.as_ref().map(|l| l.commit()),
+            body,
         )
     }
 }
@@ -106,7 +114,7 @@ impl NodeAnswer for Completion {
         mark(&mut self.sortition);
     }
 
-    fn delivered_hash(&self) -> Result<Hash32, DeliveredError> {
+    fn delivered_hash(&self, body: &[u8]) -> Result<Hash32, DeliveredError> {
         let c = self.choices.first().ok_or(DeliveredError::Choices(0))?;
         one_choice_hash(
             self.choices.len(),
@@ -114,6 +122,7 @@ impl NodeAnswer for Completion {
             &c.text,
             c.finish_reason.as_deref(),
             c.logprobs.as_ref().map(|l| l.commit()).transpose()?,
+            body,
         )
     }
 }
@@ -139,8 +148,8 @@ impl NodeAnswer for Value {
         }
     }
 
-    fn delivered_hash(&self) -> Result<Hash32, DeliveredError> {
-        delivered::response_hash(self)
+    fn delivered_hash(&self, body: &[u8]) -> Result<Hash32, DeliveredError> {
+        delivered::response_hash(self, body)
     }
 }
 
@@ -199,9 +208,9 @@ mod tests {
             let mut json = serde_json::to_value(&typed).unwrap();
             assert_eq!(typed.receipt(), json.receipt());
             assert!(typed.receipt().is_some());
-            assert_eq!(typed.delivered_hash(), json.delivered_hash());
+            assert_eq!(typed.delivered_hash(b"{}"), json.delivered_hash(b"{}"));
             assert_eq!(
-                typed.delivered_hash().is_ok(),
+                typed.delivered_hash(b"{}").is_ok(),
                 reason == "stop",
                 "an unfinished answer has no hash"
             );

@@ -312,7 +312,7 @@ async fn ask(
     };
     // Each member's answer must be what its receipt commits to: the majority is counted by
     // response hash, so the answer sent on is then one the agreeing receipts all cover.
-    if let Err(e) = check_receipt(&d, q.body, value.delivered_hash(), &receipt) {
+    if let Err(e) = check_receipt(&d, q.body, value.delivered_hash(q.body), &receipt) {
         g.metrics.inc("receipts_refused_total", e.code(), 1);
         proxy::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
         proxy::disown_misdelivered(g, &e, &receipt);

@@ -192,6 +192,7 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
         let req: ChatCompletionRequest = parse_json(body)?;
         req.sampling.check_supported()?;
         req.sampling.logprobs_for(Endpoint::Chat)?;
+        req.sampling.constraint_for(Endpoint::Chat)?;
         Ok((req.model, req.messages.len(), req.sampling))
     })
     .await
@@ -204,6 +205,7 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
         let req: CompletionRequest = parse_json(body)?;
         req.sampling.check_supported()?;
         req.sampling.logprobs_for(Endpoint::Completions)?;
+        req.sampling.constraint_for(Endpoint::Completions)?;
         Ok((req.model, 1, req.sampling))
     })
     .await
@@ -473,7 +475,7 @@ async fn answered(
     let Some(receipt) = answer.receipt() else {
         return Err(bad_receipt(g, &d, proxy::ReceiptError::Missing, None).await);
     };
-    if let Err(e) = check_receipt(&d, &body, answer.delivered_hash(), &receipt) {
+    if let Err(e) = check_receipt(&d, &body, answer.delivered_hash(&body), &receipt) {
         return Err(bad_receipt(g, &d, e, Some((&body, &receipt))).await);
     }
     g.finish(d.node.id, Outcome::Success { ttft, itl: None })
@@ -600,7 +602,7 @@ async fn drive_relay(
     let mut last_chunk = None;
     let mut receipt_ok = None;
     let mut client_gone = false;
-    let mut answer = sortition_api::delivered::DeliveredText::default();
+    let mut answer = sortition_api::delivered::DeliveredText::for_request(&body);
     while let Some(ev) = events.next().await {
         let ev = match ev {
             Ok(ev) => ev,

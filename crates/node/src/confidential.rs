@@ -422,13 +422,34 @@ async fn admit(
         )
         .with_param("logprobs"));
     }
+    if req
+        .sampling
+        .constraint_for(sortition_api::Endpoint::Chat)
+        .map_err(redact)?
+        .is_some()
+    {
+        return Err(sealed_error(
+            "unsupported_parameter",
+            "response_format is not served for sealed requests",
+        )
+        .with_param("response_format"));
+    }
     let prompt = Prompt::Chat(crate::routes::chat_messages(&req.messages).map_err(redact)?);
     let chat = s.engine(&req.model)?;
     let params = crate::routes::sampling_params(&req.sampling, 256).map_err(redact)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
     let model = ModelId::new(&req.model);
-    let (reservation, stream) =
-        s.start_generation(&stack, chat, &model, prompt_tokens, params.clone(), None)?;
+    let (reservation, stream) = s.start_generation(
+        &stack,
+        chat,
+        &model,
+        prompt_tokens,
+        crate::service::GenerationOptions {
+            params: params.clone(),
+            logprobs: None,
+            constraint: None,
+        },
+    )?;
     let request_hash = sha256(&plaintext);
     Ok(Admitted {
         state: s.clone(),

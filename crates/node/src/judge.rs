@@ -288,6 +288,7 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
         .map_err(|e| Trouble::Unjudgeable(e.message))?;
     let request = GenerateRequest {
         logprobs: extras.logprobs,
+        constraint: extras.engine_constraint(),
         ..GenerateRequest::new(prompt, params)
     };
     let g = chat
@@ -316,7 +317,7 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
     });
     let usage = g.usage;
     Ok((
-        sortition_api::delivered::answer_hash(&text, finish, commit.as_deref()),
+        extras.response_hash(&text, finish, commit.as_deref()),
         (
             u64::from(usage.prompt_tokens),
             u64::from(usage.completion_tokens),

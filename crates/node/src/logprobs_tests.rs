@@ -1,5 +1,6 @@
-//! Issue 21: log-probabilities, `echo` and the completions default `max_tokens`, as the node
-//! serves them and as its receipts and audits cover them.
+//! Issue 21: log-probabilities, `echo`, the completions default `max_tokens` and structured
+//! outputs (`response_format`), as the node serves them and as its receipts and audits cover
+//! them.
 
 use serde_json::{Value, json};
 use sortition_api::delivered::{DeliveredText, response_hash};
@@ -102,7 +103,7 @@ async fn chat_logprobs_are_served_streamed_or_whole_and_committed() {
     let text = c["message"]["content"].as_str().unwrap();
     let finish = c["finish_reason"].as_str().unwrap();
     assert_ne!(r.receipt.response_hash, text_response_hash(text, finish));
-    assert_eq!(response_hash(&v).unwrap(), r.receipt.response_hash);
+    assert_eq!(response_hash(&v, b"{}").unwrap(), r.receipt.response_hash);
 
     let (events, d) = streamed(&f, CHAT, &body).await;
     let streamed_content: Vec<Value> = events
@@ -177,7 +178,7 @@ async fn completions_logprobs_echo_and_default_max_tokens() {
             .all(|m| m.as_object().is_some_and(|m| !m.is_empty() && m.len() <= 2))
     );
     assert_eq!(
-        response_hash(&v).unwrap(),
+        response_hash(&v, b"{}").unwrap(),
         receipt_in(&v).receipt.response_hash
     );
     let (events, d) = streamed(&f, TEXT, &body).await;
@@ -202,7 +203,7 @@ async fn completions_logprobs_echo_and_default_max_tokens() {
         "{t}"
     );
     assert_eq!(
-        response_hash(&v).unwrap(),
+        response_hash(&v, b"{}").unwrap(),
         receipt_in(&v).receipt.response_hash
     );
     let (events, d) = streamed(&f, TEXT, &echo).await;
@@ -259,4 +260,124 @@ async fn audits_re_execute_logprobs_and_echo() {
             Judgement::Divergence(_)
         ));
     }
+}
+
+/// Issue 21: `response_format` constrains the text (a tiny random-weight model still answers a
+/// document valid under the schema), the receipt names the constraint's digest through the
+/// response hash (the gateway's reading of the delivery, given the request, matches; the
+/// text-only hash does not), the stream is the same, and an auditor re-executes under the
+/// constraint (an honest answer matches).
+#[tokio::test]
+async fn response_format_constrains_and_is_committed() {
+    let f = Fixture::start(8, 4).await;
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"},
+        "n": {"enum": [1, 2, 3]}}, "required": ["ok", "n"], "additionalProperties": false});
+    for format in [
+        json!({"type": "json_schema", "json_schema": {"name": "r", "strict": true, "schema": schema}}),
+        json!({"type": "json_object"}),
+    ] {
+        let body = chat(json!({"response_format": format, "max_tokens": 64}));
+        let v = whole(&f, CHAT, &body).await;
+        let c = &v["choices"][0];
+        let text = c["message"]["content"].as_str().unwrap();
+        let r = receipt_in(&v);
+        if c["finish_reason"] == "stop" {
+            let doc: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(doc.is_object(), "{text}");
+            if format["type"] == "json_schema" {
+                assert!(doc["ok"].is_boolean() && doc["n"].is_i64(), "{text}");
+            }
+        }
+        assert_ne!(
+            r.receipt.response_hash,
+            text_response_hash(text, c["finish_reason"].as_str().unwrap())
+        );
+        let raw = body.to_string();
+        assert_eq!(
+            response_hash(&v, raw.as_bytes()).unwrap(),
+            r.receipt.response_hash
+        );
+        let (events, mut d) = streamed(&f, CHAT, &body).await;
+        d.constraint = sortition_api::constraint::digest_of_body(raw.as_bytes());
+        assert_eq!(d.text, text);
+        assert_eq!(
+            d.response_hash().unwrap(),
+            receipt_in(events.last().unwrap()).receipt.response_hash
+        );
+        let payload = AuditPayload {
+            path: CHAT.into(),
+            body: raw,
+            receipt: r,
+            answer: None,
+        };
+        assert_eq!(
+            judge(&f.state, &payload, AuditMethod::Reexecute).await,
+            Judgement::Match
+        );
+    }
+    // A node that ignores the constraint answers another text: its receipt is a divergence.
+    let body = chat(json!({"response_format": {"type": "json_object"}, "max_tokens": 12}));
+    let free = whole(&f, CHAT, &chat(json!({"max_tokens": 12}))).await;
+    let mut lied = receipt_in(&free).receipt;
+    let c = &free["choices"][0];
+    let text = c["message"]["content"].as_str().unwrap();
+    let finish = c["finish_reason"].as_str().unwrap();
+    lied.response_hash = sortition_types::answer_response_hash(
+        text,
+        finish,
+        sortition_api::constraint::digest_of_body(body.to_string().as_bytes()),
+        None,
+    );
+    let payload = AuditPayload {
+        path: CHAT.into(),
+        body: body.to_string(),
+        receipt: SignedReceipt::sign(lied, &f.state.key),
+        answer: None,
+    };
+    assert!(matches!(
+        judge(&f.state, &payload, AuditMethod::Reexecute).await,
+        Judgement::Divergence(_)
+    ));
+}
+
+/// The library named in constraint digests is the one the engine enforces them with.
+#[test]
+fn the_constraint_library_is_named_alike() {
+    assert_eq!(
+        sortition_api::constraint::CONSTRAINT_LIBRARY,
+        sortition_engine::CONSTRAINT_LIBRARY
+    );
+}
+
+/// Unsupported schemas and misplaced `response_format` are refused naming the field.
+#[tokio::test]
+async fn unsupported_response_formats_are_refused_by_name() {
+    let f = Fixture::start(8, 4).await;
+    for (path, body) in [
+        (
+            CHAT,
+            chat(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "r", "schema": {"type": "string", "format": "no-such-format"}}}})),
+        ),
+        (
+            CHAT,
+            chat(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "r"}}})),
+        ),
+        (CHAT, chat(json!({"response_format": {"type": "yaml"}}))),
+        (
+            TEXT,
+            text(json!({"response_format": {"type": "json_object"}})),
+        ),
+    ] {
+        let (param, msg) = refused(&f, path, &body).await;
+        assert_eq!(param, "response_format", "{body}: {msg}");
+    }
+    let (_, msg) = refused(
+        &f,
+        CHAT,
+        &chat(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "r", "schema": {"type": "string", "format": "no-such-format"}}}})),
+    )
+    .await;
+    assert!(msg.contains("no-such-format"), "{msg}");
 }

@@ -72,6 +72,9 @@ pub struct Extras {
     pub logprobs: Option<u8>,
     /// The prompt, delivered before the generated text (text completions' `echo`).
     pub echo: Option<String>,
+    /// The constraint on the text (chat `response_format`), enforced by the engine and named
+    /// by digest in the response hash.
+    pub constraint: Option<sortition_api::constraint::ConstraintSpec>,
 }
 
 impl Extras {
@@ -101,7 +104,31 @@ impl Extras {
                 .with_param("echo"));
             }
         };
-        Ok(Extras { logprobs, echo })
+        let constraint = fields.constraint_for(endpoint)?;
+        Ok(Extras {
+            logprobs,
+            echo,
+            constraint,
+        })
+    }
+
+    /// The engine's form of the constraint.
+    pub fn engine_constraint(&self) -> Option<sortition_engine::Constraint> {
+        self.constraint
+            .as_ref()
+            .map(|c| sortition_engine::Constraint::JsonSchema(c.schema.clone()))
+    }
+
+    /// The `response_hash` of an answer with these extras: the text (echo included), why it
+    /// ended, the constraint's digest and the delivered log-probabilities.
+    pub fn response_hash(
+        &self,
+        text: &str,
+        finish: &str,
+        logprobs: Option<&[TokenLogprobCommit]>,
+    ) -> sortition_types::Hash32 {
+        let constraint = self.constraint.as_ref().map(|c| c.digest());
+        sortition_types::answer_response_hash(text, finish, constraint, logprobs)
     }
 
     /// A renderer for this answer's log-probabilities, when asked for.
@@ -221,8 +248,11 @@ async fn admit(
         chat,
         &model_id,
         prompt_tokens,
-        params.clone(),
-        extras.logprobs,
+        crate::service::GenerationOptions {
+            params: params.clone(),
+            logprobs: extras.logprobs,
+            constraint: extras.engine_constraint(),
+        },
     )?;
     let job = Job {
         state: s.clone(),
@@ -258,7 +288,7 @@ impl Job {
                 model: self.model,
                 model_digest: digest,
                 request_hash: self.request_hash,
-                response_hash: sortition_api::delivered::answer_hash(text, finish, logprobs),
+                response_hash: self.extras.response_hash(text, finish, logprobs),
                 input_tokens: prompt_tokens,
                 output_tokens: completion_tokens,
                 sampling: self.params.to_record(),

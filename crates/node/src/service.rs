@@ -217,9 +217,13 @@ impl NodeState {
         chat: &ChatModel,
         model: &ModelId,
         prompt_tokens: Vec<u32>,
-        params: sortition_engine::SamplingParams,
-        logprobs: Option<u8>,
+        options: GenerationOptions,
     ) -> Result<(Reservation, sortition_engine::GenerationStream), ApiError> {
+        let GenerationOptions {
+            params,
+            logprobs,
+            constraint,
+        } = options;
         let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
         let reservation = self.reserve(stack, model, needed)?;
         let prompt = crate::adversary::rewrite_prompt(
@@ -228,6 +232,7 @@ impl NodeState {
         );
         match chat.engine.generate(sortition_engine::GenerateRequest {
             logprobs,
+            constraint,
             ..sortition_engine::GenerateRequest::new(prompt, params)
         }) {
             Ok(stream) => Ok((reservation, stream)),
@@ -237,6 +242,15 @@ impl NodeState {
             }
         }
     }
+}
+
+/// How a generation runs, besides its prompt.
+pub struct GenerationOptions {
+    pub params: sortition_engine::SamplingParams,
+    /// Alternatives per token when log-probabilities are asked for.
+    pub logprobs: Option<u8>,
+    /// The constraint on the text (structured outputs).
+    pub constraint: Option<sortition_engine::Constraint>,
 }
 
 fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
@@ -273,6 +287,11 @@ pub fn engine_error(e: EngineError) -> ApiError {
         EngineError::PromptTooLong { .. } => {
             ApiError::invalid("context_length_exceeded", e.to_string()).with_param("messages")
         }
+        EngineError::InvalidConstraint(why) => ApiError::invalid(
+            "unsupported_response_format",
+            format!("the response_format schema cannot be enforced: {why}"),
+        )
+        .with_param("response_format"),
         EngineError::EmbeddingTooLong { .. } => {
             ApiError::invalid("context_length_exceeded", e.to_string()).with_param("input")
         }

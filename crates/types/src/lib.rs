@@ -24,5 +24,5 @@ pub use ids::{AuditId, ClaimId, DisputeId, ModelId, NodeId, StackId};
 pub use merkle::{MerkleProof, merkle_root};
 pub use receipt::{
     Custody, NodeClass, Receipt, SamplingRecord, SignedReceipt, TokenLogprobCommit,
-    embedding_response_hash, logprobs_response_hash, text_response_hash,
+    answer_response_hash, embedding_response_hash, text_response_hash,
 };

@@ -155,25 +155,32 @@ pub struct TokenLogprobCommit {
 }
 
 #[derive(Serialize)]
-struct LogprobsCommitment<'a> {
+struct AnswerCommitment<'a> {
     kind: &'a str,
     text: &'a str,
     finish_reason: &'a str,
-    logprobs: &'a [TokenLogprobCommit],
+    constraint: Option<Hash32>,
+    logprobs: Option<&'a [TokenLogprobCommit]>,
 }
 
-/// `response_hash` of a chat or text completion delivered with log-probabilities: the text,
-/// the finish reason and every token's entry, in order. (An answer without them keeps
-/// [`text_response_hash`].)
-pub fn logprobs_response_hash(
+/// `response_hash` of a chat or text completion generated under a constraint (structured
+/// outputs: the digest of the schema and the library that enforced it) or delivered with
+/// log-probabilities (every token's entry, in order), or both. An answer with neither keeps
+/// [`text_response_hash`].
+pub fn answer_response_hash(
     text: &str,
     finish_reason: &str,
-    logprobs: &[TokenLogprobCommit],
+    constraint: Option<Hash32>,
+    logprobs: Option<&[TokenLogprobCommit]>,
 ) -> Hash32 {
-    crate::sha256(&crate::canonical_bytes(&LogprobsCommitment {
-        kind: "text+logprobs",
+    if constraint.is_none() && logprobs.is_none() {
+        return text_response_hash(text, finish_reason);
+    }
+    crate::sha256(&crate::canonical_bytes(&AnswerCommitment {
+        kind: "answer",
         text,
         finish_reason,
+        constraint,
         logprobs,
     }))
 }
