@@ -228,32 +228,48 @@ fn catch_times(s: &Summary, path: &Path) -> Res {
     root.present().map_err(err)
 }
 
-/// Lines of (x, y) per label, for the sweep's plots.
+/// Lines of (x, y) per label, for the sweep's plots: points for measurements, dashed lines
+/// for labels containing "theory".
 pub fn lines(path: &Path, title: &str, x_desc: &str, series: &[(String, Vec<(f64, f64)>)]) -> Res {
-    let (mut x_hi, mut y_hi) = (0.0f64, 0.0f64);
+    lines_signed(path, title, x_desc, "detection per cheat", series)
+}
+
+/// [`lines`] with any y range (negative values included) and a y label.
+pub fn lines_signed(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Res {
+    let (mut x_hi, mut y_lo, mut y_hi) = (0.0f64, 0.0f64, 0.0f64);
     for (_, pts) in series {
-        for (x, y) in pts {
+        for (x, y) in pts.iter().filter(|p| p.1.is_finite()) {
             x_hi = x_hi.max(*x);
+            y_lo = y_lo.min(*y);
             y_hi = y_hi.max(*y);
         }
     }
+    let pad = (y_hi - y_lo).max(1e-9) * 0.1;
+    let y_lo = if y_lo < 0.0 { y_lo - pad } else { 0.0 };
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
+        .caption(title, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_hi.max(1e-9) * 1.05, 0.0..y_hi.max(1e-9) * 1.15)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_hi.max(1e-9) * 1.05, y_lo..y_hi.max(1e-9) + pad)
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
-        .y_desc("detection per cheat")
+        .y_desc(y_desc)
         .draw()
         .map_err(err)?;
     for (i, (label, pts)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
+        // A measurement and its theory come in pairs and share a color.
+        let c = COLORS[(i / 2) % COLORS.len()];
         let dashed = label.contains("theory");
         if dashed {
             chart
@@ -305,6 +321,9 @@ pub fn markdown(s: &Summary) -> String {
             ""
         }
     );
+    if s.interrupted {
+        let _ = writeln!(o, "_{}_\n", crate::report::INTERRUPTED_NOTE);
+    }
     let _ = writeln!(
         o,
         "| strategy | nodes | cheats | caught | measured d | 95% CI | theory (ledger) | FACTS q(1-f^k) | cheats before 1st catch (theory / measured) | profit/request | break-even stake |"

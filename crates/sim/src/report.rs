@@ -118,6 +118,9 @@ pub struct Summary {
     pub catch_times: Vec<(&'static str, u64, u64)>,
 }
 
+/// What an interrupted run's numbers mean.
+pub const INTERRUPTED_NOTE: &str = "interrupted: detection counts every cheat claimed so far, but audits and disputes still open at the interruption count as not caught, so it reads low; profits miss the claims not yet settled";
+
 fn median(mut v: Vec<u64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -355,6 +358,9 @@ impl Summary {
                 ""
             }
         );
+        if self.interrupted {
+            let _ = writeln!(o, "{INTERRUPTED_NOTE}");
+        }
         let _ = writeln!(
             o,
             "{:<15} {:>6} {:>9} {:>8} {:>7} {:>10} {:>21} {:>10} {:>10} {:>12}",

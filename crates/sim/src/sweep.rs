@@ -73,7 +73,78 @@ pub fn run(
         });
     }
     write(&points, dir)?;
+    stakes(base, nodes, requests, dir, stop, quiet)?;
     Ok(points)
+}
+
+/// The stake dimension: the same network (q = 0.005, k = 2, a ring of 0.2, always-cheaters
+/// and rare cheaters at p = 0.01) registered at 1, 2, 4 and 8 × the ledger's `S_min`; each
+/// strategy's measured profit per request against the line the first run predicts
+/// (`Summary::profit_at`).
+fn stakes(
+    base: &SimConfig,
+    nodes: u64,
+    requests: u64,
+    dir: &Path,
+    stop: &AtomicBool,
+    quiet: bool,
+) -> std::io::Result<()> {
+    let mut cfg = one(base, nodes, requests, 0.005, 2, 0.2);
+    cfg.mix.0.push((Strategy::CheatFraction, 0.05));
+    cfg.cheat_p = 0.01;
+    let min = crate::world::s_min(&cfg).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut runs: Vec<(u64, Summary)> = vec![];
+    for m in [1u64, 2, 4, 8] {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if !quiet {
+            eprintln!("sweep stake {m} × S_min");
+        }
+        let c = SimConfig {
+            stake: Some(min * m),
+            ..cfg.clone()
+        };
+        let s = crate::cli::simulate(c, stop, true)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        runs.push((min * m, s));
+    }
+    let mut csv = String::from(
+        "stake,stake_over_s_min,strategy,profit_per_request_measured,profit_per_request_predicted_from_first_run\n",
+    );
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = vec![];
+    let Some((_, first)) = runs.first() else {
+        return Ok(());
+    };
+    for x in &first.strategies {
+        let mut measured = vec![];
+        let mut predicted = vec![];
+        for (stake, s) in &runs {
+            let Some(m) = s
+                .strategies
+                .iter()
+                .find(|y| y.strategy == x.strategy)
+                .and_then(|y| y.profit_per_request)
+            else {
+                continue;
+            };
+            let p = first.profit_at(x, *stake as f64).unwrap_or(f64::NAN);
+            let _ = writeln!(csv, "{stake},{},{},{m},{p}", stake / min.max(1), x.strategy);
+            measured.push((*stake as f64, m));
+            predicted.push((*stake as f64, p));
+        }
+        series.push((format!("{} measured", x.strategy), measured));
+        series.push((format!("{} theory (from 1 × S_min)", x.strategy), predicted));
+    }
+    std::fs::write(dir.join("stake.csv"), csv)?;
+    crate::plot::lines_signed(
+        &dir.join("profit_vs_stake_measured.svg"),
+        "Profit per request at 1, 2, 4, 8 × S_min: measured ● and predicted from the first run (dashed)",
+        "stake",
+        "profit per request",
+        &series,
+    )
+    .map_err(std::io::Error::other)
 }
 
 fn write(points: &[Point], dir: &Path) -> std::io::Result<()> {
