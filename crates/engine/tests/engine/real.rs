@@ -8,7 +8,7 @@ use sortition_engine::models::pull;
 
 use sortition_engine::{
     ChatMessage, Embedder, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest,
-    Kernel, Prompt, SamplingParams, WeightFormat,
+    Kernel, Prompt, SamplingParams, StreamEvent, WeightFormat,
 };
 
 use crate::harness::*;
@@ -333,4 +333,75 @@ fn minilm_embeddings_are_batch_invariant_and_meaningful() {
         Err(EngineError::InvalidParams(_))
     ));
     assert!(e.embed_inputs(&[EmbedInput::Tokens(vec![])]).is_err());
+}
+
+/// Issue 21 benchmark: `cargo test -p sortition-engine --test engine --
+/// real::constrained_and_logprobs_cost --ignored --nocapture`. Decode time per token of one
+/// SmolLM2-135M sequence (from its first token to its last, so prefill is left out), plain,
+/// under a typical JSON schema, and with logprobs (top 5): the best of five runs each, the
+/// variants interleaved so that the machine's other load falls on all alike.
+#[tokio::test]
+#[ignore]
+async fn constrained_and_logprobs_cost() {
+    let e = smollm();
+    let schema = serde_json::json!({"type": "object", "additionalProperties": false,
+        "required": ["name", "age", "email", "tags"],
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+            "email": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}}});
+    let variants: [(&str, Option<u8>, Option<sortition_engine::Constraint>); 3] = [
+        ("plain", None, None),
+        (
+            "json_schema",
+            None,
+            Some(sortition_engine::Constraint::JsonSchema(schema)),
+        ),
+        ("logprobs(top 5)", Some(5), None),
+    ];
+    let mut best = [f64::INFINITY; 3];
+    let mut counts = [0usize; 3];
+    for seed in 0..5 {
+        for (v, (_, logprobs, constraint)) in variants.iter().enumerate() {
+            let r = GenerateRequest {
+                params: SamplingParams {
+                    temperature: 1.0,
+                    seed,
+                    max_tokens: 48,
+                    ..SamplingParams::default()
+                },
+                trace_logits: false,
+                logprobs: *logprobs,
+                constraint: constraint.clone(),
+                ..chat("Describe a person as JSON.", 48)
+            };
+            let mut s = e.generate(r).unwrap();
+            let (mut first, mut last, mut n) = (None, None, 0usize);
+            while let Some(ev) = s.next().await {
+                match ev {
+                    StreamEvent::Token { .. } => {
+                        let now = std::time::Instant::now();
+                        first.get_or_insert(now);
+                        last = Some(now);
+                        n += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if let (Some(f), Some(l)) = (first, last)
+                && n > 8
+            {
+                let per = (l - f).as_secs_f64() * 1e3 / (n - 1) as f64;
+                if per < best[v] {
+                    best[v] = per;
+                    counts[v] = n;
+                }
+            }
+        }
+    }
+    for (v, (name, _, _)) in variants.iter().enumerate() {
+        let extra = (best[v] / best[0] - 1.0) * 100.0;
+        println!(
+            "{name}: {:.2} ms per token ({} tokens), {extra:+.1}% vs plain",
+            best[v], counts[v]
+        );
+    }
 }
