@@ -225,3 +225,32 @@ fn an_interrupted_run_reports_what_it_has_and_writes_its_outputs() {
     assert!(json["detection_measured"]["always-cheat"].is_number());
     assert!(json["detection_theory"]["always-cheat"].is_number());
 }
+
+#[test]
+fn the_sweep_writes_its_grids_and_plots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = SimConfig::default();
+    let points = sortition_sim::sweep::run(
+        &base,
+        200,
+        20_000,
+        dir.path(),
+        &AtomicBool::new(false),
+        true,
+    )
+    .expect("sweep");
+    assert_eq!(points.len(), 24);
+    assert!(points.iter().all(|p| p.summary.refused_txs == 0));
+    for f in [
+        "sweep.csv",
+        "stake.csv",
+        "detection_vs_q.svg",
+        "detection_vs_r.svg",
+        "profit_vs_stake_measured.svg",
+    ] {
+        let p = dir.path().join(f);
+        assert!(p.metadata().is_ok_and(|m| m.len() > 0), "{f}");
+    }
+    let stake = std::fs::read_to_string(dir.path().join("stake.csv")).expect("stake.csv");
+    assert!(stake.lines().count() > 4, "{stake}");
+}
