@@ -329,3 +329,131 @@ async fn every_validator_killed_at_once_restarts_with_the_same_roots() {
         Amount(7)
     );
 }
+
+/// The whole devnet on four validator processes: chat requests through the gateway keep
+/// succeeding (stacks bought, receipts verified against the ledger) while the validator every
+/// client tries first is killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_requests_keep_succeeding_when_a_validator_is_killed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("dn");
+    let log = std::fs::File::create(tmp.path().join("devnet.log")).expect("log");
+    let mut devnet = Command::new(BIN)
+        .args([
+            "devnet",
+            "--validators",
+            "4",
+            "--nodes",
+            "2",
+            "--embed-model",
+            "none",
+        ])
+        .args(["--gateway-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("devnet");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut devnet);
+    let info_path = dir.join("devnet.json");
+    let start = Instant::now();
+    let info: serde_json::Value = loop {
+        if let Ok(t) = std::fs::read_to_string(&info_path)
+            && let Ok(v) = serde_json::from_str(&t)
+        {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "devnet did not come up: {}",
+            std::fs::read_to_string(tmp.path().join("devnet.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let validators = info["validators"].as_array().expect("validators").clone();
+    // Killing the devnet with SIGKILL leaves its children: they are killed here, whatever
+    // happens to the test.
+    struct KillPids(Vec<u64>);
+    impl Drop for KillPids {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+        }
+    }
+    let _children = KillPids(
+        validators
+            .iter()
+            .filter_map(|v| v["pid"].as_u64())
+            .collect(),
+    );
+    assert_eq!(validators.len(), 4);
+    assert_eq!(
+        info["ledger_url"]
+            .as_str()
+            .expect("ledger_url")
+            .split(',')
+            .count(),
+        4
+    );
+    let gw = info["gateway_url"].as_str().expect("gateway").to_string();
+    let key = info["api_key"].as_str().expect("key").to_string();
+    let http = reqwest::Client::new();
+    let chat = |i: usize| {
+        let http = http.clone();
+        let (gw, key) = (gw.clone(), key.clone());
+        async move {
+            let r = http
+                .post(format!("{gw}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({
+                    "model": "smollm2-135m-instruct",
+                    "messages": [{"role": "user", "content": format!("Count to {i}.")}],
+                    "max_tokens": 8, "temperature": 0
+                }))
+                .send()
+                .await
+                .expect("gateway reachable");
+            let status = r.status();
+            let v: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(status, 200, "request {i}: {v}");
+            assert_eq!(
+                v["sortition"]["verified_by_gateway"],
+                serde_json::json!(true),
+                "request {i}: {v}"
+            );
+        }
+    };
+    for i in 0..2 {
+        chat(i).await;
+    }
+    // Kill the validator every client tries first.
+    let pid = validators[0]["pid"].as_u64().expect("pid");
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    for i in 2..6 {
+        chat(i).await;
+    }
+    // The other three go on and agree.
+    let urls: Vec<String> = validators[1..]
+        .iter()
+        .map(|v| v["url"].as_str().expect("url").to_string())
+        .collect();
+    let c = LedgerClient::new(urls.join(","));
+    let (common, views) = c.replicas().await;
+    assert!(common > 0);
+    let roots: std::collections::BTreeSet<_> =
+        views.iter().filter_map(|v| v.root_at_common).collect();
+    assert_eq!(roots.len(), 1, "{views:?}");
+    drop(guard);
+}

@@ -461,7 +461,8 @@ async fn start_validators(
                 "--p2p",
                 &p2ps[i].to_string(),
             ])
-            .args(["--peers", &peers])
+            .args(["--peers", &peers, "--exit-on-stdin-eof"])
+            .stdin(std::process::Stdio::piped())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -48,3 +48,56 @@ pub fn deal(genesis: &mut Genesis, dirs: &[PathBuf]) -> Result<Vec<String>, Stri
     genesis.check_validators()?;
     Ok(keys.iter().map(crate::keys::public_hex).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sortition_types::Keypair;
+
+    fn dealt(n: usize) -> (tempfile::TempDir, Genesis) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut g = Genesis::devnet("setup-test", Keypair::from_seed(b"a").public());
+        let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("v{i}"))).collect();
+        deal(&mut g, &dirs).expect("deal");
+        (tmp, g)
+    }
+
+    #[test]
+    fn a_dealt_genesis_is_consistent_and_inconsistent_ones_say_what_is_wrong() {
+        let (_t, g) = dealt(4);
+        assert_eq!(g.validators.len(), 4);
+        assert_eq!(g.beacon.threshold, 3);
+        g.check_validators().expect("consistent");
+
+        let mut unsorted = g.clone();
+        unsorted.validators.swap(0, 1);
+        assert!(
+            unsorted
+                .check_validators()
+                .unwrap_err()
+                .contains("ascending")
+        );
+
+        let mut short = g.clone();
+        short.validators.pop();
+        let e = short.check_validators().unwrap_err();
+        assert!(e.contains("3 validators but 4 beacon public shares"), "{e}");
+
+        let mut bad_key = g.clone();
+        bad_key.validators[0] = "zz".into();
+        assert!(
+            bad_key
+                .check_validators()
+                .unwrap_err()
+                .contains("not a hex ed25519")
+        );
+
+        let mut threshold = g.clone();
+        threshold.beacon.threshold = 2;
+        let e = threshold.check_validators().unwrap_err();
+        assert!(e.contains("quorum of 3"), "{e}");
+
+        let none = Genesis::devnet("x", Keypair::from_seed(b"a").public());
+        assert!(none.check_validators().is_err());
+    }
+}

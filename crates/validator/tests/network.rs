@@ -129,3 +129,44 @@ async fn four_validators_finalize_the_same_ledger() {
         );
     }
 }
+
+/// A validator refuses to start, saying why, when its genesis, key or share do not fit.
+#[test]
+fn a_validator_with_an_inconsistent_setup_is_refused_at_start() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let admin = Keypair::from_seed(b"validators-admin");
+    let mut genesis = Genesis::devnet("bft-refuse", admin.public());
+    let dirs: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("v{i}"))).collect();
+    sortition_validator::setup::deal(&mut genesis, &dirs).expect("deal");
+    let cfg = |g: Genesis, dir: PathBuf| ValidatorConfig {
+        data_dir: dir,
+        genesis: g,
+        listen: free_port(),
+        p2p: free_port(),
+        peers: vec![],
+        timing: Timing::default(),
+        ack_timeout: Duration::from_secs(1),
+        on_listening: None,
+    };
+    let mut g = genesis.clone();
+    g.beacon.threshold = 4;
+    let e = sortition_validator::run(cfg(g, dirs[0].clone())).unwrap_err();
+    assert!(e.to_string().contains("quorum of 3"), "{e}");
+    // A directory with no key.
+    let e = sortition_validator::run(cfg(genesis.clone(), tmp.path().join("empty"))).unwrap_err();
+    assert!(e.to_string().contains("no validator key"), "{e}");
+    // Another chain's validator: its key is not in this genesis.
+    let mut other = Genesis::devnet("bft-other", admin.public());
+    let odirs: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("o{i}"))).collect();
+    sortition_validator::setup::deal(&mut other, &odirs).expect("deal");
+    let e = sortition_validator::run(cfg(genesis.clone(), odirs[0].clone())).unwrap_err();
+    assert!(e.to_string().contains("not in the genesis"), "{e}");
+    // A peer that is not a validator.
+    let mut c = cfg(genesis, dirs[1].clone());
+    c.peers = vec![(other.validators[0].clone(), free_port())];
+    let e = sortition_validator::run(c).unwrap_err();
+    assert!(
+        e.to_string().contains("not a validator of the genesis"),
+        "{e}"
+    );
+}

@@ -33,6 +33,10 @@ pub struct ValidatorArgs {
     /// How long a submitter waits for its transaction to be final, in seconds.
     #[arg(long, default_value_t = 30)]
     ack_timeout_secs: u64,
+    /// Exit when standard input closes (`sortition devnet` starts its validators so, so that
+    /// they stop with it even when it is killed).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 /// Runs until killed. Called outside any tokio runtime (the validator owns its own).
@@ -50,6 +54,14 @@ pub fn run(a: ValidatorArgs) -> Result<()> {
             .parse()
             .with_context(|| format!("--peers: {addr:?} is not HOST:PORT"))?;
         peers.push((key.to_string(), addr));
+    }
+    if a.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            eprintln!("standard input closed: stopping");
+            std::process::exit(0);
+        });
     }
     let cfg = ValidatorConfig {
         data_dir: a.data_dir,
