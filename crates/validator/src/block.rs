@@ -200,7 +200,7 @@ mod tests {
             Height::new(1),
             7,
             [1; SIGNATURE_LEN],
-            &[tx.clone()],
+            std::slice::from_ref(&tx),
         );
         let bytes = b.encode();
         let back = Block::decode(bytes.clone()).expect("decodes");

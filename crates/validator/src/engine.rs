@@ -125,16 +125,14 @@ pub enum ValidatorError {
 
 /// Checks everything that can be checked before the runtime starts: the genesis' validator
 /// set against its beacon, this validator's key and share, and the peer list.
-fn preflight(
-    cfg: &ValidatorConfig,
-) -> Result<
-    (
-        ed25519::PrivateKey,
-        Set<ed25519::PublicKey>,
-        Vec<(ed25519::PublicKey, SocketAddr)>,
-    ),
-    ValidatorError,
-> {
+/// This validator's key, the participants (in order) and the other validators' addresses.
+type Preflight = (
+    ed25519::PrivateKey,
+    Set<ed25519::PublicKey>,
+    Vec<(ed25519::PublicKey, SocketAddr)>,
+);
+
+fn preflight(cfg: &ValidatorConfig) -> Result<Preflight, ValidatorError> {
     cfg.genesis
         .check_validators()
         .map_err(ValidatorError::Genesis)?;
