@@ -457,3 +457,35 @@ async fn gateway_requests_keep_succeeding_when_a_validator_is_killed() {
     assert_eq!(roots.len(), 1, "{views:?}");
     drop(guard);
 }
+
+/// A validator cut off from the others (frozen with SIGSTOP: its connections stay open but
+/// carry nothing, as under a partition) does not hold the rest up; once it is back (SIGCONT)
+/// it catches up to the same roots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_validator_rejoins_and_catches_up() {
+    let net = Net::new(4);
+    wait_all_up(&net).await;
+    let user = Keypair::from_seed(b"validators-cli-user-4");
+    let pid = net.procs[3].as_ref().expect("running").id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let c = net.failover_client(0);
+    for _ in 0..4 {
+        faucet(&c, &net.admin, &user, 1).await;
+    }
+    let h = height(&c).await.expect("status");
+    signal("-CONT");
+    wait_height(&net, 3, h, Duration::from_secs(60)).await;
+    assert_eq!(roots(&net, 3, h).await, roots(&net, 0, h).await);
+    assert_eq!(
+        net.client(3).account(&user.public()).await.expect("account").balance,
+        Amount(4)
+    );
+}
