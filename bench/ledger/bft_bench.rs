@@ -150,6 +150,7 @@ fn start_validators(
             },
             ack_timeout: Duration::from_secs(60),
             on_listening: None,
+            byzantine_conflicter: false,
         };
         std::thread::spawn(move || {
             let _ = sortition_validator::run(cfg);

@@ -32,10 +32,17 @@ struct Net {
     peers: String,
     procs: Vec<Option<Child>>,
     admin: Keypair,
+    /// Each validator's acknowledgement timeout (s).
+    ack: &'static str,
 }
 
 impl Net {
     fn new(n: usize) -> Net {
+        Self::with_byzantine(n, None)
+    }
+
+    /// `byzantine`: that validator signs conflicting votes instead of following the protocol.
+    fn with_byzantine(n: usize, byzantine: Option<usize>) -> Net {
         let tmp = tempfile::tempdir().expect("tmp");
         let admin = Keypair::from_seed(b"validators-cli-admin");
         let mut genesis = Genesis::devnet("bft-cli", admin.public());
@@ -64,14 +71,24 @@ impl Net {
             peers,
             procs: (0..n).map(|_| None).collect(),
             admin,
+            // A byzantine leader's views time out (seconds each): wait longer for finality.
+            ack: if byzantine.is_some() { "30" } else { "4" },
         };
         for i in 0..n {
-            net.start(i);
+            if Some(i) == byzantine {
+                net.start_with(i, &["--byzantine", "conflicter"]);
+            } else {
+                net.start(i);
+            }
         }
         net
     }
 
     fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    fn start_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,8 +110,10 @@ impl Net {
                 "--block-interval-ms",
                 "50",
                 "--ack-timeout-secs",
-                "4",
+                self.ack,
             ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -485,7 +504,53 @@ async fn a_cut_off_validator_rejoins_and_catches_up() {
     wait_height(&net, 3, h, Duration::from_secs(60)).await;
     assert_eq!(roots(&net, 3, h).await, roots(&net, 0, h).await);
     assert_eq!(
-        net.client(3).account(&user.public()).await.expect("account").balance,
+        net.client(3)
+            .account(&user.public())
+            .await
+            .expect("account")
+            .balance,
         Amount(4)
+    );
+}
+
+/// One validator of four equivocates (signs conflicting notarize and finalize votes for every
+/// proposal): the three honest ones still finalize one chain with identical roots, and each
+/// reports the equivocation with the offender's key (the ed25519 votes are attributable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_validator_breaks_nothing_and_is_reported() {
+    let net = Net::with_byzantine(4, Some(3));
+    for i in 0..3 {
+        wait_height(&net, i, 0, Duration::from_secs(30)).await;
+    }
+    let user = Keypair::from_seed(b"validators-cli-user-5");
+    let c = net.client(0);
+    for _ in 0..4 {
+        faucet(&c, &net.admin, &user, 1).await;
+    }
+    let h = height(&c).await.expect("status");
+    for i in 1..3 {
+        wait_height(&net, i, h, Duration::from_secs(20)).await;
+    }
+    let reference = roots(&net, 0, h).await;
+    for i in 1..3 {
+        assert_eq!(roots(&net, i, h).await, reference, "validator {i}");
+    }
+    let offender = {
+        let g: Genesis =
+            serde_json::from_str(&std::fs::read_to_string(&net.genesis_path).expect("genesis"))
+                .expect("json");
+        let key = sortition_validator::keys::load(&net.dirs[3]).expect("key");
+        let hex = sortition_validator::keys::public_hex(&key);
+        assert!(g.validators.contains(&hex));
+        hex
+    };
+    let reported = (0..3).any(|i| {
+        let log = net.log(i);
+        log.contains("equivocation evidence") && log.contains(&offender)
+    });
+    assert!(
+        reported,
+        "no honest validator reported the equivocation:\n{}",
+        net.log(0)
     );
 }

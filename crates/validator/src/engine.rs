@@ -100,6 +100,9 @@ pub struct ValidatorConfig {
     pub ack_timeout: Duration,
     /// Called once the API listens, with its address (the devnet prints it).
     pub on_listening: Option<fn(SocketAddr)>,
+    /// Test only (devnet geneses only): instead of following the protocol, sign conflicting
+    /// votes for every proposal (commonware's `conflicter` byzantine mock).
+    pub byzantine_conflicter: bool,
 }
 
 fn now_ms() -> u64 {
@@ -136,6 +139,11 @@ fn preflight(cfg: &ValidatorConfig) -> Result<Preflight, ValidatorError> {
     cfg.genesis
         .check_validators()
         .map_err(ValidatorError::Genesis)?;
+    if cfg.byzantine_conflicter && !cfg.genesis.devnet {
+        return Err(ValidatorError::Genesis(
+            "a byzantine test mode runs only on a devnet genesis".into(),
+        ));
+    }
     sortition_ledger::Beacon::new(&cfg.genesis.chain_id, &cfg.genesis.beacon)
         .map_err(|e| ValidatorError::Genesis(e.to_string()))?;
     let keys: Vec<ed25519::PublicKey> = cfg
@@ -384,6 +392,46 @@ fn check_block(replica: &Replica, b: &Block, parent: &Block) -> Result<(), Strin
     // when it applies the block, as it refuses any other invalid transaction. Honest
     // proposers only take transactions that verified on entering the mempool.
     Ok(())
+}
+
+/// Sees everything simplex reports, records evidence of equivocation (attributable: the
+/// ed25519 scheme signs each vote with its validator's own key, so a pair of conflicting votes
+/// proves who cast them), and passes everything on to marshal's wrapper.
+#[derive(Clone)]
+struct Evidence<R> {
+    inner: R,
+    participants: Set<ed25519::PublicKey>,
+}
+
+impl<R> Reporter for Evidence<R>
+where
+    R: Reporter<Activity = simplex::types::Activity<Scheme, Digest>>,
+{
+    type Activity = simplex::types::Activity<Scheme, Digest>;
+    fn report(&mut self, activity: Self::Activity) -> commonware_actor::Feedback {
+        use commonware_consensus::Viewable as _;
+        use commonware_utils::ordered::Quorum as _;
+        use simplex::types::{Activity, Attributable};
+        let fault = match &activity {
+            Activity::ConflictingNotarize(e) => Some(("conflicting notarize votes", e.signer())),
+            Activity::ConflictingFinalize(e) => Some(("conflicting finalize votes", e.signer())),
+            Activity::NullifyFinalize(e) => Some(("nullify and finalize in one view", e.signer())),
+            _ => None,
+        };
+        if let Some((what, who)) = fault {
+            let key = self
+                .participants
+                .key(who)
+                .map(|k| hex::encode(k.encode()))
+                .unwrap_or_default();
+            tracing::warn!(
+                validator = %key,
+                view = activity.view().get(),
+                "equivocation evidence: {what}"
+            );
+        }
+        self.inner.report(activity)
+    }
 }
 
 /// Receives marshal's finalized blocks (in height order) for the committer.
@@ -642,6 +690,18 @@ async fn serve(
         marshal_mailbox.clone(),
         epocher,
     );
+    if cfg.byzantine_conflicter {
+        tracing::warn!("byzantine test mode: signing conflicting votes");
+        let c: simplex::mocks::conflicter::Conflicter<_, _, Sha256> =
+            simplex::mocks::conflicter::Conflicter::new(
+                context.child("byzantine"),
+                simplex::mocks::conflicter::Config { scheme },
+            );
+        let _ = c.start(votes).await;
+        return Err(ValidatorError::Io(std::io::Error::other(
+            "byzantine engine stopped",
+        )));
+    }
     let engine = simplex::Engine::new(
         context.child("simplex"),
         simplex::config::Config {
@@ -650,7 +710,10 @@ async fn serve(
             blocker: oracle.clone(),
             automaton: inline.clone(),
             relay: inline.clone(),
-            reporter: inline,
+            reporter: Evidence {
+                inner: inline,
+                participants: participants.clone(),
+            },
             strategy: Sequential,
             partition: "simplex".into(),
             mailbox_size: NZUsize!(1024),

@@ -55,6 +55,7 @@ async fn four_validators_finalize_the_same_ledger() {
             timing: Timing::default(),
             ack_timeout: Duration::from_secs(30),
             on_listening: None,
+            byzantine_conflicter: false,
         };
         std::thread::spawn(move || {
             if let Err(e) = sortition_validator::run(cfg) {
@@ -147,6 +148,7 @@ fn a_validator_with_an_inconsistent_setup_is_refused_at_start() {
         timing: Timing::default(),
         ack_timeout: Duration::from_secs(1),
         on_listening: None,
+        byzantine_conflicter: false,
     };
     let mut g = genesis.clone();
     g.beacon.threshold = 4;

@@ -37,6 +37,9 @@ pub struct ValidatorArgs {
     /// they stop with it even when it is killed).
     #[arg(long)]
     exit_on_stdin_eof: bool,
+    /// Test only, devnet geneses only: behave byzantine (`conflicter`: sign conflicting votes).
+    #[arg(long, hide = true, value_parser = ["conflicter"])]
+    byzantine: Option<String>,
 }
 
 /// Runs until killed. Called outside any tokio runtime (the validator owns its own).
@@ -75,6 +78,7 @@ pub fn run(a: ValidatorArgs) -> Result<()> {
         },
         ack_timeout: Duration::from_secs(a.ack_timeout_secs.max(1)),
         on_listening: Some(|addr| eprintln!("validator API listening on http://{addr}")),
+        byzantine_conflicter: a.byzantine.is_some(),
     };
     sortition_validator::run(cfg)?;
     Ok(())
