@@ -18,6 +18,10 @@ use sortition_types::{Amount, Hash32, Keypair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sortition");
 
+/// One network at a time: four validator processes per test on a 2-core machine already make
+/// views time out when several tests run at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
@@ -199,22 +203,50 @@ async fn roots(net: &Net, i: usize, h: u64) -> BTreeMap<u64, (String, String)> {
     out
 }
 
-/// Sends a faucet of `amount` to `to`, returning the transaction's hash once final.
+/// Sends a faucet of `amount` to `to`, returning the transaction's hash once final. A
+/// validator answers 503 "not final" when its acknowledgement timeout passes first (a view
+/// that timed out on a dead leader, a loaded machine): the transaction may still be included,
+/// so a careful client then looks it up, as this does (bounded).
 async fn faucet(c: &LedgerClient, admin: &Keypair, to: &Keypair, amount: u64) -> Hash32 {
-    let r = tokio::time::timeout(
-        Duration::from_secs(30),
-        c.send(
-            admin,
-            TxKind::Faucet {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = c.status().await.expect("status");
+        let nonce = c.next_nonce(&admin.public()).await.expect("nonce");
+        let tx = sortition_ledger::Tx {
+            chain_id: status.chain_id,
+            sender: admin.public(),
+            nonce,
+            expires_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                + 120_000,
+            kind: TxKind::Faucet {
                 to: to.public(),
                 amount: Amount(amount),
             },
-        ),
-    )
-    .await
-    .expect("answered within 30 s")
-    .expect("final");
-    r.tx_hash
+        }
+        .sign(admin);
+        let hash = tx.hash();
+        match c.submit(&tx).await {
+            Ok(r) => return r.tx_hash,
+            Err(e) if e.to_string().contains("not final") => {
+                while Instant::now() < deadline {
+                    if c.find_tx(&hash).await.is_ok() {
+                        return hash;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("transaction {hash} never became final: {e}");
+            }
+            Err(e) => {
+                // The previous attempt's transaction may have taken the nonce meanwhile.
+                assert!(
+                    e.code() == Some("wrong_nonce") && Instant::now() < deadline,
+                    "faucet refused: {e}"
+                );
+            }
+        }
+    }
 }
 
 async fn wait_all_up(net: &Net) {
@@ -225,6 +257,7 @@ async fn wait_all_up(net: &Net) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_validator_does_not_stop_the_others_and_catches_up() {
+    let _serial = SERIAL.lock().await;
     let mut net = Net::new(4);
     wait_all_up(&net).await;
     let user = Keypair::from_seed(b"validators-cli-user");
@@ -269,6 +302,7 @@ async fn a_killed_validator_does_not_stop_the_others_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_four_down_stops_finality_without_acknowledging_and_resumes() {
+    let _serial = SERIAL.lock().await;
     let mut net = Net::new(4);
     wait_all_up(&net).await;
     let user = Keypair::from_seed(b"validators-cli-user-2");
@@ -311,6 +345,7 @@ async fn two_of_four_down_stops_finality_without_acknowledging_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_validator_killed_at_once_restarts_with_the_same_roots() {
+    let _serial = SERIAL.lock().await;
     let mut net = Net::new(4);
     wait_all_up(&net).await;
     let user = Keypair::from_seed(b"validators-cli-user-3");
@@ -354,6 +389,7 @@ async fn every_validator_killed_at_once_restarts_with_the_same_roots() {
 /// client tries first is killed with SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_requests_keep_succeeding_when_a_validator_is_killed() {
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("dn");
     let log = std::fs::File::create(tmp.path().join("devnet.log")).expect("log");
@@ -482,6 +518,7 @@ async fn gateway_requests_keep_succeeding_when_a_validator_is_killed() {
 /// it catches up to the same roots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_validator_rejoins_and_catches_up() {
+    let _serial = SERIAL.lock().await;
     let net = Net::new(4);
     wait_all_up(&net).await;
     let user = Keypair::from_seed(b"validators-cli-user-4");
@@ -518,6 +555,7 @@ async fn a_cut_off_validator_rejoins_and_catches_up() {
 /// reports the equivocation with the offender's key (the ed25519 votes are attributable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_equivocating_validator_breaks_nothing_and_is_reported() {
+    let _serial = SERIAL.lock().await;
     let net = Net::with_byzantine(4, Some(3));
     for i in 0..3 {
         wait_height(&net, i, 0, Duration::from_secs(30)).await;
