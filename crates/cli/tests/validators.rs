@@ -330,7 +330,11 @@ async fn two_of_four_down_stops_finality_without_acknowledging_and_resumes() {
         later <= stalled + 1,
         "finality went on without a quorum: {stalled} → {later}"
     );
+    // The other survivor learns what the quorum finalized before it broke (certificates are
+    // re-sent with each timed-out vote), and no more: no fork, no progress.
+    wait_height(&net, 1, later, Duration::from_secs(20)).await;
     assert_eq!(height(&net.client(1)).await.expect("status"), later);
+    assert_eq!(roots(&net, 1, later).await, roots(&net, 0, later).await);
     // One returns: a quorum again; the waiting transaction is included and the chain goes on.
     net.start(2);
     faucet(&c, &net.admin, &user, 1).await;
