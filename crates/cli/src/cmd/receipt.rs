@@ -6,7 +6,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sortition_api::SortitionExt;
 use sortition_ledger_service::LedgerClient;
-use sortition_types::text_response_hash;
 
 #[derive(Subcommand, Debug)]
 pub enum ReceiptCmd {
@@ -20,6 +19,35 @@ pub enum ReceiptCmd {
 pub struct VerifyArgs {
     #[arg(long, default_value = "http://127.0.0.1:7400")]
     ledger: String,
+    /// The request body that was sent (JSON): needed to check an answer made under a
+    /// `response_format` schema, whose digest the response hash includes.
+    #[arg(long)]
+    request: Option<std::path::PathBuf>,
+}
+
+/// The response hash of exactly what `input` delivers (a JSON body or an SSE stream) for the
+/// request `body`, the way the gateway computes it: text, finish reason, log-probabilities,
+/// the request's constraint, or embeddings' vectors.
+fn delivered_hash(input: &str, body: &[u8]) -> Result<sortition_types::Hash32> {
+    let trimmed = input.trim_start();
+    if trimmed.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(trimmed).context("stdin is not JSON")?;
+        return sortition_api::delivered::response_hash(&v, body)
+            .map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    let mut d = sortition_api::delivered::DeliveredText::for_request(body);
+    for line in input.lines() {
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(data).with_context(|| format!("bad SSE event: {data}"))?;
+        d.absorb(&v);
+    }
+    d.response_hash().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The receipt extension and, when it can be rebuilt, the answer text and finish reason.
@@ -79,6 +107,10 @@ pub async fn run(cmd: ReceiptCmd) -> Result<()> {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
     let (ext, answer) = extract(&input)?;
+    let body = match &a.request {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        None => Vec::new(),
+    };
     let r = &ext.receipt.receipt;
     let node = LedgerClient::new(&a.ledger)
         .node(r.node)
@@ -91,12 +123,16 @@ pub async fn run(cmd: ReceiptCmd) -> Result<()> {
         );
     }
     println!("signature  ok ({} key {})", r.node, node.operator);
-    match answer {
-        Some((text, finish)) if text_response_hash(&text, &finish) == r.response_hash => {
-            println!("response   ok (the text received is what the node committed to)")
+    match delivered_hash(&input, &body) {
+        Ok(h) if h == r.response_hash => {
+            println!("response   ok (what was received is what the node committed to)")
         }
-        Some(_) => bail!("INVALID: the response text does not match the receipt's response hash"),
-        None => println!("response   not checked (no text in the input)"),
+        Ok(_) if a.request.is_none() && answer.is_some() => bail!(
+            "INVALID: the response does not match the receipt's response hash (an answer made \
+             under a response_format schema needs the request: --request FILE)"
+        ),
+        Ok(_) => bail!("INVALID: the response does not match the receipt's response hash"),
+        Err(e) => println!("response   not checked ({e})"),
     }
     println!(
         "receipt    {} seq {} model {} tokens {}+{} class {}",
