@@ -76,6 +76,8 @@ pub struct Replica {
     shared: Arc<Shared>,
     handle: Handle,
     pool: Arc<Mutex<Mempool>>,
+    /// Most transactions the pool holds for local submitters; peers' may fill up to 4×.
+    max_pool: usize,
 }
 
 /// The transactions this replica's own clients submitted, for the consensus layer to share
@@ -123,6 +125,7 @@ pub fn start_replica(
             shared,
             handle,
             pool,
+            max_pool: max,
         },
         gossip,
     ))
@@ -155,7 +158,7 @@ impl Replica {
             return false;
         }
         let mut pool = lock(&self.pool);
-        if pool.txs.len() >= 4 * 100_000 {
+        if pool.txs.len() >= 4 * self.max_pool {
             return false;
         }
         pool.insert(v.signed().clone())

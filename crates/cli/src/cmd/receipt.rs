@@ -36,18 +36,19 @@ fn delivered_hash(input: &str, body: &[u8]) -> Result<sortition_types::Hash32> {
             .map_err(|e| anyhow::anyhow!("{e}"));
     }
     let mut d = sortition_api::delivered::DeliveredText::for_request(body);
-    for line in input.lines() {
-        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-            continue;
-        };
-        if data == "[DONE]" {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(data).with_context(|| format!("bad SSE event: {data}"))?;
-        d.absorb(&v);
+    for v in sse_events(input) {
+        d.absorb(&v?);
     }
     d.response_hash().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The JSON events of an SSE stream, in order (`[DONE]` and non-data lines left out).
+fn sse_events(input: &str) -> impl Iterator<Item = Result<serde_json::Value>> + '_ {
+    input
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:").map(str::trim))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).with_context(|| format!("bad SSE event: {data}")))
 }
 
 /// The receipt extension and, when it can be rebuilt, the answer text and finish reason.
@@ -74,15 +75,8 @@ pub fn extract(input: &str) -> Result<(SortitionExt, Option<(String, String)>)> 
     let mut text = String::new();
     let mut finish = None;
     let mut ext = None;
-    for line in input.lines() {
-        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-            continue;
-        };
-        if data == "[DONE]" {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(data).with_context(|| format!("bad SSE event: {data}"))?;
+    for v in sse_events(input) {
+        let v = v?;
         if let Some(e) = v.get("sortition") {
             ext = Some(serde_json::from_value::<SortitionExt>(e.clone())?);
         }
