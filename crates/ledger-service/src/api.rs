@@ -72,6 +72,7 @@ pub fn router(h: Handle) -> Router {
         .route("/v1/disputes", get(disputes))
         .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/slashes", get(slashes))
+        .route("/v1/validator-faults", get(validator_faults))
         .route("/v1/supply", get(supply))
         .route("/v1/events", get(crate::sse::events))
         .with_state(h)
@@ -131,19 +132,23 @@ async fn genesis(State(h): State<Handle>) -> Json<Value> {
 
 /// A block's header as anyone can check it: `beacon` (`σ_h`) verifies against the group key in
 /// `/v1/genesis` (`beacon.group_key`) over `sortition_ledger::beacon::message(chain_id,
-/// height)`, and `randomness` is its sha256.
+/// height)`, and `randomness` is its sha256. Both are `null` in a bridge block (one that
+/// consensus finalized before its parent was final here; see
+/// `sortition_ledger::BlockContext::beacon`), which draws nothing.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BlockResponse {
     pub height: u64,
     pub timestamp_ms: u64,
     pub state_root: Hash32,
-    pub randomness: Hash32,
-    pub beacon: sortition_ledger::BeaconSig,
+    pub randomness: Option<Hash32>,
+    pub beacon: Option<sortition_ledger::BeaconSig>,
     pub tx_count: usize,
-    /// Under consensus: the block's finality certificate (hex of commonware simplex's
-    /// `Finalization` encoding: the proposal and the validators' ed25519 signatures), when this
-    /// replica holds one (a block finalized through a descendant's certificate has none of its
-    /// own). `None` for the embedded sequencer.
+    /// Under consensus: the validator's proof for this block, hex (`sortition_validator::light::
+    /// Proof`: the consensus parent's digest, the digest of the transactions' bytes and, when the
+    /// block was finalized by a certificate of its own, commonware simplex's `Finalization`: the
+    /// proposal and the validators' ed25519 signatures). A light client recomputes the block's
+    /// digest from this header and verifies the certificate against the genesis' validators
+    /// (`sortition_validator::light::verify_headers`). `None` for the embedded sequencer.
     #[serde(default)]
     pub certificate: Option<String>,
 }
@@ -161,7 +166,7 @@ async fn block(State(h): State<Handle>, Path(height): Path<String>) -> ApiResult
         height: b.ctx.height,
         timestamp_ms: b.ctx.timestamp_ms,
         state_root: b.state_root,
-        randomness: b.ctx.randomness,
+        randomness: b.ctx.randomness(),
         beacon: b.ctx.beacon,
         tx_count: b.txs.len(),
         certificate: h.shared().store.certificate(height)?.map(hex::encode),
@@ -281,6 +286,12 @@ async fn dispute(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<V
 
 async fn slashes(State(h): State<Handle>) -> Json<Value> {
     Json(h.with_ledger(|l| json!(l.state().slashes)))
+}
+
+/// Validators proven to have signed conflicting consensus votes (see
+/// `sortition_ledger::validator_faults`), by validator key, then view.
+async fn validator_faults(State(h): State<Handle>) -> Json<Value> {
+    Json(h.with_ledger(|l| json!(l.state().validator_faults.values().collect::<Vec<_>>())))
 }
 
 async fn supply(State(h): State<Handle>) -> Json<Value> {

@@ -222,6 +222,12 @@ impl LedgerClient {
     pub async fn slashes(&self) -> Result<Vec<SlashRecord>, ClientError> {
         self.get("/v1/slashes").await
     }
+    /// Validators proven to have equivocated (`GET /v1/validator-faults`).
+    pub async fn validator_faults(
+        &self,
+    ) -> Result<Vec<sortition_ledger::validator_faults::ValidatorFault>, ClientError> {
+        self.get("/v1/validator-faults").await
+    }
     pub async fn find_tx(&self, hash: &Hash32) -> Result<TxLocation, ClientError> {
         self.get(&format!("/v1/txs/{hash}")).await
     }

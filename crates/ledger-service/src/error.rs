@@ -91,7 +91,8 @@ pub fn ledger_status(e: &LedgerError) -> StatusCode {
         | ReceiptAlreadySubmitted
         | NodeExists(_)
         | ModelExists(_)
-        | ClassChangeWhileBusy { .. } => StatusCode::CONFLICT,
+        | ClassChangeWhileBusy { .. }
+        | ValidatorFaultReported { .. } => StatusCode::CONFLICT,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }

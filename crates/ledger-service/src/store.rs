@@ -23,8 +23,9 @@ const CERTIFICATES: TableDefinition<u64, &[u8]> = TableDefinition::new("certific
 /// who keeps the request for audits (`Receipt::custody`, withheld requests slashed); 3: until
 /// `UpdateNode` could change a node's class (a field more in its encoding); 4: until blocks
 /// carried their BLS threshold beacon signature `σ_h` and draws waited for the next block's
-/// beacon; 5: since.
-pub const FORMAT: u32 = 5;
+/// beacon; 5: until a block's beacon became optional (bridge blocks, a field's encoding
+/// changed); 6: since.
+pub const FORMAT: u32 = 6;
 
 /// The file in the data directory holding this sequencer's secret beacon share (hex, 0600).
 pub const BEACON_SHARE_FILE: &str = "beacon-share";

@@ -92,12 +92,12 @@ pub(crate) fn open_for_claim(
         (s.id, s.owner, s.model.clone(), c.node, c.receipt_count);
     let mut picked: Vec<u64> = (0..count)
         .filter(|i| {
-            below(draw(&ctx.randomness, "sample", claim_id.0, *i), PPM) < u64::from(policy.q_ppm)
+            below(draw(&st.randomness, "sample", claim_id.0, *i), PPM) < u64::from(policy.q_ppm)
         })
         .collect();
     let cap = st.params.max_audits_per_claim as usize;
     if picked.len() > cap {
-        picked = choose(&picked, cap, &ctx.randomness, "sample-cap", claim_id.0);
+        picked = choose(&picked, cap, &st.randomness, "sample-cap", claim_id.0);
         picked.sort_unstable();
     }
     let pool = peer_pool(st, executor, &model, &[]);
@@ -109,7 +109,7 @@ pub(crate) fn open_for_claim(
         let auditors = choose(
             &pool,
             usize::from(policy.k),
-            &ctx.randomness,
+            &st.randomness,
             "auditors",
             id.0,
         );
@@ -296,7 +296,7 @@ pub(crate) fn draw_challengers(
     if a.outcome.is_some() {
         return;
     }
-    let auditors = choose(pool, usize::from(k), &ctx.randomness, "challengers", id.0);
+    let auditors = choose(pool, usize::from(k), &st.randomness, "challengers", id.0);
     let commit_deadline = ctx.height.saturating_add(st.params.audit_commit_blocks);
     let reveal_deadline = commit_deadline.saturating_add(st.params.audit_reveal_blocks);
     events.push(Event::AuditOpened {

@@ -16,9 +16,15 @@
 //!
 //! Randomness selects only for things fixed in an earlier block: a claim included at `h` has its
 //! receipts and auditors drawn at the end of block `h + 1` with `h + 1`'s value; likewise a
-//! challenge's auditors, a dispute's committee and an automatic stack purchase's node (see
-//! `draws`). Nobody could know that value when the claim was submitted, nor when it was
-//! included.
+//! challenge's auditors and a dispute's committee (see `draws`). Nobody could know that value
+//! when the claim was submitted, nor when it was included.
+//!
+//! With validators, each signs its share of `σ_h` only once block `h − 1` is final. A block
+//! proposed on a parent that is not final yet (consensus pipelines: a leader may build on a
+//! block that is only notarized, and a crash can leave a notarized block whose own finalization
+//! never completes) carries no beacon: it is a *bridge* block ([`crate::BlockContext::beacon`]),
+//! and its finalization finalizes its parent. Draws fixed before it wait for the next block
+//! with a beacon, whose value nobody could know before they were final.
 //!
 //! # Keys
 //!

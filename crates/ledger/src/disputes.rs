@@ -95,7 +95,7 @@ pub(crate) fn draw_committee(
         pool.retain(|m| st.nodes.get(m).is_some_and(|n| holds_current_key(st, n)));
     }
     let size = 2 * usize::from(a.wanted) + 1;
-    let committee = choose(&pool, size, &ctx.randomness, "committee", id.0);
+    let committee = choose(&pool, size, &st.randomness, "committee", id.0);
     committee.iter().for_each(|m| add_work(st, *m));
     let commit_deadline = ctx.height.saturating_add(st.params.dispute_commit_blocks);
     let reveal_deadline = commit_deadline.saturating_add(st.params.dispute_reveal_blocks);

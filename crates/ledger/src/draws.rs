@@ -1,8 +1,9 @@
 //! Draws made with a beacon value produced after what they select for was fixed.
 //!
 //! A claim, a challenge or a dispute fixed in block `h` (by a transaction, or by an audit
-//! closing at the end of `h`) is queued here and drawn at the end of block `h + 1`, with the
-//! randomness of `h + 1`, before anything else at the end of that block: the receipts a claim
+//! closing at the end of `h`) is queued here and drawn at the end of the next block that
+//! carries a beacon (`h + 1` unless that is a bridge block, see [`BlockContext::beacon`]), with
+//! that block's randomness, before anything else at the end of that block: the receipts a claim
 //! gets audited on and their auditors, a challenge's auditors, a dispute's committee. Nobody
 //! below the beacon's threshold knows that value when the claim is submitted or included, so
 //! no one can time a claim to dodge its sample, nor steer who judges it. The audit's or
@@ -25,8 +26,12 @@ pub(crate) fn defer(st: &mut State, ctx: &BlockContext, draw: Draw) {
     });
 }
 
-/// Makes every draw fixed before this block, in the order they were fixed.
+/// Makes every draw fixed before this block, in the order they were fixed; nothing in a bridge
+/// block (no beacon: the draws wait for the next block that has one).
 pub(crate) fn run(st: &mut State, ctx: &BlockContext, events: &mut Vec<Event>) {
+    if ctx.beacon.is_none() {
+        return;
+    }
     let (due, kept): (Vec<PendingDraw>, Vec<PendingDraw>) = std::mem::take(&mut st.pending_draws)
         .into_iter()
         .partition(|p| p.fixed_height < ctx.height);

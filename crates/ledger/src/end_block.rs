@@ -58,7 +58,7 @@ pub(crate) fn run(st: &mut State, ctx: &BlockContext) -> Vec<Event> {
         .is_multiple_of(st.params.epoch_length_blocks.max(1))
     {
         st.epoch += 1;
-        st.epoch_nonce = crate::state::epoch_nonce(&ctx.randomness, st.epoch);
+        st.epoch_nonce = crate::state::epoch_nonce(&st.randomness, st.epoch);
         let fees = st.fees_this_epoch;
         st.fees_this_epoch = Amount::ZERO;
         st.nodes

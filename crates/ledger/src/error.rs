@@ -2,9 +2,7 @@
 
 use crate::beacon::BeaconError;
 use serde::{Deserialize, Serialize};
-use sortition_types::{
-    Amount, AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeId, StackId, Units,
-};
+use sortition_types::{Amount, AuditId, ClaimId, DisputeId, ModelId, NodeId, StackId, Units};
 
 /// A transaction was refused. A refused transaction changes nothing in the state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -43,6 +41,13 @@ pub enum LedgerError {
     CollateralBelowMinimum { need: Amount, have: Amount },
     #[error("not an equivocation: {0}")]
     NotAnEquivocation(String),
+    #[error("not evidence of a validator fault: {0}")]
+    NotAValidatorFault(String),
+    #[error("validator {validator}'s fault in view {view} was already recorded")]
+    ValidatorFaultReported { validator: String, view: u64 },
+    /// The genesis' validator keys are malformed (refused at start).
+    #[error("genesis validators refused: {0}")]
+    BadValidators(String),
     #[error("the equivocation at {stack} position {sequence} was already reported")]
     EquivocationReported { stack: StackId, sequence: u64 },
     /// Receipts signed under the old class are audited by peers of the old class: the class
@@ -155,12 +160,6 @@ pub enum BlockError {
     /// `σ_h` is missing, malformed or not the group's signature of this height.
     #[error("block beacon refused: {0}")]
     Beacon(BeaconError),
-    #[error("block {height} randomness {got} is not sha256 of its beacon ({expected})")]
-    RandomnessMismatch {
-        height: u64,
-        expected: Hash32,
-        got: Hash32,
-    },
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

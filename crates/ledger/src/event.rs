@@ -190,4 +190,10 @@ pub enum Event {
         sequence: u64,
         units: Units,
     },
+    /// A validator was proven to have signed conflicting votes in `view`.
+    ValidatorFaultRecorded {
+        validator: String,
+        view: u64,
+        kind: crate::validator_faults::ValidatorFaultKind,
+    },
 }

@@ -34,6 +34,7 @@ mod equivocation;
 mod nodes;
 mod ops;
 mod stacks;
+pub mod validator_faults;
 
 use serde::{Deserialize, Serialize};
 use sortition_types::{Hash32, PublicKey};
@@ -48,27 +49,43 @@ pub use tx::{
     Offer, SealingKey, SignedTx, TX_DOMAIN, Tx, TxKind, Verdict, VerifiedTx, verdict_commitment,
 };
 
-/// What the sequencer supplies with each block.
+/// What the sequencer (or consensus) supplies with each block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockContext {
     pub height: u64,
     pub timestamp_ms: u64,
-    /// `sha256(beacon)`; checked.
-    pub randomness: Hash32,
     /// `σ_h`: the group's threshold signature of `beacon::message(chain_id, height)`; checked
-    /// against the genesis' group key.
-    pub beacon: BeaconSig,
+    /// against the genesis' group key. Its sha256 is the block's randomness.
+    ///
+    /// `None` in a *bridge* block: one proposed on a parent that was not yet final, when no
+    /// `σ_h` could exist (validators release their shares of `σ_h` only once `h − 1` is final,
+    /// see `beacon`). A bridge block draws nothing: the draws it would have made wait for the
+    /// next block with a beacon, whose value was still unknown when they were fixed.
+    pub beacon: Option<BeaconSig>,
 }
 
 impl BlockContext {
-    /// The context of block `height` with its beacon signature (randomness derived from it).
+    /// The context of block `height` with its beacon signature.
     pub fn new(height: u64, timestamp_ms: u64, beacon: BeaconSig) -> Self {
         BlockContext {
             height,
             timestamp_ms,
-            randomness: beacon.randomness(),
-            beacon,
+            beacon: Some(beacon),
         }
+    }
+
+    /// A bridge block's context (no beacon; see [`BlockContext::beacon`]).
+    pub fn bridge(height: u64, timestamp_ms: u64) -> Self {
+        BlockContext {
+            height,
+            timestamp_ms,
+            beacon: None,
+        }
+    }
+
+    /// `sha256(σ_h)`, or `None` in a bridge block.
+    pub fn randomness(&self) -> Option<Hash32> {
+        self.beacon.map(|b| b.randomness())
     }
 }
 
@@ -87,6 +104,7 @@ pub struct BlockOutcome {
 pub struct Ledger {
     state: State,
     beacon: Beacon,
+    validators: validator_faults::ValidatorSet,
 }
 
 impl Ledger {
@@ -94,9 +112,12 @@ impl Ledger {
     pub fn new(genesis: &Genesis) -> std::result::Result<Self, LedgerError> {
         let beacon =
             Beacon::new(&genesis.chain_id, &genesis.beacon).map_err(LedgerError::BadBeaconKeys)?;
+        let validators = validator_faults::ValidatorSet::new(&genesis.validators)
+            .map_err(LedgerError::BadValidators)?;
         Ok(Ledger {
             state: ops::genesis_state(genesis)?,
             beacon,
+            validators,
         })
     }
 
@@ -182,19 +203,16 @@ impl Ledger {
                 got: ctx.timestamp_ms,
             });
         }
-        self.beacon
-            .verify(ctx.height, &ctx.beacon)
-            .map_err(BlockError::Beacon)?;
-        if ctx.randomness != ctx.beacon.randomness() {
-            return Err(BlockError::RandomnessMismatch {
-                height: ctx.height,
-                expected: ctx.beacon.randomness(),
-                got: ctx.randomness,
-            });
+        if let Some(sig) = &ctx.beacon {
+            self.beacon
+                .verify(ctx.height, sig)
+                .map_err(BlockError::Beacon)?;
         }
         self.state.height = ctx.height;
         self.state.timestamp_ms = ctx.timestamp_ms;
-        self.state.randomness = ctx.randomness;
+        if let Some(r) = ctx.randomness() {
+            self.state.randomness = r;
+        }
         Ok(())
     }
 
@@ -221,7 +239,12 @@ impl Ledger {
                 got: tx.nonce,
             });
         }
-        let events = dispatch(st, ctx, &tx.sender, &tx.kind)?;
+        let events = match &tx.kind {
+            TxKind::ReportValidatorFault { evidence } => {
+                validator_faults::report(st, &self.validators, ctx, &tx.sender, evidence)
+            }
+            kind => dispatch(st, ctx, &tx.sender, kind),
+        }?;
         st.accounts.entry(tx.sender).or_default().nonce = expected + 1;
         Ok(events)
     }
@@ -316,5 +339,9 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
         ChallengeReceipt { receipt } => audits::challenge(st, ctx, sender, receipt),
         ReportEquivocation { first, second } => equivocation::report(st, sender, first, second),
         DisownReceipt { receipt } => stacks::disown(st, sender, receipt),
+        // Checked against the validator set, which `Ledger::apply_tx` holds.
+        ReportValidatorFault { .. } => Err(LedgerError::NotAValidatorFault(
+            "checked by the ledger, not here".into(),
+        )),
     }
 }

@@ -48,6 +48,7 @@ pub(crate) fn genesis_state(g: &Genesis) -> Result<State, LedgerError> {
         slashes: Vec::new(),
         next_ids: NextIds::default(),
         pending_draws: Vec::new(),
+        validator_faults: Default::default(),
     };
     for (pk, amount) in &g.balances {
         st.minted = st

@@ -73,7 +73,7 @@ pub(crate) fn buy(
             if pool.is_empty() {
                 return Err(LedgerError::NoEligibleNode(model.clone()));
             }
-            let pick = below(draw(&ctx.randomness, "buy", id.0, 0), pool.len() as u64) as usize;
+            let pick = below(draw(&st.randomness, "buy", id.0, 0), pool.len() as u64) as usize;
             pool[pick]
         }
     };

@@ -262,9 +262,11 @@ pub struct State {
     pub params: Params,
     pub height: u64,
     pub timestamp_ms: u64,
+    /// The randomness of the latest block that carried a beacon (`sha256(σ)`); bridge blocks
+    /// leave it as it was.
     pub randomness: Hash32,
     pub epoch: u64,
-    /// The current epoch's nonce, fixed at the epoch turn from that block's beacon (see
+    /// The current epoch's nonce, fixed at the epoch turn from the latest beacon value (see
     /// [`epoch_nonce`]); TEE evidence of confidential keys binds it, so it cannot be made
     /// before the epoch began.
     pub epoch_nonce: Hash32,
@@ -296,6 +298,10 @@ pub struct State {
     /// Selections fixed in a block and drawn at the end of a later one, with that block's
     /// beacon (see `draws`), in the order they were fixed.
     pub pending_draws: Vec<PendingDraw>,
+    /// Validators proven to have signed conflicting consensus votes, by (key, view): one
+    /// record each (see `validator_faults`).
+    #[serde(default)]
+    pub validator_faults: BTreeMap<(String, u64), crate::validator_faults::ValidatorFault>,
 }
 
 /// A selection waiting for a beacon value produced after `fixed_height`.
@@ -332,7 +338,8 @@ pub struct NextIds {
 }
 
 /// The nonce of `epoch`: `sha256("sortition/epoch-nonce" || randomness || epoch as u64 LE)`,
-/// where `randomness` is the beacon of the block that turned the epoch, unknown before it
+/// where `randomness` is the latest beacon value when the epoch turned (that block's own, or
+/// the last one before it if it is a bridge block), unknown until shortly before the turn
 /// (epoch 0: the genesis hash, fixed before any block).
 pub fn epoch_nonce(randomness: &Hash32, epoch: u64) -> Hash32 {
     sortition_types::hash::sha256_parts(&[

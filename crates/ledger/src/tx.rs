@@ -183,6 +183,13 @@ pub enum TxKind {
     DisownReceipt {
         receipt: SignedReceipt,
     },
+    /// Anyone holding two conflicting consensus votes one validator signed for the same view
+    /// (simplex's `Activity` encoding of the pair, as consensus reports it) proves that the
+    /// validator equivocated; checked against the genesis' validator set and recorded (see
+    /// `validator_faults`).
+    ReportValidatorFault {
+        evidence: Vec<u8>,
+    },
 }
 
 /// A transaction with its sender's signature.

@@ -45,9 +45,20 @@ pub async fn predicts_audit(
         return Ok(false);
     };
     let height = client.status().await.map_err(|e| e.to_string())?.height;
-    let block = client.block(height).await.map_err(|e| e.to_string())?;
+    // The newest block with a beacon (a bridge block has none; the ledger keeps the last value).
+    let mut randomness = None;
+    for h in (height.saturating_sub(64)..=height).rev() {
+        let block = client.block(h).await.map_err(|e| e.to_string())?;
+        if let Some(r) = block.randomness {
+            randomness = Some(r);
+            break;
+        }
+    }
+    let Some(randomness) = randomness else {
+        return Ok(false);
+    };
     let claim = ClaimId(next_claim_id(client).await);
-    Ok(!predicted_sample(&block.randomness, claim, count, policy.q_ppm).is_empty())
+    Ok(!predicted_sample(&randomness, claim, count, policy.q_ppm).is_empty())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The block consensus orders: a parent, a height, the proposer's timestamp, the beacon signature
-//! `σ_h` for its height, and the ledger transactions (their canonical encoding).
+//! `σ_h` for its height (absent in a bridge block, see `sortition_ledger::BlockContext::beacon`),
+//! and the ledger transactions (their canonical encoding).
 //!
 //! A block carries no state root: the ledger applies a block only once it is final (execution
 //! follows ordering), and every replica's root for each height is served at
@@ -25,8 +26,9 @@ pub struct Block {
     pub parent: Digest,
     pub height: Height,
     pub timestamp_ms: u64,
-    /// `σ_height` (all zeros in the genesis block, which has no beacon).
-    pub beacon: [u8; SIGNATURE_LEN],
+    /// `σ_height`; `None` in the genesis block and in bridge blocks (proposed before the
+    /// parent was final, when `σ_height` could not exist yet).
+    pub beacon: Option<[u8; SIGNATURE_LEN]>,
     /// `canonical_bytes(Vec<SignedTx>)`.
     pub txs: Vec<u8>,
     digest: Digest,
@@ -37,7 +39,7 @@ impl Block {
         parent: Digest,
         height: Height,
         timestamp_ms: u64,
-        beacon: [u8; SIGNATURE_LEN],
+        beacon: Option<[u8; SIGNATURE_LEN]>,
         txs: &[SignedTx],
     ) -> Self {
         let txs = sortition_types::canonical_bytes(&txs.to_vec());
@@ -48,18 +50,17 @@ impl Block {
         parent: Digest,
         height: Height,
         timestamp_ms: u64,
-        beacon: [u8; SIGNATURE_LEN],
+        beacon: Option<[u8; SIGNATURE_LEN]>,
         txs: Vec<u8>,
     ) -> Self {
         let txs_digest = Sha256::hash(&[txs.as_slice()]);
-        let digest = hash_parts(&[
-            DOMAIN,
-            parent.as_ref(),
-            &height.get().to_be_bytes(),
-            &timestamp_ms.to_be_bytes(),
-            &beacon,
-            txs_digest.as_ref(),
-        ]);
+        let digest = header_digest(
+            &parent,
+            height.get(),
+            timestamp_ms,
+            beacon.as_ref(),
+            &txs_digest,
+        );
         Block {
             parent,
             height,
@@ -77,9 +78,14 @@ impl Block {
             parent,
             Height::zero(),
             genesis_time_ms,
-            [0; SIGNATURE_LEN],
+            None,
             sortition_types::canonical_bytes(&Vec::<SignedTx>::new()),
         )
+    }
+
+    /// sha256 of the transactions' bytes (a part of the digest).
+    pub fn txs_digest(&self) -> Digest {
+        Sha256::hash(&[self.txs.as_slice()])
     }
 
     /// The transactions, decoded.
@@ -90,8 +96,32 @@ impl Block {
 
     /// The ledger's context for this block.
     pub fn context(&self) -> BlockContext {
-        BlockContext::new(self.height.get(), self.timestamp_ms, BeaconSig(self.beacon))
+        BlockContext {
+            height: self.height.get(),
+            timestamp_ms: self.timestamp_ms,
+            beacon: self.beacon.map(BeaconSig),
+        }
     }
+}
+
+/// A block's digest from its header fields (what consensus votes on; a light client recomputes
+/// it from a block's header and its transactions' digest).
+pub fn header_digest(
+    parent: &Digest,
+    height: u64,
+    timestamp_ms: u64,
+    beacon: Option<&[u8; SIGNATURE_LEN]>,
+    txs_digest: &Digest,
+) -> Digest {
+    // An absent beacon hashes as an empty part, a present one as its 48 bytes.
+    hash_parts(&[
+        DOMAIN,
+        parent.as_ref(),
+        &height.to_be_bytes(),
+        &timestamp_ms.to_be_bytes(),
+        beacon.map_or(&[][..], |b| &b[..]),
+        txs_digest.as_ref(),
+    ])
 }
 
 /// sha256 of the parts, each prefixed with its length (so no two part lists collide).
@@ -109,7 +139,13 @@ impl Write for Block {
         self.parent.write(w);
         self.height.write(w);
         self.timestamp_ms.write(w);
-        w.put_slice(&self.beacon);
+        match &self.beacon {
+            None => w.put_u8(0),
+            Some(b) => {
+                w.put_u8(1);
+                w.put_slice(b);
+            }
+        }
         self.txs.write(w);
     }
 }
@@ -119,7 +155,8 @@ impl EncodeSize for Block {
         self.parent.encode_size()
             + self.height.encode_size()
             + self.timestamp_ms.encode_size()
-            + SIGNATURE_LEN
+            + 1
+            + self.beacon.map_or(0, |_| SIGNATURE_LEN)
             + self.txs.encode_size()
     }
 }
@@ -131,11 +168,18 @@ impl Read for Block {
         let parent = Digest::read(r)?;
         let height = Height::read(r)?;
         let timestamp_ms = u64::read(r)?;
-        if r.remaining() < SIGNATURE_LEN {
-            return Err(CodecError::EndOfBuffer);
-        }
-        let mut beacon = [0u8; SIGNATURE_LEN];
-        r.copy_to_slice(&mut beacon);
+        let beacon = match u8::read(r)? {
+            0 => None,
+            1 => {
+                if r.remaining() < SIGNATURE_LEN {
+                    return Err(CodecError::EndOfBuffer);
+                }
+                let mut b = [0u8; SIGNATURE_LEN];
+                r.copy_to_slice(&mut b);
+                Some(b)
+            }
+            t => return Err(CodecError::InvalidEnum(t)),
+        };
         let txs = Vec::<u8>::read_cfg(r, &(RangeCfg::new(0..=MAX_TXS_BYTES), ()))?;
         Ok(Self::with_encoded(
             parent,
@@ -168,8 +212,9 @@ impl commonware_consensus::Block for Block {
 
 impl commonware_consensus::BoundedBlock for Block {
     fn max_encode_size(_: &()) -> usize {
-        // digest, height (varint), timestamp, beacon, length prefix (varint) and the bytes.
-        32 + 10 + 8 + SIGNATURE_LEN + 5 + MAX_TXS_BYTES
+        // digest, height (varint), timestamp, beacon tag and signature, length prefix (varint)
+        // and the bytes.
+        32 + 10 + 8 + 1 + SIGNATURE_LEN + 5 + MAX_TXS_BYTES
     }
 }
 
@@ -199,20 +244,37 @@ mod tests {
             g.digest(),
             Height::new(1),
             7,
-            [1; SIGNATURE_LEN],
+            Some([1; SIGNATURE_LEN]),
             std::slice::from_ref(&tx),
         );
         let bytes = b.encode();
         let back = Block::decode(bytes.clone()).expect("decodes");
         assert_eq!(back, b);
         assert_eq!(back.digest(), b.digest());
-        assert_eq!(back.transactions().expect("txs"), vec![tx]);
+        assert_eq!(back.transactions().expect("txs"), vec![tx.clone()]);
         // Every truncation is refused, never a panic.
         for cut in 0..bytes.len() {
             assert!(Block::decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
         }
         // A different timestamp is a different block.
-        let other = Block::new(g.digest(), Height::new(1), 8, [1; SIGNATURE_LEN], &[]);
+        let other = Block::new(g.digest(), Height::new(1), 8, Some([1; SIGNATURE_LEN]), &[]);
         assert_ne!(other.digest(), b.digest());
+        // A bridge block (no beacon) round-trips, and differs from the block with one.
+        let bridge = Block::new(
+            g.digest(),
+            Height::new(1),
+            7,
+            None,
+            std::slice::from_ref(&tx),
+        );
+        let back = Block::decode(bridge.encode()).expect("decodes");
+        assert_eq!(back, bridge);
+        assert_ne!(bridge.digest(), b.digest());
+        assert_eq!(bridge.context().beacon, None);
+        // An unknown beacon tag is refused.
+        let mut bad = bridge.encode().to_vec();
+        let tag_at = bad.len() - bridge.txs.encode_size() - 1;
+        bad[tag_at] = 2;
+        assert!(Block::decode(bytes::Bytes::from(bad)).is_err());
     }
 }

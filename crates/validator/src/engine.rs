@@ -44,7 +44,7 @@ use crate::block::{Block, MAX_BLOCK_TXS, MAX_TXS_BYTES};
 type Scheme = simplex::scheme::ed25519::Scheme;
 type Ctx = Context<Digest, ed25519::PublicKey>;
 
-const NAMESPACE: &[u8] = b"sortition/consensus";
+use crate::light::NAMESPACE;
 const P2P_NAMESPACE: &[u8] = b"sortition/p2p";
 
 const CH_VOTES: u64 = 0;
@@ -146,22 +146,10 @@ fn preflight(cfg: &ValidatorConfig) -> Result<Preflight, ValidatorError> {
     }
     sortition_ledger::Beacon::new(&cfg.genesis.chain_id, &cfg.genesis.beacon)
         .map_err(|e| ValidatorError::Genesis(e.to_string()))?;
-    let keys: Vec<ed25519::PublicKey> = cfg
-        .genesis
-        .validators
-        .iter()
-        .map(|k| crate::keys::parse_public(k))
-        .collect::<Result<_, _>>()
-        .map_err(ValidatorError::Genesis)?;
-    let participants = Set::try_from(keys.clone())
-        .map_err(|_| ValidatorError::Genesis("validator keys repeat".into()))?;
     // The genesis lists keys ascending, which must be consensus' participant order, because
     // validator i's beacon share is share i.
-    if participants.iter().cloned().collect::<Vec<_>>() != keys {
-        return Err(ValidatorError::Genesis(
-            "validators are not in the participant order (ascending keys)".into(),
-        ));
-    }
+    let participants = crate::light::participants(&cfg.genesis).map_err(ValidatorError::Genesis)?;
+    let keys: Vec<ed25519::PublicKey> = participants.iter().cloned().collect();
     let me = crate::keys::load(&cfg.data_dir).map_err(ValidatorError::Key)?;
     let Some(index) = keys.iter().position(|k| *k == me.public_key()) else {
         return Err(ValidatorError::Key(format!(
@@ -312,9 +300,19 @@ impl<E: Send + Sync + 'static> Application<E> for App {
         let parent = ancestry.next().await?;
         let parent = parent.inner();
         let height = parent.height.next();
-        // σ_h exists only once a quorum has block h-1 final; until then there is nothing to
-        // propose (the view times out and the next leader tries).
-        let sig = self.beacon.wait_for(height.get(), self.beacon_wait).await?;
+        // σ_h exists only once a quorum has block h-1 final. Simplex lets a leader build on a
+        // parent that is only notarized, and that parent's own finalization may never complete
+        // (its finalize votes lost in a crash, or a quorum timed out first): it becomes final
+        // only through a final child. So, when σ_h does not come in time, the block goes out
+        // as a bridge block, without a beacon; its draws wait for the next block with one.
+        let sig = self.beacon.wait_for(height.get(), self.beacon_wait).await;
+        if sig.is_none() {
+            tracing::info!(
+                height = height.get(),
+                applied = self.replica.height(),
+                "no beacon for this height yet (parent not final here): proposing a bridge block"
+            );
+        }
         // Pace blocks: not before the parent's time plus the interval.
         let due = parent.timestamp_ms + self.block_interval.as_millis() as u64;
         let now = now_ms();
@@ -338,7 +336,7 @@ impl<E: Send + Sync + 'static> Application<E> for App {
             parent.digest(),
             height,
             now_ms().max(parent.timestamp_ms),
-            sig.0,
+            sig.map(|s| s.0),
             &txs,
         );
         let digest = block.digest();
@@ -377,9 +375,11 @@ fn check_block(replica: &Replica, b: &Block, parent: &Block) -> Result<(), Strin
     if b.timestamp_ms > now_ms() + 10_000 {
         return Err("timestamp more than 10 s in the future".into());
     }
-    replica
-        .verify_beacon(b.height.get(), &BeaconSig(b.beacon))
-        .map_err(|e| e.to_string())?;
+    if let Some(sig) = b.beacon {
+        replica
+            .verify_beacon(b.height.get(), &BeaconSig(sig))
+            .map_err(|e| e.to_string())?;
+    }
     let txs = b.transactions()?;
     if txs.len() > MAX_BLOCK_TXS {
         return Err(format!(
@@ -401,6 +401,8 @@ fn check_block(replica: &Replica, b: &Block, parent: &Block) -> Result<(), Strin
 struct Evidence<R> {
     inner: R,
     participants: Set<ed25519::PublicKey>,
+    /// The encoded evidence, to the task that reports it to the ledger.
+    to_ledger: tokio::sync::mpsc::UnboundedSender<(u32, u64, Vec<u8>)>,
 }
 
 impl<R> Reporter for Evidence<R>
@@ -429,6 +431,9 @@ where
                 view = activity.view().get(),
                 "equivocation evidence: {what}"
             );
+            let _ =
+                self.to_ledger
+                    .send((who.get(), activity.view().get(), activity.encode().to_vec()));
         }
         self.inner.report(activity)
     }
@@ -677,6 +682,33 @@ async fn serve(
         tokio::spawn(commit_loop(fin_rx, replica, beacon, mailbox, release_tx));
     }
 
+    // Equivocation evidence consensus reports goes on the ledger, once per (validator, view),
+    // signed by this validator's reporting account (derived from its key). Every honest
+    // validator reports what it saw; the first included is recorded, the rest are refused as
+    // already recorded.
+    let (faults_tx, mut faults_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u64, Vec<u8>)>();
+    {
+        let reporter = reporting_account(&me);
+        let client = sortition_ledger_service::LedgerClient::new(format!("http://{api_addr}"));
+        tokio::spawn(async move {
+            let mut sent = HashSet::new();
+            while let Some((who, view, evidence)) = faults_rx.recv().await {
+                if !sent.insert((who, view)) {
+                    continue;
+                }
+                let kind = sortition_ledger::TxKind::ReportValidatorFault { evidence };
+                match client.send(&reporter, kind).await {
+                    Ok(r) => tracing::warn!(
+                        height = r.height,
+                        view,
+                        "validator fault recorded on the ledger"
+                    ),
+                    Err(e) => tracing::info!(view, "validator fault not recorded by us: {e}"),
+                }
+            }
+        });
+    }
+
     // Consensus.
     let app = App {
         replica: replica.clone(),
@@ -713,6 +745,7 @@ async fn serve(
             reporter: Evidence {
                 inner: inline,
                 participants: participants.clone(),
+                to_ledger: faults_tx,
             },
             strategy: Sequential,
             partition: "simplex".into(),
@@ -742,6 +775,14 @@ async fn serve(
     Err(ValidatorError::Io(std::io::Error::other(
         "consensus engine stopped",
     )))
+}
+
+/// The ledger account a validator reports faults from: derived from its consensus key, so it
+/// needs no key of its own (it holds nothing; reports cost no fee).
+fn reporting_account(me: &ed25519::PrivateKey) -> sortition_types::Keypair {
+    let mut seed = b"sortition/validator-reporting-account/".to_vec();
+    seed.extend_from_slice(&me.encode());
+    sortition_types::Keypair::from_seed(&seed)
 }
 
 fn archive_config<C: Clone>(name: &str, page_cache: &CacheRef, codec: C) -> immutable::Config<C> {
@@ -798,10 +839,18 @@ async fn commit_loop(
                 return;
             }
         };
-        let certificate = mailbox
-            .get_finalization(height)
-            .await
-            .map(|f| f.encode().to_vec());
+        // What a light client needs to check this block (see `light`).
+        let proof = crate::light::Proof {
+            parent: block.parent,
+            txs_digest: block.txs_digest(),
+            finalization: mailbox
+                .get_finalization(height)
+                .await
+                .map(|f| f.encode().to_vec()),
+        }
+        .encode()
+        .to_vec();
+        let certificate = Some(proof);
         let mut backoff = Duration::from_millis(50);
         loop {
             let r = replica.commit(block.context(), txs.clone(), certificate.as_deref());

@@ -30,7 +30,8 @@
 //! - **Mempool**: a transaction submitted at any validator is checked, kept, and shared with the
 //!   others; the submitter is answered only when it is in a block that is final and persisted
 //!   at that validator (see `sortition_ledger_service::replica`).
-//! - **Blocks** ([`block::Block`]) carry the transactions, a timestamp, and `σ_h`.
+//! - **Blocks** ([`block::Block`]) carry the transactions, a timestamp, and `σ_h` (but bridge
+//!   blocks, below).
 //! - **Execution follows finality**: marshal delivers each finalized block, in height order, to
 //!   the replica, which applies it to the pure ledger state machine, persists it with its
 //!   finality certificate (redb), and only then acknowledges it to marshal.
@@ -48,6 +49,15 @@
 //! own per-view VRF seed is *not* used: its documentation shows a Byzantine leader can learn a
 //! view's seed before its block is fixed.)
 //!
+//! Simplex pipelines: the leader of the next view may build on a block that is only notarized,
+//! and a notarized block's own finalization can fail for good (its finalize votes lost when
+//! every validator crashed, or a quorum timed out first); it then becomes final only through a
+//! final child. A child at `h` cannot carry `σ_h` before `h - 1` is final, so a proposer that
+//! does not get `σ_h` within `beacon_wait` proposes a **bridge block** without a beacon
+//! (`sortition_ledger::BlockContext::beacon`): it finalizes its parent, draws nothing, and the
+//! draws it would have made wait for the next block with a beacon. Requiring `σ_h` in every
+//! block instead deadlocks the chain in exactly that case.
+//!
 //! # What production would still need
 //!
 //! A distributed key generation instead of the devnet's trusted dealer (commonware has
@@ -57,6 +67,7 @@
 pub mod block;
 mod engine;
 pub mod keys;
+pub mod light;
 pub mod setup;
 
 pub use engine::{Timing, ValidatorConfig, ValidatorError, run};

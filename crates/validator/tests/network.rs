@@ -129,6 +129,75 @@ async fn four_validators_finalize_the_same_ledger() {
             "height {h}: {roots:?}"
         );
     }
+    light_client_checks(&genesis, &clients, target).await;
+}
+
+/// A light client holding only the genesis verifies, at every validator, that each block's
+/// header is final (a quorum's certificate over its recomputed digest, directly or through a
+/// descendant's parent links), and refuses headers that were altered or a foreign validator set.
+async fn light_client_checks(genesis: &Genesis, clients: &[LedgerClient], target: u64) {
+    use sortition_validator::light::{LightError, verify_block, verify_headers};
+    for c in clients {
+        for h in 1..=target {
+            let f = verify_block(c, genesis, h, 64)
+                .await
+                .unwrap_or_else(|e| panic!("block {h}: {e}"));
+            assert_eq!(f.from, h);
+            assert!(f.signers >= 3 && f.validators == 4, "{f:?}");
+        }
+    }
+    // The newest block with a certificate of its own, and its header altered in each field the
+    // certificate covers.
+    let c = &clients[0];
+    let mut h = target;
+    let b = loop {
+        let b = c.block(h).await.expect("block");
+        if verify_headers(genesis, std::slice::from_ref(&b)).is_ok() {
+            break b;
+        }
+        h -= 1;
+        assert!(h > 0, "no block with its own certificate");
+    };
+    let mut later = b.clone();
+    later.timestamp_ms += 1;
+    let mut other_beacon = b.clone();
+    other_beacon.beacon = match b.beacon {
+        Some(_) => None,
+        None => Some(sortition_ledger::BeaconSig([1; 48])),
+    };
+    for (what, bad) in [("timestamp", later), ("beacon", other_beacon)] {
+        assert!(
+            matches!(
+                verify_headers(genesis, &[bad]),
+                Err(LightError::WrongPayload { .. })
+            ),
+            "altered {what} accepted"
+        );
+    }
+    let mut no_proof = b.clone();
+    no_proof.certificate = None;
+    assert!(matches!(
+        verify_headers(genesis, &[no_proof]),
+        Err(LightError::NoProof { .. })
+    ));
+    // A chain whose parent link is broken: the block before, with its timestamp altered.
+    if h >= 2 {
+        let mut prev = c.block(h - 1).await.expect("block");
+        prev.timestamp_ms += 1;
+        assert!(matches!(
+            verify_headers(genesis, &[prev, b.clone()]),
+            Err(LightError::BrokenLink { .. })
+        ));
+    }
+    // Another validator set (same chain otherwise) does not accept these signatures.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut foreign = genesis.clone();
+    let dirs: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("f{i}"))).collect();
+    sortition_validator::setup::deal(&mut foreign, &dirs).expect("deal");
+    assert!(matches!(
+        verify_headers(&foreign, &[b]),
+        Err(LightError::BadSignatures { .. })
+    ));
 }
 
 /// A validator refuses to start, saying why, when its genesis, key or share do not fit.

@@ -15,6 +15,11 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Your copy of the genesis: each validator's finality certificate at the common height is
+    /// checked against its validator set (without it, against the genesis the first validator
+    /// serves).
+    #[arg(long)]
+    genesis: Option<std::path::PathBuf>,
 }
 
 async fn get<T: DeserializeOwned>(base: &str, path: &str) -> Result<T> {
@@ -48,6 +53,45 @@ pub async fn run(a: StatusArgs) -> Result<()> {
     let roots: std::collections::BTreeSet<_> =
         replicas.iter().filter_map(|r| r.root_at_common).collect();
     let agree = roots.len() <= 1;
+    // Finality at the common height, checked as a light client would (validators only).
+    let mut finality: Vec<Option<Result<String, String>>> = vec![None; replicas.len()];
+    if !status.validators.is_empty() && common > 0 {
+        let (genesis, source) = match &a.genesis {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let g: sortition_ledger::Genesis = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", p.display()))?;
+                (g, p.display().to_string())
+            }
+            None => (
+                client.genesis().await.context("ledger genesis")?,
+                format!("{base}/v1/genesis"),
+            ),
+        };
+        anyhow::ensure!(
+            genesis.chain_id == status.chain_id,
+            "the genesis {source} is for chain {}, the ledger runs {}",
+            genesis.chain_id,
+            status.chain_id
+        );
+        for (i, r) in replicas.iter().enumerate() {
+            if r.status.is_ok() {
+                let one = LedgerClient::new(r.url.clone());
+                finality[i] = Some(
+                    sortition_validator::light::verify_block(&one, &genesis, common, 64)
+                        .await
+                        .map(|f| {
+                            format!(
+                                "final: certificate of block {} (view {}) signed by {} of {}",
+                                f.to, f.view, f.signers, f.validators
+                            )
+                        })
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
+    }
     if a.json {
         let reps: Vec<_> = replicas
             .iter()
@@ -58,6 +102,16 @@ pub async fn run(a: StatusArgs) -> Result<()> {
                     "error": r.status.as_ref().err(),
                     "root_at_common_height": r.root_at_common,
                 })
+            })
+            .zip(&finality)
+            .map(|(mut v, f)| {
+                if let Some(f) = f {
+                    v["finality_at_common_height"] = match f {
+                        Ok(s) => serde_json::json!({"verified": true, "detail": s}),
+                        Err(e) => serde_json::json!({"verified": false, "detail": e}),
+                    };
+                }
+                v
             })
             .collect();
         let v = serde_json::json!({
@@ -79,15 +133,20 @@ pub async fn run(a: StatusArgs) -> Result<()> {
             replicas.len(),
             if agree { "agree" } else { "DISAGREE" }
         );
-        for r in &replicas {
+        for (r, f) in replicas.iter().zip(&finality) {
             match &r.status {
                 Ok(s) => println!(
-                    "  {:<28} height {:>7}  root@{common} {}",
+                    "  {:<28} height {:>7}  root@{common} {}{}",
                     r.url,
                     s.height,
                     r.root_at_common
                         .map(|h| h.to_hex())
-                        .unwrap_or_else(|| "-".into())
+                        .unwrap_or_else(|| "-".into()),
+                    match f {
+                        Some(Ok(s)) => format!("\n  {:<28} {s}", ""),
+                        Some(Err(e)) => format!("\n  {:<28} NOT VERIFIED: {e}", ""),
+                        None => String::new(),
+                    }
                 ),
                 Err(e) => println!("  {:<28} unreachable: {e}", r.url),
             }

@@ -112,8 +112,9 @@ fn audit_sample_is_not_predictable_from_public_data() {
     assert!(theirs.recover(c.ledger.height() + 1, &[forged]).is_err());
 }
 
-/// A block whose σ is forged, for another height or another chain, or whose randomness is not
-/// sha256(σ), is refused by `apply_block`, and nothing changes.
+/// A block whose σ is forged, or made for another height or another chain, is refused by
+/// `apply_block`, and nothing changes. (Its randomness is sha256(σ) by construction: there is no
+/// field a proposer could set.)
 #[test]
 fn forged_or_mismatched_beacon_is_refused() {
     let mut c = Chain::new(1, Q);
@@ -147,13 +148,6 @@ fn forged_or_mismatched_beacon_is_refused() {
     assert!(matches!(
         c.ledger.apply_block(garbage, &[]),
         Err(BlockError::Beacon(_))
-    ));
-    // The right σ with randomness of the proposer's choosing.
-    let mut ground = good;
-    ground.randomness = sha256(b"chosen");
-    assert!(matches!(
-        c.ledger.apply_block(ground, &[]),
-        Err(BlockError::RandomnessMismatch { .. })
     ));
     assert_eq!(c.ledger.state_root(), root, "nothing applied");
     assert_eq!(c.ledger.height(), h - 1);
@@ -197,7 +191,6 @@ fn replay_verifies_beacons_and_gives_the_same_roots() {
     // A stored block whose σ was swapped for another height's is refused on replay.
     let mut tampered = log[1].0;
     tampered.beacon = log[2].0.beacon;
-    tampered.randomness = tampered.beacon.randomness();
     let mut r2 = Ledger::new(&c.genesis).expect("genesis");
     assert!(matches!(
         r2.apply_block(tampered, &[]),
@@ -245,6 +238,54 @@ fn claim_sample_depends_on_a_later_block() {
             .count(),
         got.len()
     );
+}
+
+/// A bridge block (no beacon: consensus finalized it through a child before its parent was
+/// final) draws nothing and leaves the ledger's randomness as it was; a claim included before it
+/// is sampled at the next block that carries a beacon, with that block's value.
+#[test]
+fn bridge_blocks_defer_draws_to_the_next_beacon() {
+    let mut c = Chain::new(2, Q);
+    let (claim, h) = claim(&mut c);
+    let r_h = c.ledger.state().randomness;
+    let bridge = BlockContext::bridge(h + 1, c.now() + 1_000);
+    let out = c
+        .ledger
+        .apply_block(bridge, &[])
+        .expect("a bridge block applies");
+    assert!(
+        !out.end_block_events
+            .iter()
+            .any(|e| matches!(e, Event::AuditOpened { .. })),
+        "nothing drawn in a bridge block"
+    );
+    {
+        let st = c.ledger.state();
+        assert_eq!(st.height, h + 1);
+        assert!(!st.claims[&claim].sampled);
+        assert_eq!(st.pending_draws.len(), 1);
+        assert_eq!(st.randomness, r_h, "a bridge block brings no randomness");
+    }
+    c.seal(&[]);
+    let st = c.ledger.state();
+    assert!(st.claims[&claim].sampled);
+    assert!(st.pending_draws.is_empty());
+    let r = st.randomness;
+    assert_ne!(r, r_h);
+    let got = sampled(&c, claim);
+    assert_eq!(got, sample_with(&r, claim));
+    assert!(
+        st.audits
+            .values()
+            .filter(|a| a.claim == Some(claim))
+            .all(|a| a.opened_height == h + 2)
+    );
+    // A bridge block is still checked for everything else: the height must follow.
+    let mut again = c.ledger.clone();
+    assert!(matches!(
+        again.apply_block(BlockContext::bridge(h + 5, c.now() + 1_000), &[]),
+        Err(BlockError::WrongHeight { .. })
+    ));
 }
 
 /// Inconsistent beacon keys in a genesis are refused at start, saying what is wrong.

@@ -5,3 +5,4 @@ mod challenges;
 mod harness;
 mod props;
 mod scenarios;
+mod validator_faults;
