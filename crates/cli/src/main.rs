@@ -49,6 +49,9 @@ enum Cmd {
     Faucet(cmd::faucet::FaucetArgs),
     /// Simulate nodes, gateways and auditors with strategies on the real ledger state machine.
     Sim(cmd::sim::SimArgs),
+    /// Measure the honest-mismatch rate: the same requests across kernels, thread counts,
+    /// batches and processes must give the same bits; and the scoring audit's trade-off.
+    Conformance(cmd::conformance::ConformanceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +97,7 @@ fn run() -> Result<()> {
             Cmd::Policy(c) => cmd::policy::run(c).await,
             Cmd::Faucet(a) => cmd::faucet::run(a).await,
             Cmd::Sim(a) => cmd::sim::run(a).await,
+            Cmd::Conformance(a) => cmd::conformance::run(a).await,
         }
     })
 }

@@ -412,31 +412,22 @@ pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Score
     if answer.finish_reason == "length" && claimed.len() as u64 != u64::from(params.max_tokens) {
         return Inconclusive("length finish below max_tokens (context limit)".into());
     }
-    let n = claimed.len();
     let scores = match engine.score_in(prompt_ids, claimed, Lane::Audit).await {
         Ok(s) => s,
         Err(e) => return Inconclusive(e.to_string()),
     };
     let greedy = params.temperature == 0.0;
-    for (i, t) in scores.iter().enumerate() {
-        let last_eos = ended_by_eos && i + 1 == n;
-        let ok = if last_eos {
-            stops.contains(&t.argmax) || (!greedy && t.rank <= tol.max_rank)
-        } else if greedy {
-            t.token == t.argmax || t.max_logit - t.logit <= tol.logit_slack
-        } else {
-            t.rank <= tol.max_rank
-        };
-        if !ok {
-            return Scored::Fail(format!(
-                "token {i} ({}) has rank {} and is {:.3} below the top logit",
-                t.token,
-                t.rank,
-                t.max_logit - t.logit
-            ));
-        }
+    match sortition_engine::engine::check_scores(
+        &scores,
+        greedy,
+        ended_by_eos,
+        &stops,
+        tol.max_rank,
+        tol.logit_slack,
+    ) {
+        Ok(()) => Scored::Pass,
+        Err(why) => Scored::Fail(why),
     }
-    Scored::Pass
 }
 
 /// A chat or text completion payload: endpoint, model, prompt and sampling fields.

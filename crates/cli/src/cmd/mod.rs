@@ -2,6 +2,7 @@ pub mod chat;
 pub mod chat_confidential;
 pub mod chat_receipt;
 pub mod common;
+pub mod conformance;
 pub mod devnet;
 pub mod faucet;
 pub mod gateway;

@@ -1,0 +1,87 @@
+//! `sortition conformance`: the honest-mismatch rate (crate `sortition-conformance`). Each
+//! configuration runs as a worker process of this same binary (`--worker-config`, hidden).
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sortition_conformance::{RunConfig, Size, WorkerConfig};
+
+#[derive(Args, Debug)]
+pub struct ConformanceArgs {
+    /// Model to replay the corpus on (pulled on first use).
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    model: String,
+    /// `small` (minutes; what CI runs) or `long` (the published run, `bench/conformance`).
+    #[arg(long, default_value = "small")]
+    size: Size,
+    /// Kernels to compare, comma-separated (`avx512`, `avx2`, `scalar`). Default: every kernel
+    /// this CPU supports, the fastest as the reference (`small` leaves out the scalar kernel,
+    /// tens of times slower on the whole model; the engine's unit tests hold its products to
+    /// the same bits).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Thread counts, comma-separated; the first is the reference's.
+    #[arg(long, value_delimiter = ',', default_value = "2,1")]
+    threads: Vec<usize>,
+    /// Requests the scalar kernel replays (tens of times slower than the vector kernels).
+    /// Default: 4.
+    #[arg(long)]
+    scalar_limit: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Internal: run one worker (JSON `WorkerConfig`) and print its result.
+    #[arg(long, hide = true)]
+    worker_config: Option<String>,
+}
+
+pub async fn run(a: ConformanceArgs) -> Result<()> {
+    if let Some(cfg) = &a.worker_config {
+        let cfg: WorkerConfig = serde_json::from_str(cfg).context("worker config")?;
+        let out = sortition_conformance::worker::work(&cfg).await?;
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    let tolerance = match sortition_devnet::default_score_method() {
+        sortition_ledger::AuditMethod::Score {
+            max_rank,
+            logit_slack_milli,
+        } => (max_rank, logit_slack_milli as f32 / 1000.0),
+        other => anyhow::bail!("the default audit method is not scoring: {other:?}"),
+    };
+    let cfg = RunConfig {
+        model: a.model,
+        size: a.size,
+        kernels: a.kernels,
+        threads: a.threads,
+        scalar_limit: a.scalar_limit.or(Some(4)),
+        configured: tolerance,
+    };
+    let exe = std::env::current_exe().context("this program's path")?;
+    let quiet = a.json;
+    let report = tokio::task::spawn_blocking(move || {
+        sortition_conformance::run(&cfg, &exe, |done| {
+            if !quiet {
+                eprintln!("done: {done}");
+            }
+        })
+    })
+    .await??;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &a.out {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    anyhow::ensure!(
+        report.mismatches == 0,
+        "{} honest mismatches: each is a determinism bug (see the MISMATCH lines)",
+        report.mismatches
+    );
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! `sortition conformance --size small`, the CI size of the honest-mismatch measurement: every
+//! answer of the corpus is bit-identical across this CPU's kernels, thread counts, batch
+//! compositions and processes, and the scoring audit at the configured tolerance passes honest
+//! answers while catching a smaller model's.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sortition");
+
+#[test]
+fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
+    let out = Command::new(BIN)
+        .args(["conformance", "--size", "small", "--json"])
+        .output()
+        .expect("run sortition conformance");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "conformance failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
+    assert_eq!(r["mismatches"], 0, "{r:#}");
+    let compared = r["compared"].as_u64().expect("compared");
+    assert!(compared >= 100, "{compared} answers compared");
+    // Every kernel this CPU has took part (the node class names the kernel of each layer).
+    let configs = r["configs"].as_array().expect("configs");
+    let kernels: std::collections::BTreeSet<&str> = configs
+        .iter()
+        .chain(std::iter::once(&r["reference"]))
+        .filter_map(|c| c["kernels"].as_str())
+        .collect();
+    // (The small size leaves the scalar kernel out: see `sortition conformance --help`.)
+    let vector: Vec<_> = sortition_engine::Kernel::supported()
+        .into_iter()
+        .filter(|k| *k != sortition_engine::Kernel::Scalar)
+        .collect();
+    assert_eq!(
+        kernels.len(),
+        vector.len().max(1),
+        "{kernels:?} vs {vector:?}"
+    );
+    assert!(configs.iter().any(|c| {
+        c["label"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("restarted"))
+    }));
+    // The upper bound is the exact one for 0 in `compared`.
+    let bound = r["mismatch_upper_95"].as_f64().expect("bound");
+    assert!((bound - (1.0 - 0.05f64.powf(1.0 / compared as f64))).abs() < 1e-9);
+    // Scoring: a smaller model's answers are caught.
+    let s = &r["scoring"]["configured"];
+    assert!(s["cheats_caught"].as_u64().expect("caught") > 0, "{s}");
+    assert!(s["honest_decided"].as_u64().expect("decided") > 0, "{s}");
+}

@@ -1,0 +1,160 @@
+//! The requests replayed: chat and text completions, greedy and seeded sampling, short and long
+//! prompts, several answer lengths. Fixed and deterministic, so every process, kernel and
+//! thread count runs exactly the same list.
+
+use serde::{Deserialize, Serialize};
+use sortition_engine::{ChatMessage, Prompt, SamplingParams};
+
+/// How much to replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Size {
+    /// Minutes: the CI run.
+    Small,
+    /// Tens of minutes to hours: the published run (`bench/conformance`).
+    Long,
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "small" => Ok(Size::Small),
+            "long" => Ok(Size::Long),
+            other => Err(format!("size {other:?}: expected small or long")),
+        }
+    }
+}
+
+/// One request of the corpus.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// e.g. `chat/greedy/short/16`.
+    pub label: String,
+}
+
+const QUESTIONS: &[&str] = &[
+    "What is the capital of France?",
+    "Write a haiku about rust.",
+    "2+2=?",
+    "List three colors.",
+    "Explain why the sky is blue.",
+    "Give me a synonym for happy.",
+    "Translate 'good morning' into Spanish.",
+    "What is a prime number?",
+    "Name a planet in the solar system.",
+    "How many legs does a spider have?",
+    "Tell me a joke.",
+    "Summarize the plot of Romeo and Juliet in one sentence.",
+    "What is the boiling point of water in Celsius?",
+    "Write a short poem about the sea.",
+    "What does CPU stand for?",
+    "Suggest a name for a cat.",
+];
+
+const TEXTS: &[&str] = &[
+    "Once upon a time",
+    "The three primary colors are",
+    "In 1969, the first humans",
+    "def fibonacci(n):",
+    "The recipe calls for two cups of",
+    "Dear hiring manager,",
+];
+
+/// A long prompt: a question after a few paragraphs of context.
+fn long_prompt(i: usize) -> String {
+    let mut s = String::new();
+    for p in 0..6 {
+        s.push_str(&format!(
+            "Paragraph {p}: the committee met on day {} to review item {} of the agenda, \
+             noting that the previous decision had been deferred twice and that the budget \
+             for the {} department remained unchanged. ",
+            i + p,
+            (i * 7 + p) % 13,
+            ["finance", "research", "operations", "sales"][(i + p) % 4]
+        ));
+    }
+    s.push_str("In one sentence, what did the committee review?");
+    s
+}
+
+/// The corpus of `size`, in a fixed order.
+pub fn corpus(size: Size) -> Vec<Case> {
+    let (n_chat, n_text, n_long, lengths): (usize, usize, usize, &[u32]) = match size {
+        Size::Small => (8, 3, 1, &[8, 16, 24]),
+        Size::Long => (QUESTIONS.len(), TEXTS.len(), 8, &[16, 48, 96, 128]),
+    };
+    let mut cases = Vec::new();
+    let params = |i: usize, sampled: bool| {
+        let max_tokens = lengths[i % lengths.len()];
+        if sampled {
+            SamplingParams {
+                temperature: 0.7,
+                top_p: 0.95,
+                seed: 1_000 + i as u64,
+                max_tokens,
+                ..Default::default()
+            }
+        } else {
+            SamplingParams::greedy(max_tokens)
+        }
+    };
+    for sampled in [false, true] {
+        let mode = if sampled { "seeded" } else { "greedy" };
+        for (i, q) in QUESTIONS.iter().take(n_chat).enumerate() {
+            let p = params(i, sampled);
+            cases.push(Case {
+                label: format!("chat/{mode}/short/{}", p.max_tokens),
+                prompt: Prompt::Chat(vec![ChatMessage::new("user", *q)]),
+                params: p,
+            });
+        }
+        for (i, t) in TEXTS.iter().take(n_text).enumerate() {
+            let p = params(i + 1, sampled);
+            cases.push(Case {
+                label: format!("text/{mode}/short/{}", p.max_tokens),
+                prompt: Prompt::Text((*t).to_string()),
+                params: p,
+            });
+        }
+        for i in 0..n_long {
+            let p = params(i + 2, sampled);
+            cases.push(Case {
+                label: format!("chat/{mode}/long/{}", p.max_tokens),
+                prompt: Prompt::Chat(vec![ChatMessage::new("user", long_prompt(i))]),
+                params: p,
+            });
+        }
+    }
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpora_are_fixed_and_cover_every_kind() {
+        let small = corpus(Size::Small);
+        assert_eq!(small.len(), 24);
+        let labels: Vec<&str> = small.iter().map(|c| c.label.as_str()).collect();
+        for kind in [
+            "chat/greedy/short",
+            "chat/seeded/short",
+            "text/greedy",
+            "text/seeded",
+        ] {
+            assert!(labels.iter().any(|l| l.starts_with(kind)), "{kind}");
+        }
+        assert!(labels.iter().any(|l| l.contains("/long/")));
+        assert_eq!(
+            format!("{:?}", corpus(Size::Small)),
+            format!("{small:?}"),
+            "deterministic"
+        );
+        assert!(corpus(Size::Long).len() > small.len());
+        assert!("medium".parse::<Size>().is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Sortition conformance: the honest-mismatch rate, measured.
+//!
+//! An audit re-executes a request and compares bits, so an honest node is only safe if the same
+//! request gives the same bits everywhere a node may run it. This replays a fixed corpus
+//! ([`corpus`]) across every axis that must not change them — each kernel this CPU has
+//! (`SORTITION_KERNEL`), several thread counts, alone and inside batches of 1–7 other sequences
+//! of varied lengths, and in separate processes (each configuration is its own process; the
+//! reference configuration runs twice) — and compares every answer (tokens, text, finish and
+//! each token's log-probability, as bits) with the reference process' answer alone. It reports
+//! the exact-match rate with a one-sided 95 % upper confidence bound on the mismatch rate
+//! (Clopper–Pearson; 0 mismatches in N gives about 3/N).
+//!
+//! It also measures the scoring audit ([`worker::ScoredAnswer`], the rule
+//! `sortition_engine::engine::check_scores` the node's judge applies): how many honest answers a
+//! tolerance would reject (each rejection costs a re-execution, never a verdict) against how many
+//! answers of a smaller model (the `smaller-model` adversary: the first
+//! [`worker::SMALLER_MODEL_LAYERS`] layers) it catches, over a grid of tolerances: the trade-off
+//! the default tolerance is chosen from.
+//!
+//! Not covered here: concurrent load through a real node over HTTP (the node's own tests and
+//! the devnet adversary suite exercise that path) and constrained outputs.
+
+pub mod corpus;
+pub mod report;
+pub mod worker;
+
+use std::path::Path;
+use std::process::Command;
+
+pub use corpus::Size;
+pub use report::Report;
+pub use worker::{WorkerConfig, WorkerOutput};
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConformanceError {
+    #[error("engine: {0}")]
+    Engine(#[from] sortition_engine::EngineError),
+    #[error("worker {config}: {why}")]
+    Worker { config: String, why: String },
+    #[error("invalid run: {0}")]
+    Invalid(String),
+}
+
+/// A whole run: which model, how much, which kernels and thread counts.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub model: String,
+    pub size: Size,
+    /// Kernel names (`avx512`, `avx2`, `scalar`); empty: every kernel this CPU supports (but
+    /// the scalar kernel in the small size: on the whole model it is tens of times slower, and
+    /// its products are held to the same bits by the engine's unit tests).
+    pub kernels: Vec<String>,
+    /// Thread counts; the first is the reference's.
+    pub threads: Vec<usize>,
+    /// Cases the scalar kernel replays (it is several times slower); `None`: all.
+    pub scalar_limit: Option<usize>,
+    /// The scoring tolerance configured for the model (`AuditMethod::Score`: max rank, logit
+    /// slack), reported on its own besides the grid.
+    pub configured: (u32, f32),
+}
+
+/// The arguments that make `sortition` run one worker and print its JSON line.
+pub fn worker_args(cfg: &WorkerConfig) -> Vec<String> {
+    vec![
+        "conformance".into(),
+        "--worker-config".into(),
+        serde_json::to_string(cfg).unwrap_or_default(),
+    ]
+}
+
+fn spawn_worker(
+    exe: &Path,
+    kernel: &str,
+    cfg: &WorkerConfig,
+) -> Result<WorkerOutput, ConformanceError> {
+    let label = format!("{kernel} threads={}", cfg.threads);
+    let fail = |why: String| ConformanceError::Worker {
+        config: label.clone(),
+        why,
+    };
+    let out = Command::new(exe)
+        .args(worker_args(cfg))
+        .env(sortition_engine::Kernel::ENV, kernel)
+        .output()
+        .map_err(|e| fail(format!("could not start {}: {e}", exe.display())))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| fail("printed no result".into()))?;
+    serde_json::from_str(line).map_err(|e| fail(format!("result does not parse: {e}")))
+}
+
+/// Runs every configuration, each in its own process of `exe` (the `sortition` binary), and
+/// compares them. `progress` is told about each configuration as it finishes.
+pub fn run(
+    cfg: &RunConfig,
+    exe: &Path,
+    mut progress: impl FnMut(&str),
+) -> Result<Report, ConformanceError> {
+    if cfg.threads.is_empty() || cfg.threads.contains(&0) {
+        return Err(ConformanceError::Invalid(
+            "thread counts must be given and positive".into(),
+        ));
+    }
+    let supported: Vec<String> = sortition_engine::Kernel::supported()
+        .into_iter()
+        .map(|k| k.name().to_string())
+        .collect();
+    let mut kernels: Vec<String> = if cfg.kernels.is_empty() {
+        // Fastest first: the reference is the kernel a node here would run by default.
+        supported
+            .iter()
+            .rev()
+            .filter(|k| cfg.size == Size::Long || k.as_str() != "scalar")
+            .cloned()
+            .collect()
+    } else {
+        cfg.kernels.clone()
+    };
+    kernels.dedup();
+    if kernels.is_empty() {
+        // No vector kernel on this CPU: the scalar one is all there is.
+        kernels = supported.clone();
+    }
+    for k in &kernels {
+        if !supported.contains(k) {
+            return Err(ConformanceError::Invalid(format!(
+                "kernel {k:?} does not run on this CPU (it has {})",
+                supported.join(", ")
+            )));
+        }
+    }
+    let worker =
+        |threads: usize, batched: bool, scoring: bool, limit: Option<usize>| WorkerConfig {
+            model: cfg.model.clone(),
+            size: cfg.size,
+            threads,
+            batched,
+            scoring,
+            limit,
+        };
+    let mut runs = Vec::new();
+    let reference_kernel = kernels[0].clone();
+    let reference = spawn_worker(
+        exe,
+        &reference_kernel,
+        &worker(cfg.threads[0], true, true, None),
+    )?;
+    progress(&format!(
+        "{reference_kernel} threads={} (reference)",
+        cfg.threads[0]
+    ));
+    // The same configuration in a second process: a restart must not change a bit.
+    let again = spawn_worker(
+        exe,
+        &reference_kernel,
+        &worker(cfg.threads[0], true, false, None),
+    )?;
+    progress(&format!(
+        "{reference_kernel} threads={} (restarted)",
+        cfg.threads[0]
+    ));
+    runs.push((
+        format!("{reference_kernel} threads={} restarted", cfg.threads[0]),
+        again,
+    ));
+    for k in &kernels {
+        for &t in &cfg.threads {
+            if *k == reference_kernel && t == cfg.threads[0] {
+                continue;
+            }
+            let limit = if k == "scalar" {
+                cfg.scalar_limit
+            } else {
+                None
+            };
+            let out = spawn_worker(exe, k, &worker(t, true, false, limit))?;
+            progress(&format!("{k} threads={t}"));
+            runs.push((format!("{k} threads={t}"), out));
+        }
+    }
+    Ok(Report::new(
+        cfg,
+        &reference_kernel,
+        reference,
+        runs,
+        cfg.configured,
+    ))
+}

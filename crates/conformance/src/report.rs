@@ -1,0 +1,430 @@
+//! Comparing the runs, the statistics, and what is printed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::RunConfig;
+use crate::corpus::{Size, corpus};
+use crate::worker::{Fingerprint, ScoredAnswer, WorkerOutput};
+
+/// One configuration's result against the reference.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigResult {
+    pub label: String,
+    /// The kernels the model's layers ran on, as the node class names them.
+    pub kernels: String,
+    pub threads: usize,
+    /// Answers compared (alone and in batches) and how many differed in any bit.
+    pub compared: u64,
+    pub mismatches: u64,
+    pub seconds: f64,
+}
+
+/// An answer that differed from the reference's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub config: String,
+    pub case: String,
+    pub batched: bool,
+    /// The first generated token where tokens or log-probabilities differ (or the length).
+    pub first_difference: usize,
+}
+
+/// The scoring audit at one tolerance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Point {
+    pub max_rank: u32,
+    pub logit_slack: f32,
+    /// Honest answers the tolerance rejects (each costs a re-execution), of those it decides.
+    pub honest_rejected: usize,
+    pub honest_decided: usize,
+    pub false_rejection_upper_95: f64,
+    /// Smaller-model answers it rejects, of those it decides.
+    pub cheats_caught: usize,
+    pub cheats_decided: usize,
+}
+
+/// The scoring audit: honest answers vs a smaller model's, over a grid of tolerances.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoringReport {
+    pub smaller_model_layers: usize,
+    /// The configured tolerance (the devnet's default `AuditMethod::Score`).
+    pub configured: Point,
+    /// Greedy answers, by logit slack (max_rank does not apply to them).
+    pub greedy: Vec<Point>,
+    /// Sampled answers, by max_rank.
+    pub sampled: Vec<Point>,
+    /// Answers whose text does not re-tokenize to their ids (the audit re-executes them).
+    pub honest_inconclusive: usize,
+    pub cheats_inconclusive: usize,
+    /// The worst honest token: the largest gap below the top logit of a greedy answer's
+    /// non-argmax token, and the largest rank in a sampled answer.
+    pub honest_worst_greedy_gap: f32,
+    pub honest_worst_sampled_rank: u32,
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub model: String,
+    pub model_digest: String,
+    pub engine_version: String,
+    pub size: Size,
+    pub cases: usize,
+    pub reference: ConfigResult,
+    pub configs: Vec<ConfigResult>,
+    pub compared: u64,
+    pub mismatches: u64,
+    /// One-sided 95 % upper bound on the honest-mismatch rate.
+    pub mismatch_upper_95: f64,
+    pub mismatch_examples: Vec<Mismatch>,
+    pub scoring: Option<ScoringReport>,
+}
+
+/// One-sided 95 % Clopper–Pearson upper bound on a rate with `m` events in `n` trials
+/// (`1 − 0.05^(1/n)`, about 3/n, when `m = 0`).
+pub fn upper_95(m: u64, n: u64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    if m >= n {
+        return 1.0;
+    }
+    // P(X <= m | n, p) decreases in p: bisect for 0.05.
+    let (mut lo, mut hi) = (m as f64 / n as f64, 1.0f64);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if binomial_cdf(m, n, mid) > 0.05 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// P(X <= m) for X ~ Binomial(n, p), summed in log space.
+fn binomial_cdf(m: u64, n: u64, p: f64) -> f64 {
+    if p <= 0.0 {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return if m >= n { 1.0 } else { 0.0 };
+    }
+    let (lp, lq) = (p.ln(), (1.0 - p).ln());
+    let mut log_term = n as f64 * lq; // i = 0
+    let mut total = log_term.exp();
+    for i in 0..m.min(n) {
+        log_term += ((n - i) as f64).ln() - ((i + 1) as f64).ln() + lp - lq;
+        total += log_term.exp();
+    }
+    total.min(1.0)
+}
+
+fn first_difference(a: &Fingerprint, b: &Fingerprint) -> Option<usize> {
+    if a == b {
+        return None;
+    }
+    let n = a.tokens.len().min(b.tokens.len());
+    let at = (0..n)
+        .find(|&i| a.tokens[i] != b.tokens[i] || a.logprob_bits.get(i) != b.logprob_bits.get(i))
+        .unwrap_or(n);
+    Some(at)
+}
+
+fn point(
+    stops: &[u32],
+    honest: &[&ScoredAnswer],
+    cheats: &[&ScoredAnswer],
+    max_rank: u32,
+    logit_slack: f32,
+) -> Point {
+    let tally = |answers: &[&ScoredAnswer]| {
+        let decided: Vec<bool> = answers
+            .iter()
+            .filter_map(|a| a.passes(stops, max_rank, logit_slack))
+            .collect();
+        (decided.iter().filter(|p| !**p).count(), decided.len())
+    };
+    let (honest_rejected, honest_decided) = tally(honest);
+    let (cheats_caught, cheats_decided) = tally(cheats);
+    Point {
+        max_rank,
+        logit_slack,
+        honest_rejected,
+        honest_decided,
+        false_rejection_upper_95: upper_95(honest_rejected as u64, honest_decided as u64),
+        cheats_caught,
+        cheats_decided,
+    }
+}
+
+fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> ScoringReport {
+    let all_h: Vec<&ScoredAnswer> = s.honest.iter().collect();
+    let all_c: Vec<&ScoredAnswer> = s.smaller_model.iter().collect();
+    let greedy_h: Vec<&ScoredAnswer> = s.honest.iter().filter(|a| a.greedy).collect();
+    let greedy_c: Vec<&ScoredAnswer> = s.smaller_model.iter().filter(|a| a.greedy).collect();
+    let sampled_h: Vec<&ScoredAnswer> = s.honest.iter().filter(|a| !a.greedy).collect();
+    let sampled_c: Vec<&ScoredAnswer> = s.smaller_model.iter().filter(|a| !a.greedy).collect();
+    let greedy = [0.0f32, 0.25, 1.0, 4.0, 16.0]
+        .iter()
+        .map(|&slack| point(&s.stops, &greedy_h, &greedy_c, configured.0, slack))
+        .collect();
+    let sampled = [1u32, 10, 100, 1_000, 10_000]
+        .iter()
+        .map(|&rank| point(&s.stops, &sampled_h, &sampled_c, rank, configured.1))
+        .collect();
+    let mut worst_gap = 0.0f32;
+    let mut worst_rank = 0u32;
+    for a in &s.honest {
+        for t in &a.scores {
+            if a.greedy {
+                if t.token != t.argmax {
+                    worst_gap = worst_gap.max(t.max_logit - t.logit);
+                }
+            } else {
+                worst_rank = worst_rank.max(t.rank);
+            }
+        }
+    }
+    ScoringReport {
+        smaller_model_layers: s.smaller_model_layers,
+        configured: point(&s.stops, &all_h, &all_c, configured.0, configured.1),
+        greedy,
+        sampled,
+        honest_inconclusive: s.honest.iter().filter(|a| !a.retokenizes).count(),
+        cheats_inconclusive: s.smaller_model.iter().filter(|a| !a.retokenizes).count(),
+        honest_worst_greedy_gap: worst_gap,
+        honest_worst_sampled_rank: worst_rank,
+    }
+}
+
+impl Report {
+    pub(crate) fn new(
+        cfg: &RunConfig,
+        reference_kernel: &str,
+        reference: WorkerOutput,
+        runs: Vec<(String, WorkerOutput)>,
+        configured: (u32, f32),
+    ) -> Report {
+        let cases = corpus(cfg.size);
+        let mut examples = Vec::new();
+        let mut compare = |label: &str, out: &WorkerOutput| -> (u64, u64) {
+            let (mut compared, mut mismatches) = (0, 0);
+            for (batched, answers) in [(false, &out.alone), (true, &out.batched)] {
+                for (i, a) in answers.iter().enumerate() {
+                    let Some(r) = reference.alone.get(i) else {
+                        continue;
+                    };
+                    compared += 1;
+                    if let Some(at) = first_difference(r, a) {
+                        mismatches += 1;
+                        if examples.len() < 20 {
+                            examples.push(Mismatch {
+                                config: label.to_string(),
+                                case: cases.get(i).map(|c| c.label.clone()).unwrap_or_default(),
+                                batched,
+                                first_difference: at,
+                            });
+                        }
+                    }
+                }
+            }
+            (compared, mismatches)
+        };
+        // The reference's own batched answers against its answers alone.
+        let ref_label = format!(
+            "{reference_kernel} threads={} (reference)",
+            reference.threads
+        );
+        let (c0, m0) = {
+            let batched_only = WorkerOutput {
+                alone: vec![],
+                ..reference.clone()
+            };
+            compare(&ref_label, &batched_only)
+        };
+        let mut configs = Vec::new();
+        let (mut compared, mut mismatches) = (c0, m0);
+        for (label, out) in &runs {
+            let (c, m) = compare(label, out);
+            compared += c;
+            mismatches += m;
+            configs.push(ConfigResult {
+                label: label.clone(),
+                kernels: out.kernels.clone(),
+                threads: out.threads,
+                compared: c,
+                mismatches: m,
+                seconds: out.seconds,
+            });
+        }
+        let scoring = reference
+            .scoring
+            .as_ref()
+            .map(|s| scoring_report(s, configured));
+        Report {
+            model: cfg.model.clone(),
+            model_digest: reference.model_digest.clone(),
+            engine_version: reference.engine_version.clone(),
+            size: cfg.size,
+            cases: cases.len(),
+            reference: ConfigResult {
+                label: ref_label,
+                kernels: reference.kernels.clone(),
+                threads: reference.threads,
+                compared: c0,
+                mismatches: m0,
+                seconds: reference.seconds,
+            },
+            configs,
+            compared,
+            mismatches,
+            mismatch_upper_95: upper_95(mismatches, compared),
+            mismatch_examples: examples,
+            scoring,
+        }
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "conformance: {} ({}…), {}, corpus {:?} ({} requests)",
+            self.model,
+            &self.model_digest[..16.min(self.model_digest.len())],
+            self.engine_version,
+            self.size,
+            self.cases
+        )?;
+        writeln!(
+            f,
+            "  {:<36} {:<40} {:>9} {:>10} {:>8}",
+            "CONFIGURATION", "KERNELS", "COMPARED", "MISMATCHES", "SECONDS"
+        )?;
+        for c in std::iter::once(&self.reference).chain(&self.configs) {
+            writeln!(
+                f,
+                "  {:<36} {:<40} {:>9} {:>10} {:>8.1}",
+                c.label, c.kernels, c.compared, c.mismatches, c.seconds
+            )?;
+        }
+        writeln!(
+            f,
+            "honest mismatches: {} of {} answers compared bit for bit (tokens, text, log-probabilities); \
+             95% upper bound on the rate {:.2e}",
+            self.mismatches, self.compared, self.mismatch_upper_95
+        )?;
+        for m in &self.mismatch_examples {
+            writeln!(
+                f,
+                "  MISMATCH {} {} ({}) from token {}",
+                m.config,
+                m.case,
+                if m.batched { "in a batch" } else { "alone" },
+                m.first_difference
+            )?;
+        }
+        if let Some(s) = &self.scoring {
+            let c = &s.configured;
+            writeln!(
+                f,
+                "scoring audit at the configured tolerance (max_rank {}, logit slack {:.3}): \
+                 honest rejected {}/{} (95% upper bound {:.2e}), smaller model ({} layers) caught {}/{}; \
+                 inconclusive (text does not re-tokenize; re-executed): honest {}, smaller model {}",
+                c.max_rank,
+                c.logit_slack,
+                c.honest_rejected,
+                c.honest_decided,
+                c.false_rejection_upper_95,
+                s.smaller_model_layers,
+                c.cheats_caught,
+                c.cheats_decided,
+                s.honest_inconclusive,
+                s.cheats_inconclusive
+            )?;
+            writeln!(
+                f,
+                "  worst honest token: greedy gap {:.3} logits, sampled rank {}",
+                s.honest_worst_greedy_gap, s.honest_worst_sampled_rank
+            )?;
+            writeln!(
+                f,
+                "  greedy answers, by logit slack:  SLACK  HONEST REJECTED  SMALLER MODEL CAUGHT"
+            )?;
+            for p in &s.greedy {
+                writeln!(
+                    f,
+                    "  {:>38.3}  {:>7}/{:<7}  {:>9}/{:<9}",
+                    p.logit_slack,
+                    p.honest_rejected,
+                    p.honest_decided,
+                    p.cheats_caught,
+                    p.cheats_decided
+                )?;
+            }
+            writeln!(
+                f,
+                "  sampled answers, by max rank:    RANK   HONEST REJECTED  SMALLER MODEL CAUGHT"
+            )?;
+            for p in &s.sampled {
+                writeln!(
+                    f,
+                    "  {:>38}  {:>7}/{:<7}  {:>9}/{:<9}",
+                    p.max_rank,
+                    p.honest_rejected,
+                    p.honest_decided,
+                    p.cheats_caught,
+                    p.cheats_decided
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upper_bounds_match_the_exact_binomial() {
+        // 0 in n: 1 - 0.05^(1/n) (about 3/n).
+        for n in [1u64, 10, 100, 1_000, 100_000] {
+            let exact = 1.0 - 0.05f64.powf(1.0 / n as f64);
+            assert!((upper_95(0, n) - exact).abs() < 1e-9, "n={n}");
+        }
+        assert!((upper_95(0, 1_000) - 0.002_991_5).abs() < 1e-6);
+        // 1 in 100: the one-sided Clopper-Pearson bound is 0.0466.
+        assert!(
+            (upper_95(1, 100) - 0.0466).abs() < 5e-4,
+            "{}",
+            upper_95(1, 100)
+        );
+        // 5 in 50: 0.1995.
+        assert!(
+            (upper_95(5, 50) - 0.1995).abs() < 1e-3,
+            "{}",
+            upper_95(5, 50)
+        );
+        assert_eq!(upper_95(0, 0), 1.0);
+        assert_eq!(upper_95(3, 3), 1.0);
+    }
+
+    #[test]
+    fn differences_are_located() {
+        let a = Fingerprint {
+            tokens: vec![1, 2, 3],
+            text: "abc".into(),
+            finish: "Length".into(),
+            logprob_bits: vec![10, 20, 30],
+        };
+        assert_eq!(first_difference(&a, &a.clone()), None);
+        let mut b = a.clone();
+        b.logprob_bits[1] = 21;
+        assert_eq!(first_difference(&a, &b), Some(1));
+        let mut c = a.clone();
+        c.tokens.push(4);
+        assert_eq!(first_difference(&a, &c), Some(3));
+    }
+}

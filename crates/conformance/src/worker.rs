@@ -1,0 +1,229 @@
+//! One process of a conformance run: loads the model under this process' kernel and a thread
+//! count, replays the corpus alone and in mixed batches, and (for the reference process) scores
+//! honest answers and a smaller model's answers the way a scoring audit does.
+
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+use sortition_engine::engine::{TokenScore, check_scores};
+use sortition_engine::{Engine, EngineConfig, FinishReason, GenerateRequest, Generation};
+
+use crate::ConformanceError;
+use crate::corpus::{Case, Size, corpus};
+
+/// What one worker process is asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    pub model: String,
+    pub size: Size,
+    pub threads: usize,
+    /// Also replay every case inside a batch of 1–7 other sequences.
+    pub batched: bool,
+    /// Also score honest and smaller-model answers (the reference process).
+    pub scoring: bool,
+    /// Replay only the first this many cases (the scalar kernel is slow).
+    pub limit: Option<usize>,
+}
+
+/// The bits of one answer that must not change: tokens, text, finish, and each token's
+/// log-probability (f32 bits).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: String,
+    pub logprob_bits: Vec<u32>,
+}
+
+/// One answer scored as a scoring audit does: re-tokenized from its text (an auditor never sees
+/// the ids); `scores` empty when the text does not re-tokenize to the generated ids (the audit
+/// then re-executes: inconclusive, not a rejection).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoredAnswer {
+    pub case: usize,
+    pub greedy: bool,
+    pub ended_by_eos: bool,
+    pub retokenizes: bool,
+    pub scores: Vec<TokenScore>,
+}
+
+impl ScoredAnswer {
+    /// Whether the scoring audit passes it at this tolerance; `None`: inconclusive.
+    pub fn passes(&self, stops: &[u32], max_rank: u32, logit_slack: f32) -> Option<bool> {
+        if !self.retokenizes {
+            return None;
+        }
+        Some(
+            check_scores(
+                &self.scores,
+                self.greedy,
+                self.ended_by_eos,
+                stops,
+                max_rank,
+                logit_slack,
+            )
+            .is_ok(),
+        )
+    }
+}
+
+/// Honest answers and a smaller model's, scored by the full model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scoring {
+    pub stops: Vec<u32>,
+    pub smaller_model_layers: usize,
+    pub honest: Vec<ScoredAnswer>,
+    pub smaller_model: Vec<ScoredAnswer>,
+}
+
+/// What a worker prints (one JSON line on stdout).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerOutput {
+    /// The kernels the model's layers ran on (the node class' `kernels`).
+    pub kernels: String,
+    pub threads: usize,
+    pub model_digest: String,
+    pub engine_version: String,
+    pub alone: Vec<Fingerprint>,
+    /// Empty when not asked for.
+    pub batched: Vec<Fingerprint>,
+    pub scoring: Option<Scoring>,
+    pub seconds: f64,
+}
+
+/// Layers the smaller-model adversary keeps (the node's `--adversary smaller-model` uses the
+/// same figure).
+pub const SMALLER_MODEL_LAYERS: usize = 8;
+
+fn request(case: &Case) -> GenerateRequest {
+    GenerateRequest {
+        logprobs: Some(0),
+        ..GenerateRequest::new(case.prompt.clone(), case.params.clone())
+    }
+}
+
+fn fingerprint(g: &Generation) -> Fingerprint {
+    Fingerprint {
+        tokens: g.tokens.clone(),
+        text: g.text.clone(),
+        finish: format!("{:?}", g.finish_reason),
+        logprob_bits: g.logprobs.iter().map(|l| l.logprob.to_bits()).collect(),
+    }
+}
+
+async fn generate(engine: &Engine, case: &Case) -> Result<Generation, ConformanceError> {
+    Ok(engine.generate(request(case))?.collect_all().await?)
+}
+
+/// Runs case `i` with `1 + i % 7` other cases of the corpus queued at the same moment (some
+/// before it, some after), so it decodes in batches of varied composition and lengths.
+async fn batched(
+    engine: &Engine,
+    cases: &[Case],
+    i: usize,
+) -> Result<Generation, ConformanceError> {
+    let mates = 1 + i % 7;
+    let before = mates / 2;
+    let mut streams = Vec::new();
+    let mut target = 0;
+    for j in 0..=mates {
+        if j == before {
+            target = streams.len();
+            streams.push(engine.generate(request(&cases[i]))?);
+        } else {
+            let other = &cases[(i + 1 + j * 3) % cases.len()];
+            streams.push(engine.generate(request(other))?);
+        }
+    }
+    let mut results = join_all(streams.into_iter().map(|s| s.collect_all())).await;
+    Ok(results.swap_remove(target)?)
+}
+
+async fn score(
+    scorer: &Engine,
+    i: usize,
+    case: &Case,
+    g: &Generation,
+) -> Result<ScoredAnswer, ConformanceError> {
+    let prompt = scorer.prompt_tokens(&case.prompt)?;
+    let mut claimed = scorer.tokenizer().encode(&g.text)?;
+    let ended_by_eos = g.finish_reason == FinishReason::Stop;
+    if ended_by_eos && let Some(&eos) = scorer.tokenizer().stop_ids().first() {
+        claimed.push(eos);
+    }
+    let retokenizes = claimed == g.tokens;
+    let scores = if retokenizes {
+        scorer.score(prompt, claimed).await?
+    } else {
+        Vec::new()
+    };
+    Ok(ScoredAnswer {
+        case: i,
+        greedy: case.params.temperature == 0.0,
+        ended_by_eos,
+        retokenizes,
+        scores,
+    })
+}
+
+/// Runs one worker (in this process: the kernel is this process' `SORTITION_KERNEL`).
+pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> {
+    let started = std::time::Instant::now();
+    let pulled = sortition_engine::models::pull(&cfg.model, false)?;
+    let ec = EngineConfig {
+        expected_digest: Some(pulled.digest),
+        threads: Some(cfg.threads),
+        ..EngineConfig::new(pulled.primary.clone(), cfg.model.clone())
+    };
+    let engine = Engine::load(ec.clone())?;
+    let mut cases = corpus(cfg.size);
+    if let Some(n) = cfg.limit {
+        cases.truncate(n.max(1));
+    }
+    let mut alone = Vec::with_capacity(cases.len());
+    let mut honest = Vec::with_capacity(cases.len());
+    for c in &cases {
+        let g = generate(&engine, c).await?;
+        alone.push(fingerprint(&g));
+        honest.push(g);
+    }
+    let mut in_batches = Vec::new();
+    if cfg.batched {
+        for i in 0..cases.len() {
+            in_batches.push(fingerprint(&batched(&engine, &cases, i).await?));
+        }
+    }
+    let scoring = if cfg.scoring {
+        let mut honest_scores = Vec::new();
+        for (i, (c, g)) in cases.iter().zip(&honest).enumerate() {
+            honest_scores.push(score(&engine, i, c, g).await?);
+        }
+        let smaller = Engine::load(EngineConfig {
+            truncate_layers: Some(SMALLER_MODEL_LAYERS),
+            ..ec
+        })?;
+        let mut cheat_scores = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            let g = generate(&smaller, c).await?;
+            cheat_scores.push(score(&engine, i, c, &g).await?);
+        }
+        Some(Scoring {
+            stops: engine.tokenizer().stop_ids().to_vec(),
+            smaller_model_layers: SMALLER_MODEL_LAYERS,
+            honest: honest_scores,
+            smaller_model: cheat_scores,
+        })
+    } else {
+        None
+    };
+    let info = engine.info();
+    Ok(WorkerOutput {
+        kernels: info.node_class.kernels.clone(),
+        threads: cfg.threads,
+        model_digest: info.digest.to_hex(),
+        engine_version: info.node_class.engine_version.clone(),
+        alone,
+        batched: in_batches,
+        scoring,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
