@@ -400,7 +400,7 @@ async fn admit(
         .sampling
         .max_completion_tokens
         .or(req.sampling.max_tokens)
-        .unwrap_or(256);
+        .unwrap_or(DEFAULT_MAX_TOKENS_CHAT);
     if req.model != env.model
         || wanted_max != env.max_tokens
         || req.sampling.is_stream() != env.stream
@@ -436,7 +436,8 @@ async fn admit(
     }
     let prompt = Prompt::Chat(crate::routes::chat_messages(&req.messages).map_err(redact)?);
     let chat = s.engine(&req.model)?;
-    let params = crate::routes::sampling_params(&req.sampling, 256).map_err(redact)?;
+    let params =
+        crate::routes::sampling_params(&req.sampling, DEFAULT_MAX_TOKENS_CHAT).map_err(redact)?;
     let prompt_tokens = chat.engine.prompt_tokens(&prompt).map_err(engine_error)?;
     let model = ModelId::new(&req.model);
     let (reservation, stream) = s.start_generation(
