@@ -80,7 +80,7 @@ impl ConstraintSpec {
 /// `v` as JSON text with every object's keys in sorted order (`serde_json`'s maps may keep
 /// insertion order, depending on its features), numbers and strings as `serde_json` writes
 /// them.
-fn write_canonical(v: &Value, out: &mut String) {
+pub(crate) fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();
@@ -114,10 +114,12 @@ fn write_canonical(v: &Value, out: &mut String) {
 
 /// The digest of the constraint a request body asks for (`None` without one, or for a body
 /// that does not say): what whoever checks a delivered answer hashes along with it.
+/// A chat request's constraint is its `response_format` or the schema of a forced tool call
+/// (see [`crate::SamplingFields::constraint_for`]).
 pub fn digest_of_body(body: &[u8]) -> Option<Hash32> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let format: ResponseFormat = serde_json::from_value(v.get("response_format")?.clone()).ok()?;
-    ConstraintSpec::of(&format)
+    let fields: crate::SamplingFields = serde_json::from_slice(body).ok()?;
+    fields
+        .constraint_for(crate::Endpoint::Chat)
         .ok()
         .flatten()
         .map(|c| c.digest())

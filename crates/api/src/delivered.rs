@@ -30,6 +30,8 @@ pub enum DeliveredError {
     UnknownObject,
     #[error("the embeddings answer is malformed: {0}")]
     Embeddings(String),
+    #[error("the answer's tool calls are malformed")]
+    ToolCalls,
     #[error("{0}")]
     Logprobs(#[from] crate::logprobs::MalformedLogprobs),
 }
@@ -46,6 +48,8 @@ pub struct DeliveredText {
     /// The digest of the constraint the request put on the text (structured outputs), read
     /// from the request by whoever checks the delivery ([`DeliveredText::for_request`]).
     pub constraint: Option<Hash32>,
+    /// The tool calls delivered (by a whole message, or in pieces by a stream's deltas).
+    pub calls: crate::tools::CallsSeen,
     /// The first part of the delivery a receipt does not commit to, if any.
     pub uncovered: Option<DeliveredError>,
 }
@@ -79,6 +83,11 @@ impl DeliveredText {
                 self.text.push_str(t);
             }
         }
+        for calls in [&c["message"]["tool_calls"], &c["delta"]["tool_calls"]] {
+            if !self.calls.absorb(calls) {
+                self.uncover(DeliveredError::ToolCalls);
+            }
+        }
         if let Some(f) = c["finish_reason"].as_str() {
             self.finish_reason = Some(f.to_string());
         }
@@ -106,7 +115,7 @@ impl DeliveredText {
             .filter(|f| !f.is_empty())
             .ok_or(DeliveredError::Unfinished)?;
         Ok(answer_response_hash(
-            &self.text,
+            &crate::tools::committed_text(&self.text, self.calls.calls()),
             finish,
             self.constraint,
             self.logprobs.as_deref(),

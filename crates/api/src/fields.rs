@@ -29,6 +29,10 @@ enum Shape {
     ResponseFormat,
     StreamOptions,
     Messages,
+    /// `tools`: a list of `{"type": "function", "function": {"name": …}}`.
+    Tools,
+    /// `tool_choice`: a string or `{"type": "function", "function": {"name": …}}`.
+    ToolChoice,
 }
 
 const U32_TEXT: &str = "a whole number from 0 to 4294967295";
@@ -53,6 +57,14 @@ impl Shape {
                  \"json_schema\": {\"name\": \"…\", \"schema\": {…}, \"strict\": true}}"
             }
             Shape::Messages => "a list of message objects",
+            Shape::Tools => {
+                "a list of tools such as {\"type\": \"function\", \"function\": {\"name\": \"…\", \
+                 \"description\": \"…\", \"parameters\": {…}}}"
+            }
+            Shape::ToolChoice => {
+                "\"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": \
+                 {\"name\": \"…\"}}"
+            }
         }
     }
 
@@ -76,6 +88,21 @@ impl Shape {
                 .as_object()
                 .is_some_and(|o| o.get("include_usage").is_none_or(Value::is_boolean)),
             Shape::Messages => v.is_array(),
+            Shape::Tools => v.as_array().is_some_and(|a| {
+                a.iter().all(|t| {
+                    t.get("type").is_some_and(Value::is_string)
+                        && t.get("function").is_some_and(|f| {
+                            f.get("name").is_some_and(Value::is_string)
+                                && f.get("description").is_none_or(|d| d.is_string() || d.is_null())
+                                && f.get("strict").is_none_or(|d| d.is_boolean() || d.is_null())
+                        })
+                })
+            }),
+            Shape::ToolChoice => {
+                v.is_string()
+                    || (v.get("type").is_some_and(Value::is_string)
+                        && v["function"].get("name").is_some_and(Value::is_string))
+            }
             Shape::ResponseFormat => match v.get("type").and_then(Value::as_str) {
                 Some("text" | "json_object") => true,
                 Some("json_schema") => v.get("json_schema").is_some_and(|j| {
@@ -114,6 +141,9 @@ const FIELDS: &[(&str, Shape)] = &[
     ("top_logprobs", Shape::U32),
     ("echo", Shape::Bool),
     ("response_format", Shape::ResponseFormat),
+    ("tools", Shape::Tools),
+    ("tool_choice", Shape::ToolChoice),
+    ("parallel_tool_calls", Shape::Bool),
 ];
 
 fn bad(param: impl Into<String>, what: &str) -> ApiError {
@@ -148,6 +178,29 @@ fn check_message(i: usize, m: &Value) -> Option<ApiError> {
         && !n.is_null()
     {
         return Some(bad(at("name"), "a string"));
+    }
+    if let Some(id) = o.get("tool_call_id")
+        && !id.is_string()
+        && !id.is_null()
+    {
+        return Some(bad(at("tool_call_id"), "a string"));
+    }
+    let call_ok = |c: &Value| {
+        c.get("id").is_some_and(Value::is_string)
+            && c.get("function").is_some_and(|f| {
+                f.get("name").is_some_and(Value::is_string)
+                    && f.get("arguments").is_some_and(Value::is_string)
+            })
+    };
+    if let Some(calls) = o.get("tool_calls")
+        && !calls.is_null()
+        && !calls.as_array().is_some_and(|a| a.iter().all(call_ok))
+    {
+        return Some(bad(
+            at("tool_calls"),
+            "a list of calls such as {\"id\": \"…\", \"type\": \"function\", \"function\": \
+             {\"name\": \"…\", \"arguments\": \"{…}\"}}",
+        ));
     }
     let content_text =
         "a string or a list of content parts such as {\"type\": \"text\", \"text\": \"…\"}";

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod private_fs;
+pub mod tools;
 
 pub use error::{
     ApiError, ErrorBody, ErrorKind, parse_json, payload_too_large_to_openai, unknown_route,

@@ -69,6 +69,12 @@ pub struct ChatMessage {
     pub content: Option<MessageContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An assistant message's calls (the history a client sends back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::tools::ToolCall>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -121,6 +127,13 @@ pub struct SamplingFields {
     /// (read by [`SamplingFields::constraint_for`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<crate::constraint::ResponseFormat>,
+    /// Chat only: functions the model may call (read by [`SamplingFields::tools_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<crate::tools::Tool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<crate::tools::ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     /// Every other field of the request, kept so that none is silently ignored: see
     /// [`SamplingFields::check_supported`].
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -155,11 +168,8 @@ const HARMLESS_FIELDS: &[&str] = &["store", "metadata", "service_tier"];
 /// one to anything but its neutral value is refused with a 400 naming it, never answered as
 /// if the field were not there.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
-    ("tools", "tool calling is not supported yet"),
-    ("tool_choice", "tool calling is not supported yet"),
-    ("parallel_tool_calls", "tool calling is not supported yet"),
-    ("functions", "function calling is not supported yet"),
-    ("function_call", "function calling is not supported yet"),
+    ("functions", "the legacy 'functions' field is not served; use 'tools'"),
+    ("function_call", "the legacy 'function_call' field is not served; use 'tool_choice'"),
     ("logit_bias", "logit_bias is not supported"),
     ("suffix", "suffix is not supported"),
     ("best_of", "best_of is not supported; use n=1"),
@@ -179,9 +189,8 @@ fn neutral(name: &str, value: &serde_json::Value) -> bool {
     use serde_json::Value;
     match (name, value) {
         (_, Value::Null) => true,
-        ("tools" | "functions", Value::Array(a)) => a.is_empty(),
-        ("tool_choice" | "function_call", Value::String(s)) => s == "none",
-        ("parallel_tool_calls", Value::Bool(_)) => true,
+        ("functions", Value::Array(a)) => a.is_empty(),
+        ("function_call", Value::String(s)) => s == "none",
         ("logit_bias", Value::Object(o)) => o.is_empty(),
         ("best_of", v) => v.as_u64() == Some(1),
         ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
@@ -296,13 +305,63 @@ impl SamplingFields {
         }
     }
 
-    /// The constraint the answer must satisfy (`response_format` other than `text`), chat
-    /// only: on `/v1/completions` the field is refused naming it.
+    /// The tools the answer may call (chat only: on `/v1/completions` the fields are refused
+    /// naming them); `None` without tools or with `tool_choice: "none"`. Log-probabilities
+    /// and a `response_format` other than text are not served together with tools (400).
+    pub fn tools_for(&self, endpoint: Endpoint) -> Result<Option<crate::tools::ToolSpec>, ApiError> {
+        use crate::constraint::ResponseFormat;
+        if endpoint == Endpoint::Completions {
+            let set = [
+                ("tools", self.tools.as_ref().is_some_and(|t| !t.is_empty())),
+                ("tool_choice", self.tool_choice.is_some()),
+                ("parallel_tool_calls", self.parallel_tool_calls.is_some()),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(ApiError::invalid(
+                    "unknown_parameter",
+                    format!("'{name}' belongs to chat completions; /v1/completions has no tools"),
+                )
+                .with_param(*name));
+            }
+            return Ok(None);
+        }
+        let spec = crate::tools::ToolSpec::read(
+            self.tools.as_deref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )?;
+        if spec.is_some() {
+            if matches!(self.logprobs, Some(LogprobsSpec::Flag(true))) {
+                return Err(ApiError::invalid(
+                    "unsupported_parameter",
+                    "'logprobs' is not served together with tools; ask without one of them",
+                )
+                .with_param("logprobs"));
+            }
+            if !matches!(self.response_format, None | Some(ResponseFormat::Text)) {
+                return Err(ApiError::invalid(
+                    "unsupported_parameter",
+                    "'response_format' other than text is not served together with tools; \
+                     a forced tool call (tool_choice \"required\" or a named function) \
+                     already gives JSON under the function's schema",
+                )
+                .with_param("response_format"));
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The constraint the answer must satisfy: `response_format` other than `text`, or the
+    /// schema of a forced tool call. Chat only: on `/v1/completions` the field is refused
+    /// naming it.
     pub fn constraint_for(
         &self,
         endpoint: Endpoint,
     ) -> Result<Option<crate::constraint::ConstraintSpec>, ApiError> {
         use crate::constraint::{ConstraintSpec, ResponseFormat};
+        if let Some(t) = self.tools_for(endpoint)? {
+            return Ok(t.forced_schema().map(|schema| ConstraintSpec { schema }));
+        }
         match (&self.response_format, endpoint) {
             (None | Some(ResponseFormat::Text), _) => Ok(None),
             (Some(f), Endpoint::Chat) => ConstraintSpec::of(f),
@@ -409,7 +468,27 @@ pub struct SortitionExt {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::tools::ToolCall>>,
+}
+
+impl AssistantMessage {
+    /// The text a receipt commits to: the content, then the calls
+    /// ([`crate::tools::committed_text`]).
+    pub fn committed_text(&self) -> String {
+        let calls: Vec<crate::tools::CallOut> = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|c| crate::tools::CallOut {
+                name: c.function.name.clone(),
+                arguments: c.function.arguments.clone(),
+            })
+            .collect();
+        crate::tools::committed_text(self.content.as_deref().unwrap_or(""), &calls)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -438,6 +517,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::tools::ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -688,9 +769,9 @@ mod tests {
         assert_eq!(v["error"]["message"], "slow down");
     }
 
-    /// Issue 21: `tools`, `response_format` and `logprobs` were answered with a 200 and the
-    /// field silently ignored. Each is now refused with a 400 naming it, unless set to its
-    /// neutral value; unknown fields are refused as OpenAI refuses them; bookkeeping fields
+    /// Issue 21: fields were answered with a 200 and silently ignored. Each one not served
+    /// (the legacy `functions`, `logit_bias`, …) is now refused with a 400 naming it, unless
+    /// set to its neutral value; unknown fields are refused as OpenAI refuses them; bookkeeping fields
     /// pass.
     #[test]
     fn fields_that_would_be_ignored_are_refused_by_name() {
@@ -708,11 +789,8 @@ mod tests {
             (e.param.clone().unwrap_or_default(), e.code, e.message)
         };
         for (field, value) in [
-            (
-                "tools",
-                serde_json::json!([{"type": "function", "function": {"name": "f"}}]),
-            ),
-            ("tool_choice", serde_json::json!("required")),
+            ("functions", serde_json::json!([{"name": "f"}])),
+            ("function_call", serde_json::json!("auto")),
             ("logit_bias", serde_json::json!({"50256": -100})),
         ] {
             let (param, code, msg) = refused(serde_json::json!({ field: value }));

@@ -525,6 +525,20 @@ impl Engine {
         compiler.matcher(c)
     }
 
+    /// Whether `text` is a compact JSON document valid under `schema`, as the constraint
+    /// library enforces schemas (what a `strict` tool's arguments are checked with); `false`
+    /// also for a schema the library cannot compile.
+    pub fn accepts_json(&self, schema: &serde_json::Value, text: &str) -> bool {
+        let Ok(mut m) = self.constraint_matcher(&crate::Constraint::JsonSchema(schema.clone()))
+        else {
+            return false;
+        };
+        let Ok(ids) = self.inner.tokenizer.encode(text) else {
+            return false;
+        };
+        m.consume_tokens(&ids).is_ok() && m.is_accepting().unwrap_or(false)
+    }
+
     /// Validates and queues a generation. Answers `Overloaded` at once when the queue is full.
     pub fn generate(&self, req: GenerateRequest) -> Result<GenerationStream> {
         self.generate_in(req, Lane::User)

@@ -107,6 +107,12 @@ fn random(rng: &mut ChaCha20Rng, dims: &[usize], scale: f32) -> Result<Tensor> {
 /// Writes `tiny-llama-{seed}.gguf` into `dir` (weights Q4_1 like SmolLM2's file) and returns
 /// its path. The same seed always gives the same bytes.
 pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<PathBuf> {
+    write_tiny_llama_with_context(dir, seed, CONTEXT)
+}
+
+/// [`write_tiny_llama`] with a context of `context` tokens (the weights are the same; the
+/// file is `tiny-llama-{seed}-ctx{context}.gguf` unless `context` is [`CONTEXT`]).
+pub fn write_tiny_llama_with_context(dir: &Path, seed: u64, context: usize) -> Result<PathBuf> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let kvd = KV_HEADS * (HIDDEN / HEADS);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -173,7 +179,7 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<PathBuf> {
             Value::U32(KV_HEADS as u32),
         ),
         ("llama.feed_forward_length".into(), Value::U32(FFN as u32)),
-        ("llama.context_length".into(), Value::U32(CONTEXT as u32)),
+        ("llama.context_length".into(), Value::U32(context as u32)),
         ("llama.rope.freq_base".into(), Value::F32(10000.0)),
         (
             "llama.attention.layer_norm_rms_epsilon".into(),
@@ -182,7 +188,10 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<PathBuf> {
     ];
     md.extend(tokenizer_metadata());
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("tiny-llama-{seed}.gguf"));
+    let path = match context {
+        CONTEXT => dir.join(format!("tiny-llama-{seed}.gguf")),
+        _ => dir.join(format!("tiny-llama-{seed}-ctx{context}.gguf")),
+    };
     let tmp = dir.join(format!(
         ".tiny-llama-{seed}.gguf.tmp-{}",
         std::process::id()

@@ -75,7 +75,7 @@ impl NodeAnswer for ChatCompletion {
     fn answer(&self) -> Option<Answer> {
         let c = self.choices.first()?;
         finished(Answer {
-            text: c.message.content.clone(),
+            text: c.message.committed_text(),
             finish_reason: c.finish_reason.clone(),
         })
     }
@@ -89,7 +89,7 @@ impl NodeAnswer for ChatCompletion {
         one_choice_hash(
             self.choices.len(),
             c.index,
-            &c.message.content,
+            &c.message.committed_text(),
             Some(&c.finish_reason),
             c.logprobs.as_ref().map(|l| l.commit()),
             body,
@@ -185,7 +185,8 @@ mod tests {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant".into(),
-                    content: "Hi there".into(),
+                    content: Some("Hi there".into()),
+                    tool_calls: None,
                 },
                 finish_reason: finish_reason.into(),
                 logprobs: None,

@@ -230,8 +230,20 @@ fn as_event_stream(whole: &Value) -> Response {
         })
     };
     let content = if chat {
-        base(json!({"index": 0, "delta": {"role": "assistant",
-            "content": choice["message"]["content"]}, "finish_reason": null}))
+        let mut delta = json!({"role": "assistant", "content": choice["message"]["content"]});
+        if let Some(calls) = choice["message"]["tool_calls"].as_array() {
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut c = c.clone();
+                    c["index"] = json!(i);
+                    c
+                })
+                .collect();
+            delta["tool_calls"] = Value::Array(calls);
+        }
+        base(json!({"index": 0, "delta": delta, "finish_reason": null}))
     } else {
         base(json!({"index": 0, "text": choice["text"], "finish_reason": null}))
     };

@@ -424,6 +424,18 @@ async fn admit(
     }
     if req
         .sampling
+        .tools_for(sortition_api::Endpoint::Chat)
+        .map_err(redact)?
+        .is_some()
+    {
+        return Err(sealed_error(
+            "unsupported_parameter",
+            "tools are not served for sealed requests yet",
+        )
+        .with_param("tools"));
+    }
+    if req
+        .sampling
         .constraint_for(sortition_api::Endpoint::Chat)
         .map_err(redact)?
         .is_some()
@@ -434,7 +446,9 @@ async fn admit(
         )
         .with_param("response_format"));
     }
-    let prompt = Prompt::Chat(crate::routes::chat_messages(&req.messages).map_err(redact)?);
+    let prompt = Prompt::Chat(
+        crate::routes::chat_messages(&req.messages, &req.sampling).map_err(redact)?,
+    );
     let chat = s.engine(&req.model)?;
     let params =
         crate::routes::sampling_params(&req.sampling, DEFAULT_MAX_TOKENS_CHAT).map_err(redact)?;
@@ -568,7 +582,8 @@ async fn unary(a: Admitted) -> Result<Response, ApiError> {
             index: 0,
             message: AssistantMessage {
                 role: "assistant".into(),
-                content: text,
+                content: Some(text),
+                tool_calls: None,
             },
             finish_reason: finish.into(),
             logprobs: None,

@@ -316,8 +316,13 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
         .commit()
     });
     let usage = g.usage;
+    let delivery = extras.deliver(chat, &text, finish);
     Ok((
-        extras.response_hash(&text, finish, commit.as_deref()),
+        extras.response_hash(
+            &delivery.committed_text(),
+            &delivery.finish,
+            commit.as_deref(),
+        ),
         (
             u64::from(usage.prompt_tokens),
             u64::from(usage.completion_tokens),
@@ -440,7 +445,7 @@ fn generation_request(p: &AuditPayload) -> Result<Option<GenerationRequest>, Str
     Ok(Some(match p.path.as_str() {
         "/v1/chat/completions" => {
             let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let msgs = crate::routes::chat_messages(&req.messages).map_err(|e| e.message)?;
+            let msgs = crate::routes::chat_messages(&req.messages, &req.sampling).map_err(|e| e.message)?;
             (Kind::Chat, req.model, Prompt::Chat(msgs), req.sampling)
         }
         "/v1/completions" => {

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
+use sortition_api::tools;
 use sortition_api::*;
 use sortition_engine::{FinishReason, Prompt, SamplingParams, StreamEvent, TokenLogprobs};
 use sortition_types::{
@@ -75,6 +76,9 @@ pub struct Extras {
     /// The constraint on the text (chat `response_format`), enforced by the engine and named
     /// by digest in the response hash.
     pub constraint: Option<sortition_api::constraint::ConstraintSpec>,
+    /// The tools the answer may call (chat `tools` with a `tool_choice` other than `none`):
+    /// the answer's text is read into content and calls.
+    pub tools: Option<sortition_api::tools::ToolSpec>,
 }
 
 impl Extras {
@@ -105,11 +109,29 @@ impl Extras {
             }
         };
         let constraint = fields.constraint_for(endpoint)?;
+        let tools = fields.tools_for(endpoint)?;
         Ok(Extras {
             logprobs,
             echo,
             constraint,
+            tools,
         })
+    }
+
+    /// What the generated `text` delivers: with tools, its content and calls (a `strict`
+    /// function's `auto` arguments checked against its schema by `chat`'s constraint
+    /// library); otherwise the text itself.
+    pub fn deliver(&self, chat: &ChatModel, text: &str, finish: &str) -> tools::Delivery {
+        match &self.tools {
+            Some(t) => t.deliver(text, finish, &|schema, args| {
+                chat.engine.accepts_json(schema, args)
+            }),
+            None => tools::Delivery {
+                content: Some(text.to_string()),
+                calls: Vec::new(),
+                finish: finish.to_string(),
+            },
+        }
     }
 
     /// The engine's form of the constraint.
@@ -339,7 +361,7 @@ async fn generation(
             let req: ChatCompletionRequest = parse_json(body)?;
             (
                 req.model,
-                Prompt::Chat(chat_messages(&req.messages)?),
+                Prompt::Chat(chat_messages(&req.messages, &req.sampling)?),
                 req.sampling,
             )
         }
@@ -361,39 +383,91 @@ async fn generation(
     }
 }
 
-pub fn chat_messages(msgs: &[ChatMessage]) -> Result<Vec<sortition_engine::ChatMessage>, ApiError> {
+/// The conversation as the model reads it: the history (assistant tool calls and `tool`
+/// results written as the model's tool-call format), with the tools the request lets the
+/// model call listed in the system message. Refused (400, naming the message): an unknown
+/// role, a `tool` message without a `tool_call_id` that an earlier assistant call carries,
+/// tool calls on a message that is not the assistant's.
+pub fn chat_messages(
+    msgs: &[ChatMessage],
+    fields: &SamplingFields,
+) -> Result<Vec<sortition_engine::ChatMessage>, ApiError> {
     if msgs.is_empty() {
         return Err(
             ApiError::invalid("empty_messages", "messages must not be empty")
                 .with_param("messages"),
         );
     }
-    msgs.iter()
-        .map(|m| {
-            let text = m
-                .content
-                .as_ref()
-                .map(|c| c.text())
-                .transpose()?
-                .unwrap_or_default();
-            match m.role.as_str() {
-                "system" | "user" | "assistant" | "developer" => {}
-                other => {
-                    return Err(ApiError::invalid(
-                        "invalid_role",
-                        format!("unsupported role '{other}'"),
-                    )
-                    .with_param("messages"));
+    let mut call_ids: Vec<&str> = Vec::new();
+    let mut out = Vec::with_capacity(msgs.len() + 1);
+    for (i, m) in msgs.iter().enumerate() {
+        let text = m
+            .content
+            .as_ref()
+            .map(|c| c.text())
+            .transpose()?
+            .unwrap_or_default();
+        let refuse = |field: &str, msg: String| {
+            ApiError::invalid("invalid_message", msg).with_param(format!("messages[{i}].{field}"))
+        };
+        match m.role.as_str() {
+            "system" | "user" | "assistant" | "developer" | "tool" => {}
+            other => {
+                return Err(ApiError::invalid(
+                    "invalid_role",
+                    format!(
+                        "unsupported role '{other}'; roles are system, developer, user, \
+                         assistant and tool"
+                    ),
+                )
+                .with_param(format!("messages[{i}].role")));
+            }
+        }
+        if m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) && m.role != "assistant" {
+            return Err(refuse(
+                "tool_calls",
+                "only assistant messages carry tool calls".into(),
+            ));
+        }
+        if m.role == "tool" {
+            match m.tool_call_id.as_deref() {
+                Some(id) if call_ids.contains(&id) => {}
+                Some(id) => {
+                    return Err(refuse(
+                        "tool_call_id",
+                        format!(
+                            "tool message answers call '{id}', which no earlier assistant \
+                             message made"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(refuse(
+                        "tool_call_id",
+                        "a tool message needs the 'tool_call_id' of the call it answers".into(),
+                    ));
                 }
             }
-            let role = if m.role == "developer" {
-                "system"
-            } else {
-                m.role.as_str()
-            };
-            Ok(sortition_engine::ChatMessage::new(role, text))
-        })
-        .collect()
+        }
+        call_ids.extend(m.tool_calls.iter().flatten().map(|c| c.id.as_str()));
+        let role = if m.role == "developer" {
+            "system"
+        } else {
+            m.role.as_str()
+        };
+        let (role, text) = tools::history_turn(role, &text, m.tool_calls.as_deref());
+        out.push(sortition_engine::ChatMessage::new(role, text));
+    }
+    if let Some(t) = fields.tools_for(Endpoint::Chat)? {
+        let listed = t.system_text();
+        match out.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{listed}", first.content);
+            }
+            _ => out.insert(0, sortition_engine::ChatMessage::new("system", listed)),
+        }
+    }
+    Ok(out)
 }
 
 fn error(s: &NodeState, e: ApiError) -> Response {
@@ -470,11 +544,19 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                 );
                 let text = crate::adversary::rewrite_text(job.state.adversary, text);
                 let text = format!("{}{text}", job.extras.echo.as_deref().unwrap_or(""));
+                let chat = job.state.engine(job.model.as_str())?;
+                let delivery = job.extras.deliver(chat, &text, finish_str(finish));
                 let rendered = renderer.as_mut().map(|r| render(kind, r, &lps));
                 let commit = rendered.as_ref().map(Rendered::commit);
                 let elapsed = job.started.elapsed();
-                let receipt = job.complete(p, c, &text, finish_str(finish), commit.as_deref())?;
-                Ok((finish, p, c, text, rendered, receipt, elapsed))
+                let receipt = job.complete(
+                    p,
+                    c,
+                    &delivery.committed_text(),
+                    &delivery.finish,
+                    commit.as_deref(),
+                )?;
+                Ok((delivery, p, c, rendered, receipt, elapsed))
             }
             Err(e) => {
                 job.state.release(job.reservation);
@@ -482,7 +564,7 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
             }
         }
     });
-    let (finish, p, c, text, rendered, receipt, elapsed) = match task.await {
+    let (delivery, p, c, rendered, receipt, elapsed) = match task.await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return error(&s, e),
         Err(e) => {
@@ -501,6 +583,7 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
     let usage = Usage::new(p, c);
     // Written from the typed answer (never through a `Value`, which would print f32
     // log-probabilities with f64 digits).
+    let tool_calls = delivery.tool_calls(&id);
     let body = match kind {
         Kind::Chat => serde_json::to_string(&ChatCompletion {
             id,
@@ -511,9 +594,10 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant".into(),
-                    content: text,
+                    tool_calls,
+                    content: delivery.content,
                 },
-                finish_reason: finish_str(finish).into(),
+                finish_reason: delivery.finish,
                 logprobs: match rendered {
                     Some(Rendered::Chat(c)) => Some(c),
                     _ => None,
@@ -529,8 +613,8 @@ async fn unary(a: Admitted, id: String, model: String, kind: Kind) -> Response {
             model,
             choices: vec![CompletionChoice {
                 index: 0,
-                text,
-                finish_reason: Some(finish_str(finish).into()),
+                text: delivery.content.unwrap_or_default(),
+                finish_reason: Some(delivery.finish),
                 logprobs: match rendered {
                     Some(Rendered::Text(t)) => Some(t),
                     _ => None,
@@ -590,6 +674,7 @@ fn chunk_with(
                 delta: Delta {
                     role: first.then(|| "assistant".into()),
                     content: text,
+                    tool_calls: None,
                 },
                 finish_reason: finish.map(Into::into),
                 logprobs: chat_lp,
@@ -613,6 +698,45 @@ fn chunk_with(
         }),
     };
     v.unwrap_or_else(|e| format!("{{\"error\":{{\"message\":\"{e}\"}}}}"))
+}
+
+/// A chat chunk that delivers a whole answer read for tool calls: its content, and each call
+/// whole (id, name and arguments) in OpenAI's `delta.tool_calls` shape.
+fn whole_chunk(id: &str, model: &str, d: &tools::Delivery, first: bool) -> String {
+    let calls = d.tool_calls(id).map(|calls| {
+        calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| tools::ToolCallDelta {
+                index: i as u32,
+                id: Some(c.id),
+                r#type: Some(c.r#type),
+                function: tools::FunctionCallDelta {
+                    name: Some(c.function.name),
+                    arguments: Some(c.function.arguments),
+                },
+            })
+            .collect()
+    });
+    serde_json::to_string(&ChatCompletionChunk {
+        id: id.into(),
+        object: "chat.completion.chunk".into(),
+        created: unix_now(),
+        model: model.into(),
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta: Delta {
+                role: first.then(|| "assistant".into()),
+                content: d.content.clone(),
+                tool_calls: calls,
+            },
+            finish_reason: None,
+            logprobs: None,
+        }],
+        usage: None,
+        sortition: None,
+    })
+    .unwrap_or_default()
 }
 
 /// The usage chunk OpenAI sends after the finish chunk when `stream_options.include_usage`
@@ -712,7 +836,8 @@ async fn drive_stream(
             Some(StreamEvent::Token { text, logprobs, .. }) => {
                 clock.tick(&s.metrics);
                 pending.extend(logprobs);
-                if text.is_empty() {
+                // With tools, the text is read into content and calls once it is whole.
+                if text.is_empty() || job.extras.tools.is_some() {
                     continue;
                 }
                 sent_text.push_str(&text);
@@ -738,10 +863,12 @@ async fn drive_stream(
                 ..
             }) => {
                 let text = format!("{}{text}", job.extras.echo.as_deref().unwrap_or(""));
+                let buffered = job.extras.tools.is_some();
                 // Any text held back (e.g. a partial stop-string match that did not complete)
                 // is flushed so that the stream equals the non-streamed answer.
                 if let Some(rest) = text.strip_prefix(sent_text.as_str())
                     && !rest.is_empty()
+                    && !buffered
                 {
                     let lp = take(&mut pending, &mut sent_lp);
                     let rest = Some(rest.to_string());
@@ -761,9 +888,24 @@ async fn drive_stream(
                     u64::from(usage.completion_tokens),
                 );
                 let text = crate::adversary::rewrite_text(s.adversary, text);
+                let delivery = match s.engine(job.model.as_str()) {
+                    Ok(chat) => job.extras.deliver(chat, &text, finish),
+                    Err(e) => {
+                        s.release(job.reservation);
+                        let _ = tx
+                            .send(serde_json::to_string(&e.body()).unwrap_or_default())
+                            .await;
+                        return;
+                    }
+                };
+                if buffered {
+                    let _ = tx.send(whole_chunk(&id, &model, &delivery, first)).await;
+                }
+                let finish = delivery.finish.as_str();
                 let last_lp = take(&mut pending, &mut sent_lp);
                 let lp = lp_sent(&sent_lp);
-                match job.complete(p, c, &text, finish, lp.as_deref()) {
+                let committed = delivery.committed_text();
+                match job.complete(p, c, &committed, finish, lp.as_deref()) {
                     Ok(receipt) => {
                         let ext = SortitionExt {
                             node: s.id,
@@ -1026,3 +1168,8 @@ mod tests;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "logprobs_tests.rs"]
 mod logprobs_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "tools_tests.rs"]
+mod tools_tests;

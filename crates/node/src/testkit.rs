@@ -54,7 +54,10 @@ fn model_file() -> std::path::PathBuf {
     PATH.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("sortition-node-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        sortition_engine::testutil::write_tiny_llama(&dir, 5).expect("tiny model")
+        // A context of 1024 tokens: room for a tool list (the byte-level tokenizer spends
+        // about a token per byte).
+        sortition_engine::testutil::write_tiny_llama_with_context(&dir, 5, 1024)
+            .expect("tiny model")
     })
     .clone()
 }
