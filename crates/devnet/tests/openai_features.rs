@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Issue 21, end to end: the OpenAI features served beyond plain text (log-probabilities,
-//! `echo`, the completions default `max_tokens`, token-id embeddings, structured outputs),
+//! `echo`, the completions default `max_tokens`, token-id embeddings, structured outputs,
+//! tool calls, HTTP/2),
 //! through a real devnet's gateway with the real models, each answer vouched for by the
 //! gateway (its receipt checked against what was delivered).
 
@@ -155,6 +156,8 @@ async fn logprobs_echo_and_defaults_through_the_gateway() {
     }
     embeddings(&gw, &key).await;
     structured(&gw, &key).await;
+    tools(&gw, &key).await;
+    http2(&gw, &key).await;
     net.shutdown().await;
 }
 
@@ -265,4 +268,87 @@ async fn embeddings(gw: &str, key: &str) {
     let too_many = vec!["x"; 2049];
     let (status, raw) = post(&url, key, &json!({"model": EMBED, "input": too_many})).await;
     assert_eq!(status, 400, "{raw}");
+}
+
+/// Tool calling with the real model through the gateway: a forced call (named) has arguments
+/// valid under the function's schema, the gateway vouches for it (the receipt commits to the
+/// calls it delivered), streamed and whole alike; the call and its result go back in the
+/// history.
+async fn tools(gw: &str, key: &str) {
+    let url = format!("{gw}/v1/chat/completions");
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+          "required": ["city", "unit"], "additionalProperties": false}}}]);
+    let body = json!({"model": CHAT, "max_tokens": 64, "temperature": 0, "tools": tools,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
+    let (status, raw) = post(&url, key, &body).await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["sortition"]["verified_by_gateway"], true, "{v}");
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+    assert!(c["message"]["content"].is_null(), "{v}");
+    let call = &c["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+    assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()), "{args}");
+    assert_eq!(
+        response_hash(&v, body.to_string().as_bytes()).unwrap(),
+        receipt_of(&v).receipt.response_hash
+    );
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, raw) = post(&url, key, &streamed).await;
+    assert_eq!(status, 200, "{raw}");
+    let evs = events(&raw);
+    let mut d = DeliveredText::for_request(streamed.to_string().as_bytes());
+    for e in &evs {
+        assert!(e["choices"][0].is_object(), "{e}");
+        d.absorb(e);
+    }
+    let last = evs.last().unwrap();
+    assert_eq!(last["sortition"]["verified_by_gateway"], true, "{last}");
+    assert_eq!(
+        d.response_hash().unwrap(),
+        receipt_of(last).receipt.response_hash
+    );
+    assert_eq!(
+        evs[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+        call["function"]["arguments"]
+    );
+
+    let mut history = body.clone();
+    history["messages"] = json!([
+        body["messages"][0],
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny"}]);
+    history["tool_choice"] = json!("auto");
+    history["max_tokens"] = json!(16);
+    let (status, raw) = post(&url, key, &history).await;
+    assert_eq!(status, 200, "{raw}");
+}
+
+/// HTTP/2 with prior knowledge (h2c) is served, as HTTP/1.1 is.
+async fn http2(gw: &str, key: &str) {
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("{gw}/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("an h2c request is answered");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["data"].as_array().is_some_and(|d| !d.is_empty()), "{v}");
 }
