@@ -11,9 +11,16 @@ echo "== PostgreSQL (for the gateway's shared-store tests)"
 SORTITION_TEST_PG_URL="$(bash scripts/pg.sh | tail -n 1)"
 export SORTITION_TEST_PG_URL
 
-echo "== Python SDK for the OpenAI-compatibility test"
-if ! python3 -c 'import openai' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.50,<3'
+echo "== client libraries for the OpenAI-compatibility tests (Python SDK, LangChain, Node SDK)"
+if ! python3 -c 'import openai, langchain_openai' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.50,<3' 'langchain-openai>=0.3,<2'
+fi
+if command -v npm >/dev/null; then
+  if [ ! -d "$CACHE/npm/node_modules/openai" ]; then
+    mkdir -p "$CACHE/npm"
+    npm install --silent --no-audit --no-fund --prefix "$CACHE/npm" 'openai@^5'
+  fi
+  export OPENAI_NODE_SDK="$CACHE/npm/node_modules/openai"
 fi
 
 echo "== build (the test build also builds the sortition binary, with the same features)"

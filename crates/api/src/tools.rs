@@ -8,7 +8,8 @@
 //! - `tool_choice: "required"` or a named function **forces** a call: the generation is
 //!   constrained (by the same constraint library as structured outputs) to the JSON object
 //!   `{"name": <one of the tools>, "arguments": <that function's parameters schema>}`, so the
-//!   arguments always satisfy the schema. The schema is the request's constraint, named by
+//!   arguments always satisfy the schema (objects that list `properties` get no others unless
+//!   the schema says `additionalProperties`). The schema is the request's constraint, named by
 //!   digest in the receipt's `response_hash`.
 //! - `tool_choice: "auto"` leaves the model free: `<tool_call>` blocks in its text are read as
 //!   calls (a block that is not a call to a listed function, or whose arguments break the
@@ -260,7 +261,7 @@ impl ToolSpec {
                 "type": "object",
                 "properties": {
                     "name": {"const": f.name},
-                    "arguments": parameters_schema(f),
+                    "arguments": closed(parameters_schema(f)),
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": false,
@@ -415,6 +416,36 @@ fn canonical(v: &Value) -> String {
     let mut s = String::new();
     crate::constraint::write_canonical(v, &mut s);
     s
+}
+
+/// `schema` with `additionalProperties: false` on every object schema that lists
+/// `properties` and says nothing of others: a forced call writes the parameters the function
+/// declares, not invented ones (every document this allows is valid under `schema`).
+fn closed(mut schema: Value) -> Value {
+    if let Some(o) = schema.as_object_mut() {
+        if o.contains_key("properties") && !o.contains_key("additionalProperties") {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+        for key in ["properties", "$defs", "definitions"] {
+            if let Some(Value::Object(props)) = o.get_mut(key) {
+                for sub in props.values_mut() {
+                    *sub = closed(std::mem::take(sub));
+                }
+            }
+        }
+        for key in ["items", "anyOf", "oneOf", "allOf"] {
+            match o.get_mut(key) {
+                Some(Value::Array(list)) => {
+                    for sub in list.iter_mut() {
+                        *sub = closed(std::mem::take(sub));
+                    }
+                }
+                Some(sub @ Value::Object(_)) => *sub = closed(std::mem::take(sub)),
+                _ => {}
+            }
+        }
+    }
+    schema
 }
 
 /// A function's parameters schema; no parameters is the empty object.
@@ -627,6 +658,13 @@ mod tests {
             .unwrap();
         let schema = spec.forced_schema().unwrap();
         assert_eq!(schema["properties"]["name"]["const"], "get_weather");
+        let args = &schema["properties"]["arguments"];
+        assert_eq!(args["additionalProperties"], false);
+        let open = json!({"type": "object", "properties": {"a": {"type": "object",
+            "properties": {"b": {"type": "string"}}}}, "additionalProperties": true});
+        let c = closed(open);
+        assert_eq!(c["additionalProperties"], true);
+        assert_eq!(c["properties"]["a"]["additionalProperties"], false);
         let required = ToolSpec::read(Some(&t), Some(&choice(json!("required"))), None)
             .unwrap()
             .unwrap();

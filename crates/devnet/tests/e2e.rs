@@ -396,31 +396,33 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
     .await;
     assert_eq!(s, 400, "{v}");
 
-    // The official OpenAI Python SDK, unchanged.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_sdk.py");
-    let has_sdk = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if has_sdk {
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .args([&info.gateway_url, &info.api_key, CHAT, EMBED])
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "openai sdk: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install the openai package (scripts/test.sh does)"
-        );
-        eprintln!("SKIPPED: the OpenAI SDK check (pip install openai to run it)");
-    }
+    // Client libraries, unchanged: the official OpenAI Python SDK, LangChain, and the
+    // official OpenAI Node SDK.
+    let args = [info.gateway_url.as_str(), info.api_key.as_str(), CHAT, EMBED];
+    let python_has = |module: &str| {
+        std::process::Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    client_library(
+        "openai python sdk",
+        python_has("openai").then(|| std::process::Command::new("python3")),
+        "openai_sdk.py",
+        &args,
+    );
+    client_library(
+        "langchain",
+        python_has("langchain_openai").then(|| std::process::Command::new("python3")),
+        "langchain_compat.py",
+        &args,
+    );
+    let node_sdk = std::env::var_os("OPENAI_NODE_SDK").map(|dir| {
+        let mut c = std::process::Command::new("node");
+        c.env("OPENAI_NODE_SDK", dir);
+        c
+    });
+    client_library("openai node sdk", node_sdk, "openai_node.mjs", &args[..3]);
 
     a_client_leaving_mid_stream_pays_for_what_it_received(&net, &url, &info.api_key).await;
     claimed_stacks_are_closed_by_the_gateway(&net, &ledger, r.receipt.stack, &url, &info.api_key)
@@ -665,4 +667,35 @@ async fn every_node_of_the_class_answers_alike(
         );
         assert_eq!(receipt_of(&v).receipt.node, node.id);
     }
+}
+
+/// Runs the client-library check `script` (in this crate's `tests/`) with `runner` and `args`;
+/// without the library (`runner` is `None`) the check is skipped, except under CI, which must
+/// install it (scripts/test.sh does).
+fn client_library(
+    what: &str,
+    runner: Option<std::process::Command>,
+    script: &str,
+    args: &[&str],
+) {
+    let Some(mut runner) = runner else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install {what} (scripts/test.sh does)"
+        );
+        eprintln!("SKIPPED: the {what} check (scripts/test.sh installs it)");
+        return;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
+    let out = runner
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
