@@ -386,13 +386,17 @@ impl SamplingFields {
             .as_ref()
             .is_some_and(|o| o.include_usage)
     }
-    /// Refuses `n > 1`, which Sortition does not serve (one receipt per answer).
+    /// Refuses `n > 1` at a node, which answers one choice per request (one receipt per
+    /// answer); gateways split such requests before they reach a node.
     pub fn check_n(&self) -> Result<(), ApiError> {
         match self.n {
             None | Some(1) => Ok(()),
             Some(n) => Err(ApiError::invalid(
                 "unsupported_n",
-                format!("n={n} is not supported; use n=1"),
+                format!(
+                    "n={n}: a node answers one choice per request; gateways serve n > 1 as \
+                     one receipted request per choice"
+                ),
             )
             .with_param("n")),
         }
@@ -430,8 +434,8 @@ impl CompletionRequest {
             PromptSpec::Many(v) if v.len() == 1 => Ok(v[0].clone()),
             PromptSpec::Many(_) => Err(ApiError::invalid(
                 "unsupported_prompt",
-                "several prompts in one request are not supported: a receipt commits to one \
-                 answer; send one request per prompt",
+                "a node answers one prompt per request (a receipt commits to one answer); \
+                 gateways serve several, as one receipted request per prompt",
             )
             .with_param("prompt")),
         }

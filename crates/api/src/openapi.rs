@@ -99,6 +99,15 @@ pub fn document(surface: Surface) -> Value {
         "components": {"securitySchemes": security, "schemas": schemas()}
     });
     if matches!(surface, Surface::Gateway) {
+        // Gateways serve several answers per request (one receipted request per answer).
+        let several = "a gateway serves up to 16 answers per request (n times the prompts), one receipted node request per answer, listed in sortition.choices; not with stream";
+        for req in ["ChatCompletionRequest", "CompletionRequest"] {
+            doc["components"]["schemas"][req]["properties"]["n"] =
+                json!({"type": "integer", "minimum": 1, "maximum": 16, "description": several});
+        }
+        doc["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"] = json!({"oneOf": [
+            {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 16}],
+            "description": several});
         doc["paths"]["/v1/models/{id}"] = json!({"get": {"summary": "One model served",
             "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": {

@@ -157,6 +157,7 @@ async fn logprobs_echo_and_defaults_through_the_gateway() {
     embeddings(&gw, &key).await;
     structured(&gw, &key).await;
     tools(&gw, &key).await;
+    several_answers(&gw, &key).await;
     http2(&gw, &key).await;
     net.shutdown().await;
 }
@@ -351,4 +352,63 @@ async fn http2(gw: &str, key: &str) {
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert!(v["data"].as_array().is_some_and(|d| !d.is_empty()), "{v}");
+}
+
+/// `n` > 1 and several prompts: the gateway serves one receipted request per answer; each
+/// choice's receipt commits to the body listed with it (its request hash) and to exactly that
+/// choice (its response hash); the draws differ by seed; streaming several answers is refused.
+async fn several_answers(gw: &str, key: &str) {
+    let check = |v: &Value, want: usize| {
+        let choices = v["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), want, "{v}");
+        let ext = v["sortition"]["choices"].as_array().unwrap();
+        let mut seeds = Vec::new();
+        let mut completion = 0;
+        for (i, (c, e)) in choices.iter().zip(ext).enumerate() {
+            assert_eq!(c["index"], i);
+            assert_eq!(e["index"], i);
+            assert_eq!(e["verified_by_gateway"], true);
+            let r: SignedReceipt = serde_json::from_value(e["receipt"].clone()).unwrap();
+            let request = e["request"].as_str().unwrap();
+            assert_eq!(r.receipt.request_hash, sortition_types::sha256(request.as_bytes()));
+            let mut one = c.clone();
+            one["index"] = json!(0);
+            let alone = json!({"object": v["object"], "choices": [one]});
+            assert_eq!(
+                response_hash(&alone, request.as_bytes()).unwrap(),
+                r.receipt.response_hash
+            );
+            seeds.push(r.receipt.sampling.seed);
+            completion += r.receipt.output_tokens;
+        }
+        assert_eq!(v["usage"]["completion_tokens"], completion);
+        seeds
+    };
+    let (status, raw) = post(
+        &format!("{gw}/v1/completions"),
+        key,
+        &json!({"model": CHAT, "prompt": ["The sky is", "Grass is"], "n": 2, "max_tokens": 4,
+                "temperature": 1, "seed": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(check(&v, 4), [5, 6, 5, 6]);
+    let ext = &v["sortition"]["choices"];
+    assert!(ext[0]["request"].as_str().unwrap().contains("The sky is"));
+    assert!(ext[3]["request"].as_str().unwrap().contains("Grass is"));
+
+    let chat = json!({"model": CHAT, "messages": [{"role": "user", "content": "Name a colour."}],
+        "n": 3, "max_tokens": 6, "temperature": 1});
+    let (status, raw) = post(&format!("{gw}/v1/chat/completions"), key, &chat).await;
+    assert_eq!(status, 200, "{raw}");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    let seeds = check(&v, 3);
+    assert_eq!([seeds[1] - seeds[0], seeds[2] - seeds[0]], [1, 2], "{seeds:?}");
+
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let (status, raw) = post(&format!("{gw}/v1/chat/completions"), key, &streamed).await;
+    assert_eq!(status, 400, "{raw}");
+    assert_eq!(serde_json::from_str::<Value>(&raw).unwrap()["error"]["param"], "stream");
 }

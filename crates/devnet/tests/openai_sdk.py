@@ -76,6 +76,15 @@ except openai.NotFoundError as err:
 
 assert client.models.retrieve(chat_model).id == chat_model
 
+# Issue 21: several prompts and n > 1 (one receipted request per answer at the gateway).
+many = client.completions.create(model=chat_model, prompt=["The sky is", "Grass is"], n=2,
+                                 max_tokens=3, temperature=1)
+assert [c.index for c in many.choices] == [0, 1, 2, 3], many
+assert len(many.model_extra["sortition"]["choices"]) == 4, many
+drawn = client.chat.completions.create(model=chat_model, messages=msgs, n=2, max_tokens=4,
+                                       temperature=1)
+assert len(drawn.choices) == 2, drawn
+
 # Issue 21: log-probabilities in OpenAI's shape.
 lp = client.chat.completions.create(model=chat_model, messages=msgs, max_tokens=4, temperature=0,
                                     logprobs=True, top_logprobs=2)

@@ -16,6 +16,7 @@ pub mod answers;
 pub mod audits;
 pub mod confidential;
 pub mod directory;
+pub mod fanout;
 pub mod health;
 pub mod keys;
 pub mod ledger;

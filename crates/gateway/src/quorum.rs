@@ -30,11 +30,19 @@ use crate::state::GatewayState;
 use crate::store::{AuthedKey, CreditHold};
 
 /// What one member of the quorum returned, with a verified receipt.
-struct Member {
-    d: Dispatched,
-    value: Value,
-    receipt: SignedReceipt,
-    ttft: std::time::Duration,
+pub(crate) struct Member {
+    pub d: Dispatched,
+    pub value: Value,
+    pub receipt: SignedReceipt,
+    pub ttft: std::time::Duration,
+}
+
+/// Why a member gave no answer; `refused` when the node refused the request itself (a 4xx:
+/// the request's fault, not the node's), as the error to pass on.
+pub(crate) struct MemberFailure {
+    pub node: NodeId,
+    pub why: String,
+    pub refused: Option<ApiError>,
 }
 
 /// What a request asks of the quorum.
@@ -80,7 +88,7 @@ pub async fn serve(
     for a in asked {
         match a {
             Ok(m) => members.push(m),
-            Err((node, why)) => {
+            Err(MemberFailure { node, why, .. }) => {
                 tracing::warn!(%node, %why, "quorum member failed");
                 failed.push(json!({"node": node, "error": why}));
             }
@@ -261,7 +269,7 @@ fn as_event_stream(whole: &Value) -> Response {
 
 /// A member's work that is not charged to the user: the stack's units are settled (the node
 /// will claim them) and the request is kept for the auditors.
-async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) {
+pub(crate) async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) {
     let units = m.receipt.receipt.units().0.min(m.d.reserved);
     if let Err(e) = g
         .store
@@ -274,17 +282,21 @@ async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) {
 }
 
 /// Sends the request to one member and checks its receipt.
-async fn ask(
+pub(crate) async fn ask(
     g: &Arc<GatewayState>,
     node: NodeView,
     q: &QuorumRequest<'_>,
-) -> Result<Member, (NodeId, String)> {
+) -> Result<Member, MemberFailure> {
     let id = node.id;
     let stack = match proxy::hold_stack(g, &node, q.model, q.units).await {
         Ok(s) => s,
         Err(e) => {
             g.finish(id, Outcome::Failure).await;
-            return Err((id, e.message));
+            return Err(MemberFailure {
+                node: id,
+                why: e.message,
+                refused: None,
+            });
         }
     };
     let started = Instant::now();
@@ -298,7 +310,11 @@ async fn ask(
     let failed = |why: String| async move {
         proxy::release(g, stack.stack_id, q.units).await;
         g.finish(id, Outcome::Failure).await;
-        Err((id, why))
+        Err(MemberFailure {
+            node: id,
+            why,
+            refused: None,
+        })
     };
     let resp = match proxy::send(g, &d.node, q.path, q.body, stack.stack_id).await {
         Ok(r) => r,
@@ -311,6 +327,43 @@ async fn ask(
         Ok(Err(e)) => return failed(format!("reading the answer: {e}")).await,
         Err(_) => return failed("timed out".into()).await,
     };
+    if status.is_client_error() {
+        // The request's fault (bad parameters, too long a prompt): the node is not to blame.
+        proxy::release(g, stack.stack_id, q.units).await;
+        g.finish(id, Outcome::Cancelled).await;
+        let detail = serde_json::from_slice::<sortition_api::ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .ok();
+        let refused = match detail {
+            Some(e) => {
+                const KNOWN: &[&str] = &[
+                    "context_length_exceeded",
+                    "unsupported_parameter",
+                    "unknown_parameter",
+                    "invalid_value",
+                    "invalid_type",
+                    "invalid_message",
+                    "invalid_role",
+                ];
+                let code = KNOWN
+                    .iter()
+                    .find(|k| e.code.as_deref() == Some(**k))
+                    .copied()
+                    .unwrap_or("invalid_request");
+                let err = ApiError::invalid(code, e.message);
+                match e.param {
+                    Some(p) => err.with_param(p),
+                    None => err,
+                }
+            }
+            None => ApiError::invalid("invalid_request", String::from_utf8_lossy(&bytes)),
+        };
+        return Err(MemberFailure {
+            node: id,
+            why: format!("refused the request ({status})"),
+            refused: Some(refused),
+        });
+    }
     if !status.is_success() {
         let text = String::from_utf8_lossy(&bytes).into_owned();
         return failed(format!("answered {status}: {text}")).await;

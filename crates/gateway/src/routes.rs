@@ -68,6 +68,7 @@ async fn admit(
     stream: bool,
     units: u64,
     quorum: bool,
+    answers: u64,
 ) -> Result<Admitted, ApiError> {
     let permit = g.in_flight.try_acquire()?;
     let constraints = Constraints::from_header(
@@ -96,8 +97,14 @@ async fn admit(
     } else {
         1
     };
-    // Every quorum member is paid for what it served, each at most `units` at `worst`.
-    let need = sortition_types::Amount(cost(units, worst).0.saturating_mul(u64::from(size)));
+    // Every quorum member is paid for what it served, each at most `units` at `worst`, for
+    // each of the `answers` asked.
+    let need = sortition_types::Amount(
+        cost(units, worst)
+            .0
+            .saturating_mul(u64::from(size))
+            .saturating_mul(answers),
+    );
     // The snapshot read at authentication turns the obviously short away without a write;
     // the hold is what decides, atomically.
     affordable(&key, need)?;
@@ -203,6 +210,7 @@ pub async fn completions(State(g): S, headers: HeaderMap, body: Bytes) -> Respon
     g.metrics.inc("requests_total", "completions", 1);
     generation::<Completion>(&g, &headers, body, "/v1/completions", |body| {
         let req: CompletionRequest = parse_json(body)?;
+        req.single_prompt()?;
         req.sampling.check_supported()?;
         req.sampling.logprobs_for(Endpoint::Completions)?;
         req.sampling.constraint_for(Endpoint::Completions)?;
@@ -219,9 +227,13 @@ async fn generation<A: NodeAnswer>(
     headers: &HeaderMap,
     body: Bytes,
     path: &str,
-    parse: impl FnOnce(&[u8]) -> Result<(String, usize, SamplingFields), ApiError>,
+    parse: impl Fn(&[u8]) -> Result<(String, usize, SamplingFields), ApiError>,
 ) -> Result<Response, ApiError> {
     let key = authenticate(g, headers).await?;
+    let fresh_seed = || rand::random::<u64>() >> 12; // exact in a JSON number read as f64
+    if let Some(bodies) = crate::fanout::split(&body, fresh_seed)? {
+        return fanned(g, key, headers, path, bodies, parse).await;
+    }
     let (model, messages, mut sampling) = parse(&body)?;
     // A request without a seed is sampled with a fresh one that the gateway draws and writes
     // into the body it signs: every member of a quorum then samples alike, and no node can try
@@ -229,13 +241,13 @@ async fn generation<A: NodeAnswer>(
     let body = match sampling.seed {
         Some(_) => body,
         None => {
-            let seed = rand::random::<u64>() >> 11; // exact in a JSON number read as f64
+            let seed = fresh_seed();
             sampling.seed = Some(seed);
             with_seed(&body, seed)?
         }
     };
     let units = generation_units(&body, messages, &sampling);
-    let mut a = admit(g, key, headers, &model, sampling.is_stream(), units, true).await?;
+    let mut a = admit(g, key, headers, &model, sampling.is_stream(), units, true, 1).await?;
     let ended = a.hold.ended();
     let size = a.size;
     let served = if size > 1 {
@@ -257,6 +269,52 @@ async fn generation<A: NodeAnswer>(
     } else {
         forward::<A>(g, a, path, body).await
     };
+    released_on_error(served, ended).await
+}
+
+/// A request for several answers (`n` > 1, several prompts), split into `bodies`, one per
+/// answer: each is checked as a request of its own, all are held for at once, and
+/// [`crate::fanout::serve`] answers them.
+async fn fanned(
+    g: &Arc<GatewayState>,
+    key: AuthedKey,
+    headers: &HeaderMap,
+    path: &str,
+    bodies: Vec<Bytes>,
+    parse: impl Fn(&[u8]) -> Result<(String, usize, SamplingFields), ApiError>,
+) -> Result<Response, ApiError> {
+    let mut model = String::new();
+    let mut units = 0;
+    for b in &bodies {
+        let (m, messages, sampling) = parse(b)?;
+        units = units.max(generation_units(b, messages, &sampling));
+        model = m;
+    }
+    let mut a = admit(g, key, headers, &model, false, units, true, bodies.len() as u64).await?;
+    if a.size > 1 {
+        return Err(ApiError::invalid(
+            "unsupported_parameter",
+            format!(
+                "'{model}' is served by a synchronous quorum, which answers one choice per \
+                 request; ask with n=1 and one prompt"
+            ),
+        )
+        .with_param("n"));
+    }
+    let ended = a.hold.ended();
+    let served = crate::fanout::serve(
+        g,
+        crate::fanout::Fanned {
+            key: &a.key,
+            model: &a.model,
+            units: a.units,
+            constraints: &a.constraints,
+            path,
+            bodies,
+        },
+        a.hold,
+    )
+    .await;
     released_on_error(served, ended).await
 }
 
@@ -283,7 +341,7 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
         req.check_supported()?;
         req.input.check_count()?;
         let units = req.input.token_bound(512);
-        let mut a = admit(&g, key, &headers, &req.model, false, units.max(1), false).await?;
+        let mut a = admit(&g, key, &headers, &req.model, false, units.max(1), false, 1).await?;
         let ended = a.hold.ended();
         let served = forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await;
         released_on_error(served, ended).await
