@@ -11,10 +11,16 @@ echo "== PostgreSQL (for the gateway's shared-store tests)"
 SORTITION_TEST_PG_URL="$(bash scripts/pg.sh | tail -n 1)"
 export SORTITION_TEST_PG_URL
 
-echo "== client libraries for the OpenAI-compatibility tests (Python SDK, LangChain, Node SDK)"
-if ! python3 -c 'import openai, langchain_openai' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.50,<3' 'langchain-openai>=0.3,<2'
+echo "== client libraries for the OpenAI-compatibility tests"
+# The OpenAI Python SDK, LangChain, litellm and LlamaIndex, in a virtual environment of their
+# own (litellm's pins would otherwise fight the system's packages), and the OpenAI Node SDK.
+VENV="$CACHE/compat-venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+if ! "$VENV/bin/python" -c 'import openai, langchain_openai, litellm, llama_index.llms.openai_like' 2>/dev/null; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    'openai>=1.50,<3' 'langchain-openai>=0.3,<2' 'litellm>=1.50,<2' 'llama-index-llms-openai-like>=0.3,<1'
 fi
+export SORTITION_COMPAT_PYTHON="$VENV/bin/python"
 if command -v npm >/dev/null; then
   if [ ! -d "$CACHE/npm/node_modules/openai" ]; then
     mkdir -p "$CACHE/npm"

@@ -68,8 +68,8 @@ async fn main() {
         "name": {"const": "describe_person"},
         "arguments": schema.clone()},
         "required": ["name", "arguments"], "additionalProperties": false});
-    let request = |round: usize, constraint: Option<Constraint>, logprobs: Option<u8>| {
-        GenerateRequest {
+    let request =
+        |round: usize, constraint: Option<Constraint>, logprobs: Option<u8>| GenerateRequest {
             constraint,
             logprobs,
             ..GenerateRequest::new(
@@ -81,8 +81,7 @@ async fn main() {
                     ..Default::default()
                 },
             )
-        }
-    };
+        };
     type Mode = (&'static str, Option<Constraint>, Option<u8>);
     let modes: Vec<Mode> = vec![
         ("plain", None, None),

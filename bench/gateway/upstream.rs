@@ -107,7 +107,8 @@ async fn chat(State(u): State<Arc<Upstream>>, headers: HeaderMap, body: Bytes) -
             index: 0,
             message: AssistantMessage {
                 role: "assistant".into(),
-                content: ANSWER.into(),
+                content: Some(ANSWER.into()),
+                tool_calls: None,
             },
             finish_reason: "stop".into(),
             logprobs: None,

@@ -150,6 +150,15 @@ pub fn response_hash(answer: &Value, body: &[u8]) -> Result<Hash32, DeliveredErr
     }
 }
 
+/// Choice `index` of an answer of several choices (a gateway's `sortition.choices`) as its
+/// node delivered it alone: the answer's object with only that choice, at index 0. `None`
+/// when the answer has no such choice.
+pub fn one_choice(answer: &Value, index: usize) -> Option<Value> {
+    let mut choice = answer.get("choices")?.as_array()?.get(index)?.clone();
+    choice["index"] = Value::from(0);
+    Some(serde_json::json!({"object": answer.get("object")?, "choices": [choice]}))
+}
+
 /// The `response_hash` of an embeddings answer: its vectors, which must be numbered `0..n` in
 /// order, decoded from floats or base64 to their f32 bits.
 pub fn embeddings_hash(r: &EmbeddingResponse) -> Result<Hash32, DeliveredError> {

@@ -93,8 +93,10 @@ impl Shape {
                     t.get("type").is_some_and(Value::is_string)
                         && t.get("function").is_some_and(|f| {
                             f.get("name").is_some_and(Value::is_string)
-                                && f.get("description").is_none_or(|d| d.is_string() || d.is_null())
-                                && f.get("strict").is_none_or(|d| d.is_boolean() || d.is_null())
+                                && f.get("description")
+                                    .is_none_or(|d| d.is_string() || d.is_null())
+                                && f.get("strict")
+                                    .is_none_or(|d| d.is_boolean() || d.is_null())
                         })
                 })
             }),

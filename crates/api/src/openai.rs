@@ -168,8 +168,14 @@ const HARMLESS_FIELDS: &[&str] = &["store", "metadata", "service_tier"];
 /// one to anything but its neutral value is refused with a 400 naming it, never answered as
 /// if the field were not there.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
-    ("functions", "the legacy 'functions' field is not served; use 'tools'"),
-    ("function_call", "the legacy 'function_call' field is not served; use 'tool_choice'"),
+    (
+        "functions",
+        "the legacy 'functions' field is not served; use 'tools'",
+    ),
+    (
+        "function_call",
+        "the legacy 'function_call' field is not served; use 'tool_choice'",
+    ),
     ("logit_bias", "logit_bias is not supported"),
     ("suffix", "suffix is not supported"),
     ("best_of", "best_of is not supported; use n=1"),
@@ -308,7 +314,10 @@ impl SamplingFields {
     /// The tools the answer may call (chat only: on `/v1/completions` the fields are refused
     /// naming them); `None` without tools or with `tool_choice: "none"`. Log-probabilities
     /// and a `response_format` other than text are not served together with tools (400).
-    pub fn tools_for(&self, endpoint: Endpoint) -> Result<Option<crate::tools::ToolSpec>, ApiError> {
+    pub fn tools_for(
+        &self,
+        endpoint: Endpoint,
+    ) -> Result<Option<crate::tools::ToolSpec>, ApiError> {
         use crate::constraint::ResponseFormat;
         if endpoint == Endpoint::Completions {
             let set = [

@@ -209,7 +209,10 @@ impl ToolSpec {
                     return Err(refuse(
                         "tool_choice",
                         "invalid_value",
-                        format!("'tool_choice.type' is '{}'; it must be \"function\"", n.r#type),
+                        format!(
+                            "'tool_choice.type' is '{}'; it must be \"function\"",
+                            n.r#type
+                        ),
                     ));
                 }
                 if !tools.iter().any(|t| t.function.name == n.function.name) {
@@ -244,10 +247,13 @@ impl ToolSpec {
 
     /// The tools this answer may call: all of them, or the one a named choice forces.
     fn callable(&self) -> impl Iterator<Item = &FunctionDef> {
-        self.tools.iter().map(|t| &t.function).filter(|f| match &self.mode {
-            Mode::Named(n) => &f.name == n,
-            _ => true,
-        })
+        self.tools
+            .iter()
+            .map(|t| &t.function)
+            .filter(|f| match &self.mode {
+                Mode::Named(n) => &f.name == n,
+                _ => true,
+            })
     }
 
     /// The JSON schema a forced call is generated under (`None` for `auto`): an object with
@@ -367,7 +373,9 @@ impl ToolSpec {
             let strict_ok = self
                 .callable()
                 .find(|f| f.name == call.name)
-                .is_none_or(|f| f.strict != Some(true) || accepts(&parameters_schema(f), &call.arguments));
+                .is_none_or(|f| {
+                    f.strict != Some(true) || accepts(&parameters_schema(f), &call.arguments)
+                });
             if !strict_ok {
                 return None;
             }
@@ -510,10 +518,7 @@ pub fn committed_text(content: &str, calls: &[CallOut]) -> String {
     if calls.is_empty() {
         return content.to_string();
     }
-    let list: Vec<Value> = calls
-        .iter()
-        .map(|c| json!([c.name, c.arguments]))
-        .collect();
+    let list: Vec<Value> = calls.iter().map(|c| json!([c.name, c.arguments])).collect();
     format!("{content}<tool_calls>{}</tool_calls>", Value::Array(list))
 }
 
@@ -564,11 +569,7 @@ impl CallsSeen {
 /// A message of the history as the model reads it: assistant calls written as
 /// `<tool_call>` blocks after the content, tool results as `<tool_response>` blocks in a user
 /// turn (`role`, text).
-pub fn history_turn(
-    role: &str,
-    text: &str,
-    calls: Option<&[ToolCall]>,
-) -> (String, String) {
+pub fn history_turn(role: &str, text: &str, calls: Option<&[ToolCall]>) -> (String, String) {
     match role {
         "tool" => (
             "user".into(),
@@ -628,7 +629,11 @@ mod tests {
             .unwrap();
         assert_eq!(n.mode, Mode::Named("now".into()));
         let bad = [
-            (Some(t.as_slice()), choice(json!("sometimes")), "tool_choice"),
+            (
+                Some(t.as_slice()),
+                choice(json!("sometimes")),
+                "tool_choice",
+            ),
             (
                 Some(t.as_slice()),
                 choice(json!({"type": "function", "function": {"name": "nope"}})),
@@ -668,9 +673,19 @@ mod tests {
         let required = ToolSpec::read(Some(&t), Some(&choice(json!("required"))), None)
             .unwrap()
             .unwrap();
-        assert_eq!(required.forced_schema().unwrap()["anyOf"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            required.forced_schema().unwrap()["anyOf"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         let yes = |_: &Value, _: &str| true;
-        let d = spec.deliver(r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#, "stop", &yes);
+        let d = spec.deliver(
+            r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#,
+            "stop",
+            &yes,
+        );
         assert_eq!(d.finish, "tool_calls");
         assert_eq!(d.content, None);
         assert_eq!(d.calls[0].arguments, r#"{"city":"Paris"}"#);
@@ -698,10 +713,17 @@ mod tests {
         // A strict function's arguments must satisfy its schema.
         assert_eq!(spec.deliver(raw, "stop", &no).calls.len(), 0);
         // Not parallel: the first call only.
-        let one = ToolSpec { parallel: false, ..spec.clone() };
+        let one = ToolSpec {
+            parallel: false,
+            ..spec.clone()
+        };
         assert_eq!(one.deliver(raw, "stop", &yes).calls.len(), 1);
         // An unknown function or broken JSON: the text is the answer.
-        for text in ["<tool_call>{\"name\": \"rm\"}</tool_call>", "<tool_call>{oops", "plain"] {
+        for text in [
+            "<tool_call>{\"name\": \"rm\"}</tool_call>",
+            "<tool_call>{oops",
+            "plain",
+        ] {
             let d = spec.deliver(text, "stop", &yes);
             assert_eq!((d.calls.len(), d.content.as_deref()), (0, Some(text)));
             assert_eq!(d.committed_text(), text);
@@ -711,8 +733,10 @@ mod tests {
     #[test]
     fn streamed_call_pieces_add_up_to_the_committed_calls() {
         let mut seen = CallsSeen::default();
-        assert!(seen.absorb(&json!([{"index": 0, "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": ""}}])));
+        assert!(
+            seen.absorb(&json!([{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": ""}}]))
+        );
         assert!(seen.absorb(&json!([{"index": 0, "function": {"arguments": "{\"city\":"}}])));
         assert!(seen.absorb(&json!([{"index": 0, "function": {"arguments": "\"Oslo\"}"}}])));
         assert!(!seen.absorb(&json!([{"index": 5, "function": {}}])));

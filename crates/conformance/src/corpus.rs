@@ -1,9 +1,11 @@
 //! The requests replayed: chat and text completions, greedy and seeded sampling, short and long
-//! prompts, several answer lengths. Fixed and deterministic, so every process, kernel and
-//! thread count runs exactly the same list.
+//! prompts, several answer lengths, and answers constrained by a JSON schema (structured
+//! outputs) and by a forced tool call's schema. Fixed and deterministic, so every process,
+//! kernel and thread count runs exactly the same list.
 
 use serde::{Deserialize, Serialize};
-use sortition_engine::{ChatMessage, Prompt, SamplingParams};
+use serde_json::json;
+use sortition_engine::{ChatMessage, Constraint, Prompt, SamplingParams};
 
 /// How much to replay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ impl std::str::FromStr for Size {
 pub struct Case {
     pub prompt: Prompt,
     pub params: SamplingParams,
+    /// The schema the answer is generated under, if any (scoring audits do not model
+    /// constraints: such answers are re-executed, and the scoring analysis leaves them out).
+    pub constraint: Option<Constraint>,
     /// e.g. `chat/greedy/short/16`.
     pub label: String,
 }
@@ -82,10 +87,11 @@ fn long_prompt(i: usize) -> String {
 
 /// The corpus of `size`, in a fixed order.
 pub fn corpus(size: Size) -> Vec<Case> {
-    let (n_chat, n_text, n_long, lengths): (usize, usize, usize, &[u32]) = match size {
-        Size::Small => (8, 3, 1, &[8, 16, 24]),
-        Size::Long => (QUESTIONS.len(), TEXTS.len(), 8, &[16, 48, 96, 128]),
-    };
+    let (n_chat, n_text, n_long, n_constrained, lengths): (usize, usize, usize, usize, &[u32]) =
+        match size {
+            Size::Small => (8, 3, 1, 2, &[8, 16, 24]),
+            Size::Long => (QUESTIONS.len(), TEXTS.len(), 8, 4, &[16, 48, 96, 128]),
+        };
     let mut cases = Vec::new();
     let params = |i: usize, sampled: bool| {
         let max_tokens = lengths[i % lengths.len()];
@@ -109,6 +115,7 @@ pub fn corpus(size: Size) -> Vec<Case> {
                 label: format!("chat/{mode}/short/{}", p.max_tokens),
                 prompt: Prompt::Chat(vec![ChatMessage::new("user", *q)]),
                 params: p,
+                constraint: None,
             });
         }
         for (i, t) in TEXTS.iter().take(n_text).enumerate() {
@@ -117,6 +124,7 @@ pub fn corpus(size: Size) -> Vec<Case> {
                 label: format!("text/{mode}/short/{}", p.max_tokens),
                 prompt: Prompt::Text((*t).to_string()),
                 params: p,
+                constraint: None,
             });
         }
         for i in 0..n_long {
@@ -125,10 +133,52 @@ pub fn corpus(size: Size) -> Vec<Case> {
                 label: format!("chat/{mode}/long/{}", p.max_tokens),
                 prompt: Prompt::Chat(vec![ChatMessage::new("user", long_prompt(i))]),
                 params: p,
+                constraint: None,
+            });
+        }
+        for (i, (kind, ask, schema)) in constrained().into_iter().take(n_constrained).enumerate() {
+            let mut p = params(i + 3, sampled);
+            p.max_tokens = 96;
+            cases.push(Case {
+                label: format!("{kind}/{mode}/96"),
+                prompt: Prompt::Chat(vec![ChatMessage::new("user", ask)]),
+                params: p,
+                constraint: Some(Constraint::JsonSchema(schema)),
             });
         }
     }
     cases
+}
+
+/// Constrained requests, alternating structured outputs (`json`) and forced tool calls
+/// (`tool`: the schema the API builds for a forced call, `{"name": const, "arguments": …}`).
+fn constrained() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    let person = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"},
+        "mood": {"enum": ["happy", "sad", "calm"]}},
+        "required": ["name", "age", "mood"], "additionalProperties": false});
+    let weather = json!({"type": "object", "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": false}},
+        "required": ["name", "arguments"], "additionalProperties": false});
+    let list = json!({"type": "object", "properties": {
+        "items": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 4}},
+        "required": ["items"], "additionalProperties": false});
+    let search = json!({"type": "object", "properties": {
+        "name": {"const": "search"},
+        "arguments": {"type": "object", "properties": {
+            "query": {"type": "string", "maxLength": 32}, "limit": {"type": "integer"}},
+            "required": ["query", "limit"], "additionalProperties": false}},
+        "required": ["name", "arguments"], "additionalProperties": false});
+    vec![
+        ("json", "Describe a character from a story.", person),
+        ("tool", "What is the weather in Oslo?", weather),
+        ("json", "List a few fruits.", list),
+        ("tool", "Find books about the sea.", search),
+    ]
 }
 
 #[cfg(test)]
@@ -138,13 +188,15 @@ mod tests {
     #[test]
     fn corpora_are_fixed_and_cover_every_kind() {
         let small = corpus(Size::Small);
-        assert_eq!(small.len(), 24);
+        assert_eq!(small.len(), 28);
         let labels: Vec<&str> = small.iter().map(|c| c.label.as_str()).collect();
         for kind in [
             "chat/greedy/short",
             "chat/seeded/short",
             "text/greedy",
             "text/seeded",
+            "json/greedy",
+            "tool/seeded",
         ] {
             assert!(labels.iter().any(|l| l.starts_with(kind)), "{kind}");
         }

@@ -97,6 +97,7 @@ pub const SMALLER_MODEL_LAYERS: usize = 8;
 fn request(case: &Case) -> GenerateRequest {
     GenerateRequest {
         logprobs: Some(0),
+        constraint: case.constraint.clone(),
         ..GenerateRequest::new(case.prompt.clone(), case.params.clone())
     }
 }
@@ -194,15 +195,22 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
     }
     let scoring = if cfg.scoring {
         let mut honest_scores = Vec::new();
+        // Scoring audits do not model constraints (a constrained answer is re-executed).
         for (i, (c, g)) in cases.iter().zip(&honest).enumerate() {
-            honest_scores.push(score(&engine, i, c, g).await?);
+            if c.constraint.is_none() {
+                honest_scores.push(score(&engine, i, c, g).await?);
+            }
         }
         let smaller = Engine::load(EngineConfig {
             truncate_layers: Some(SMALLER_MODEL_LAYERS),
             ..ec
         })?;
         let mut cheat_scores = Vec::new();
-        for (i, c) in cases.iter().enumerate() {
+        for (i, c) in cases
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.constraint.is_none())
+        {
             let g = generate(&smaller, c).await?;
             cheat_scores.push(score(&engine, i, c, &g).await?);
         }

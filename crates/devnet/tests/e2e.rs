@@ -396,25 +396,39 @@ async fn devnet_serves_verifiable_answers_and_refuses_bad_input() {
     .await;
     assert_eq!(s, 400, "{v}");
 
-    // Client libraries, unchanged: the official OpenAI Python SDK, LangChain, and the
-    // official OpenAI Node SDK.
-    let args = [info.gateway_url.as_str(), info.api_key.as_str(), CHAT, EMBED];
-    let python_has = |module: &str| {
-        std::process::Command::new("python3")
-            .args(["-c", &format!("import {module}")])
+    // Client libraries, unchanged: the official OpenAI Python SDK, LangChain, litellm,
+    // LlamaIndex (from the interpreter in SORTITION_COMPAT_PYTHON, which scripts/test.sh sets
+    // up, or python3), and the official OpenAI Node SDK.
+    let args = [
+        info.gateway_url.as_str(),
+        info.api_key.as_str(),
+        CHAT,
+        EMBED,
+    ];
+    let python = std::env::var("SORTITION_COMPAT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python_with = |modules: &str| {
+        std::process::Command::new(&python)
+            .args(["-c", &format!("import {modules}")])
             .status()
             .is_ok_and(|s| s.success())
+            .then(|| std::process::Command::new(&python))
     };
     client_library(
         "openai python sdk",
-        python_has("openai").then(|| std::process::Command::new("python3")),
+        python_with("openai"),
         "openai_sdk.py",
         &args,
     );
     client_library(
         "langchain",
-        python_has("langchain_openai").then(|| std::process::Command::new("python3")),
+        python_with("langchain_openai"),
         "langchain_compat.py",
+        &args,
+    );
+    client_library(
+        "litellm and llamaindex",
+        python_with("litellm, llama_index.llms.openai_like"),
+        "litellm_llamaindex.py",
         &args,
     );
     let node_sdk = std::env::var_os("OPENAI_NODE_SDK").map(|dir| {
@@ -672,12 +686,7 @@ async fn every_node_of_the_class_answers_alike(
 /// Runs the client-library check `script` (in this crate's `tests/`) with `runner` and `args`;
 /// without the library (`runner` is `None`) the check is skipped, except under CI, which must
 /// install it (scripts/test.sh does).
-fn client_library(
-    what: &str,
-    runner: Option<std::process::Command>,
-    script: &str,
-    args: &[&str],
-) {
+fn client_library(what: &str, runner: Option<std::process::Command>, script: &str, args: &[&str]) {
     let Some(mut runner) = runner else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -686,7 +695,9 @@ fn client_library(
         eprintln!("SKIPPED: the {what} check (scripts/test.sh installs it)");
         return;
     };
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = runner
         .arg(&path)
         .args(args)

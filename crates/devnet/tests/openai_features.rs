@@ -298,7 +298,10 @@ async fn tools(gw: &str, key: &str) {
     let args: Value =
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string(), "{args}");
-    assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()), "{args}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()),
+        "{args}"
+    );
     assert_eq!(
         response_hash(&v, body.to_string().as_bytes()).unwrap(),
         receipt_of(&v).receipt.response_hash
@@ -370,10 +373,12 @@ async fn several_answers(gw: &str, key: &str) {
             assert_eq!(e["verified_by_gateway"], true);
             let r: SignedReceipt = serde_json::from_value(e["receipt"].clone()).unwrap();
             let request = e["request"].as_str().unwrap();
-            assert_eq!(r.receipt.request_hash, sortition_types::sha256(request.as_bytes()));
-            let mut one = c.clone();
-            one["index"] = json!(0);
-            let alone = json!({"object": v["object"], "choices": [one]});
+            assert_eq!(
+                r.receipt.request_hash,
+                sortition_types::sha256(request.as_bytes())
+            );
+            let alone = sortition_api::delivered::one_choice(v, i).unwrap();
+            assert_eq!(alone["choices"][0]["text"], c["text"]);
             assert_eq!(
                 response_hash(&alone, request.as_bytes()).unwrap(),
                 r.receipt.response_hash
@@ -404,11 +409,18 @@ async fn several_answers(gw: &str, key: &str) {
     assert_eq!(status, 200, "{raw}");
     let v: Value = serde_json::from_str(&raw).unwrap();
     let seeds = check(&v, 3);
-    assert_eq!([seeds[1] - seeds[0], seeds[2] - seeds[0]], [1, 2], "{seeds:?}");
+    assert_eq!(
+        [seeds[1] - seeds[0], seeds[2] - seeds[0]],
+        [1, 2],
+        "{seeds:?}"
+    );
 
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
     let (status, raw) = post(&format!("{gw}/v1/chat/completions"), key, &streamed).await;
     assert_eq!(status, 400, "{raw}");
-    assert_eq!(serde_json::from_str::<Value>(&raw).unwrap()["error"]["param"], "stream");
+    assert_eq!(
+        serde_json::from_str::<Value>(&raw).unwrap()["error"]["param"],
+        "stream"
+    );
 }

@@ -173,7 +173,8 @@ pub async fn serve(
         .collect();
     // Billed in one transaction before the answer leaves (503 on a storage fault).
     proxy::record(g, &mut hold, &bills).await?;
-    g.metrics.inc("fanned_answers_total", "", members.len() as u64);
+    g.metrics
+        .inc("fanned_answers_total", "", members.len() as u64);
     Ok(Json(assemble(f.path, &members, &f.bodies)).into_response())
 }
 
@@ -275,27 +276,48 @@ mod tests {
 
     #[test]
     fn requests_split_into_one_body_per_answer() {
-        assert!(parts(json!({"model": "m", "prompt": "a"})).unwrap().is_none());
-        assert!(parts(json!({"model": "m", "prompt": ["a"], "n": 1})).unwrap().is_none());
+        assert!(
+            parts(json!({"model": "m", "prompt": "a"}))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            parts(json!({"model": "m", "prompt": ["a"], "n": 1}))
+                .unwrap()
+                .is_none()
+        );
         let p = parts(json!({"model": "m", "prompt": ["a", "b"], "n": 2, "seed": 7}))
             .unwrap()
             .unwrap();
         let got: Vec<(String, u64)> = p
             .iter()
-            .map(|b| (b["prompt"].as_str().unwrap().into(), b["seed"].as_u64().unwrap()))
+            .map(|b| {
+                (
+                    b["prompt"].as_str().unwrap().into(),
+                    b["seed"].as_u64().unwrap(),
+                )
+            })
             .collect();
         let want = [("a", 7), ("a", 8), ("b", 7), ("b", 8)];
         assert_eq!(got, want.map(|(p, s)| (p.to_string(), s)));
         assert!(p.iter().all(|b| b.get("n").is_none()));
         // No seed: the drawn one, plus j.
-        let chat = parts(json!({"model": "m", "messages": [], "n": 3})).unwrap().unwrap();
+        let chat = parts(json!({"model": "m", "messages": [], "n": 3}))
+            .unwrap()
+            .unwrap();
         let seeds: Vec<u64> = chat.iter().map(|b| b["seed"].as_u64().unwrap()).collect();
         assert_eq!(seeds, [100, 101, 102]);
         for (body, param) in [
             (json!({"model": "m", "messages": [], "n": 0}), "n"),
             (json!({"model": "m", "messages": [], "n": 17}), "n"),
-            (json!({"model": "m", "prompt": vec!["x"; 9], "n": 2}), "prompt"),
-            (json!({"model": "m", "messages": [], "n": 2, "stream": true}), "stream"),
+            (
+                json!({"model": "m", "prompt": vec!["x"; 9], "n": 2}),
+                "prompt",
+            ),
+            (
+                json!({"model": "m", "messages": [], "n": 2, "stream": true}),
+                "stream",
+            ),
         ] {
             let e = parts(body.clone()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}");

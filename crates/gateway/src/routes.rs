@@ -40,6 +40,16 @@ struct Admitted {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// What a request asks of the network, for admission.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    /// This many generations (several when the gateway splits `n` > 1 or several prompts),
+    /// each from a synchronous quorum where policy or the request asks for one.
+    Generations(u64),
+    /// Embeddings: one node.
+    Embeddings,
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("Bearer ")
@@ -67,8 +77,7 @@ async fn admit(
     model: &str,
     stream: bool,
     units: u64,
-    quorum: bool,
-    answers: u64,
+    asked: Asked,
 ) -> Result<Admitted, ApiError> {
     let permit = g.in_flight.try_acquire()?;
     let constraints = Constraints::from_header(
@@ -91,11 +100,13 @@ async fn admit(
         )
         .with_param("model"));
     };
-    let size = if quorum {
-        g.policy_quorum(&model)
-            .max(constraints.require_quorum.unwrap_or(1))
-    } else {
-        1
+    let (size, answers) = match asked {
+        Asked::Generations(n) => (
+            g.policy_quorum(&model)
+                .max(constraints.require_quorum.unwrap_or(1)),
+            n,
+        ),
+        Asked::Embeddings => (1, 1),
     };
     // Every quorum member is paid for what it served, each at most `units` at `worst`, for
     // each of the `answers` asked.
@@ -247,7 +258,16 @@ async fn generation<A: NodeAnswer>(
         }
     };
     let units = generation_units(&body, messages, &sampling);
-    let mut a = admit(g, key, headers, &model, sampling.is_stream(), units, true, 1).await?;
+    let mut a = admit(
+        g,
+        key,
+        headers,
+        &model,
+        sampling.is_stream(),
+        units,
+        Asked::Generations(1),
+    )
+    .await?;
     let ended = a.hold.ended();
     let size = a.size;
     let served = if size > 1 {
@@ -290,7 +310,16 @@ async fn fanned(
         units = units.max(generation_units(b, messages, &sampling));
         model = m;
     }
-    let mut a = admit(g, key, headers, &model, false, units, true, bodies.len() as u64).await?;
+    let mut a = admit(
+        g,
+        key,
+        headers,
+        &model,
+        false,
+        units,
+        Asked::Generations(bodies.len() as u64),
+    )
+    .await?;
     if a.size > 1 {
         return Err(ApiError::invalid(
             "unsupported_parameter",
@@ -341,7 +370,16 @@ pub async fn embeddings(State(g): S, headers: HeaderMap, body: Bytes) -> Respons
         req.check_supported()?;
         req.input.check_count()?;
         let units = req.input.token_bound(512);
-        let mut a = admit(&g, key, &headers, &req.model, false, units.max(1), false, 1).await?;
+        let mut a = admit(
+            &g,
+            key,
+            &headers,
+            &req.model,
+            false,
+            units.max(1),
+            Asked::Embeddings,
+        )
+        .await?;
         let ended = a.hold.ended();
         let served = forward::<serde_json::Value>(&g, a, "/v1/embeddings", body).await;
         released_on_error(served, ended).await

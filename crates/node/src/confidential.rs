@@ -446,9 +446,8 @@ async fn admit(
         )
         .with_param("response_format"));
     }
-    let prompt = Prompt::Chat(
-        crate::routes::chat_messages(&req.messages, &req.sampling).map_err(redact)?,
-    );
+    let prompt =
+        Prompt::Chat(crate::routes::chat_messages(&req.messages, &req.sampling).map_err(redact)?);
     let chat = s.engine(&req.model)?;
     let params =
         crate::routes::sampling_params(&req.sampling, DEFAULT_MAX_TOKENS_CHAT).map_err(redact)?;

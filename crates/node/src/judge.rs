@@ -445,7 +445,8 @@ fn generation_request(p: &AuditPayload) -> Result<Option<GenerationRequest>, Str
     Ok(Some(match p.path.as_str() {
         "/v1/chat/completions" => {
             let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let msgs = crate::routes::chat_messages(&req.messages, &req.sampling).map_err(|e| e.message)?;
+            let msgs = crate::routes::chat_messages(&req.messages, &req.sampling)
+                .map_err(|e| e.message)?;
             (Kind::Chat, req.model, Prompt::Chat(msgs), req.sampling)
         }
         "/v1/completions" => {

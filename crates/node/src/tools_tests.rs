@@ -95,8 +95,14 @@ async fn forced_calls_follow_the_schema_and_are_committed_and_audited() {
             assert_eq!(name, "get_weather");
         }
         if name == "get_weather" {
-            assert!(args["city"].as_str().unwrap().chars().count() <= 12, "{args}");
-            assert!(["c", "f"].contains(&args["unit"].as_str().unwrap()), "{args}");
+            assert!(
+                args["city"].as_str().unwrap().chars().count() <= 12,
+                "{args}"
+            );
+            assert!(
+                ["c", "f"].contains(&args["unit"].as_str().unwrap()),
+                "{args}"
+            );
             assert_eq!(args.as_object().unwrap().len(), 2, "{args}");
         } else {
             assert_eq!(args, &json!({}));
@@ -189,7 +195,10 @@ async fn auto_answers_without_a_call_are_plain_text() {
     let req = body(json!({"tool_choice": "auto", "max_tokens": 12}));
     let v = whole(&f, &req).await;
     let c = &v["choices"][0];
-    assert!(["stop", "length"].contains(&c["finish_reason"].as_str().unwrap()), "{v}");
+    assert!(
+        ["stop", "length"].contains(&c["finish_reason"].as_str().unwrap()),
+        "{v}"
+    );
     assert!(c["message"]["content"].is_string());
     let raw = req.to_string();
     let r = receipt_in(&v);
@@ -243,19 +252,35 @@ async fn histories_with_calls_are_served_and_bad_ones_refused() {
             "messages[0].tool_calls",
         ),
     ] {
-        assert_eq!(refused(&f, CHAT, &body(json!({"messages": msgs}))).await, param);
+        assert_eq!(
+            refused(&f, CHAT, &body(json!({"messages": msgs}))).await,
+            param
+        );
     }
     let text = json!({"model": MODEL, "prompt": "x", "tools": tools()});
     assert_eq!(refused(&f, "/v1/completions", &text).await, "tools");
     for (extra, param) in [
         (json!({"logprobs": true}), "logprobs"),
-        (json!({"response_format": {"type": "json_object"}}), "response_format"),
-        (json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
         (json!({"tool_choice": "always"}), "tool_choice"),
-        (json!({"tools": [{"type": "retrieval", "function": {"name": "x"}}]}), "tools"),
+        (
+            json!({"tools": [{"type": "retrieval", "function": {"name": "x"}}]}),
+            "tools",
+        ),
         (json!({"tools": "get_weather"}), "tools"),
     ] {
-        assert_eq!(refused(&f, CHAT, &body(extra.clone())).await, param, "{extra}");
+        assert_eq!(
+            refused(&f, CHAT, &body(extra.clone())).await,
+            param,
+            "{extra}"
+        );
     }
 }
 
@@ -271,7 +296,12 @@ async fn strict_arguments_are_checked_by_the_constraint_library() {
     assert!(e.accepts_json(&schema, r#"{"a":1,"b":"x"}"#));
     // The library checks keys in the schema's order; calls are written in it.
     assert!(!e.accepts_json(&schema, r#"{"b":"x","a":1}"#));
-    for bad in [r#"{"a":"1","b":"x"}"#, r#"{"a":1}"#, r#"{"a":1,"b":"x","c":2}"#, "[1]"] {
+    for bad in [
+        r#"{"a":"1","b":"x"}"#,
+        r#"{"a":1}"#,
+        r#"{"a":1,"b":"x","c":2}"#,
+        "[1]",
+    ] {
         assert!(!e.accepts_json(&schema, bad), "{bad}");
     }
 }

@@ -100,6 +100,11 @@ pub async fn run(cmd: ReceiptCmd) -> Result<()> {
     let ReceiptCmd::Verify(a) = cmd;
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(input.trim_start())
+        && let Some(list) = v["sortition"]["choices"].as_array()
+    {
+        return verify_choices(&v, list, &LedgerClient::new(&a.ledger)).await;
+    }
     let (ext, answer) = extract(&input)?;
     let body = match &a.request {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -137,5 +142,54 @@ pub async fn run(cmd: ReceiptCmd) -> Result<()> {
         r.output_tokens,
         &r.node_class.to_hex()[..16]
     );
+    Ok(())
+}
+
+/// An answer of several choices (`n` > 1 or several prompts, split by a gateway): each
+/// choice's receipt is checked against the ledger's key for its node, against the body it was
+/// made for (its request hash) and against that choice alone (its response hash).
+async fn verify_choices(
+    answer: &serde_json::Value,
+    list: &[serde_json::Value],
+    ledger: &LedgerClient,
+) -> Result<()> {
+    for e in list {
+        let index = e["index"]
+            .as_u64()
+            .context("a choice's receipt has no index")? as usize;
+        let signed: sortition_types::SignedReceipt =
+            serde_json::from_value(e["receipt"].clone())
+                .with_context(|| format!("choice {index}: no receipt"))?;
+        let request = e["request"]
+            .as_str()
+            .with_context(|| format!("choice {index}: no request body"))?;
+        let r = &signed.receipt;
+        let node = ledger
+            .node(r.node)
+            .await
+            .with_context(|| format!("{} on the ledger", r.node))?;
+        if signed.verify(&node.operator).is_err() {
+            bail!(
+                "INVALID: choice {index}: not signed by the key the ledger holds for {}",
+                r.node
+            );
+        }
+        if r.request_hash != sortition_types::sha256(request.as_bytes()) {
+            bail!(
+                "INVALID: choice {index}: the receipt is for another request than the one listed"
+            );
+        }
+        let alone = sortition_api::delivered::one_choice(answer, index)
+            .with_context(|| format!("choice {index} is not in the answer"))?;
+        match sortition_api::delivered::response_hash(&alone, request.as_bytes()) {
+            Ok(h) if h == r.response_hash => {}
+            Ok(_) => bail!("INVALID: choice {index} does not match its receipt's response hash"),
+            Err(err) => bail!("INVALID: choice {index}: {err}"),
+        }
+        println!(
+            "choice {index}   ok (signed by {}, request and response match; tokens {}+{})",
+            r.node, r.input_tokens, r.output_tokens
+        );
+    }
     Ok(())
 }

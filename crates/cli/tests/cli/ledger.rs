@@ -156,6 +156,7 @@ async fn receipt_verify_rejects_a_receipt_not_signed_by_the_nodes_ledger_key() {
         custody: sortition_types::Custody::Gateway,
     };
     let honest = SignedReceipt::sign(receipt.clone(), &operator);
+    let honest_receipt = honest.clone();
     let out = sortition(
         &["receipt", "verify", "--ledger", &l.url],
         Some(&response(node, honest.clone(), "hello")),
@@ -186,5 +187,56 @@ async fn receipt_verify_rejects_a_receipt_not_signed_by_the_nodes_ledger_key() {
     )
     .await;
     assert!(!out.status.success(), "tampered text is refused");
+
+    // An answer of several choices (a gateway's split of n > 1): each choice is checked
+    // against its own receipt and the body listed with it.
+    let bodies = [
+        r#"{"model":"plain","prompt":"a","seed":1}"#,
+        r#"{"model":"plain","prompt":"b","seed":1}"#,
+    ];
+    let signed = |i: usize, text: &str| {
+        SignedReceipt::sign(
+            Receipt {
+                request_hash: sortition_types::sha256(bodies[i].as_bytes()),
+                response_hash: text_response_hash(text, "stop"),
+                ..honest_receipt.receipt.clone()
+            },
+            &operator,
+        )
+    };
+    let several = |second: &str, body1: &str| {
+        serde_json::json!({
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": "x", "finish_reason": "stop", "logprobs": null},
+                        {"index": 1, "text": second, "finish_reason": "stop", "logprobs": null}],
+            "sortition": {"choices": [
+                {"index": 0, "node": node, "receipt": signed(0, "x"), "request": bodies[0]},
+                {"index": 1, "node": node, "receipt": signed(1, "y"), "request": body1}]},
+        })
+        .to_string()
+    };
+    let verify = |input: String| {
+        let url = l.url.clone();
+        async move { sortition(&["receipt", "verify", "--ledger", &url], Some(&input)).await }
+    };
+    let out = verify(several("y", bodies[1])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("choice 1   ok"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = verify(several("z", bodies[1])).await;
+    assert!(
+        text(&out.stderr).contains("choice 1 does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = verify(several("y", bodies[0])).await;
+    assert!(
+        text(&out.stderr).contains("another request"),
+        "{}",
+        text(&out.stderr)
+    );
     l.shutdown().await.expect("ledger stops");
 }
