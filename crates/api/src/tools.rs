@@ -11,8 +11,8 @@
 //!   arguments always satisfy the schema (objects that list `properties` get no others unless
 //!   the schema says `additionalProperties`). The schema is the request's constraint, named by
 //!   digest in the receipt's `response_hash`.
-//! - `tool_choice: "auto"` leaves the model free: `<tool_call>` blocks in its text are read as
-//!   calls (a block that is not a call to a listed function, or whose arguments break the
+//! - `tool_choice: "auto"` leaves the model free: `<tool_call>` blocks in its text (each one
+//!   call, or a JSON list of calls as SmolLM2 writes them) are read as calls (a block that is not a call to a listed function, or whose arguments break the
 //!   schema of a `strict` function, leaves the whole text as the answer's content).
 //! - `tool_choice: "none"` (or no tools) renders no tools and reads no calls.
 //!
@@ -334,7 +334,11 @@ impl ToolSpec {
     /// One call written as `{"name": …, "arguments": {…}}` (arguments may also be a string
     /// holding the object), to a function this answer may call.
     fn read_call(&self, text: &str) -> Option<CallOut> {
-        let v: Value = serde_json::from_str(text.trim()).ok()?;
+        self.call_of(&serde_json::from_str(text.trim()).ok()?)
+    }
+
+    /// [`ToolSpec::read_call`] of a parsed value.
+    fn call_of(&self, v: &Value) -> Option<CallOut> {
         let o = v.as_object()?;
         let name = o.get("name")?.as_str()?;
         let args = match o.get("arguments") {
@@ -369,17 +373,25 @@ impl ToolSpec {
                 Some(end) => (&after[..end], &after[end + CLOSE.len()..]),
                 None => (after, ""),
             };
-            let call = self.read_call(body)?;
-            let strict_ok = self
-                .callable()
-                .find(|f| f.name == call.name)
-                .is_none_or(|f| {
-                    f.strict != Some(true) || accepts(&parameters_schema(f), &call.arguments)
-                });
-            if !strict_ok {
-                return None;
+            // One call, or (SmolLM2's own format) a list of calls.
+            let v: Value = serde_json::from_str(body.trim()).ok()?;
+            let block = match &v {
+                Value::Array(list) if !list.is_empty() => list.iter().collect(),
+                _ => vec![&v],
+            };
+            for one in block {
+                let call = self.call_of(one)?;
+                let strict_ok = self
+                    .callable()
+                    .find(|f| f.name == call.name)
+                    .is_none_or(|f| {
+                        f.strict != Some(true) || accepts(&parameters_schema(f), &call.arguments)
+                    });
+                if !strict_ok {
+                    return None;
+                }
+                calls.push(call);
             }
-            calls.push(call);
             rest = next;
         }
         content.push_str(rest);
@@ -712,6 +724,11 @@ mod tests {
         assert_eq!(d.calls[1].arguments, "{}");
         // A strict function's arguments must satisfy its schema.
         assert_eq!(spec.deliver(raw, "stop", &no).calls.len(), 0);
+        // A list of calls in one block (SmolLM2's format) reads the same.
+        let listed = "<tool_call>[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}, \
+                      {\"name\": \"now\", \"arguments\": {}}]</tool_call>";
+        let l = spec.deliver(listed, "stop", &yes);
+        assert_eq!((l.calls, l.content), (d.calls.clone(), None));
         // Not parallel: the first call only.
         let one = ToolSpec {
             parallel: false,
