@@ -6,7 +6,7 @@
 //! returns to the stack.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sortition_types::{ModelId, NodeId, PublicKey, StackId};
 
@@ -49,17 +49,55 @@ struct Account {
     closed: bool,
 }
 
-/// A granted reservation; give it back through [`StackAccounts::settle`].
-#[derive(Debug)]
+type Book = Arc<Mutex<HashMap<StackId, Account>>>;
+
+/// A granted reservation. It ends through [`StackAccounts::charge`] or
+/// [`StackAccounts::settle`]; one that is dropped without either (an early return, a failed
+/// or cancelled task, a panic) goes back to its stack uncharged, so units are never left
+/// reserved by a request that is gone.
 pub struct Reservation {
     pub stack: StackId,
     pub units: u64,
+    /// The book it was taken from; `None` once charged or settled.
+    book: Option<Book>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("stack", &self.stack)
+            .field("units", &self.units)
+            .field("open", &self.book.is_some())
+            .finish()
+    }
+}
+
+impl Reservation {
+    /// Ends the reservation in `book`: its units leave the reserved count, and `f` records
+    /// what it used.
+    fn end<T>(mut self, f: impl FnOnce(&mut Account, u64) -> T) -> T {
+        let book = self.book.take().unwrap_or_default();
+        let mut g = book.lock().unwrap_or_else(|e| e.into_inner());
+        let acct = g.entry(self.stack).or_default();
+        acct.reserved = acct.reserved.saturating_sub(self.units);
+        f(acct, self.units)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(book) = self.book.take() {
+            let mut g = book.lock().unwrap_or_else(|e| e.into_inner());
+            let acct = g.entry(self.stack).or_default();
+            acct.reserved = acct.reserved.saturating_sub(self.units);
+        }
+    }
 }
 
 /// Reservation book for all stacks this node serves.
 #[derive(Default)]
 pub struct StackAccounts {
-    inner: Mutex<HashMap<StackId, Account>>,
+    inner: Book,
 }
 
 impl StackAccounts {
@@ -120,6 +158,7 @@ impl StackAccounts {
         Ok(Reservation {
             stack: info.id,
             units: needed,
+            book: Some(self.inner.clone()),
         })
     }
 
@@ -127,26 +166,22 @@ impl StackAccounts {
     /// reservation) and the rest goes back to the stack. (The receipt's sequence number is
     /// allocated by the store, in the write that persists it.)
     pub fn charge(&self, r: Reservation, used: u64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let acct = g.entry(r.stack).or_default();
-        acct.reserved = acct.reserved.saturating_sub(r.units);
-        acct.used += used.min(r.units);
+        r.end(|acct, units| acct.used += used.min(units));
     }
 
     /// Ends a reservation: `used` units are charged (at most the reservation) and a running
     /// count of the stack's charges is returned; the rest goes back to the stack. `used == 0`
     /// with `charge == false` releases without a receipt.
     pub fn settle(&self, r: Reservation, used: u64, charge: bool) -> Option<u64> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let acct = g.entry(r.stack).or_default();
-        acct.reserved = acct.reserved.saturating_sub(r.units);
-        if !charge {
-            return None;
-        }
-        acct.used += used.min(r.units);
-        let seq = acct.next_seq;
-        acct.next_seq += 1;
-        Some(seq)
+        r.end(|acct, units| {
+            if !charge {
+                return None;
+            }
+            acct.used += used.min(units);
+            let seq = acct.next_seq;
+            acct.next_seq += 1;
+            Some(seq)
+        })
     }
 
     /// Closes a stack to new reservations, under the lock the reservations take: once this
@@ -177,7 +212,6 @@ impl StackAccounts {
 mod tests {
     use super::*;
     use sortition_types::Keypair;
-    use std::sync::Arc;
 
     fn info(units: u64) -> StackInfo {
         StackInfo {
@@ -264,5 +298,26 @@ mod tests {
         assert_eq!(book.settle(before, 3, true), Some(0));
         assert_eq!(book.in_flight(StackId(1)), 0);
         assert_eq!(book.used(StackId(1)), 3);
+    }
+
+    /// A reservation dropped without being charged or settled (a failed task, an early
+    /// return) goes back to its stack uncharged; one that was charged is not given back twice.
+    #[test]
+    fn a_dropped_reservation_goes_back_uncharged() {
+        let book = StackAccounts::default();
+        let (inf, m) = (info(100), ModelId::new("m"));
+        let a = book.reserve(&inf, NodeId(7), &m, 30, 0).unwrap();
+        let b = book.reserve(&inf, NodeId(7), &m, 20, 0).unwrap();
+        assert_eq!(book.in_flight(StackId(1)), 50);
+        let task = std::thread::spawn(move || {
+            let _held = a;
+            panic!("the request's task fails");
+        });
+        assert!(task.join().is_err());
+        assert_eq!(book.in_flight(StackId(1)), 20);
+        book.charge(b, 5);
+        assert_eq!((book.in_flight(StackId(1)), book.used(StackId(1))), (0, 5));
+        // All 95 remaining units can be reserved again.
+        assert!(book.reserve(&inf, NodeId(7), &m, 95, 0).is_ok());
     }
 }
