@@ -7,6 +7,7 @@
 //!
 //! Does not own: validation against a model (the engine does that) or transport.
 
+pub mod audit;
 pub mod constraint;
 pub mod delivered;
 pub mod error;

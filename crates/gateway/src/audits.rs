@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::json;
+use sortition_api::audit::{Answer, AuditPayload, Route};
 use sortition_ledger::Event;
 use sortition_ledger_service::delivery::{self, Delivery};
 use sortition_ledger_service::{Cursor, LedgerClient};
@@ -16,23 +16,12 @@ use sortition_types::{AuditId, NodeId, SignedReceipt, StackId};
 
 use crate::state::GatewayState;
 
-/// The route of a stored request body, from its shape.
-fn route_of(body: &serde_json::Value) -> &'static str {
-    if body.get("messages").is_some() {
-        "/v1/chat/completions"
-    } else if body.get("prompt").is_some() {
-        "/v1/completions"
-    } else {
-        "/v1/embeddings"
-    }
-}
-
 /// The stored request, receipt and answer behind receipt `seq` of `stack`.
 async fn find(
     g: &GatewayState,
     stack: StackId,
     seq: u64,
-) -> Result<Option<(String, SignedReceipt, Option<serde_json::Value>)>, String> {
+) -> Result<Option<(String, SignedReceipt, Option<Answer>)>, String> {
     let now = sortition_api::unix_now_ms() as i64;
     let Some(p) = g
         .store
@@ -68,12 +57,18 @@ async fn deliver(
         }
         Err(e) => return tracing::error!(%audit, error = %e, "payload lookup failed"),
     };
-    let path = serde_json::from_str::<serde_json::Value>(&body)
-        .map(|v| route_of(&v))
-        .unwrap_or("/v1/chat/completions");
+    // The gateway accepted the body on one route, whose body alone has its field.
+    let Some(route) = Route::of_body(body.as_bytes()) else {
+        return tracing::error!(%audit, %stack, seq, "kept request body is of no route");
+    };
     // The answer lets auditors score instead of regenerate; they check it against the
     // receipt's response hash, so a wrong one only costs them a regeneration.
-    let payload = json!({"path": path, "body": body, "receipt": receipt, "answer": answer});
+    let payload = AuditPayload {
+        path: route.path().into(),
+        body,
+        receipt,
+        answer,
+    };
     let to = |node: NodeId| deliver_to(g, client, audit, node, &payload);
     futures::future::join_all(nodes.iter().map(|&node| to(node))).await;
 }
@@ -84,7 +79,7 @@ async fn deliver_to(
     client: &LedgerClient,
     audit: AuditId,
     node: NodeId,
-    payload: &serde_json::Value,
+    payload: &AuditPayload,
 ) {
     let url = match client.node(node).await {
         Ok(n) => format!(

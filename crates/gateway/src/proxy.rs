@@ -375,11 +375,7 @@ pub fn check_signed(
 
 /// The generated answer behind a receipt, kept with the payload so that auditors can score
 /// it instead of regenerating it. Its hash is checked against the receipt by the auditor.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Answer {
-    pub text: String,
-    pub finish_reason: String,
-}
+pub use sortition_api::audit::Answer;
 
 /// What a node returned for a request, as billed and kept for the auditors: the receipt it
 /// signed, that receipt's JSON text (written once, for the usage row, the payload and the

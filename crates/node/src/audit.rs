@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use sortition_api::{ApiError, ErrorKind};
 use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
 use sortition_ledger_service::{Cursor, LedgerClient};
@@ -27,27 +26,7 @@ use crate::claims::receipt_with_proof;
 pub use crate::judge::{Scored, Tolerance, judge, score};
 use crate::service::NodeState;
 
-/// What the holder of a request delivers to an auditor.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AuditPayload {
-    /// The route the request was sent to (`/v1/chat/completions`, …).
-    pub path: String,
-    /// The exact request body (UTF-8 JSON) the receipt's `request_hash` commits to.
-    pub body: String,
-    /// The executor's signed receipt.
-    pub receipt: SignedReceipt,
-    /// The answer the user received, when the holder kept it: lets a scoring audit check it
-    /// in one pass. Checked against the receipt's response hash before use.
-    #[serde(default)]
-    pub answer: Option<Answer>,
-}
-
-/// A generated answer as the user received it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Answer {
-    pub text: String,
-    pub finish_reason: String,
-}
+pub use sortition_api::audit::{Answer, AuditPayload};
 
 /// Where an audit or dispute this node must judge stands.
 #[derive(Default)]

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use sortition_api::audit::Route;
 use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_json};
 use sortition_engine::engine::Lane;
 use sortition_engine::{EngineError, GenerateRequest, Prompt};
@@ -258,9 +259,9 @@ async fn reexecute_and_compare(state: &NodeState, p: &AuditPayload) -> Judgement
 /// tokens, or this node's trouble.
 async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64, u64)), Trouble> {
     let request = generation_request(p).map_err(Trouble::Unjudgeable)?;
-    let (kind, model, prompt, fields) = match (request, p.path.as_str()) {
+    let (kind, model, prompt, fields) = match (request, Route::of_path(&p.path)) {
         (Some(v), _) => v,
-        (None, "/v1/embeddings") => {
+        (None, Some(Route::Embeddings)) => {
             let req: EmbeddingRequest =
                 parse_json(p.body.as_bytes()).map_err(|e| Trouble::Unjudgeable(e.message))?;
             let m = state
@@ -273,7 +274,7 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
                     .map_err(|e| Trouble::Internal(e.to_string()))??;
             return Ok((embedding_response_hash(&vectors), (tokens as u64, 0)));
         }
-        (None, other) => return Err(Trouble::Unjudgeable(format!("unknown route {other}"))),
+        (None, _) => return Err(Trouble::Unjudgeable(format!("unknown route {}", p.path))),
     };
     let chat = state
         .engine(&model)
@@ -442,14 +443,14 @@ type GenerationRequest = (Kind, String, Prompt, sortition_api::SamplingFields);
 /// `None` for other routes.
 fn generation_request(p: &AuditPayload) -> Result<Option<GenerationRequest>, String> {
     let body = p.body.as_bytes();
-    Ok(Some(match p.path.as_str() {
-        "/v1/chat/completions" => {
+    Ok(Some(match Route::of_path(&p.path) {
+        Some(Route::Chat) => {
             let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
             let msgs = crate::routes::chat_messages(&req.messages, &req.sampling)
                 .map_err(|e| e.message)?;
             (Kind::Chat, req.model, Prompt::Chat(msgs), req.sampling)
         }
-        "/v1/completions" => {
+        Some(Route::Completions) => {
             let req: CompletionRequest = parse_json(body).map_err(|e| e.message)?;
             let prompt = req.single_prompt().map_err(|e| e.message)?;
             (Kind::Text, req.model, Prompt::Text(prompt), req.sampling)
