@@ -47,15 +47,17 @@ pub trait LedgerPort: Send + Sync + 'static {
     }
 }
 
-/// Price per million units of a stack bought from `n` (the ledger charges the higher price).
+/// Price per million units of a stack bought from `n`, by the ledger's rule.
 pub fn unit_price(n: &NodeView) -> Amount {
-    n.price_in.max(n.price_out)
+    sortition_ledger::unit_price_per_m(n.price_in, n.price_out)
 }
 
-/// Cost of `units` at `price_per_m`, rounded up to the next micro-unit.
+/// Cost of `units` at `price_per_m`, by the ledger's rule (rounded up to the next
+/// micro-unit); a cost beyond `u64` (which the ledger refuses) is the largest amount, which
+/// no hold can cover.
 pub fn cost(units: u64, price_per_m: Amount) -> Amount {
-    let micro = (u128::from(units) * u128::from(price_per_m.0)).div_ceil(1_000_000);
-    Amount(u64::try_from(micro).unwrap_or(u64::MAX))
+    sortition_ledger::stack_cost(sortition_types::Units(units), price_per_m)
+        .unwrap_or(Amount(u64::MAX))
 }
 
 #[cfg(test)]

@@ -44,9 +44,11 @@ pub use error::{BlockError, LedgerError, Result};
 pub use event::Event;
 pub use genesis::{Genesis, Params};
 pub use policy::{AuditMethod, AuditPolicy, ModelSpec, SecurityPolicy, min_collateral};
+pub use stacks::cost as stack_cost;
 pub use state::*;
 pub use tx::{
-    Offer, SealingKey, SignedTx, TX_DOMAIN, Tx, TxKind, Verdict, VerifiedTx, verdict_commitment,
+    Offer, SealingKey, SignedTx, TX_DOMAIN, Tx, TxKind, Verdict, VerifiedTx, unit_price_per_m,
+    verdict_commitment,
 };
 
 /// What the sequencer (or consensus) supplies with each block.

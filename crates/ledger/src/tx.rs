@@ -42,8 +42,15 @@ impl Offer {
     /// Price per million units of a stack. A unit is a token, input or output, and a stack does
     /// not know in advance which, so the ledger charges the higher of the two prices.
     pub fn unit_price_per_m(&self) -> Amount {
-        self.price_per_m_input.max(self.price_per_m_output)
+        unit_price_per_m(self.price_per_m_input, self.price_per_m_output)
     }
+}
+
+/// The price per million units of a stack from a node whose offer has these input and output
+/// prices: the higher of the two (see [`Offer::unit_price_per_m`]). Gateways price their
+/// holds with it, so they hold what the ledger will charge.
+pub fn unit_price_per_m(input: Amount, output: Amount) -> Amount {
+    input.max(output)
 }
 
 /// An auditor's or committee member's judgement of one receipt.
