@@ -555,6 +555,33 @@ pub struct ChatCompletionChunk {
     pub sortition: Option<SortitionExt>,
 }
 
+impl ChatCompletionChunk {
+    /// A chunk with its one choice (index 0), created now.
+    pub fn single(
+        id: &str,
+        model: &str,
+        delta: Delta,
+        finish_reason: Option<String>,
+        logprobs: Option<crate::logprobs::ChatLogprobs>,
+        sortition: Option<SortitionExt>,
+    ) -> Self {
+        ChatCompletionChunk {
+            id: id.into(),
+            object: "chat.completion.chunk".into(),
+            created: crate::unix_now(),
+            model: model.into(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+                logprobs,
+            }],
+            usage: None,
+            sortition,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CompletionChoice {
     pub index: u32,

@@ -146,6 +146,17 @@ after = client.chat.completions.create(model=chat_model, messages=history, tools
                                        max_tokens=16, temperature=0)
 assert after.choices[0].finish_reason in ("stop", "length", "tool_calls"), after
 
+# `auto`: the model decides; whatever it answers is well formed (text, or calls to listed
+# functions with JSON arguments).
+auto = client.chat.completions.create(model=chat_model, messages=ask, tools=tools,
+                                      tool_choice="auto", max_tokens=48, temperature=0)
+m = auto.choices[0].message
+if auto.choices[0].finish_reason == "tool_calls":
+    assert all(c.function.name == "get_weather" for c in m.tool_calls), m
+    assert all(isinstance(json.loads(c.function.arguments), dict) for c in m.tool_calls), m
+else:
+    assert isinstance(m.content, str) and not m.tool_calls, m
+
 class GetWeather(pydantic.BaseModel):
     city: str = pydantic.Field(max_length=20)
 

@@ -28,7 +28,7 @@ use sortition_types::{ModelId, NodeId};
 use crate::answers::NodeAnswer;
 use crate::proxy;
 use crate::quorum::{Member, MemberFailure, QuorumRequest, ask, settle_unbilled};
-use crate::router::{Constraints, Outcome};
+use crate::router::Constraints;
 use crate::state::GatewayState;
 use crate::store::{AuthedKey, CreditHold};
 
@@ -135,14 +135,7 @@ pub async fn serve(
         }
     }
     for (_, m) in &members {
-        g.finish(
-            m.d.node.id,
-            Outcome::Success {
-                ttft: m.ttft,
-                itl: None,
-            },
-        )
-        .await;
+        m.answered(g).await;
     }
     if refused.is_some() || !failures.is_empty() {
         // Nothing is delivered, so nothing is charged: what the nodes did is settled on their

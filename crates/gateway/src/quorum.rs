@@ -37,6 +37,21 @@ pub(crate) struct Member {
     pub ttft: std::time::Duration,
 }
 
+impl Member {
+    /// Tells the router that the member's node answered (a receipted answer, whatever the
+    /// request then makes of it).
+    pub async fn answered(&self, g: &GatewayState) {
+        g.finish(
+            self.d.node.id,
+            Outcome::Success {
+                ttft: self.ttft,
+                itl: None,
+            },
+        )
+        .await;
+    }
+}
+
 /// Why a member gave no answer; `refused` when the node refused the request itself (a 4xx:
 /// the request's fault, not the node's), as the error to pass on.
 pub(crate) struct MemberFailure {
@@ -108,14 +123,7 @@ pub async fn serve(
         .find(|v| v.len() * 2 > usize::from(q.size))
         .cloned();
     for m in &members {
-        g.finish(
-            m.d.node.id,
-            Outcome::Success {
-                ttft: m.ttft,
-                itl: None,
-            },
-        )
-        .await;
+        m.answered(g).await;
     }
     let Some(majority) = majority else {
         // No answer: settle what the nodes did (they will claim it) and keep the requests

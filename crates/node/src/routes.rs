@@ -664,24 +664,18 @@ fn chunk_with(
         None => (None, None),
     };
     let v = match kind {
-        Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
-            id: id.into(),
-            object: "chat.completion.chunk".into(),
-            created: unix_now(),
-            model: model.into(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta: Delta {
-                    role: first.then(|| "assistant".into()),
-                    content: text,
-                    tool_calls: None,
-                },
-                finish_reason: finish.map(Into::into),
-                logprobs: chat_lp,
-            }],
-            usage: None,
-            sortition: ext,
-        }),
+        Kind::Chat => serde_json::to_string(&ChatCompletionChunk::single(
+            id,
+            model,
+            Delta {
+                role: first.then(|| "assistant".into()),
+                content: text,
+                tool_calls: None,
+            },
+            finish.map(Into::into),
+            chat_lp,
+            ext,
+        )),
         Kind::Text => serde_json::to_string(&Completion {
             id: id.into(),
             object: "text_completion".into(),
@@ -718,24 +712,14 @@ fn whole_chunk(id: &str, model: &str, d: &tools::Delivery, first: bool) -> Strin
             })
             .collect()
     });
-    serde_json::to_string(&ChatCompletionChunk {
-        id: id.into(),
-        object: "chat.completion.chunk".into(),
-        created: unix_now(),
-        model: model.into(),
-        choices: vec![ChunkChoice {
-            index: 0,
-            delta: Delta {
-                role: first.then(|| "assistant".into()),
-                content: d.content.clone(),
-                tool_calls: calls,
-            },
-            finish_reason: None,
-            logprobs: None,
-        }],
-        usage: None,
-        sortition: None,
-    })
+    let delta = Delta {
+        role: first.then(|| "assistant".into()),
+        content: d.content.clone(),
+        tool_calls: calls,
+    };
+    serde_json::to_string(&ChatCompletionChunk::single(
+        id, model, delta, None, None, None,
+    ))
     .unwrap_or_default()
 }
 
