@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sortition_ledger::{Genesis, TxKind};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::{Amount, Hash32, Keypair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sortition");

@@ -22,7 +22,7 @@ use sortition_confidential::{
 };
 use sortition_devnet::{Devnet, DevnetConfig};
 use sortition_ledger::{AuditOutcome, Event, SealingKey, SlashReason, TxKind};
-use sortition_ledger_service::{Cursor, LedgerClient};
+use sortition_ledger_client::{Cursor, LedgerClient};
 use sortition_types::{Custody, Hash32, Keypair, NodeId, sha256};
 
 const CHAT: &str = "smollm2-135m-instruct";

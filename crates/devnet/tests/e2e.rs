@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sortition_api::unix_now_ms;
 use sortition_devnet::{Devnet, DevnetConfig};
 use sortition_ledger::{Event, TxKind};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::auth::{AUTH_HEADER, REQUEST_DOMAIN};
 use sortition_types::{
     Amount, Keypair, ModelId, NodeId, RequestAuth, SignedReceipt, StackId, Units,

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sortition_devnet::{Devnet, DevnetConfig};
 use sortition_ledger::{Offer, TxKind};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::auth::{AUTH_HEADER, RequestAuth};
 use sortition_types::{
     Amount, Custody, Keypair, ModelId, NodeId, Receipt, SignedReceipt, sha256, text_response_hash,

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sortition_devnet::{Devnet, DevnetConfig, default_score_method};
 use sortition_ledger::{AuditMethod, Event, SlashReason};
-use sortition_ledger_service::{Cursor, LedgerClient};
+use sortition_ledger_client::{Cursor, LedgerClient};
 use sortition_node::adversary::Mode;
 use sortition_node::claims::ClaimPolicy;
 use sortition_types::NodeId;

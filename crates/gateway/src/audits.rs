@@ -3,16 +3,15 @@
 //! drew (and to any dispute committee), since nobody else holds the request. The same event
 //! stream tells it when a node claimed (and so closed) one of its stacks.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use sortition_api::audit::{Answer, AuditPayload, Route};
 use sortition_ledger::Event;
-use sortition_ledger_service::delivery::{self, Delivery};
-use sortition_ledger_service::{Cursor, LedgerClient};
-use sortition_types::{AuditId, NodeId, SignedReceipt, StackId};
+use sortition_ledger_client::delivery::{self, Delivery};
+use sortition_ledger_client::{Cursor, CursorStore, EventHandler, LedgerClient};
+use sortition_types::{AuditId, NodeId, PublicKey, SignedReceipt, StackId};
 
 use crate::state::GatewayState;
 
@@ -100,75 +99,109 @@ async fn deliver_to(
 
 /// Follows the ledger's events and delivers payloads of this gateway's audited receipts. The
 /// cursor is kept in `cursor_file` so a restart resumes where it stopped.
+///
+/// Deliveries run beside the stream (each may retry for up to [`delivery::PATIENCE`]), so a
+/// busy auditor never holds back the events behind it, such as a claim that closes a stack.
+/// The stored cursor stays at the first event whose delivery is still under way, so a restart
+/// delivers again what was not yet delivered (auditors take a payload they already hold).
 pub async fn follow(
     g: Arc<GatewayState>,
     client: LedgerClient,
     cursor_file: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
+    let pending = Pending::default();
+    let store = CursorFile {
+        path: cursor_file,
+        pending: pending.clone(),
+    };
     let me = g.account.public();
-    loop {
-        let from: Cursor = std::fs::read_to_string(&cursor_file)
+    let custody = Custody { g, me, pending };
+    sortition_ledger_client::follow("payload custody", client, store, custody, shutdown).await
+}
+
+/// The events whose deliveries are under way (one delivery per event).
+type Pending = Arc<Mutex<BTreeSet<Cursor>>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeSet<Cursor>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The follower's cursor: a private file holding the first event not yet wholly handled.
+struct CursorFile {
+    path: PathBuf,
+    pending: Pending,
+}
+
+impl CursorStore for CursorFile {
+    fn load(&self) -> Option<Cursor> {
+        std::fs::read_to_string(&self.path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(Cursor::START);
-        let stream = match client.events(from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "ledger events unavailable");
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        tokio::pin!(stream);
-        loop {
-            let item = tokio::select! {
-                _ = &mut shutdown => return,
-                i = stream.next() => i,
-            };
-            let Some(Ok((cursor, event))) = item else {
-                break;
-            };
-            match event {
-                Event::AuditOpened {
-                    audit,
-                    stack,
-                    owner,
-                    receipt_index,
-                    auditors,
-                    ..
-                } if owner == me => {
-                    deliver(&g, &client, audit, stack, receipt_index, &auditors).await;
-                }
-                Event::DisputeOpened {
-                    audit, committee, ..
-                } => {
+    }
+    fn save(&mut self, next: Cursor) -> Result<(), String> {
+        let upto = lock(&self.pending).first().map_or(next, |&p| p.min(next));
+        sortition_api::private_fs::write_private(&self.path, upto.to_string())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What this gateway does with ledger events.
+struct Custody {
+    g: Arc<GatewayState>,
+    me: PublicKey,
+    pending: Pending,
+}
+
+impl Custody {
+    /// Runs `delivery` beside the stream, marking event `at` pending until it ends.
+    fn spawn(&self, at: Cursor, delivery: impl std::future::Future<Output = ()> + Send + 'static) {
+        lock(&self.pending).insert(at);
+        let pending = self.pending.clone();
+        tokio::spawn(async move {
+            delivery.await;
+            lock(&pending).remove(&at);
+        });
+    }
+}
+
+impl EventHandler for Custody {
+    async fn handle(&mut self, client: &LedgerClient, at: Cursor, event: Event) {
+        let (g, client) = (self.g.clone(), client.clone());
+        match event {
+            Event::AuditOpened {
+                audit,
+                stack,
+                owner,
+                receipt_index,
+                auditors,
+                ..
+            } if owner == self.me => self.spawn(at, async move {
+                deliver(&g, &client, audit, stack, receipt_index, &auditors).await
+            }),
+            Event::DisputeOpened {
+                audit, committee, ..
+            } => {
+                let me = self.me;
+                self.spawn(at, async move {
                     if let Ok(a) = client.audit(audit).await
                         && a.owner == me
                     {
                         deliver(&g, &client, audit, a.stack, a.receipt_index, &committee).await;
                     }
-                }
-                // A claim, refund or expiry closes its stack on the ledger: stop sending requests
-                // on it (the node would refuse them, or serve them unpaid). Stacks of other
-                // owners are not in our books.
-                Event::ClaimCommitted { stack, .. }
-                | Event::Refunded { stack, .. }
-                | Event::StackExpired { stack } => match g.store.close_stack(stack).await {
-                    Ok(()) => tracing::debug!(%stack, "stack claimed by its node; closed"),
-                    Err(crate::store::StoreError::StackNotFound(_)) => {}
-                    Err(e) => tracing::warn!(%stack, error = %e, "could not close a claimed stack"),
-                },
-                _ => {}
+                })
             }
-            if let Err(e) =
-                sortition_api::private_fs::write_private(&cursor_file, cursor.next().to_string())
-            {
-                tracing::error!(error = %e, "could not store the audit cursor");
-            }
+            // A claim, refund or expiry closes its stack on the ledger: stop sending requests
+            // on it (the node would refuse them, or serve them unpaid). Stacks of other
+            // owners are not in our books.
+            Event::ClaimCommitted { stack, .. }
+            | Event::Refunded { stack, .. }
+            | Event::StackExpired { stack } => match g.store.close_stack(stack).await {
+                Ok(()) => tracing::debug!(%stack, "stack claimed by its node; closed"),
+                Err(crate::store::StoreError::StackNotFound(_)) => {}
+                Err(e) => tracing::warn!(%stack, error = %e, "could not close a claimed stack"),
+            },
+            _ => {}
         }
     }
 }

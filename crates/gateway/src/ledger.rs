@@ -3,7 +3,7 @@
 use futures::future::BoxFuture;
 use sortition_api::unix_now_ms;
 use sortition_ledger::{Event, NodeStatus, TxKind};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::{Amount, AuditId, Keypair, ModelId, NodeId, SignedReceipt, Units};
 
 use crate::directory::{BoughtStack, LedgerPort};

@@ -7,48 +7,17 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
-use sortition_ledger::{Account, Event, SignedTx};
+use sortition_ledger::{Account, SignedTx};
 use sortition_types::{AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeId, PublicKey, StackId};
+
+use sortition_ledger_api::{BlockResponse, StatusResponse, TxLocation, TxResponse};
 
 use crate::error::ApiError;
 use crate::sequencer::{Handle, SubmitError};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
-
-/// Answer of `POST /v1/tx` when the transaction was applied.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TxResponse {
-    pub height: u64,
-    pub index: u32,
-    pub tx_hash: Hash32,
-    pub events: Vec<Event>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StatusResponse {
-    pub chain_id: String,
-    pub height: u64,
-    pub state_root: Hash32,
-    pub timestamp: u64,
-    /// The current epoch: clients seal only to keys published in it.
-    #[serde(default)]
-    pub epoch: u64,
-    /// The current epoch's nonce, which TEE evidence of this epoch's keys binds.
-    #[serde(default)]
-    pub epoch_nonce: Hash32,
-    /// The validator set (consensus keys, hex, in participant order); empty for the embedded
-    /// single sequencer.
-    #[serde(default)]
-    pub validators: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TxLocation {
-    pub height: u64,
-    pub index: u32,
-}
 
 pub fn router(h: Handle) -> Router {
     Router::new()
@@ -128,29 +97,6 @@ async fn status(State(h): State<Handle>) -> Json<StatusResponse> {
 
 async fn genesis(State(h): State<Handle>) -> Json<Value> {
     Json(serde_json::to_value(&h.shared().genesis).unwrap_or_default())
-}
-
-/// A block's header as anyone can check it: `beacon` (`σ_h`) verifies against the group key in
-/// `/v1/genesis` (`beacon.group_key`) over `sortition_ledger::beacon::message(chain_id,
-/// height)`, and `randomness` is its sha256. Both are `null` in a bridge block (one that
-/// consensus finalized before its parent was final here; see
-/// `sortition_ledger::BlockContext::beacon`), which draws nothing.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BlockResponse {
-    pub height: u64,
-    pub timestamp_ms: u64,
-    pub state_root: Hash32,
-    pub randomness: Option<Hash32>,
-    pub beacon: Option<sortition_ledger::BeaconSig>,
-    pub tx_count: usize,
-    /// Under consensus: the validator's proof for this block, hex (`sortition_validator::light::
-    /// Proof`: the consensus parent's digest, the digest of the transactions' bytes and, when the
-    /// block was finalized by a certificate of its own, commonware simplex's `Finalization`: the
-    /// proposal and the validators' ed25519 signatures). A light client recomputes the block's
-    /// digest from this header and verifies the certificate against the genesis' validators
-    /// (`sortition_validator::light::verify_headers`). `None` for the embedded sequencer.
-    #[serde(default)]
-    pub certificate: Option<String>,
 }
 
 async fn block(State(h): State<Handle>, Path(height): Path<String>) -> ApiResult<BlockResponse> {

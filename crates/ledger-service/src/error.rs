@@ -113,7 +113,7 @@ impl IntoResponse for ApiError {
                 "unavailable".into(),
             ),
         };
-        let body = serde_json::json!({ "error": { "message": self.to_string(), "type": kind, "code": code } });
+        let body = sortition_ledger_api::ErrorBody::new(self.to_string(), kind, code);
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Storage faults heal by themselves: say when to try again.

@@ -2,14 +2,13 @@
 //!
 //! Owns: the sequencer actor (batching transactions into blocks, the devnet randomness beacon,
 //! block timestamps from the wall clock), durable block storage in redb with replay and state
-//! root verification on restart, the HTTP JSON + SSE API, and the `LedgerClient`.
+//! root verification on restart, the HTTP JSON + SSE API.
+//! The API's contract is `sortition-ledger-api`; its client is `sortition-ledger-client`.
 //!
 //! Does not own: any ledger rule (all of those are in `sortition-ledger`), consensus between
 //! several sequencers (a BFT engine would replace the single sequencer), or key management.
 
 pub mod api;
-pub mod client;
-pub mod delivery;
 pub mod error;
 pub mod replica;
 pub mod sequencer;
@@ -24,11 +23,11 @@ use sortition_ledger::Genesis;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub use client::{ClientError, LedgerClient};
 pub use error::{ApiError, ServiceError};
 pub use replica::{Replica, ReplicaConfig, start_replica};
 pub use sequencer::{Handle, Included, SubmitError};
-pub use sse::Cursor;
+pub use sortition_ledger_api::Cursor;
+use sortition_ledger_client::LedgerClient;
 
 #[derive(Debug, Clone)]
 pub struct LedgerServiceConfig {

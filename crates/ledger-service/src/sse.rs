@@ -6,7 +6,6 @@
 //! storage, then the stream follows live blocks; duplicates across that seam are skipped.
 
 use std::convert::Infallible;
-use std::fmt;
 
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -15,47 +14,10 @@ use serde::Deserialize;
 use sortition_ledger::Event;
 use tokio::sync::broadcast::error::RecvError;
 
+use sortition_ledger_api::Cursor;
+
 use crate::error::ApiError;
 use crate::sequencer::Handle;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cursor {
-    pub height: u64,
-    pub index: u32,
-}
-
-impl Cursor {
-    pub const START: Cursor = Cursor {
-        height: 1,
-        index: 0,
-    };
-    /// The cursor right after this one.
-    pub fn next(self) -> Cursor {
-        Cursor {
-            height: self.height,
-            index: self.index + 1,
-        }
-    }
-}
-
-impl fmt::Display for Cursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.height, self.index)
-    }
-}
-
-impl std::str::FromStr for Cursor {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (h, i) = s
-            .split_once(':')
-            .ok_or_else(|| format!("cursor {s:?} is not HEIGHT:INDEX"))?;
-        Ok(Cursor {
-            height: h.parse().map_err(|_| "bad height".to_string())?,
-            index: i.parse().map_err(|_| "bad index".to_string())?,
-        })
-    }
-}
 
 #[derive(Deserialize)]
 pub(crate) struct EventsQuery {

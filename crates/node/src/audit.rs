@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use sortition_api::{ApiError, ErrorKind};
 use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
-use sortition_ledger_service::{Cursor, LedgerClient};
+use sortition_ledger_client::{Cursor, CursorStore, EventHandler, LedgerClient};
 use sortition_types::{
     AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId, sha256,
 };
@@ -263,55 +262,43 @@ async fn expect_from_ledger(state: &NodeState, client: &LedgerClient, audit: Aud
     );
 }
 
-/// Follows the ledger's events from the stored cursor until `stop`.
+/// Follows the ledger's events from the cursor stored in the node's database until `stop`.
 pub async fn follow(state: Arc<NodeState>, client: LedgerClient, mut stop: watch::Receiver<bool>) {
-    loop {
-        let from = load_cursor(&state);
-        let stream = match client.events(from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "event stream unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        };
-        tokio::pin!(stream);
-        loop {
-            let item = tokio::select! {
-                i = stream.next() => i,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match item {
-                Some(Ok((cursor, event))) => {
-                    handle(&state, &client, event).await;
-                    if let Err(e) = state
-                        .store
-                        .set_meta("cursor", cursor.next().to_string().as_bytes())
-                    {
-                        tracing::error!(error = %e, "could not store the event cursor");
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "event stream error");
-                    break;
-                }
-                None => break,
-            }
-        }
+    let store = StoredCursor(state.clone());
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    sortition_ledger_client::follow("audits", client, store, Duties(state), shutdown).await
+}
+
+/// The audit follower's cursor, in the node's database (`meta/cursor`).
+struct StoredCursor(Arc<NodeState>);
+
+impl CursorStore for StoredCursor {
+    fn load(&self) -> Option<Cursor> {
+        self.0
+            .store
+            .get_meta("cursor")
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+    }
+    fn save(&mut self, next: Cursor) -> Result<(), String> {
+        self.0
+            .store
+            .set_meta("cursor", next.to_string().as_bytes())
+            .map_err(|e| e.to_string())
     }
 }
 
-fn load_cursor(state: &NodeState) -> Cursor {
-    state
-        .store
-        .get_meta("cursor")
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(Cursor::START)
+/// The node's duties that ledger events call for.
+struct Duties(Arc<NodeState>);
+
+impl EventHandler for Duties {
+    async fn handle(&mut self, client: &LedgerClient, _at: Cursor, event: Event) {
+        handle(&self.0, client, event).await
+    }
 }
 
 async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
@@ -676,7 +663,7 @@ async fn vote(state: &NodeState, client: &LedgerClient, ballot: Ballot, verdict:
 async fn reveal_open(
     client: &LedgerClient,
     ballot: Ballot,
-) -> Result<bool, sortition_ledger_service::ClientError> {
+) -> Result<bool, sortition_ledger_client::ClientError> {
     let height = client.status().await?.height;
     let (committed, members, commit_deadline) = match ballot {
         Ballot::Audit(id) => {

@@ -36,7 +36,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use sortition_api::*;
 use sortition_confidential::custody::{CustodyKey, audit_aad, audit_request_id};
 use sortition_confidential::wire::{
@@ -50,7 +50,7 @@ use sortition_confidential::{
 };
 use sortition_engine::{FinishReason, Prompt, StreamEvent};
 use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
-use sortition_ledger_service::{ClientError, Cursor, LedgerClient};
+use sortition_ledger_client::{ClientError, Cursor, EventHandler, LedgerClient, MemoryCursor};
 use sortition_types::{
     AuditId, Custody, Hash32, Keypair, ModelId, NodeId, SignedReceipt, StackId, sha256,
     text_response_hash,
@@ -236,45 +236,41 @@ pub async fn follow_epochs(
     from: Cursor,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut cursor = from;
-    loop {
-        let stream = match client.events(cursor).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "event stream unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        };
-        // Catch up with a turn missed while the stream was down.
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let rotator = Rotator { ring, signer };
+    sortition_ledger_client::follow(
+        "epochs",
+        client,
+        MemoryCursor::starting_at(from),
+        rotator,
+        shutdown,
+    )
+    .await
+}
+
+/// Rotates the node's confidential key when the epoch turns.
+struct Rotator {
+    ring: Arc<KeyRing>,
+    signer: Keypair,
+}
+
+impl EventHandler for Rotator {
+    /// Catches up with a turn missed while the stream was down.
+    async fn connected(&mut self, client: &LedgerClient) {
         if let Ok(st) = client.status().await
-            && ring.current_epoch().is_some_and(|e| e < st.epoch)
+            && self.ring.current_epoch().is_some_and(|e| e < st.epoch)
         {
-            rotate(&ring, &client, &signer).await;
+            rotate(&self.ring, client, &self.signer).await;
         }
-        tokio::pin!(stream);
-        loop {
-            let item = tokio::select! {
-                i = stream.next() => i,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match item {
-                Some(Ok((c, event))) => {
-                    cursor = c.next();
-                    if let LedgerEvent::EpochTurned { epoch, .. } = event
-                        && ring.current_epoch().is_none_or(|e| e < epoch)
-                    {
-                        rotate(&ring, &client, &signer).await;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "event stream error");
-                    break;
-                }
-                None => break,
-            }
+    }
+
+    async fn handle(&mut self, client: &LedgerClient, _at: Cursor, event: LedgerEvent) {
+        if let LedgerEvent::EpochTurned { epoch, .. } = event
+            && self.ring.current_epoch().is_none_or(|e| e < epoch)
+        {
+            rotate(&self.ring, client, &self.signer).await;
         }
     }
 }
@@ -814,7 +810,7 @@ pub async fn deliver_for_audit(
 }
 
 /// Re-seals `plaintext` to auditor `node` and posts it (see
-/// [`sortition_ledger_service::delivery`] for the retry policy).
+/// [`sortition_ledger_client::delivery`] for the retry policy).
 async fn deliver_sealed(
     state: &NodeState,
     client: &LedgerClient,
@@ -823,7 +819,7 @@ async fn deliver_sealed(
     node: NodeId,
     plaintext: &[u8],
 ) {
-    use sortition_ledger_service::delivery::{Delivery, post_with_patience};
+    use sortition_ledger_client::delivery::{Delivery, post_with_patience};
     let count = |label| {
         state
             .metrics

@@ -13,7 +13,7 @@
 
 use sortition_ledger::beacon::{below, draw};
 use sortition_ledger::policy::PPM;
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::{ClaimId, Hash32, ModelId};
 
 /// The receipts a claim `claim` of `count` receipts would have sampled if its draw used

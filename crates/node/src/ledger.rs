@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 use sortition_ledger::{Node, Offer, SealingKey, Stack, StackStatus, TxKind};
-use sortition_ledger_service::{ClientError, LedgerClient};
+use sortition_ledger_client::{ClientError, LedgerClient};
 use sortition_types::{Amount, Hash32, Keypair, NodeClass, NodeId, StackId};
 
 use crate::accounts::StackInfo;

@@ -10,7 +10,7 @@ use sortition_api::metrics::Registry;
 use sortition_api::unix_now_ms;
 use sortition_engine::{Embedder, Engine, EngineConfig, ModelStore, WeightFormat};
 use sortition_ledger::{Offer, TxKind};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::{Amount, Keypair, ModelId, NodeClass, NodeId, StackId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -264,7 +264,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
                 .await
                 .map_err(|e| StartError::Ledger(format!("publishing the confidential key: {e}")))?;
             tracing::info!(node = %id, epoch, attester = %ring.label(), "confidential key published");
-            let from = sortition_ledger_service::Cursor {
+            let from = sortition_ledger_client::Cursor {
                 height: height + 1,
                 index: 0,
             };

@@ -689,7 +689,7 @@ async fn serve(
     let (faults_tx, mut faults_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u64, Vec<u8>)>();
     {
         let reporter = reporting_account(&me);
-        let client = sortition_ledger_service::LedgerClient::new(format!("http://{api_addr}"));
+        let client = sortition_ledger_client::LedgerClient::new(format!("http://{api_addr}"));
         tokio::spawn(async move {
             let mut sent = HashSet::new();
             while let Some((who, view, evidence)) = faults_rx.recv().await {

@@ -25,7 +25,7 @@ use commonware_cryptography::{ed25519, sha256::Digest};
 use commonware_parallel::Sequential;
 use commonware_utils::ordered::Set;
 use sortition_ledger::Genesis;
-use sortition_ledger_service::{LedgerClient, api::BlockResponse};
+use sortition_ledger_client::{BlockResponse, LedgerClient};
 
 use crate::block::header_digest;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sortition_ledger::{Genesis, TxKind};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::{Amount, Keypair};
 use sortition_validator::{Timing, ValidatorConfig};
 

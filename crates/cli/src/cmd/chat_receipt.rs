@@ -10,7 +10,7 @@ use std::fmt;
 
 use anyhow::{Context, Result};
 use sortition_ledger::{Audit, AuditOutcome};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::text_response_hash;
 
 use super::chat::Answer;

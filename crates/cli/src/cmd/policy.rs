@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use sortition_ledger::policy::PPM;
 use sortition_ledger::{ModelEntry, SecurityPolicy};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::ModelId;
 
 use super::common::base_url;

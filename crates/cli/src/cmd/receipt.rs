@@ -5,7 +5,7 @@ use std::io::Read;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sortition_api::SortitionExt;
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 
 #[derive(Subcommand, Debug)]
 pub enum ReceiptCmd {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::de::DeserializeOwned;
 use sortition_ledger::{Audit, Claim, Stack, StackStatus};
-use sortition_ledger_service::LedgerClient;
+use sortition_ledger_client::LedgerClient;
 use sortition_types::Amount;
 
 #[derive(Args, Debug)]

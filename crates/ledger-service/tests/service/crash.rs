@@ -5,7 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use sortition_ledger_service::{LedgerClient, LedgerServiceConfig, run_in_background};
+use sortition_ledger_client::LedgerClient;
+use sortition_ledger_service::{LedgerServiceConfig, run_in_background};
 use sortition_types::{Hash32, Keypair};
 
 use crate::{genesis, self_transfer, writer};

@@ -2,7 +2,8 @@
 
 use futures::StreamExt;
 use sortition_ledger::{Event, Tx, TxKind};
-use sortition_ledger_service::{Cursor, LedgerServiceConfig, run_in_background};
+use sortition_ledger_client::Cursor;
+use sortition_ledger_service::{LedgerServiceConfig, run_in_background};
 use sortition_types::{Amount, Keypair};
 
 use crate::{admin, faucet, genesis};
@@ -74,13 +75,13 @@ async fn submit_query_refuse_and_stream() {
     assert_eq!(e.code(), Some("wrong_nonce"));
     assert!(matches!(
         e,
-        sortition_ledger_service::ClientError::Api { status: 409, .. }
+        sortition_ledger_client::ClientError::Api { status: 409, .. }
     ));
     let mut forged = faucet(&alice, 2, 1);
     forged.signature.0[3] ^= 1;
     assert!(matches!(
         c.submit(&forged).await,
-        Err(sortition_ledger_service::ClientError::Api { status: 400, .. })
+        Err(sortition_ledger_client::ClientError::Api { status: 400, .. })
     ));
     let e = c
         .send(
@@ -93,7 +94,7 @@ async fn submit_query_refuse_and_stream() {
         .await
         .expect_err("too poor");
     assert!(
-        matches!(e, sortition_ledger_service::ClientError::Api { status: 422, ref code, .. } if code == "insufficient_funds")
+        matches!(e, sortition_ledger_client::ClientError::Api { status: 422, ref code, .. } if code == "insufficient_funds")
     );
     assert!(c.stack(sortition_types::StackId(7)).await.is_err());
     let wrong_chain = Tx {
@@ -106,7 +107,7 @@ async fn submit_query_refuse_and_stream() {
     .sign(&bob);
     assert!(matches!(
         c.submit(&wrong_chain).await,
-        Err(sortition_ledger_service::ClientError::Api { status: 400, .. })
+        Err(sortition_ledger_client::ClientError::Api { status: 400, .. })
     ));
 
     let status = c.status().await.expect("status");
@@ -185,7 +186,7 @@ async fn unpersisted_block_is_not_acknowledged_and_the_ledger_heals() {
     assert!(
         matches!(
             e,
-            sortition_ledger_service::ClientError::Api { status: 503, .. }
+            sortition_ledger_client::ClientError::Api { status: 503, .. }
         ),
         "{e}"
     );
@@ -205,7 +206,7 @@ async fn unpersisted_block_is_not_acknowledged_and_the_ledger_heals() {
             Err(e) => assert!(
                 matches!(
                     e,
-                    sortition_ledger_service::ClientError::Api { status: 503, .. }
+                    sortition_ledger_client::ClientError::Api { status: 503, .. }
                 ),
                 "{e}"
             ),

@@ -2,6 +2,7 @@
 //! killed with SIGKILL, no mocks.
 
 mod crash;
+mod follower;
 mod http;
 mod restart;
 

@@ -16,7 +16,10 @@ use sortition_types::{
     AuditId, ClaimId, DisputeId, Hash32, Keypair, ModelId, NodeId, PublicKey, StackId,
 };
 
-pub use crate::api::{BlockResponse, StatusResponse, TxLocation, TxResponse as TxResult};
+pub use sortition_ledger_api::{
+    BlockResponse, Cursor, StatusResponse, TxLocation, TxResponse as TxResult,
+};
+use sortition_ledger_api::{ErrorBody, paths};
 
 /// What one validator says, in [`LedgerClient::replicas`].
 #[derive(Debug, Clone)]
@@ -27,7 +30,6 @@ pub struct ReplicaView {
     /// Its state root at the highest height every answering replica has reached.
     pub root_at_common: Option<Hash32>,
 }
-pub use crate::sse::Cursor;
 
 /// How long a transaction signed by [`LedgerClient::send`] stays valid.
 pub const DEFAULT_TX_TTL: Duration = Duration::from_secs(60);
@@ -152,12 +154,13 @@ impl LedgerClient {
         let status = resp.status();
         let body = resp.bytes().await?;
         if !status.is_success() {
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            let field = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();
+            let e = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_default();
             return Err(ClientError::Api {
                 status: status.as_u16(),
-                code: field("code"),
-                message: field("message"),
+                code: e.code,
+                message: e.message,
             });
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
@@ -172,71 +175,72 @@ impl LedgerClient {
     }
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        self.get("/v1/status").await
+        self.get(paths::STATUS).await
     }
     pub async fn genesis(&self) -> Result<Genesis, ClientError> {
-        self.get("/v1/genesis").await
+        self.get(paths::GENESIS).await
     }
     pub async fn account(&self, pk: &PublicKey) -> Result<Account, ClientError> {
-        self.get(&format!("/v1/accounts/{pk}")).await
+        self.get(&paths::account(pk)).await
     }
     pub async fn next_nonce(&self, pk: &PublicKey) -> Result<u64, ClientError> {
         Ok(self.account(pk).await?.nonce)
     }
     pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
-        self.get("/v1/nodes").await
+        self.get(paths::NODES).await
     }
     pub async fn node(&self, id: NodeId) -> Result<Node, ClientError> {
-        self.get(&format!("/v1/nodes/{}", id.0)).await
+        self.get(&paths::node(id.0)).await
     }
     pub async fn models(&self) -> Result<Vec<ModelEntry>, ClientError> {
-        self.get("/v1/models").await
+        self.get(paths::MODELS).await
     }
     pub async fn model(&self, id: &ModelId) -> Result<ModelEntry, ClientError> {
-        self.get(&format!("/v1/models/{id}")).await
+        self.get(&paths::model(id)).await
     }
     pub async fn stack(&self, id: StackId) -> Result<Stack, ClientError> {
-        self.get(&format!("/v1/stacks/{}", id.0)).await
+        self.get(&paths::stack(id.0)).await
     }
     pub async fn stacks_of(&self, owner: &PublicKey) -> Result<Vec<Stack>, ClientError> {
-        self.get(&format!("/v1/stacks?owner={owner}")).await
+        self.get(&paths::stacks_of(owner)).await
     }
     pub async fn claim(&self, id: ClaimId) -> Result<Claim, ClientError> {
-        self.get(&format!("/v1/claims/{}", id.0)).await
+        self.get(&paths::claim(id.0)).await
     }
     pub async fn audit(&self, id: AuditId) -> Result<Audit, ClientError> {
-        self.get(&format!("/v1/audits/{}", id.0)).await
+        self.get(&paths::audit(id.0)).await
     }
     /// Every audit, sampled or challenged.
     pub async fn audits(&self) -> Result<Vec<Audit>, ClientError> {
-        self.get("/v1/audits").await
+        self.get(paths::AUDITS).await
     }
     /// Audits where `auditor` is drawn; only open ones when `open`.
     pub async fn audits_of(&self, auditor: NodeId, open: bool) -> Result<Vec<Audit>, ClientError> {
-        self.get(&format!("/v1/audits?auditor={}&open={open}", auditor.0))
-            .await
+        self.get(&paths::audits_of(auditor.0, open)).await
     }
     pub async fn disputes(&self) -> Result<Vec<Dispute>, ClientError> {
-        self.get("/v1/disputes").await
+        self.get(paths::DISPUTES).await
     }
     pub async fn slashes(&self) -> Result<Vec<SlashRecord>, ClientError> {
-        self.get("/v1/slashes").await
+        self.get(paths::SLASHES).await
     }
     /// Validators proven to have equivocated (`GET /v1/validator-faults`).
     pub async fn validator_faults(
         &self,
     ) -> Result<Vec<sortition_ledger::validator_faults::ValidatorFault>, ClientError> {
-        self.get("/v1/validator-faults").await
+        self.get(paths::VALIDATOR_FAULTS).await
     }
     pub async fn find_tx(&self, hash: &Hash32) -> Result<TxLocation, ClientError> {
-        self.get(&format!("/v1/txs/{hash}")).await
+        self.get(&paths::tx(hash)).await
     }
 
     /// Submits a signed transaction and waits until its block is durable.
     pub async fn submit(&self, tx: &SignedTx) -> Result<TxResult, ClientError> {
         Self::decode(
-            self.request(false, |b| self.http.post(format!("{b}/v1/tx")).json(tx))
-                .await?,
+            self.request(false, |b| {
+                self.http.post(format!("{b}{}", paths::TX)).json(tx)
+            })
+            .await?,
         )
         .await
     }
@@ -276,7 +280,7 @@ impl LedgerClient {
 
     /// One block's header, state root, beacon and (under consensus) certificate.
     pub async fn block(&self, height: u64) -> Result<BlockResponse, ClientError> {
-        self.get(&format!("/v1/blocks/{height}")).await
+        self.get(&paths::block(height)).await
     }
 
     /// Asks every validator this client knows for its status and for its state root at the
@@ -312,7 +316,7 @@ impl LedgerClient {
 
     /// Fetches one dispute.
     pub async fn dispute(&self, id: DisputeId) -> Result<Dispute, ClientError> {
-        self.get(&format!("/v1/disputes/{}", id.0)).await
+        self.get(&paths::dispute(id.0)).await
     }
 
     /// The ledger's events from `from` on (inclusive), following new blocks.
@@ -322,7 +326,7 @@ impl LedgerClient {
     ) -> Result<impl Stream<Item = Result<(Cursor, Event), ClientError>> + use<>, ClientError> {
         let resp = self
             .request(true, |b| {
-                self.http.get(format!("{b}/v1/events?from={from}"))
+                self.http.get(format!("{b}{}", paths::events_from(from)))
             })
             .await?;
         if !resp.status().is_success() {
