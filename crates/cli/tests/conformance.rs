@@ -1,7 +1,7 @@
 //! `sortition conformance --size small`, the CI size of the honest-mismatch measurement: every
 //! answer of the corpus is bit-identical across this CPU's kernels, thread counts, batch
 //! compositions and processes, and the scoring audit at the configured tolerance passes honest
-//! answers while catching a smaller model's.
+//! answers while catching a smaller model's, and a re-encoded model is measured against both audits.
 
 use std::process::Command;
 
@@ -52,4 +52,14 @@ fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
     let s = &r["scoring"]["configured"];
     assert!(s["cheats_caught"].as_u64().expect("caught") > 0, "{s}");
     assert!(s["honest_decided"].as_u64().expect("decided") > 0, "{s}");
+    // The re-encoding adversary (SmolLM2's file ships Q4_1; the honest class runs Q8_0): every
+    // case answered, and re-execution tells some of its answers from the honest ones.
+    let r8 = &r["scoring"]["reencoded"];
+    assert_eq!(r8["quantization"], "q4_1", "{r8}");
+    assert_eq!(r8["answers"].as_u64(), r["cases"].as_u64(), "{r8}");
+    assert!(
+        r8["reexecution_caught"].as_u64().expect("caught") > 0,
+        "{r8}"
+    );
+    assert!(r8["scoring_decided"].as_u64().expect("decided") > 0, "{r8}");
 }

@@ -17,8 +17,11 @@
 //! [`worker::SMALLER_MODEL_LAYERS`] layers) it catches, over a grid of tolerances: the trade-off
 //! the default tolerance is chosen from.
 //!
+//! It also runs the re-encoding adversary ([`worker::Reencoded`]: the file's own quantization
+//! claiming the Q8_0 class) against both audits.
+//!
 //! Not covered here: concurrent load through a real node over HTTP (the node's own tests and
-//! the devnet adversary suite exercise that path) and constrained outputs.
+//! the devnet adversary suite exercise that path).
 
 pub mod corpus;
 pub mod report;

@@ -41,6 +41,11 @@ pub struct Point {
     /// Smaller-model answers it rejects, of those it decides.
     pub cheats_caught: usize,
     pub cheats_decided: usize,
+    /// Re-encoded-model answers it rejects, of those it decides (0/0 without one).
+    #[serde(default)]
+    pub reencoded_caught: usize,
+    #[serde(default)]
+    pub reencoded_decided: usize,
 }
 
 /// The scoring audit: honest answers vs a smaller model's, over a grid of tolerances.
@@ -60,6 +65,24 @@ pub struct ScoringReport {
     /// non-argmax token, and the largest rank in a sampled answer.
     pub honest_worst_greedy_gap: f32,
     pub honest_worst_sampled_rank: u32,
+    /// The re-encoding adversary against both audits, when the model has a cheaper encoding.
+    #[serde(default)]
+    pub reencoded: Option<ReencodedReport>,
+}
+
+/// The model run in a cheaper weight encoding while claiming the honest class.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReencodedReport {
+    pub quantization: String,
+    pub answers: usize,
+    /// Answers a re-execution audit catches (their text differs from the honest answer).
+    pub reexecution_caught: usize,
+    /// Answers the scoring audit rejects at the configured tolerance, of those it decides
+    /// (its honest side is `ScoringReport::configured`; the grid has a column for these).
+    pub scoring_caught: usize,
+    pub scoring_decided: usize,
+    /// Whole answers the scoring audit leaves to re-execution (they do not re-tokenize).
+    pub inconclusive: usize,
 }
 
 /// The whole run.
@@ -131,6 +154,32 @@ fn first_difference(a: &Fingerprint, b: &Fingerprint) -> Option<usize> {
     Some(at)
 }
 
+/// Honest answers and each adversary's, of one kind (all, greedy or sampled).
+struct Answers<'a> {
+    honest: Vec<&'a ScoredAnswer>,
+    smaller: Vec<&'a ScoredAnswer>,
+    reencoded: Vec<&'a ScoredAnswer>,
+}
+
+impl<'a> Answers<'a> {
+    fn of(s: &'a crate::worker::Scoring, keep: impl Fn(&ScoredAnswer) -> bool) -> Self {
+        let pick = |v: &'a [ScoredAnswer]| v.iter().filter(|a| keep(a)).collect();
+        let reencoded: &[ScoredAnswer] = s.reencoded.as_ref().map_or(&[], |r| &r.scored);
+        Answers {
+            honest: pick(&s.honest),
+            smaller: pick(&s.smaller_model),
+            reencoded: pick(reencoded),
+        }
+    }
+    fn point(&self, stops: &[u32], max_rank: u32, logit_slack: f32) -> Point {
+        let mut p = point(stops, &self.honest, &self.smaller, max_rank, logit_slack);
+        let r = point(stops, &self.honest, &self.reencoded, max_rank, logit_slack);
+        p.reencoded_caught = r.cheats_caught;
+        p.reencoded_decided = r.cheats_decided;
+        p
+    }
+}
+
 fn point(
     stops: &[u32],
     honest: &[&ScoredAnswer],
@@ -155,23 +204,22 @@ fn point(
         false_rejection_upper_95: upper_95(honest_rejected as u64, honest_decided as u64),
         cheats_caught,
         cheats_decided,
+        reencoded_caught: 0,
+        reencoded_decided: 0,
     }
 }
 
 fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> ScoringReport {
-    let all_h: Vec<&ScoredAnswer> = s.honest.iter().collect();
-    let all_c: Vec<&ScoredAnswer> = s.smaller_model.iter().collect();
-    let greedy_h: Vec<&ScoredAnswer> = s.honest.iter().filter(|a| a.greedy).collect();
-    let greedy_c: Vec<&ScoredAnswer> = s.smaller_model.iter().filter(|a| a.greedy).collect();
-    let sampled_h: Vec<&ScoredAnswer> = s.honest.iter().filter(|a| !a.greedy).collect();
-    let sampled_c: Vec<&ScoredAnswer> = s.smaller_model.iter().filter(|a| !a.greedy).collect();
+    let all = Answers::of(s, |_| true);
+    let greedy_answers = Answers::of(s, |a| a.greedy);
+    let sampled_answers = Answers::of(s, |a| !a.greedy);
     let greedy = [0.0f32, 0.25, 1.0, 4.0, 16.0]
         .iter()
-        .map(|&slack| point(&s.stops, &greedy_h, &greedy_c, configured.0, slack))
+        .map(|&slack| greedy_answers.point(&s.stops, configured.0, slack))
         .collect();
     let sampled = [1u32, 10, 100, 1_000, 10_000]
         .iter()
-        .map(|&rank| point(&s.stops, &sampled_h, &sampled_c, rank, configured.1))
+        .map(|&rank| sampled_answers.point(&s.stops, rank, configured.1))
         .collect();
     let mut worst_gap = 0.0f32;
     let mut worst_rank = 0u32;
@@ -186,9 +234,19 @@ fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> Scoring
             }
         }
     }
+    let at_configured = all.point(&s.stops, configured.0, configured.1);
+    let reencoded = s.reencoded.as_ref().map(|r| ReencodedReport {
+        quantization: r.quantization.clone(),
+        answers: r.answers,
+        reexecution_caught: r.text_differs,
+        scoring_caught: at_configured.reencoded_caught,
+        scoring_decided: at_configured.reencoded_decided,
+        inconclusive: r.scored.iter().filter(|a| !a.retokenizes).count(),
+    });
     ScoringReport {
+        reencoded,
         smaller_model_layers: s.smaller_model_layers,
-        configured: point(&s.stops, &all_h, &all_c, configured.0, configured.1),
+        configured: at_configured,
         greedy,
         sampled,
         honest_inconclusive: s.honest.iter().filter(|a| !a.retokenizes).count(),
@@ -348,34 +406,52 @@ impl std::fmt::Display for Report {
                 "  worst honest token: greedy gap {:.3} logits, sampled rank {}",
                 s.honest_worst_greedy_gap, s.honest_worst_sampled_rank
             )?;
-            writeln!(
-                f,
-                "  greedy answers, by logit slack:  SLACK  HONEST REJECTED  SMALLER MODEL CAUGHT"
-            )?;
-            for p in &s.greedy {
+            if let Some(r) = &s.reencoded {
                 writeln!(
                     f,
-                    "  {:>38.3}  {:>7}/{:<7}  {:>9}/{:<9}",
-                    p.logit_slack,
-                    p.honest_rejected,
-                    p.honest_decided,
-                    p.cheats_caught,
-                    p.cheats_decided
+                    "re-encoded model ({} weights claiming the honest class): re-execution caught {}/{} \
+                     (the others answer the same text); scoring at the configured tolerance caught {}/{}, \
+                     inconclusive {}",
+                    r.quantization,
+                    r.reexecution_caught,
+                    r.answers,
+                    r.scoring_caught,
+                    r.scoring_decided,
+                    r.inconclusive
                 )?;
             }
             writeln!(
                 f,
-                "  sampled answers, by max rank:    RANK   HONEST REJECTED  SMALLER MODEL CAUGHT"
+                "  greedy answers, by logit slack:  SLACK  HONEST REJECTED  SMALLER MODEL CAUGHT  RE-ENCODED CAUGHT"
+            )?;
+            for p in &s.greedy {
+                writeln!(
+                    f,
+                    "  {:>38.3}  {:>7}/{:<7}  {:>9}/{:<9}  {:>8}/{:<8}",
+                    p.logit_slack,
+                    p.honest_rejected,
+                    p.honest_decided,
+                    p.cheats_caught,
+                    p.cheats_decided,
+                    p.reencoded_caught,
+                    p.reencoded_decided
+                )?;
+            }
+            writeln!(
+                f,
+                "  sampled answers, by max rank:    RANK   HONEST REJECTED  SMALLER MODEL CAUGHT  RE-ENCODED CAUGHT"
             )?;
             for p in &s.sampled {
                 writeln!(
                     f,
-                    "  {:>38}  {:>7}/{:<7}  {:>9}/{:<9}",
+                    "  {:>38}  {:>7}/{:<7}  {:>9}/{:<9}  {:>8}/{:<8}",
                     p.max_rank,
                     p.honest_rejected,
                     p.honest_decided,
                     p.cheats_caught,
-                    p.cheats_decided
+                    p.cheats_decided,
+                    p.reencoded_caught,
+                    p.reencoded_decided
                 )?;
             }
         }

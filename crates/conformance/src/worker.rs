@@ -5,7 +5,9 @@
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sortition_engine::engine::{TokenScore, check_scores};
-use sortition_engine::{Engine, EngineConfig, FinishReason, GenerateRequest, Generation};
+use sortition_engine::{
+    Engine, EngineConfig, FinishReason, GenerateRequest, Generation, WeightFormat,
+};
 
 use crate::ConformanceError;
 use crate::corpus::{Case, Size, corpus};
@@ -73,6 +75,24 @@ pub struct Scoring {
     pub smaller_model_layers: usize,
     pub honest: Vec<ScoredAnswer>,
     pub smaller_model: Vec<ScoredAnswer>,
+    /// The re-encoding adversary: the model run in another weight encoding than the class it
+    /// claims (the file's own quantization instead of the engine's Q8_0); `None` when the file
+    /// ships Q8_0 already, so there is nothing cheaper to re-encode to.
+    #[serde(default)]
+    pub reencoded: Option<Reencoded>,
+}
+
+/// Answers of the re-encoded model: every case's, compared with the honest answer as a
+/// re-execution does, and the unconstrained ones scored as a scoring audit does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reencoded {
+    /// The encoding it ran (the node class' `quantization` it would have to claim falsely).
+    pub quantization: String,
+    pub answers: usize,
+    /// Answers whose text differs from the honest one: a re-execution audit catches these
+    /// (an identical text is no cheat the user can see, and no audit can tell it).
+    pub text_differs: usize,
+    pub scored: Vec<ScoredAnswer>,
 }
 
 /// What a worker prints (one JSON line on stdout).
@@ -166,6 +186,39 @@ async fn score(
     })
 }
 
+/// Runs the corpus on the model in the file's own weight encoding (when that is not Q8_0,
+/// the engine's) and checks each answer as a re-execution and a scoring audit would.
+async fn reencode(
+    engine: &Engine,
+    ec: EngineConfig,
+    cases: &[Case],
+    honest: &[Generation],
+) -> Result<Option<Reencoded>, ConformanceError> {
+    let cheap = Engine::load(EngineConfig {
+        weight_format: WeightFormat::Shipped,
+        ..ec
+    })?;
+    let quantization = cheap.info().node_class.quantization.clone();
+    if quantization == engine.info().node_class.quantization {
+        return Ok(None);
+    }
+    let mut out = Reencoded {
+        quantization,
+        answers: 0,
+        text_differs: 0,
+        scored: Vec::new(),
+    };
+    for (i, (c, h)) in cases.iter().zip(honest).enumerate() {
+        let g = generate(&cheap, c).await?;
+        out.answers += 1;
+        out.text_differs += usize::from(g.text != h.text);
+        if c.constraint.is_none() {
+            out.scored.push(score(engine, i, c, &g).await?);
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Runs one worker (in this process: the kernel is this process' `SORTITION_KERNEL`).
 pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> {
     let started = std::time::Instant::now();
@@ -203,7 +256,7 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
         }
         let smaller = Engine::load(EngineConfig {
             truncate_layers: Some(SMALLER_MODEL_LAYERS),
-            ..ec
+            ..ec.clone()
         })?;
         let mut cheat_scores = Vec::new();
         for (i, c) in cases
@@ -214,11 +267,14 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
             let g = generate(&smaller, c).await?;
             cheat_scores.push(score(&engine, i, c, &g).await?);
         }
+        drop(smaller);
+        let reencoded = reencode(&engine, ec, &cases, &honest).await?;
         Some(Scoring {
             stops: engine.tokenizer().stop_ids().to_vec(),
             smaller_model_layers: SMALLER_MODEL_LAYERS,
             honest: honest_scores,
             smaller_model: cheat_scores,
+            reencoded,
         })
     } else {
         None

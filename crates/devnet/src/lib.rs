@@ -14,18 +14,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sortition_engine::WeightFormat;
-use sortition_gateway::keys::ServerSecret;
-use sortition_gateway::ledger::HttpLedger;
-use sortition_gateway::router::{BreakerConfig, Router, RouterWeights};
+use sortition_gateway::run::{GatewayRunConfig, RunningGateway};
 use sortition_gateway::state::{GatewayConfig, GatewayState};
-use sortition_gateway::store::{GatewayStore, UserId};
+use sortition_gateway::store::{GatewayStore, StoreOptions, UserId};
 use sortition_ledger::TxKind;
 use sortition_ledger_client::LedgerClient;
 use sortition_ledger_service::{Background, LedgerServiceConfig};
 use sortition_node::adversary::Mode;
 use sortition_node::run::{NodeConfig, RunningNode};
 use sortition_types::{Amount, Keypair, NodeId};
-use tokio::sync::watch;
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -162,8 +159,7 @@ pub struct Devnet {
     pub ledger: RunningLedger,
     pub nodes: Vec<RunningNode>,
     pub gateway: Arc<GatewayState>,
-    stop: watch::Sender<bool>,
-    gateway_task: tokio::task::JoinHandle<()>,
+    running_gateway: RunningGateway,
 }
 
 fn key_file(dir: &Path, name: &str) -> Result<Keypair, DevnetError> {
@@ -290,56 +286,24 @@ impl Devnet {
         sortition_api::private_fs::private_dir(&gw_dir)?;
         let account = key_file(&dir, "gateway")?;
         fund(&client, &admin, &account, float).await?;
-        let secret = ServerSecret::load_or_create(&gw_dir)
-            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
-        let store = GatewayStore::open_sqlite(&gw_dir, secret)
-            .await
-            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
-        let (user, api_key) = devnet_user(&store, &gw_dir).await?;
-        let port = Arc::new(HttpLedger {
-            client: client.clone(),
-            account: account.clone(),
-        });
-        let router = Router::new(RouterWeights::default(), BreakerConfig::default());
-        let gateway = GatewayState::new(GatewayConfig::default(), store, port, account, router)
-            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
-        gateway
-            .refresh_nodes()
-            .await
-            .map_err(DevnetError::Gateway)?;
         let listener = tokio::net::TcpListener::bind(cfg.gateway_listen).await?;
-        let gateway_url = format!("http://{}", listener.local_addr()?);
-        let (stop, stop_rx) = watch::channel(false);
-        let gateway_task = {
-            let g = gateway.clone();
-            let mut rx1 = stop_rx.clone();
-            let mut rx2 = stop_rx.clone();
-            let mut rx3 = stop_rx.clone();
-            let audits = tokio::spawn(sortition_gateway::audits::follow(
-                gateway.clone(),
-                client.clone(),
-                gw_dir.join("audit-cursor"),
-                async move {
-                    let _ = rx3.wait_for(|s| *s).await;
-                },
-            ));
-            tokio::spawn(async move {
-                let refresh = tokio::spawn(sortition_gateway::server::refresh_loop(
-                    g.clone(),
-                    async move {
-                        let _ = rx1.wait_for(|s| *s).await;
-                    },
-                ));
-                let shutdown = async move {
-                    let _ = rx2.wait_for(|s| *s).await;
-                };
-                if let Err(e) = sortition_gateway::server::serve(g, listener, shutdown).await {
-                    tracing::error!(error = %e, "gateway failed");
-                }
-                let _ = refresh.await;
-                let _ = audits.await;
-            })
+        // The same start as `sortition gateway`, on this data dir, ledger and account.
+        let run_cfg = GatewayRunConfig {
+            listen: listener.local_addr()?,
+            metrics_listen: None,
+            ledger_url: ledger_url.clone(),
+            data_dir: gw_dir.clone(),
+            database_url: None,
+            account_key: dir.join("keys").join("gateway.key"),
+            config: GatewayConfig::default(),
+            store: StoreOptions::default(),
         };
+        let running = sortition_gateway::run::start(run_cfg, account, listener)
+            .await
+            .map_err(|e| DevnetError::Gateway(e.to_string()))?;
+        let gateway = running.state.clone();
+        let gateway_url = running.url.clone();
+        let (user, api_key) = devnet_user(&gateway.store, &gw_dir).await?;
         tracing::info!(user = user.0, "devnet user ready");
 
         let info = DevnetInfo {
@@ -381,15 +345,15 @@ impl Devnet {
             ledger,
             nodes,
             gateway,
-            stop,
-            gateway_task,
+            running_gateway: running,
         })
     }
 
     /// Stops the gateway, then the nodes (which claim what they earned), then the ledger.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.gateway_task.await;
+        if let Err(e) = self.running_gateway.shutdown().await {
+            tracing::warn!(error = %e, "gateway shutdown");
+        }
         for n in self.nodes {
             n.shutdown().await;
         }

@@ -89,16 +89,63 @@ pub async fn run(
     run_on(cfg, key, listener, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind port 0 and read the address first).
+/// Serves on `listener` until `shutdown` completes (or serving fails), then stops the
+/// gateway's duties and closes its store.
 pub async fn run_on(
     cfg: GatewayRunConfig,
     key: Keypair,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let mut running = start(cfg, key, listener).await?;
+    tokio::select! {
+        _ = shutdown => running.shutdown().await,
+        served = &mut running.server => {
+            running.stop_duties().await;
+            served.map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+        }
+    }
+}
+
+/// A gateway serving in the background: its API, the node registry's refresh, payload custody
+/// for audits (which also closes the stacks their nodes claimed) and, when configured, its
+/// metrics listener. What `sortition gateway` runs and the devnet embeds.
+pub struct RunningGateway {
+    pub state: Arc<GatewayState>,
+    /// `http://ADDR` of the API listener.
+    pub url: String,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), RunError>>,
+    duties: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Stops serving (open requests finish), then the duties, then closes the store.
+    pub async fn shutdown(mut self) -> Result<(), RunError> {
+        let _ = self.stop.send(true);
+        let served = (&mut self.server).await;
+        self.stop_duties().await;
+        served.map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+    }
+
+    async fn stop_duties(&mut self) {
+        let _ = self.stop.send(true);
+        for d in self.duties.drain(..) {
+            let _ = d.await;
+        }
+        self.state.store.close().await;
+    }
+}
+
+/// Opens the store, checks the ledger, loads the node registry and starts serving on
+/// `listener` with every duty.
+pub async fn start(
+    cfg: GatewayRunConfig,
+    key: Keypair,
+    listener: TcpListener,
+) -> Result<RunningGateway, RunError> {
     let store = open_store(&cfg).await?;
     let client = LedgerClient::new(cfg.ledger_url.clone());
-    // Fail fast on a wrong URL instead of serving 503s forever.
     client.status().await.map_err(|e| RunError::Ledger {
         url: cfg.ledger_url.clone(),
         message: e.to_string(),
@@ -108,59 +155,55 @@ pub async fn run_on(
         account: key.clone(),
     });
     let router = Router::new(RouterWeights::default(), BreakerConfig::default());
-    let state = GatewayState::new(cfg.config.clone(), store.clone(), port, key, router)?;
+    let state = GatewayState::new(cfg.config.clone(), store, port, key, router)?;
     match state.refresh_nodes().await {
         Ok(n) => tracing::info!(nodes = n, "node registry loaded"),
         Err(e) => tracing::warn!(error = %e, "could not read nodes from the ledger yet"),
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let refresh = {
+    let url = format!("http://{}", listener.local_addr().map_err(RunError::Serve)?);
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = || {
         let mut rx = stop_rx.clone();
-        tokio::spawn(crate::server::refresh_loop(state.clone(), async move {
+        async move {
             let _ = rx.wait_for(|s| *s).await;
-        }))
+        }
     };
-    // Payload custody for audits, and closing stacks their nodes claimed.
-    let follow = {
-        let mut rx = stop_rx.clone();
+    let mut duties = vec![
+        tokio::spawn(crate::server::refresh_loop(state.clone(), stopped())),
+        // Payload custody for audits, and closing stacks their nodes claimed.
         tokio::spawn(crate::audits::follow(
             state.clone(),
             client,
             cfg.data_dir.join("audit-cursor"),
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        ))
-    };
-    let metrics = match cfg.metrics_listen {
-        Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { addr, source })?;
-            tracing::info!(addr = %l.local_addr().map_err(RunError::Serve)?, "metrics listening");
-            let mut rx = stop_rx.clone();
-            let app = crate::server::metrics_router(state.clone());
-            Some(tokio::spawn(async move {
-                axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await
-            }))
-        }
-        None => None,
-    };
-    let api = crate::server::router_with(state, cfg.metrics_listen.is_none());
-    let served = axum::serve(listener, api)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    let _ = stop_tx.send(true);
-    let _ = refresh.await;
-    let _ = follow.await;
-    if let Some(m) = metrics {
-        let _ = m.await;
+            stopped(),
+        )),
+    ];
+    if let Some(addr) = cfg.metrics_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })?;
+        tracing::info!(addr = %l.local_addr().map_err(RunError::Serve)?, "metrics listening");
+        let app = crate::server::metrics_router(state.clone());
+        let until = stopped();
+        duties.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(until).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        }));
     }
-    store.close().await;
-    served.map_err(RunError::Serve)
+    let api = crate::server::router_with(state.clone(), cfg.metrics_listen.is_none());
+    let until = stopped();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api)
+            .with_graceful_shutdown(until)
+            .await
+            .map_err(RunError::Serve)
+    });
+    Ok(RunningGateway {
+        state,
+        url,
+        stop,
+        server,
+        duties,
+    })
 }

@@ -17,7 +17,7 @@ use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, 
 use sortition_engine::engine::Lane;
 use sortition_engine::{EngineError, GenerateRequest, Prompt};
 
-use crate::routes::Kind;
+use crate::request::Kind;
 use sortition_ledger::{AuditMethod, Verdict};
 use sortition_types::{Hash32, embedding_response_hash, text_response_hash};
 
@@ -267,7 +267,7 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
             let m = state
                 .embedder(&req.model)
                 .map_err(|_| Trouble::ModelMissing(req.model.clone()))?;
-            let (embedder, inputs) = (m.embedder.clone(), crate::routes::embed_inputs(req.input));
+            let (embedder, inputs) = (m.embedder.clone(), crate::request::embed_inputs(req.input));
             let (vectors, tokens) =
                 tokio::task::spawn_blocking(move || embedder.embed_inputs(&inputs))
                     .await
@@ -281,11 +281,11 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
         .map_err(|_| Trouble::ModelMissing(model.clone()))?;
     // A request that named no seed ran with the one the node drew and recorded: re-execute
     // with that one (never with a fresh draw, which would diverge from any honest node).
-    let max = crate::routes::default_max_tokens(kind);
+    let max = crate::request::default_max_tokens(kind);
     let params =
-        crate::routes::sampling_params_seeded(&fields, max, p.receipt.receipt.sampling.seed)
+        crate::request::sampling_params_seeded(&fields, max, p.receipt.receipt.sampling.seed)
             .map_err(|e| Trouble::Unjudgeable(e.message))?;
-    let extras = crate::routes::Extras::read(kind, &fields, &prompt)
+    let extras = crate::request::Extras::read(kind, &fields, &prompt)
         .map_err(|e| Trouble::Unjudgeable(e.message))?;
     let request = GenerateRequest {
         logprobs: extras.logprobs,
@@ -366,8 +366,8 @@ pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Score
         Ok(None) => return Inconclusive("not a generation request".into()),
         Err(e) => return Inconclusive(e),
     };
-    let max = crate::routes::default_max_tokens(kind);
-    let params = match crate::routes::sampling_params_seeded(&fields, max, r.sampling.seed) {
+    let max = crate::request::default_max_tokens(kind);
+    let params = match crate::request::sampling_params_seeded(&fields, max, r.sampling.seed) {
         Ok(p) => p,
         Err(e) => return Inconclusive(e.message),
     };
@@ -446,7 +446,7 @@ fn generation_request(p: &AuditPayload) -> Result<Option<GenerationRequest>, Str
     Ok(Some(match Route::of_path(&p.path) {
         Some(Route::Chat) => {
             let req: ChatCompletionRequest = parse_json(body).map_err(|e| e.message)?;
-            let msgs = crate::routes::chat_messages(&req.messages, &req.sampling)
+            let msgs = crate::request::chat_messages(&req.messages, &req.sampling)
                 .map_err(|e| e.message)?;
             (Kind::Chat, req.model, Prompt::Chat(msgs), req.sampling)
         }

@@ -81,6 +81,7 @@ impl Renderer {
 }
 
 /// Log-probabilities rendered for one endpoint.
+#[derive(Clone)]
 pub enum Rendered {
     Chat(ChatLogprobs),
     Text(CompletionLogprobs),

@@ -1,0 +1,429 @@
+//! The duties that ledger events call for: submitting a sampled receipt's proof, reporting
+//! equivocation, judging and voting (commit, then reveal) before the deadlines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sortition_ledger::{AuditMethod, Event, TxKind, Verdict, verdict_commitment};
+use sortition_ledger_client::{Cursor, CursorStore, EventHandler, LedgerClient};
+use sortition_types::{AuditId, DisputeId, Hash32};
+use tokio::sync::watch;
+
+use crate::claims::receipt_with_proof;
+use crate::service::NodeState;
+
+use super::*;
+
+/// Reads the ledger's audit and the executor's key into the desk's expectation for it.
+async fn expect_from_ledger(state: &NodeState, client: &LedgerClient, audit: AuditId) {
+    let a = match client.audit(audit).await {
+        Ok(a) => a,
+        Err(e) => {
+            return tracing::warn!(%audit, error = %e, "audit unreadable; payloads unchecked until its receipt is known");
+        }
+    };
+    let key = client.node(a.executor).await.ok().map(|n| n.operator);
+    state.audits.expect(
+        audit,
+        Expected {
+            executor: a.executor,
+            key,
+            stack: a.stack,
+            sequence: a.receipt_index,
+            digest: a.receipt.as_ref().map(|r| r.digest),
+            kept: a.receipt.map(|r| r.signed),
+        },
+    );
+}
+
+/// Follows the ledger's events from the cursor stored in the node's database until `stop`.
+pub async fn follow(state: Arc<NodeState>, client: LedgerClient, mut stop: watch::Receiver<bool>) {
+    let store = StoredCursor(state.clone());
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    sortition_ledger_client::follow("audits", client, store, Duties(state), shutdown).await
+}
+
+/// The audit follower's cursor, in the node's database (`meta/cursor`).
+struct StoredCursor(Arc<NodeState>);
+
+impl CursorStore for StoredCursor {
+    fn load(&self) -> Option<Cursor> {
+        self.0
+            .store
+            .get_meta("cursor")
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+    }
+    fn save(&mut self, next: Cursor) -> Result<(), String> {
+        self.0
+            .store
+            .set_meta("cursor", next.to_string().as_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The node's duties that ledger events call for.
+struct Duties(Arc<NodeState>);
+
+impl EventHandler for Duties {
+    async fn handle(&mut self, client: &LedgerClient, _at: Cursor, event: Event) {
+        handle(&self.0, client, event).await
+    }
+}
+
+async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
+    match event {
+        Event::AuditOpened {
+            audit,
+            claim,
+            stack,
+            executor,
+            receipt_index,
+            auditors,
+            commit_deadline,
+            ..
+        } => {
+            // A challenged receipt is on the ledger already; a sampled one is ours to submit.
+            if executor == state.id && claim.is_some() {
+                submit_receipt(state, client, audit, stack, receipt_index).await;
+            }
+            // Only we hold a confidential request: re-seal it to the auditors.
+            if executor == state.id && crate::confidential::holds(state, stack, receipt_index) {
+                tokio::spawn(crate::confidential::deliver_for_audit(
+                    state.clone(),
+                    client.clone(),
+                    audit,
+                    stack,
+                    receipt_index,
+                    auditors.clone(),
+                ));
+            }
+            if auditors.contains(&state.id) && state.adversary == Some(crate::adversary::Mode::Copy)
+            {
+                spawn_copier(state.clone(), client.clone(), audit);
+            } else if auditors.contains(&state.id)
+                && state.adversary != Some(crate::adversary::Mode::SkipAudits)
+            {
+                let key = client.node(executor).await.ok().map(|n| n.operator);
+                state.audits.expect(
+                    audit,
+                    Expected {
+                        executor,
+                        key,
+                        stack,
+                        sequence: receipt_index,
+                        digest: None,
+                        kept: None,
+                    },
+                );
+                state.audits.sit_as_auditor(audit);
+                spawn_judge(state.clone(), client.clone(), audit, commit_deadline);
+            }
+        }
+        Event::DisputeOpened {
+            audit,
+            ref committee,
+            ..
+        } if state.confidential.is_some() && !committee.contains(&state.id) => {
+            if let Ok(a) = client.audit(audit).await
+                && a.executor == state.id
+                && crate::confidential::holds(state, a.stack, a.receipt_index)
+            {
+                tokio::spawn(crate::confidential::deliver_for_audit(
+                    state.clone(),
+                    client.clone(),
+                    audit,
+                    a.stack,
+                    a.receipt_index,
+                    committee.clone(),
+                ));
+            }
+        }
+        Event::DisputeOpened {
+            dispute,
+            audit,
+            committee,
+            commit_deadline,
+            ..
+        } if committee.contains(&state.id)
+            && state.adversary != Some(crate::adversary::Mode::SkipAudits) =>
+        {
+            expect_from_ledger(state, client, audit).await;
+            state.audits.sit_on_dispute(audit, dispute);
+            spawn_judge(state.clone(), client.clone(), audit, commit_deadline);
+        }
+        _ => {}
+    }
+}
+
+async fn submit_receipt(
+    state: &NodeState,
+    client: &LedgerClient,
+    audit: AuditId,
+    stack: sortition_types::StackId,
+    index: u64,
+) {
+    let receipts = match state.store.receipts(stack) {
+        Ok(r) => r,
+        Err(e) => return tracing::error!(%audit, error = %e, "cannot read receipts"),
+    };
+    // The claim holds the receipts in position (see `claims::in_position`): so does the proof.
+    let receipts = crate::claims::in_position(&receipts);
+    let Some((receipt, proof)) = receipt_with_proof(receipts, index) else {
+        return tracing::error!(%audit, %stack, index, "sampled receipt not found");
+    };
+    match client
+        .send(
+            &state.key,
+            TxKind::SubmitReceipt {
+                audit,
+                receipt,
+                proof,
+            },
+        )
+        .await
+    {
+        Ok(_) => tracing::info!(%audit, "submitted sampled receipt"),
+        Err(e) => tracing::warn!(%audit, error = %e, "receipt submission refused"),
+    }
+}
+
+/// Sends the ledger the proof that the executor of `audit` signed two different receipts for
+/// its position, if this node holds one: the executor is slashed on the spot and the reporter
+/// paid, whatever the audit's verdicts.
+async fn report_equivocation(state: &NodeState, client: &LedgerClient, audit: AuditId) {
+    let Some((first, second)) = state.audits.take_equivocation(audit) else {
+        return;
+    };
+    tracing::warn!(%audit, node = %first.receipt.node, "the executor signed two receipts for the audited position; reporting");
+    match client
+        .send(
+            &state.key,
+            TxKind::ReportEquivocation {
+                first: Box::new(first),
+                second: Box::new(second),
+            },
+        )
+        .await
+    {
+        Ok(_) => state.metrics.inc("equivocations_reported_total", "", 1),
+        Err(e) => tracing::warn!(%audit, error = %e, "equivocation report refused"),
+    }
+}
+
+/// The `copy` adversary's audit duty: wait for another auditor's revealed verdict and vote
+/// the same, without re-executing. Its commit can only come after the commit phase.
+fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
+    tokio::spawn(async move {
+        for _ in 0..1200 {
+            if let Ok(a) = client.audit(audit).await {
+                if a.outcome.is_some() {
+                    return;
+                }
+                if let Some(v) = a.reveals.values().next() {
+                    return vote(&state, &client, Ballot::Audit(audit), *v).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
+/// The height after which a judge stops waiting for its payload and votes `Unavailable`: a
+/// quarter of what is left of the commit phase (ending at `commit_deadline`) before its end,
+/// so that the vote still lands in time (silence is slashed as a missed deadline, and a
+/// request in its executor's custody that most voters never got is the executor's fault).
+async fn payload_deadline(client: &LedgerClient, commit_deadline: u64) -> Option<u64> {
+    let now = client.status().await.ok()?.height;
+    let left = commit_deadline.saturating_sub(now);
+    Some(commit_deadline - left / 4)
+}
+
+/// The height by which a judge stops retrying its own trouble and votes: half-way from the
+/// payload deadline (`payload_by`) to the end of the commit phase, and at least a block before
+/// it, so the commit still lands.
+fn judge_deadline(payload_by: Option<u64>, commit_deadline: u64) -> u64 {
+    let last = commit_deadline.saturating_sub(1);
+    let from = payload_by.unwrap_or(last).min(last);
+    from + (last - from) / 2
+}
+
+/// Resolves once the ledger reaches `height` (polled; a ledger that cannot be read is asked
+/// again).
+async fn until_height(client: &LedgerClient, height: u64) {
+    loop {
+        if client.status().await.is_ok_and(|s| s.height >= height) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
+/// dispute about it that this node sits on (whose commit phase ends at `commit_deadline`).
+fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, commit_deadline: u64) {
+    tokio::spawn(async move {
+        let give_up = payload_deadline(&client, commit_deadline).await;
+        // Anyone can post a payload, so only the one whose receipt is the audited one (its
+        // digest is on the ledger once the executor submitted it, or from the challenge) is
+        // judged: a decoy (an honest request of someone else) cannot clear a cheat.
+        let mut payload = None;
+        let mut misplaced = None;
+        for _ in 0..120 {
+            if let Ok(a) = client.audit(audit).await
+                && let Some(kept) = a.receipt
+            {
+                // The receipt the executor proved at position i of its claim must be receipt
+                // i: one with another sequence means the claim misplaces its receipts (what
+                // a gap left by a lost write did), and the audit would judge the wrong one.
+                if kept.signed.receipt.sequence != a.receipt_index {
+                    misplaced = Some((kept.digest, kept.signed.receipt.sequence, a.receipt_index));
+                    break;
+                }
+                state.audits.learn_receipt(audit, &kept);
+                payload = state
+                    .audits
+                    .candidates(audit)
+                    .into_iter()
+                    .find(|p| p.receipt.receipt.digest() == kept.digest);
+                if payload.is_some() {
+                    break;
+                }
+            }
+            if let Some(h) = give_up
+                && client.status().await.is_ok_and(|s| s.height >= h)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        report_equivocation(&state, &client, audit).await;
+        let Some((is_auditor, disputes)) = state.audits.begin_voting(audit) else {
+            return;
+        };
+        if let Some((digest, sequence, index)) = misplaced {
+            tracing::warn!(%audit, sequence, index, "the executor's claim holds receipt {sequence} at position {index}; voting mismatch");
+            state.metrics.inc("audits_total", "misplaced_receipt", 1);
+            let verdict = Verdict::Mismatch {
+                evidence_hash: digest,
+            };
+            if is_auditor {
+                vote(&state, &client, Ballot::Audit(audit), verdict).await;
+            }
+            for d in disputes {
+                vote(&state, &client, Ballot::Dispute(d), verdict).await;
+            }
+            return;
+        }
+        let Some(payload) = payload else {
+            // Say so rather than stay silent: silence is slashed as a missed deadline, while
+            // `Unavailable` closes our part without reward or penalty.
+            tracing::warn!(%audit, "no payload delivered for audit; voting unavailable");
+            state.metrics.inc("audits_total", "unavailable", 1);
+            if is_auditor {
+                vote(&state, &client, Ballot::Audit(audit), Verdict::Unavailable).await;
+            }
+            for d in disputes {
+                vote(&state, &client, Ballot::Dispute(d), Verdict::Unavailable).await;
+            }
+            return;
+        };
+        let method = match client.model(&payload.receipt.receipt.model).await {
+            Ok(m) => m.spec.policy.audit.map(|a| a.method).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(%audit, error = %e, "model policy unavailable; re-executing");
+                AuditMethod::Reexecute
+            }
+        };
+        // This node's own trouble (busy, model missing, a failure) is retried until the vote
+        // must go out, then voted `Unavailable`: never a `Mismatch` against the executor.
+        let deadline = until_height(&client, judge_deadline(give_up, commit_deadline));
+        let verdict =
+            crate::judge::judge_in_time(&state, &payload, method, Default::default(), deadline)
+                .await;
+        tracing::info!(%audit, ?verdict, "judged audited request");
+        if is_auditor {
+            vote(&state, &client, Ballot::Audit(audit), verdict).await;
+        }
+        for d in disputes {
+            vote(&state, &client, Ballot::Dispute(d), verdict).await;
+        }
+    });
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ballot {
+    Audit(AuditId),
+    Dispute(DisputeId),
+}
+
+/// Commits, then reveals once the ledger lets it (all committed, or the commit phase over).
+async fn vote(state: &NodeState, client: &LedgerClient, ballot: Ballot, verdict: Verdict) {
+    let mut salt = [0u8; 32];
+    if getrandom::fill(&mut salt).is_err() {
+        return tracing::error!("no OS randomness for a verdict salt");
+    }
+    let salt = Hash32(salt);
+    let commitment = verdict_commitment(&verdict, &salt, &state.key.public());
+    let commit = match ballot {
+        Ballot::Audit(audit) => TxKind::CommitVerdict { audit, commitment },
+        Ballot::Dispute(dispute) => TxKind::CommitVote {
+            dispute,
+            commitment,
+        },
+    };
+    if let Err(e) = client.send(&state.key, commit).await {
+        return tracing::warn!(?ballot, error = %e, "commit refused");
+    }
+    // Reveal once the ledger allows it: every member committed, or the commit phase over.
+    // Polling the ledger's state (not retrying the transaction) keeps this key's
+    // transaction queue free for other work meanwhile.
+    for _ in 0..600 {
+        match reveal_open(client, ballot).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(?ballot, error = %e, "could not read the ballot's phase"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let reveal = match ballot {
+        Ballot::Audit(audit) => TxKind::RevealVerdict {
+            audit,
+            verdict,
+            salt,
+        },
+        Ballot::Dispute(dispute) => TxKind::RevealVote {
+            dispute,
+            verdict,
+            salt,
+        },
+    };
+    match client.send(&state.key, reveal).await {
+        Ok(_) => tracing::info!(?ballot, ?verdict, "verdict revealed"),
+        Err(e) => tracing::warn!(?ballot, error = %e, "reveal refused"),
+    }
+}
+
+/// Whether the reveal phase of `ballot` has begun, by the ledger's current state.
+async fn reveal_open(
+    client: &LedgerClient,
+    ballot: Ballot,
+) -> Result<bool, sortition_ledger_client::ClientError> {
+    let height = client.status().await?.height;
+    let (committed, members, commit_deadline) = match ballot {
+        Ballot::Audit(id) => {
+            let a = client.audit(id).await?;
+            (a.commits.len(), a.auditors.len(), a.commit_deadline)
+        }
+        Ballot::Dispute(id) => {
+            let d = client.dispute(id).await?;
+            (d.commits.len(), d.committee.len(), d.commit_deadline)
+        }
+    };
+    // The next block is the earliest a reveal can land in.
+    Ok(committed >= members || height + 1 > commit_deadline)
+}
