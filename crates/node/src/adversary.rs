@@ -6,8 +6,6 @@
 
 use sortition_engine::Prompt;
 
-use crate::service::Outcome;
-
 /// How the adversary cheats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -83,12 +81,12 @@ pub fn rewrite_text(mode: Option<Mode>, text: String) -> String {
 }
 
 /// The (input, output) token counts the adversary writes into its receipt.
-pub fn report_usage(mode: Option<Mode>, out: &Outcome) -> (u64, u64) {
+pub fn report_usage(mode: Option<Mode>, input: u64, output: u64) -> (u64, u64) {
     match mode {
-        Some(Mode::OverReport) => (out.input_tokens * 2, out.output_tokens * 2),
+        Some(Mode::OverReport) => (input * 2, output * 2),
         // A gateway reserves a request's body bytes plus its `max_tokens` and a margin.
-        Some(Mode::OverReportBlatant) => (out.input_tokens * 2, out.output_tokens + 1_000_000),
-        _ => (out.input_tokens, out.output_tokens),
+        Some(Mode::OverReportBlatant) => (input * 2, output + 1_000_000),
+        _ => (input, output),
     }
 }
 

@@ -21,8 +21,8 @@ use crate::request::Kind;
 use sortition_ledger::{AuditMethod, Verdict};
 use sortition_types::{Hash32, embedding_response_hash, text_response_hash};
 
-use crate::audit::AuditPayload;
 use crate::service::NodeState;
+use sortition_api::audit::AuditPayload;
 
 /// Why a request could not be judged here. None of these is the executor's fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

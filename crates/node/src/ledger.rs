@@ -129,7 +129,7 @@ pub async fn register(
             )
         };
         if class_changed && let Some(store) = store {
-            let unclaimed = crate::run::unclaimed_stacks(store)?;
+            let unclaimed = store.unclaimed_stacks()?;
             if !unclaimed.is_empty() {
                 return Err(upgrade(format!(
                     "{} stack(s) hold receipts it signed under the old class that were never \
@@ -309,7 +309,7 @@ mod class_change_tests {
 
         // Once claimed (as the previous version does at shutdown), the new class is taken.
         store
-            .set_meta(&crate::run::claimed_key(StackId(0)), b"1")
+            .set_meta(&crate::store::claimed_key(StackId(0)), b"1")
             .unwrap();
         let again = register(&client, &key, Some(&store), registration(class("e2")))
             .await

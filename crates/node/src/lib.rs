@@ -14,11 +14,13 @@ pub mod auth;
 mod chunks;
 pub mod claims;
 pub mod confidential;
+pub mod desk;
 pub mod dodge;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod fault_tests;
 pub mod judge;
+pub mod keyring;
 pub mod ledger;
 pub mod logprobs;
 mod pipeline;

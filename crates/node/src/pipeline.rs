@@ -139,7 +139,8 @@ impl Job {
             // The sealed request is kept in the same write as its receipt: a receipt in this
             // node's custody whose request could not be kept is not delivered either.
             Keep::Executor(plaintext) => state.finish_with(self.reservation, outcome, |r| {
-                crate::confidential::custody_record(&state, r, &plaintext, text, finish)
+                let ring = state.confidential.as_ref()?;
+                ring.keep_for_audit(r, &plaintext, text, finish)
             }),
         }
     }

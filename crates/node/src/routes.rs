@@ -328,7 +328,7 @@ pub async fn audit_payload(
     axum::extract::Path(id): axum::extract::Path<u64>,
     body: Bytes,
 ) -> Response {
-    let payload: crate::audit::AuditPayload = match parse_json(&body) {
+    let payload: sortition_api::audit::AuditPayload = match parse_json(&body) {
         Ok(p) => p,
         Err(e) => return error(&s, e),
     };

@@ -367,10 +367,6 @@ fn restore_accounts(store: &NodeStore, accounts: &StackAccounts) -> Result<(), S
     Ok(())
 }
 
-pub(crate) fn claimed_key(stack: StackId) -> String {
-    format!("claimed/{}", stack.0)
-}
-
 /// Checks stacks periodically and claims those that are due; on stop, claims everything.
 async fn claim_loop(
     state: Arc<NodeState>,
@@ -403,7 +399,7 @@ pub async fn claim_due(
     all: bool,
 ) -> Result<usize, String> {
     let mut claimed = 0;
-    for stack in unclaimed_stacks(&state.store)? {
+    for stack in state.store.unclaimed_stacks()? {
         let Some(info) = state.stacks.stack(stack).await? else {
             continue;
         };
@@ -458,7 +454,7 @@ async fn claim_stack(
     if receipts.is_empty() {
         // Nothing claimable: remember it, so the error is not repeated every round.
         store
-            .set_meta(&claimed_key(stack), b"1")
+            .set_meta(&crate::store::claimed_key(stack), b"1")
             .map_err(|e| e.to_string())?;
         return Ok(false);
     }
@@ -472,7 +468,7 @@ async fn claim_stack(
     match client.send(key, kind).await {
         Ok(_) => {
             store
-                .set_meta(&claimed_key(stack), b"1")
+                .set_meta(&crate::store::claimed_key(stack), b"1")
                 .map_err(|e| e.to_string())?;
             tracing::info!(%stack, units = m.units_used.0, receipts = m.receipt_count, "claimed stack");
             Ok(true)
@@ -482,20 +478,4 @@ async fn claim_stack(
             Ok(false)
         }
     }
-}
-
-/// Stacks holding receipts this node signed and has not claimed yet (a crash skipped the
-/// claims of shutdown).
-pub(crate) fn unclaimed_stacks(store: &NodeStore) -> Result<Vec<StackId>, String> {
-    let mut out = Vec::new();
-    for stack in store.stacks_with_receipts().map_err(|e| e.to_string())? {
-        if store
-            .get_meta(&claimed_key(stack))
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            out.push(stack);
-        }
-    }
-    Ok(out)
 }

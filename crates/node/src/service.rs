@@ -43,10 +43,10 @@ pub struct NodeState {
     /// Deliberate misbehaviour, only in devnet and test builds.
     pub adversary: Option<crate::adversary::Mode>,
     /// Audits and disputes this node must judge.
-    pub audits: crate::audit::AuditDesk,
+    pub audits: crate::desk::AuditDesk,
     /// Confidential keys and their attester; `None` when the node runs without an attester
     /// (it then serves no confidential requests).
-    pub confidential: Option<Arc<crate::confidential::KeyRing>>,
+    pub confidential: Option<Arc<crate::keyring::KeyRing>>,
 }
 
 /// What a finished request reports for its receipt.
@@ -162,7 +162,8 @@ impl NodeState {
     ) -> Result<SignedReceipt, ApiError> {
         let stack = r.stack;
         let used = out.input_tokens + out.output_tokens;
-        let (input_tokens, output_tokens) = crate::adversary::report_usage(self.adversary, &out);
+        let (input_tokens, output_tokens) =
+            crate::adversary::report_usage(self.adversary, out.input_tokens, out.output_tokens);
         let (input, output) = (out.input_tokens, out.output_tokens);
         let persisted = self.store.append_receipt(stack, |sequence| {
             let receipt = Receipt {

@@ -319,3 +319,25 @@ fn sweep_expired(
     }
     Ok(expired.len())
 }
+/// The meta key marking `stack` as claimed.
+pub(crate) fn claimed_key(stack: StackId) -> String {
+    format!("claimed/{}", stack.0)
+}
+
+impl NodeStore {
+    /// Stacks holding receipts this node signed and has not claimed yet (a crash skipped the
+    /// claims of shutdown).
+    pub fn unclaimed_stacks(&self) -> Result<Vec<StackId>, String> {
+        let mut out = Vec::new();
+        for stack in self.stacks_with_receipts().map_err(|e| e.to_string())? {
+            if self
+                .get_meta(&claimed_key(stack))
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                out.push(stack);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -9,10 +9,8 @@
 //! different request. Deliveries are checked on arrival too (see [`AuditDesk::deliver`]), so
 //! that a flood of decoys cannot crowd the genuine payload out.
 
-mod desk;
 mod duties;
 
-pub use crate::judge::{Scored, Tolerance, judge, score};
-pub use desk::{AuditDesk, Expected};
+pub use crate::desk::{AuditDesk, Expected};
 pub use duties::follow;
 pub use sortition_api::audit::{Answer, AuditPayload};

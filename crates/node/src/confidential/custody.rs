@@ -13,53 +13,12 @@ use sortition_confidential::{
     Evidence, PolicyVerifier, RecipientKey, SealedRequest, open_request, seal_request,
 };
 use sortition_ledger_client::LedgerClient;
-use sortition_types::{AuditId, NodeId, SignedReceipt, StackId};
-use zeroize::Zeroizing;
+use sortition_types::{AuditId, NodeId, StackId};
 
-use crate::audit::{Answer, AuditPayload};
 use crate::service::NodeState;
+use sortition_api::audit::AuditPayload;
 
 use super::*;
-
-/// A receipted confidential request and its answer, sealed at rest for its audits (stored
-/// with the receipt). `None` (logged) if it cannot be sealed: the audit will then be
-/// unverifiable, as before this record was kept with the receipt.
-pub(crate) fn custody_record(
-    state: &NodeState,
-    receipt: &SignedReceipt,
-    plaintext: &[u8],
-    text: &str,
-    finish: &str,
-) -> Option<Vec<u8>> {
-    let ring = state.confidential.as_ref()?;
-    let r = &receipt.receipt;
-    let record = (|| {
-        let payload = AuditPayload {
-            path: CONFIDENTIAL_AUDIT_PATH.into(),
-            body: String::from_utf8(plaintext.to_vec()).map_err(|_| "request is not UTF-8")?,
-            receipt: receipt.clone(),
-            answer: Some(Answer {
-                text: text.into(),
-                finish_reason: finish.into(),
-            }),
-        };
-        let json = Zeroizing::new(serde_json::to_vec(&payload).map_err(|_| "encoding failed")?);
-        ring.custody
-            .seal(r.stack.0, r.sequence, &json)
-            .map_err(|_| "sealing failed")
-    })();
-    match record {
-        Ok(sealed) => Some(sealed),
-        Err(e) => {
-            tracing::error!(stack = %r.stack, seq = r.sequence, error = e, "could not keep a confidential request for audit");
-            None
-        }
-    }
-}
-
-/// The route a confidential request is re-executed on by its auditors (its plaintext is a
-/// plain chat completion request).
-const CONFIDENTIAL_AUDIT_PATH: &str = "/v1/chat/completions";
 
 /// Whether this node keeps the confidential request behind receipt `seq` of `stack`.
 pub fn holds(state: &NodeState, stack: StackId, seq: u64) -> bool {

@@ -26,12 +26,10 @@
 //! withholding it (`SlashReason::PayloadWithheld`).
 
 mod custody;
-mod keys;
 mod requests;
 
-pub(crate) use custody::custody_record;
+pub use crate::keyring::{KeyRing, follow_epochs};
 pub use custody::{audit_sealed_payload, deliver_for_audit, holds};
-pub use keys::{KeyRing, follow_epochs};
 pub use requests::chat_completions;
 
 use std::sync::Arc;

@@ -1,9 +1,12 @@
-//! The node's confidential keys: one per epoch, attested, published at start and rotated at
+//! The node's confidential keys (and the custody key that seals what it keeps for audits): one per epoch, attested, published at start and rotated at
 //! every `EpochTurned` event.
 
+use sortition_api::audit::{Answer, AuditPayload, Route};
+use sortition_types::SignedReceipt;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
 
 use sortition_api::*;
 use sortition_confidential::custody::CustodyKey;
@@ -235,6 +238,43 @@ async fn rotate(ring: &KeyRing, client: &LedgerClient, signer: &Keypair) {
         }
         Err(e) => {
             tracing::error!(node = %ring.node, error = %e, "confidential key rotation failed")
+        }
+    }
+}
+
+impl KeyRing {
+    /// A receipted confidential request and its answer, sealed at rest for its audits (stored
+    /// with the receipt); its auditors re-execute it as a plain chat completion request.
+    /// `None` (logged) if it cannot be sealed: the audit will then be unverifiable.
+    pub(crate) fn keep_for_audit(
+        &self,
+        receipt: &SignedReceipt,
+        plaintext: &[u8],
+        text: &str,
+        finish: &str,
+    ) -> Option<Vec<u8>> {
+        let r = &receipt.receipt;
+        let record = (|| {
+            let payload = AuditPayload {
+                path: Route::Chat.path().into(),
+                body: String::from_utf8(plaintext.to_vec()).map_err(|_| "request is not UTF-8")?,
+                receipt: receipt.clone(),
+                answer: Some(Answer {
+                    text: text.into(),
+                    finish_reason: finish.into(),
+                }),
+            };
+            let json = Zeroizing::new(serde_json::to_vec(&payload).map_err(|_| "encoding failed")?);
+            self.custody
+                .seal(r.stack.0, r.sequence, &json)
+                .map_err(|_| "sealing failed")
+        })();
+        match record {
+            Ok(sealed) => Some(sealed),
+            Err(e) => {
+                tracing::error!(stack = %r.stack, seq = r.sequence, error = e, "could not keep a confidential request for audit");
+                None
+            }
         }
     }
 }

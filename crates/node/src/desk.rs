@@ -10,7 +10,7 @@ use sortition_types::{
     AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId, sha256,
 };
 
-use super::*;
+use sortition_api::audit::AuditPayload;
 
 /// Where an audit or dispute this node must judge stands.
 #[derive(Default)]
