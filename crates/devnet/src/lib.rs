@@ -326,7 +326,7 @@ impl Devnet {
                 })
                 .collect(),
             models: {
-                use sortition_gateway::server::RouterQueries;
+                use sortition_gateway::directory::RouterQueries;
                 gateway
                     .router
                     .lock()

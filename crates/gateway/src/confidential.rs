@@ -127,7 +127,7 @@ async fn handle(
     // The worst-case cost is held before any node is asked (a 429 quota error if it cannot
     // be, a 503 if the store cannot write).
     let need = cost(units, unit_price(&node));
-    crate::routes::affordable(&key, need)?;
+    crate::limits::affordable(&key, need)?;
     let mut hold = g.store.hold(key.key_id, need).await?;
     *ended = Some(hold.ended());
     let stack = proxy::hold_stack(g, &node, &model, units).await?;
@@ -284,7 +284,7 @@ fn relay(
     d: Dispatched,
     resp: reqwest::Response,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    crate::routes::channel_sse(|tx| drive(g, d, resp, tx))
+    crate::relay::channel_sse(|tx| drive(g, d, resp, tx))
 }
 
 async fn drive(
@@ -361,7 +361,7 @@ async fn drive(
         None => {
             // No receipt: the node failed or the client left. Bill only the chunks delivered,
             // one unit each, as for plain streams.
-            let status = crate::routes::end_interrupted(
+            let status = crate::relay::end_interrupted(
                 &g,
                 d.node.id,
                 &tx,

@@ -1,6 +1,7 @@
 //! The seam between the gateway and the ledger: the node registry (prices, collateral, class
 //! and the key each node signs receipts with) and stack purchases. Everything the gateway
-//! trusts about a node comes from here, never from the node itself.
+//! trusts about a node comes from here, never from the node itself. Also the questions asked
+//! of the router's node set ([`RouterQueries`]).
 
 use std::collections::HashMap;
 
@@ -58,6 +59,37 @@ pub fn unit_price(n: &NodeView) -> Amount {
 pub fn cost(units: u64, price_per_m: Amount) -> Amount {
     sortition_ledger::stack_cost(sortition_types::Units(units), price_per_m)
         .unwrap_or(Amount(u64::MAX))
+}
+
+/// Read-only questions about the router's node set, answered through its public API.
+pub trait RouterQueries {
+    /// The highest stack price among nodes serving `model`, or `None` if none does.
+    fn worst_price(&self, model: &ModelId) -> Option<Amount>;
+    /// Every model some node serves, sorted.
+    fn models(&self) -> Vec<ModelId>;
+}
+
+impl RouterQueries for crate::router::Router {
+    fn worst_price(&self, model: &ModelId) -> Option<Amount> {
+        self.in_flight()
+            .keys()
+            .filter_map(|id| self.node(*id))
+            .filter(|n| n.models.contains(model))
+            .map(unit_price)
+            .max()
+    }
+
+    fn models(&self) -> Vec<ModelId> {
+        let mut v: Vec<ModelId> = self
+            .in_flight()
+            .keys()
+            .filter_map(|id| self.node(*id))
+            .flat_map(|n| n.models.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod limits;
 pub mod proxy;
 pub mod quorum;
+pub mod relay;
 pub mod router;
 pub mod routes;
 pub mod run;

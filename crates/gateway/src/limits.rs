@@ -6,6 +6,8 @@
 //!
 //! Does not own: where the rpm setting comes from (the store) or the HTTP response (the
 //! server turns [`LimitError`] into `ApiError` through the `From` impl here).
+//!
+//! Also the credit check every paid request passes before it is sent ([`affordable`]).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -161,6 +163,37 @@ impl ConcurrencyLimit {
     pub fn available(&self) -> usize {
         self.sem.available_permits()
     }
+}
+
+/// Refuses (429 `insufficient_quota`) a request that may cost `need` when the key's credits or budget cannot
+/// cover it, so that a request is never served unpaid.
+pub(crate) fn affordable(
+    key: &crate::store::AuthedKey,
+    need: sortition_types::Amount,
+) -> Result<(), ApiError> {
+    if key.credits < need {
+        return Err(ApiError::new(
+            ErrorKind::QuotaExceeded,
+            "insufficient_credits",
+            format!(
+                "this request may cost up to {need}; the balance is {}",
+                key.credits
+            ),
+        ));
+    }
+    if let Some(budget) = key.budget
+        && key.spent.checked_add(need).is_none_or(|s| s > budget)
+    {
+        return Err(ApiError::new(
+            ErrorKind::QuotaExceeded,
+            "key_budget_exceeded",
+            format!(
+                "this key's budget {budget} would be exceeded (spent {})",
+                key.spent
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

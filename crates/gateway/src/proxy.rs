@@ -31,16 +31,31 @@ pub const MAX_ATTEMPTS: usize = 3;
 /// buys or picks another; the bound only keeps a confused node from looping us.
 pub const MAX_STALE_STACKS: usize = 4;
 
-/// A node's answer whose headers arrived, with the stack and reservation it used.
-pub struct Dispatched {
+/// What a request holds while a node serves it: the node, the stack and the units reserved on
+/// it, and when it was sent. Whoever holds it reports the node's outcome to the router and
+/// settles or releases the units.
+pub struct Lease {
     pub node: NodeView,
     pub stack: StackId,
     pub reserved: u64,
-    pub response: reqwest::Response,
     pub started: Instant,
 }
 
-impl Dispatched {
+/// A node's answer whose headers arrived, and the lease it was served under (which it derefs
+/// to). Taking the response apart (`let Dispatched { lease, response } = d`) leaves the lease.
+pub struct Dispatched {
+    pub lease: Lease,
+    pub response: reqwest::Response,
+}
+
+impl std::ops::Deref for Dispatched {
+    type Target = Lease;
+    fn deref(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+impl Lease {
     /// The account that `key`'s request for `model` on this dispatch is billed to.
     pub fn account<'a>(
         &'a self,
@@ -114,12 +129,15 @@ pub async fn dispatch(
                 last_err = Some(upstream_error(resp).await);
             }
             Ok(resp) => {
-                return Ok(Dispatched {
+                let lease = Lease {
                     node,
                     stack: stack.stack_id,
                     reserved: units_needed,
-                    response: resp,
                     started,
+                };
+                return Ok(Dispatched {
+                    lease,
+                    response: resp,
                 });
             }
             Err(e) => {
@@ -309,7 +327,7 @@ impl ReceiptError {
 /// [`sortition_api::delivered`]). Only a receipt that passes all of it is vouched for and
 /// billed.
 pub fn check_receipt(
-    d: &Dispatched,
+    d: &Lease,
     body: &[u8],
     delivered: Result<Hash32, DeliveredError>,
     r: &SignedReceipt,
@@ -499,7 +517,7 @@ pub async fn record_delivered(g: &GatewayState, mut hold: CreditHold, bills: Vec
 /// and the payload (with the answer, when there is one) kept for auditors.
 pub fn receipted_bill(
     g: &GatewayState,
-    d: &Dispatched,
+    d: &Lease,
     key: &crate::store::AuthedKey,
     model: &ModelId,
     body: &Bytes,
@@ -516,7 +534,7 @@ pub fn receipted_bill(
 /// before the answer is returned; an error means the answer must not be returned.
 pub async fn bill(
     g: &GatewayState,
-    d: &Dispatched,
+    d: &Lease,
     key: &crate::store::AuthedKey,
     model: &ModelId,
     body: &Bytes,
@@ -528,7 +546,7 @@ pub async fn bill(
 
 fn payload(
     g: &GatewayState,
-    d: &Dispatched,
+    d: &Lease,
     body: &Bytes,
     served: &Served<'_>,
 ) -> crate::store::Payload {
@@ -545,7 +563,7 @@ fn payload(
 
 /// Keeps a request (and its answer) behind a receipt the node signed, so that auditors can
 /// be given it if the ledger samples the receipt.
-pub async fn keep_payload(g: &GatewayState, d: &Dispatched, body: &Bytes, served: &Served<'_>) {
+pub async fn keep_payload(g: &GatewayState, d: &Lease, body: &Bytes, served: &Served<'_>) {
     match g.store.put_payload(&payload(g, d, body, served)).await {
         // Database faults are logged by the store, once and then at a bounded rate.
         Err(crate::store::StoreError::Db(_)) => {
@@ -628,7 +646,7 @@ pub async fn challenge_over_report(
     g: &Arc<GatewayState>,
     e: &ReceiptError,
     r: &SignedReceipt,
-    plain: Option<(&Dispatched, &Bytes)>,
+    plain: Option<(&Lease, &Bytes)>,
 ) {
     if !matches!(e, ReceiptError::OverReported { .. }) {
         return;
@@ -640,6 +658,6 @@ pub async fn challenge_over_report(
 }
 
 /// Time since dispatch, for the router's latency statistics.
-pub fn elapsed(d: &Dispatched) -> Duration {
+pub fn elapsed(d: &Lease) -> Duration {
     d.started.elapsed()
 }

@@ -24,14 +24,14 @@ use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{Hash32, ModelId, NodeId, SignedReceipt};
 
 use crate::answers::NodeAnswer;
-use crate::proxy::{self, Dispatched, check_receipt};
+use crate::proxy::{self, Lease, check_receipt};
 use crate::router::{Constraints, NodeView, Outcome};
 use crate::state::GatewayState;
 use crate::store::{AuthedKey, CreditHold};
 
 /// What one member of the quorum returned, with a verified receipt.
 pub(crate) struct Member {
-    pub d: Dispatched,
+    pub d: Lease,
     pub value: Value,
     pub receipt: SignedReceipt,
     pub ttft: std::time::Duration,
@@ -308,11 +308,10 @@ pub(crate) async fn ask(
         }
     };
     let started = Instant::now();
-    let d = Dispatched {
+    let d = Lease {
         node,
         stack: stack.stack_id,
         reserved: q.units,
-        response: crate::routes::empty_response(),
         started,
     };
     let failed = |why: String| async move {

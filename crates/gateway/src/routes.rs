@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -16,12 +16,11 @@ use sortition_types::{ModelId, SignedReceipt};
 use tokio::sync::mpsc;
 
 use crate::answers::NodeAnswer;
+use crate::directory::RouterQueries;
 use crate::directory::cost;
-use crate::proxy::{self, Dispatched, check_receipt};
+use crate::proxy::{self, Dispatched, Lease, check_receipt};
 use crate::router::{Constraints, Outcome};
-use crate::server::RouterQueries;
 use crate::state::GatewayState;
-use crate::store::UsageStatus;
 use crate::store::{AuthedKey, CreditHold};
 
 type S = State<Arc<GatewayState>>;
@@ -118,7 +117,7 @@ async fn admit(
     );
     // The snapshot read at authentication turns the obviously short away without a write;
     // the hold is what decides, atomically.
-    affordable(&key, need)?;
+    crate::limits::affordable(&key, need)?;
     let hold = g.store.hold(key.key_id, need).await?;
     Ok(Admitted {
         key,
@@ -145,34 +144,6 @@ fn inter_token(
         }
         _ => None,
     }
-}
-
-/// Refuses (429 `insufficient_quota`) a request that may cost `need` when the key's credits or budget cannot
-/// cover it, so that a request is never served unpaid.
-pub(crate) fn affordable(key: &AuthedKey, need: sortition_types::Amount) -> Result<(), ApiError> {
-    if key.credits < need {
-        return Err(ApiError::new(
-            ErrorKind::QuotaExceeded,
-            "insufficient_credits",
-            format!(
-                "this request may cost up to {need}; the balance is {}",
-                key.credits
-            ),
-        ));
-    }
-    if let Some(budget) = key.budget
-        && key.spent.checked_add(need).is_none_or(|s| s > budget)
-    {
-        return Err(ApiError::new(
-            ErrorKind::QuotaExceeded,
-            "key_budget_exceeded",
-            format!(
-                "this key's budget {budget} would be exceeded (spent {})",
-                key.spent
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// `body` (a JSON object) with `"seed": seed` added.
@@ -503,7 +474,7 @@ type NodeEvents = futures::stream::BoxStream<
 
 /// A stream whose node has delivered its first event.
 struct StartedStream {
-    d: Dispatched,
+    d: Lease,
     /// Every event of the node's stream, the first one included.
     events: NodeEvents,
 }
@@ -513,9 +484,9 @@ struct StartedStream {
 /// returned, the router hears of the failure, and the node's id comes back for the failover.
 async fn first_event(
     g: &GatewayState,
-    mut d: Dispatched,
+    d: Dispatched,
 ) -> Result<StartedStream, (sortition_types::NodeId, ApiError)> {
-    let response = std::mem::replace(&mut d.response, empty_response());
+    let Dispatched { lease: d, response } = d;
     let mut events = response.bytes_stream().eventsource();
     let why = match tokio::time::timeout(g.config.upstream_timeout, events.next()).await {
         Ok(Some(Ok(first))) => {
@@ -539,11 +510,8 @@ async fn unary<A: NodeAnswer>(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ttft = proxy::elapsed(&d);
-    let read = tokio::time::timeout(g.config.upstream_timeout, d.response.bytes()).await;
-    let d = Dispatched {
-        response: empty_response(),
-        ..d
-    };
+    let Dispatched { lease: d, response } = d;
+    let read = tokio::time::timeout(g.config.upstream_timeout, response.bytes()).await;
     let bytes = match read {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return Err(fail(g, &d, format!("reading the node's answer: {e}")).await),
@@ -563,7 +531,7 @@ async fn unary<A: NodeAnswer>(
 async fn answered(
     g: &Arc<GatewayState>,
     mut a: Admitted,
-    d: Dispatched,
+    d: Lease,
     body: Bytes,
     ttft: std::time::Duration,
     mut answer: impl NodeAnswer,
@@ -592,14 +560,8 @@ async fn answered(
     Ok(resp)
 }
 
-pub(crate) fn empty_response() -> reqwest::Response {
-    reqwest::Response::from(axum::http::Response::new(reqwest::Body::from(
-        Vec::<u8>::new(),
-    )))
-}
-
 /// A dispatch that failed after the node's headers: its units are returned, nothing is billed.
-async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
+async fn fail(g: &GatewayState, d: &Lease, msg: String) -> ApiError {
     proxy::release(g, d.stack, d.reserved).await;
     g.finish(d.node.id, Outcome::Failure).await;
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
@@ -611,7 +573,7 @@ async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
 /// ([`proxy::disown_misdelivered`]).
 async fn bad_receipt(
     g: &Arc<GatewayState>,
-    d: &Dispatched,
+    d: &Lease,
     e: proxy::ReceiptError,
     signed: Option<(&Bytes, &SignedReceipt)>,
 ) -> ApiError {
@@ -641,48 +603,7 @@ fn relay_stream(
     started: StartedStream,
     body: Bytes,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    channel_sse(|tx| drive_relay(g, a, started, body, tx))
-}
-
-/// An SSE response fed by a task: `drive` gets the sender of the events' data and runs on its
-/// own, so it finishes (and bills) even if the client leaves.
-pub(crate) fn channel_sse<F>(
-    drive: impl FnOnce(mpsc::Sender<String>) -> F,
-) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<String>(64);
-    tokio::spawn(drive(tx));
-    let out = async_stream::stream! {
-        while let Some(data) = rx.recv().await {
-            yield Ok(Event::default().data(data));
-        }
-    };
-    Sse::new(out).keep_alive(KeepAlive::default())
-}
-
-/// A stream that ended before the node's receipt (the node failed or the client left): the
-/// router hears of it, a client still there gets an error event and `[DONE]`, and the usage
-/// status to record is returned.
-pub(crate) async fn end_interrupted(
-    g: &GatewayState,
-    node: sortition_types::NodeId,
-    tx: &mpsc::Sender<String>,
-    client_gone: bool,
-    message: &str,
-) -> UsageStatus {
-    if client_gone {
-        g.finish(node, Outcome::Cancelled).await;
-        return UsageStatus::Cancelled;
-    }
-    g.finish(node, Outcome::Failure).await;
-    let err = ApiError::new(ErrorKind::BadGateway, "stream_interrupted", message);
-    let _ = tx
-        .send(serde_json::to_string(&err.body()).unwrap_or_default())
-        .await;
-    let _ = tx.send("[DONE]".into()).await;
-    UsageStatus::Failed
+    crate::relay::channel_sse(|tx| drive_relay(g, a, started, body, tx))
 }
 
 async fn drive_relay(
@@ -778,7 +699,7 @@ async fn drive_relay(
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill
             // only the chunks actually delivered, one unit each.
-            let status = end_interrupted(
+            let status = crate::relay::end_interrupted(
                 &g,
                 d.node.id,
                 &tx,

@@ -8,42 +8,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use sortition_types::{Amount, ModelId};
 use tokio::net::TcpListener;
 
 use crate::routes;
 use crate::state::GatewayState;
-
-/// Read-only questions about the router's node set, answered through its public API.
-pub trait RouterQueries {
-    /// The highest stack price among nodes serving `model`, or `None` if none does.
-    fn worst_price(&self, model: &ModelId) -> Option<Amount>;
-    /// Every model some node serves, sorted.
-    fn models(&self) -> Vec<ModelId>;
-}
-
-impl RouterQueries for crate::router::Router {
-    fn worst_price(&self, model: &ModelId) -> Option<Amount> {
-        self.in_flight()
-            .keys()
-            .filter_map(|id| self.node(*id))
-            .filter(|n| n.models.contains(model))
-            .map(crate::directory::unit_price)
-            .max()
-    }
-
-    fn models(&self) -> Vec<ModelId> {
-        let mut v: Vec<ModelId> = self
-            .in_flight()
-            .keys()
-            .filter_map(|id| self.node(*id))
-            .flat_map(|n| n.models.clone())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-}
 
 /// The gateway's router over its state, `/metrics` included.
 pub fn router(state: Arc<GatewayState>) -> Router {
