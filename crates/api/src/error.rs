@@ -170,22 +170,6 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`, with OpenAI-shaped errors for malformed input: JSON that does
-/// not parse is named as such; a field of the wrong type is named (as the error's `param`)
-/// with what it accepts, never with the Rust type behind it (see [`crate::fields`]).
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let value: serde_json::Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(syntax) => {
-                return ApiError::invalid("invalid_json", format!("invalid JSON body: {syntax}"));
-            }
-        };
-        crate::fields::diagnose(&value)
-            .unwrap_or_else(|| crate::fields::describe_serde(&e.to_string()))
-    })
-}
-
 /// The fallback of every service's router: an unknown route, in the OpenAI shape.
 pub async fn unknown_route() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "unknown_route", "no such route")

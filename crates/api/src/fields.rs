@@ -292,6 +292,21 @@ fn is_rust_name(w: &str) -> bool {
         && w.chars().all(char::is_alphanumeric))
 }
 
+/// Parses a JSON body into `T`, with OpenAI-shaped errors for malformed input: JSON that does
+/// not parse is named as such; a field of the wrong type is named (as the error's `param`)
+/// with what it accepts, never with the Rust type behind it (see [`diagnose`]).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let value: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(syntax) => {
+                return ApiError::invalid("invalid_json", format!("invalid JSON body: {syntax}"));
+            }
+        };
+        diagnose(&value).unwrap_or_else(|| describe_serde(&e.to_string()))
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -19,9 +19,8 @@ pub mod openapi;
 pub mod private_fs;
 pub mod tools;
 
-pub use error::{
-    ApiError, ErrorBody, ErrorKind, parse_json, payload_too_large_to_openai, unknown_route,
-};
+pub use error::{ApiError, ErrorBody, ErrorKind, payload_too_large_to_openai, unknown_route};
+pub use fields::parse_json;
 pub use logprobs::{ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob};
 pub use openai::*;
 

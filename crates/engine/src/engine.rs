@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,8 @@ use sortition_types::{Hash32, ModelId, NodeClass};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{EngineError, Result};
+use crate::events::Stats;
+pub use crate::events::{FinishReason, StreamEvent, TokenScore, Usage};
 use crate::llama::{Llama, WeightFormat};
 use crate::sampling::SamplingParams;
 pub use crate::scheduler::Lane;
@@ -123,44 +125,6 @@ impl GenerateRequest {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FinishReason {
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// `max_tokens` or the context length was reached.
-    Length,
-}
-
-/// Token counts, as counted by the model's own tokenizer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-}
-
-/// What a generation stream yields.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StreamEvent {
-    /// A generated token and the text it completes (may be empty while a UTF-8 character or a
-    /// possible stop string is incomplete). `logits_digest` only with `trace_logits`;
-    /// `logprobs` only when the request asked for them, and never on the end-of-sequence
-    /// token (which is not part of the text).
-    Token {
-        id: u32,
-        text: String,
-        logits_digest: Option<Hash32>,
-        logprobs: Option<crate::TokenLogprobs>,
-    },
-    /// The last event of a successful generation. `text` excludes any stop string.
-    Done {
-        finish_reason: FinishReason,
-        usage: Usage,
-        tokens: Vec<u32>,
-        text: String,
-    },
-    Error(EngineError),
-}
-
 /// A whole generation, as [`GenerationStream::collect_all`] gathers it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
@@ -170,17 +134,6 @@ pub struct Generation {
     pub text: String,
     /// The log-probabilities of the token events that carried them, in order.
     pub logprobs: Vec<crate::TokenLogprobs>,
-}
-
-/// Teacher-forced check of one claimed token.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TokenScore {
-    pub token: u32,
-    pub logit: f32,
-    /// Number of vocabulary entries with a strictly larger logit (0 = the argmax).
-    pub rank: u32,
-    pub max_logit: f32,
-    pub argmax: u32,
 }
 
 /// The scoring audit's rule for one answer's teacher-forced scores: each token must be one the
@@ -305,23 +258,6 @@ impl GenerationStream {
         }
         Err(EngineError::Internal("stream ended without Done".into()))
     }
-}
-
-/// Engine-wide counters.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub cancelled: AtomicU64,
-    pub completed: AtomicU64,
-    /// Largest number of sequences run in one decode step.
-    pub max_batch_seen: AtomicU64,
-    /// Jobs submitted and not yet taken by the scheduler.
-    pub queued: AtomicU64,
-    /// Sequences in the running batch.
-    pub active: AtomicU64,
-    /// Forward steps run for the batch.
-    pub decode_steps: AtomicU64,
-    /// Sequences summed over those steps.
-    pub decode_rows: AtomicU64,
 }
 
 /// Engine-wide counters, as returned by [`Engine::stats`].

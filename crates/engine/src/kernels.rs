@@ -64,13 +64,7 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 /// `g = silu(g) * u` element-wise (SwiGLU).
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     if !crate::q8::Kernel::silu_mul_f32(g, u) {
-        silu_mul_portable(g, u);
-    }
-}
-
-pub(crate) fn silu_mul_portable(g: &mut [f32], u: &[f32]) {
-    for (a, b) in g.iter_mut().zip(u) {
-        *a = *a / (1.0 + crate::math::exp_f32(-*a)) * b;
+        crate::portable::silu_mul(g, u);
     }
 }
 
@@ -98,7 +92,7 @@ mod tests {
             .collect();
         let (mut a, mut b) = (g.clone(), g);
         silu_mul(&mut a, &u);
-        silu_mul_portable(&mut b, &u);
+        crate::portable::silu_mul(&mut b, &u);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
         assert!((a[600] - 37.0 / (1.0 + (-37.0f32).exp()) * u[600]).abs() < 1e-4);

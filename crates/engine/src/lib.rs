@@ -11,10 +11,12 @@
 //! Does not own: HTTP serving, receipts and signing (`node`), audit policy (`audit`), billing.
 
 pub(crate) mod attn;
+pub mod catalog;
 pub mod constrain;
 pub mod embed;
 pub mod engine;
 pub mod error;
+mod events;
 pub(crate) mod kernels;
 pub mod llama;
 pub mod logprobs;
@@ -24,6 +26,7 @@ pub(crate) mod math;
 mod matmul_tests;
 pub mod models;
 mod models_fetch;
+mod portable;
 pub(crate) mod q8;
 pub(crate) mod q8p;
 pub(crate) mod qf;

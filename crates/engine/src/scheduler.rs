@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use sortition_types::sha256;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{FinishReason, Stats, StreamEvent, TokenScore, Usage};
 use crate::error::{EngineError, Result};
+use crate::events::{FinishReason, Stats, StreamEvent, TokenScore, Usage};
 use crate::llama::{KvCache, Llama, Segment};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::text::TextTracker;

@@ -194,6 +194,6 @@ pub enum Event {
     ValidatorFaultRecorded {
         validator: String,
         view: u64,
-        kind: crate::validator_faults::ValidatorFaultKind,
+        kind: crate::state::ValidatorFaultKind,
     },
 }

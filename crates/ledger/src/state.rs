@@ -301,7 +301,7 @@ pub struct State {
     /// Validators proven to have signed conflicting consensus votes, by (key, view): one
     /// record each (see `validator_faults`).
     #[serde(default)]
-    pub validator_faults: BTreeMap<(String, u64), crate::validator_faults::ValidatorFault>,
+    pub validator_faults: BTreeMap<(String, u64), ValidatorFault>,
 }
 
 /// A selection waiting for a beacon value produced after `fixed_height`.
@@ -404,4 +404,30 @@ impl State {
             treasury: self.treasury,
         }
     }
+}
+/// What a validator did wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidatorFaultKind {
+    /// Notarize votes for two different blocks in one view.
+    ConflictingNotarize,
+    /// Finalize votes for two different blocks in one view.
+    ConflictingFinalize,
+    /// A nullify and a finalize vote in one view.
+    NullifyFinalize,
+}
+
+/// One recorded fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorFault {
+    /// The validator's consensus key (hex, as the genesis lists it).
+    pub validator: String,
+    /// The consensus view the conflicting votes were cast in.
+    pub view: u64,
+    pub kind: ValidatorFaultKind,
+    /// sha256 of the evidence as submitted (simplex's `Activity` encoding).
+    pub evidence_hash: Hash32,
+    /// The block that recorded it, and who reported it.
+    pub height: u64,
+    pub reporter: PublicKey,
 }

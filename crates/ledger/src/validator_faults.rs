@@ -22,8 +22,8 @@ use commonware_cryptography::sha256::Digest;
 use commonware_parallel::Sequential;
 use commonware_utils::ordered::Set;
 use rand_core::SeedableRng as _;
-use serde::{Deserialize, Serialize};
-use sortition_types::{Hash32, PublicKey, sha256};
+
+use sortition_types::{PublicKey, sha256};
 
 use crate::error::LedgerError;
 use crate::event::Event;
@@ -36,32 +36,7 @@ pub const CONSENSUS_NAMESPACE: &[u8] = b"sortition/consensus";
 /// Most bytes of evidence a report may carry (two votes are a few hundred).
 pub const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
 
-/// What a validator did wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ValidatorFaultKind {
-    /// Notarize votes for two different blocks in one view.
-    ConflictingNotarize,
-    /// Finalize votes for two different blocks in one view.
-    ConflictingFinalize,
-    /// A nullify and a finalize vote in one view.
-    NullifyFinalize,
-}
-
-/// One recorded fault.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ValidatorFault {
-    /// The validator's consensus key (hex, as the genesis lists it).
-    pub validator: String,
-    /// The consensus view the conflicting votes were cast in.
-    pub view: u64,
-    pub kind: ValidatorFaultKind,
-    /// sha256 of the evidence as submitted (simplex's `Activity` encoding).
-    pub evidence_hash: Hash32,
-    /// The block that recorded it, and who reported it.
-    pub height: u64,
-    pub reporter: PublicKey,
-}
+pub use crate::state::{ValidatorFault, ValidatorFaultKind};
 
 /// The genesis' validators, ready to check their signatures.
 #[derive(Clone)]

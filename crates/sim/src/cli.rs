@@ -5,11 +5,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use crate::config::{BeaconMode, Mix, SimConfig, SimError};
 use crate::report::Summary;
-use crate::world::World;
+pub use crate::simulate::simulate;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
@@ -129,8 +127,7 @@ pub fn run(args: &SimArgs, stop: &AtomicBool) -> Result<Summary, SimError> {
         print!("{}", summary.text());
     }
     if let Some(dir) = &args.out {
-        summary
-            .write(dir)
+        crate::plot::write(&summary, dir)
             .map_err(|e| SimError::Ledger(format!("writing {}: {e}", dir.display())))?;
         eprintln!("wrote {}", dir.display());
     }
@@ -138,28 +135,4 @@ pub fn run(args: &SimArgs, stop: &AtomicBool) -> Result<Summary, SimError> {
         eprintln!("interrupted: the results above cover the part of the run that finished");
     }
     Ok(summary)
-}
-
-/// One run with a progress bar on stderr (hidden with `quiet` or without a terminal).
-pub fn simulate(cfg: SimConfig, stop: &AtomicBool, quiet: bool) -> Result<Summary, SimError> {
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(1_000)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message("registering nodes");
-    let mut world = World::new(cfg)?;
-    let interrupted = world.run(stop, |w| {
-        bar.set_position((w.progress() * 1_000.0) as u64);
-        bar.set_message(format!(
-            "block {} · {} txs · {} audits · {} disputes",
-            w.stats.blocks, w.stats.txs, w.stats.audits, w.stats.disputes
-        ));
-    });
-    bar.finish_and_clear();
-    Ok(Summary::of(&world, interrupted))
 }

@@ -12,13 +12,13 @@
 //! ledger's, applied block by block exactly as a validator applies them; inference is not run
 //! (a receipt carries whether its answer was honest).
 
-pub mod agents;
 pub mod cli;
 pub mod config;
 pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod serve;
+pub mod simulate;
 pub mod stats;
 pub mod sweep;
 pub mod theory;

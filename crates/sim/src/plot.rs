@@ -391,3 +391,10 @@ pub fn markdown(s: &Summary) -> String {
     );
     o
 }
+/// Everything a run writes under `dir`: the summary's JSON and CSV files, the SVG plots and
+/// `report.md`.
+pub fn write(s: &Summary, dir: &std::path::Path) -> std::io::Result<()> {
+    s.write(dir)?;
+    run_plots(s, dir).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.md"), markdown(s))
+}

@@ -434,7 +434,8 @@ impl Summary {
         o
     }
 
-    /// CSV files, SVG plots and `report.md` under `dir`.
+    /// `summary.json` and the CSV files under `dir` (`crate::plot::write` adds the plots and
+    /// `report.md`).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("summary.json"), self.json())?;
@@ -482,8 +483,6 @@ impl Summary {
             }
         }
         std::fs::write(dir.join("profit_vs_stake.csv"), pv)?;
-        crate::plot::run_plots(self, dir).map_err(std::io::Error::other)?;
-        std::fs::write(dir.join("report.md"), crate::plot::markdown(self))?;
         Ok(())
     }
 

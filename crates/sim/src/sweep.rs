@@ -63,7 +63,7 @@ pub fn run(
             eprintln!("sweep {}/{}: q = {q}, k = {k}, r = {r}", i + 1, grid.len());
         }
         let cfg = one(base, nodes, requests, *q, *k, *r);
-        let summary = crate::cli::simulate(cfg, stop, true)
+        let summary = crate::simulate::simulate(cfg, stop, true)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         points.push(Point {
             q: *q,
@@ -105,7 +105,7 @@ fn stakes(
             stake: Some(min * m),
             ..cfg.clone()
         };
-        let s = crate::cli::simulate(c, stop, true)
+        let s = crate::simulate::simulate(c, stop, true)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         runs.push((min * m, s));
     }

@@ -205,7 +205,7 @@ fn an_interrupted_run_reports_what_it_has_and_writes_its_outputs() {
     let s = Summary::of(&w, interrupted);
     assert!(s.interrupted && s.requests_served > 0 && s.requests_served <= 100_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    s.write(dir.path()).expect("write");
+    sortition_sim::plot::write(&s, dir.path()).expect("write");
     for f in [
         "summary.json",
         "strategies.csv",

@@ -263,7 +263,7 @@ unsafe fn tile_q4_1<const W: usize, const N: usize>(r: Rows<W, N>) -> [[f32; N];
 #[inline]
 #[target_feature(enable = "avx2")]
 fn exp8(x: __m256) -> __m256 {
-    use crate::math::exp_consts::*;
+    use crate::portable::exp_consts::*;
     let mul = _mm256_mul_ps;
     let add = _mm256_add_ps;
     let sub = _mm256_sub_ps;
@@ -313,7 +313,7 @@ unsafe fn exp_sub_impl(xs: &mut [f32], s: f32) {
         }
     }
     for x in chunks.into_remainder() {
-        *x = crate::math::exp_f32(*x - s);
+        *x = crate::portable::exp_f32(*x - s);
     }
 }
 
@@ -339,7 +339,7 @@ unsafe fn silu_mul_impl(g: &mut [f32], u: &[f32]) {
             _mm256_storeu_ps(g.as_mut_ptr().add(i), _mm256_mul_ps(t, b));
         }
     }
-    crate::kernels::silu_mul_portable(&mut g[whole..], &u[whole..]);
+    crate::portable::silu_mul(&mut g[whole..], &u[whole..]);
 }
 
 /// [`crate::kernels::dot`] with the same eight lanes, multiplies and adds (not fused), so

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use sortition_ledger::{AuditOutcome, Event, SlashReason, SlashRecord, TxKind, Verdict};
 use sortition_types::{AuditId, DisputeId, Hash32, NodeId, StackId, sha256};
 
+use super::{Action, Signer, World};
 use crate::config::Strategy;
 use crate::serve::signed;
 use crate::theory::{Vote, vote};
-use crate::world::{Action, Signer, World};
 
 #[derive(Debug, Clone)]
 struct AuditTrack {

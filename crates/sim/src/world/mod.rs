@@ -9,6 +9,8 @@
 //! Transactions are signed and verified like any client's and sequencer's (in parallel, as
 //! the sequencer does at submission); the ledger only accepts a [`VerifiedTx`].
 
+pub mod agents;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -97,7 +99,7 @@ pub struct World {
     pending_claims: Vec<Served>,
     /// Claimed stacks waiting for their sample.
     pub claimed: BTreeMap<StackId, Served>,
-    pub agents: crate::agents::Agents,
+    pub agents: agents::Agents,
     stacks_left: u64,
     requests_left: u64,
     stacks_per_wave: u64,
@@ -462,7 +464,7 @@ impl World {
         let height = self.ledger.height();
         let slashes = self.ledger.state().slashes[self.slash_cursor..].to_vec();
         self.slash_cursor += slashes.len();
-        crate::agents::react(self, height, events, &slashes);
+        agents::react(self, height, events, &slashes);
     }
 
     /// Serves the stacks just bought (in parallel; results in stack order).
