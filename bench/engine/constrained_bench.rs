@@ -54,7 +54,8 @@ async fn main() {
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let tokens: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(96);
     let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
-    let e = Engine::load(EngineConfig::new(&m.primary, "smollm2")).expect("load");
+    let cfg = EngineConfig::new(&m.primary, "smollm2").honour_env();
+    let e = Engine::load(cfg.expect("SORTITION_KERNEL")).expect("load");
     let prompt = Prompt::Chat(vec![ChatMessage::new(
         "user",
         "Describe a person from a novel: their name, age, mood and a few hobbies.",

@@ -66,11 +66,11 @@ async fn one_from(
 async fn bench(format: WeightFormat, tokens: u32) {
     let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
     let t = Instant::now();
-    let e = Engine::load(EngineConfig {
+    let cfg = EngineConfig {
         weight_format: format,
         ..EngineConfig::new(&m.primary, "smollm2")
-    })
-    .expect("load");
+    };
+    let e = Engine::load(cfg.honour_env().expect("SORTITION_KERNEL")).expect("load");
     let load_s = t.elapsed().as_secs_f64();
     let q = match format {
         WeightFormat::Q8_0F32 => format!("{} f32 acts", e.info().quantization),
@@ -147,7 +147,7 @@ async fn main() {
     println!(
         "engine_bench: candle threads {} | kernels {} | {tokens} tokens per stream",
         candle_core::utils::get_num_threads(),
-        sortition_engine::kernel_set()
+        sortition_engine::kernel_set(sortition_engine::Kernel::select().ok())
     );
     if which == "shipped" || which == "both" {
         bench(WeightFormat::Shipped, tokens).await;

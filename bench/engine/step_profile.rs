@@ -32,7 +32,8 @@ fn main() {
     } else {
         WeightFormat::Q8_0
     };
-    let (model, _) = Llama::load(&m.primary, format, threads).expect("load");
+    let kernel = sortition_engine::Kernel::select().expect("SORTITION_KERNEL");
+    let (model, _) = Llama::load(&m.primary, format, threads, kernel).expect("load");
     if std::env::var("SCORE").is_ok() {
         let prompt: Vec<u32> = (0..160u32).map(|i| 100 + i * 7 % 5000).collect();
         let mut best = f64::INFINITY;

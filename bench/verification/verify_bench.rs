@@ -78,11 +78,12 @@ async fn main() {
     let q_ppm: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000.0);
     let k: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2.0);
     let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
-    let e = Engine::load(EngineConfig::new(m.primary, "smollm2-135m-instruct")).expect("load");
+    let cfg = EngineConfig::new(m.primary, "smollm2-135m-instruct").honour_env();
+    let e = Engine::load(cfg.expect("SORTITION_KERNEL")).expect("load");
     println!(
         "verify_bench: {} | kernels {} | up to {tokens} tokens per answer",
         e.info().quantization,
-        sortition_engine::kernel_set()
+        e.info().node_class.kernels
     );
     for (label, temperature) in [("greedy", 0.0f32), ("sampled t=0.7", 0.7)] {
         let (mut regen, mut score, mut decided) = (0.0, 0.0, 0usize);

@@ -2,8 +2,8 @@
 //!
 //! An audit re-executes a request and compares bits, so an honest node is only safe if the same
 //! request gives the same bits everywhere a node may run it. This replays a fixed corpus
-//! ([`corpus`]) across every axis that must not change them — each kernel this CPU has
-//! (`SORTITION_KERNEL`), several thread counts, alone and inside batches of 1–7 other sequences
+//! ([`corpus`]) across every axis that must not change them — each kernel this CPU has, several
+//! thread counts, alone and inside batches of 1–7 other sequences
 //! of varied lengths, and in separate processes (each configuration is its own process; the
 //! reference configuration runs twice) — and compares every answer (tokens, text, finish and
 //! each token's log-probability, as bits) with the reference process' answer alone. It reports
@@ -72,19 +72,14 @@ pub fn worker_args(cfg: &WorkerConfig) -> Vec<String> {
     ]
 }
 
-fn spawn_worker(
-    exe: &Path,
-    kernel: &str,
-    cfg: &WorkerConfig,
-) -> Result<WorkerOutput, ConformanceError> {
-    let label = format!("{kernel} threads={}", cfg.threads);
+fn spawn_worker(exe: &Path, cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> {
+    let label = format!("{} threads={}", cfg.kernel, cfg.threads);
     let fail = |why: String| ConformanceError::Worker {
         config: label.clone(),
         why,
     };
     let out = Command::new(exe)
         .args(worker_args(cfg))
-        .env(sortition_engine::Kernel::ENV, kernel)
         .output()
         .map_err(|e| fail(format!("could not start {}: {e}", exe.display())))?;
     if !out.status.success() {
@@ -143,21 +138,20 @@ pub fn run(
             )));
         }
     }
-    let worker =
-        |threads: usize, batched: bool, scoring: bool, limit: Option<usize>| WorkerConfig {
-            model: cfg.model.clone(),
-            size: cfg.size,
-            threads,
-            batched,
-            scoring,
-            limit,
-        };
+    let worker = |kernel: &str, threads: usize, batched: bool, scoring: bool, limit| WorkerConfig {
+        model: cfg.model.clone(),
+        kernel: kernel.to_string(),
+        size: cfg.size,
+        threads,
+        batched,
+        scoring,
+        limit,
+    };
     let mut runs = Vec::new();
     let reference_kernel = kernels[0].clone();
     let reference = spawn_worker(
         exe,
-        &reference_kernel,
-        &worker(cfg.threads[0], true, true, None),
+        &worker(&reference_kernel, cfg.threads[0], true, true, None),
     )?;
     progress(&format!(
         "{reference_kernel} threads={} (reference)",
@@ -166,8 +160,7 @@ pub fn run(
     // The same configuration in a second process: a restart must not change a bit.
     let again = spawn_worker(
         exe,
-        &reference_kernel,
-        &worker(cfg.threads[0], true, false, None),
+        &worker(&reference_kernel, cfg.threads[0], true, false, None),
     )?;
     progress(&format!(
         "{reference_kernel} threads={} (restarted)",
@@ -187,7 +180,7 @@ pub fn run(
             } else {
                 None
             };
-            let out = spawn_worker(exe, k, &worker(t, true, false, limit))?;
+            let out = spawn_worker(exe, &worker(k, t, true, false, limit))?;
             progress(&format!("{k} threads={t}"));
             runs.push((format!("{k} threads={t}"), out));
         }

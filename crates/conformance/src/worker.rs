@@ -16,6 +16,8 @@ use crate::corpus::{Case, Size, corpus};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerConfig {
     pub model: String,
+    /// The kernel this worker's engine runs (`avx512`, `avx2`, `scalar`).
+    pub kernel: String,
     pub size: Size,
     pub threads: usize,
     /// Also replay every case inside a batch of 1–7 other sequences.
@@ -219,13 +221,14 @@ async fn reencode(
     Ok(Some(out))
 }
 
-/// Runs one worker (in this process: the kernel is this process' `SORTITION_KERNEL`).
+/// Runs one worker, in this process.
 pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> {
     let started = std::time::Instant::now();
     let pulled = sortition_engine::models::pull(&cfg.model, false)?;
     let ec = EngineConfig {
         expected_digest: Some(pulled.digest),
         threads: Some(cfg.threads),
+        kernel: Some(sortition_engine::Kernel::named(Some(&cfg.kernel))?),
         ..EngineConfig::new(pulled.primary.clone(), cfg.model.clone())
     };
     let engine = Engine::load(ec.clone())?;

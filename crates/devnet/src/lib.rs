@@ -45,6 +45,10 @@ pub struct DevnetConfig {
     /// Catalog name or directory of the embedding model, if any.
     pub embed_model: Option<String>,
     pub weight_format: WeightFormat,
+    /// Every node's engine kernel; `None`: the fastest this CPU has.
+    pub kernel: Option<sortition_engine::Kernel>,
+    /// Every node's matmul threads; `None`: the available parallelism.
+    pub threads: Option<usize>,
     pub gateway_listen: SocketAddr,
     pub node_claim_interval: std::time::Duration,
     /// When nodes claim their stacks (devnet: soon, so settlement and audits are visible).
@@ -74,6 +78,8 @@ impl DevnetConfig {
             chat_model: "smollm2-135m-instruct".into(),
             embed_model: Some("all-minilm-l6-v2".into()),
             weight_format: WeightFormat::default(),
+            kernel: None,
+            threads: None,
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             node_claim_interval: std::time::Duration::from_secs(5),
             claim_policy: sortition_node::claims::ClaimPolicy {
@@ -272,6 +278,8 @@ impl Devnet {
                 chat_models: vec![cfg.chat_model.clone()],
                 embed_models: cfg.embed_model.clone().into_iter().collect(),
                 weight_format: cfg.weight_format,
+                kernel: cfg.kernel,
+                threads: cfg.threads,
                 claim_interval: cfg.node_claim_interval,
                 claim_policy: cfg.claim_policy,
                 adversary,

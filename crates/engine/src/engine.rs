@@ -14,6 +14,7 @@ use crate::error::{EngineError, Result};
 use crate::events::Stats;
 pub use crate::events::{FinishReason, StreamEvent, TokenScore, Usage};
 use crate::llama::{Llama, WeightFormat};
+use crate::q8::Kernel;
 use crate::sampling::SamplingParams;
 pub use crate::scheduler::Lane;
 use crate::scheduler::{self, Job, Progress, Queues};
@@ -51,9 +52,14 @@ pub struct EngineConfig {
     pub expected_digest: Option<Hash32>,
     /// Start with the scheduler paused until [`Engine::resume`] (tests, warm-up control).
     pub start_paused: bool,
-    /// Threads of the matmul kernel; `None`: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`,
-    /// else the available parallelism. Results do not depend on it.
+    /// Threads of the matmul kernel; `None`: the available parallelism. Results do not
+    /// depend on it. (A binary that honours `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS` passes
+    /// [`threads_from_env`] here.)
     pub threads: Option<usize>,
+    /// The kernel the products and attention run on (part of the node class); `None`: the
+    /// fastest this CPU supports. (A binary that honours `SORTITION_KERNEL` passes
+    /// [`Kernel::select`] here.)
+    pub kernel: Option<Kernel>,
     /// Runs only the first N transformer blocks: a cheaper and *different* model that still
     /// reports the full model's identity. Exists only so the devnet's `smaller-model`
     /// adversary can cheat realistically (nodes accept adversary modes on devnet ledgers
@@ -73,8 +79,23 @@ impl EngineConfig {
             expected_digest: None,
             start_paused: false,
             threads: None,
+            kernel: None,
             truncate_layers: None,
         }
+    }
+
+    /// This config with what the environment names where it names something: the kernel
+    /// `SORTITION_KERNEL` names (an invalid name is an error) and the threads of
+    /// [`threads_from_env`] (when the config sets none). For binaries, tests and benchmarks
+    /// that honour those variables; loading a model never reads the environment itself.
+    pub fn honour_env(mut self) -> Result<Self> {
+        if std::env::var_os(Kernel::ENV).is_some() {
+            self.kernel = Some(Kernel::select()?);
+        }
+        if self.threads.is_none() {
+            self.threads = threads_from_env();
+        }
+        Ok(self)
     }
 }
 
@@ -302,16 +323,14 @@ pub struct Engine {
 /// Name of the default (Q8_0) matmul kernel on this CPU, e.g. `sortition-q8p/avx512vnni`. A
 /// model's [`ModelInfo`] node class names every kernel its layers run on: `sortition-q8/avx2`
 /// for Q4_1 weights, `candle-0.11.1` for other shipped quantizations, joined by `+`.
-/// It honours `SORTITION_KERNEL` as model loads do (the fastest kernel when that is unset
-/// or invalid: a load reports an invalid one).
-pub fn kernel_set() -> String {
-    let kernel = crate::q8::Kernel::select().unwrap_or_else(|_| crate::q8::Kernel::detect());
-    crate::llama::kernel_name(kernel)
+/// `kernel` as [`EngineConfig::kernel`] takes it (`None`: the fastest).
+pub fn kernel_set(kernel: Option<Kernel>) -> String {
+    crate::llama::kernel_name(kernel.unwrap_or_else(Kernel::detect))
 }
 
-/// Matmul threads when the config does not say: `CANDLE_NUM_THREADS`, `RAYON_NUM_THREADS`,
-/// else the available parallelism.
-fn default_threads() -> usize {
+/// The matmul thread count that `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, names, for
+/// binaries, tests and benchmarks that honour them (the library never reads them itself).
+pub fn threads_from_env() -> Option<usize> {
     ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
         .iter()
         .find_map(|k| {
@@ -321,7 +340,11 @@ fn default_threads() -> usize {
                 .ok()
                 .filter(|&n| n > 0)
         })
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Matmul threads when the config does not say: the available parallelism.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Engine {
@@ -343,7 +366,8 @@ impl Engine {
             });
         }
         let threads = cfg.threads.unwrap_or_else(default_threads);
-        let (mut model, md) = Llama::load(&cfg.model_path, cfg.weight_format, threads)?;
+        let kernel = cfg.kernel.unwrap_or_else(Kernel::detect);
+        let (mut model, md) = Llama::load(&cfg.model_path, cfg.weight_format, threads, kernel)?;
         if let Some(cap) = cfg.max_context {
             model.cap_context(cap);
         }

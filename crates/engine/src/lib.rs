@@ -41,6 +41,7 @@ pub use embed::{EmbedInput, Embedder};
 pub use engine::{
     ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, Generation,
     GenerationStream, ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,
+    threads_from_env,
 };
 pub use error::{EngineError, Result};
 pub use llama::WeightFormat;

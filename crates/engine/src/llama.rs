@@ -316,12 +316,13 @@ impl Loader<'_> {
 }
 
 impl Llama {
-    /// Loads a llama-architecture GGUF file; its linear layers run on `threads` threads.
-    /// Returns the model and the file's metadata.
+    /// Loads a llama-architecture GGUF file; its linear layers run on `kernel` with
+    /// `threads` threads. Returns the model and the file's metadata.
     pub fn load(
         path: &Path,
         format: WeightFormat,
         threads: usize,
+        kernel: Kernel,
     ) -> Result<(Llama, HashMap<String, Value>)> {
         // Buffered: the header is some 200 000 small reads (the vocabulary and merges).
         let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
@@ -405,7 +406,6 @@ impl Llama {
             _ => shipped,
         };
         let (cos, sin) = rope_tables(&cfg);
-        let kernel = Kernel::select()?;
         // Every kernel the layers run on, in a fixed order, once each.
         let mut names: Vec<String> = std::iter::once(&output)
             .chain(

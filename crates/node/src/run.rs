@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sortition_api::metrics::Registry;
 use sortition_api::unix_now_ms;
-use sortition_engine::{Embedder, Engine, EngineConfig, ModelStore, WeightFormat};
+use sortition_engine::{Embedder, Engine, EngineConfig, Kernel, ModelStore, WeightFormat};
 use sortition_ledger::{Offer, TxKind};
 use sortition_ledger_client::LedgerClient;
 use sortition_types::{Amount, Keypair, ModelId, NodeClass, NodeId, StackId};
@@ -36,6 +36,10 @@ pub struct NodeConfig {
     /// Embedding models: catalog names or directories.
     pub embed_models: Vec<String>,
     pub weight_format: WeightFormat,
+    /// The engine's kernel (part of the node class); `None`: the fastest this CPU has.
+    pub kernel: Option<Kernel>,
+    /// Matmul threads; `None`: the available parallelism.
+    pub threads: Option<usize>,
     pub price_per_m_input: Amount,
     pub price_per_m_output: Amount,
     /// `None`: the minimum the ledger requires for the offered models.
@@ -69,6 +73,8 @@ impl Default for NodeConfig {
             chat_models: vec!["smollm2-135m-instruct".into()],
             embed_models: vec![],
             weight_format: WeightFormat::default(),
+            kernel: None,
+            threads: None,
             price_per_m_input: Amount(100_000),
             price_per_m_output: Amount(200_000),
             collateral: None,
@@ -133,6 +139,8 @@ fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine,
     };
     let mut ec = EngineConfig::new(path, id);
     ec.weight_format = cfg.weight_format;
+    ec.kernel = cfg.kernel;
+    ec.threads = cfg.threads;
     ec.max_batch = cfg.max_batch;
     ec.queue_capacity = cfg.queue_capacity;
     if cfg.adversary == Some(crate::adversary::Mode::SmallerModel) {
@@ -199,7 +207,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         .await
         .map_err(|e| StartError::Config(format!("model loading panicked: {e}")))??
     };
-    let class = node_class(&chat, &embed)?;
+    let class = node_class(&chat, &embed, cfg.kernel)?;
     let listener = TcpListener::bind(cfg.listen).await?;
     let url = cfg.advertise_url.clone().unwrap_or_else(|| {
         format!(
@@ -339,6 +347,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
 fn node_class(
     chat: &HashMap<ModelId, ChatModel>,
     embed: &HashMap<ModelId, EmbedModel>,
+    kernel: Option<Kernel>,
 ) -> Result<NodeClass, StartError> {
     if let Some(m) = chat.values().next() {
         return Ok(m.engine.info().node_class.clone());
@@ -349,7 +358,7 @@ fn node_class(
             model_digest: m.digest,
             quantization: "f32".into(),
             device: "cpu".into(),
-            kernels: sortition_engine::kernel_set(),
+            kernels: sortition_engine::kernel_set(kernel),
         });
     }
     Err(StartError::Config("a node needs at least one model".into()))

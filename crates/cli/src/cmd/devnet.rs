@@ -60,6 +60,9 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
         _ => sortition_ledger::AuditMethod::Reexecute,
     };
     cfg.adversary = a.adversary;
+    // The binary honours SORTITION_KERNEL and the thread variables; the engine does not read them.
+    cfg.kernel = super::node::engine_kernel()?;
+    cfg.threads = sortition_engine::threads_from_env();
     cfg.validators = a.validators;
     cfg.validator_exe = Some(std::env::current_exe()?);
     cfg.gateway_listen = a.gateway_listen;

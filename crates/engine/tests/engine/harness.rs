@@ -74,8 +74,11 @@ pub fn tiny_model(seed: u64) -> PathBuf {
     write_tiny_llama(&dir, seed).expect("write tiny model")
 }
 
+/// The tiny model's config, with the kernel and threads a child process is given.
 pub fn tiny_config(seed: u64) -> EngineConfig {
     EngineConfig::new(tiny_model(seed), format!("tiny-{seed}"))
+        .honour_env()
+        .expect("kernel and threads of the environment")
 }
 
 pub fn tiny_engine(seed: u64) -> Engine {

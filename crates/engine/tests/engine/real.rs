@@ -19,6 +19,8 @@ fn smollm_config() -> EngineConfig {
         expected_digest: Some(m.digest),
         ..EngineConfig::new(m.primary, "smollm2-135m-instruct")
     }
+    .honour_env()
+    .expect("kernel and threads of the environment")
 }
 
 fn smollm() -> &'static Engine {

@@ -360,7 +360,8 @@ fn scoring_rows_equal_full_prefill_and_decode_rows_bit_for_bit() {
     for format in [WeightFormat::Q8_0, WeightFormat::Shipped] {
         let mut reference: Option<Vec<u32>> = None;
         for threads in [1, 2] {
-            let (model, _) = Llama::load(&path, format, threads).unwrap();
+            let kernel = sortition_engine::Kernel::detect();
+            let (model, _) = Llama::load(&path, format, threads, kernel).unwrap();
             let v = model.cfg.vocab;
             let from = 13;
             // Full teacher-forced forward, every position.
