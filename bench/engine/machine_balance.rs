@@ -10,7 +10,7 @@
 //!   row (compute bound);
 //! - so "8 streams / 1 stream" has a ceiling, and "scoring / regeneration" a floor.
 //!
-//! `cargo run --release -p sortition-engine --example machine_balance [-- THREADS ROUNDS]`
+//! `cargo run --release -p sortition-kernels --example machine_balance [-- THREADS ROUNDS]`
 
 // The FMA probe is intrinsics behind a CPU feature check.
 #![allow(unsafe_code)]

@@ -228,7 +228,10 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
     let ec = EngineConfig {
         expected_digest: Some(pulled.digest),
         threads: Some(cfg.threads),
-        kernel: Some(sortition_engine::Kernel::named(Some(&cfg.kernel))?),
+        kernel: Some(
+            sortition_engine::Kernel::named(Some(&cfg.kernel))
+                .map_err(sortition_engine::EngineError::from)?,
+        ),
         ..EngineConfig::new(pulled.primary.clone(), cfg.model.clone())
     };
     let engine = Engine::load(ec.clone())?;

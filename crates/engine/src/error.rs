@@ -60,3 +60,14 @@ impl From<std::io::Error> for EngineError {
         EngineError::Internal(format!("io: {e}"))
     }
 }
+
+impl From<sortition_kernels::KernelError> for EngineError {
+    fn from(e: sortition_kernels::KernelError) -> Self {
+        use sortition_kernels::KernelError as K;
+        match e {
+            K::CorruptWeights(m) => EngineError::CorruptWeights(m),
+            K::InvalidParams(m) => EngineError::InvalidParams(m),
+            K::Internal(m) => EngineError::Internal(m),
+        }
+    }
+}

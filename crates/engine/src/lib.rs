@@ -10,26 +10,16 @@
 //!
 //! Does not own: HTTP serving, receipts and signing (`node`), audit policy (`audit`), billing.
 
-pub(crate) mod attn;
 pub mod catalog;
 pub mod constrain;
 pub mod embed;
 pub mod engine;
 pub mod error;
 mod events;
-pub(crate) mod kernels;
 pub mod llama;
 pub mod logprobs;
-pub(crate) mod math;
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod matmul_tests;
 pub mod models;
 mod models_fetch;
-mod portable;
-pub(crate) mod q8;
-pub(crate) mod q8p;
-pub(crate) mod qf;
 pub mod sampling;
 mod scheduler;
 pub mod testutil;
@@ -47,6 +37,8 @@ pub use error::{EngineError, Result};
 pub use llama::WeightFormat;
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs};
 pub use models::{ModelStore, PullSource, PulledModel};
-pub use q8::Kernel;
+pub use sortition_kernels::Kernel;
+// The kernels under their old paths inside this crate.
 pub use sampling::SamplingParams;
+pub(crate) use sortition_kernels::{attn, math, ops as kernels, q8, q8p, qf};
 pub use tokenizer::{ChatMessage, ChatTokenizer};

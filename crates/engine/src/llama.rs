@@ -82,17 +82,17 @@ impl Linear {
         // Every part read by `from` (its GGML block bytes and shape), then stacked.
         fn stacked<T>(
             parts: &[QTensor],
-            from: impl Fn(&[u8], usize, usize) -> Result<T>,
-            stack: impl Fn(Vec<T>) -> Result<T>,
+            from: impl Fn(&[u8], usize, usize) -> sortition_kernels::Result<T>,
+            stack: impl Fn(Vec<T>) -> sortition_kernels::Result<T>,
         ) -> Result<T> {
             let mats = parts
                 .iter()
                 .map(|t| {
                     let (r, c) = t.shape().dims2()?;
-                    from(&t.data()?, r, c)
+                    Ok(from(&t.data()?, r, c)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            stack(mats)
+            Ok(stack(mats)?)
         }
         match dtype {
             Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) && !f32_acts => Ok(Linear::I8(stacked(

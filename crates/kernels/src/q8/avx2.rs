@@ -342,7 +342,7 @@ unsafe fn silu_mul_impl(g: &mut [f32], u: &[f32]) {
     crate::portable::silu_mul(&mut g[whole..], &u[whole..]);
 }
 
-/// [`crate::kernels::dot`] with the same eight lanes, multiplies and adds (not fused), so
+/// [`crate::ops::dot`] with the same eight lanes, multiplies and adds (not fused), so
 /// the same bits.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert!(is_x86_feature_detected!("avx"));

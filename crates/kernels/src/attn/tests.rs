@@ -199,7 +199,7 @@ fn attending_past_the_cache_is_refused() {
     attend(Kernel::Scalar, &q, &c, 8, 3, 1.0, &mut out, &mut Vec::new());
 }
 
-/// `cargo test -p sortition-engine --lib attn::tests::speed -- --ignored --nocapture`:
+/// `cargo test -p sortition-kernels --lib attn::tests::speed -- --ignored --nocapture`:
 /// nanoseconds per position and query head, hot (one cache) and cold (90 caches in turn,
 /// the model's layers and key/value heads: none in L2).
 #[test]

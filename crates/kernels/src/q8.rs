@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{EngineError, Result};
+use crate::error::{KernelError, Result};
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
@@ -111,7 +111,7 @@ impl Stored {
         };
         let size = head + quant.qbytes();
         if !cols.is_multiple_of(BLOCK) || bytes != rows * cols / BLOCK * size {
-            return Err(EngineError::CorruptWeights(format!(
+            return Err(KernelError::CorruptWeights(format!(
                 "{quant:?} matrix {rows}x{cols}: {bytes} bytes"
             )));
         }
@@ -121,11 +121,11 @@ impl Stored {
     /// Stacks matrices of one format and input width (their quants one after the other).
     pub fn stack(mats: Vec<Stored>) -> Result<Stored> {
         let Some(first) = mats.first() else {
-            return Err(EngineError::CorruptWeights("nothing to stack".into()));
+            return Err(KernelError::CorruptWeights("nothing to stack".into()));
         };
         let (quant, cols) = (first.quant, first.cols);
         if mats.iter().any(|m| m.cols != cols || m.quant != quant) {
-            return Err(EngineError::CorruptWeights(
+            return Err(KernelError::CorruptWeights(
                 "stacked matrices differ in width or format".into(),
             ));
         }
@@ -438,13 +438,13 @@ impl Kernel {
         };
         let known = [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar];
         let Some(k) = known.into_iter().find(|k| k.name() == name.trim()) else {
-            return Err(EngineError::InvalidParams(format!(
+            return Err(KernelError::InvalidParams(format!(
                 "{}={name:?}: not a kernel (avx512, avx2 or scalar)",
                 Self::ENV
             )));
         };
         if !k.runs_here() {
-            return Err(EngineError::InvalidParams(format!(
+            return Err(KernelError::InvalidParams(format!(
                 "{}={name}: this CPU does not support that kernel",
                 Self::ENV
             )));
@@ -460,7 +460,7 @@ impl Kernel {
         }
     }
 
-    /// [`crate::kernels::dot`], vectorized when the CPU allows (same bits either way).
+    /// [`crate::ops::dot`], vectorized when the CPU allows (same bits either way).
     pub fn dot_f32(a: &[f32], b: &[f32]) -> Option<f32> {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx") {
@@ -482,7 +482,7 @@ impl Kernel {
         false
     }
 
-    /// [`crate::kernels::silu_mul`] vectorized when the CPU allows (same bits either way);
+    /// [`crate::ops::silu_mul`] vectorized when the CPU allows (same bits either way);
     /// `false` when it does not.
     pub fn silu_mul_f32(g: &mut [f32], u: &[f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -603,7 +603,7 @@ impl Pool {
                     .num_threads(threads)
                     .thread_name(|i| format!("sortition-q8-{i}"))
                     .build()
-                    .map_err(|e| EngineError::Internal(format!("thread pool: {e}")))?,
+                    .map_err(|e| KernelError::Internal(format!("thread pool: {e}")))?,
             )
         } else {
             None

@@ -25,7 +25,7 @@
 //! step or a scoring pass is several times cheaper in arithmetic; the price is the
 //! activations' 8-bit rounding (llama.cpp's own CPU path for these weights).
 
-use crate::error::{EngineError, Result};
+use crate::error::{KernelError, Result};
 use crate::q8::{BLOCK, Kernel, Pool, Stored, WeightQuant, f16_to_f32, quantize_blocks};
 
 /// Weight rows per panel.
@@ -51,7 +51,7 @@ impl QMatrix {
         cols: usize,
     ) -> Result<Self> {
         if quant != WeightQuant::Q8_0 {
-            return Err(EngineError::Internal(format!(
+            return Err(KernelError::Internal(format!(
                 "the Q8 panel kernel runs Q8_0 weights only, not {quant:?}"
             )));
         }

@@ -118,7 +118,7 @@ pub fn attend(
     let (p_all, sums) = scratch[..g * np + g].split_at_mut(g * np);
     scores(kernel, q, &cache.keys, hd, np / TILE, p_all);
     for (p, sum) in p_all.chunks_exact_mut(np).zip(sums.iter_mut()) {
-        let max = crate::kernels::scale_and_max(&mut p[..n], scale);
+        let max = crate::ops::scale_and_max(&mut p[..n], scale);
         crate::math::exp_sub_in_place(&mut p[..n], max);
         p[n..].fill(0.0);
         *sum = lane_sum(p);

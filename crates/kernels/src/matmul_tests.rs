@@ -144,7 +144,7 @@ pub fn thread_counts_and_stacking_do_not_change_results<T: Product>() {
     }
 }
 
-/// `cargo test --release -p sortition-engine --lib qf::tests::speed -- --ignored --nocapture`
+/// `cargo test --release -p sortition-kernels --lib qf::tests::speed -- --ignored --nocapture`
 /// (`q8::tests::speed` for the other kernel; `THREADS=2`, `QUANT=q4_1`).
 pub fn speed<T: Product>() {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -196,7 +196,7 @@ pub fn speed<T: Product>() {
 }
 
 /// A fixed amount of work for `perf stat -e cycles:u` (robust to a loaded machine):
-/// `ROWS=145 perf stat -e cycles:u cargo test --release -p sortition-engine --lib \
+/// `ROWS=145 perf stat -e cycles:u cargo test --release -p sortition-kernels --lib \
 /// qf::tests::fixed_work -- --ignored` (or `q8::tests::fixed_work`)
 pub fn fixed_work<T: Product>() {
     let mut rng = ChaCha20Rng::seed_from_u64(12);

@@ -53,7 +53,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p * scale
 }
 
-/// `g = silu(g) * u` element-wise, in portable Rust ([`crate::kernels::silu_mul`] runs it
+/// `g = silu(g) * u` element-wise, in portable Rust ([`crate::ops::silu_mul`] runs it
 /// where no vector form does, and on the tail of one).
 pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (a, b) in g.iter_mut().zip(u) {

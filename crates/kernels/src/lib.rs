@@ -1,0 +1,32 @@
+//! Sortition's numeric kernels, the layer under the engine.
+//!
+//! - [`q8`]: Q4_1 weights × Q8 activations; and what every product shares: the [`Kernel`]
+//!   choice (part of the node class), the thread [`q8::Pool`], the weight block formats.
+//! - [`q8p`]: Q8_0 weights × Q8 activations in panels (the default product).
+//! - [`qf`]: Q8_0 weights × f32 activations.
+//! - [`attn`]: attention over f16 key/value caches.
+//! - [`ops`]: row operations (dot, RMS norm, SwiGLU, scale and max).
+//! - [`math`]: the engine's own `exp`, and `pow`/`sin`/`cos` from the `libm` crate, so every
+//!   build gives the same bits; [`portable`] holds the scalar forms the vector ones finish
+//!   slice tails with.
+//!
+//! Determinism: each routine performs the same operations per output element whatever the
+//! kernel, the thread count or the batch, so all give the same bits (tested here).
+//!
+//! This is the only crate of the workspace allowed `unsafe` code: the AVX2 and AVX-512
+//! intrinsics, each module of them behind one `#[allow(unsafe_code)]`.
+
+pub mod attn;
+pub mod error;
+pub mod math;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod matmul_tests;
+pub mod ops;
+mod portable;
+pub mod q8;
+pub mod q8p;
+pub mod qf;
+
+pub use error::{KernelError, Result};
+pub use q8::Kernel;
