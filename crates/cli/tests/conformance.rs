@@ -45,6 +45,19 @@ fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
             .as_str()
             .is_some_and(|l| l.ends_with("restarted"))
     }));
+    // The corpus through a real node under concurrent load, over HTTP, compared too.
+    let through = configs
+        .iter()
+        .find(|c| {
+            c["label"]
+                .as_str()
+                .is_some_and(|l| l.contains("node over HTTP"))
+        })
+        .expect("a configuration through a node");
+    assert!(
+        through["compared"].as_u64().expect("compared") >= 40,
+        "{through}"
+    );
     // The upper bound is the exact one for 0 in `compared`.
     let bound = r["mismatch_upper_95"].as_f64().expect("bound");
     assert!((bound - (1.0 - 0.05f64.powf(1.0 / compared as f64))).abs() < 1e-9);

@@ -20,11 +20,14 @@
 //! It also runs the re-encoding adversary ([`worker::Reencoded`]: the file's own quantization
 //! claiming the Q8_0 class) against both audits.
 //!
-//! Not covered here: concurrent load through a real node over HTTP (the node's own tests and
-//! the devnet adversary suite exercise that path).
+//! And it replays the corpus through a real node under concurrent load
+//! ([`through_node`]): a devnet on loopback whose node runs the reference kernel and threads,
+//! every unconstrained case sent over HTTP at once, for several rounds, each answer's text,
+//! finish reason and log-probability bits compared with the reference's.
 
 pub mod corpus;
 pub mod report;
+pub mod through_node;
 pub mod worker;
 
 use std::path::Path;
@@ -58,6 +61,9 @@ pub struct RunConfig {
     pub threads: Vec<usize>,
     /// Cases the scalar kernel replays (it is several times slower); `None`: all.
     pub scalar_limit: Option<usize>,
+    /// Rounds of the corpus sent at once through a devnet's node over HTTP (on the reference
+    /// kernel and threads); 0 leaves that configuration out.
+    pub node_rounds: usize,
     /// The scoring tolerance configured for the model (`AuditMethod::Score`: max rank, logit
     /// slack), reported on its own besides the grid.
     pub configured: (u32, f32),
@@ -146,6 +152,7 @@ pub fn run(
         batched,
         scoring,
         limit,
+        through_node: None,
     };
     let mut runs = Vec::new();
     let reference_kernel = kernels[0].clone();
@@ -184,6 +191,19 @@ pub fn run(
             progress(&format!("{k} threads={t}"));
             runs.push((format!("{k} threads={t}"), out));
         }
+    }
+    if cfg.node_rounds > 0 {
+        let w = WorkerConfig {
+            through_node: Some(cfg.node_rounds),
+            ..worker(&reference_kernel, cfg.threads[0], false, false, None)
+        };
+        let out = spawn_worker(exe, &w)?;
+        let label = format!(
+            "{reference_kernel} threads={} node, HTTP, x{}",
+            cfg.threads[0], cfg.node_rounds
+        );
+        progress(&label);
+        runs.push((label, out));
     }
     Ok(Report::new(
         cfg,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::RunConfig;
 use crate::corpus::{Size, corpus};
+use crate::through_node::HttpAnswer;
 use crate::worker::{Fingerprint, ScoredAnswer, WorkerOutput};
 
 /// One configuration's result against the reference.
@@ -141,6 +142,26 @@ fn binomial_cdf(m: u64, n: u64, p: f64) -> f64 {
         total += log_term.exp();
     }
     total.min(1.0)
+}
+
+/// Where an answer delivered over HTTP first differs from the reference's: the first token
+/// whose log-probability differs, or the end of the shorter list when only their number,
+/// the text or the finish reason differs.
+fn http_difference(r: &Fingerprint, a: &HttpAnswer) -> Option<usize> {
+    let finish = match r.finish.as_str() {
+        "Stop" => "stop",
+        "Length" => "length",
+        other => other,
+    };
+    if r.text == a.text && finish == a.finish && r.logprob_bits == a.logprob_bits {
+        return None;
+    }
+    let n = r.logprob_bits.len().min(a.logprob_bits.len());
+    Some(
+        (0..n)
+            .find(|&i| r.logprob_bits[i] != a.logprob_bits[i])
+            .unwrap_or(n),
+    )
 }
 
 fn first_difference(a: &Fingerprint, b: &Fingerprint) -> Option<usize> {
@@ -284,6 +305,28 @@ impl Report {
                                 first_difference: at,
                             });
                         }
+                    }
+                }
+            }
+            // Answers over HTTP: text, finish and log-probability bits (the ids stay in the
+            // node; the receipt commits to all three).
+            for a in &out.http {
+                let Some(r) = reference.alone.get(a.case) else {
+                    continue;
+                };
+                compared += 1;
+                if let Some(at) = http_difference(r, a) {
+                    mismatches += 1;
+                    if examples.len() < 20 {
+                        examples.push(Mismatch {
+                            config: label.to_string(),
+                            case: cases
+                                .get(a.case)
+                                .map(|c| c.label.clone())
+                                .unwrap_or_default(),
+                            batched: true,
+                            first_difference: at,
+                        });
                     }
                 }
             }

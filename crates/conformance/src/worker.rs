@@ -11,6 +11,7 @@ use sortition_engine::{
 
 use crate::ConformanceError;
 use crate::corpus::{Case, Size, corpus};
+use crate::through_node::HttpAnswer;
 
 /// What one worker process is asked to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct WorkerConfig {
     pub scoring: bool,
     /// Replay only the first this many cases (the scalar kernel is slow).
     pub limit: Option<usize>,
+    /// Instead of the engine in this process: the corpus through a devnet's node over HTTP,
+    /// all at once, this many rounds ([`crate::through_node`]).
+    #[serde(default)]
+    pub through_node: Option<usize>,
 }
 
 /// The bits of one answer that must not change: tokens, text, finish, and each token's
@@ -109,6 +114,9 @@ pub struct WorkerOutput {
     /// Empty when not asked for.
     pub batched: Vec<Fingerprint>,
     pub scoring: Option<Scoring>,
+    /// Answers delivered over HTTP by a node under load (`through_node`).
+    #[serde(default)]
+    pub http: Vec<HttpAnswer>,
     pub seconds: f64,
 }
 
@@ -225,13 +233,31 @@ async fn reencode(
 pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> {
     let started = std::time::Instant::now();
     let pulled = sortition_engine::models::pull(&cfg.model, false)?;
+    let kernel = sortition_engine::Kernel::named(Some(&cfg.kernel))
+        .map_err(sortition_engine::EngineError::from)?;
+    if let Some(rounds) = cfg.through_node {
+        let mut cases = corpus(cfg.size);
+        if let Some(n) = cfg.limit {
+            cases.truncate(n.max(1));
+        }
+        let http =
+            crate::through_node::replay(&cfg.model, kernel, cfg.threads, &cases, rounds).await?;
+        return Ok(WorkerOutput {
+            kernels: sortition_engine::kernel_set(Some(kernel)),
+            threads: cfg.threads,
+            model_digest: pulled.digest.to_hex(),
+            engine_version: sortition_engine::ENGINE_VERSION.into(),
+            alone: Vec::new(),
+            batched: Vec::new(),
+            scoring: None,
+            http,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     let ec = EngineConfig {
         expected_digest: Some(pulled.digest),
         threads: Some(cfg.threads),
-        kernel: Some(
-            sortition_engine::Kernel::named(Some(&cfg.kernel))
-                .map_err(sortition_engine::EngineError::from)?,
-        ),
+        kernel: Some(kernel),
         ..EngineConfig::new(pulled.primary.clone(), cfg.model.clone())
     };
     let engine = Engine::load(ec.clone())?;
@@ -294,6 +320,7 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
         alone,
         batched: in_batches,
         scoring,
+        http: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

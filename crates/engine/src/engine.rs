@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{EngineError, Result};
 use crate::events::Stats;
-pub use crate::events::{FinishReason, StreamEvent, TokenScore, Usage};
+pub use crate::events::{FinishReason, StreamEvent, TokenScore, Usage, check_scores};
 use crate::llama::{Llama, WeightFormat};
 use crate::q8::Kernel;
 use crate::sampling::SamplingParams;
@@ -155,41 +155,6 @@ pub struct Generation {
     pub text: String,
     /// The log-probabilities of the token events that carried them, in order.
     pub logprobs: Vec<crate::TokenLogprobs>,
-}
-
-/// The scoring audit's rule for one answer's teacher-forced scores: each token must be one the
-/// model would produce under the request's parameters. Greedy: the argmax, or within
-/// `logit_slack` of the top logit (kernel rounding between prefill and decode); sampled:
-/// within `max_rank` of the argmax. A final end-of-sequence token (`ended_by_eos`) must be
-/// where the model would stop: a stop token is its argmax, or (sampled) within `max_rank`.
-/// `Err` names the first token that fails.
-pub fn check_scores(
-    scores: &[TokenScore],
-    greedy: bool,
-    ended_by_eos: bool,
-    stops: &[u32],
-    max_rank: u32,
-    logit_slack: f32,
-) -> std::result::Result<(), String> {
-    let n = scores.len();
-    for (i, t) in scores.iter().enumerate() {
-        let ok = if ended_by_eos && i + 1 == n {
-            stops.contains(&t.argmax) || (!greedy && t.rank <= max_rank)
-        } else if greedy {
-            t.token == t.argmax || t.max_logit - t.logit <= logit_slack
-        } else {
-            t.rank <= max_rank
-        };
-        if !ok {
-            return Err(format!(
-                "token {i} ({}) has rank {} and is {:.3} below the top logit",
-                t.token,
-                t.rank,
-                t.max_logit - t.logit
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Receiving end of a generation. Dropping it cancels the sequence at the next step.

@@ -26,6 +26,9 @@ pub struct ConformanceArgs {
     /// Default: 4.
     #[arg(long)]
     scalar_limit: Option<usize>,
+    /// Rounds of the corpus sent all at once through a devnet's node over HTTP (0: none).
+    #[arg(long, default_value_t = 2)]
+    node_rounds: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -57,6 +60,7 @@ pub async fn run(a: ConformanceArgs) -> Result<()> {
         kernels: a.kernels,
         threads: a.threads,
         scalar_limit: a.scalar_limit.or(Some(4)),
+        node_rounds: a.node_rounds,
         configured: tolerance,
     };
     let exe = std::env::current_exe().context("this program's path")?;
