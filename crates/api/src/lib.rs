@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod constraint;
 pub mod delivered;
+pub mod embeddings;
 pub mod error;
 pub mod fields;
 pub mod logprobs;
@@ -17,12 +18,15 @@ pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod private_fs;
+pub mod responses;
 pub mod tools;
 
+pub use embeddings::*;
 pub use error::{ApiError, ErrorBody, ErrorKind, payload_too_large_to_openai, unknown_route};
 pub use fields::parse_json;
 pub use logprobs::{ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob};
 pub use openai::*;
+pub use responses::*;
 
 /// Header that carries a JSON-encoded receipt on non-streaming responses.
 pub const RECEIPT_HEADER: &str = "x-sortition-receipt";

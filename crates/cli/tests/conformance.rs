@@ -51,7 +51,7 @@ fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
         .find(|c| {
             c["label"]
                 .as_str()
-                .is_some_and(|l| l.contains("node over HTTP"))
+                .is_some_and(|l| l.contains("node, HTTP"))
         })
         .expect("a configuration through a node");
     assert!(

@@ -12,6 +12,7 @@
 //! `insufficient_quota` for credits and budgets (as OpenAI), 429 for limits, 503 when no node
 //! (or no stack on one) can serve.
 
+pub mod admission;
 pub mod answers;
 pub mod audits;
 pub mod confidential;

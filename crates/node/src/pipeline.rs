@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use sortition_api::openai::Usage;
+use sortition_api::Usage;
 use sortition_api::{ApiError, SortitionExt};
 use sortition_engine::{
     FinishReason, GenerationStream, Prompt, SamplingParams, StreamEvent, TokenLogprobs,
@@ -451,7 +451,7 @@ async fn drive(
 /// A chat chunk that delivers a whole answer read for tool calls: its content, and each call
 /// whole (id, name and arguments) in OpenAI's `delta.tool_calls` shape.
 fn whole_chunk(id: &str, model: &str, d: &tools::Delivery, first: bool) -> String {
-    use sortition_api::openai::{ChatCompletionChunk, Delta};
+    use sortition_api::{ChatCompletionChunk, Delta};
     let calls = d.tool_calls(id).map(|calls| {
         calls
             .into_iter()
