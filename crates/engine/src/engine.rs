@@ -89,8 +89,8 @@ impl EngineConfig {
     /// [`threads_from_env`] (when the config sets none). For binaries, tests and benchmarks
     /// that honour those variables; loading a model never reads the environment itself.
     pub fn honour_env(mut self) -> Result<Self> {
-        if std::env::var_os(Kernel::ENV).is_some() {
-            self.kernel = Some(Kernel::select()?);
+        if let Some(k) = Kernel::from_env()? {
+            self.kernel = Some(k);
         }
         if self.threads.is_none() {
             self.threads = threads_from_env();

@@ -431,6 +431,15 @@ impl Kernel {
         Kernel::named(std::env::var(Self::ENV).ok().as_deref())
     }
 
+    /// The kernel [`Kernel::ENV`] names, if it is set (an invalid name is an error); for
+    /// binaries, tests and benchmarks that honour it.
+    pub fn from_env() -> Result<Option<Kernel>> {
+        match std::env::var(Self::ENV) {
+            Ok(name) => Kernel::named(Some(&name)).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// [`Kernel::select`] for the value `name` of [`Kernel::ENV`] (`None`: unset).
     pub fn named(name: Option<&str>) -> Result<Kernel> {
         let Some(name) = name else {

@@ -61,7 +61,7 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     };
     cfg.adversary = a.adversary;
     // The binary honours SORTITION_KERNEL and the thread variables; the engine does not read them.
-    cfg.kernel = super::node::engine_kernel()?;
+    cfg.kernel = sortition_engine::Kernel::from_env()?;
     cfg.threads = sortition_engine::threads_from_env();
     cfg.validators = a.validators;
     cfg.validator_exe = Some(std::env::current_exe()?);

@@ -171,7 +171,7 @@ pub fn merge(flags: NodeArgs, file: NodeFile) -> Result<NodeSettings> {
         chat_models,
         embed_models,
         weight_format,
-        kernel: engine_kernel()?,
+        kernel: sortition_engine::Kernel::from_env()?,
         threads: sortition_engine::threads_from_env(),
         price_per_m_input: flags
             .price_in
@@ -247,14 +247,6 @@ pub async fn run(a: NodeArgs) -> Result<()> {
     eprintln!("stopping: draining requests and claiming earned stacks");
     node.shutdown().await;
     Ok(())
-}
-
-/// The kernel `SORTITION_KERNEL` names, if it names one (an invalid name is an error).
-pub fn engine_kernel() -> Result<Option<sortition_engine::Kernel>> {
-    if std::env::var_os(sortition_engine::Kernel::ENV).is_none() {
-        return Ok(None);
-    }
-    Ok(Some(sortition_engine::Kernel::select()?))
 }
 
 #[cfg(test)]
