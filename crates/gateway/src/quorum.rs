@@ -296,24 +296,51 @@ pub(crate) async fn ask(
     q: &QuorumRequest<'_>,
 ) -> Result<Member, MemberFailure> {
     let id = node.id;
-    let stack = match proxy::hold_stack(g, &node, q.model, q.units).await {
-        Ok(s) => s,
-        Err(e) => {
-            g.finish(id, Outcome::Failure).await;
-            return Err(MemberFailure {
-                node: id,
-                why: e.message,
-                refused: None,
-            });
+    // A stack the node refuses as spent or claimed (402) is one our books still thought
+    // open: close it and ask again on another, as a plain dispatch does; it is not the
+    // request's fault.
+    let mut stale = 0;
+    let (stack, d, resp) = loop {
+        let stack = match proxy::hold_stack(g, &node, q.model, q.units).await {
+            Ok(s) => s,
+            Err(e) => {
+                g.finish(id, Outcome::Failure).await;
+                return Err(MemberFailure {
+                    node: id,
+                    why: e.message,
+                    refused: None,
+                });
+            }
+        };
+        let d = Lease {
+            node: node.clone(),
+            stack: stack.stack_id,
+            reserved: q.units,
+            started: Instant::now(),
+        };
+        match proxy::send(g, &d.node, q.path, q.body, stack.stack_id).await {
+            Ok(r)
+                if r.status() == reqwest::StatusCode::PAYMENT_REQUIRED
+                    && stale < proxy::MAX_STALE_STACKS =>
+            {
+                tracing::warn!(node = %id, stack = %stack.stack_id, "node refused stack; closing it");
+                proxy::release(g, stack.stack_id, q.units).await;
+                let _ = g.store.close_stack(stack.stack_id).await;
+                stale += 1;
+            }
+            Ok(r) => break (stack, d, r),
+            Err(e) => {
+                proxy::release(g, stack.stack_id, q.units).await;
+                g.finish(id, Outcome::Failure).await;
+                return Err(MemberFailure {
+                    node: id,
+                    why: format!("unreachable: {e}"),
+                    refused: None,
+                });
+            }
         }
     };
-    let started = Instant::now();
-    let d = Lease {
-        node,
-        stack: stack.stack_id,
-        reserved: q.units,
-        started,
-    };
+    let started = d.started;
     let failed = |why: String| async move {
         proxy::release(g, stack.stack_id, q.units).await;
         g.finish(id, Outcome::Failure).await;
@@ -322,10 +349,6 @@ pub(crate) async fn ask(
             why,
             refused: None,
         })
-    };
-    let resp = match proxy::send(g, &d.node, q.path, q.body, stack.stack_id).await {
-        Ok(r) => r,
-        Err(e) => return failed(format!("unreachable: {e}")).await,
     };
     let ttft = started.elapsed();
     let status = resp.status();
