@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use sortition_ledger::{
     AuditPolicy, Genesis, ModelSpec, Offer, SealingKey, SecurityPolicy, TxKind,
@@ -71,27 +72,59 @@ impl Service {
         Service { child, stderr }
     }
 
-    /// The first stderr line containing `needle`.
+    /// The first stderr line containing `needle`; panics (after killing the service) if it
+    /// does not come within [`SERVICE_PATIENCE`].
     async fn wait_for(&mut self, needle: &str) -> String {
-        loop {
-            let line = self.stderr.next_line().await.expect("read stderr");
-            let line = line.unwrap_or_else(|| panic!("service exited before printing {needle:?}"));
-            if line.contains(needle) {
-                return line;
+        let seen = tokio::time::timeout(SERVICE_PATIENCE, async {
+            loop {
+                let line = self.stderr.next_line().await.expect("read stderr");
+                let line =
+                    line.unwrap_or_else(|| panic!("service exited before printing {needle:?}"));
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await;
+        match seen {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!("the service did not print {needle:?} within {SERVICE_PATIENCE:?}")
             }
         }
     }
 
-    /// Sends SIGTERM (to this child, by its pid) and returns how it exited.
+    /// Sends SIGTERM (to this child, by its pid) and returns how it exited. A service that is
+    /// still running [`SERVICE_PATIENCE`] later is killed and the test fails, printing what it
+    /// wrote meanwhile.
     async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("pid").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status();
         assert!(sent.expect("kill").success());
-        self.child.wait().await.expect("service exits")
+        match tokio::time::timeout(SERVICE_PATIENCE, self.child.wait()).await {
+            Ok(status) => status.expect("service exits"),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                let mut rest = Vec::new();
+                while let Ok(Ok(Some(line))) =
+                    tokio::time::timeout(Duration::from_secs(1), self.stderr.next_line()).await
+                {
+                    rest.push(line);
+                }
+                panic!(
+                    "the service did not stop within {SERVICE_PATIENCE:?} of SIGTERM; it printed:\n{}",
+                    rest.join("\n")
+                )
+            }
+        }
     }
 }
+
+/// How long a spawned service may take to come up or to stop.
+const SERVICE_PATIENCE: Duration = Duration::from_secs(90);
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -218,10 +218,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_down() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        drop(l);
+        // A port held by a socket that never listens refuses connections, and no other test
+        // can take it meanwhile (a dropped listener's port could be taken and answer).
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", held.local_addr().unwrap());
         let p = probe(&reqwest::Client::new(), &url, Duration::from_secs(1)).await;
         assert!(!p.healthy);
+        drop(held);
     }
 }

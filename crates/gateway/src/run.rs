@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sortition_ledger_client::LedgerClient;
 use sortition_types::Keypair;
@@ -119,21 +120,47 @@ pub struct RunningGateway {
     duties: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How long open requests get to finish once the gateway is asked to stop; connections still
+/// open then are dropped (their leases release their units on drop).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// How long each background duty, and then the store, get to wind down after the API stopped.
+const DUTY_LIMIT: Duration = Duration::from_secs(10);
+
 impl RunningGateway {
-    /// Stops serving (open requests finish), then the duties, then closes the store.
+    /// Stops serving (open requests get [`DRAIN_LIMIT`] to finish), then the duties, then
+    /// closes the store. Every step is bounded, so a stuck connection or duty cannot keep a
+    /// stopping gateway alive.
     pub async fn shutdown(mut self) -> Result<(), RunError> {
         let _ = self.stop.send(true);
-        let served = (&mut self.server).await;
+        let served = match tokio::time::timeout(DRAIN_LIMIT, &mut self.server).await {
+            Ok(served) => Some(served),
+            Err(_) => {
+                tracing::warn!(limit = ?DRAIN_LIMIT, "requests still open at the drain limit; dropping them");
+                self.server.abort();
+                None
+            }
+        };
         self.stop_duties().await;
-        served.map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+        match served {
+            Some(served) => served.map_err(|e| RunError::Serve(std::io::Error::other(e)))?,
+            None => Ok(()),
+        }
     }
 
     async fn stop_duties(&mut self) {
         let _ = self.stop.send(true);
-        for d in self.duties.drain(..) {
-            let _ = d.await;
+        for mut d in self.duties.drain(..) {
+            if tokio::time::timeout(DUTY_LIMIT, &mut d).await.is_err() {
+                tracing::warn!(limit = ?DUTY_LIMIT, "a background duty did not stop in time; aborting it");
+                d.abort();
+            }
         }
-        self.state.store.close().await;
+        if tokio::time::timeout(DUTY_LIMIT, self.state.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(limit = ?DUTY_LIMIT, "the store did not close in time (a connection is still held)");
+        }
     }
 }
 

@@ -91,25 +91,35 @@ pub fn describe_error_value(e: &serde_json::Value) -> Option<String> {
     Some(format!("({kind}{code}): {message}"))
 }
 
-/// Resolves on ctrl-c or, on Unix, SIGTERM: how services are asked to stop.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that resolves on ctrl-c (SIGINT) or, on Unix, SIGTERM: how services are asked
+/// to stop. The handlers are installed when this is called, not when the future is first
+/// polled, so call it before announcing that the service is up: a supervisor that sends
+/// SIGTERM as soon as it reads the announcement must get a clean stop, not the default
+/// action that kills the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                // No handler could be installed: ctrl-c through the portable path.
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

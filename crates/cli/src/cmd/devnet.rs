@@ -52,6 +52,7 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.audit_rate) {
         anyhow::bail!("--audit-rate must be between 0 and 1");
     }
+    let stop = super::common::shutdown_signal();
     let mut cfg = DevnetConfig::new(&a.data_dir);
     cfg.nodes = a.nodes.max(1);
     cfg.audit_q_ppm = (a.audit_rate * 1_000_000.0).round() as u32;
@@ -123,10 +124,10 @@ pub async fn run(a: DevnetArgs) -> Result<()> {
     );
     println!();
     println!(
-        "Wrote {}/devnet.json. Ctrl-C stops everything.",
+        "Wrote {}/devnet.json. Ctrl-C (or SIGTERM) stops everything.",
         a.data_dir.display()
     );
-    tokio::signal::ctrl_c().await?;
+    stop.await;
     eprintln!("shutting down: draining requests, claiming earnings…");
     net.shutdown().await;
     eprintln!("stopped.");

@@ -193,8 +193,9 @@ pub async fn run(a: GatewayArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
+    let stop = shutdown_signal();
     eprintln!("gateway listening on http://{}", listener.local_addr()?);
-    sortition_gateway::run::run_on(cfg, key, listener, shutdown_signal()).await?;
+    sortition_gateway::run::run_on(cfg, key, listener, stop).await?;
     Ok(())
 }
 

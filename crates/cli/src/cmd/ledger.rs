@@ -34,15 +34,13 @@ pub async fn run(a: LedgerArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
+    let stop = super::common::shutdown_signal();
     eprintln!(
         "ledger {} listening on http://{}",
         genesis.chain_id,
         listener.local_addr()?
     );
     let cfg = LedgerServiceConfig::new(a.data_dir.join("ledger"), genesis);
-    sortition_ledger_service::serve(cfg, listener, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    sortition_ledger_service::serve(cfg, listener, stop).await?;
     Ok(())
 }

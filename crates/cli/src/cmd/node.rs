@@ -234,6 +234,7 @@ pub async fn run(a: NodeArgs) -> Result<()> {
         key.public(),
         s.node.ledger_url
     );
+    let stop = shutdown_signal();
     let node = sortition_node::run::start(s.node, key)
         .await
         .context("starting the node")?;
@@ -243,7 +244,7 @@ pub async fn run(a: NodeArgs) -> Result<()> {
         node.url,
         &node.class.fingerprint().to_hex()[..16]
     );
-    shutdown_signal().await;
+    stop.await;
     eprintln!("stopping: draining requests and claiming earned stacks");
     node.shutdown().await;
     Ok(())
