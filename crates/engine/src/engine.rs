@@ -14,11 +14,11 @@ use crate::error::{EngineError, Result};
 use crate::events::Stats;
 pub use crate::events::{FinishReason, StreamEvent, TokenScore, Usage, check_scores};
 use crate::llama::{Llama, WeightFormat};
-use crate::q8::Kernel;
 use crate::sampling::SamplingParams;
 pub use crate::scheduler::Lane;
 use crate::scheduler::{self, Job, Progress, Queues};
 use crate::tokenizer::{ChatMessage, ChatTokenizer};
+use sortition_kernels::Kernel;
 
 /// Version string recorded in the node class. The suffix counts changes of the numerics (any
 /// change that can move an output bit): `n2` computes `exp`, `pow`, `sin` and `cos` with

@@ -16,6 +16,8 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 mod events;
+mod gguf;
+mod linear;
 pub mod llama;
 pub mod logprobs;
 pub mod models;

@@ -19,141 +19,17 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
 
 use crate::attn::{self, HeadCache};
 use crate::error::{EngineError, Result};
 use crate::kernels::{add_into, rms_norm_row, silu_mul};
-use crate::q8::{Kernel, Pool, Q8Rows, WeightQuant};
+use sortition_kernels::{Kernel, Pool};
 
-/// How weight matrices are held in memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum WeightFormat {
-    /// Re-encode every matrix to Q8_0 at load, and quantize each product's activations to
-    /// Q8 blocks ([`crate::q8p`]: integer products; the default).
-    #[default]
-    Q8_0,
-    /// Q8_0 weights as [`WeightFormat::Q8_0`], activations kept in f32 ([`crate::qf`]):
-    /// no rounding of the activations (engine numerics `n3`), but several times the
-    /// arithmetic for batched decode, prefill and scoring.
-    Q8_0F32,
-    /// Keep the quantization shipped in the GGUF file (Q4_1 runs on our kernel too; fewer
-    /// bytes per token, so faster single-stream decode).
-    Shipped,
-}
-
-/// Shape of the network, read from `llama.*` GGUF metadata.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub ffn: usize,
-    pub vocab: usize,
-    pub context_len: usize,
-    pub rope_theta: f32,
-    pub rms_eps: f32,
-}
-
-/// A linear layer, or several stacked ones that share their input.
-enum Linear {
-    /// Q8_0 weights on our kernel with activations quantized to Q8 blocks ([`crate::q8p`]);
-    /// stacked parts are computed in one pass over the weights.
-    I8(crate::q8p::QMatrix),
-    /// Q8_0 weights on our kernel with f32 activations ([`crate::qf`]); stacked parts are
-    /// computed in one pass over the weights.
-    F32(crate::qf::QMatrix),
-    /// Q4_1 weights on our kernel with activations quantized to Q8 blocks ([`crate::q8`]:
-    /// u4 x i8 products are cheap in AVX2 integer units, so single-stream decode is faster).
-    Q8(crate::q8::QMatrix),
-    /// candle's quantized matmul, one per part (other shipped quantizations).
-    Candle(Vec<QMatMul>),
-}
-
-impl Linear {
-    /// The layer of `parts`; Q8_0 weights multiply f32 activations when `f32_acts`.
-    fn new(parts: Vec<QTensor>, f32_acts: bool) -> Result<Linear> {
-        let dtype = parts.first().map(|t| t.dtype());
-        let all = |d: GgmlDType| parts.iter().all(|t| t.dtype() == d);
-        // Every part read by `from` (its GGML block bytes and shape), then stacked.
-        fn stacked<T>(
-            parts: &[QTensor],
-            from: impl Fn(&[u8], usize, usize) -> sortition_kernels::Result<T>,
-            stack: impl Fn(Vec<T>) -> sortition_kernels::Result<T>,
-        ) -> Result<T> {
-            let mats = parts
-                .iter()
-                .map(|t| {
-                    let (r, c) = t.shape().dims2()?;
-                    Ok(from(&t.data()?, r, c)?)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(stack(mats)?)
-        }
-        match dtype {
-            Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) && !f32_acts => Ok(Linear::I8(stacked(
-                &parts,
-                |b, r, c| crate::q8p::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, r, c),
-                crate::q8p::QMatrix::stack,
-            )?)),
-            Some(GgmlDType::Q8_0) if all(GgmlDType::Q8_0) => Ok(Linear::F32(stacked(
-                &parts,
-                |b, r, c| crate::qf::QMatrix::from_ggml_bytes(WeightQuant::Q8_0, b, r, c),
-                crate::qf::QMatrix::stack,
-            )?)),
-            Some(GgmlDType::Q4_1) if all(GgmlDType::Q4_1) => Ok(Linear::Q8(stacked(
-                &parts,
-                |b, r, c| crate::q8::QMatrix::from_ggml_bytes(WeightQuant::Q4_1, b, r, c),
-                crate::q8::QMatrix::stack,
-            )?)),
-            // Built directly (not `from_qtensor`) so CANDLE_DEQUANTIZE_ALL cannot change kernels.
-            _ => Ok(Linear::Candle(
-                parts
-                    .into_iter()
-                    .map(|t| QMatMul::QTensor(std::sync::Arc::new(t)))
-                    .collect(),
-            )),
-        }
-    }
-
-    /// Name of the kernel this layer runs on (part of the node class).
-    fn kernel_name(&self, kernel: Kernel) -> String {
-        match self {
-            Linear::I8(_) => crate::q8p::kernel_name(kernel),
-            Linear::F32(_) => format!("sortition-qf32/{}", kernel.name()),
-            Linear::Q8(_) => format!("sortition-q8/{}", kernel.integer().name()),
-            Linear::Candle(_) => "candle-0.11.1".into(),
-        }
-    }
-
-    /// `x · Wᵀ` for each of the `N` parts; `x` is `rows × cols`.
-    fn forward<const N: usize>(
-        &self,
-        pool: &Pool,
-        x: &[f32],
-        rows: usize,
-        cols: usize,
-    ) -> Result<[Vec<f32>; N]> {
-        let outs = match self {
-            Linear::I8(w) => crate::q8p::matmul(pool, w, x, rows),
-            Linear::F32(w) => crate::qf::matmul(pool, w, x, rows),
-            Linear::Q8(w) => pool.matmul(w, &Q8Rows::quantize_on(pool, x, rows, cols)),
-            Linear::Candle(parts) => {
-                let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
-                parts
-                    .iter()
-                    .map(|w| Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?))
-                    .collect::<Result<Vec<_>>>()?
-            }
-        };
-        outs.try_into()
-            .map_err(|_| EngineError::Internal("linear layer part count".into()))
-    }
-}
+use crate::gguf::Loader;
+pub use crate::gguf::{LlamaConfig, WeightFormat};
+use crate::linear::Linear;
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -221,98 +97,6 @@ pub struct Segment<'a> {
     pub tokens: &'a [u32],
     /// Return logits for every new position (scoring) rather than only the last one.
     pub all_logits: bool,
-}
-
-fn md_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize> {
-    md.get(key)
-        .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
-        .map(|v| v as usize)
-        .ok_or_else(|| EngineError::CorruptWeights(format!("missing metadata {key}")))
-}
-
-fn md_f32(md: &HashMap<String, Value>, key: &str, default: f32) -> f32 {
-    md.get(key).and_then(|v| v.to_f32().ok()).unwrap_or(default)
-}
-
-impl LlamaConfig {
-    pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Self> {
-        let hidden = md_usize(md, "llama.embedding_length")?;
-        let heads = md_usize(md, "llama.attention.head_count")?;
-        let kv_heads = md_usize(md, "llama.attention.head_count_kv").unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
-            return Err(EngineError::CorruptWeights(
-                "inconsistent head counts".into(),
-            ));
-        }
-        Ok(LlamaConfig {
-            hidden,
-            layers: md_usize(md, "llama.block_count")?,
-            heads,
-            kv_heads,
-            head_dim: hidden / heads,
-            ffn: md_usize(md, "llama.feed_forward_length")?,
-            vocab: 0,
-            context_len: md_usize(md, "llama.context_length")?,
-            rope_theta: md_f32(md, "llama.rope.freq_base", 10000.0),
-            rms_eps: md_f32(md, "llama.attention.layer_norm_rms_epsilon", 1e-5),
-        })
-    }
-}
-
-struct Loader<'a> {
-    content: &'a Content,
-    file: std::io::BufReader<std::fs::File>,
-    format: WeightFormat,
-    shipped: Option<GgmlDType>,
-}
-
-impl Loader<'_> {
-    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        self.content
-            .tensor(&mut self.file, name, &Device::Cpu)
-            .map_err(|e| EngineError::CorruptWeights(format!("tensor {name}: {e}")))
-    }
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let t = self.qtensor(name)?.dequantize(&Device::Cpu)?;
-        let v = t.flatten_all()?.to_vec1::<f32>()?;
-        if v.len() != len {
-            return Err(EngineError::CorruptWeights(format!(
-                "{name}: length {}",
-                v.len()
-            )));
-        }
-        Ok(v)
-    }
-    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QTensor> {
-        let qt = self.qtensor(name)?;
-        self.encode(name, qt, rows, cols)
-    }
-    /// Checks the shape and re-encodes to Q8_0 when asked (or when dense).
-    fn encode(&mut self, name: &str, qt: QTensor, rows: usize, cols: usize) -> Result<QTensor> {
-        if qt.shape().dims() != [rows, cols] {
-            return Err(EngineError::CorruptWeights(format!(
-                "{name}: shape {:?}",
-                qt.shape()
-            )));
-        }
-        if !matches!(
-            qt.dtype(),
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-        ) {
-            self.shipped.get_or_insert(qt.dtype());
-        }
-        // Dense matrices go to our Q8_0 kernel too.
-        let needs_q8 = self.format != WeightFormat::Shipped
-            || matches!(
-                qt.dtype(),
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-            );
-        Ok(if needs_q8 && qt.dtype() != GgmlDType::Q8_0 {
-            QTensor::quantize(&qt.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
-        } else {
-            qt
-        })
-    }
 }
 
 impl Llama {

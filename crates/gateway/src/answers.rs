@@ -12,7 +12,7 @@ use sortition_api::delivered::{self, DeliveredError};
 use sortition_api::{ChatCompletion, Completion, SortitionExt};
 use sortition_types::{Hash32, SignedReceipt, TokenLogprobCommit, answer_response_hash};
 
-use crate::proxy::Answer;
+use crate::settle::Answer;
 
 /// What the gateway needs of a node's whole answer.
 pub trait NodeAnswer: Serialize + DeserializeOwned + Send {

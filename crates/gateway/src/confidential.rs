@@ -15,7 +15,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -29,14 +28,17 @@ use sortition_api::*;
 use sortition_confidential::wire::{
     CONFIDENTIAL_CHAT_PATH, Envelope, ReceiptExt, SealedCompletion, StreamItem,
 };
-use sortition_types::{Amount, Hash32, ModelId, SignedReceipt, StackId};
+use sortition_types::{Amount, Hash32, ModelId, SignedReceipt};
 use tokio::sync::mpsc;
 
+use crate::challenge;
 use crate::directory::{cost, unit_price};
-use crate::proxy::{self, ReceiptError};
-use crate::router::{NodeView, Outcome};
+use crate::proxy::{self, Lease};
+use crate::router::Outcome;
 use crate::state::GatewayState;
 use crate::store::{AuthedKey, CreditHold, UsageStatus};
+use crate::verify;
+use crate::verify::ReceiptError;
 
 type S = State<Arc<GatewayState>>;
 
@@ -74,17 +76,22 @@ pub async fn chat_completions(State(g): S, headers: HeaderMap, body: Bytes) -> R
     }
 }
 
-/// The request as dispatched to its node.
-struct Dispatched {
+/// The request as dispatched to its node: the lease on the node and stack (which it derefs
+/// to), who pays, and for what.
+struct Sealed {
+    lease: Lease,
     key: AuthedKey,
     model: ModelId,
-    node: NodeView,
-    stack: StackId,
-    reserved: u64,
-    started: Instant,
     /// The credit held for the request's worst-case cost; its bill settles it, any other end
     /// releases it.
     hold: CreditHold,
+}
+
+impl std::ops::Deref for Sealed {
+    type Target = Lease;
+    fn deref(&self) -> &Lease {
+        &self.lease
+    }
 }
 
 /// `ended` learns when the request's credit hold (once made) has ended.
@@ -130,22 +137,23 @@ async fn handle(
     crate::limits::affordable(&key, need)?;
     let mut hold = g.store.hold(key.key_id, need).await?;
     *ended = Some(hold.ended());
-    let stack = proxy::hold_stack(g, &node, &model, units).await?;
-    let started = Instant::now();
-    let d = Dispatched {
+    // A stack the node refuses as already claimed is closed and another held, as for plain
+    // requests.
+    let proxy::Dispatched {
+        lease,
+        response: resp,
+    } = match proxy::on_node(g, &node, CONFIDENTIAL_CHAT_PATH, &body, &model, units).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            g.finish(node.id, Outcome::Failure).await;
+            return Err(e);
+        }
+    };
+    let d = Sealed {
+        lease,
         key,
         model,
-        node,
-        stack: stack.stack_id,
-        reserved: units,
-        started,
         hold,
-    };
-    let resp = match proxy::send(g, &d.node, CONFIDENTIAL_CHAT_PATH, &body, d.stack).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(fail(g, &d, format!("node {} unreachable: {e}", d.node.id)).await);
-        }
     };
     let status = resp.status();
     if !status.is_success() {
@@ -173,7 +181,7 @@ async fn handle(
     }
 }
 
-async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
+async fn fail(g: &GatewayState, d: &Sealed, msg: String) -> ApiError {
     proxy::release(g, d.stack, d.reserved).await;
     g.finish(d.node.id, Outcome::Failure).await;
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
@@ -183,21 +191,21 @@ async fn fail(g: &GatewayState, d: &Dispatched, msg: String) -> ApiError {
 /// the key the ledger holds, for the stack used, within the units reserved, leaving the request
 /// in the node's custody for audits (the request hash commits to the plaintext, which only the
 /// client can check).
-fn check(d: &Dispatched, r: &SignedReceipt) -> Result<(), ReceiptError> {
-    proxy::check_custody(sortition_types::Custody::Executor, r)?;
-    proxy::check_signed(&d.node, d.stack, d.reserved, r)
+fn check(d: &Sealed, r: &SignedReceipt) -> Result<(), ReceiptError> {
+    verify::check_custody(sortition_types::Custody::Executor, r)?;
+    verify::check_signed(&d.node, d.stack, d.reserved, r)
 }
 
 /// Refuses a node's sealed answer whose receipt does not check out; an over-reported one is
 /// challenged (the executor keeps the request, and must hand it to the auditors).
 async fn bad_receipt(
     g: &Arc<GatewayState>,
-    d: &Dispatched,
+    d: &Sealed,
     e: ReceiptError,
     r: &SignedReceipt,
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's confidential receipt");
-    proxy::challenge_over_report(g, &e, r, None).await;
+    challenge::challenge_over_report(g, &e, r, None).await;
     g.metrics.inc("receipts_refused_total", e.code(), 1);
     fail(g, d, format!("node {}: {e}; nothing was billed", d.node.id))
         .await
@@ -214,17 +222,11 @@ impl WithCode for ApiError {
     }
 }
 
-impl Dispatched {
+impl Sealed {
     /// Who this request is billed to. Only ciphertext passed through here: bills keep no
     /// payload for auditors (the executor keeps the request).
-    fn account(&self) -> crate::proxy::Account<'_> {
-        crate::proxy::Account {
-            key: &self.key,
-            model: &self.model,
-            node: &self.node,
-            stack: self.stack,
-            reserved: self.reserved,
-        }
+    fn account(&self) -> crate::settle::Account<'_> {
+        self.lease.account(&self.key, &self.model)
     }
 
     /// The bill of an answer with a checked receipt.
@@ -241,13 +243,13 @@ impl Dispatched {
         receipt: &SignedReceipt,
     ) -> Result<Amount, ApiError> {
         let bill = self.receipted(receipt);
-        crate::proxy::record(g, &mut self.hold, &[bill]).await
+        crate::settle::record(g, &mut self.hold, &[bill]).await
     }
 }
 
 async fn whole(
     g: &Arc<GatewayState>,
-    mut d: Dispatched,
+    mut d: Sealed,
     resp: reqwest::Response,
 ) -> Result<Response, ApiError> {
     let bytes = match tokio::time::timeout(g.config.upstream_timeout, resp.bytes()).await {
@@ -281,18 +283,13 @@ async fn whole(
 /// Relays the sealed SSE stream unopened, checking the receipt in its clear final event.
 fn relay(
     g: Arc<GatewayState>,
-    d: Dispatched,
+    d: Sealed,
     resp: reqwest::Response,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     crate::relay::channel_sse(|tx| drive(g, d, resp, tx))
 }
 
-async fn drive(
-    g: Arc<GatewayState>,
-    d: Dispatched,
-    resp: reqwest::Response,
-    tx: mpsc::Sender<String>,
-) {
+async fn drive(g: Arc<GatewayState>, d: Sealed, resp: reqwest::Response, tx: mpsc::Sender<String>) {
     let mut events = resp.bytes_stream().eventsource();
     let mut chunks: u64 = 0;
     let mut ttft = None;
@@ -356,7 +353,7 @@ async fn drive(
             .await;
             // Delivered already: settled now, or once the store can (the hold pays meanwhile).
             let bill = d.receipted(&r);
-            crate::proxy::record_delivered(&g, d.hold, vec![bill]).await;
+            crate::settle::record_delivered(&g, d.hold, vec![bill]).await;
         }
         None => {
             // No receipt: the node failed or the client left. Bill only the chunks delivered,
@@ -370,7 +367,7 @@ async fn drive(
             )
             .await;
             let bill = d.account().unreceipted(chunks, status, Hash32::default());
-            crate::proxy::record_delivered(&g, d.hold, vec![bill]).await;
+            crate::settle::record_delivered(&g, d.hold, vec![bill]).await;
         }
     }
 }

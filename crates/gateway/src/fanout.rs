@@ -29,6 +29,7 @@ use crate::answers::NodeAnswer;
 use crate::proxy;
 use crate::quorum::{Member, MemberFailure, QuorumRequest, ask, settle_unbilled};
 use crate::router::Constraints;
+use crate::settle;
 use crate::state::GatewayState;
 use crate::store::{AuthedKey, CreditHold};
 
@@ -160,12 +161,12 @@ pub async fn serve(
         .iter()
         .map(|(i, m)| {
             let answer = m.value.answer();
-            let served = proxy::Served::new(&m.receipt, answer.as_ref());
-            proxy::receipted_bill(g, &m.d, f.key, f.model, &f.bodies[*i], &served)
+            let served = settle::Served::new(&m.receipt, answer.as_ref());
+            settle::receipted_bill(g, &m.d, f.key, f.model, &f.bodies[*i], &served)
         })
         .collect();
     // Billed in one transaction before the answer leaves (503 on a storage fault).
-    proxy::record(g, &mut hold, &bills).await?;
+    settle::record(g, &mut hold, &bills).await?;
     g.metrics
         .inc("fanned_answers_total", "", members.len() as u64);
     Ok(Json(assemble(f.path, &members, &f.bodies)).into_response())

@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod answers;
 pub mod audits;
+pub mod challenge;
 pub mod confidential;
 pub mod directory;
 pub mod fanout;
@@ -29,5 +30,7 @@ pub mod router;
 pub mod routes;
 pub mod run;
 pub mod server;
+pub mod settle;
 pub mod state;
 pub mod store;
+pub mod verify;

@@ -24,10 +24,13 @@ use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{Hash32, ModelId, NodeId, SignedReceipt};
 
 use crate::answers::NodeAnswer;
-use crate::proxy::{self, Lease, check_receipt};
+use crate::challenge;
+use crate::proxy::{self, Dispatched, Lease};
 use crate::router::{Constraints, NodeView, Outcome};
+use crate::settle;
 use crate::state::GatewayState;
 use crate::store::{AuthedKey, CreditHold};
+use crate::verify::check_receipt;
 
 /// What one member of the quorum returned, with a verified receipt.
 pub(crate) struct Member {
@@ -132,7 +135,7 @@ pub async fn serve(
             settle_unbilled(g, m, q.body).await;
         }
         // At most one of them is right: have every answer audited.
-        proxy::challenge(
+        challenge::challenge(
             g,
             members.iter().map(|m| m.receipt.clone()).collect(),
             "quorum",
@@ -160,8 +163,8 @@ pub async fn serve(
     for (i, m) in members.iter().enumerate() {
         if majority.contains(&i) {
             let answer = m.value.answer();
-            let served = proxy::Served::new(&m.receipt, answer.as_ref());
-            bills.push(proxy::receipted_bill(
+            let served = settle::Served::new(&m.receipt, answer.as_ref());
+            bills.push(settle::receipted_bill(
                 g, &m.d, q.key, q.model, q.body, &served,
             ));
         } else {
@@ -171,7 +174,7 @@ pub async fn serve(
             settle_unbilled(g, m, q.body).await;
         }
     }
-    proxy::challenge(
+    challenge::challenge(
         g,
         members
             .iter()
@@ -192,7 +195,7 @@ pub async fn serve(
     );
     // Every agreeing member billed, in one transaction, before the answer leaves; if that
     // cannot be recorded the client gets the error (503 on a storage fault), not the answer.
-    proxy::record(g, &mut hold, &bills).await?;
+    settle::record(g, &mut hold, &bills).await?;
     let first = &members[majority[0]];
     let mut value = first.value.clone();
     value.mark_verified();
@@ -286,7 +289,7 @@ pub(crate) async fn settle_unbilled(g: &GatewayState, m: &Member, body: &Bytes) 
     {
         tracing::error!(stack = %m.d.stack, error = %e, "stack settlement failed");
     }
-    proxy::keep_payload(g, &m.d, body, &proxy::Served::new(&m.receipt, None)).await;
+    settle::keep_payload(g, &m.d, body, &settle::Served::new(&m.receipt, None)).await;
 }
 
 /// Sends the request to one member and checks its receipt.
@@ -296,53 +299,23 @@ pub(crate) async fn ask(
     q: &QuorumRequest<'_>,
 ) -> Result<Member, MemberFailure> {
     let id = node.id;
-    // A stack the node refuses as spent or claimed (402) is one our books still thought
-    // open: close it and ask again on another, as a plain dispatch does; it is not the
-    // request's fault.
-    let mut stale = 0;
-    let (stack, d, resp) = loop {
-        let stack = match proxy::hold_stack(g, &node, q.model, q.units).await {
-            Ok(s) => s,
-            Err(e) => {
-                g.finish(id, Outcome::Failure).await;
-                return Err(MemberFailure {
-                    node: id,
-                    why: e.message,
-                    refused: None,
-                });
-            }
-        };
-        let d = Lease {
-            node: node.clone(),
-            stack: stack.stack_id,
-            reserved: q.units,
-            started: Instant::now(),
-        };
-        match proxy::send(g, &d.node, q.path, q.body, stack.stack_id).await {
-            Ok(r)
-                if r.status() == reqwest::StatusCode::PAYMENT_REQUIRED
-                    && stale < proxy::MAX_STALE_STACKS =>
-            {
-                tracing::warn!(node = %id, stack = %stack.stack_id, "node refused stack; closing it");
-                proxy::release(g, stack.stack_id, q.units).await;
-                let _ = g.store.close_stack(stack.stack_id).await;
-                stale += 1;
-            }
-            Ok(r) => break (stack, d, r),
-            Err(e) => {
-                proxy::release(g, stack.stack_id, q.units).await;
-                g.finish(id, Outcome::Failure).await;
-                return Err(MemberFailure {
-                    node: id,
-                    why: format!("unreachable: {e}"),
-                    refused: None,
-                });
-            }
+    let Dispatched {
+        lease: d,
+        response: resp,
+    } = match proxy::on_node(g, &node, q.path, q.body, q.model, q.units).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            g.finish(id, Outcome::Failure).await;
+            return Err(MemberFailure {
+                node: id,
+                why: e.message,
+                refused: None,
+            });
         }
     };
     let started = d.started;
     let failed = |why: String| async move {
-        proxy::release(g, stack.stack_id, q.units).await;
+        proxy::release(g, d.stack, q.units).await;
         g.finish(id, Outcome::Failure).await;
         Err(MemberFailure {
             node: id,
@@ -359,7 +332,7 @@ pub(crate) async fn ask(
     };
     if status.is_client_error() {
         // The request's fault (bad parameters, too long a prompt): the node is not to blame.
-        proxy::release(g, stack.stack_id, q.units).await;
+        proxy::release(g, d.stack, q.units).await;
         g.finish(id, Outcome::Cancelled).await;
         let detail = serde_json::from_slice::<sortition_api::ErrorBody>(&bytes)
             .map(|b| b.error)
@@ -409,8 +382,8 @@ pub(crate) async fn ask(
     // response hash, so the answer sent on is then one the agreeing receipts all cover.
     if let Err(e) = check_receipt(&d, q.body, value.delivered_hash(q.body), &receipt) {
         g.metrics.inc("receipts_refused_total", e.code(), 1);
-        proxy::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
-        proxy::disown_misdelivered(g, &e, &receipt);
+        challenge::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
+        challenge::disown_misdelivered(g, &e, &receipt);
         return failed(format!("receipt refused: {e}")).await;
     }
     Ok(Member {

@@ -17,10 +17,14 @@ use tokio::sync::mpsc;
 
 use crate::admission::Admitted;
 use crate::answers::NodeAnswer;
-use crate::proxy::{self, Dispatched, Lease, check_receipt};
+use crate::challenge;
+use crate::proxy::{self, Dispatched, Lease};
 use crate::router::Outcome;
+use crate::settle;
 use crate::state::GatewayState;
 use crate::store::UsageStatus;
+use crate::verify;
+use crate::verify::check_receipt;
 
 /// An SSE response fed by a task: `drive` gets the sender of the events' data and runs on its
 /// own, so it finishes (and bills) even if the client leaves.
@@ -121,18 +125,18 @@ pub(crate) async fn fail(g: &GatewayState, d: &Lease, msg: String) -> ApiError {
 
 /// Refuses a node's answer whose receipt does not check out. A receipt the node did sign for
 /// this request (it only over-reports) will still be claimed by the node, so it is challenged
-/// ([`proxy::challenge_over_report`]); one whose answer is not what it commits to is disowned
-/// ([`proxy::disown_misdelivered`]).
+/// ([`challenge::challenge_over_report`]); one whose answer is not what it commits to is disowned
+/// ([`challenge::disown_misdelivered`]).
 pub(crate) async fn bad_receipt(
     g: &Arc<GatewayState>,
     d: &Lease,
-    e: proxy::ReceiptError,
+    e: verify::ReceiptError,
     signed: Option<(&Bytes, &SignedReceipt)>,
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's receipt");
     if let Some((body, r)) = signed {
-        proxy::challenge_over_report(g, &e, r, Some((d, body))).await;
-        proxy::disown_misdelivered(g, &e, r);
+        challenge::challenge_over_report(g, &e, r, Some((d, body))).await;
+        challenge::disown_misdelivered(g, &e, r);
     }
     g.metrics.inc("receipts_refused_total", e.code(), 1);
     g.store.release(d.stack, d.reserved).await.ok();
@@ -196,7 +200,7 @@ pub(crate) async fn drive_relay(
         if v.get("sortition").and_then(|s| s.get("receipt")).is_some() {
             let parsed = v.receipt();
             let checked = match &parsed {
-                None => Err(proxy::ReceiptError::Missing),
+                None => Err(verify::ReceiptError::Missing),
                 Some(r) => check_receipt(&d, &body, answer.response_hash(), r).map(|_| r.clone()),
             };
             match checked {
@@ -239,14 +243,14 @@ pub(crate) async fn drive_relay(
                 },
             )
             .await;
-            let answer = answer.finish_reason.map(|finish_reason| proxy::Answer {
+            let answer = answer.finish_reason.map(|finish_reason| settle::Answer {
                 text: answer.text,
                 finish_reason,
             });
-            let served = proxy::Served::new(&r, answer.as_ref());
+            let served = settle::Served::new(&r, answer.as_ref());
             // Delivered already: settled now, or once the store can (the hold pays meanwhile).
-            let bill = proxy::receipted_bill(&g, &d, &a.key, &a.model, &body, &served);
-            proxy::record_delivered(&g, a.hold, vec![bill]).await;
+            let bill = settle::receipted_bill(&g, &d, &a.key, &a.model, &body, &served);
+            settle::record_delivered(&g, a.hold, vec![bill]).await;
         }
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill
@@ -264,7 +268,7 @@ pub(crate) async fn drive_relay(
                 status,
                 sortition_types::sha256(&body),
             );
-            proxy::record_delivered(&g, a.hold, vec![bill]).await;
+            settle::record_delivered(&g, a.hold, vec![bill]).await;
         }
     }
 }

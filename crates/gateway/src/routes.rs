@@ -12,11 +12,14 @@ use sortition_api::*;
 use crate::admission::{Admitted, Asked, admit, authenticate};
 use crate::answers::NodeAnswer;
 use crate::directory::RouterQueries;
-use crate::proxy::{self, Dispatched, Lease, check_receipt};
+use crate::proxy::{self, Dispatched, Lease};
 use crate::relay::{bad_receipt, fail, first_event, relay_stream};
 use crate::router::Outcome;
+use crate::settle;
 use crate::state::GatewayState;
 use crate::store::AuthedKey;
+use crate::verify;
+use crate::verify::check_receipt;
 
 type S = State<Arc<GatewayState>>;
 
@@ -377,7 +380,7 @@ async fn answered(
     mut answer: impl NodeAnswer,
 ) -> Result<Response, ApiError> {
     let Some(receipt) = answer.receipt() else {
-        return Err(bad_receipt(g, &d, proxy::ReceiptError::Missing, None).await);
+        return Err(bad_receipt(g, &d, verify::ReceiptError::Missing, None).await);
     };
     if let Err(e) = check_receipt(&d, &body, answer.delivered_hash(&body), &receipt) {
         return Err(bad_receipt(g, &d, e, Some((&body, &receipt))).await);
@@ -385,10 +388,11 @@ async fn answered(
     g.finish(d.node.id, Outcome::Success { ttft, itl: None })
         .await;
     let generated = answer.answer();
-    let served = proxy::Served::new(&receipt, generated.as_ref());
+    let served = settle::Served::new(&receipt, generated.as_ref());
     // Billed (and the payload kept) before the answer leaves: if that cannot be recorded the
     // client gets the error (503 on a storage fault) instead of an unpaid answer.
-    proxy::bill(g, &d, &a.key, &a.model, &body, &served, &mut a.hold).await?;
+    let bill = settle::receipted_bill(g, &d, &a.key, &a.model, &body, &served);
+    settle::record(g, &mut a.hold, &[bill]).await?;
     answer.mark_verified();
     let mut resp = Json(answer).into_response();
     if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {

@@ -21,7 +21,8 @@
 //! Against a dot product per position (a horizontal sum per position and head), the tiled
 //! chains need no reduction across lanes and load each key once for the whole group.
 
-use crate::q8::{Kernel, f16_to_f32};
+use crate::isa::Kernel;
+use crate::quant::f16_to_f32;
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 

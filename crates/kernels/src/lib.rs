@@ -1,11 +1,15 @@
 //! Sortition's numeric kernels, the layer under the engine.
 //!
-//! - [`q8`]: Q4_1 weights × Q8 activations; and what every product shares: the [`Kernel`]
-//!   choice (part of the node class), the thread [`q8::Pool`], the weight block formats.
+//! - [`isa`]: the [`Kernel`] choice (part of the node class) and what this CPU supports.
+//! - [`pool`]: the thread [`Pool`] the products split their work over.
+//! - [`quant`]: what every product shares: the weight block formats, a quantized matrix's
+//!   storage, f16 decoding and the quantization of activations to Q8 blocks.
+//! - [`q8`]: Q4_1 weights × Q8 activations.
 //! - [`q8p`]: Q8_0 weights × Q8 activations in panels (the default product).
 //! - [`qf`]: Q8_0 weights × f32 activations.
 //! - [`attn`]: attention over f16 key/value caches.
-//! - [`ops`]: row operations (dot, RMS norm, SwiGLU, scale and max).
+//! - [`ops`]: row operations (dot, RMS norm, SwiGLU, scale and max); their vector forms are
+//!   in `rows`.
 //! - [`math`]: the engine's own `exp`, and `pow`/`sin`/`cos` from the `libm` crate, so every
 //!   build gives the same bits; [`portable`] holds the scalar forms the vector ones finish
 //!   slice tails with.
@@ -18,15 +22,20 @@
 
 pub mod attn;
 pub mod error;
+pub mod isa;
 pub mod math;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod matmul_tests;
 pub mod ops;
+pub mod pool;
 mod portable;
 pub mod q8;
 pub mod q8p;
 pub mod qf;
+pub mod quant;
+mod rows;
 
 pub use error::{KernelError, Result};
-pub use q8::Kernel;
+pub use isa::Kernel;
+pub use pool::Pool;

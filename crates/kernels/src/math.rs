@@ -18,7 +18,7 @@ pub use crate::portable::exp_f32;
 
 /// `xs[i] = e^(xs[i] - sub)`, vectorized when the CPU allows (same bits either way).
 pub fn exp_sub_in_place(xs: &mut [f32], sub: f32) {
-    if !crate::q8::Kernel::exp_sub_f32(xs, sub) {
+    if !crate::rows::exp_sub(xs, sub) {
         for x in xs.iter_mut() {
             *x = exp_f32(*x - sub);
         }

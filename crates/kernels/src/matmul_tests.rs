@@ -1,7 +1,9 @@
 //! Tests both matmul kernels ([`crate::q8`], [`crate::qf`]) share: each kernel's test module
 //! runs them on its own matrix type through [`Product`].
 
-use crate::q8::{BLOCK, Kernel, Pool, WeightQuant, f16_to_f32};
+use crate::isa::Kernel;
+use crate::pool::Pool;
+use crate::quant::{BLOCK, WeightQuant, f16_to_f32};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand_chacha::ChaCha20Rng;

@@ -4,7 +4,7 @@
 /// Dot product with eight fixed partial sums combined in a fixed order (AVX when present:
 /// the same operations, so the same bits).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    crate::q8::Kernel::dot_f32(a, b).unwrap_or_else(|| dot_portable(a, b))
+    crate::rows::dot(a, b).unwrap_or_else(|| dot_portable(a, b))
 }
 
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -63,7 +63,7 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 
 /// `g = silu(g) * u` element-wise (SwiGLU).
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
-    if !crate::q8::Kernel::silu_mul_f32(g, u) {
+    if !crate::rows::silu_mul(g, u) {
         crate::portable::silu_mul(g, u);
     }
 }

@@ -3,8 +3,8 @@
 //! quantized once to Q8 blocks with f32 scales, like llama.cpp's q8_0 × q8_0 and q4_1 × q8_1.
 //! The engine runs Q4_1 weights here (4-bit × int8 products are cheap in AVX2's integer
 //! units, which made single-stream decode 15-35 % faster than with f32 activations) and Q8_0
-//! weights on [`crate::qf`] (f32 activations). This module also holds what both share: the
-//! [`Kernel`] choice, the thread [`Pool`], and the vectorized row routines.
+//! weights on [`crate::q8p`] or [`crate::qf`]; what all products share is in [`crate::quant`],
+//! [`crate::isa`] and [`crate::pool`].
 //!
 //! Batching: a worker streams each weight row once per call and dots it against every
 //! activation row (in tiles of up to [`ROW_TILE`] rows), so a decode step with eight
@@ -19,137 +19,17 @@
 //! other rows or the thread count. The scalar path performs the same operations
 //! (`f32::mul_add` is fused), so it reproduces the AVX2 path bit for bit (tested), on any CPU.
 
-use rayon::prelude::*;
+use crate::error::Result;
+use crate::isa::Kernel;
+use crate::pool::Pool;
+use crate::quant::{BLOCK, Stored, WeightQuant, f16_to_f32, quantize_blocks};
 
-use crate::error::{KernelError, Result};
-
-/// Values per quantization block.
-pub const BLOCK: usize = 32;
 /// Activation rows computed together against one weight row.
 pub const ROW_TILE: usize = 4;
 /// Fewest weight rows per parallel work item.
 const MIN_CHUNK: usize = 16;
 
-/// Weight block formats the kernel reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightQuant {
-    /// 32 int8 and an f16 scale: `w = d * q`.
-    Q8_0,
-    /// 32 4-bit values and f16 scale and minimum: `w = d * q + m`.
-    Q4_1,
-}
-
-impl WeightQuant {
-    /// Quant bytes per block in our layout.
-    fn qbytes(self) -> usize {
-        match self {
-            WeightQuant::Q8_0 => BLOCK,
-            WeightQuant::Q4_1 => BLOCK / 2,
-        }
-    }
-}
-
-/// A kernel module's weight matrix: `pub struct QMatrix(Stored)`, read as its [`Stored`],
-/// with `QMatrix::stack` (matrices of one format and input width; a product then returns one
-/// output per part; each kernel's layout keeps a part's rows together, so parts simply follow
-/// each other). The doc comment before the call documents the layout.
-macro_rules! stored_matrix {
-    ($(#[$doc:meta])*) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq)]
-        pub struct QMatrix(Stored);
-
-        impl std::ops::Deref for QMatrix {
-            type Target = Stored;
-            fn deref(&self) -> &Stored {
-                &self.0
-            }
-        }
-
-        impl QMatrix {
-            /// Stacks matrices of one format and input width; a product returns one output
-            /// per part.
-            pub fn stack(mats: Vec<QMatrix>) -> Result<Self> {
-                Ok(QMatrix(Stored::stack(
-                    mats.into_iter().map(|m| m.0).collect(),
-                )?))
-            }
-        }
-    };
-}
-pub(crate) use stored_matrix;
-
-/// The storage of a quantized weight matrix, whatever the layout of its quants: `rows`
-/// outputs of `cols` inputs, possibly several stacked parts.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Stored {
-    pub quant: WeightQuant,
-    pub rows: usize,
-    pub cols: usize,
-    /// Quant bytes, in the owning kernel's layout.
-    pub qs: Vec<u8>,
-    /// f16 scales (bits), one per block.
-    pub d: Vec<u16>,
-    /// f16 minimums (bits), one per block (Q4_1 only).
-    pub m: Vec<u16>,
-    /// Row counts of the stacked parts (one entry when not stacked).
-    pub parts: Vec<usize>,
-}
-
-impl Stored {
-    /// Checks a GGML tensor's byte count for `rows × cols`; returns the bytes of one block
-    /// and where its quants start.
-    pub fn block_size(
-        quant: WeightQuant,
-        bytes: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<(usize, usize)> {
-        let head = match quant {
-            WeightQuant::Q8_0 => 2,
-            WeightQuant::Q4_1 => 4,
-        };
-        let size = head + quant.qbytes();
-        if !cols.is_multiple_of(BLOCK) || bytes != rows * cols / BLOCK * size {
-            return Err(KernelError::CorruptWeights(format!(
-                "{quant:?} matrix {rows}x{cols}: {bytes} bytes"
-            )));
-        }
-        Ok((size, head))
-    }
-
-    /// Stacks matrices of one format and input width (their quants one after the other).
-    pub fn stack(mats: Vec<Stored>) -> Result<Stored> {
-        let Some(first) = mats.first() else {
-            return Err(KernelError::CorruptWeights("nothing to stack".into()));
-        };
-        let (quant, cols) = (first.quant, first.cols);
-        if mats.iter().any(|m| m.cols != cols || m.quant != quant) {
-            return Err(KernelError::CorruptWeights(
-                "stacked matrices differ in width or format".into(),
-            ));
-        }
-        let mut out = Stored {
-            quant,
-            rows: 0,
-            cols,
-            qs: Vec::new(),
-            d: Vec::new(),
-            m: Vec::new(),
-            parts: Vec::new(),
-        };
-        for m in mats {
-            out.rows += m.rows;
-            out.qs.extend_from_slice(&m.qs);
-            out.d.extend_from_slice(&m.d);
-            out.m.extend_from_slice(&m.m);
-            out.parts.extend(m.parts);
-        }
-        Ok(out)
-    }
-}
-
-crate::q8::stored_matrix! {
+crate::quant::stored_matrix! {
     /// A quantized weight matrix, row-major: row `j` is `cols / 32` blocks (quants: Q8_0 one int8
     /// per value; Q4_1 GGML's nibble order, value `i < 16` in the low nibble of byte `i`, value
     /// `i + 16` in its high nibble). Several matrices sharing an input can be stacked into one
@@ -322,222 +202,6 @@ impl Q8Rows {
     }
 }
 
-/// Quantizes whole blocks of `x` into `qs`, with per block the scale into `d` and `d * Σ q`
-/// into `s` (see [`Q8Rows::quantize`]).
-pub(crate) fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
-    for ((src, dst), (d, s)) in blocks.zip(d.iter_mut().zip(s.iter_mut())) {
-        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in dst.iter_mut().zip(src) {
-            let r = round_half_away(v * inv).clamp(-127, 127);
-            sum += r;
-            *q = r as i8;
-        }
-        *d = scale;
-        *s = scale * sum as f32;
-    }
-}
-
-/// `v.round() as i32` (halves away from zero) for `|v| < 2^23`, without a libm call.
-fn round_half_away(v: f32) -> i32 {
-    let t = v as i32;
-    // Exact: `v` and its truncation share the exponent range.
-    let frac = v - t as f32;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
-}
-
-/// IEEE half to single precision (exact).
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        // Subnormal: man * 2^-24, exact in f32.
-        (0, _) => {
-            let v = (man as f32) * f32::from_bits(0x3380_0000);
-            return if sign != 0 { -v } else { v };
-        }
-        (31, _) => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 112) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
-}
-
-/// Which implementation of the dot routines runs (part of the node class). Every one
-/// performs the same operations per output element, so all give the same bits (tested).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    /// AVX-512F (with AVX2, FMA, F16C) for the f32-activation products of [`crate::qf`]
-    /// and attention ([`crate::attn`]), and with BW and VNNI for the integer panel products
-    /// of [`crate::q8p`] (their AVX2 form without them: the same bits); the integer products
-    /// of this module and the row routines run their AVX2 forms.
-    Avx512,
-    /// AVX2 + FMA + F16C intrinsics, chosen at run time.
-    Avx2,
-    /// Portable Rust performing the same operations.
-    Scalar,
-}
-
-impl Kernel {
-    /// The environment variable that names the kernel to run instead of the fastest.
-    pub const ENV: &'static str = "SORTITION_KERNEL";
-
-    /// The fastest kernel this CPU supports.
-    pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if crate::qf::avx512_available() {
-            return Kernel::Avx512;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if avx2::available() {
-            return Kernel::Avx2;
-        }
-        Kernel::Scalar
-    }
-
-    /// Every kernel this CPU supports, slowest first.
-    pub fn supported() -> Vec<Kernel> {
-        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
-            .into_iter()
-            .filter(|&k| k.runs_here())
-            .collect()
-    }
-
-    fn runs_here(self) -> bool {
-        match self {
-            Kernel::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::available(),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => crate::qf::avx512_available(),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// The kernel to run: the one [`Kernel::ENV`] names (`avx512`, `avx2`, `scalar`), e.g.
-    /// to join a node class of CPUs without AVX-512, else the fastest this CPU supports.
-    pub fn select() -> Result<Kernel> {
-        Kernel::named(std::env::var(Self::ENV).ok().as_deref())
-    }
-
-    /// The kernel [`Kernel::ENV`] names, if it is set (an invalid name is an error); for
-    /// binaries, tests and benchmarks that honour it.
-    pub fn from_env() -> Result<Option<Kernel>> {
-        match std::env::var(Self::ENV) {
-            Ok(name) => Kernel::named(Some(&name)).map(Some),
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// [`Kernel::select`] for the value `name` of [`Kernel::ENV`] (`None`: unset).
-    pub fn named(name: Option<&str>) -> Result<Kernel> {
-        let Some(name) = name else {
-            return Ok(Kernel::detect());
-        };
-        let known = [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar];
-        let Some(k) = known.into_iter().find(|k| k.name() == name.trim()) else {
-            return Err(KernelError::InvalidParams(format!(
-                "{}={name:?}: not a kernel (avx512, avx2 or scalar)",
-                Self::ENV
-            )));
-        };
-        if !k.runs_here() {
-            return Err(KernelError::InvalidParams(format!(
-                "{}={name}: this CPU does not support that kernel",
-                Self::ENV
-            )));
-        }
-        Ok(k)
-    }
-
-    /// The implementation this module's integer products run for this choice.
-    pub fn integer(self) -> Kernel {
-        match self {
-            Kernel::Avx512 => Kernel::Avx2,
-            k => k,
-        }
-    }
-
-    /// [`crate::ops::dot`], vectorized when the CPU allows (same bits either way).
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> Option<f32> {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx") {
-            return Some(avx2::dot(a, b));
-        }
-        let _ = (a, b);
-        None
-    }
-
-    /// [`crate::math::exp_sub_in_place`] vectorized when the CPU allows (same bits either
-    /// way); `false` when it does not.
-    pub fn exp_sub_f32(xs: &mut [f32], sub: f32) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            avx2::exp_sub(xs, sub);
-            return true;
-        }
-        let _ = (xs, sub);
-        false
-    }
-
-    /// [`crate::ops::silu_mul`] vectorized when the CPU allows (same bits either way);
-    /// `false` when it does not.
-    pub fn silu_mul_f32(g: &mut [f32], u: &[f32]) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            avx2::silu_mul(g, u);
-            return true;
-        }
-        let _ = (g, u);
-        false
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Avx512 => "avx512",
-            Kernel::Avx2 => "avx2",
-            Kernel::Scalar => "scalar",
-        }
-    }
-
-    /// Weight rows `j0..j0 + n` of `w` against activation rows `r0..r0 + N` of `x`:
-    /// `out[t][i]` is weight row `j0 + i` against activation row `r0 + t`. The shapes are
-    /// checked once here; the loop over weight rows runs inside the kernel.
-    fn panel<const N: usize>(
-        self,
-        w: &QMatrix,
-        (j0, n): (usize, usize),
-        x: &Q8Rows,
-        r0: usize,
-        out: &mut [&mut [f32]],
-    ) {
-        let nb = w.cols / BLOCK;
-        assert!(w.cols == x.cols && j0 + n <= w.rows && r0 + N <= x.rows && out.len() == N);
-        assert!(w.qs.len() == w.rows * nb * w.quant.qbytes() && w.d.len() == w.rows * nb);
-        assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
-        assert!(
-            x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len()
-        );
-        assert!(out.iter().all(|o| o.len() == n));
-        match self.integer() {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::panel::<N>(w, (j0, n), x, r0, out),
-            _ => scalar_panel::<N>(w, (j0, n), x, r0, out),
-        }
-    }
-}
-
 /// Sums eight lanes in a fixed tree: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
 fn hsum8(l: [f32; 8]) -> f32 {
     let s = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
@@ -597,56 +261,32 @@ fn scalar_tile<const W: usize, const N: usize>(
 #[allow(unsafe_code)]
 mod avx2;
 
-/// Runs products on a fixed number of threads.
-pub struct Pool {
-    /// `None` for one thread: products run on the caller's thread.
-    pool: Option<rayon::ThreadPool>,
+/// Weight rows `j0..j0 + n` of `w` against activation rows `r0..r0 + N` of `x`:
+/// `out[t][i]` is weight row `j0 + i` against activation row `r0 + t`. The shapes are
+/// checked once here; the loop over weight rows runs inside the kernel.
+fn panel<const N: usize>(
     kernel: Kernel,
+    w: &QMatrix,
+    (j0, n): (usize, usize),
+    x: &Q8Rows,
+    r0: usize,
+    out: &mut [&mut [f32]],
+) {
+    let nb = w.cols / BLOCK;
+    assert!(w.cols == x.cols && j0 + n <= w.rows && r0 + N <= x.rows && out.len() == N);
+    assert!(w.qs.len() == w.rows * nb * w.quant.qbytes() && w.d.len() == w.rows * nb);
+    assert!(w.quant != WeightQuant::Q4_1 || w.m.len() == w.d.len());
+    assert!(x.qs.len() == x.rows * x.cols && x.d.len() == x.rows * nb && x.s.len() == x.d.len());
+    assert!(out.iter().all(|o| o.len() == n));
+    match kernel.integer() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => avx2::panel::<N>(w, (j0, n), x, r0, out),
+        _ => scalar_panel::<N>(w, (j0, n), x, r0, out),
+    }
 }
 
+/// The products of this module on a [`Pool`].
 impl Pool {
-    pub fn new(threads: usize, kernel: Kernel) -> Result<Pool> {
-        let pool = if threads > 1 {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(|i| format!("sortition-q8-{i}"))
-                    .build()
-                    .map_err(|e| KernelError::Internal(format!("thread pool: {e}")))?,
-            )
-        } else {
-            None
-        };
-        Ok(Pool { pool, kernel })
-    }
-
-    /// The dot-routine implementation the products use.
-    pub fn kernel(&self) -> Kernel {
-        self.kernel
-    }
-
-    pub fn threads(&self) -> usize {
-        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
-    }
-
-    /// Runs `f` on one of the pool's threads, so that the parallel products and loops inside
-    /// it split their work by stealing between threads already awake instead of each waking
-    /// the pool from outside (a forward pass runs ~150 of them per token).
-    pub fn install<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
-    }
-
-    /// Runs `f` on every item, in parallel when the pool has threads.
-    pub fn for_each<T: Send, F: Fn(T) + Sync + Send>(&self, items: Vec<T>, f: F) {
-        match &self.pool {
-            Some(p) => p.install(|| items.into_par_iter().for_each(f)),
-            None => items.into_iter().for_each(f),
-        }
-    }
-
     /// `x · Wᵀ`: per part of `w`, a row-major `[x.rows × part rows]` output.
     pub fn matmul(&self, w: &QMatrix, x: &Q8Rows) -> Vec<Vec<f32>> {
         assert_eq!(w.cols, x.cols, "matmul widths");
@@ -672,7 +312,7 @@ impl Pool {
             }
             j0 += n;
         }
-        let kernel = self.kernel;
+        let kernel = self.kernel();
         self.for_each(items, |(j0, mut out)| chunk(kernel, w, x, j0, &mut out));
         outs
     }
@@ -688,10 +328,10 @@ fn chunk(kernel: Kernel, w: &QMatrix, x: &Q8Rows, j0: usize, out: &mut [&mut [f3
         let t = ROW_TILE.min(x.rows - r0);
         let o = &mut out[r0..r0 + t];
         match t {
-            1 => kernel.panel::<1>(w, (j0, n), x, r0, o),
-            2 => kernel.panel::<2>(w, (j0, n), x, r0, o),
-            3 => kernel.panel::<3>(w, (j0, n), x, r0, o),
-            _ => kernel.panel::<ROW_TILE>(w, (j0, n), x, r0, o),
+            1 => panel::<1>(kernel, w, (j0, n), x, r0, o),
+            2 => panel::<2>(kernel, w, (j0, n), x, r0, o),
+            3 => panel::<3>(kernel, w, (j0, n), x, r0, o),
+            _ => panel::<ROW_TILE>(kernel, w, (j0, n), x, r0, o),
         }
         r0 += t;
     }

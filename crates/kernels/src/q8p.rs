@@ -26,14 +26,16 @@
 //! activations' 8-bit rounding (llama.cpp's own CPU path for these weights).
 
 use crate::error::{KernelError, Result};
-use crate::q8::{BLOCK, Kernel, Pool, Stored, WeightQuant, f16_to_f32, quantize_blocks};
+use crate::isa::Kernel;
+use crate::pool::Pool;
+use crate::quant::{BLOCK, Stored, WeightQuant, f16_to_f32, quantize_blocks};
 
 /// Weight rows per panel.
 pub const PANEL: usize = 16;
 /// Column groups of four per block.
 pub const GROUPS: usize = BLOCK / 4;
 
-crate::q8::stored_matrix! {
+crate::quant::stored_matrix! {
     /// A Q8_0 weight matrix: `rows` outputs of `cols` inputs, in panels (see the module docs):
     /// panel after panel (each part padded with zero rows to whole panels), `cols × 16` quant
     /// bytes each, and per panel, per block, one f16 scale per row. Several matrices sharing an

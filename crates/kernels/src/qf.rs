@@ -20,7 +20,9 @@
 //! vector, lanes that never meet, so the vector width changes nothing in an element's chain.
 
 use crate::error::Result;
-use crate::q8::{BLOCK, Kernel, Pool, Stored, WeightQuant, f16_to_f32};
+use crate::isa::Kernel;
+use crate::pool::Pool;
+use crate::quant::{BLOCK, Stored, WeightQuant, f16_to_f32};
 
 /// Weight rows per panel (two vectors of eight).
 pub const PANEL: usize = 16;
@@ -38,7 +40,7 @@ fn panel_bytes_per_col(quant: WeightQuant) -> usize {
     }
 }
 
-crate::q8::stored_matrix! {
+crate::quant::stored_matrix! {
     /// A quantized weight matrix: `rows` outputs of `cols` inputs, in panels of [`PANEL`] rows:
     /// panel after panel (each part padded with zero rows to whole panels), column after column
     /// ([`panel_bytes_per_col`] bytes each); scales (and Q4_1 minimums) per panel, per block, one
@@ -254,12 +256,6 @@ pub(crate) fn panel_items<'a>(
         p0 += panels;
     }
     items
-}
-
-/// Whether this CPU runs the AVX-512 products.
-#[cfg(target_arch = "x86_64")]
-pub fn avx512_available() -> bool {
-    avx512::available()
 }
 
 /// Tiles of at most `most` rows covering `rows`, as even as possible: `(first, len)`.

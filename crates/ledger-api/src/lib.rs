@@ -31,6 +31,8 @@ pub mod paths {
     pub const HEALTH: &str = "/health";
     pub const METRICS: &str = "/metrics";
     pub const TX: &str = "/v1/tx";
+    /// Several transactions, sequenced in the order sent (see [`super::TxBatchItem`]).
+    pub const TX_BATCH: &str = "/v1/tx/batch";
     pub const STATUS: &str = "/v1/status";
     pub const GENESIS: &str = "/v1/genesis";
     pub const NODES: &str = "/v1/nodes";
@@ -112,6 +114,27 @@ impl ErrorBody {
             },
         }
     }
+}
+
+/// Most transactions one `POST /v1/tx/batch` may carry.
+pub const MAX_TX_BATCH: usize = 256;
+
+/// One transaction's fate in the answer of `POST /v1/tx/batch` (a list in the order sent).
+/// The batch is sequenced in that order, so one sender's consecutive nonces can go in one
+/// request and land in one block; each transaction still succeeds or fails on its own (a
+/// refused one does not use its nonce, so the sender's later ones then fail `wrong_nonce`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxBatchItem {
+    /// Applied, in a durable block.
+    Included(TxResponse),
+    /// Refused (before sequencing or by the state machine in its block), with the status and
+    /// body a single `POST /v1/tx` would have answered.
+    Refused {
+        status: u16,
+        #[serde(flatten)]
+        body: ErrorBody,
+    },
 }
 
 /// Answer of `POST /v1/tx` when the transaction was applied.

@@ -19,7 +19,7 @@ use sortition_types::{
 pub use sortition_ledger_api::{
     BlockResponse, Cursor, StatusResponse, TxLocation, TxResponse as TxResult,
 };
-use sortition_ledger_api::{ErrorBody, paths};
+use sortition_ledger_api::{ErrorBody, MAX_TX_BATCH, TxBatchItem, paths};
 
 /// What one validator says, in [`LedgerClient::replicas`].
 #[derive(Debug, Clone)]
@@ -33,6 +33,10 @@ pub struct ReplicaView {
 
 /// How long a transaction signed by [`LedgerClient::send`] stays valid.
 pub const DEFAULT_TX_TTL: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -59,17 +63,40 @@ impl ClientError {
     }
 }
 
-/// One async mutex per signing key in this process, held across nonce lookup and submission.
-fn sender_lock(pk: &PublicKey) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: LazyLock<Mutex<HashMap<PublicKey, Arc<tokio::sync::Mutex<()>>>>> =
+/// One signing key's transactions waiting to be sent, and the turn to send them.
+///
+/// A key's nonces are one sequence, so this process keeps one queue per key (whichever client
+/// instance sends): each [`LedgerClient::send`] queues its transaction and then waits for the
+/// turn; whoever gets it sends everything queued by then as one batch with consecutive
+/// nonces. While a batch waits for its block, the next ones queue up behind it, so a busy key
+/// sends many transactions per block instead of one (group commit).
+#[derive(Default)]
+struct KeyQueue {
+    waiting: Mutex<Vec<Queued>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+struct Queued {
+    kind: TxKind,
+    /// `wrong_nonce` refusals that were not caused by an earlier transaction of its batch.
+    stale: u32,
+    reply: tokio::sync::oneshot::Sender<Result<TxResult, ClientError>>,
+}
+
+fn key_queue(pk: &PublicKey) -> Arc<KeyQueue> {
+    static QUEUES: LazyLock<Mutex<HashMap<PublicKey, Arc<KeyQueue>>>> =
         LazyLock::new(Default::default);
-    LOCKS
+    QUEUES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(*pk)
         .or_default()
         .clone()
 }
+
+/// `wrong_nonce` refusals a transaction gets from other senders of its key (another process)
+/// before its error is returned.
+const MAX_STALE_NONCES: u32 = 4;
 
 /// A client of one ledger, or of several validators of one replicated ledger.
 ///
@@ -245,37 +272,161 @@ impl LedgerClient {
         .await
     }
 
-    /// Fetches the nonce, signs with the ledger's chain id and a 60 s expiry, submits, and
-    /// waits for the block.
+    /// Submits signed transactions in this order (`POST /v1/tx/batch`, at most
+    /// [`MAX_TX_BATCH`]) and waits until their blocks are durable; one answer per
+    /// transaction.
+    pub async fn submit_batch(
+        &self,
+        txs: &[SignedTx],
+    ) -> Result<Vec<Result<TxResult, ClientError>>, ClientError> {
+        let items: Vec<TxBatchItem> = Self::decode(
+            self.request(false, |b| {
+                self.http.post(format!("{b}{}", paths::TX_BATCH)).json(txs)
+            })
+            .await?,
+        )
+        .await?;
+        if items.len() != txs.len() {
+            return Err(ClientError::Decode(format!(
+                "{} answers to a batch of {}",
+                items.len(),
+                txs.len()
+            )));
+        }
+        Ok(items
+            .into_iter()
+            .map(|i| match i {
+                TxBatchItem::Included(t) => Ok(t),
+                TxBatchItem::Refused { status, body } => Err(ClientError::Api {
+                    status,
+                    code: body.error.code,
+                    message: body.error.message,
+                }),
+            })
+            .collect())
+    }
+
+    /// Signs `kind` with the ledger's chain id, the key's next nonce and a 60 s expiry, sends
+    /// it, and waits for its block.
     ///
-    /// Sends of one key are serialized within this process (whichever client instance they
-    /// go through), so concurrent tasks of one node never race for a nonce; a `wrong_nonce`
-    /// refusal can then only come from another process using the same key, and is retried
-    /// a few times with a fresh nonce.
+    /// Sends of one key within this process share one nonce sequence (whichever client
+    /// instance they go through) and are pipelined: see [`KeyQueue`]. A transaction refused
+    /// `wrong_nonce` because one before it in its batch was refused is sent again at once; a
+    /// `wrong_nonce` from another process sending with the same key is retried a few times.
     pub async fn send(&self, key: &Keypair, kind: TxKind) -> Result<TxResult, ClientError> {
-        let sender_lock = sender_lock(&key.public());
-        let _turn = sender_lock.lock().await;
-        let chain_id = self.status().await?.chain_id;
-        let mut last = None;
-        for _ in 0..4 {
-            let nonce = self.next_nonce(&key.public()).await?;
+        let queue = key_queue(&key.public());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        lock(&queue.waiting).push(Queued {
+            kind,
+            stale: 0,
+            reply,
+        });
+        let mut answer = answer;
+        loop {
+            // Our transaction is queued, in a batch under way, or answered: whoever holds the
+            // turn sends it, and at our turn it is either answered or queued again.
+            let turn = queue.turn.lock().await;
+            // Answered by an earlier turn (ours or another sender's), or lost with a turn that
+            // was cancelled while it waited for its block.
+            match answer.try_recv() {
+                Ok(r) => return r,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(ClientError::Decode(
+                        "the send that carried this transaction was cancelled; it may still \
+                         be included"
+                            .into(),
+                    ));
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<Queued> = {
+                let mut w = lock(&queue.waiting);
+                let n = w.len().min(MAX_TX_BATCH);
+                w.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                drop(turn);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let again = self.send_batch(key, batch).await;
+            // Sent again before anything queued later, keeping their order.
+            lock(&queue.waiting).splice(0..0, again);
+            drop(turn);
+        }
+    }
+
+    /// Sends one batch with consecutive nonces from the key's current one, answers each
+    /// transaction, and returns those to send again.
+    async fn send_batch(&self, key: &Keypair, batch: Vec<Queued>) -> Vec<Queued> {
+        let signed = async {
+            let chain_id = self.status().await?.chain_id;
+            let first = self.next_nonce(&key.public()).await?;
             let expires_at_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| (d + DEFAULT_TX_TTL).as_millis() as u64);
-            let tx = Tx {
-                chain_id: chain_id.clone(),
-                sender: key.public(),
-                nonce,
-                expires_at_ms,
-                kind: kind.clone(),
+            let txs: Vec<SignedTx> = batch
+                .iter()
+                .zip(first..)
+                .map(|(q, nonce)| {
+                    Tx {
+                        chain_id: chain_id.clone(),
+                        sender: key.public(),
+                        nonce,
+                        expires_at_ms,
+                        kind: q.kind.clone(),
+                    }
+                    .sign(key)
+                })
+                .collect();
+            let answers = if let [one] = txs.as_slice() {
+                vec![self.submit(one).await]
+            } else {
+                self.submit_batch(&txs).await?
+            };
+            Ok::<_, ClientError>(answers)
+        }
+        .await;
+        let answers = match signed {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing is known to have been sequenced: every transaction gets the error.
+                let message = e.to_string();
+                let mut first = Some(e);
+                for q in batch {
+                    let e = first
+                        .take()
+                        .unwrap_or_else(|| ClientError::Decode(message.clone()));
+                    let _ = q.reply.send(Err(e));
+                }
+                return Vec::new();
             }
-            .sign(key);
-            match self.submit(&tx).await {
-                Err(e) if e.code() == Some("wrong_nonce") => last = Some(e),
-                other => return other,
+        };
+        let mut again = Vec::new();
+        let mut earlier_refused = false;
+        for (mut q, a) in batch.into_iter().zip(answers) {
+            match a {
+                Err(e) if e.code() == Some("wrong_nonce") => {
+                    if !earlier_refused {
+                        q.stale += 1;
+                    }
+                    earlier_refused = true;
+                    if q.stale >= MAX_STALE_NONCES {
+                        let _ = q.reply.send(Err(e));
+                    } else {
+                        again.push(q);
+                    }
+                }
+                Err(e) => {
+                    earlier_refused = true;
+                    let _ = q.reply.send(Err(e));
+                }
+                Ok(t) => {
+                    let _ = q.reply.send(Ok(t));
+                }
             }
         }
-        Err(last.unwrap_or(ClientError::Decode("no attempt made".into())))
+        again
     }
 
     /// One block's header, state root, beacon and (under consensus) certificate.

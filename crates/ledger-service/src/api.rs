@@ -12,10 +12,12 @@ use serde_json::{Value, json};
 use sortition_ledger::{Account, SignedTx};
 use sortition_types::{AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeId, PublicKey, StackId};
 
-use sortition_ledger_api::{BlockResponse, StatusResponse, TxLocation, TxResponse};
+use sortition_ledger_api::{
+    BlockResponse, MAX_TX_BATCH, StatusResponse, TxBatchItem, TxLocation, TxResponse,
+};
 
 use crate::error::ApiError;
-use crate::sequencer::{Handle, SubmitError};
+use crate::sequencer::{Handle, Included, SubmitError};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -24,6 +26,7 @@ pub fn router(h: Handle) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/v1/tx", post(submit))
+        .route("/v1/tx/batch", post(submit_batch))
         .route("/v1/txs/{hash}", get(find_tx))
         .route("/v1/status", get(status))
         .route("/v1/genesis", get(genesis))
@@ -52,17 +55,53 @@ async fn submit(
     body: Result<Json<SignedTx>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<TxResponse> {
     let Json(tx) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let inc = h.submit(tx).await.map_err(|e| match e {
+    Ok(Json(answer(h.submit(tx).await)?))
+}
+
+/// What a submission's outcome is answered with.
+fn answer(r: Result<Included, SubmitError>) -> Result<TxResponse, ApiError> {
+    let inc = r.map_err(|e| match e {
         SubmitError::Refused(l) => ApiError::Ledger(l),
         SubmitError::Service(s) => ApiError::Service(s),
     })?;
     let events = inc.result?;
-    Ok(Json(TxResponse {
+    Ok(TxResponse {
         height: inc.height,
         index: inc.index,
         tx_hash: inc.tx_hash,
         events,
-    }))
+    })
+}
+
+/// `POST /v1/tx/batch`: several transactions sequenced in the order sent (one sender's
+/// pipelined nonces), each answered as `POST /v1/tx` would answer it alone.
+async fn submit_batch(
+    State(h): State<Handle>,
+    body: Result<Json<Vec<SignedTx>>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Vec<TxBatchItem>> {
+    let Json(txs) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if txs.is_empty() || txs.len() > MAX_TX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch holds 1 to {MAX_TX_BATCH} transactions, not {}",
+            txs.len()
+        )));
+    }
+    let items = h
+        .submit_many(txs)
+        .await
+        .into_iter()
+        .map(|r| match answer(r) {
+            Ok(t) => TxBatchItem::Included(t),
+            Err(e) => {
+                let (status, body) = e.parts();
+                TxBatchItem::Refused {
+                    status: status.as_u16(),
+                    body,
+                }
+            }
+        })
+        .collect();
+    Ok(Json(items))
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {

@@ -97,9 +97,10 @@ pub fn ledger_status(e: &LedgerError) -> StatusCode {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, kind, code) = match &self {
+impl ApiError {
+    /// The status and body this error is answered with.
+    pub fn parts(&self) -> (StatusCode, sortition_ledger_api::ErrorBody) {
+        let (status, kind, code) = match self {
             ApiError::Ledger(e) => (ledger_status(e), "invalid_request_error", error_code(e)),
             ApiError::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,
@@ -113,7 +114,16 @@ impl IntoResponse for ApiError {
                 "unavailable".into(),
             ),
         };
-        let body = sortition_ledger_api::ErrorBody::new(self.to_string(), kind, code);
+        (
+            status,
+            sortition_ledger_api::ErrorBody::new(self.to_string(), kind, code),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.parts();
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Storage faults heal by themselves: say when to try again.

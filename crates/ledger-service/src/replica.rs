@@ -45,6 +45,23 @@ impl Default for ReplicaConfig {
 
 type Reply = oneshot::Sender<Result<Included, ServiceError>>;
 
+/// Puts each sender's transactions in nonce order, in the places its transactions hold:
+/// gossip may deliver one sender's pipelined transactions out of order, and a later nonce
+/// applied first would be refused (`wrong_nonce`) instead of waiting its turn.
+fn in_nonce_order(txs: &mut [SignedTx]) {
+    let mut places: HashMap<sortition_types::PublicKey, Vec<usize>> = HashMap::new();
+    for (i, t) in txs.iter().enumerate() {
+        places.entry(t.tx.sender).or_default().push(i);
+    }
+    for at in places.into_values().filter(|p| p.len() > 1) {
+        let mut mine: Vec<SignedTx> = at.iter().map(|&i| txs[i].clone()).collect();
+        mine.sort_by_key(|t| t.tx.nonce);
+        for (i, t) in at.into_iter().zip(mine) {
+            txs[i] = t;
+        }
+    }
+}
+
 /// Transactions waiting for a block, in arrival order, with whoever waits for each.
 #[derive(Default)]
 struct Mempool {
@@ -170,12 +187,14 @@ impl Replica {
         let mut pool = lock(&self.pool);
         let Mempool { order, txs, .. } = &mut *pool;
         order.retain(|h| txs.contains_key(h));
-        order
+        let mut picked: Vec<SignedTx> = order
             .iter()
             .filter(|h| !exclude.contains(*h))
             .take(max)
             .filter_map(|h| txs.get(h).cloned())
-            .collect()
+            .collect();
+        in_nonce_order(&mut picked);
+        picked
     }
 
     /// Number of waiting transactions.
@@ -301,5 +320,41 @@ impl Replica {
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sortition_ledger::{Tx, TxKind};
+    use sortition_types::{Amount, Keypair};
+
+    fn tx(key: &Keypair, nonce: u64) -> SignedTx {
+        Tx {
+            chain_id: "t".into(),
+            sender: key.public(),
+            nonce,
+            expires_at_ms: 1,
+            kind: TxKind::Transfer {
+                to: key.public(),
+                amount: Amount(1),
+            },
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn each_senders_transactions_go_in_nonce_order_in_their_places() {
+        let (a, b) = (Keypair::from_seed(b"a"), Keypair::from_seed(b"b"));
+        let mut txs = vec![tx(&a, 2), tx(&b, 5), tx(&a, 0), tx(&a, 1), tx(&b, 4)];
+        in_nonce_order(&mut txs);
+        let got: Vec<(bool, u64)> = txs
+            .iter()
+            .map(|t| (t.tx.sender == a.public(), t.tx.nonce))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(true, 0), (false, 4), (true, 1), (true, 2), (false, 5)]
+        );
     }
 }

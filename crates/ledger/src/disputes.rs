@@ -32,11 +32,11 @@
 
 use sortition_types::{Custody, DisputeId, Hash32, NodeId, PublicKey};
 
-use crate::audits::{executor_fault, finish_for_claim, peer_pool, return_bond, withheld};
 use crate::beacon::choose;
 use crate::error::LedgerError;
 use crate::event::Event;
 use crate::ops::{add_work, done_work, slash, to_treasury};
+use crate::rulings::{executor_fault, finish_for_claim, peer_pool, return_bond, withheld};
 use crate::state::{Audit, AuditOutcome, Dispute, Node, SlashReason, State};
 use crate::tx::{Verdict, verdict_commitment};
 use crate::{BlockContext, TxResult};
@@ -67,7 +67,7 @@ pub(crate) fn open(st: &mut State, ctx: &BlockContext, a: &Audit) -> DisputeId {
             resolution: None,
         },
     );
-    crate::draws::defer(st, ctx, crate::state::Draw::Committee { dispute: id });
+    st.defer(ctx, crate::state::Draw::Committee { dispute: id });
     id
 }
 

@@ -16,15 +16,7 @@
 use crate::BlockContext;
 use crate::event::Event;
 use crate::state::{Draw, PendingDraw, State};
-use crate::{audits, disputes};
-
-/// Queues `draw`, fixed in block `ctx.height`.
-pub(crate) fn defer(st: &mut State, ctx: &BlockContext, draw: Draw) {
-    st.pending_draws.push(PendingDraw {
-        fixed_height: ctx.height,
-        draw,
-    });
-}
+use crate::{audits, challenges, disputes};
 
 /// Makes every draw fixed before this block, in the order they were fixed; nothing in a bridge
 /// block (no beacon: the draws wait for the next block that has one).
@@ -45,7 +37,7 @@ pub(crate) fn run(st: &mut State, ctx: &BlockContext, events: &mut Vec<Event>) {
                 audits::open_for_claim(st, ctx, claim, events);
             }
             Draw::Challengers { audit, pool, k } => {
-                audits::draw_challengers(st, ctx, audit, &pool, k, events)
+                challenges::draw_challengers(st, ctx, audit, &pool, k, events)
             }
             Draw::Committee { dispute } => disputes::draw_committee(st, ctx, dispute, events),
         }

@@ -27,12 +27,14 @@ pub mod state;
 pub mod tx;
 
 mod audits;
+mod challenges;
 mod disputes;
 mod draws;
 mod end_block;
 mod equivocation;
 mod nodes;
 mod ops;
+mod rulings;
 mod stacks;
 pub mod validator_faults;
 
@@ -338,7 +340,7 @@ fn dispatch(st: &mut State, ctx: &BlockContext, sender: &PublicKey, kind: &TxKin
             verdict,
             salt,
         } => disputes::reveal(st, ctx, sender, *dispute, verdict, salt),
-        ChallengeReceipt { receipt } => audits::challenge(st, ctx, sender, receipt),
+        ChallengeReceipt { receipt } => challenges::challenge(st, ctx, sender, receipt),
         ReportEquivocation { first, second } => equivocation::report(st, sender, first, second),
         DisownReceipt { receipt } => stacks::disown(st, sender, receipt),
         // Checked against the validator set, which `Ledger::apply_tx` holds.

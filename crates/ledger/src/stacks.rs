@@ -6,7 +6,7 @@
 //! the escrow).
 
 use sortition_types::{
-    Amount, ClaimId, Hash32, ModelId, NodeId, PublicKey, SignedReceipt, StackId, Units,
+    Amount, AuditId, ClaimId, Hash32, ModelId, NodeId, PublicKey, SignedReceipt, StackId, Units,
 };
 
 use crate::beacon::{below, draw};
@@ -14,8 +14,8 @@ use crate::error::LedgerError;
 use crate::event::Event;
 use crate::nodes::eligible;
 use crate::ops::{add_work, bps, credit, debit, done_work, require_balance, to_treasury};
-use crate::state::{Claim, ClaimStatus, Stack, StackStatus, State};
-use crate::{BlockContext, TxResult, audits};
+use crate::state::{AuditOutcome, Claim, ClaimStatus, Stack, StackStatus, State};
+use crate::{BlockContext, TxResult};
 
 /// `ceil(units * price_per_m / 1e6)`, or `None` if it does not fit in `u64`.
 pub fn cost(units: Units, price_per_m: Amount) -> Option<Amount> {
@@ -182,7 +182,7 @@ pub(crate) fn claim(
         },
     );
     st.claim_queue.insert((settles_at_height, id));
-    audits::attach_challenges(st, stack_id, id);
+    attach_challenges(st, stack_id, id);
     add_work(st, node_id);
     let events = vec![Event::ClaimCommitted {
         claim: id,
@@ -192,8 +192,21 @@ pub(crate) fn claim(
         settles_at_height,
     }];
     // Sampled at the end of the next block, with a beacon nobody knew when this was sent.
-    crate::draws::defer(st, ctx, crate::state::Draw::Sample { claim: id });
+    st.defer(ctx, crate::state::Draw::Sample { claim: id });
     Ok(events)
+}
+
+/// Stack `id`, when `sender` owns it.
+pub(crate) fn owned<'a>(
+    st: &'a State,
+    sender: &PublicKey,
+    id: StackId,
+) -> Result<&'a Stack, LedgerError> {
+    let s = st.stacks.get(&id).ok_or(LedgerError::UnknownStack(id))?;
+    if s.owner != *sender {
+        return Err(LedgerError::NotStackOwner(id));
+    }
+    Ok(s)
 }
 
 /// The stack's owner disowns one receipt its node signed (see `TxKind::DisownReceipt`): the
@@ -201,13 +214,7 @@ pub(crate) fn claim(
 /// its claim still pending, once per receipt position.
 pub(crate) fn disown(st: &mut State, sender: &PublicKey, receipt: &SignedReceipt) -> TxResult {
     let r = &receipt.receipt;
-    let s = st
-        .stacks
-        .get(&r.stack)
-        .ok_or(LedgerError::UnknownStack(r.stack))?;
-    if s.owner != *sender {
-        return Err(LedgerError::NotStackOwner(r.stack));
-    }
+    let s = owned(st, sender, r.stack)?;
     if r.node != s.node || r.model != s.model {
         return Err(LedgerError::ReceiptNotOfStack {
             stack: r.stack,
@@ -376,4 +383,32 @@ pub(crate) fn expire(st: &mut State, stack_id: StackId, events: &mut Vec<Event>)
         owner,
         amount: escrow,
     });
+}
+
+/// A claim was committed for `stack`: open challenges of the stack now hold it back.
+pub(crate) fn attach_challenges(st: &mut State, stack: StackId, claim: ClaimId) {
+    let ids: Vec<AuditId> = st
+        .challenges
+        .range((stack, 0)..=(stack, u64::MAX))
+        .map(|(_, id)| *id)
+        .collect();
+    for id in ids {
+        let Some(a) = st.audits.get_mut(&id) else {
+            continue;
+        };
+        a.claim = Some(claim);
+        // A challenge that found fault refunded the stack, which cannot be claimed after; so
+        // only open (or disputed) ones matter here.
+        // Open, or its auditors not drawn yet (outcome `None` either way), or in a dispute
+        // not resolved yet (its committee may still be waiting for its draw).
+        let open = a.outcome.is_none()
+            || matches!(a.outcome, Some(AuditOutcome::Disputed { dispute })
+                if st.disputes.get(&dispute).is_some_and(|d| d.resolution.is_none()));
+        if let Some(c) = st.claims.get_mut(&claim) {
+            c.audits.push(id);
+            if open {
+                c.open_audits += 1;
+            }
+        }
+    }
 }

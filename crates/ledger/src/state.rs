@@ -350,6 +350,15 @@ pub fn epoch_nonce(randomness: &Hash32, epoch: u64) -> Hash32 {
 }
 
 impl State {
+    /// Queues `draw`, fixed in block `ctx.height`, for the next block with a beacon (see
+    /// `draws`).
+    pub(crate) fn defer(&mut self, ctx: &crate::BlockContext, draw: Draw) {
+        self.pending_draws.push(PendingDraw {
+            fixed_height: ctx.height,
+            draw,
+        });
+    }
+
     /// sha256 of the canonical (BCS) bytes of the whole state.
     pub fn root(&self) -> Hash32 {
         sha256(&canonical_bytes(self))

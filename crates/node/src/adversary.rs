@@ -1,10 +1,13 @@
 //! Deliberate misbehaviour for devnet and tests: a node that cheats in one chosen way, so the
 //! verification layer can be shown to catch it.
 //!
-//! A node only accepts an adversary mode when the ledger it joins is a devnet (checked at
-//! startup); production ledgers refuse it. Every hook below is the identity for honest nodes.
+//! Each mode is a [`Behaviour`]: the node asks it wherever a cheater would deviate. A node only
+//! accepts an adversary mode when the ledger it joins is a devnet (checked at startup);
+//! production ledgers refuse it, and production nodes run [`crate::behaviour::Honest`].
 
-use sortition_engine::Prompt;
+use sortition_types::Receipt;
+
+use crate::behaviour::{AuditConduct, Behaviour};
 
 /// How the adversary cheats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,44 +67,50 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// The prompt the adversary actually runs.
-pub fn rewrite_prompt(_mode: Option<Mode>, prompt: Prompt) -> Prompt {
-    prompt
-}
-
-/// The text the adversary returns.
-pub fn rewrite_text(mode: Option<Mode>, text: String) -> String {
-    match mode {
-        Some(Mode::Truncate | Mode::WithholdCustody | Mode::Dodge) => {
-            text.chars().take(text.chars().count() / 2).collect()
+impl Behaviour for Mode {
+    fn answer(&self, text: String) -> String {
+        match self {
+            Mode::Truncate | Mode::WithholdCustody | Mode::Dodge => {
+                text.chars().take(text.chars().count() / 2).collect()
+            }
+            Mode::Random => text.chars().rev().collect(),
+            _ => text,
         }
-        Some(Mode::Random) => text.chars().rev().collect(),
-        _ => text,
     }
-}
 
-/// The (input, output) token counts the adversary writes into its receipt.
-pub fn report_usage(mode: Option<Mode>, input: u64, output: u64) -> (u64, u64) {
-    match mode {
-        Some(Mode::OverReport) => (input * 2, output * 2),
-        // A gateway reserves a request's body bytes plus its `max_tokens` and a margin.
-        Some(Mode::OverReportBlatant) => (input * 2, output + 1_000_000),
-        _ => (input, output),
+    fn usage(&self, input: u64, output: u64) -> (u64, u64) {
+        match self {
+            Mode::OverReport => (input * 2, output * 2),
+            // A gateway reserves a request's body bytes plus its `max_tokens` and a margin.
+            Mode::OverReportBlatant => (input * 2, output + 1_000_000),
+            _ => (input, output),
+        }
     }
-}
 
-/// The receipt the adversary keeps for its claim instead of the one it gave the user, if any.
-pub fn kept_receipt(
-    mode: Option<Mode>,
-    given: &sortition_types::Receipt,
-) -> Option<sortition_types::Receipt> {
-    (mode == Some(Mode::Equivocate)).then(|| sortition_types::Receipt {
-        output_tokens: given.output_tokens * 2,
-        ..given.clone()
-    })
-}
+    fn kept_receipt(&self, given: &Receipt) -> Option<Receipt> {
+        (*self == Mode::Equivocate).then(|| Receipt {
+            output_tokens: given.output_tokens * 2,
+            ..given.clone()
+        })
+    }
 
-/// Whether the node delivers the confidential requests it keeps to their auditors.
-pub fn delivers_custody(mode: Option<Mode>) -> bool {
-    mode != Some(Mode::WithholdCustody)
+    fn delivers_custody(&self) -> bool {
+        *self != Mode::WithholdCustody
+    }
+
+    fn audit_conduct(&self) -> AuditConduct {
+        match self {
+            Mode::SkipAudits => AuditConduct::Skip,
+            Mode::Copy => AuditConduct::CopyOthers,
+            _ => AuditConduct::Judge,
+        }
+    }
+
+    fn times_claims(&self) -> bool {
+        *self == Mode::Dodge
+    }
+
+    fn model_layers(&self) -> Option<usize> {
+        (*self == Mode::SmallerModel).then_some(SMALLER_MODEL_LAYERS)
+    }
 }

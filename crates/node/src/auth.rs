@@ -9,11 +9,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use axum::http::HeaderMap;
-use sortition_api::{ApiError, ErrorKind};
 use sortition_types::auth::{AUTH_HEADER, MAX_REQUEST_VALIDITY_MS};
 use sortition_types::{RequestAuth, StackId};
 
 use crate::accounts::StackInfo;
+use crate::error::NodeError;
 use crate::store::NodeStore;
 
 /// Where the node learns about stacks (the ledger in production, a table in tests).
@@ -34,57 +34,32 @@ pub async fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
     now_ms: u64,
-) -> Result<StackInfo, ApiError> {
-    let unauthorized = |code, msg: String| ApiError::new(ErrorKind::Authentication, code, msg);
+) -> Result<StackInfo, NodeError> {
     let value = headers
         .get(AUTH_HEADER)
-        .ok_or_else(|| {
-            unauthorized(
-                "missing_auth",
-                format!("missing {AUTH_HEADER} header (stack owner's signature)"),
-            )
-        })?
+        .ok_or(NodeError::MissingAuth)?
         .to_str()
-        .map_err(|_| unauthorized("invalid_auth", format!("{AUTH_HEADER} is not ASCII")))?;
+        .map_err(|_| NodeError::InvalidAuth(format!("{AUTH_HEADER} is not ASCII")))?;
     let (auth, sig) = RequestAuth::parse_header(value, method, path, body)
-        .map_err(|e| unauthorized("invalid_auth", e.to_string()))?;
+        .map_err(|e| NodeError::InvalidAuth(e.to_string()))?;
     if auth.expires_at_ms <= now_ms {
-        return Err(unauthorized(
-            "expired_auth",
-            "request signature has expired".into(),
-        ));
+        return Err(NodeError::ExpiredAuth);
     }
     if auth.expires_at_ms > now_ms + MAX_REQUEST_VALIDITY_MS {
-        return Err(unauthorized(
-            "invalid_auth",
-            format!("request signature valid for more than {MAX_REQUEST_VALIDITY_MS} ms"),
-        ));
+        return Err(NodeError::InvalidAuth(format!(
+            "request signature valid for more than {MAX_REQUEST_VALIDITY_MS} ms"
+        )));
     }
     let stack = stacks
         .stack(auth.stack)
         .await
-        .map_err(|e| ApiError::new(ErrorKind::Unavailable, "ledger_unavailable", e))?
-        .ok_or_else(|| {
-            unauthorized(
-                "unknown_stack",
-                format!("{} is not on the ledger", auth.stack),
-            )
-        })?;
-    auth.verify(&stack.owner, &sig).map_err(|_| {
-        unauthorized(
-            "invalid_signature",
-            "signature does not match the stack owner's key".into(),
-        )
-    })?;
-    let fresh = store
-        .insert_nonce(auth.stack, auth.nonce, auth.expires_at_ms, now_ms)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(NodeError::LedgerUnavailable)?
+        .ok_or(NodeError::UnknownStack(auth.stack))?;
+    auth.verify(&stack.owner, &sig)
+        .map_err(|_| NodeError::BadSignature)?;
+    let fresh = store.insert_nonce(auth.stack, auth.nonce, auth.expires_at_ms, now_ms)?;
     if !fresh {
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "replayed_request",
-            "this request nonce was already used",
-        ));
+        return Err(NodeError::Replayed);
     }
     Ok(stack)
 }
@@ -151,7 +126,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(err.code, "replayed_request");
+        assert!(matches!(err, NodeError::Replayed), "{err}");
         // An old one, swept long ago, is refused as expired.
         let err = authenticate(
             &stacks,
@@ -164,7 +139,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(err.code, "expired_auth");
+        assert!(matches!(err, NodeError::ExpiredAuth), "{err}");
         // The sweep at start forgets what expired while the node was down.
         assert!(store.nonce_count().unwrap() > 0);
         store

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sortition_api::{ApiError, ErrorKind};
 use sortition_types::{
     AuditId, DisputeId, Hash32, NodeId, PublicKey, SignedReceipt, StackId, sha256,
 };
 
 use sortition_api::audit::AuditPayload;
+
+use crate::error::NodeError;
 
 /// Where an audit or dispute this node must judge stands.
 #[derive(Default)]
@@ -158,11 +159,9 @@ impl AuditDesk {
 
     /// Takes a delivered payload: 400 if it cannot be the audited request, 503 (retry later)
     /// if the desk has no room for it now.
-    pub fn deliver(&self, id: AuditId, p: AuditPayload) -> Result<(), ApiError> {
-        let invalid = |m: String| ApiError::invalid("invalid_payload", m);
-        let busy = |m: String| {
-            ApiError::new(ErrorKind::Unavailable, "audit_payloads_full", m).with_retry_after(1)
-        };
+    pub fn deliver(&self, id: AuditId, p: AuditPayload) -> Result<(), NodeError> {
+        let invalid = NodeError::InvalidPayload;
+        let busy = NodeError::AuditPayloadsFull;
         if sha256(p.body.as_bytes()) != p.receipt.receipt.request_hash {
             return Err(invalid(
                 "payload does not hash to the receipt's request_hash".into(),
@@ -278,8 +277,11 @@ mod desk_tests {
         }
     }
 
-    fn status(r: Result<(), ApiError>) -> u16 {
-        r.map_or_else(|e| e.status().as_u16(), |()| 202)
+    fn status(r: Result<(), NodeError>) -> u16 {
+        r.map_or_else(
+            |e| sortition_api::ApiError::from(e).status().as_u16(),
+            |()| 202,
+        )
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
-use sortition_api::*;
 use sortition_confidential::custody::CustodyKey;
 use sortition_confidential::{
     Attester, AttesterConfig, AttesterError, AttesterKind, ConfidentialKey, Policy, PolicyVerifier,
@@ -17,6 +16,8 @@ use sortition_ledger::{Event as LedgerEvent, SealingKey, TxKind};
 use sortition_ledger_client::{ClientError, Cursor, EventHandler, LedgerClient, MemoryCursor};
 use sortition_types::{Hash32, Keypair, NodeId};
 use tokio::sync::watch;
+
+use crate::error::NodeError;
 
 /// This epoch's key and the previous one.
 #[derive(Default)]
@@ -123,17 +124,9 @@ impl KeyRing {
     }
 
     /// The key of `epoch`, or the error that tells the sender to fetch the current one.
-    pub(super) fn key_or_stale(&self, epoch: u64) -> Result<ConfidentialKey, ApiError> {
-        self.key_for(epoch).ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Conflict,
-                "stale_confidential_key",
-                format!(
-                    "sealed to key epoch {epoch}, which this node no longer holds; fetch the \
-                     current key"
-                ),
-            )
-        })
+    pub(super) fn key_or_stale(&self, epoch: u64) -> Result<ConfidentialKey, NodeError> {
+        self.key_for(epoch)
+            .ok_or(NodeError::StaleConfidentialKey(epoch))
     }
 
     /// Makes a key for the ledger's current epoch, attests it and publishes it. A turn that

@@ -11,11 +11,13 @@ pub mod accounts;
 pub mod adversary;
 pub mod audit;
 pub mod auth;
+pub mod behaviour;
 mod chunks;
 pub mod claims;
 pub mod confidential;
 pub mod desk;
 pub mod dodge;
+pub mod error;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod fault_tests;

@@ -28,9 +28,10 @@ use zeroize::Zeroizing;
 
 use crate::accounts::{Reservation, StackInfo};
 use crate::chunks::{TokenClock, chunk_with, render, usage_json};
+use crate::error::NodeError;
 use crate::logprobs::{Rendered, Renderer};
 use crate::request::{Extras, Kind};
-use crate::service::{NodeState, Outcome, engine_error};
+use crate::service::{NodeState, Outcome};
 use sortition_api::tools;
 
 /// Who keeps a request for its audits.
@@ -81,7 +82,10 @@ pub(crate) fn start(
 ) -> Result<Admitted, ApiError> {
     let chat = s.engine(r.model.as_str())?;
     let renderer = r.extras.renderer(chat);
-    let prompt_tokens = chat.engine.prompt_tokens(&r.prompt).map_err(engine_error)?;
+    let prompt_tokens = chat
+        .engine
+        .prompt_tokens(&r.prompt)
+        .map_err(NodeError::from)?;
     let (reservation, stream) = s.start_generation(
         stack,
         chat,
@@ -134,7 +138,7 @@ impl Job {
                 Keep::Executor(_) => Custody::Executor,
             },
         };
-        match self.keep {
+        let signed = match self.keep {
             Keep::Gateway => state.finish(self.reservation, outcome),
             // The sealed request is kept in the same write as its receipt: a receipt in this
             // node's custody whose request could not be kept is not delivered either.
@@ -142,7 +146,8 @@ impl Job {
                 let ring = state.confidential.as_ref()?;
                 ring.keep_for_audit(r, &plaintext, text, finish)
             }),
-        }
+        };
+        Ok(signed?)
     }
 
     /// Ends a generation that failed or was abandoned after `usage`: billed for what it
@@ -206,7 +211,7 @@ async fn whole_task(a: Admitted, kind: Kind) -> Result<Whole, ApiError> {
                 text,
                 ..
             }) => break (finish_reason, counts(usage), text),
-            Some(StreamEvent::Error(e)) => return Err(engine_error(e)),
+            Some(StreamEvent::Error(e)) => return Err(NodeError::from(e).into()),
             Some(StreamEvent::Token { logprobs, .. }) => {
                 clock.tick(&job.state.metrics);
                 lps.extend(logprobs);
@@ -214,7 +219,7 @@ async fn whole_task(a: Admitted, kind: Kind) -> Result<Whole, ApiError> {
             None => return Err(ApiError::internal("generation ended without a result")),
         }
     };
-    let text = crate::adversary::rewrite_text(job.state.adversary, text);
+    let text = job.state.behaviour.answer(text);
     let text = format!("{}{text}", job.extras.echo.as_deref().unwrap_or(""));
     let chat = job.state.engine(job.model.as_str())?;
     let delivery = job.extras.deliver(chat, &text, finish_str(finish));
@@ -391,14 +396,11 @@ async fn drive(
                     first = false;
                 }
                 let finish = finish_str(finish_reason);
-                let text = format!(
-                    "{echo}{}",
-                    crate::adversary::rewrite_text(s.adversary, text)
-                );
+                let text = format!("{echo}{}", s.behaviour.answer(text));
                 let delivery = match s.engine(job.model.as_str()) {
                     Ok(chat) => job.extras.deliver(chat, &text, finish),
                     Err(e) => {
-                        let _ = tx.send(error_json(&e)).await;
+                        let _ = tx.send(error_json(&e.into())).await;
                         return;
                     }
                 };
@@ -435,7 +437,7 @@ async fn drive(
             }
             Some(StreamEvent::Error(e)) => {
                 let usage = counts(usage_handle.usage());
-                let _ = tx.send(error_json(&engine_error(e))).await;
+                let _ = tx.send(error_json(&NodeError::from(e).into())).await;
                 let lp = lp_sent(&sent_lp);
                 job.end_early(usage, &sent_text, "error", lp.as_deref());
                 return;

@@ -8,8 +8,9 @@ use sortition_api::*;
 use sortition_engine::{Prompt, SamplingParams};
 use sortition_types::{ModelId, TokenLogprobCommit};
 
+use crate::error::NodeError;
 use crate::logprobs::Renderer;
-use crate::service::{ChatModel, EmbedModel, NodeState, engine_error};
+use crate::service::{ChatModel, EmbedModel, NodeState};
 
 /// Converts OpenAI sampling fields into engine parameters (validated by the engine). A request
 /// without `seed` gets a fresh one from the operating system, so that two identical requests
@@ -46,7 +47,7 @@ pub fn sampling_params_seeded(
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
     };
-    p.validate().map_err(engine_error)?;
+    p.validate().map_err(NodeError::from)?;
     Ok(p)
 }
 
@@ -166,7 +167,7 @@ pub fn chat_model<'a>(s: &'a NodeState, model: &str) -> Result<&'a ChatModel, Ap
         )
         .with_param("model"));
     }
-    s.engine(model)
+    Ok(s.engine(model)?)
 }
 
 /// The embedding model `model`; a chat model named here is refused as such (400).
@@ -178,7 +179,7 @@ pub fn embed_model<'a>(s: &'a NodeState, model: &str) -> Result<&'a EmbedModel, 
         )
         .with_param("model"));
     }
-    s.embedder(model)
+    Ok(s.embedder(model)?)
 }
 
 /// A sampling seed drawn from the operating system.

@@ -13,13 +13,14 @@ use sortition_engine::Prompt;
 use sortition_types::{Custody, ModelId, SignedReceipt, embedding_response_hash, sha256};
 
 use crate::auth::authenticate;
+use crate::error::NodeError;
 use crate::logprobs::Rendered;
 use crate::pipeline;
 use crate::request::{
     Extras, Kind, chat_messages, chat_model, default_max_tokens, embed_inputs, embed_model,
     sampling_params,
 };
-use crate::service::{NodeState, Outcome, engine_error};
+use crate::service::{NodeState, Outcome};
 
 type S = State<Arc<NodeState>>;
 
@@ -246,7 +247,7 @@ async fn embeddings_inner(
     let ids = tokio::task::spawn_blocking(move || embedder.tokenize(&inputs))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(engine_error)?;
+        .map_err(NodeError::from)?;
     let reservation = s.reserve(&stack, &m.id, bound)?;
     let embedder = m.embedder.clone();
     let result = tokio::task::spawn_blocking(move || embedder.embed_tokens(&ids)).await;
@@ -254,7 +255,7 @@ async fn embeddings_inner(
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             s.release(reservation);
-            return Err(engine_error(e));
+            return Err(NodeError::from(e).into());
         }
         Err(e) => {
             s.release(reservation);
@@ -334,7 +335,7 @@ pub async fn audit_payload(
     };
     match s.audits.deliver(sortition_types::AuditId(id), payload) {
         Ok(()) => axum::http::StatusCode::ACCEPTED.into_response(),
-        Err(e) => error(&s, e),
+        Err(e) => error(&s, e.into()),
     }
 }
 
@@ -347,7 +348,7 @@ pub async fn receipt_proof(
 ) -> Response {
     let all = match s.store.receipts(sortition_types::StackId(stack)) {
         Ok(r) => r,
-        Err(e) => return error(&s, ApiError::internal(format!("receipt store: {e}"))),
+        Err(e) => return error(&s, NodeError::Store(e).into()),
     };
     // The receipts a claim holds (in position): the proof is under the root it commits to.
     let receipts = crate::claims::in_position(&all);

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::accounts::StackAccounts;
+use crate::behaviour::{Behaviour, Honest};
 use crate::claims::{ClaimPolicy, claim_material};
 use crate::ledger::{LedgerStacks, Registration, register};
 use crate::service::{ChatModel, EmbedModel, NodeState};
@@ -126,6 +127,14 @@ impl RunningNode {
     }
 }
 
+/// The conduct `cfg` asks for: honest, or the devnet's adversary.
+fn behaviour(cfg: &NodeConfig) -> Arc<dyn Behaviour> {
+    match cfg.adversary {
+        Some(mode) => Arc::new(mode),
+        None => Arc::new(Honest),
+    }
+}
+
 fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine, StartError> {
     let path = PathBuf::from(name);
     let (path, id) = if path.extension().is_some_and(|e| e == "gguf") {
@@ -143,9 +152,7 @@ fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine,
     ec.threads = cfg.threads;
     ec.max_batch = cfg.max_batch;
     ec.queue_capacity = cfg.queue_capacity;
-    if cfg.adversary == Some(crate::adversary::Mode::SmallerModel) {
-        ec.truncate_layers = Some(crate::adversary::SMALLER_MODEL_LAYERS);
-    }
+    ec.truncate_layers = behaviour(cfg).model_layers();
     Ok(Engine::load(ec)?)
 }
 
@@ -293,7 +300,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         accounts,
         stacks: stacks.clone(),
         metrics: Registry::default(),
-        adversary: cfg.adversary,
+        behaviour: behaviour(&cfg),
         audits: Default::default(),
         confidential: confidential.clone(),
     });
@@ -417,7 +424,7 @@ pub async fn claim_due(
             continue;
         }
         if !all
-            && state.adversary == Some(crate::adversary::Mode::Dodge)
+            && state.behaviour.times_claims()
             && unix_now_ms() + policy.before_expiry_ms / 2 < info.expires_at_ms
             && crate::dodge::predicts_audit(client, &info.model, receipts.len() as u64)
                 .await

@@ -4,14 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sortition_api::{ApiError, ErrorKind, metrics::Registry, unix_now_ms};
-use sortition_engine::{Embedder, Engine, EngineError};
+use sortition_api::{metrics::Registry, unix_now_ms};
+use sortition_engine::{Embedder, Engine};
 use sortition_types::{
     Custody, Hash32, Keypair, ModelId, NodeClass, NodeId, Receipt, SamplingRecord, SignedReceipt,
 };
 
-use crate::accounts::{Reservation, ReserveError, StackAccounts, StackInfo};
+use crate::accounts::{Reservation, StackAccounts, StackInfo};
 use crate::auth::StackSource;
+use crate::error::NodeError;
 use crate::store::{Appended, NodeStore, StoreError};
 
 /// A chat/text model served by this node.
@@ -40,8 +41,9 @@ pub struct NodeState {
     pub accounts: StackAccounts,
     pub stacks: Arc<dyn StackSource>,
     pub metrics: Registry,
-    /// Deliberate misbehaviour, only in devnet and test builds.
-    pub adversary: Option<crate::adversary::Mode>,
+    /// How this node conducts itself where it could cheat ([`crate::behaviour::Honest`] but
+    /// on a devnet that runs an adversary).
+    pub behaviour: Arc<dyn crate::behaviour::Behaviour>,
     /// Audits and disputes this node must judge.
     pub audits: crate::desk::AuditDesk,
     /// Confidential keys and their attester; `None` when the node runs without an attester
@@ -93,16 +95,23 @@ impl NodeState {
             .set_gauge("engine_step_rows", g(sum.decode_rows));
     }
 
-    pub fn engine(&self, model: &str) -> Result<&ChatModel, ApiError> {
+    pub fn engine(&self, model: &str) -> Result<&ChatModel, NodeError> {
         self.chat
             .get(&ModelId::new(model))
-            .ok_or_else(|| unknown_model(model, self.model_names()))
+            .ok_or_else(|| self.unknown_model(model))
     }
 
-    pub fn embedder(&self, model: &str) -> Result<&EmbedModel, ApiError> {
+    pub fn embedder(&self, model: &str) -> Result<&EmbedModel, NodeError> {
         self.embed
             .get(&ModelId::new(model))
-            .ok_or_else(|| unknown_model(model, self.model_names()))
+            .ok_or_else(|| self.unknown_model(model))
+    }
+
+    fn unknown_model(&self, model: &str) -> NodeError {
+        NodeError::UnknownModel {
+            model: model.to_string(),
+            known: self.model_names(),
+        }
     }
 
     pub fn model_names(&self) -> Vec<String> {
@@ -122,25 +131,10 @@ impl NodeState {
         stack: &StackInfo,
         model: &ModelId,
         needed: u64,
-    ) -> Result<Reservation, ApiError> {
-        self.accounts
-            .reserve(stack, self.id, model, needed, unix_now_ms())
-            .map_err(|e| match e {
-                ReserveError::ForeignStack(_) => {
-                    ApiError::new(ErrorKind::Permission, "foreign_stack", e.to_string())
-                }
-                ReserveError::WrongModel(..) => {
-                    ApiError::invalid("stack_model_mismatch", e.to_string())
-                }
-                ReserveError::Closed(_) => {
-                    ApiError::new(ErrorKind::InsufficientFunds, "stack_closed", e.to_string())
-                }
-                ReserveError::Exhausted { .. } => ApiError::new(
-                    ErrorKind::InsufficientFunds,
-                    "stack_exhausted",
-                    e.to_string(),
-                ),
-            })
+    ) -> Result<Reservation, NodeError> {
+        Ok(self
+            .accounts
+            .reserve(stack, self.id, model, needed, unix_now_ms())?)
     }
 
     /// Signs the receipt and persists it, then charges the reservation, before returning it.
@@ -148,7 +142,7 @@ impl NodeState {
     /// [`crate::store::NodeStore::append_receipt`]): a failed write leaves no gap. A receipt
     /// that cannot be persisted is not delivered: the caller gets a 503 with `Retry-After`
     /// (not the answer) and the reservation goes back to the stack uncharged.
-    pub fn finish(&self, r: Reservation, out: Outcome) -> Result<SignedReceipt, ApiError> {
+    pub fn finish(&self, r: Reservation, out: Outcome) -> Result<SignedReceipt, NodeError> {
         self.finish_with(r, out, |_| None)
     }
 
@@ -159,11 +153,11 @@ impl NodeState {
         r: Reservation,
         out: Outcome,
         custody: impl FnOnce(&SignedReceipt) -> Option<Vec<u8>>,
-    ) -> Result<SignedReceipt, ApiError> {
+    ) -> Result<SignedReceipt, NodeError> {
         let stack = r.stack;
         let used = out.input_tokens + out.output_tokens;
         let (input_tokens, output_tokens) =
-            crate::adversary::report_usage(self.adversary, out.input_tokens, out.output_tokens);
+            self.behaviour.usage(out.input_tokens, out.output_tokens);
         let (input, output) = (out.input_tokens, out.output_tokens);
         let persisted = self.store.append_receipt(stack, |sequence| {
             let receipt = Receipt {
@@ -181,7 +175,7 @@ impl NodeState {
                 timestamp_ms: unix_now_ms(),
                 custody: out.custody,
             };
-            let kept = crate::adversary::kept_receipt(self.adversary, &receipt);
+            let kept = self.behaviour.kept_receipt(&receipt);
             let signed = SignedReceipt::sign(receipt, &self.key);
             let kept = kept.map_or_else(|| signed.clone(), |r| SignedReceipt::sign(r, &self.key));
             Ok::<_, StoreError>(Appended {
@@ -196,7 +190,7 @@ impl NodeState {
                 self.release(r);
                 self.metrics.inc("receipt_persist_failures_total", "", 1);
                 tracing::error!(%stack, error = %e, "receipt not persisted; the answer is withheld");
-                return Err(receipt_not_persisted(&e));
+                return Err(NodeError::ReceiptNotPersisted(e));
             }
         };
         self.accounts.charge(r, used);
@@ -219,7 +213,7 @@ impl NodeState {
         model: &ModelId,
         prompt_tokens: Vec<u32>,
         options: GenerationOptions,
-    ) -> Result<(Reservation, sortition_engine::GenerationStream), ApiError> {
+    ) -> Result<(Reservation, sortition_engine::GenerationStream), NodeError> {
         let GenerationOptions {
             params,
             logprobs,
@@ -227,10 +221,9 @@ impl NodeState {
         } = options;
         let needed = prompt_tokens.len() as u64 + u64::from(params.max_tokens);
         let reservation = self.reserve(stack, model, needed)?;
-        let prompt = crate::adversary::rewrite_prompt(
-            self.adversary,
-            sortition_engine::Prompt::Tokens(prompt_tokens),
-        );
+        let prompt = self
+            .behaviour
+            .prompt(sortition_engine::Prompt::Tokens(prompt_tokens));
         match chat.engine.generate(sortition_engine::GenerateRequest {
             logprobs,
             constraint,
@@ -239,7 +232,7 @@ impl NodeState {
             Ok(stream) => Ok((reservation, stream)),
             Err(e) => {
                 self.release(reservation);
-                Err(engine_error(e))
+                Err(e.into())
             }
         }
     }
@@ -252,57 +245,4 @@ pub struct GenerationOptions {
     pub logprobs: Option<u8>,
     /// The constraint on the text (structured outputs).
     pub constraint: Option<sortition_engine::Constraint>,
-}
-
-fn unknown_model(model: &str, known: Vec<String>) -> ApiError {
-    ApiError::new(
-        ErrorKind::NotFound,
-        "model_not_found",
-        format!(
-            "model '{model}' is not served here; available: {}",
-            known.join(", ")
-        ),
-    )
-    .with_param("model")
-}
-
-/// The answer to a request whose receipt could not be persisted: retry shortly (storage
-/// trouble is usually brief), and no answer without its receipt.
-pub fn receipt_not_persisted(e: &StoreError) -> ApiError {
-    ApiError::new(
-        ErrorKind::Unavailable,
-        "receipt_not_persisted",
-        format!("the node could not persist the receipt of this request ({e}); retry shortly"),
-    )
-    .with_retry_after(1)
-}
-
-/// Maps engine errors to API errors (one place).
-pub fn engine_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::UnknownModel(m) => ApiError::new(
-            ErrorKind::NotFound,
-            "model_not_found",
-            format!("unknown model '{m}'"),
-        ),
-        EngineError::PromptTooLong { .. } => {
-            ApiError::invalid("context_length_exceeded", e.to_string()).with_param("messages")
-        }
-        EngineError::InvalidConstraint(why) => ApiError::invalid(
-            "unsupported_response_format",
-            format!("the response_format schema cannot be enforced: {why}"),
-        )
-        .with_param("response_format"),
-        EngineError::EmbeddingTooLong { .. } => {
-            ApiError::invalid("context_length_exceeded", e.to_string()).with_param("input")
-        }
-        EngineError::InvalidParams(m) => ApiError::invalid("invalid_parameter", m),
-        EngineError::Overloaded => ApiError::new(
-            ErrorKind::RateLimited,
-            "overloaded",
-            "node is at capacity; retry shortly",
-        )
-        .with_retry_after(1),
-        other => ApiError::internal(other.to_string()),
-    }
 }

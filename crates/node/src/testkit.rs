@@ -104,7 +104,7 @@ impl Fixture {
             accounts: StackAccounts::default(),
             stacks: Arc::new(stacks),
             metrics: Registry::default(),
-            adversary: None,
+            behaviour: Arc::new(crate::behaviour::Honest),
             audits: Default::default(),
             confidential: None,
         });

@@ -1,31 +1,25 @@
 //! Wiring: runtime, p2p, simplex, marshal, the application (proposals and verification), the
 //! committer (finalized blocks into the ledger), the beacon partials and the mempool gossip.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use commonware_broadcast::buffered;
 use commonware_codec::Encode;
 use commonware_consensus::marshal::{
-    self, Start, Update,
-    ancestry::Ancestry,
-    core::{Actor as MarshalActor, Mailbox as MarshalMailbox},
-    resolver::p2p as marshal_resolver,
-    standard::{Inline, Standard},
+    self, Start, core::Actor as MarshalActor, resolver::p2p as marshal_resolver, standard::Inline,
 };
 use commonware_consensus::simplex::{
     self,
     config::{ForwardPolicy, SkipBudget, SkipPolicy},
     elector::RoundRobin,
-    types::Context,
 };
 use commonware_consensus::types::{Epoch, FixedEpocher, ViewDelta};
-use commonware_consensus::{Application, Heightable, Reporter};
 use commonware_cryptography::{
-    Digested, Digestible, Sha256, Signer, certificate::ConstantProvider, ed25519, sha256::Digest,
+    Digested, Digestible, Sha256, Signer, certificate::ConstantProvider, ed25519,
 };
 use commonware_p2p::{Receiver as _, Recipients, Sender as _, authenticated::lookup};
 use commonware_parallel::Sequential;
@@ -33,16 +27,17 @@ use commonware_runtime::{
     Quota, Runner as _, Supervisor as _, buffer::paged::CacheRef, tokio as cw_tokio,
 };
 use commonware_storage::archive::immutable;
-use commonware_utils::{Acknowledgement, NZDuration, NZU16, NZU32, NZU64, NZUsize, ordered::Set};
-use futures::StreamExt;
-use sortition_ledger::{BeaconSig, Genesis, PartialSig, SignedTx};
-use sortition_ledger_service::{LedgerServiceConfig, Replica, ReplicaConfig};
+use commonware_utils::{NZDuration, NZU16, NZU32, NZU64, NZUsize, ordered::Set};
+
+use sortition_ledger::{Genesis, SignedTx};
+use sortition_ledger_service::{LedgerServiceConfig, ReplicaConfig};
 use tokio::sync::Notify;
 
-use crate::block::{Block, MAX_BLOCK_TXS, MAX_TXS_BYTES};
-
-type Scheme = simplex::scheme::ed25519::Scheme;
-type Ctx = Context<Digest, ed25519::PublicKey>;
+use crate::app::{App, Scheme};
+use crate::beacon_pool::{BeaconInner, BeaconPool, decode_partial, encode_partial};
+use crate::block::Block;
+use crate::committer::commit_loop;
+use crate::reporters::{Evidence, Finalized};
 
 use crate::light::NAMESPACE;
 const P2P_NAMESPACE: &[u8] = b"sortition/p2p";
@@ -103,12 +98,6 @@ pub struct ValidatorConfig {
     /// Test only (devnet geneses only): instead of following the protocol, sign conflicting
     /// votes for every proposal (commonware's `conflicter` byzantine mock).
     pub byzantine_conflicter: bool,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a validator refused to start or stopped.
@@ -196,261 +185,6 @@ pub fn run(cfg: ValidatorConfig) -> Result<(), ValidatorError> {
             .with_catch_panics(false),
     );
     runtime.start(|context| async move { serve(context, cfg, me, participants, peers).await })
-}
-
-/// Gathers beacon partials per height and the recovered signatures.
-struct BeaconPool {
-    inner: Mutex<BeaconInner>,
-    notify: Notify,
-    threshold: usize,
-}
-
-#[derive(Default)]
-struct BeaconInner {
-    partials: BTreeMap<u64, HashMap<u32, PartialSig>>,
-    sigs: BTreeMap<u64, BeaconSig>,
-    /// This validator's latest partial (sent again periodically for peers that missed it).
-    own: Option<(u64, PartialSig)>,
-}
-
-impl BeaconPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BeaconInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds a verified partial; recovers `σ_height` once `threshold` are in.
-    fn add(&self, replica: &Replica, height: u64, p: PartialSig) {
-        let mut g = self.lock();
-        if g.sigs.contains_key(&height) || height <= replica.height() {
-            return;
-        }
-        let set = g.partials.entry(height).or_default();
-        set.insert(p.index(), p);
-        if set.len() >= self.threshold {
-            let ps: Vec<PartialSig> = set.values().cloned().collect();
-            match replica.recover(height, &ps) {
-                Ok(sig) => {
-                    g.sigs.insert(height, sig);
-                    g.partials.remove(&height);
-                    drop(g);
-                    self.notify.notify_waiters();
-                }
-                Err(e) => tracing::warn!(height, "beacon recovery failed: {e}"),
-            }
-        }
-    }
-
-    fn prune(&self, applied: u64) {
-        let mut g = self.lock();
-        g.partials = g.partials.split_off(&(applied + 1));
-        g.sigs = g.sigs.split_off(&(applied + 1));
-    }
-
-    async fn wait_for(&self, height: u64, limit: Duration) -> Option<BeaconSig> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.notify.notified();
-            if let Some(s) = self.lock().sigs.get(&height) {
-                return Some(*s);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.lock().sigs.get(&height).copied();
-            }
-        }
-    }
-}
-
-fn encode_partial(height: u64, p: &PartialSig) -> Vec<u8> {
-    let mut out = height.to_be_bytes().to_vec();
-    out.extend(p.to_bytes());
-    out
-}
-
-fn decode_partial(bytes: &[u8]) -> Option<(u64, PartialSig)> {
-    if bytes.len() < 8 {
-        return None;
-    }
-    let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
-    PartialSig::from_bytes(&bytes[8..])
-        .ok()
-        .map(|p| (height, p))
-}
-
-/// The application simplex (through marshal) asks to propose and verify blocks.
-#[derive(Clone)]
-struct App {
-    replica: Replica,
-    beacon: Arc<BeaconPool>,
-    beacon_wait: Duration,
-    block_interval: Duration,
-}
-
-impl<E: Send + Sync + 'static> Application<E> for App {
-    type SigningScheme = Scheme;
-    type Context = Ctx;
-    type Block = Block;
-    type Input = ();
-
-    async fn propose(
-        &mut self,
-        _context: (E, Ctx),
-        mut ancestry: impl Ancestry<Block>,
-        _input: (),
-    ) -> Option<Digested<Block>> {
-        let parent = ancestry.next().await?;
-        let parent = parent.inner();
-        let height = parent.height.next();
-        // σ_h exists only once a quorum has block h-1 final. Simplex lets a leader build on a
-        // parent that is only notarized, and that parent's own finalization may never complete
-        // (its finalize votes lost in a crash, or a quorum timed out first): it becomes final
-        // only through a final child. So, when σ_h does not come in time, the block goes out
-        // as a bridge block, without a beacon; its draws wait for the next block with one.
-        let sig = self.beacon.wait_for(height.get(), self.beacon_wait).await;
-        if sig.is_none() {
-            tracing::info!(
-                height = height.get(),
-                applied = self.replica.height(),
-                "no beacon for this height yet (parent not final here): proposing a bridge block"
-            );
-        }
-        // Pace blocks: not before the parent's time plus the interval.
-        let due = parent.timestamp_ms + self.block_interval.as_millis() as u64;
-        let now = now_ms();
-        if due > now {
-            tokio::time::sleep(Duration::from_millis(due - now)).await;
-        }
-        let mut txs = self.replica.proposal(MAX_BLOCK_TXS, &HashSet::new());
-        // Keep the block under its byte bound.
-        let mut bytes = 0usize;
-        let mut keep = 0;
-        for t in &txs {
-            let n = sortition_types::canonical_bytes(t).len() + 8;
-            if bytes + n > MAX_TXS_BYTES - 64 {
-                break;
-            }
-            bytes += n;
-            keep += 1;
-        }
-        txs.truncate(keep);
-        let block = Block::new(
-            parent.digest(),
-            height,
-            now_ms().max(parent.timestamp_ms),
-            sig.map(|s| s.0),
-            &txs,
-        );
-        let digest = block.digest();
-        Some(Digested::precomputed(block, digest))
-    }
-
-    async fn verify(&mut self, _context: (E, Ctx), mut ancestry: impl Ancestry<Block>) -> bool {
-        let Some(block) = ancestry.next().await else {
-            return false;
-        };
-        let Some(parent) = ancestry.next().await else {
-            return false;
-        };
-        match check_block(&self.replica, block.inner(), parent.inner()) {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::warn!(
-                    height = block.inner().height.get(),
-                    "refused a proposal: {why}"
-                );
-                false
-            }
-        }
-    }
-}
-
-/// What every validator checks before voting for a block (deterministic, but for the clock
-/// bound on the timestamp, which only delays a vote for a block from the future).
-fn check_block(replica: &Replica, b: &Block, parent: &Block) -> Result<(), String> {
-    if b.height.get() != parent.height.get() + 1 || b.parent != parent.digest() {
-        return Err("not a child of its parent".into());
-    }
-    if b.timestamp_ms < parent.timestamp_ms {
-        return Err("timestamp before its parent's".into());
-    }
-    if b.timestamp_ms > now_ms() + 10_000 {
-        return Err("timestamp more than 10 s in the future".into());
-    }
-    if let Some(sig) = b.beacon {
-        replica
-            .verify_beacon(b.height.get(), &BeaconSig(sig))
-            .map_err(|e| e.to_string())?;
-    }
-    let txs = b.transactions()?;
-    if txs.len() > MAX_BLOCK_TXS {
-        return Err(format!(
-            "{} transactions (at most {MAX_BLOCK_TXS})",
-            txs.len()
-        ));
-    }
-    // Transaction signatures are not a validity condition of the block: the ledger refuses a
-    // transaction whose signature fails (`bad_signature`, deterministically on every replica)
-    // when it applies the block, as it refuses any other invalid transaction. Honest
-    // proposers only take transactions that verified on entering the mempool.
-    Ok(())
-}
-
-/// Sees everything simplex reports, records evidence of equivocation (attributable: the
-/// ed25519 scheme signs each vote with its validator's own key, so a pair of conflicting votes
-/// proves who cast them), and passes everything on to marshal's wrapper.
-#[derive(Clone)]
-struct Evidence<R> {
-    inner: R,
-    participants: Set<ed25519::PublicKey>,
-    /// The encoded evidence, to the task that reports it to the ledger.
-    to_ledger: tokio::sync::mpsc::UnboundedSender<(u32, u64, Vec<u8>)>,
-}
-
-impl<R> Reporter for Evidence<R>
-where
-    R: Reporter<Activity = simplex::types::Activity<Scheme, Digest>>,
-{
-    type Activity = simplex::types::Activity<Scheme, Digest>;
-    fn report(&mut self, activity: Self::Activity) -> commonware_actor::Feedback {
-        use commonware_consensus::Viewable as _;
-        use commonware_utils::ordered::Quorum as _;
-        use simplex::types::{Activity, Attributable};
-        let fault = match &activity {
-            Activity::ConflictingNotarize(e) => Some(("conflicting notarize votes", e.signer())),
-            Activity::ConflictingFinalize(e) => Some(("conflicting finalize votes", e.signer())),
-            Activity::NullifyFinalize(e) => Some(("nullify and finalize in one view", e.signer())),
-            _ => None,
-        };
-        if let Some((what, who)) = fault {
-            let key = self
-                .participants
-                .key(who)
-                .map(|k| hex::encode(k.encode()))
-                .unwrap_or_default();
-            tracing::warn!(
-                validator = %key,
-                view = activity.view().get(),
-                "equivocation evidence: {what}"
-            );
-            let _ =
-                self.to_ledger
-                    .send((who.get(), activity.view().get(), activity.encode().to_vec()));
-        }
-        self.inner.report(activity)
-    }
-}
-
-/// Receives marshal's finalized blocks (in height order) for the committer.
-#[derive(Clone)]
-struct Finalized {
-    tx: tokio::sync::mpsc::UnboundedSender<Update<Block>>,
-}
-
-impl Reporter for Finalized {
-    type Activity = Update<Block>;
-    fn report(&mut self, activity: Self::Activity) -> commonware_actor::Feedback {
-        let _ = self.tx.send(activity);
-        commonware_actor::Feedback::Ok
-    }
 }
 
 async fn serve(
@@ -804,77 +538,5 @@ fn archive_config<C: Clone>(name: &str, page_cache: &CacheRef, codec: C) -> immu
         freezer_key_write_buffer: NZUsize!(1 << 16),
         freezer_value_write_buffer: NZUsize!(1 << 16),
         ordinal_write_buffer: NZUsize!(1 << 16),
-    }
-}
-
-/// Applies each finalized block marshal delivers, then acknowledges it and releases this
-/// validator's beacon partial for the next height. A block that cannot be persisted is retried
-/// (the replica rolled back), with a bounded backoff; nothing is acknowledged before it is
-/// durable.
-async fn commit_loop(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Update<Block>>,
-    replica: Replica,
-    beacon: Arc<BeaconPool>,
-    mailbox: MarshalMailbox<Scheme, Standard<Block>>,
-    release: tokio::sync::watch::Sender<u64>,
-) {
-    while let Some(update) = rx.recv().await {
-        let Update::Block(block, ack) = update else {
-            continue;
-        };
-        let block = block.inner();
-        let height = block.height();
-        if height.get() == 0 || height.get() <= replica.height() {
-            ack.acknowledge();
-            continue;
-        }
-        let txs = match block.transactions() {
-            Ok(t) => t,
-            Err(e) => {
-                // Verified before any honest vote: a quorum finalized something undecodable.
-                tracing::error!(
-                    height = height.get(),
-                    "a final block does not decode: {e}; stopping"
-                );
-                return;
-            }
-        };
-        // What a light client needs to check this block (see `light`).
-        let proof = crate::light::Proof {
-            parent: block.parent,
-            txs_digest: block.txs_digest(),
-            finalization: mailbox
-                .get_finalization(height)
-                .await
-                .map(|f| f.encode().to_vec()),
-        }
-        .encode()
-        .to_vec();
-        let certificate = Some(proof);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let r = replica.commit(block.context(), txs.clone(), certificate.as_deref());
-            match r {
-                Ok(_) => break,
-                Err(sortition_ledger_service::ServiceError::Storage(e)) => {
-                    tracing::error!(
-                        height = height.get(),
-                        "final block not persisted ({e}); retrying"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(
-                        height = height.get(),
-                        "final block cannot be applied: {e}; stopping"
-                    );
-                    return;
-                }
-            }
-        }
-        ack.acknowledge();
-        beacon.prune(height.get());
-        let _ = release.send(height.get() + 1);
     }
 }

@@ -64,10 +64,14 @@
 //! Feldman–Desmedt DKG and resharing), validator set changes across epochs, validators chosen
 //! by stake, and light clients that follow the validator set.
 
+mod app;
+mod beacon_pool;
 pub mod block;
+mod committer;
 mod engine;
 pub mod keys;
 pub mod light;
+mod reporters;
 pub mod setup;
 
 pub use engine::{Timing, ValidatorConfig, ValidatorError, run};

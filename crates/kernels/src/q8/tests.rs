@@ -1,5 +1,6 @@
 use super::*;
 use crate::matmul_tests::{QUANTS, kernels, qmatrix, random, shared_tests};
+use crate::quant::round_half_away;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 

@@ -145,7 +145,7 @@ unsafe fn tile<const R: usize>(
     acc
 }
 
-/// [`crate::q8::quantize_blocks`] (without its `d Σ q`), eight values at a time: the same
+/// [`crate::quant::quantize_blocks`] (without its `d Σ q`), eight values at a time: the same
 /// operations (an exact maximum, `d = max / 127`, `1 / d`, a rounded product, halves away
 /// from zero by truncation and an exact remainder, the clamp), so the same bits (tested).
 /// A block holding an infinity or a NaN goes through the scalar routine, whose `max` and
@@ -164,7 +164,7 @@ pub fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
             }
             None => {
                 let mut s = [0f32];
-                crate::q8::quantize_blocks(src, dst, std::slice::from_mut(d), &mut s);
+                crate::quant::quantize_blocks(src, dst, std::slice::from_mut(d), &mut s);
             }
         }
     }

@@ -151,7 +151,7 @@ fn vector_quantizer_matches_the_scalar_one() {
     x[6 * BLOCK..7 * BLOCK].iter_mut().for_each(|v| *v *= 1e30);
     let nb = x.len() / BLOCK;
     let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
-    crate::q8::quantize_blocks(&x, &mut q1, &mut d1, &mut s1);
+    crate::quant::quantize_blocks(&x, &mut q1, &mut d1, &mut s1);
     let (mut q2, mut d2) = (vec![0i8; x.len()], vec![0f32; nb]);
     avx2::quantize_blocks(&x, &mut q2, &mut d2);
     assert_eq!(q1, q2);

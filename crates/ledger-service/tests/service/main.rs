@@ -5,6 +5,7 @@ mod crash;
 mod follower;
 mod http;
 mod restart;
+mod sender;
 
 use sortition_ledger::{Genesis, SignedTx, Tx, TxKind};
 use sortition_types::{Amount, Keypair};

@@ -9,6 +9,7 @@ use sortition_ledger_client::{Cursor, CursorStore, EventHandler, LedgerClient};
 use sortition_types::{AuditId, DisputeId, Hash32};
 use tokio::sync::watch;
 
+use crate::behaviour::AuditConduct;
 use crate::claims::receipt_with_proof;
 use crate::service::NodeState;
 
@@ -102,11 +103,12 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
                     auditors.clone(),
                 ));
             }
-            if auditors.contains(&state.id) && state.adversary == Some(crate::adversary::Mode::Copy)
+            if auditors.contains(&state.id)
+                && state.behaviour.audit_conduct() == AuditConduct::CopyOthers
             {
                 spawn_copier(state.clone(), client.clone(), audit);
             } else if auditors.contains(&state.id)
-                && state.adversary != Some(crate::adversary::Mode::SkipAudits)
+                && state.behaviour.audit_conduct() != AuditConduct::Skip
             {
                 let key = client.node(executor).await.ok().map(|n| n.operator);
                 state.audits.expect(
@@ -150,7 +152,7 @@ async fn handle(state: &Arc<NodeState>, client: &LedgerClient, event: Event) {
             commit_deadline,
             ..
         } if committee.contains(&state.id)
-            && state.adversary != Some(crate::adversary::Mode::SkipAudits) =>
+            && state.behaviour.audit_conduct() != AuditConduct::Skip =>
         {
             expect_from_ledger(state, client, audit).await;
             state.audits.sit_on_dispute(audit, dispute);

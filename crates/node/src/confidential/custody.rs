@@ -39,7 +39,7 @@ pub async fn deliver_for_audit(
     let Some(ring) = state.confidential.clone() else {
         return;
     };
-    if !crate::adversary::delivers_custody(state.adversary) {
+    if !state.behaviour.delivers_custody() {
         return tracing::warn!(%audit, "adversary: withholding the confidential request");
     }
     let plaintext = match state.store.custody(stack, seq) {
@@ -173,5 +173,5 @@ fn open_audit_payload(s: &NodeState, audit: AuditId, body: &[u8]) -> Result<(), 
             "the opened payload does not parse",
         )
     })?;
-    s.audits.deliver(audit, payload)
+    Ok(s.audits.deliver(audit, payload)?)
 }

@@ -35,21 +35,18 @@ pub use requests::chat_completions;
 use std::sync::Arc;
 
 use axum::extract::State;
-use sortition_api::{ApiError, ErrorKind};
+use sortition_api::ApiError;
 
+use crate::error::NodeError;
 use crate::service::NodeState;
 
 type S = State<Arc<NodeState>>;
 
 /// The node's key ring, or the error of a node without an attester.
-fn ring_of(s: &NodeState) -> Result<&KeyRing, ApiError> {
-    s.confidential.as_deref().ok_or_else(|| {
-        ApiError::new(
-            ErrorKind::NotFound,
-            "confidential_unavailable",
-            "this node runs without an attester and publishes no confidential key",
-        )
-    })
+fn ring_of(s: &NodeState) -> Result<&KeyRing, NodeError> {
+    s.confidential
+        .as_deref()
+        .ok_or(NodeError::ConfidentialUnavailable)
 }
 
 fn sealed_error(code: &'static str, e: impl std::fmt::Display) -> ApiError {
