@@ -53,7 +53,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let tokens: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(96);
-    let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
+    let m = sortition_models::pull("smollm2-135m-instruct", true).expect("pull model");
     let cfg = EngineConfig::new(&m.primary, "smollm2").honour_env();
     let e = Engine::load(cfg.expect("SORTITION_KERNEL")).expect("load");
     let prompt = Prompt::Chat(vec![ChatMessage::new(

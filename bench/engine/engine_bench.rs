@@ -64,7 +64,7 @@ async fn one_from(
 }
 
 async fn bench(format: WeightFormat, tokens: u32) {
-    let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
+    let m = sortition_models::pull("smollm2-135m-instruct", true).expect("pull model");
     let t = Instant::now();
     let cfg = EngineConfig {
         weight_format: format,

@@ -25,7 +25,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
+    let m = sortition_models::pull("smollm2-135m-instruct", true).expect("pull model");
     // F32=1: Q8_0 weights with f32 activations (engine numerics n3).
     let format = if std::env::var("F32").is_ok() {
         WeightFormat::Q8_0F32

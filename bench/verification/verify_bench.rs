@@ -77,7 +77,7 @@ async fn main() {
     let tokens: u32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(64);
     let q_ppm: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000.0);
     let k: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2.0);
-    let m = sortition_engine::models::pull("smollm2-135m-instruct", true).expect("pull model");
+    let m = sortition_models::pull("smollm2-135m-instruct", true).expect("pull model");
     let cfg = EngineConfig::new(m.primary, "smollm2-135m-instruct").honour_env();
     let e = Engine::load(cfg.expect("SORTITION_KERNEL")).expect("load");
     println!(

@@ -232,7 +232,8 @@ async fn reencode(
 /// Runs one worker, in this process.
 pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> {
     let started = std::time::Instant::now();
-    let pulled = sortition_engine::models::pull(&cfg.model, false)?;
+    let pulled =
+        sortition_models::pull(&cfg.model, false).map_err(sortition_engine::EngineError::from)?;
     let kernel = sortition_engine::Kernel::named(Some(&cfg.kernel))
         .map_err(sortition_engine::EngineError::from)?;
     if let Some(rounds) = cfg.through_node {

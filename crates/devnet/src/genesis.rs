@@ -13,8 +13,8 @@
 
 use std::path::Path;
 
-use sortition_engine::ModelStore;
 use sortition_ledger::{AuditPolicy, Genesis, ModelSpec, Params, SecurityPolicy};
+use sortition_models::ModelStore;
 use sortition_types::{Amount, Keypair, ModelId};
 
 use crate::{DevnetConfig, DevnetError};
@@ -74,7 +74,7 @@ fn model_spec(
         }
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-        let d = sortition_engine::models::file_digest(&weights)
+        let d = sortition_models::file_digest(&weights)
             .map_err(|e| DevnetError::Setup(e.to_string()))?;
         (id, d)
     } else {

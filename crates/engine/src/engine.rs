@@ -320,15 +320,16 @@ impl Engine {
                 "max_batch and queue_capacity must be > 0".into(),
             ));
         }
-        let digest = crate::models::file_digest(&cfg.model_path)?;
+        let digest = sortition_models::file_digest(&cfg.model_path)?;
         if let Some(expected) = cfg.expected_digest
             && expected != digest
         {
-            return Err(EngineError::DigestMismatch {
+            return Err(sortition_models::ModelError::DigestMismatch {
                 file: cfg.model_path.display().to_string(),
                 expected,
                 actual: digest,
-            });
+            }
+            .into());
         }
         let threads = cfg.threads.unwrap_or_else(default_threads);
         let kernel = cfg.kernel.unwrap_or_else(Kernel::detect);

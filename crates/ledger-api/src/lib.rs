@@ -44,6 +44,9 @@ pub mod paths {
     pub const VALIDATOR_FAULTS: &str = "/v1/validator-faults";
     pub const SUPPLY: &str = "/v1/supply";
     pub const EVENTS: &str = "/v1/events";
+    /// The height of each new block as it becomes final and durable (Server-Sent Events; the
+    /// current height first), empty blocks included.
+    pub const HEADS: &str = "/v1/heads";
 
     pub fn tx(hash: impl Display) -> String {
         format!("/v1/txs/{hash}")

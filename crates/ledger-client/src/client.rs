@@ -475,10 +475,33 @@ impl LedgerClient {
         &self,
         from: Cursor,
     ) -> Result<impl Stream<Item = Result<(Cursor, Event), ClientError>> + use<>, ClientError> {
+        Ok(self
+            .sse(&paths::events_from(from))
+            .await?
+            .filter_map(|item| async move {
+                match item {
+                    Err(e) => Some(Err(e)),
+                    Ok(ev) if ev.data.is_empty() || ev.id.is_empty() => None,
+                    Ok(ev) => Some((|| {
+                        let c: Cursor = ev.id.parse().map_err(ClientError::Decode)?;
+                        let e: Event = serde_json::from_str(&ev.data)
+                            .map_err(|e| ClientError::Decode(e.to_string()))?;
+                        Ok((c, e))
+                    })()),
+                }
+            }))
+    }
+
+    /// The Server-Sent Events of `path` (an idempotent GET, so it fails over).
+    async fn sse(
+        &self,
+        path: &str,
+    ) -> Result<
+        impl Stream<Item = Result<eventsource_stream::Event, ClientError>> + use<>,
+        ClientError,
+    > {
         let resp = self
-            .request(true, |b| {
-                self.http.get(format!("{b}{}", paths::events_from(from)))
-            })
+            .request(true, |b| self.http.get(format!("{b}{path}")))
             .await?;
         if !resp.status().is_success() {
             return Err(Self::decode::<Value>(resp)
@@ -489,17 +512,25 @@ impl LedgerClient {
         Ok(resp
             .bytes_stream()
             .eventsource()
-            .filter_map(|item| async move {
-                match item {
-                    Err(e) => Some(Err(ClientError::Decode(e.to_string()))),
-                    Ok(ev) if ev.data.is_empty() || ev.id.is_empty() => None,
-                    Ok(ev) => Some((|| {
-                        let c: Cursor = ev.id.parse().map_err(ClientError::Decode)?;
-                        let e: Event = serde_json::from_str(&ev.data)
-                            .map_err(|e| ClientError::Decode(e.to_string()))?;
-                        Ok((c, e))
-                    })()),
-                }
-            }))
+            .map(|item| item.map_err(|e| ClientError::Decode(e.to_string()))))
+    }
+
+    /// The ledger's height now, then at each new block (`GET /v1/heads`); see
+    /// [`crate::head::ChainHead`] for one that reconnects.
+    pub async fn heads(
+        &self,
+    ) -> Result<impl Stream<Item = Result<u64, ClientError>> + use<>, ClientError> {
+        Ok(self.sse(paths::HEADS).await?.filter_map(|item| async move {
+            match item {
+                Err(e) => Some(Err(e)),
+                Ok(ev) if ev.data.is_empty() => None,
+                Ok(ev) => Some(
+                    ev.data
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|e| ClientError::Decode(format!("head {:?}: {e}", ev.data))),
+                ),
+            }
+        }))
     }
 }

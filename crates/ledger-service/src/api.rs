@@ -47,6 +47,7 @@ pub fn router(h: Handle) -> Router {
         .route("/v1/validator-faults", get(validator_faults))
         .route("/v1/supply", get(supply))
         .route("/v1/events", get(crate::sse::events))
+        .route("/v1/heads", get(crate::sse::heads))
         .with_state(h)
 }
 

@@ -1,4 +1,5 @@
-//! `GET /v1/events?from=HEIGHT:INDEX`: the ledger's events as Server-Sent Events.
+//! `GET /v1/events?from=HEIGHT:INDEX`: the ledger's events as Server-Sent Events; and
+//! `GET /v1/heads`: the height of every new block (see [`heads`]).
 //!
 //! Each event's SSE id is its cursor `height:index` (index within the block's flattened event
 //! list). `from` is the first cursor to deliver (default `1:0`); a client resumes by passing
@@ -77,4 +78,30 @@ pub(crate) async fn events(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /v1/heads`: the current height, then the height of each block as it is persisted
+/// (empty blocks too), one SSE `data: HEIGHT` each, so that a client waits for a height or
+/// re-reads the state once per block instead of polling. A subscriber that falls behind gets
+/// the latest height (heights only grow; none is needed twice).
+pub(crate) async fn heads(
+    State(h): State<Handle>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut live = h.subscribe();
+    let stream = async_stream::stream! {
+        let mut last = h.with_ledger(|l| l.height());
+        yield Ok(SseEvent::default().data(last.to_string()));
+        loop {
+            let height = match live.recv().await {
+                Ok(b) => b.height,
+                Err(RecvError::Lagged(_)) => h.with_ledger(|l| l.height()),
+                Err(RecvError::Closed) => break,
+            };
+            if height > last {
+                last = height;
+                yield Ok(SseEvent::default().data(height.to_string()));
+            }
+        }
+    };
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

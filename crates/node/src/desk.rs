@@ -127,9 +127,16 @@ const UNKNOWN_AUDIT_TTL: Duration = Duration::from_secs(600);
 #[derive(Default)]
 pub struct AuditDesk {
     pending: Mutex<HashMap<AuditId, Pending>>,
+    /// Woken at each payload taken in.
+    delivered: tokio::sync::Notify,
 }
 
 impl AuditDesk {
+    /// Resolves at the next payload the desk takes in (for any audit).
+    pub async fn delivery(&self) {
+        self.delivered.notified().await
+    }
+
     /// Records that the audit itself (not only a dispute about it) is this node's to judge.
     pub(super) fn sit_as_auditor(&self, id: AuditId) {
         self.lock().entry(id).or_default().auditor = true;
@@ -195,6 +202,8 @@ impl AuditDesk {
         }
         entry.since.get_or_insert_with(Instant::now);
         entry.payloads.push(p);
+        drop(g);
+        self.delivered.notify_waiters();
         Ok(())
     }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use sortition_api::metrics::Registry;
 use sortition_api::unix_now_ms;
-use sortition_engine::{Embedder, Engine, EngineConfig, Kernel, ModelStore, WeightFormat};
+use sortition_engine::{Embedder, Engine, EngineConfig, Kernel, WeightFormat};
 use sortition_ledger::{Offer, TxKind};
-use sortition_ledger_client::LedgerClient;
+use sortition_ledger_client::{ChainHead, LedgerClient};
+use sortition_models::ModelStore;
 use sortition_types::{Amount, Keypair, ModelId, NodeClass, NodeId, StackId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -97,6 +98,8 @@ impl Default for NodeConfig {
 pub enum StartError {
     #[error("model: {0}")]
     Model(#[from] sortition_engine::EngineError),
+    #[error("model store: {0}")]
+    ModelStore(#[from] sortition_models::ModelError),
     #[error("ledger: {0}")]
     Ledger(String),
     #[error("storage: {0}")]
@@ -164,11 +167,7 @@ fn load_embed(name: &str, store: &ModelStore) -> Result<EmbedModel, StartError> 
             .file_name()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
-        (
-            path.clone(),
-            sortition_engine::models::file_digest(&weights)?,
-            id,
-        )
+        (path.clone(), sortition_models::file_digest(&weights)?, id)
     } else {
         let m = store.pull(name, false)?;
         (m.dir, m.digest, name.to_string())
@@ -290,6 +289,13 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
     let accounts = StackAccounts::default();
     restore_accounts(&store, &accounts)?;
     let stacks = Arc::new(LedgerStacks::new(client.clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    let (head, head_follower) = ChainHead::follow(client.clone(), {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    });
     let state = Arc::new(NodeState {
         id,
         key: key.clone(),
@@ -303,8 +309,8 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         behaviour: behaviour(&cfg),
         audits: Default::default(),
         confidential: confidential.clone(),
+        head,
     });
-    let (stop, stop_rx) = watch::channel(false);
     let server = {
         let state = state.clone();
         let mut rx = stop_rx.clone();
@@ -330,7 +336,7 @@ pub async fn start(cfg: NodeConfig, key: Keypair) -> Result<RunningNode, StartEr
         client.clone(),
         stop_rx.clone(),
     ));
-    let mut tasks = vec![server, claimer, auditor];
+    let mut tasks = vec![server, claimer, auditor, tokio::spawn(head_follower)];
     if let (Some(ring), Some(from)) = (confidential, epochs_from) {
         tasks.push(tokio::spawn(crate::confidential::follow_epochs(
             ring,

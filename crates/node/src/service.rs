@@ -49,6 +49,8 @@ pub struct NodeState {
     /// Confidential keys and their attester; `None` when the node runs without an attester
     /// (it then serves no confidential requests).
     pub confidential: Option<Arc<crate::keyring::KeyRing>>,
+    /// The ledger's height, to wait on (duties re-read the ledger once per block).
+    pub head: sortition_ledger_client::ChainHead,
 }
 
 /// What a finished request reports for its receipt.

@@ -107,6 +107,7 @@ impl Fixture {
             behaviour: Arc::new(crate::behaviour::Honest),
             audits: Default::default(),
             confidential: None,
+            head: sortition_ledger_client::ChainHead::manual(0).0,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

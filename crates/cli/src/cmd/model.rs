@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use sortition_engine::ModelStore;
+use sortition_models::ModelStore;
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCmd {

@@ -87,7 +87,7 @@ async fn chat_streams_an_answer_with_a_verified_receipt() {
 async fn node_service_registers_with_merged_settings_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = sortition_engine::testutil::write_tiny_llama(dir.path(), 12).expect("tiny model");
-    let digest = sortition_engine::models::file_digest(&model).expect("digest");
+    let digest = sortition_models::file_digest(&model).expect("digest");
     let admin = Keypair::from_secret([10; 32]);
     let mut g = Genesis::devnet("cli-node", admin.public());
     let plain = SecurityPolicy {

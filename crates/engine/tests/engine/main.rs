@@ -4,5 +4,4 @@
 
 mod harness;
 mod real;
-mod store;
 mod tiny;

@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use sortition_engine::embed::{EmbedInput, cosine};
-use sortition_engine::models::pull;
+use sortition_models::pull;
 
 use sortition_engine::{
     ChatMessage, Embedder, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest,

@@ -315,7 +315,9 @@ async fn typed_errors() {
     };
     assert!(matches!(
         Engine::load(wrong).err(),
-        Some(EngineError::DigestMismatch { .. })
+        Some(EngineError::Model(
+            sortition_models::ModelError::DigestMismatch { .. }
+        ))
     ));
 }
 

@@ -240,3 +240,29 @@ async fn follower_starts_at_the_stored_cursor_and_stops_while_unreachable() {
         .expect("stops while unreachable")
         .expect("no panic");
 }
+
+/// The chain head follows every block, empty ones included, so that a duty waiting for a
+/// height (a deadline) is woken by the block that reaches it without asking for the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_head_sees_empty_blocks_and_stops_on_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = LedgerServiceConfig::new(dir.path(), genesis());
+    cfg.idle_block_interval = Some(Duration::from_millis(100));
+    let bg = run_in_background(cfg).await.expect("start");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (head, follower) = sortition_ledger_client::ChainHead::follow(bg.client(), async move {
+        let _ = stopped.await;
+    });
+    let follower = tokio::spawn(follower);
+    let target = bg.client().status().await.expect("status").height + 5;
+    tokio::time::timeout(Duration::from_secs(20), head.reached(target))
+        .await
+        .expect("five empty blocks within 20 s");
+    assert!(head.now() >= target);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .expect("the follower stops on shutdown")
+        .expect("task");
+    bg.shutdown().await.expect("stop");
+}

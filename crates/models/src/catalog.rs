@@ -1,6 +1,6 @@
 //! The built-in catalog of models: names, packages, files and their pinned SHA-256 digests.
 
-use crate::error::{EngineError, Result};
+use crate::error::{ModelError, Result};
 
 /// What a model is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,5 +82,5 @@ pub fn entry(name: &str) -> Result<&'static CatalogEntry> {
     CATALOG
         .iter()
         .find(|e| e.name == name)
-        .ok_or_else(|| EngineError::UnknownModel(name.into()))
+        .ok_or_else(|| ModelError::UnknownModel(name.into()))
 }
