@@ -73,7 +73,7 @@ impl ClientError {
 #[derive(Default)]
 struct KeyQueue {
     waiting: Mutex<Vec<Queued>>,
-    turn: tokio::sync::Mutex<()>,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Queued {
@@ -325,15 +325,15 @@ impl LedgerClient {
         loop {
             // Our transaction is queued, in a batch under way, or answered: whoever holds the
             // turn sends it, and at our turn it is either answered or queued again.
-            let turn = queue.turn.lock().await;
-            // Answered by an earlier turn (ours or another sender's), or lost with a turn that
-            // was cancelled while it waited for its block.
+            let turn = queue.turn.clone().lock_owned().await;
+            // Answered by an earlier turn (ours or another sender's), or lost with a turn whose
+            // task failed.
             match answer.try_recv() {
                 Ok(r) => return r,
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
                     return Err(ClientError::Decode(
-                        "the send that carried this transaction was cancelled; it may still \
-                         be included"
+                        "the send that carried this transaction failed; it may still be \
+                         included"
                             .into(),
                     ));
                 }
@@ -349,10 +349,17 @@ impl LedgerClient {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let again = self.send_batch(key, batch).await;
-            // Sent again before anything queued later, keeping their order.
-            lock(&queue.waiting).splice(0..0, again);
-            drop(turn);
+            // The batch runs in a task of its own, holding the turn: a caller that gives up
+            // waiting (a cancelled future) does not take the other senders' transactions,
+            // or the key's nonce order, down with it.
+            let (client, signer, q) = (self.clone(), key.clone(), queue.clone());
+            let flush = tokio::spawn(async move {
+                let again = client.send_batch(&signer, batch).await;
+                // Sent again before anything queued later, keeping their order.
+                lock(&q.waiting).splice(0..0, again);
+                drop(turn);
+            });
+            let _ = flush.await;
         }
     }
 

@@ -75,3 +75,36 @@ async fn concurrent_sends_of_one_key_share_blocks_and_each_gets_its_own_answer()
     );
     bg.shutdown().await.expect("stop");
 }
+
+/// A caller that stops waiting (its future dropped while its batch is on the way) does not
+/// take the other transactions of that batch down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_send_leaves_the_rest_of_its_batch_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = LedgerServiceConfig::new(dir.path(), genesis());
+    cfg.idle_block_interval = None;
+    let bg = run_in_background(cfg).await.expect("start");
+    let client = bg.client();
+    let (from, to) = (writer(4), Keypair::from_seed(b"sender-cancel-to"));
+    let before = client.account(&from.public()).await.expect("account").nonce;
+    let sends: Vec<_> = (0..10u64)
+        .map(|i| {
+            let (client, from, to) = (client.clone(), from.clone(), to.clone());
+            tokio::spawn(async move { client.send(&from, transfer(&to, 1 + i)).await })
+        })
+        .collect();
+    // The first caller gives up at once, whether or not it was the one sending the batch.
+    sends[0].abort();
+    let mut answered = 0;
+    for s in sends.into_iter().skip(1) {
+        s.await.expect("task").expect("send");
+        answered += 1;
+    }
+    assert_eq!(answered, 9);
+    let after = client.account(&from.public()).await.expect("account").nonce;
+    assert!(
+        after == before + 9 || after == before + 10,
+        "nonce {before} -> {after}"
+    );
+    bg.shutdown().await.expect("stop");
+}
