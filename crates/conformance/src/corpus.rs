@@ -68,6 +68,16 @@ const TEXTS: &[&str] = &[
     "Dear hiring manager,",
 ];
 
+/// Sentences a variant puts before a text prompt.
+const OPENINGS: &[&str] = &[
+    "Chapter one.",
+    "From the notebook:",
+    "It was late.",
+    "Note:",
+    "Here is the text.",
+    "Page 12.",
+];
+
 /// A long prompt: a question after a few paragraphs of context.
 fn long_prompt(i: usize) -> String {
     let mut s = String::new();
@@ -85,21 +95,61 @@ fn long_prompt(i: usize) -> String {
     s
 }
 
-/// The corpus of `size`, in a fixed order.
+/// System messages that make a variant's chat prompts differ from round 0's.
+const VOICES: &[&str] = &[
+    "You are a helpful assistant.",
+    "Answer in one short sentence.",
+    "You are a patient teacher talking to a child.",
+    "Reply formally.",
+    "You are a pirate.",
+    "Answer as briefly as you can.",
+    "You are an enthusiastic tour guide.",
+    "Explain your reasoning step by step.",
+];
+
+/// Variant `v`'s chat messages for the user message `user`: variant 0 is the bare message;
+/// every other variant puts a system message of its own before it.
+fn chat(v: u32, i: usize, user: String) -> Prompt {
+    let mut messages = Vec::new();
+    if v > 0 {
+        let voice = VOICES[(v as usize + i) % VOICES.len()];
+        messages.push(ChatMessage::new(
+            "system",
+            format!("{voice} (Conversation {v}.)"),
+        ));
+    }
+    messages.push(ChatMessage::new("user", user));
+    Prompt::Chat(messages)
+}
+
+/// The corpus of `size`, in a fixed order: [`corpus_variant`] 0.
 pub fn corpus(size: Size) -> Vec<Case> {
+    corpus_variant(size, 0)
+}
+
+/// Variant `v` of the corpus of `size`: the same kinds and counts of requests, with other
+/// prompts (a system message, another context, another text opening), other seeds and the
+/// answer lengths rotated, so the rounds of a long run (`sortition conformance --rounds`)
+/// each replay requests no earlier round did. Variant 0 is the fixed corpus.
+pub fn corpus_variant(size: Size, v: u32) -> Vec<Case> {
     let (n_chat, n_text, n_long, n_constrained, lengths): (usize, usize, usize, usize, &[u32]) =
         match size {
             Size::Small => (8, 3, 1, 2, &[8, 16, 24]),
             Size::Long => (QUESTIONS.len(), TEXTS.len(), 8, 4, &[16, 48, 96, 128]),
         };
     let mut cases = Vec::new();
+    let tag = if v == 0 {
+        String::new()
+    } else {
+        format!("v{v}/")
+    };
     let params = |i: usize, sampled: bool| {
-        let max_tokens = lengths[i % lengths.len()];
+        let max_tokens = lengths[(i + v as usize) % lengths.len()];
         if sampled {
             SamplingParams {
                 temperature: 0.7,
                 top_p: 0.95,
-                seed: 1_000 + i as u64,
+                seed: 1_000 + i as u64 + 100_000 * u64::from(v),
                 max_tokens,
                 ..Default::default()
             }
@@ -112,8 +162,8 @@ pub fn corpus(size: Size) -> Vec<Case> {
         for (i, q) in QUESTIONS.iter().take(n_chat).enumerate() {
             let p = params(i, sampled);
             cases.push(Case {
-                label: format!("chat/{mode}/short/{}", p.max_tokens),
-                prompt: Prompt::Chat(vec![ChatMessage::new("user", *q)]),
+                label: format!("{tag}chat/{mode}/short/{}", p.max_tokens),
+                prompt: chat(v, i, (*q).to_string()),
                 params: p,
                 constraint: None,
             });
@@ -121,8 +171,12 @@ pub fn corpus(size: Size) -> Vec<Case> {
         for (i, t) in TEXTS.iter().take(n_text).enumerate() {
             let p = params(i + 1, sampled);
             cases.push(Case {
-                label: format!("text/{mode}/short/{}", p.max_tokens),
-                prompt: Prompt::Text((*t).to_string()),
+                label: format!("{tag}text/{mode}/short/{}", p.max_tokens),
+                prompt: Prompt::Text(if v == 0 {
+                    (*t).to_string()
+                } else {
+                    format!("{} {t}", OPENINGS[(v as usize + i) % OPENINGS.len()])
+                }),
                 params: p,
                 constraint: None,
             });
@@ -130,8 +184,8 @@ pub fn corpus(size: Size) -> Vec<Case> {
         for i in 0..n_long {
             let p = params(i + 2, sampled);
             cases.push(Case {
-                label: format!("chat/{mode}/long/{}", p.max_tokens),
-                prompt: Prompt::Chat(vec![ChatMessage::new("user", long_prompt(i))]),
+                label: format!("{tag}chat/{mode}/long/{}", p.max_tokens),
+                prompt: chat(v, i, long_prompt(i + n_long * v as usize)),
                 params: p,
                 constraint: None,
             });
@@ -140,8 +194,8 @@ pub fn corpus(size: Size) -> Vec<Case> {
             let mut p = params(i + 3, sampled);
             p.max_tokens = 96;
             cases.push(Case {
-                label: format!("{kind}/{mode}/96"),
-                prompt: Prompt::Chat(vec![ChatMessage::new("user", ask)]),
+                label: format!("{tag}{kind}/{mode}/96"),
+                prompt: chat(v, i, ask.to_string()),
                 params: p,
                 constraint: Some(Constraint::JsonSchema(schema)),
             });
@@ -208,5 +262,40 @@ mod tests {
         );
         assert!(corpus(Size::Long).len() > small.len());
         assert!("medium".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn variants_keep_the_kinds_and_change_every_request() {
+        let base = corpus(Size::Long);
+        let v1 = corpus_variant(Size::Long, 1);
+        let v2 = corpus_variant(Size::Long, 2);
+        assert_eq!(
+            format!("{base:?}"),
+            format!("{:?}", corpus_variant(Size::Long, 0))
+        );
+        for v in [&v1, &v2] {
+            assert_eq!(v.len(), base.len());
+            for (a, b) in base.iter().zip(v.iter()) {
+                // The same kind of request (the label past the variant's tag, but the length),
+                // the same constraint, and another prompt or seed.
+                let kind = |l: &str| l.rsplit_once('/').map(|(k, _)| k.to_string());
+                let bl = b.label.split_once('/').map(|(_, l)| l).unwrap_or_default();
+                assert_eq!(kind(&a.label), kind(bl), "{} vs {}", a.label, b.label);
+                assert_eq!(format!("{:?}", a.constraint), format!("{:?}", b.constraint));
+                assert_ne!(
+                    format!("{:?}", a.prompt),
+                    format!("{:?}", b.prompt),
+                    "{}",
+                    b.label
+                );
+            }
+        }
+        // Two variants differ from each other too, in prompts and seeds.
+        for (a, b) in v1.iter().zip(v2.iter()) {
+            assert_ne!(format!("{:?}", a.prompt), format!("{:?}", b.prompt));
+            if a.params.temperature > 0.0 {
+                assert_ne!(a.params.seed, b.params.seed);
+            }
+        }
     }
 }

@@ -67,6 +67,21 @@ pub struct RunConfig {
     /// The scoring tolerance configured for the model (`AuditMethod::Score`: max rank, logit
     /// slack), reported on its own besides the grid.
     pub configured: (u32, f32),
+    /// Rounds at most, each replaying another variant of the corpus
+    /// ([`corpus::corpus_variant`]; the first round replays the fixed corpus). At least 1.
+    pub rounds: u32,
+    /// A time budget: no round starts that would, at the mean round time so far, end after
+    /// it. `None`: all `rounds` run. The first round always runs.
+    pub budget: Option<std::time::Duration>,
+}
+
+/// What [`run`] reports while it works.
+pub enum Progress<'a> {
+    /// A configuration of the current round finished.
+    Config { round: u32, label: &'a str },
+    /// A round finished: the report of every round so far (a long run can write it, so an
+    /// interrupted run keeps what it measured).
+    Round(&'a Report),
 }
 
 /// The arguments that make `sortition` run one worker and print its JSON line.
@@ -104,18 +119,61 @@ fn spawn_worker(exe: &Path, cfg: &WorkerConfig) -> Result<WorkerOutput, Conforma
     serde_json::from_str(line).map_err(|e| fail(format!("result does not parse: {e}")))
 }
 
-/// Runs every configuration, each in its own process of `exe` (the `sortition` binary), and
-/// compares them. `progress` is told about each configuration as it finishes.
+/// Runs every configuration, each in its own process of `exe` (the `sortition` binary), for
+/// each round, and compares them. `progress` hears of each configuration and each round as
+/// they finish.
 pub fn run(
     cfg: &RunConfig,
     exe: &Path,
-    mut progress: impl FnMut(&str),
+    mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Report, ConformanceError> {
     if cfg.threads.is_empty() || cfg.threads.contains(&0) {
         return Err(ConformanceError::Invalid(
             "thread counts must be given and positive".into(),
         ));
     }
+    if cfg.rounds == 0 {
+        return Err(ConformanceError::Invalid(
+            "rounds must be at least 1".into(),
+        ));
+    }
+    let kernels = kernels(cfg)?;
+    let started = std::time::Instant::now();
+    let mut total: Option<(Report, Option<worker::Scoring>)> = None;
+    for round in 0..cfg.rounds {
+        if let (Some(budget), Some((r, _))) = (cfg.budget, &total) {
+            let mean = started.elapsed() / r.rounds;
+            if started.elapsed() + mean > budget {
+                break;
+            }
+        }
+        let (report, scoring) = run_round(cfg, exe, &kernels, round, &mut progress)?;
+        let merged = match total.take() {
+            None => (report, scoring),
+            Some((mut all, all_scoring)) => {
+                let all_scoring = match (all_scoring, scoring) {
+                    (Some(mut a), Some(b)) => {
+                        a.absorb(b, all.cases);
+                        Some(a)
+                    }
+                    (a, b) => a.or(b),
+                };
+                all.absorb(report);
+                all.scoring = all_scoring
+                    .as_ref()
+                    .map(|s| report::scoring_report(s, cfg.configured));
+                (all, all_scoring)
+            }
+        };
+        progress(Progress::Round(&merged.0));
+        total = Some(merged);
+    }
+    let (report, _) = total.ok_or_else(|| ConformanceError::Invalid("no round ran".into()))?;
+    Ok(report)
+}
+
+/// The kernels to compare, the reference first.
+fn kernels(cfg: &RunConfig) -> Result<Vec<String>, ConformanceError> {
     let supported: Vec<String> = sortition_engine::Kernel::supported()
         .into_iter()
         .map(|k| k.name().to_string())
@@ -144,6 +202,19 @@ pub fn run(
             )));
         }
     }
+    Ok(kernels)
+}
+
+/// One round: every configuration on variant `round` of the corpus. Returns its report and the
+/// reference's raw scoring (rounds' scorings are merged before the grid is computed).
+fn run_round(
+    cfg: &RunConfig,
+    exe: &Path,
+    kernels: &[String],
+    round: u32,
+    progress: &mut impl FnMut(Progress<'_>),
+) -> Result<(Report, Option<worker::Scoring>), ConformanceError> {
+    let mut done = |label: &str| progress(Progress::Config { round, label });
     let worker = |kernel: &str, threads: usize, batched: bool, scoring: bool, limit| WorkerConfig {
         model: cfg.model.clone(),
         kernel: kernel.to_string(),
@@ -153,6 +224,7 @@ pub fn run(
         scoring,
         limit,
         through_node: None,
+        variant: round,
     };
     let mut runs = Vec::new();
     let reference_kernel = kernels[0].clone();
@@ -160,7 +232,7 @@ pub fn run(
         exe,
         &worker(&reference_kernel, cfg.threads[0], true, true, None),
     )?;
-    progress(&format!(
+    done(&format!(
         "{reference_kernel} threads={} (reference)",
         cfg.threads[0]
     ));
@@ -169,7 +241,7 @@ pub fn run(
         exe,
         &worker(&reference_kernel, cfg.threads[0], true, false, None),
     )?;
-    progress(&format!(
+    done(&format!(
         "{reference_kernel} threads={} (restarted)",
         cfg.threads[0]
     ));
@@ -177,7 +249,7 @@ pub fn run(
         format!("{reference_kernel} threads={} restarted", cfg.threads[0]),
         again,
     ));
-    for k in &kernels {
+    for k in kernels {
         for &t in &cfg.threads {
             if *k == reference_kernel && t == cfg.threads[0] {
                 continue;
@@ -188,7 +260,7 @@ pub fn run(
                 None
             };
             let out = spawn_worker(exe, &worker(k, t, true, false, limit))?;
-            progress(&format!("{k} threads={t}"));
+            done(&format!("{k} threads={t}"));
             runs.push((format!("{k} threads={t}"), out));
         }
     }
@@ -202,14 +274,17 @@ pub fn run(
             "{reference_kernel} threads={} node, HTTP, x{}",
             cfg.threads[0], cfg.node_rounds
         );
-        progress(&label);
+        done(&label);
         runs.push((label, out));
     }
-    Ok(Report::new(
+    let scoring = reference.scoring.clone();
+    let report = Report::new(
         cfg,
+        round,
         &reference_kernel,
         reference,
         runs,
         cfg.configured,
-    ))
+    );
+    Ok((report, scoring))
 }

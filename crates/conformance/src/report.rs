@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::RunConfig;
-use crate::corpus::{Size, corpus};
+use crate::corpus::{Size, corpus_variant};
 use crate::through_node::HttpAnswer;
 use crate::worker::{Fingerprint, ScoredAnswer, WorkerOutput};
 
@@ -93,6 +93,10 @@ pub struct Report {
     pub model_digest: String,
     pub engine_version: String,
     pub size: Size,
+    /// Rounds run, each on another variant of the corpus.
+    #[serde(default = "one")]
+    pub rounds: u32,
+    /// Requests replayed, over all rounds.
     pub cases: usize,
     pub reference: ConfigResult,
     pub configs: Vec<ConfigResult>,
@@ -102,6 +106,10 @@ pub struct Report {
     pub mismatch_upper_95: f64,
     pub mismatch_examples: Vec<Mismatch>,
     pub scoring: Option<ScoringReport>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One-sided 95 % Clopper–Pearson upper bound on a rate with `m` events in `n` trials
@@ -230,7 +238,7 @@ fn point(
     }
 }
 
-fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> ScoringReport {
+pub(crate) fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> ScoringReport {
     let all = Answers::of(s, |_| true);
     let greedy_answers = Answers::of(s, |a| a.greedy);
     let sampled_answers = Answers::of(s, |a| !a.greedy);
@@ -280,12 +288,13 @@ fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> Scoring
 impl Report {
     pub(crate) fn new(
         cfg: &RunConfig,
+        round: u32,
         reference_kernel: &str,
         reference: WorkerOutput,
         runs: Vec<(String, WorkerOutput)>,
         configured: (u32, f32),
     ) -> Report {
-        let cases = corpus(cfg.size);
+        let cases = corpus_variant(cfg.size, round);
         let mut examples = Vec::new();
         let mut compare = |label: &str, out: &WorkerOutput| -> (u64, u64) {
             let (mut compared, mut mismatches) = (0, 0);
@@ -368,6 +377,7 @@ impl Report {
             model_digest: reference.model_digest.clone(),
             engine_version: reference.engine_version.clone(),
             size: cfg.size,
+            rounds: 1,
             cases: cases.len(),
             reference: ConfigResult {
                 label: ref_label,
@@ -387,16 +397,48 @@ impl Report {
     }
 }
 
+impl ConfigResult {
+    fn absorb(&mut self, other: &ConfigResult) {
+        self.compared += other.compared;
+        self.mismatches += other.mismatches;
+        self.seconds += other.seconds;
+    }
+}
+
+impl Report {
+    /// Adds another round's comparisons (its cases follow this report's). The scoring is left
+    /// as it is: it is computed again from the rounds' merged answers.
+    pub(crate) fn absorb(&mut self, other: Report) {
+        self.rounds += other.rounds;
+        self.cases += other.cases;
+        self.reference.absorb(&other.reference);
+        for c in &other.configs {
+            match self.configs.iter_mut().find(|m| m.label == c.label) {
+                Some(mine) => mine.absorb(c),
+                None => self.configs.push(c.clone()),
+            }
+        }
+        self.compared += other.compared;
+        self.mismatches += other.mismatches;
+        self.mismatch_upper_95 = upper_95(self.mismatches, self.compared);
+        let room = 20usize.saturating_sub(self.mismatch_examples.len());
+        self.mismatch_examples
+            .extend(other.mismatch_examples.into_iter().take(room));
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "conformance: {} ({}…), {}, corpus {:?} ({} requests)",
+            "conformance: {} ({}…), {}, corpus {:?} ({} requests in {} round{})",
             self.model,
             &self.model_digest[..16.min(self.model_digest.len())],
             self.engine_version,
             self.size,
-            self.cases
+            self.cases,
+            self.rounds,
+            if self.rounds == 1 { "" } else { "s" }
         )?;
         writeln!(
             f,

@@ -10,7 +10,7 @@ use sortition_engine::{
 };
 
 use crate::ConformanceError;
-use crate::corpus::{Case, Size, corpus};
+use crate::corpus::{Case, Size, corpus_variant};
 use crate::through_node::HttpAnswer;
 
 /// What one worker process is asked to do.
@@ -31,6 +31,10 @@ pub struct WorkerConfig {
     /// all at once, this many rounds ([`crate::through_node`]).
     #[serde(default)]
     pub through_node: Option<usize>,
+    /// Which variant of the corpus to replay ([`crate::corpus::corpus_variant`]; 0: the fixed
+    /// corpus).
+    #[serde(default)]
+    pub variant: u32,
 }
 
 /// The bits of one answer that must not change: tokens, text, finish, and each token's
@@ -87,6 +91,29 @@ pub struct Scoring {
     /// ships Q8_0 already, so there is nothing cheaper to re-encode to.
     #[serde(default)]
     pub reencoded: Option<Reencoded>,
+}
+
+impl Scoring {
+    /// Adds another round's answers, whose cases are numbered from `offset` on.
+    pub(crate) fn absorb(&mut self, other: Scoring, offset: usize) {
+        let shift = |v: Vec<ScoredAnswer>| {
+            v.into_iter().map(|a| ScoredAnswer {
+                case: a.case + offset,
+                ..a
+            })
+        };
+        self.honest.extend(shift(other.honest));
+        self.smaller_model.extend(shift(other.smaller_model));
+        match (&mut self.reencoded, other.reencoded) {
+            (Some(mine), Some(r)) => {
+                mine.answers += r.answers;
+                mine.text_differs += r.text_differs;
+                mine.scored.extend(shift(r.scored));
+            }
+            (None, r) => self.reencoded = r,
+            (Some(_), None) => {}
+        }
+    }
 }
 
 /// Answers of the re-encoded model: every case's, compared with the honest answer as a
@@ -237,7 +264,7 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
     let kernel = sortition_engine::Kernel::named(Some(&cfg.kernel))
         .map_err(sortition_engine::EngineError::from)?;
     if let Some(rounds) = cfg.through_node {
-        let mut cases = corpus(cfg.size);
+        let mut cases = corpus_variant(cfg.size, cfg.variant);
         if let Some(n) = cfg.limit {
             cases.truncate(n.max(1));
         }
@@ -262,7 +289,7 @@ pub async fn work(cfg: &WorkerConfig) -> Result<WorkerOutput, ConformanceError> 
         ..EngineConfig::new(pulled.primary.clone(), cfg.model.clone())
     };
     let engine = Engine::load(ec.clone())?;
-    let mut cases = corpus(cfg.size);
+    let mut cases = corpus_variant(cfg.size, cfg.variant);
     if let Some(n) = cfg.limit {
         cases.truncate(n.max(1));
     }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sortition_conformance::{RunConfig, Size, WorkerConfig};
+use sortition_conformance::{Progress, RunConfig, Size, WorkerConfig};
 
 #[derive(Args, Debug)]
 pub struct ConformanceArgs {
@@ -29,10 +29,21 @@ pub struct ConformanceArgs {
     /// Rounds of the corpus sent all at once through a devnet's node over HTTP (0: none).
     #[arg(long, default_value_t = 2)]
     node_rounds: usize,
+    /// Rounds at most, each replaying another variant of the corpus (other prompts, seeds and
+    /// lengths; the first round is the fixed corpus).
+    /// Default: 1, or as many as `--minutes` allows.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: Option<u32>,
+    /// Keep starting rounds for this many minutes (up to `--rounds`):
+    /// no round starts that would end after it at the mean round time so far. The soak run of
+    /// `bench/conformance` uses this.
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Also write the JSON report to this file.
+    /// Also write the JSON report to this file (after each round, so an interrupted run keeps
+    /// the rounds it finished).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
     /// Internal: run one worker (JSON `WorkerConfig`) and print its result.
@@ -54,6 +65,19 @@ pub async fn run(a: ConformanceArgs) -> Result<()> {
         } => (max_rank, logit_slack_milli as f32 / 1000.0),
         other => anyhow::bail!("the default audit method is not scoring: {other:?}"),
     };
+    let budget = match a.minutes {
+        None => None,
+        Some(m) if m.is_finite() && m > 0.0 && m <= 7.0 * 24.0 * 60.0 => {
+            Some(std::time::Duration::from_secs_f64(m * 60.0))
+        }
+        Some(m) => {
+            anyhow::bail!("--minutes {m}: expected a number of minutes above 0, at most a week")
+        }
+    };
+    // A time budget without a round count: the time decides.
+    let rounds = a
+        .rounds
+        .unwrap_or(if budget.is_some() { u32::MAX } else { 1 });
     let cfg = RunConfig {
         model: a.model,
         size: a.size,
@@ -62,21 +86,38 @@ pub async fn run(a: ConformanceArgs) -> Result<()> {
         scalar_limit: a.scalar_limit.or(Some(4)),
         node_rounds: a.node_rounds,
         configured: tolerance,
+        rounds,
+        budget,
     };
     let exe = std::env::current_exe().context("this program's path")?;
     let quiet = a.json;
+    let out = a.out.clone();
     let report = tokio::task::spawn_blocking(move || {
-        sortition_conformance::run(&cfg, &exe, |done| {
-            if !quiet {
-                eprintln!("done: {done}");
+        let mut written: Result<()> = Ok(());
+        let report = sortition_conformance::run(&cfg, &exe, |p| match p {
+            Progress::Config { round, label } => {
+                if !quiet {
+                    eprintln!("done: round {round}: {label}");
+                }
             }
-        })
+            Progress::Round(so_far) => {
+                if !quiet {
+                    eprintln!(
+                        "round {} done: {} mismatches in {} answers so far",
+                        so_far.rounds, so_far.mismatches, so_far.compared
+                    );
+                }
+                if let Some(path) = &out
+                    && written.is_ok()
+                {
+                    written = write_report(path, so_far);
+                }
+            }
+        })?;
+        written.map(|()| report)
     })
     .await??;
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &a.out {
-        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
-    }
     if a.json {
         println!("{json}");
     } else {
@@ -88,4 +129,9 @@ pub async fn run(a: ConformanceArgs) -> Result<()> {
         report.mismatches
     );
     Ok(())
+}
+
+fn write_report(path: &std::path::Path, report: &sortition_conformance::Report) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
