@@ -139,16 +139,16 @@ async fn handle(
     *ended = Some(hold.ended());
     // A stack the node refuses as already claimed is closed and another held, as for plain
     // requests.
+    // The node was named by the client, not chosen by the router: it is counted as
+    // dispatched to all the same, so its in-flight count and breaker see this request.
+    g.router
+        .lock()
+        .await
+        .engage(node.id, std::time::Instant::now());
     let proxy::Dispatched {
         lease,
         response: resp,
-    } = match proxy::on_node(g, &node, CONFIDENTIAL_CHAT_PATH, &body, &model, units).await {
-        Ok(answered) => answered,
-        Err(e) => {
-            g.finish(node.id, Outcome::Failure).await;
-            return Err(e);
-        }
-    };
+    } = proxy::on_node(g, &node, CONFIDENTIAL_CHAT_PATH, &body, &model, units).await?;
     let d = Sealed {
         lease,
         key,
@@ -159,13 +159,12 @@ async fn handle(
     if !status.is_success() {
         // The node refused (bad seal, stale key, exhausted stack, …): pass its OpenAI-shaped
         // error on, return the units, bill nothing.
-        proxy::release(g, d.stack, d.reserved).await;
         let outcome = if status.is_server_error() {
             Outcome::Failure
         } else {
             Outcome::Cancelled
         };
-        g.finish(d.node.id, outcome).await;
+        d.lease.release(outcome).await;
         let text = resp.bytes().await.unwrap_or_default();
         let mut r = (status, text).into_response();
         r.headers_mut().insert(
@@ -181,9 +180,8 @@ async fn handle(
     }
 }
 
-async fn fail(g: &GatewayState, d: &Sealed, msg: String) -> ApiError {
-    proxy::release(g, d.stack, d.reserved).await;
-    g.finish(d.node.id, Outcome::Failure).await;
+async fn fail(d: Sealed, msg: String) -> ApiError {
+    d.lease.release(Outcome::Failure).await;
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
 }
 
@@ -200,14 +198,15 @@ fn check(d: &Sealed, r: &SignedReceipt) -> Result<(), ReceiptError> {
 /// challenged (the executor keeps the request, and must hand it to the auditors).
 async fn bad_receipt(
     g: &Arc<GatewayState>,
-    d: &Sealed,
+    d: Sealed,
     e: ReceiptError,
     r: &SignedReceipt,
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's confidential receipt");
     challenge::challenge_over_report(g, &e, r, None).await;
     g.metrics.inc("receipts_refused_total", e.code(), 1);
-    fail(g, d, format!("node {}: {e}; nothing was billed", d.node.id))
+    let node = d.node.id;
+    fail(d, format!("node {node}: {e}; nothing was billed"))
         .await
         .with_code("receipt_invalid")
 }
@@ -235,46 +234,56 @@ impl Sealed {
         self.account().receipted(receipt, json, UsageStatus::Ok)
     }
 
-    /// Bills an answer with a checked receipt, settling the hold; an error means the answer
-    /// must be withheld.
+    /// Bills an answer with a checked receipt, settling the hold, and ends the lease with
+    /// `outcome`; an error means the answer must be withheld (the lease returned its units).
     async fn bill(
-        &mut self,
+        mut self,
         g: &GatewayState,
         receipt: &SignedReceipt,
+        outcome: Outcome,
     ) -> Result<Amount, ApiError> {
         let bill = self.receipted(receipt);
-        crate::settle::record(g, &mut self.hold, &[bill]).await
+        let recorded = crate::settle::record(g, &mut self.hold, &[bill]).await;
+        match recorded {
+            Ok(_) => self.lease.billed(outcome).await,
+            Err(_) => self.lease.release(outcome).await,
+        }
+        recorded
     }
 }
 
 async fn whole(
     g: &Arc<GatewayState>,
-    mut d: Sealed,
+    d: Sealed,
     resp: reqwest::Response,
 ) -> Result<Response, ApiError> {
     let bytes = match tokio::time::timeout(g.config.upstream_timeout, resp.bytes()).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(fail(g, &d, format!("reading the node's answer: {e}")).await),
-        Err(_) => return Err(fail(g, &d, "node timed out".into()).await),
+        Ok(Err(e)) => return Err(fail(d, format!("reading the node's answer: {e}")).await),
+        Err(_) => return Err(fail(d, "node timed out".into()).await),
     };
     let mut answer: SealedCompletion = match serde_json::from_slice(&bytes) {
         Ok(a) => a,
         Err(e) => {
-            return Err(fail(g, &d, format!("node sent a malformed sealed answer: {e}")).await);
+            return Err(fail(d, format!("node sent a malformed sealed answer: {e}")).await);
         }
     };
     if let Err(e) = check(&d, &answer.sortition.receipt) {
-        return Err(bad_receipt(g, &d, e, &answer.sortition.receipt).await);
+        return Err(bad_receipt(g, d, e, &answer.sortition.receipt).await);
     }
     let ttft = d.started.elapsed();
-    g.finish(d.node.id, Outcome::Success { ttft, itl: None })
-        .await;
+    let node = d.node.id;
     // Billed before the answer leaves: if that cannot be recorded the client gets the error
     // (503 on a storage fault), not an unpaid answer.
-    d.bill(g, &answer.sortition.receipt).await?;
+    d.bill(
+        g,
+        &answer.sortition.receipt,
+        Outcome::Success { ttft, itl: None },
+    )
+    .await?;
     answer.sortition.verified_by_gateway = Some(true);
     let mut r = Json(answer).into_response();
-    if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&node.to_string()) {
         r.headers_mut().insert(NODE_HEADER, v);
     }
     Ok(r)
@@ -320,7 +329,7 @@ async fn drive(g: Arc<GatewayState>, d: Sealed, resp: reqwest::Response, tx: mps
                     serde_json::to_string(&out).unwrap_or_default()
                 }
                 Err(e) => {
-                    let err = bad_receipt(&g, &d, e, &sortition.receipt).await;
+                    let err = bad_receipt(&g, d, e, &sortition.receipt).await;
                     let _ = tx
                         .send(serde_json::to_string(&err.body()).unwrap_or_default())
                         .await;
@@ -343,31 +352,30 @@ async fn drive(g: Arc<GatewayState>, d: Sealed, resp: reqwest::Response, tx: mps
     match receipt.flatten() {
         Some(r) => {
             let _ = tx.send("[DONE]".into()).await;
-            g.finish(
-                d.node.id,
-                Outcome::Success {
-                    ttft: ttft.unwrap_or_default(),
-                    itl: None,
-                },
-            )
-            .await;
             // Delivered already: settled now, or once the store can (the hold pays meanwhile).
             let bill = d.receipted(&r);
-            crate::settle::record_delivered(&g, d.hold, vec![bill]).await;
+            let Sealed { lease, hold, .. } = d;
+            crate::settle::record_delivered(&g, hold, vec![bill]).await;
+            lease
+                .billed(Outcome::Success {
+                    ttft: ttft.unwrap_or_default(),
+                    itl: None,
+                })
+                .await;
         }
         None => {
             // No receipt: the node failed or the client left. Bill only the chunks delivered,
             // one unit each, as for plain streams.
-            let status = crate::relay::end_interrupted(
-                &g,
-                d.node.id,
+            let (status, outcome) = crate::relay::end_interrupted(
                 &tx,
                 client_gone,
                 "the node's sealed stream ended before its receipt",
             )
             .await;
             let bill = d.account().unreceipted(chunks, status, Hash32::default());
-            crate::settle::record_delivered(&g, d.hold, vec![bill]).await;
+            let Sealed { lease, hold, .. } = d;
+            crate::settle::record_delivered(&g, hold, vec![bill]).await;
+            lease.billed(outcome).await;
         }
     }
 }

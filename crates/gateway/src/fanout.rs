@@ -135,14 +135,12 @@ pub async fn serve(
             Err(e) => failures.push(format!("answer {i}: {} ({})", e.why, e.node)),
         }
     }
-    for (_, m) in &members {
-        m.answered(g).await;
-    }
     if refused.is_some() || !failures.is_empty() {
         // Nothing is delivered, so nothing is charged: what the nodes did is settled on their
         // stacks (they claim it) and kept for the auditors.
-        for (i, m) in &members {
-            settle_unbilled(g, m, &f.bodies[*i]).await;
+        for (i, m) in members {
+            settle_unbilled(g, &m, &f.bodies[i]).await;
+            m.end(false).await;
         }
         return Err(refused.unwrap_or_else(|| {
             ApiError::new(
@@ -165,11 +163,21 @@ pub async fn serve(
             settle::receipted_bill(g, &m.d, f.key, f.model, &f.bodies[*i], &served)
         })
         .collect();
-    // Billed in one transaction before the answer leaves (503 on a storage fault).
-    settle::record(g, &mut hold, &bills).await?;
+    // Billed in one transaction before the answer leaves (503 on a storage fault; the
+    // leases then return their units).
+    if let Err(e) = settle::record(g, &mut hold, &bills).await {
+        for (_, m) in members {
+            m.end(true).await;
+        }
+        return Err(e);
+    }
+    let answer = assemble(f.path, &members, &f.bodies);
     g.metrics
         .inc("fanned_answers_total", "", members.len() as u64);
-    Ok(Json(assemble(f.path, &members, &f.bodies)).into_response())
+    for (_, m) in members {
+        m.end(false).await;
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// One answer: asked of the best node, then of others (up to [`proxy::MAX_ATTEMPTS`]) when

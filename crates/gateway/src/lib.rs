@@ -21,6 +21,7 @@ pub mod directory;
 pub mod fanout;
 pub mod health;
 pub mod keys;
+pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod proxy;

@@ -28,15 +28,7 @@ pub const MAX_ATTEMPTS: usize = 3;
 /// the next try buys or picks another; the bound only keeps a confused node from looping us.
 pub const MAX_STALE_STACKS: usize = 4;
 
-/// What a request holds while a node serves it: the node, the stack and the units reserved on
-/// it, and when it was sent. Whoever holds it reports the node's outcome to the router and
-/// settles or releases the units.
-pub struct Lease {
-    pub node: NodeView,
-    pub stack: StackId,
-    pub reserved: u64,
-    pub started: Instant,
-}
+pub use crate::lease::Lease;
 
 /// A node's answer whose headers arrived, and the lease it was served under (which it derefs
 /// to). Taking the response apart (`let Dispatched { lease, response } = d`) leaves the lease.
@@ -81,15 +73,12 @@ pub async fn dispatch(
         match on_node(g, &node, path, body, model, units_needed).await {
             Ok(d) if d.response.status().is_server_error() => {
                 tracing::warn!(node = %node.id, status = %d.response.status(), "node failed; trying another");
-                release(g, d.stack, units_needed).await;
-                g.finish(node.id, Outcome::Failure).await;
-                last_err = Some(upstream_error(d.response).await);
+                let Dispatched { lease, response } = d;
+                lease.release(Outcome::Failure).await;
+                last_err = Some(upstream_error(response).await);
             }
             Ok(d) => return Ok(d),
-            Err(e) => {
-                g.finish(node.id, Outcome::Failure).await;
-                last_err = Some(e);
-            }
+            Err(e) => last_err = Some(e),
         }
     }
     Err(last_err.unwrap_or_else(|| {
@@ -102,9 +91,10 @@ pub async fn dispatch(
     }))
 }
 
-/// One try of `body` on `node`, on a stack held for `units`: the node's answer once its
-/// headers arrived (any status), under a lease that holds the units, or why the node could not
-/// be asked (the units released; reporting the outcome to the router is the caller's).
+/// One try of `body` on `node` (counted by the router as dispatched to it), on a stack held for
+/// `units`: the node's answer once its headers arrived (any status), under a lease that holds
+/// the units, or why the node could not be asked (the units released and the router told of
+/// the failure).
 ///
 /// A stack the node refuses as spent or claimed (402) is one our books still thought open (the
 /// node claimed it before this gateway saw the claim): it is closed and the node asked again
@@ -120,30 +110,31 @@ pub async fn on_node(
 ) -> Result<Dispatched, ApiError> {
     let mut stale = 0;
     loop {
-        let stack = hold_stack(g, node, model, units).await?;
-        let started = Instant::now();
+        let stack = match hold_stack(g, node, model, units).await {
+            Ok(s) => s,
+            Err(e) => {
+                g.finish(node.id, Outcome::Failure).await;
+                return Err(e);
+            }
+        };
+        // From here the units are the lease's: whatever ends this request (an answer, an
+        // error, the client leaving mid-send) returns or bills them.
+        let lease = Lease::new(g, node.clone(), stack.stack_id, units, Instant::now());
         match send(g, node, path, body, stack.stack_id).await {
             Ok(resp) if resp.status() == StatusCode::PAYMENT_REQUIRED => {
                 tracing::warn!(node = %node.id, stack = %stack.stack_id, "node refused stack; closing it");
-                release(g, stack.stack_id, units).await;
                 let _ = g.store.close_stack(stack.stack_id).await;
                 stale += 1;
                 if stale > MAX_STALE_STACKS {
+                    lease.release(Outcome::Failure).await;
                     return Err(upstream_error(resp).await);
                 }
+                lease.retry().await;
             }
-            Ok(response) => {
-                let lease = Lease {
-                    node: node.clone(),
-                    stack: stack.stack_id,
-                    reserved: units,
-                    started,
-                };
-                return Ok(Dispatched { lease, response });
-            }
+            Ok(response) => return Ok(Dispatched { lease, response }),
             Err(e) => {
                 tracing::warn!(node = %node.id, error = %e, "node unreachable");
-                release(g, stack.stack_id, units).await;
+                lease.release(Outcome::Failure).await;
                 return Err(ApiError::new(
                     ErrorKind::BadGateway,
                     "node_unreachable",
@@ -225,12 +216,6 @@ pub async fn hold_stack(
         .await?;
     tracing::info!(stack = %record.stack_id, node = %node.id, units = record.units_total, "bought stack");
     Ok(record)
-}
-
-pub async fn release(g: &GatewayState, stack: StackId, units: u64) {
-    if let Err(e) = g.store.release(stack, units).await {
-        tracing::error!(%stack, error = %e, "could not release stack units");
-    }
 }
 
 pub async fn send(

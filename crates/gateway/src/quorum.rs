@@ -41,17 +41,24 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    /// Tells the router that the member's node answered (a receipted answer, whatever the
-    /// request then makes of it).
-    pub async fn answered(&self, g: &GatewayState) {
-        g.finish(
-            self.d.node.id,
-            Outcome::Success {
-                ttft: self.ttft,
-                itl: None,
-            },
-        )
-        .await;
+    /// What the router hears of the member's node: it answered (a receipted answer, whatever
+    /// the request then makes of it).
+    fn outcome(&self) -> Outcome {
+        Outcome::Success {
+            ttft: self.ttft,
+            itl: None,
+        }
+    }
+
+    /// Ends the member's lease: its units are settled (in a bill, or by
+    /// [`settle_unbilled`]), or, when `returned`, given back (its bill could not be recorded).
+    pub(crate) async fn end(self, returned: bool) {
+        let outcome = self.outcome();
+        if returned {
+            self.d.release(outcome).await;
+        } else {
+            self.d.billed(outcome).await;
+        }
     }
 }
 
@@ -125,15 +132,16 @@ pub async fn serve(
         .values()
         .find(|v| v.len() * 2 > usize::from(q.size))
         .cloned();
-    for m in &members {
-        m.answered(g).await;
-    }
     let Some(majority) = majority else {
         // No answer: settle what the nodes did (they will claim it) and keep the requests
         // for the audits; the user is not charged.
         for m in &members {
             settle_unbilled(g, m, q.body).await;
         }
+        let votes: Vec<Value> = members
+            .iter()
+            .map(|m| json!({"node": m.d.node.id, "response_hash": m.receipt.receipt.response_hash}))
+            .collect();
         // At most one of them is right: have every answer audited.
         challenge::challenge(
             g,
@@ -141,11 +149,11 @@ pub async fn serve(
             "quorum",
         );
         g.metrics.inc("quorum_total", "no_majority", 1);
-        let votes: Vec<Value> = members
-            .iter()
-            .map(|m| json!({"node": m.d.node.id, "response_hash": m.receipt.receipt.response_hash}))
-            .collect();
         tracing::warn!(model = %q.model, ?votes, "quorum without a majority");
+        let answered = members.len();
+        for m in members {
+            m.end(false).await;
+        }
         return Err(ApiError::new(
             ErrorKind::BadGateway,
             "quorum_disagreement",
@@ -153,7 +161,7 @@ pub async fn serve(
                 "no {} of the {} quorum members agreed ({} answered); nothing was charged",
                 usize::from(q.size) / 2 + 1,
                 q.size,
-                members.len()
+                answered
             ),
         ));
     };
@@ -194,9 +202,23 @@ pub async fn serve(
         1,
     );
     // Every agreeing member billed, in one transaction, before the answer leaves; if that
-    // cannot be recorded the client gets the error (503 on a storage fault), not the answer.
-    settle::record(g, &mut hold, &bills).await?;
-    let first = &members[majority[0]];
+    // cannot be recorded the client gets the error (503 on a storage fault), not the answer,
+    // and the agreeing members' leases return their units.
+    let recorded = settle::record(g, &mut hold, &bills).await;
+    let mut members: Vec<Option<Member>> = members.into_iter().map(Some).collect();
+    let first = members[majority[0]].take();
+    for (i, m) in members.into_iter().enumerate() {
+        if let Some(m) = m {
+            m.end(recorded.is_err() && majority.contains(&i)).await;
+        }
+    }
+    let Some(first) = first else {
+        return Err(ApiError::internal("the quorum's majority has no member"));
+    };
+    if let Err(e) = recorded {
+        first.end(true).await;
+        return Err(e);
+    }
     let mut value = first.value.clone();
     value.mark_verified();
     if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
@@ -218,6 +240,7 @@ pub async fn serve(
     {
         resp.headers_mut().insert(sortition_api::RECEIPT_HEADER, v);
     }
+    first.end(false).await;
     Ok(resp)
 }
 
@@ -305,7 +328,6 @@ pub(crate) async fn ask(
     } = match proxy::on_node(g, &node, q.path, q.body, q.model, q.units).await {
         Ok(answered) => answered,
         Err(e) => {
-            g.finish(id, Outcome::Failure).await;
             return Err(MemberFailure {
                 node: id,
                 why: e.message,
@@ -313,27 +335,24 @@ pub(crate) async fn ask(
             });
         }
     };
-    let started = d.started;
-    let failed = |why: String| async move {
-        proxy::release(g, d.stack, q.units).await;
-        g.finish(id, Outcome::Failure).await;
+    let failed = |d: Lease, why: String| async move {
+        d.release(Outcome::Failure).await;
         Err(MemberFailure {
             node: id,
             why,
             refused: None,
         })
     };
-    let ttft = started.elapsed();
+    let ttft = d.started.elapsed();
     let status = resp.status();
     let bytes = match tokio::time::timeout(g.config.upstream_timeout, resp.bytes()).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return failed(format!("reading the answer: {e}")).await,
-        Err(_) => return failed("timed out".into()).await,
+        Ok(Err(e)) => return failed(d, format!("reading the answer: {e}")).await,
+        Err(_) => return failed(d, "timed out".into()).await,
     };
     if status.is_client_error() {
         // The request's fault (bad parameters, too long a prompt): the node is not to blame.
-        proxy::release(g, d.stack, q.units).await;
-        g.finish(id, Outcome::Cancelled).await;
+        d.release(Outcome::Cancelled).await;
         let detail = serde_json::from_slice::<sortition_api::ErrorBody>(&bytes)
             .map(|b| b.error)
             .ok();
@@ -369,14 +388,14 @@ pub(crate) async fn ask(
     }
     if !status.is_success() {
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        return failed(format!("answered {status}: {text}")).await;
+        return failed(d, format!("answered {status}: {text}")).await;
     }
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => return failed(format!("invalid JSON: {e}")).await,
+        Err(e) => return failed(d, format!("invalid JSON: {e}")).await,
     };
     let Some(receipt) = value.receipt() else {
-        return failed("no receipt".into()).await;
+        return failed(d, "no receipt".into()).await;
     };
     // Each member's answer must be what its receipt commits to: the majority is counted by
     // response hash, so the answer sent on is then one the agreeing receipts all cover.
@@ -384,7 +403,7 @@ pub(crate) async fn ask(
         g.metrics.inc("receipts_refused_total", e.code(), 1);
         challenge::challenge_over_report(g, &e, &receipt, Some((&d, q.body))).await;
         challenge::disown_misdelivered(g, &e, &receipt);
-        return failed(format!("receipt refused: {e}")).await;
+        return failed(d, format!("receipt refused: {e}")).await;
     }
     Ok(Member {
         d,

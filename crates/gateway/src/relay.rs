@@ -44,27 +44,23 @@ where
     Sse::new(out).keep_alive(KeepAlive::default())
 }
 
-/// A stream that ended before the node's receipt (the node failed or the client left): the
-/// router hears of it, a client still there gets an error event and `[DONE]`, and the usage
-/// status to record is returned.
+/// A stream that ended before the node's receipt (the node failed or the client left): a
+/// client still there gets an error event and `[DONE]`; returned are the usage status to
+/// record and the node's outcome for the router.
 pub(crate) async fn end_interrupted(
-    g: &GatewayState,
-    node: sortition_types::NodeId,
     tx: &mpsc::Sender<String>,
     client_gone: bool,
     message: &str,
-) -> UsageStatus {
+) -> (UsageStatus, Outcome) {
     if client_gone {
-        g.finish(node, Outcome::Cancelled).await;
-        return UsageStatus::Cancelled;
+        return (UsageStatus::Cancelled, Outcome::Cancelled);
     }
-    g.finish(node, Outcome::Failure).await;
     let err = ApiError::new(ErrorKind::BadGateway, "stream_interrupted", message);
     let _ = tx
         .send(serde_json::to_string(&err.body()).unwrap_or_default())
         .await;
     let _ = tx.send("[DONE]".into()).await;
-    UsageStatus::Failed
+    (UsageStatus::Failed, Outcome::Failure)
 }
 
 /// Mean time between streamed chunks, from the first and last chunk's arrival, for the
@@ -113,13 +109,13 @@ pub(crate) async fn first_event(
         Err(_) => "the node sent no event in time".to_string(),
     };
     tracing::warn!(node = %d.node.id, %why, "stream failed before delivering anything; trying another node");
-    Err((d.node.id, fail(g, &d, why).await))
+    let node = d.node.id;
+    Err((node, fail(d, why).await))
 }
 
 /// A dispatch that failed after the node's headers: its units are returned, nothing is billed.
-pub(crate) async fn fail(g: &GatewayState, d: &Lease, msg: String) -> ApiError {
-    proxy::release(g, d.stack, d.reserved).await;
-    g.finish(d.node.id, Outcome::Failure).await;
+pub(crate) async fn fail(d: Lease, msg: String) -> ApiError {
+    d.release(Outcome::Failure).await;
     ApiError::new(ErrorKind::BadGateway, "upstream_error", msg)
 }
 
@@ -129,25 +125,22 @@ pub(crate) async fn fail(g: &GatewayState, d: &Lease, msg: String) -> ApiError {
 /// ([`challenge::disown_misdelivered`]).
 pub(crate) async fn bad_receipt(
     g: &Arc<GatewayState>,
-    d: &Lease,
+    d: Lease,
     e: verify::ReceiptError,
     signed: Option<(&Bytes, &SignedReceipt)>,
 ) -> ApiError {
     tracing::error!(node = %d.node.id, error = %e, "refused a node's receipt");
     if let Some((body, r)) = signed {
-        challenge::challenge_over_report(g, &e, r, Some((d, body))).await;
+        challenge::challenge_over_report(g, &e, r, Some((&d, body))).await;
         challenge::disown_misdelivered(g, &e, r);
     }
     g.metrics.inc("receipts_refused_total", e.code(), 1);
-    g.store.release(d.stack, d.reserved).await.ok();
-    g.finish(d.node.id, e.outcome()).await;
+    let node = d.node.id;
+    d.release(e.outcome()).await;
     ApiError::new(
         ErrorKind::BadGateway,
         "receipt_invalid",
-        format!(
-            "node {}: {e}; the answer was withheld and nothing was billed",
-            d.node.id
-        ),
+        format!("node {node}: {e}; the answer was withheld and nothing was billed"),
     )
 }
 
@@ -209,7 +202,7 @@ pub(crate) async fn drive_relay(
                     receipt_ok = Some(r);
                 }
                 Err(e) => {
-                    let err = bad_receipt(&g, &d, e, parsed.as_ref().map(|r| (&body, r))).await;
+                    let err = bad_receipt(&g, d, e, parsed.as_ref().map(|r| (&body, r))).await;
                     let _ = tx
                         .send(serde_json::to_string(&err.body()).unwrap_or_default())
                         .await;
@@ -235,14 +228,6 @@ pub(crate) async fn drive_relay(
     match receipt_ok {
         Some(r) => {
             let _ = tx.send("[DONE]".into()).await;
-            g.finish(
-                d.node.id,
-                Outcome::Success {
-                    ttft: ttft.unwrap_or_default(),
-                    itl: inter_token(ttft, last_chunk, delivered_chunks),
-                },
-            )
-            .await;
             let answer = answer.finish_reason.map(|finish_reason| settle::Answer {
                 text: answer.text,
                 finish_reason,
@@ -251,13 +236,16 @@ pub(crate) async fn drive_relay(
             // Delivered already: settled now, or once the store can (the hold pays meanwhile).
             let bill = settle::receipted_bill(&g, &d, &a.key, &a.model, &body, &served);
             settle::record_delivered(&g, a.hold, vec![bill]).await;
+            d.billed(Outcome::Success {
+                ttft: ttft.unwrap_or_default(),
+                itl: inter_token(ttft, last_chunk, delivered_chunks),
+            })
+            .await;
         }
         None => {
             // No receipt: the stream ended early (the node failed or the client left). Bill
             // only the chunks actually delivered, one unit each.
-            let status = crate::relay::end_interrupted(
-                &g,
-                d.node.id,
+            let (status, outcome) = crate::relay::end_interrupted(
                 &tx,
                 client_gone,
                 "the node's stream ended before its receipt",
@@ -269,6 +257,7 @@ pub(crate) async fn drive_relay(
                 sortition_types::sha256(&body),
             );
             settle::record_delivered(&g, a.hold, vec![bill]).await;
+            d.billed(outcome).await;
         }
     }
 }

@@ -330,9 +330,9 @@ async fn forward<A: NodeAnswer>(
         // A client error from the node (bad parameters, too long a prompt): pass it on,
         // return the units, bill nothing.
         let status = d.response.status();
-        g.store.release(d.stack, d.reserved).await.ok();
-        g.finish(d.node.id, Outcome::Cancelled).await;
-        let text = d.response.bytes().await.unwrap_or_default();
+        let Dispatched { lease, response } = d;
+        lease.release(Outcome::Cancelled).await;
+        let text = response.bytes().await.unwrap_or_default();
         let mut resp = (status, text).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -357,14 +357,14 @@ async fn unary<A: NodeAnswer>(
     let read = tokio::time::timeout(g.config.upstream_timeout, response.bytes()).await;
     let bytes = match read {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(fail(g, &d, format!("reading the node's answer: {e}")).await),
-        Err(_) => return Err(fail(g, &d, "node timed out".into()).await),
+        Ok(Err(e)) => return Err(fail(d, format!("reading the node's answer: {e}")).await),
+        Err(_) => return Err(fail(d, "node timed out".into()).await),
     };
     match serde_json::from_slice::<A>(&bytes) {
         Ok(answer) => answered(g, a, d, body, ttft, answer).await,
         Err(_) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(answer) => answered(g, a, d, body, ttft, answer).await,
-            Err(e) => Err(fail(g, &d, format!("node sent invalid JSON: {e}")).await),
+            Err(e) => Err(fail(d, format!("node sent invalid JSON: {e}")).await),
         },
     }
 }
@@ -380,22 +380,29 @@ async fn answered(
     mut answer: impl NodeAnswer,
 ) -> Result<Response, ApiError> {
     let Some(receipt) = answer.receipt() else {
-        return Err(bad_receipt(g, &d, verify::ReceiptError::Missing, None).await);
+        return Err(bad_receipt(g, d, verify::ReceiptError::Missing, None).await);
     };
     if let Err(e) = check_receipt(&d, &body, answer.delivered_hash(&body), &receipt) {
-        return Err(bad_receipt(g, &d, e, Some((&body, &receipt))).await);
+        return Err(bad_receipt(g, d, e, Some((&body, &receipt))).await);
     }
-    g.finish(d.node.id, Outcome::Success { ttft, itl: None })
-        .await;
     let generated = answer.answer();
     let served = settle::Served::new(&receipt, generated.as_ref());
     // Billed (and the payload kept) before the answer leaves: if that cannot be recorded the
-    // client gets the error (503 on a storage fault) instead of an unpaid answer.
+    // client gets the error (503 on a storage fault) instead of an unpaid answer, and the
+    // lease returns its units unbilled.
     let bill = settle::receipted_bill(g, &d, &a.key, &a.model, &body, &served);
-    settle::record(g, &mut a.hold, &[bill]).await?;
+    let node = d.node.id;
+    let outcome = Outcome::Success { ttft, itl: None };
+    match settle::record(g, &mut a.hold, &[bill]).await {
+        Ok(_) => d.billed(outcome).await,
+        Err(e) => {
+            d.release(outcome).await;
+            return Err(e);
+        }
+    }
     answer.mark_verified();
     let mut resp = Json(answer).into_response();
-    if let Ok(v) = HeaderValue::from_str(&d.node.id.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&node.to_string()) {
         resp.headers_mut().insert(NODE_HEADER, v);
     }
     if let Some(Ok(v)) = served.receipt_json.map(HeaderValue::try_from) {

@@ -121,9 +121,9 @@ pub struct RunningGateway {
 }
 
 /// How long open requests get to finish once the gateway is asked to stop; connections still
-/// open then are dropped, as in a crash: their credit holds are released with their guards,
-/// but stack units they reserved stay reserved in the gateway's books (a `Lease` does not
-/// release on drop yet).
+/// open then are dropped: their credit holds are released with their guards and their stack
+/// units by their leases' drop (on tasks that run while the duties stop, before the store
+/// closes); nothing is billed for them.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// How long each background duty, and then the store, get to wind down after the API stopped.
 const DUTY_LIMIT: Duration = Duration::from_secs(10);

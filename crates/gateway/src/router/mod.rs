@@ -259,6 +259,12 @@ impl<R: Rng> Router<R> {
         Ok(scored)
     }
 
+    /// Counts a request sent to `id` that the router did not choose (a client named the node):
+    /// its end is reported with [`finish`](Self::finish) like any other.
+    pub fn engage(&mut self, id: NodeId, now: Instant) {
+        self.dispatch(id, now);
+    }
+
     fn dispatch(&mut self, id: NodeId, now: Instant) {
         if let Some(e) = self.nodes.get_mut(&id) {
             e.stats.in_flight = e.stats.in_flight.saturating_add(1);
