@@ -49,7 +49,20 @@ struct Account {
     closed: bool,
 }
 
-type Book = Arc<Mutex<HashMap<StackId, Account>>>;
+/// The accounts, and a signal that some reservation ended (what a claim waits on).
+#[derive(Default)]
+struct Ledger {
+    accounts: Mutex<HashMap<StackId, Account>>,
+    ended: tokio::sync::Notify,
+}
+
+impl Ledger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StackId, Account>> {
+        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Book = Arc<Ledger>;
 
 /// A granted reservation. It ends through [`StackAccounts::charge`] or
 /// [`StackAccounts::settle`]; one that is dropped without either (an early return, a failed
@@ -77,19 +90,26 @@ impl Reservation {
     /// what it used.
     fn end<T>(mut self, f: impl FnOnce(&mut Account, u64) -> T) -> T {
         let book = self.book.take().unwrap_or_default();
-        let mut g = book.lock().unwrap_or_else(|e| e.into_inner());
-        let acct = g.entry(self.stack).or_default();
-        acct.reserved = acct.reserved.saturating_sub(self.units);
-        f(acct, self.units)
+        let out = {
+            let mut g = book.lock();
+            let acct = g.entry(self.stack).or_default();
+            acct.reserved = acct.reserved.saturating_sub(self.units);
+            f(acct, self.units)
+        };
+        book.ended.notify_waiters();
+        out
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(book) = self.book.take() {
-            let mut g = book.lock().unwrap_or_else(|e| e.into_inner());
-            let acct = g.entry(self.stack).or_default();
-            acct.reserved = acct.reserved.saturating_sub(self.units);
+            {
+                let mut g = book.lock();
+                let acct = g.entry(self.stack).or_default();
+                acct.reserved = acct.reserved.saturating_sub(self.units);
+            }
+            book.ended.notify_waiters();
         }
     }
 }
@@ -103,7 +123,7 @@ pub struct StackAccounts {
 impl StackAccounts {
     /// Restores a stack's counters (from persisted receipts) after a restart.
     pub fn restore(&self, stack: StackId, used: u64, next_seq: u64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock();
         g.insert(
             stack,
             Account {
@@ -138,7 +158,7 @@ impl StackAccounts {
         if !info.open || now_ms >= info.expires_at_ms {
             return Err(ReserveError::Closed(info.id));
         }
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock();
         let acct = g.entry(info.id).or_default();
         if acct.closed {
             return Err(ReserveError::Closed(info.id));
@@ -190,20 +210,39 @@ impl StackAccounts {
     /// that authenticated on an open stack just before may still hold that view of it; the
     /// view alone no longer lets it reserve.)
     pub fn close(&self, stack: StackId) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock();
         g.entry(stack).or_default().closed = true;
     }
 
     /// Units charged so far on a stack.
     pub fn used(&self, stack: StackId) -> u64 {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.inner.lock();
         g.get(&stack).map(|a| a.used).unwrap_or(0)
     }
 
     /// Units still reserved by requests in flight on a stack.
     pub fn in_flight(&self, stack: StackId) -> u64 {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.inner.lock();
         g.get(&stack).map(|a| a.reserved).unwrap_or(0)
+    }
+
+    /// Waits, at most `limit`, until no request is in flight on `stack` (woken by each
+    /// reservation's end, not by polling); whether it got there. Meant for a stack closed with
+    /// [`StackAccounts::close`], which no new reservation can join.
+    pub async fn drained(&self, stack: StackId, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                // Registered before the check, so an end between the two is not missed.
+                let ended = self.inner.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.in_flight(stack) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 }
 
@@ -212,6 +251,7 @@ impl StackAccounts {
 mod tests {
     use super::*;
     use sortition_types::Keypair;
+    use std::time::Duration;
 
     fn info(units: u64) -> StackInfo {
         StackInfo {
@@ -298,6 +338,50 @@ mod tests {
         assert_eq!(book.settle(before, 3, true), Some(0));
         assert_eq!(book.in_flight(StackId(1)), 0);
         assert_eq!(book.used(StackId(1)), 3);
+    }
+
+    /// A claim waits for the requests in flight on a closed stack: it wakes when the last one
+    /// ends, and gives up at its limit while one is still running.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_stack_drains_when_its_last_request_ends() {
+        let book = Arc::new(StackAccounts::default());
+        let (inf, m) = (info(100), ModelId::new("m"));
+        assert!(
+            book.drained(StackId(1), Duration::ZERO).await,
+            "nothing in flight"
+        );
+        let a = book.reserve(&inf, NodeId(7), &m, 10, 0).unwrap();
+        let b = book.reserve(&inf, NodeId(7), &m, 10, 0).unwrap();
+        book.close(StackId(1));
+        let started = tokio::time::Instant::now();
+        let ends = {
+            let book = book.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                book.settle(a, 4, true);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                drop(b);
+            })
+        };
+        assert!(book.drained(StackId(1), Duration::from_secs(60)).await);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "woken by the last end"
+        );
+        ends.await.unwrap();
+        assert_eq!(book.used(StackId(1)), 4);
+        // A request that does not end: the wait gives up at its limit.
+        let stuck = book.reserve(&info(100), NodeId(7), &m, 1, 0);
+        assert!(stuck.is_err(), "the stack is closed");
+        let other = StackInfo {
+            id: StackId(2),
+            ..info(100)
+        };
+        let _held = book.reserve(&other, NodeId(7), &m, 1, 0).unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(!book.drained(StackId(2), Duration::from_secs(60)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
     }
 
     /// A reservation dropped without being charged or settled (a failed task, an early

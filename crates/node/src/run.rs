@@ -412,6 +412,9 @@ async fn claim_loop(
     }
 }
 
+/// How long a claim waits for the requests in flight on the stack it closed.
+pub const CLAIM_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
 /// Claims every unclaimed stack that is due (all of them when `all`).
 pub async fn claim_due(
     state: &NodeState,
@@ -444,11 +447,10 @@ pub async fn claim_due(
         // could otherwise reserve after the wait and add a receipt to a claimed stack.
         stacks.close(stack);
         state.accounts.close(stack);
-        for _ in 0..600 {
-            if state.accounts.in_flight(stack) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !state.accounts.drained(stack, CLAIM_DRAIN_LIMIT).await {
+            // A request still running past the limit: its receipt, if it comes, is not in
+            // this claim (the stack is closed on the ledger once claimed).
+            tracing::warn!(%stack, in_flight = state.accounts.in_flight(stack), "claiming with a request still in flight");
         }
         if claim_stack(client, &state.key, &state.store, stack).await? {
             state.metrics.inc("claims_total", "", 1);
