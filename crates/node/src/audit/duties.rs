@@ -13,6 +13,7 @@ use crate::behaviour::AuditConduct;
 use crate::claims::receipt_with_proof;
 use crate::service::NodeState;
 
+use super::duty::{AwaitingPayload, Next, Sight, Unjudged, may_reveal};
 use super::*;
 
 /// Reads the ledger's audit and the executor's key into the desk's expectation for it.
@@ -236,63 +237,39 @@ fn spawn_copier(state: Arc<NodeState>, client: LedgerClient, audit: AuditId) {
     });
 }
 
-/// The height after which a judge stops waiting for its payload and votes `Unavailable`: a
-/// quarter of what is left of the commit phase (ending at `commit_deadline`) before its end,
-/// so that the vote still lands in time (silence is slashed as a missed deadline, and a
-/// request in its executor's custody that most voters never got is the executor's fault).
-async fn payload_deadline(client: &LedgerClient, commit_deadline: u64) -> Option<u64> {
-    let now = client.status().await.ok()?.height;
-    let left = commit_deadline.saturating_sub(now);
-    Some(commit_deadline - left / 4)
-}
-
-/// The height by which a judge stops retrying its own trouble and votes: half-way from the
-/// payload deadline (`payload_by`) to the end of the commit phase, and at least a block before
-/// it, so the commit still lands.
-fn judge_deadline(payload_by: Option<u64>, commit_deadline: u64) -> u64 {
-    let last = commit_deadline.saturating_sub(1);
-    let from = payload_by.unwrap_or(last).min(last);
-    from + (last - from) / 2
-}
-
 /// The longest a duty waits for the next block before it looks at the ledger again anyway
 /// (a head stream that is down, or a ledger that makes no blocks while idle).
 const BLOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// Looks a duty makes for its payload at most (one per block or delivery), whatever its
+/// deadline: a bound for a duty that could not read the height when it began.
+const MAX_LOOKS: usize = 120;
+
 /// Waits (bounded) for the payload, judges the request, and votes on the audit and on any
 /// dispute about it that this node sits on (whose commit phase ends at `commit_deadline`).
+/// The decisions are [`AwaitingPayload`]'s; this drives it with what the ledger and the desk
+/// show, at each block and each delivery.
 fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, commit_deadline: u64) {
     tokio::spawn(async move {
-        let give_up = payload_deadline(&client, commit_deadline).await;
-        // Anyone can post a payload, so only the one whose receipt is the audited one (its
-        // digest is on the ledger once the executor submitted it, or from the challenge) is
-        // judged: a decoy (an honest request of someone else) cannot clear a cheat.
-        let mut payload = None;
-        let mut misplaced = None;
-        for _ in 0..120 {
-            if let Ok(a) = client.audit(audit).await
-                && let Some(kept) = a.receipt
-            {
-                // The receipt the executor proved at position i of its claim must be receipt
-                // i: one with another sequence means the claim misplaces its receipts (what
-                // a gap left by a lost write did), and the audit would judge the wrong one.
-                if kept.signed.receipt.sequence != a.receipt_index {
-                    misplaced = Some((kept.digest, kept.signed.receipt.sequence, a.receipt_index));
-                    break;
-                }
-                state.audits.learn_receipt(audit, &kept);
-                payload = state
-                    .audits
-                    .candidates(audit)
-                    .into_iter()
-                    .find(|p| p.receipt.receipt.digest() == kept.digest);
-                if payload.is_some() {
-                    break;
-                }
+        let now = client.status().await.ok().map(|s| s.height);
+        let duty = AwaitingPayload::new(now, commit_deadline);
+        let mut next = duty.no_payload();
+        for _ in 0..MAX_LOOKS {
+            let (kept, index) = match client.audit(audit).await {
+                Ok(a) => (a.receipt, a.receipt_index),
+                Err(_) => (None, 0),
+            };
+            if let Some(k) = kept.as_ref().filter(|k| k.signed.receipt.sequence == index) {
+                state.audits.learn_receipt(audit, k);
             }
-            if let Some(h) = give_up
-                && state.head.now() >= h
-            {
+            let delivered = state.audits.candidates(audit);
+            next = duty.look(&Sight {
+                height: state.head.now(),
+                index,
+                kept: kept.as_ref(),
+                delivered: &delivered,
+            });
+            if !matches!(next, Next::Wait) {
                 break;
             }
             // The receipt lands in a block; the payload comes to the desk: either wakes us.
@@ -301,51 +278,55 @@ fn spawn_judge(state: Arc<NodeState>, client: LedgerClient, audit: AuditId, comm
                 () = state.audits.delivery() => {}
             }
         }
+        if matches!(next, Next::Wait) {
+            next = duty.no_payload();
+        }
         report_equivocation(&state, &client, audit).await;
         let Some((is_auditor, disputes)) = state.audits.begin_voting(audit) else {
             return;
         };
-        if let Some((digest, sequence, index)) = misplaced {
-            tracing::warn!(%audit, sequence, index, "the executor's claim holds receipt {sequence} at position {index}; voting mismatch");
-            state.metrics.inc("audits_total", "misplaced_receipt", 1);
-            let verdict = Verdict::Mismatch {
-                evidence_hash: digest,
-            };
-            if is_auditor {
-                vote(&state, &client, Ballot::Audit(audit), verdict).await;
+        let verdict = match next {
+            Next::Vote { verdict, why } => {
+                match why {
+                    Unjudged::Misplaced { sequence, index } => {
+                        tracing::warn!(%audit, sequence, index, "the executor's claim holds receipt {sequence} at position {index}; voting mismatch");
+                        state.metrics.inc("audits_total", "misplaced_receipt", 1);
+                    }
+                    Unjudged::NoPayload => {
+                        // Say so rather than stay silent: silence is slashed as a missed
+                        // deadline, while `Unavailable` closes our part without reward or
+                        // penalty.
+                        tracing::warn!(%audit, "no payload delivered for audit; voting unavailable");
+                        state.metrics.inc("audits_total", "unavailable", 1);
+                    }
+                }
+                verdict
             }
-            for d in disputes {
-                vote(&state, &client, Ballot::Dispute(d), verdict).await;
-            }
-            return;
-        }
-        let Some(payload) = payload else {
-            // Say so rather than stay silent: silence is slashed as a missed deadline, while
-            // `Unavailable` closes our part without reward or penalty.
-            tracing::warn!(%audit, "no payload delivered for audit; voting unavailable");
-            state.metrics.inc("audits_total", "unavailable", 1);
-            if is_auditor {
-                vote(&state, &client, Ballot::Audit(audit), Verdict::Unavailable).await;
-            }
-            for d in disputes {
-                vote(&state, &client, Ballot::Dispute(d), Verdict::Unavailable).await;
-            }
-            return;
-        };
-        let method = match client.model(&payload.receipt.receipt.model).await {
-            Ok(m) => m.spec.policy.audit.map(|a| a.method).unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(%audit, error = %e, "model policy unavailable; re-executing");
-                AuditMethod::Reexecute
-            }
-        };
-        // This node's own trouble (busy, model missing, a failure) is retried until the vote
-        // must go out, then voted `Unavailable`: never a `Mismatch` against the executor.
-        let deadline = state.head.reached(judge_deadline(give_up, commit_deadline));
-        let verdict =
-            crate::judge::judge_in_time(&state, &payload, method, Default::default(), deadline)
+            Next::Judge { payload, by } => {
+                let method = match client.model(&payload.receipt.receipt.model).await {
+                    Ok(m) => m.spec.policy.audit.map(|a| a.method).unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(%audit, error = %e, "model policy unavailable; re-executing");
+                        AuditMethod::Reexecute
+                    }
+                };
+                // This node's own trouble (busy, model missing, a failure) is retried until
+                // the vote must go out, then voted `Unavailable`: never a `Mismatch` against
+                // the executor.
+                let deadline = state.head.reached(by);
+                let verdict = crate::judge::judge_in_time(
+                    &state,
+                    &payload,
+                    method,
+                    Default::default(),
+                    deadline,
+                )
                 .await;
-        tracing::info!(%audit, ?verdict, "judged audited request");
+                tracing::info!(%audit, ?verdict, "judged audited request");
+                verdict
+            }
+            Next::Wait => Verdict::Unavailable,
+        };
         if is_auditor {
             vote(&state, &client, Ballot::Audit(audit), verdict).await;
         }
@@ -424,6 +405,5 @@ async fn reveal_open(
             (d.commits.len(), d.committee.len(), d.commit_deadline)
         }
     };
-    // The next block is the earliest a reveal can land in.
-    Ok(committed >= members || height + 1 > commit_deadline)
+    Ok(may_reveal(committed, members, commit_deadline, height))
 }

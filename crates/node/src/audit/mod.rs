@@ -10,6 +10,7 @@
 //! that a flood of decoys cannot crowd the genuine payload out.
 
 mod duties;
+mod duty;
 
 pub use crate::desk::{AuditDesk, Expected};
 pub use duties::follow;
