@@ -46,6 +46,14 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Requests waiting for a batch slot before `generate` answers `Overloaded`.
     pub queue_capacity: usize,
+    /// Prompt tokens fed per scheduler step, across sequences: a longer prompt is fed over
+    /// several steps while the others keep decoding. Results do not depend on it.
+    pub prefill_budget: usize,
+    /// Bytes of attention cache the running sequences may reserve together (each reserves
+    /// what its prompt plus `max_tokens` may grow to, within the context); a request that
+    /// does not fit waits, one that could never fit is refused (`KvMemory`). `None`: bounded
+    /// by `max_batch` only.
+    pub kv_memory: Option<usize>,
     /// Caps the model's context (memory of RoPE tables and caches); `None` keeps the model's.
     pub max_context: Option<usize>,
     /// When set, loading fails with `DigestMismatch` unless the file has this SHA-256.
@@ -75,6 +83,8 @@ impl EngineConfig {
             weight_format: WeightFormat::default(),
             max_batch: 16,
             queue_capacity: 64,
+            prefill_budget: scheduler::DEFAULT_PREFILL_BUDGET,
+            kv_memory: None,
             max_context: Some(4096),
             expected_digest: None,
             start_paused: false,
@@ -368,6 +378,8 @@ impl Engine {
         let opts = scheduler::Options {
             max_batch: cfg.max_batch,
             queue_capacity: cfg.queue_capacity,
+            prefill_budget: cfg.prefill_budget,
+            kv_memory: cfg.kv_memory,
         };
         let tx = scheduler::spawn(model, tokenizer.clone(), opts, stats.clone(), resume_rx)?;
         let resume = std::sync::Mutex::new(cfg.start_paused.then_some(resume_tx));

@@ -24,6 +24,12 @@ pub enum EngineError {
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
     /// The admission queue is full; retry later (maps to HTTP 429).
+    /// A request whose attention cache (prompt plus `max_tokens`) could never fit the
+    /// engine's memory budget.
+    #[error(
+        "this request may need {needed} bytes of attention cache (prompt plus max_tokens); this engine allows {budget}"
+    )]
+    KvMemory { needed: usize, budget: usize },
     #[error("engine overloaded: admission queue is full")]
     Overloaded,
     /// A model file is not what it claims to be (bad GGUF, missing tensor, bad shape).

@@ -39,5 +39,6 @@ pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs};
 pub use sortition_kernels::Kernel;
 // The kernels under their old paths inside this crate.
 pub use sampling::SamplingParams;
+pub use scheduler::DEFAULT_PREFILL_BUDGET;
 pub(crate) use sortition_kernels::{attn, math, ops as kernels, q8, q8p, qf};
 pub use tokenizer::{ChatMessage, ChatTokenizer};

@@ -295,7 +295,16 @@ impl Llama {
     }
 
     /// [`Llama::forward`], with the logits of segment `i` returned from its new position
-    /// `from[i]` on.
+    /// `from[i]` on (none when `from[i]` is its number of new tokens).
+    pub(crate) fn forward_from_each(
+        &self,
+        segs: &mut [Segment<'_>],
+        from: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
+        self.pool.install(|| self.forward_inner(segs, from))
+    }
+
+    /// [`Llama::forward_from_each`] on the calling thread (inside the pool).
     fn forward_inner(&self, segs: &mut [Segment<'_>], from: &[usize]) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
         let (h, kvd) = (c.hidden, c.kv_heads * c.head_dim);
@@ -407,6 +416,9 @@ impl Llama {
             r0 += n;
         }
         let total: usize = counts.iter().sum();
+        if total == 0 {
+            return Ok(vec![Vec::new(); segs.len()]);
+        }
         let [logits] = self.output.forward(&self.pool, &picked, total, h)?;
         if counts.len() == 1 {
             return Ok(vec![logits]);

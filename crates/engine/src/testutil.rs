@@ -91,6 +91,12 @@ fn tokenizer_metadata() -> Vec<(String, Value)> {
     ]
 }
 
+/// The tiny model's tokenizer, without a model file.
+pub fn tiny_tokenizer() -> Result<crate::tokenizer::ChatTokenizer> {
+    let md: std::collections::HashMap<String, Value> = tokenizer_metadata().into_iter().collect();
+    crate::tokenizer::ChatTokenizer::from_gguf_metadata(&md)
+}
+
 /// Vocabulary size of the tiny model.
 pub fn vocab_size() -> usize {
     SPECIALS.len() + 256 + MERGES.len()

@@ -132,6 +132,9 @@ fn engine(e: EngineError) -> ApiError {
             ApiError::invalid("context_length_exceeded", e.to_string()).with_param("input")
         }
         EngineError::InvalidParams(m) => ApiError::invalid("invalid_parameter", m),
+        EngineError::KvMemory { .. } => {
+            ApiError::invalid("request_too_large", e.to_string()).with_param("max_tokens")
+        }
         EngineError::Overloaded => ApiError::new(
             ErrorKind::RateLimited,
             "overloaded",
@@ -179,6 +182,15 @@ mod tests {
                 "receipt_not_persisted",
             ),
             (EngineError::Overloaded.into(), 429, "overloaded"),
+            (
+                EngineError::KvMemory {
+                    needed: 2 << 20,
+                    budget: 1 << 20,
+                }
+                .into(),
+                400,
+                "request_too_large",
+            ),
             (
                 NodeError::StaleConfidentialKey(4),
                 409,

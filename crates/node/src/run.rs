@@ -49,6 +49,12 @@ pub struct NodeConfig {
     pub capacity: u32,
     pub max_batch: usize,
     pub queue_capacity: usize,
+    /// Prompt tokens the engine feeds per step (a long prompt is fed over several steps while
+    /// the batch keeps decoding).
+    pub prefill_budget: usize,
+    /// Bytes of attention cache the running sequences may reserve together; `None`: bounded
+    /// by `max_batch` only.
+    pub kv_memory: Option<usize>,
     pub claim_policy: ClaimPolicy,
     /// How often stacks are checked for claims.
     pub claim_interval: Duration,
@@ -83,6 +89,8 @@ impl Default for NodeConfig {
             capacity: 8,
             max_batch: 8,
             queue_capacity: 64,
+            prefill_budget: sortition_engine::DEFAULT_PREFILL_BUDGET,
+            kv_memory: None,
             claim_policy: ClaimPolicy::default(),
             claim_interval: Duration::from_secs(5),
             adversary: None,
@@ -155,6 +163,8 @@ fn load_chat(cfg: &NodeConfig, name: &str, store: &ModelStore) -> Result<Engine,
     ec.threads = cfg.threads;
     ec.max_batch = cfg.max_batch;
     ec.queue_capacity = cfg.queue_capacity;
+    ec.prefill_budget = cfg.prefill_budget;
+    ec.kv_memory = cfg.kv_memory;
     ec.truncate_layers = behaviour(cfg).model_layers();
     Ok(Engine::load(ec)?)
 }

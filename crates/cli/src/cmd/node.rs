@@ -105,6 +105,12 @@ pub struct NodeFile {
     pub capacity: Option<u32>,
     pub max_batch: Option<usize>,
     pub queue_capacity: Option<usize>,
+    /// Prompt tokens fed per engine step, across sequences (default 512).
+    pub prefill_budget: Option<usize>,
+    /// MiB of attention cache the running sequences may reserve together; a request that
+    /// could never fit is refused (400 `request_too_large`). Default: no bound beyond
+    /// `max_batch`.
+    pub kv_memory_mb: Option<usize>,
     pub claim_interval_secs: Option<u64>,
     /// `"q8_0"` (re-quantize at load, fastest on AVX2) or `"shipped"`.
     pub weight_format: Option<String>,
@@ -185,6 +191,15 @@ pub fn merge(flags: NodeArgs, file: NodeFile) -> Result<NodeSettings> {
         capacity: positive("capacity", file.capacity, d.capacity)?,
         max_batch: positive("max_batch", file.max_batch, d.max_batch)?,
         queue_capacity: positive("queue_capacity", file.queue_capacity, d.queue_capacity)?,
+        prefill_budget: positive("prefill_budget", file.prefill_budget, d.prefill_budget)?,
+        kv_memory: match file.kv_memory_mb {
+            Some(0) => anyhow::bail!("kv_memory_mb must be at least 1"),
+            Some(mb) => Some(
+                mb.checked_mul(1 << 20)
+                    .ok_or_else(|| anyhow::anyhow!("kv_memory_mb {mb} is too large"))?,
+            ),
+            None => d.kv_memory,
+        },
         claim_interval,
         data_dir: data_dir.clone(),
         attester: flags

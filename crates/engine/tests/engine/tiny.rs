@@ -512,3 +512,48 @@ async fn unenforceable_schemas_are_refused() {
         );
     }
 }
+
+/// A prompt fed whole or a few tokens per step (several at once, so chunks of different
+/// sequences share steps) gives the same tokens, logits and log-probabilities bit for bit,
+/// and scoring fed in chunks gives the same scores.
+#[tokio::test]
+async fn prompts_fed_in_chunks_equal_whole_bit_for_bit() {
+    let prompts: Vec<String> = (0..4)
+        .map(|i| {
+            format!(
+                "chunk test {i}: {}",
+                "the cat sat on the mat ".repeat(1 + i * 3)
+            )
+        })
+        .collect();
+    let mut results = Vec::new();
+    for budget in [4096, 7, 1] {
+        let engine = Engine::load(EngineConfig {
+            prefill_budget: budget,
+            ..tiny_config(4)
+        })
+        .unwrap();
+        let streams: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| engine.generate(req(p, sampled(i as u64, 16))).unwrap())
+            .collect();
+        let mut outs = Vec::new();
+        for s in streams {
+            outs.push(run(s).await);
+        }
+        let prompt = engine.tokenizer().encode(&prompts[3]).unwrap();
+        let scores = engine.score(prompt, outs[3].ids.clone()).await.unwrap();
+        let score_bits: Vec<(u32, u32, u32)> = scores
+            .iter()
+            .map(|s| (s.logit.to_bits(), s.rank, s.max_logit.to_bits()))
+            .collect();
+        results.push((budget, outs, score_bits));
+    }
+    let (_, whole, whole_scores) = &results[0];
+    assert!(whole.iter().all(|o| o.logits.iter().all(Option::is_some)));
+    for (budget, outs, scores) in &results[1..] {
+        assert_eq!(outs, whole, "prefill budget {budget}");
+        assert_eq!(scores, whole_scores, "scores, prefill budget {budget}");
+    }
+}
