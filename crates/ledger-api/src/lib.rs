@@ -3,9 +3,10 @@
 //! ([`TxResponse`], [`StatusResponse`], [`TxLocation`], [`BlockResponse`]), the event stream's
 //! [`Cursor`] and the error body ([`ErrorBody`]).
 //!
-//! Ledger records (`Node`, `Stack`, `Claim`, `Audit`, `Dispute`, `Account`, `Event`, ...) are
-//! served in the serde form of `sortition_ledger`'s types and re-exported here under
-//! [`records`], so a client names them through this crate.
+//! Ledger records (`Node`, `Stack`, `Claim`, `Audit`, `Dispute`, `Account`, ...) are the
+//! [`records`] of this crate, built from the state machine's `State` (which stays private to
+//! the ledger); the protocol's transactions, events and value types are re-exported there, so
+//! a client names everything it reads through this crate.
 //!
 //! Depends on nothing with I/O: no HTTP server, no storage, no runtime.
 
@@ -15,14 +16,7 @@ use serde::{Deserialize, Serialize};
 use sortition_ledger::Event;
 use sortition_types::Hash32;
 
-/// The ledger records as the API serves them.
-pub mod records {
-    pub use sortition_ledger::validator_faults::ValidatorFault;
-    pub use sortition_ledger::{
-        Account, Audit, BeaconSig, Claim, Dispute, Event, Genesis, ModelEntry, Node, SignedTx,
-        SlashRecord, Stack, Tx, TxKind,
-    };
-}
+pub mod records;
 
 /// The API's paths. Path parameters are the ids' and keys' `Display` forms.
 pub mod paths {

@@ -8,7 +8,7 @@ use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sortition_ledger::{
+use sortition_ledger_api::records::{
     Account, Audit, Claim, Dispute, Event, Genesis, ModelEntry, Node, SignedTx, SlashRecord, Stack,
     Tx, TxKind,
 };

@@ -16,4 +16,4 @@ pub mod head;
 pub use client::{ClientError, DEFAULT_TX_TTL, LedgerClient, ReplicaView, TxResult};
 pub use follower::{CursorStore, EventHandler, MemoryCursor, follow};
 pub use head::{ChainHead, HeadDriver};
-pub use sortition_ledger_api::{BlockResponse, Cursor, StatusResponse, TxLocation};
+pub use sortition_ledger_api::{BlockResponse, Cursor, StatusResponse, TxLocation, records};

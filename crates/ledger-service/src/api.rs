@@ -9,11 +9,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sortition_ledger::{Account, SignedTx};
+use sortition_ledger::SignedTx;
 use sortition_types::{AuditId, ClaimId, DisputeId, Hash32, ModelId, NodeId, PublicKey, StackId};
 
 use sortition_ledger_api::{
-    BlockResponse, MAX_TX_BATCH, StatusResponse, TxBatchItem, TxLocation, TxResponse,
+    BlockResponse, MAX_TX_BATCH, StatusResponse, TxBatchItem, TxLocation, TxResponse, records,
 };
 
 use crate::error::ApiError;
@@ -159,31 +159,42 @@ async fn block(State(h): State<Handle>, Path(height): Path<String>) -> ApiResult
     }))
 }
 
-async fn account(State(h): State<Handle>, Path(pk): Path<String>) -> ApiResult<Account> {
+async fn account(State(h): State<Handle>, Path(pk): Path<String>) -> ApiResult<records::Account> {
     let pk: PublicKey = parse(&pk, "public key")?;
-    Ok(Json(h.with_ledger(|l| l.state().account(&pk))))
+    Ok(Json(h.with_ledger(|l| {
+        records::Account::from(&l.state().account(&pk))
+    })))
+}
+
+/// The records of `items`, as the API serves them.
+fn list<'a, S: 'a, R: From<&'a S>>(items: impl IntoIterator<Item = &'a S>) -> Vec<R> {
+    items.into_iter().map(R::from).collect()
 }
 
 async fn nodes(State(h): State<Handle>) -> Json<Value> {
-    Json(h.with_ledger(|l| json!(l.state().nodes.values().collect::<Vec<_>>())))
+    Json(h.with_ledger(|l| json!(list::<_, records::Node>(l.state().nodes.values()))))
 }
 
 async fn node(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: NodeId = parse(&id, "node id")?;
     found(
-        h.with_ledger(|l| l.state().node(id).map(|n| json!(n))),
+        h.with_ledger(|l| l.state().node(id).map(|n| json!(records::Node::from(n)))),
         id.to_string(),
     )
 }
 
 async fn models(State(h): State<Handle>) -> Json<Value> {
-    Json(h.with_ledger(|l| json!(l.state().models.values().collect::<Vec<_>>())))
+    Json(h.with_ledger(|l| json!(list::<_, records::ModelEntry>(l.state().models.values()))))
 }
 
 async fn model(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id = ModelId::new(id);
     found(
-        h.with_ledger(|l| l.state().model(&id).map(|m| json!(m))),
+        h.with_ledger(|l| {
+            l.state()
+                .model(&id)
+                .map(|m| json!(records::ModelEntry::from(m)))
+        }),
         id.to_string(),
     )
 }
@@ -197,19 +208,18 @@ async fn stacks(State(h): State<Handle>, Query(q): Query<StackQuery>) -> ApiResu
     let owner: Option<PublicKey> = q.owner.as_deref().map(|o| parse(o, "owner")).transpose()?;
     Ok(Json(h.with_ledger(|l| {
         let st = l.state();
-        json!(
+        json!(list::<_, records::Stack>(
             st.stacks
                 .values()
                 .filter(|s| owner.is_none_or(|o| s.owner == o))
-                .collect::<Vec<_>>()
-        )
+        ))
     })))
 }
 
 async fn stack(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: StackId = parse(&id, "stack id")?;
     found(
-        h.with_ledger(|l| l.state().stack(id).map(|s| json!(s))),
+        h.with_ledger(|l| l.state().stack(id).map(|s| json!(records::Stack::from(s)))),
         id.to_string(),
     )
 }
@@ -217,7 +227,7 @@ async fn stack(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Val
 async fn claim(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: ClaimId = parse(&id, "claim id")?;
     found(
-        h.with_ledger(|l| l.state().claim(id).map(|c| json!(c))),
+        h.with_ledger(|l| l.state().claim(id).map(|c| json!(records::Claim::from(c)))),
         id.to_string(),
     )
 }
@@ -237,7 +247,7 @@ async fn audits(State(h): State<Handle>, Query(q): Query<AuditQuery>) -> ApiResu
     let open = q.open.unwrap_or(false);
     Ok(Json(h.with_ledger(|l| {
         let st = l.state();
-        let list: Vec<_> = match auditor {
+        let found: Vec<_> = match auditor {
             Some(a) => st.audits_of(a, open),
             None if open => st
                 .open_audits
@@ -246,32 +256,37 @@ async fn audits(State(h): State<Handle>, Query(q): Query<AuditQuery>) -> ApiResu
                 .collect(),
             None => st.audits.values().collect(),
         };
-        json!(list)
+        json!(list::<_, records::Audit>(found))
     })))
 }
 
 async fn audit(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: AuditId = parse(&id, "audit id")?;
     found(
-        h.with_ledger(|l| l.state().audit(id).map(|a| json!(a))),
+        h.with_ledger(|l| l.state().audit(id).map(|a| json!(records::Audit::from(a)))),
         id.to_string(),
     )
 }
 
 async fn disputes(State(h): State<Handle>) -> Json<Value> {
-    Json(h.with_ledger(|l| json!(l.state().disputes.values().collect::<Vec<_>>())))
+    Json(h.with_ledger(|l| json!(list::<_, records::Dispute>(l.state().disputes.values()))))
 }
 
 async fn dispute(State(h): State<Handle>, Path(id): Path<String>) -> ApiResult<Value> {
     let id: DisputeId = parse(&id, "dispute id")?;
     found(
-        h.with_ledger(|l| l.state().disputes.get(&id).map(|d| json!(d))),
+        h.with_ledger(|l| {
+            l.state()
+                .disputes
+                .get(&id)
+                .map(|d| json!(records::Dispute::from(d)))
+        }),
         id.to_string(),
     )
 }
 
 async fn slashes(State(h): State<Handle>) -> Json<Value> {
-    Json(h.with_ledger(|l| json!(l.state().slashes)))
+    Json(h.with_ledger(|l| json!(list::<_, records::SlashRecord>(&l.state().slashes))))
 }
 
 /// Validators proven to have signed conflicting consensus votes (see

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use sortition_ledger::{Node, Offer, SealingKey, Stack, StackStatus, TxKind};
+use sortition_ledger::{Offer, SealingKey, StackStatus, TxKind};
+use sortition_ledger_client::records::{Node, Stack};
 use sortition_ledger_client::{ClientError, LedgerClient};
 use sortition_types::{Amount, Hash32, Keypair, NodeClass, NodeId, StackId};
 

@@ -5,9 +5,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use sortition_ledger::SecurityPolicy;
 use sortition_ledger::policy::PPM;
-use sortition_ledger::{ModelEntry, SecurityPolicy};
 use sortition_ledger_client::LedgerClient;
+use sortition_ledger_client::records::ModelEntry;
 use sortition_types::ModelId;
 
 use super::common::base_url;

@@ -3,8 +3,9 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::de::DeserializeOwned;
-use sortition_ledger::{Audit, Claim, Stack, StackStatus};
+use sortition_ledger::StackStatus;
 use sortition_ledger_client::LedgerClient;
+use sortition_ledger_client::records::{Audit, Claim, Stack};
 use sortition_types::Amount;
 
 #[derive(Args, Debug)]
