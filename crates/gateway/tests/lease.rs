@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sortition_gateway::keys::ServerSecret;
-use sortition_gateway::router::{BreakerConfig, NodeView, Router, RouterWeights};
-use sortition_gateway::state::{GatewayConfig, GatewayState};
+use sortition_gateway::state::GatewayState;
 use sortition_gateway::store::GatewayStore;
-use sortition_types::{Amount, Keypair, ModelId, NodeId, StackId};
+use sortition_types::{Amount, NodeId, StackId};
 
 mod common;
-use common::{OneNode, honest_node};
+use common::gateway_with_one_node;
 
 /// A gateway on port 0 whose one node answers after `delay`; returns its state, its chat URL,
 /// the store and a user's key with `credits`.
@@ -31,46 +30,7 @@ async fn gateway(
     let store = GatewayStore::open_sqlite(dir, ServerSecret::from_bytes([7u8; 32]))
         .await
         .expect("open sqlite");
-    let seed = b"node for the lease test";
-    let node_url = honest_node(Keypair::from_seed(seed), NodeId(1), delay).await;
-    let node = NodeView {
-        id: NodeId(1),
-        url: node_url,
-        operator: Keypair::from_seed(seed).public(),
-        price_in: Amount(1_000_000),
-        price_out: Amount(1_000_000),
-        collateral: Amount(1_000_000),
-        class: Default::default(),
-        confidential: false,
-        reputation: 1000,
-        slashes: 0,
-        models: vec![ModelId::new("m")],
-    };
-    let ledger = Arc::new(OneNode {
-        node,
-        bought: Default::default(),
-    });
-    let g = GatewayState::new(
-        GatewayConfig::default(),
-        store.clone(),
-        ledger,
-        Keypair::from_seed(b"gateway account"),
-        Router::new(RouterWeights::default(), BreakerConfig::default()),
-    )
-    .expect("state");
-    g.refresh_nodes().await.expect("nodes");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/v1/chat/completions",
-        listener.local_addr().expect("addr")
-    );
-    tokio::spawn(sortition_gateway::server::serve(
-        g.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let (g, url) = gateway_with_one_node(&store, delay).await;
     let user = store.create_user("lease").await.expect("user");
     store.top_up(user, Amount(credits)).await.expect("top up");
     let (_, key) = store

@@ -16,7 +16,7 @@ use sortition_types::{Amount, ModelId, NodeId, StackId, sha256};
 use sqlx::AssertSqlSafe;
 
 mod common;
-use common::{OneNode, honest_node};
+use common::gateway_with_one_node;
 
 /// One store under test, and what to clean up after it.
 struct Db {
@@ -1221,59 +1221,11 @@ async fn gateway_data_files_are_private() {
 /// the 429 quota error before any node work; none is answered free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn credit_edge_never_serves_free_answers_over_http() {
-    use sortition_gateway::router::{BreakerConfig, NodeView, Router, RouterWeights};
-    use sortition_gateway::state::{GatewayConfig, GatewayState};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = GatewayStore::open_sqlite(dir.path(), secret())
         .await
         .expect("open sqlite");
-    let node_keys = sortition_types::Keypair::from_seed(b"honest node for the edge test");
-    let node_url = honest_node(
-        sortition_types::Keypair::from_seed(b"honest node for the edge test"),
-        NodeId(1),
-        std::time::Duration::from_millis(200),
-    )
-    .await;
-    let node = NodeView {
-        id: NodeId(1),
-        url: node_url,
-        operator: node_keys.public(),
-        // One micro-unit per unit.
-        price_in: Amount(1_000_000),
-        price_out: Amount(1_000_000),
-        collateral: Amount(1_000_000),
-        class: Default::default(),
-        confidential: false,
-        reputation: 1000,
-        slashes: 0,
-        models: vec![ModelId::new("m")],
-    };
-    let ledger = Arc::new(OneNode {
-        node,
-        bought: Default::default(),
-    });
-    let router = Router::new(RouterWeights::default(), BreakerConfig::default());
-    let g = GatewayState::new(
-        GatewayConfig::default(),
-        store.clone(),
-        ledger,
-        sortition_types::Keypair::from_seed(b"gateway account"),
-        router,
-    )
-    .expect("state");
-    g.refresh_nodes().await.expect("nodes");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/v1/chat/completions",
-        listener.local_addr().expect("addr")
-    );
-    tokio::spawn(sortition_gateway::server::serve(
-        g.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let (_g, url) = gateway_with_one_node(&store, std::time::Duration::from_millis(200)).await;
 
     let body = serde_json::json!({
         "model": "m",

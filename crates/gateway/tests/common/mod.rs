@@ -111,3 +111,54 @@ impl sortition_gateway::directory::LedgerPort for OneNode {
         Box::pin(async { Err("no challenges here".to_string()) })
     }
 }
+
+/// A gateway on port 0 over `store` whose one node (id 1, model `m`, one micro-unit per unit)
+/// answers as an honest node does after `delay`; returns its state and its chat URL.
+pub async fn gateway_with_one_node(
+    store: &sortition_gateway::store::GatewayStore,
+    delay: std::time::Duration,
+) -> (Arc<sortition_gateway::state::GatewayState>, String) {
+    use sortition_gateway::router::{BreakerConfig, NodeView, Router, RouterWeights};
+    use sortition_gateway::state::{GatewayConfig, GatewayState};
+    let seed = b"honest node of the gateway tests";
+    let node_url = honest_node(sortition_types::Keypair::from_seed(seed), NodeId(1), delay).await;
+    let node = NodeView {
+        id: NodeId(1),
+        url: node_url,
+        operator: sortition_types::Keypair::from_seed(seed).public(),
+        price_in: Amount(1_000_000),
+        price_out: Amount(1_000_000),
+        collateral: Amount(1_000_000),
+        class: Default::default(),
+        confidential: false,
+        reputation: 1000,
+        slashes: 0,
+        models: vec![ModelId::new("m")],
+    };
+    let ledger = Arc::new(OneNode {
+        node,
+        bought: Default::default(),
+    });
+    let g = GatewayState::new(
+        GatewayConfig::default(),
+        store.clone(),
+        ledger,
+        sortition_types::Keypair::from_seed(b"gateway account"),
+        Router::new(RouterWeights::default(), BreakerConfig::default()),
+    )
+    .expect("state");
+    g.refresh_nodes().await.expect("nodes");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(sortition_gateway::server::serve(
+        g.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    (g, url)
+}
