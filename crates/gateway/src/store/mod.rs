@@ -292,7 +292,8 @@ impl GatewayStore {
         if let (Backend::Sqlite, Some(every)) = (backend, flush) {
             // Checkpoints run on a connection of their own, beside the requests' one.
             let checkpointer = sqlite_options(CHECKPOINTER_PRAGMAS).connect(url).await?;
-            tokio::spawn(checkpoint_wal(checkpointer, store.clone(), every));
+            let wal = sqlite_wal_path(url);
+            tokio::spawn(checkpoint_wal(checkpointer, store.clone(), every, wal));
         }
         tokio::spawn(maintain(store.clone()));
         Ok(store)
@@ -460,9 +461,22 @@ fn sqlite_options(pragmas: &'static str) -> AnyPoolOptions {
 /// is held, not waited for, see [`checkpoint`]), so that it never holds the requests up long.
 const CHECKPOINTER_PRAGMAS: &str = "PRAGMA busy_timeout = 100";
 
-/// WAL frames (database pages, 4 KiB each) past which a checkpoint also starts the WAL over:
-/// the WAL file stays below about 32 MiB plus what is written between two checkpoints.
+/// WAL frames (database pages, 4 KiB each) past which a checkpoint also starts the WAL over
+/// (and truncates its file): the WAL file stays below about 32 MiB plus what is written
+/// between two checkpoints.
 const WAL_RESTART_FRAMES: i64 = 8192;
+
+/// A WAL file this large means the checkpoints lag behind the writes (a loaded machine: the
+/// copy and its `fsync`s take long while commits keep landing). The next checkpoint then
+/// holds the requests for its whole copy, so the WAL cannot outgrow it further.
+const WAL_HOLD_BYTES: u64 = 64 << 20;
+
+/// The WAL file of a SQLite URL (`sqlite://PATH?…`), if it names a file.
+fn sqlite_wal_path(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite://")?;
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && path != ":memory:").then(|| format!("{path}-wal").into())
+}
 
 /// Checkpoints the WAL every `every` on `checkpointer` until the requests' pool closes. With
 /// `synchronous = NORMAL` a checkpoint `fsync`s the WAL before copying it into the database
@@ -470,13 +484,22 @@ const WAL_RESTART_FRAMES: i64 = 8192;
 /// with automatic checkpoints off, keeps those `fsync`s off the requests' commits.
 /// A failing checkpoint (a full disk) is logged once, then at a bounded rate, and reported as
 /// a fault until one succeeds.
-async fn checkpoint_wal(checkpointer: AnyPool, store: GatewayStore, every: Duration) {
+async fn checkpoint_wal(
+    checkpointer: AnyPool,
+    store: GatewayStore,
+    every: Duration,
+    wal: Option<std::path::PathBuf>,
+) {
     let requests = &store.pool;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !requests.is_closed() {
         tick.tick().await;
-        match checkpoint(&checkpointer, requests).await {
+        let lagging = wal
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() >= WAL_HOLD_BYTES);
+        match checkpoint(&checkpointer, requests, lagging).await {
             Ok(()) => store.faults.ok(faults::Work::Checkpoints),
             Err(e) if !requests.is_closed() => store.faults.failed(faults::Work::Checkpoints, &e),
             Err(_) => {}
@@ -489,17 +512,30 @@ async fn checkpoint_wal(checkpointer: AnyPool, store: GatewayStore, every: Durat
 /// over (instead of growing) only when a write begins with every frame copied, and under
 /// steady traffic a commit always lands during the copy's `fsync`s, so the WAL would grow
 /// without bound. Past [`WAL_RESTART_FRAMES`] the requests' connection is therefore held while
-/// a RESTART checkpoint copies the few frames written meanwhile (one short pause); the next
-/// write then starts the WAL over, into pages of the file already cached.
-async fn checkpoint(checkpointer: &AnyPool, requests: &AnyPool) -> Result<(), sqlx::Error> {
+/// a TRUNCATE checkpoint copies the few frames written meanwhile (one short pause) and empties
+/// the WAL file; the next write starts it over. When `lagging` (the WAL file past
+/// [`WAL_HOLD_BYTES`]) the requests are held for the whole copy.
+async fn checkpoint(
+    checkpointer: &AnyPool,
+    requests: &AnyPool,
+    lagging: bool,
+) -> Result<(), sqlx::Error> {
     use sqlx::Row;
+    let early = if lagging {
+        Some(requests.acquire().await?)
+    } else {
+        None
+    };
     // Columns: busy, frames in the WAL, frames copied.
     let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
         .fetch_one(checkpointer)
         .await?;
     if passive.try_get::<i64, _>(1)? >= WAL_RESTART_FRAMES {
-        let _held = requests.acquire().await?;
-        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        let _held = match early {
+            Some(held) => held,
+            None => requests.acquire().await?,
+        };
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(checkpointer)
             .await?;
     }
