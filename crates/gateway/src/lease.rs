@@ -100,7 +100,7 @@ impl Drop for Lease {
 
 /// Returns `units` reserved on `stack`; a store that cannot take it now is logged (the units
 /// stay reserved until the stack expires or the node refuses it as spent).
-pub async fn give_back(g: &GatewayState, stack: StackId, units: u64) {
+async fn give_back(g: &GatewayState, stack: StackId, units: u64) {
     if let Err(e) = g.store.release(stack, units).await {
         tracing::error!(%stack, error = %e, "could not release stack units");
     }

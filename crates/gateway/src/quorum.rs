@@ -204,21 +204,13 @@ pub async fn serve(
     // Every agreeing member billed, in one transaction, before the answer leaves; if that
     // cannot be recorded the client gets the error (503 on a storage fault), not the answer,
     // and the agreeing members' leases return their units.
-    let recorded = settle::record(g, &mut hold, &bills).await;
-    let mut members: Vec<Option<Member>> = members.into_iter().map(Some).collect();
-    let first = members[majority[0]].take();
-    for (i, m) in members.into_iter().enumerate() {
-        if let Some(m) = m {
-            m.end(recorded.is_err() && majority.contains(&i)).await;
+    if let Err(e) = settle::record(g, &mut hold, &bills).await {
+        for (i, m) in members.into_iter().enumerate() {
+            m.end(majority.contains(&i)).await;
         }
-    }
-    let Some(first) = first else {
-        return Err(ApiError::internal("the quorum's majority has no member"));
-    };
-    if let Err(e) = recorded {
-        first.end(true).await;
         return Err(e);
     }
+    let first = &members[majority[0]];
     let mut value = first.value.clone();
     value.mark_verified();
     if let Some(ext) = value.get_mut("sortition").and_then(|s| s.as_object_mut()) {
@@ -240,7 +232,9 @@ pub async fn serve(
     {
         resp.headers_mut().insert(sortition_api::RECEIPT_HEADER, v);
     }
-    first.end(false).await;
+    for m in members {
+        m.end(false).await;
+    }
     Ok(resp)
 }
 
