@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use sortition_engine::{
-    ChatMessage, Engine, EngineConfig, FinishReason, GenerateRequest, Prompt, SamplingParams,
+    ChatMessage, Engine, EngineConfig, FinishReason, GenerateRequest, Lane, Prompt, SamplingParams,
 };
 
 const PROMPTS: [&str; 8] = [
@@ -31,13 +31,16 @@ struct Row {
     roundtrip: bool,
     worst_gap: f32,
     worst_rank: u32,
+    /// Sampled answers: the farthest a token's interval lay from its seeded draw's uniform
+    /// (0: every token is the draw's pick).
+    worst_miss: f32,
 }
 
 async fn measure(e: &Engine, prompt: &str, params: SamplingParams) -> Row {
     let p = Prompt::Chat(vec![ChatMessage::new("user", prompt)]);
     let t = Instant::now();
     let (finish, usage, ids, text) = e
-        .generate(GenerateRequest::new(p.clone(), params))
+        .generate(GenerateRequest::new(p.clone(), params.clone()))
         .expect("generate")
         .collect()
         .await
@@ -51,16 +54,21 @@ async fn measure(e: &Engine, prompt: &str, params: SamplingParams) -> Row {
     }
     let roundtrip = claimed.len() == usage.completion_tokens as usize && claimed == ids;
     let t = Instant::now();
-    let scores = e.score(prompt_ids, claimed).await.expect("score");
+    // As a node's judge scores it: with the request's parameters (the seeded draw).
+    let scores = e
+        .score_in(prompt_ids, claimed, Some(&params), Lane::Audit)
+        .await
+        .expect("score");
     let score_s = t.elapsed().as_secs_f64();
     let n = scores.len();
-    let (mut worst_gap, mut worst_rank) = (0f32, 0u32);
+    let (mut worst_gap, mut worst_rank, mut worst_miss) = (0f32, 0u32, 0f32);
     for (i, s) in scores.iter().enumerate() {
         if finish == FinishReason::Stop && i + 1 == n {
             continue; // the end is checked by the stop set, not one id
         }
         worst_gap = worst_gap.max(s.max_logit - s.logit);
         worst_rank = worst_rank.max(s.rank);
+        worst_miss = worst_miss.max(s.draw.map_or(0.0, |d| d.miss));
     }
     Row {
         regen_s,
@@ -68,6 +76,7 @@ async fn measure(e: &Engine, prompt: &str, params: SamplingParams) -> Row {
         roundtrip,
         worst_gap,
         worst_rank,
+        worst_miss,
     }
 }
 
@@ -87,7 +96,7 @@ async fn main() {
     );
     for (label, temperature) in [("greedy", 0.0f32), ("sampled t=0.7", 0.7)] {
         let (mut regen, mut score, mut decided) = (0.0, 0.0, 0usize);
-        let (mut gap, mut rank) = (0f32, 0u32);
+        let (mut gap, mut rank, mut miss) = (0f32, 0u32, 0f32);
         for (i, prompt) in PROMPTS.iter().enumerate() {
             let params = SamplingParams {
                 temperature,
@@ -110,6 +119,7 @@ async fn main() {
             decided += usize::from(r.roundtrip);
             gap = gap.max(r.worst_gap);
             rank = rank.max(r.worst_rank);
+            miss = miss.max(r.worst_miss);
         }
         let ratio = score / regen;
         let undecided = 1.0 - decided as f64 / PROMPTS.len() as f64;
@@ -117,7 +127,7 @@ async fn main() {
         let per_audit = ratio + undecided;
         let fraction = q_ppm / 1e6 * k * per_audit;
         println!(
-            "{label}: scoring / regeneration = {ratio:.3} (goal <= 0.20) | decided by scoring {decided}/{} | worst honest gap {gap:.3} logits, worst rank {rank}",
+            "{label}: scoring / regeneration = {ratio:.3} (goal <= 0.20) | decided by scoring {decided}/{} | worst honest gap {gap:.3} logits, worst rank {rank}, worst draw miss {miss:.1e}",
             PROMPTS.len()
         );
         println!(

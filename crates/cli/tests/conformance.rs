@@ -61,10 +61,19 @@ fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
     // The upper bound is the exact one for 0 in `compared`.
     let bound = r["mismatch_upper_95"].as_f64().expect("bound");
     assert!((bound - (1.0 - 0.05f64.powf(1.0 / compared as f64))).abs() < 1e-9);
-    // Scoring: a smaller model's answers are caught.
+    // Scoring: a smaller model's answers are caught, and no honest answer is rejected: greedy
+    // tokens are the argmax and sampled ones the seeded draw's pick at every position (the
+    // auditor's teacher-forced rows equal the decode rows bit for bit).
     let s = &r["scoring"]["configured"];
     assert!(s["cheats_caught"].as_u64().expect("caught") > 0, "{s}");
     assert!(s["honest_decided"].as_u64().expect("decided") > 0, "{s}");
+    assert_eq!(s["honest_rejected"], 0, "{s}");
+    assert!(s["draw_slack"].is_number(), "the default policy checks the draw: {s}");
+    assert_eq!(r["scoring"]["honest_worst_draw_miss"], 0.0, "{:#}", r["scoring"]);
+    // Each decided answer's smallest passing tolerance is kept: the trade-off curves.
+    let t = &r["scoring"]["thresholds"];
+    assert!(!t["honest"].as_array().expect("honest").is_empty(), "{t}");
+    assert!(!t["smaller_model"].as_array().expect("smaller").is_empty(), "{t}");
     // The re-encoding adversary (SmolLM2's file ships Q4_1; the honest class runs Q8_0): every
     // case answered, and re-execution tells some of its answers from the honest ones.
     let r8 = &r["scoring"]["reencoded"];

@@ -14,8 +14,10 @@
 //! `sortition_engine::engine::check_scores` the node's judge applies): how many honest answers a
 //! tolerance would reject (each rejection costs a re-execution, never a verdict) against how many
 //! answers of a smaller model (the `smaller-model` adversary: the first
-//! [`worker::SMALLER_MODEL_LAYERS`] layers) it catches, over a grid of tolerances: the trade-off
-//! the default tolerance is chosen from.
+//! [`worker::SMALLER_MODEL_LAYERS`] layers) it catches, over a grid of tolerances for each rule
+//! (greedy answers by logit slack; sampled answers by rank, and against the seeded draw), and
+//! as curves through every tolerance at which some answer changes side ([`roc`]): the
+//! trade-off the default tolerance is chosen from.
 //!
 //! It also runs the re-encoding adversary ([`worker::Reencoded`]: the file's own quantization
 //! claiming the Q8_0 class) against both audits.
@@ -27,6 +29,7 @@
 
 pub mod corpus;
 pub mod report;
+pub mod roc;
 pub mod through_node;
 pub mod worker;
 
@@ -64,9 +67,9 @@ pub struct RunConfig {
     /// Rounds of the corpus sent at once through a devnet's node over HTTP (on the reference
     /// kernel and threads); 0 leaves that configuration out.
     pub node_rounds: usize,
-    /// The scoring tolerance configured for the model (`AuditMethod::Score`: max rank, logit
-    /// slack), reported on its own besides the grid.
-    pub configured: (u32, f32),
+    /// The scoring tolerance configured for the model (`AuditMethod::Score`), reported on its
+    /// own besides the grid.
+    pub configured: sortition_engine::ScoreTolerance,
     /// Rounds at most, each replaying another variant of the corpus
     /// ([`corpus::corpus_variant`]; the first round replays the fixed corpus). At least 1.
     pub rounds: u32,

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use crate::RunConfig;
 use crate::corpus::{Size, corpus_variant};
 use crate::through_node::HttpAnswer;
-use crate::worker::{Fingerprint, ScoredAnswer, WorkerOutput};
+use sortition_engine::ScoreTolerance;
+
+use crate::worker::{Fingerprint, ScoredAnswer, Thresholds, WorkerOutput};
 
 /// One configuration's result against the reference.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +37,9 @@ pub struct Mismatch {
 pub struct Point {
     pub max_rank: u32,
     pub logit_slack: f32,
+    /// The draw check's slack for sampled answers (`None`: they are checked by rank).
+    #[serde(default)]
+    pub draw_slack: Option<f32>,
     /// Honest answers the tolerance rejects (each costs a re-execution), of those it decides.
     pub honest_rejected: usize,
     pub honest_decided: usize,
@@ -57,8 +62,11 @@ pub struct ScoringReport {
     pub configured: Point,
     /// Greedy answers, by logit slack (max_rank does not apply to them).
     pub greedy: Vec<Point>,
-    /// Sampled answers, by max_rank.
+    /// Sampled answers checked by rank only, by max_rank.
     pub sampled: Vec<Point>,
+    /// Sampled answers checked against the seeded draw, by draw slack.
+    #[serde(default)]
+    pub drawn: Vec<Point>,
     /// Answers whose text does not re-tokenize to their ids (the audit re-executes them).
     pub honest_inconclusive: usize,
     pub cheats_inconclusive: usize,
@@ -66,9 +74,24 @@ pub struct ScoringReport {
     /// non-argmax token, and the largest rank in a sampled answer.
     pub honest_worst_greedy_gap: f32,
     pub honest_worst_sampled_rank: u32,
+    /// The largest distance of an honest sampled token's interval from its draw's uniform
+    /// (0: every honest token is the draw's pick).
+    #[serde(default)]
+    pub honest_worst_draw_miss: Option<f32>,
+    /// Each decided answer's smallest passing tolerance per rule: the ROC curves.
+    #[serde(default)]
+    pub thresholds: AnswerThresholds,
     /// The re-encoding adversary against both audits, when the model has a cheaper encoding.
     #[serde(default)]
     pub reencoded: Option<ReencodedReport>,
+}
+
+/// Each decided answer's [`Thresholds`], by who answered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AnswerThresholds {
+    pub honest: Vec<Thresholds>,
+    pub smaller_model: Vec<Thresholds>,
+    pub reencoded: Vec<Thresholds>,
 }
 
 /// The model run in a cheaper weight encoding while claiming the honest class.
@@ -200,9 +223,9 @@ impl<'a> Answers<'a> {
             reencoded: pick(reencoded),
         }
     }
-    fn point(&self, stops: &[u32], max_rank: u32, logit_slack: f32) -> Point {
-        let mut p = point(stops, &self.honest, &self.smaller, max_rank, logit_slack);
-        let r = point(stops, &self.honest, &self.reencoded, max_rank, logit_slack);
+    fn point(&self, stops: &[u32], tol: &ScoreTolerance) -> Point {
+        let mut p = point(stops, &self.honest, &self.smaller, tol);
+        let r = point(stops, &self.honest, &self.reencoded, tol);
         p.reencoded_caught = r.cheats_caught;
         p.reencoded_decided = r.cheats_decided;
         p
@@ -213,21 +236,21 @@ fn point(
     stops: &[u32],
     honest: &[&ScoredAnswer],
     cheats: &[&ScoredAnswer],
-    max_rank: u32,
-    logit_slack: f32,
+    tol: &ScoreTolerance,
 ) -> Point {
     let tally = |answers: &[&ScoredAnswer]| {
         let decided: Vec<bool> = answers
             .iter()
-            .filter_map(|a| a.passes(stops, max_rank, logit_slack))
+            .filter_map(|a| a.passes(stops, tol))
             .collect();
         (decided.iter().filter(|p| !**p).count(), decided.len())
     };
     let (honest_rejected, honest_decided) = tally(honest);
     let (cheats_caught, cheats_decided) = tally(cheats);
     Point {
-        max_rank,
-        logit_slack,
+        max_rank: tol.max_rank,
+        logit_slack: tol.logit_slack,
+        draw_slack: tol.draw_slack,
         honest_rejected,
         honest_decided,
         false_rejection_upper_95: upper_95(honest_rejected as u64, honest_decided as u64),
@@ -238,20 +261,52 @@ fn point(
     }
 }
 
-pub(crate) fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32)) -> ScoringReport {
+/// The grid of tolerances each rule is reported at.
+const SLACKS: [f32; 5] = [0.0, 0.25, 1.0, 4.0, 16.0];
+const RANKS: [u32; 5] = [1, 10, 100, 1_000, 10_000];
+const DRAW_SLACKS: [f32; 6] = [0.0, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1];
+
+pub(crate) fn scoring_report(
+    s: &crate::worker::Scoring,
+    configured: ScoreTolerance,
+) -> ScoringReport {
     let all = Answers::of(s, |_| true);
     let greedy_answers = Answers::of(s, |a| a.greedy);
     let sampled_answers = Answers::of(s, |a| !a.greedy);
-    let greedy = [0.0f32, 0.25, 1.0, 4.0, 16.0]
+    let greedy = SLACKS
         .iter()
-        .map(|&slack| greedy_answers.point(&s.stops, configured.0, slack))
+        .map(|&logit_slack| {
+            let tol = ScoreTolerance {
+                logit_slack,
+                ..configured
+            };
+            greedy_answers.point(&s.stops, &tol)
+        })
         .collect();
-    let sampled = [1u32, 10, 100, 1_000, 10_000]
+    let sampled = RANKS
         .iter()
-        .map(|&rank| sampled_answers.point(&s.stops, rank, configured.1))
+        .map(|&max_rank| {
+            let tol = ScoreTolerance {
+                max_rank,
+                draw_slack: None,
+                ..configured
+            };
+            sampled_answers.point(&s.stops, &tol)
+        })
+        .collect();
+    let drawn = DRAW_SLACKS
+        .iter()
+        .map(|&slack| {
+            let tol = ScoreTolerance {
+                draw_slack: Some(slack),
+                ..configured
+            };
+            sampled_answers.point(&s.stops, &tol)
+        })
         .collect();
     let mut worst_gap = 0.0f32;
     let mut worst_rank = 0u32;
+    let mut worst_miss: Option<f32> = None;
     for a in &s.honest {
         for t in &a.scores {
             if a.greedy {
@@ -260,10 +315,24 @@ pub(crate) fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32))
                 }
             } else {
                 worst_rank = worst_rank.max(t.rank);
+                if let Some(d) = t.draw {
+                    worst_miss = Some(worst_miss.unwrap_or(0.0).max(d.miss));
+                }
             }
         }
     }
-    let at_configured = all.point(&s.stops, configured.0, configured.1);
+    let thresholds = |v: &[ScoredAnswer]| -> Vec<Thresholds> {
+        v.iter().filter_map(|a| a.thresholds(&s.stops)).collect()
+    };
+    let thresholds = AnswerThresholds {
+        honest: thresholds(&s.honest),
+        smaller_model: thresholds(&s.smaller_model),
+        reencoded: s
+            .reencoded
+            .as_ref()
+            .map_or_else(Vec::new, |r| thresholds(&r.scored)),
+    };
+    let at_configured = all.point(&s.stops, &configured);
     let reencoded = s.reencoded.as_ref().map(|r| ReencodedReport {
         quantization: r.quantization.clone(),
         answers: r.answers,
@@ -278,10 +347,13 @@ pub(crate) fn scoring_report(s: &crate::worker::Scoring, configured: (u32, f32))
         configured: at_configured,
         greedy,
         sampled,
+        drawn,
         honest_inconclusive: s.honest.iter().filter(|a| !a.retokenizes).count(),
         cheats_inconclusive: s.smaller_model.iter().filter(|a| !a.retokenizes).count(),
         honest_worst_greedy_gap: worst_gap,
         honest_worst_sampled_rank: worst_rank,
+        honest_worst_draw_miss: worst_miss,
+        thresholds,
     }
 }
 
@@ -292,7 +364,7 @@ impl Report {
         reference_kernel: &str,
         reference: WorkerOutput,
         runs: Vec<(String, WorkerOutput)>,
-        configured: (u32, f32),
+        configured: ScoreTolerance,
     ) -> Report {
         let cases = corpus_variant(cfg.size, round);
         let mut examples = Vec::new();
@@ -397,6 +469,21 @@ impl Report {
     }
 }
 
+impl Point {
+    /// The three columns after a grid row's tolerance.
+    fn tallies(&self) -> String {
+        format!(
+            "{:>7}/{:<7}  {:>9}/{:<9}  {:>8}/{:<8}",
+            self.honest_rejected,
+            self.honest_decided,
+            self.cheats_caught,
+            self.cheats_decided,
+            self.reencoded_caught,
+            self.reencoded_decided
+        )
+    }
+}
+
 impl ConfigResult {
     fn absorb(&mut self, other: &ConfigResult) {
         self.compared += other.compared;
@@ -472,10 +559,13 @@ impl std::fmt::Display for Report {
             let c = &s.configured;
             writeln!(
                 f,
-                "scoring audit at the configured tolerance (max_rank {}, logit slack {:.3}): \
+                "scoring audit at the configured tolerance ({}, logit slack {:.3}): \
                  honest rejected {}/{} (95% upper bound {:.2e}), smaller model ({} layers) caught {}/{}; \
                  inconclusive (text does not re-tokenize; re-executed): honest {}, smaller model {}",
-                c.max_rank,
+                match c.draw_slack {
+                    Some(d) => format!("draw slack {d:.0e}"),
+                    None => format!("max_rank {}", c.max_rank),
+                },
                 c.logit_slack,
                 c.honest_rejected,
                 c.honest_decided,
@@ -488,8 +578,11 @@ impl std::fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "  worst honest token: greedy gap {:.3} logits, sampled rank {}",
-                s.honest_worst_greedy_gap, s.honest_worst_sampled_rank
+                "  worst honest token: greedy gap {:.3} logits, sampled rank {}, draw miss {}",
+                s.honest_worst_greedy_gap,
+                s.honest_worst_sampled_rank,
+                s.honest_worst_draw_miss
+                    .map_or("(not measured)".into(), |m| format!("{m:.2e}"))
             )?;
             if let Some(r) = &s.reencoded {
                 writeln!(
@@ -510,34 +603,24 @@ impl std::fmt::Display for Report {
                 "  greedy answers, by logit slack:  SLACK  HONEST REJECTED  SMALLER MODEL CAUGHT  RE-ENCODED CAUGHT"
             )?;
             for p in &s.greedy {
-                writeln!(
-                    f,
-                    "  {:>38.3}  {:>7}/{:<7}  {:>9}/{:<9}  {:>8}/{:<8}",
-                    p.logit_slack,
-                    p.honest_rejected,
-                    p.honest_decided,
-                    p.cheats_caught,
-                    p.cheats_decided,
-                    p.reencoded_caught,
-                    p.reencoded_decided
-                )?;
+                writeln!(f, "  {:>38.3}  {}", p.logit_slack, p.tallies())?;
             }
             writeln!(
                 f,
                 "  sampled answers, by max rank:    RANK   HONEST REJECTED  SMALLER MODEL CAUGHT  RE-ENCODED CAUGHT"
             )?;
             for p in &s.sampled {
+                writeln!(f, "  {:>38}  {}", p.max_rank, p.tallies())?;
+            }
+            if !s.drawn.is_empty() {
                 writeln!(
                     f,
-                    "  {:>38}  {:>7}/{:<7}  {:>9}/{:<9}  {:>8}/{:<8}",
-                    p.max_rank,
-                    p.honest_rejected,
-                    p.honest_decided,
-                    p.cheats_caught,
-                    p.cheats_decided,
-                    p.reencoded_caught,
-                    p.reencoded_decided
+                    "  sampled answers, by draw slack:  SLACK  HONEST REJECTED  SMALLER MODEL CAUGHT  RE-ENCODED CAUGHT"
                 )?;
+                for p in &s.drawn {
+                    let slack = p.draw_slack.unwrap_or(0.0);
+                    writeln!(f, "  {:>38.0e}  {}", slack, p.tallies())?;
+                }
             }
         }
         Ok(())

@@ -4,9 +4,9 @@
 
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
-use sortition_engine::engine::{TokenScore, check_scores};
+use sortition_engine::engine::{ScoreTolerance, TokenScore, check_scores};
 use sortition_engine::{
-    Engine, EngineConfig, FinishReason, GenerateRequest, Generation, WeightFormat,
+    Engine, EngineConfig, FinishReason, GenerateRequest, Generation, Lane, WeightFormat,
 };
 
 use crate::ConformanceError;
@@ -61,22 +61,78 @@ pub struct ScoredAnswer {
 
 impl ScoredAnswer {
     /// Whether the scoring audit passes it at this tolerance; `None`: inconclusive.
-    pub fn passes(&self, stops: &[u32], max_rank: u32, logit_slack: f32) -> Option<bool> {
+    pub fn passes(&self, stops: &[u32], tol: &ScoreTolerance) -> Option<bool> {
         if !self.retokenizes {
             return None;
         }
-        Some(
-            check_scores(
-                &self.scores,
-                self.greedy,
-                self.ended_by_eos,
-                stops,
-                max_rank,
-                logit_slack,
-            )
-            .is_ok(),
-        )
+        Some(check_scores(&self.scores, self.greedy, self.ended_by_eos, stops, tol).is_ok())
     }
+
+    /// The smallest tolerance of each rule that passes this answer (`check_scores`' rules,
+    /// token by token, the worst token deciding); `None`: inconclusive.
+    pub fn thresholds(&self, stops: &[u32]) -> Option<Thresholds> {
+        if !self.retokenizes {
+            return None;
+        }
+        let n = self.scores.len();
+        let stop_at = |i: usize| self.ended_by_eos && i + 1 == n;
+        let worst = |f: &dyn Fn(usize, &TokenScore) -> Option<f64>| {
+            self.scores
+                .iter()
+                .enumerate()
+                .map(|(i, t)| f(i, t))
+                .try_fold(0.0f64, |m, x| x.map(|x| m.max(x)))
+        };
+        if self.greedy {
+            let slack = worst(&|i, t| {
+                if stop_at(i) {
+                    stops.contains(&t.argmax).then_some(0.0)
+                } else if t.token == t.argmax {
+                    Some(0.0)
+                } else {
+                    Some(f64::from(t.max_logit - t.logit))
+                }
+            });
+            return Some(Thresholds {
+                greedy: true,
+                logit_slack: slack,
+                max_rank: None,
+                draw_slack: None,
+            });
+        }
+        let rank = worst(&|i, t| {
+            Some(if stop_at(i) && stops.contains(&t.argmax) {
+                0.0
+            } else {
+                f64::from(t.rank)
+            })
+        });
+        let draw = worst(&|i, t| {
+            let d = t.draw?;
+            Some(if stop_at(i) && stops.contains(&d.drawn) {
+                0.0
+            } else {
+                f64::from(d.miss)
+            })
+        });
+        Some(Thresholds {
+            greedy: false,
+            logit_slack: None,
+            max_rank: rank,
+            draw_slack: draw,
+        })
+    }
+}
+
+/// The smallest tolerance of each scoring rule that passes one answer (`None`: no tolerance
+/// of that rule does, or it does not apply): greedy answers by logit slack, sampled ones by
+/// max rank and by draw slack.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub greedy: bool,
+    pub logit_slack: Option<f64>,
+    pub max_rank: Option<f64>,
+    pub draw_slack: Option<f64>,
 }
 
 /// Honest answers and a smaller model's, scored by the full model.
@@ -210,7 +266,12 @@ async fn score(
     }
     let retokenizes = claimed == g.tokens;
     let scores = if retokenizes {
-        scorer.score(prompt, claimed).await?
+        // With the parameters the answer was generated under, as a node's judge scores it
+        // (sampled answers are then checked against the seeded draw too).
+        let params = &case.params;
+        scorer
+            .score_in(prompt, claimed, Some(params), Lane::User)
+            .await?
     } else {
         Vec::new()
     };

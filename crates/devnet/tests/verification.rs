@@ -595,6 +595,9 @@ async fn honest_network_under_concurrent_load_has_no_false_positives() {
     );
     let everyone: HashSet<NodeId> = net.info.nodes.iter().map(|n| n.id).collect();
     assert!(audit_count(&net, &everyone, "scored_match").await > 0);
+    // Honest answers, greedy and sampled, pass scoring itself (a sampled token is the one its
+    // seeded draw picks from the auditor's row): none needed re-execution to be cleared.
+    assert_eq!(audit_count(&net, &everyone, "scored_fail").await, 0);
     assert_eq!(audit_count(&net, &everyone, "reexecuted_mismatch").await, 0);
     net.shutdown().await;
 }

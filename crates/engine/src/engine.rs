@@ -12,8 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{EngineError, Result};
 use crate::events::Stats;
-pub use crate::events::{FinishReason, StreamEvent, TokenScore, Usage, check_scores};
+pub use crate::events::{
+    FinishReason, ScoreTolerance, StreamEvent, TokenScore, Usage, check_scores,
+};
 use crate::llama::{Llama, WeightFormat};
+pub use crate::sampling::Draw;
 use crate::sampling::SamplingParams;
 pub use crate::scheduler::Lane;
 use crate::scheduler::{self, Job, Progress, Queues};
@@ -527,19 +530,37 @@ impl Engine {
         prompt_tokens: Vec<u32>,
         claimed: Vec<u32>,
     ) -> Result<Vec<TokenScore>> {
-        self.score_in(prompt_tokens, claimed, Lane::User).await
+        self.score_in(prompt_tokens, claimed, None, Lane::User)
+            .await
     }
 
-    /// [`Engine::score`] in a given lane (see [`Engine::generate_in`]).
+    /// [`Engine::score`] in a given lane (see [`Engine::generate_in`]). With the sampling
+    /// parameters the answer was generated under (`sampling`, temperature > 0), each token is
+    /// also checked against the seeded draw ([`TokenScore::draw`]): the `i`-th claimed token
+    /// against the `i`-th uniform of the seed's stream, as the sampler drew it. Penalties
+    /// change the row the sampler draws from and are refused here.
     pub async fn score_in(
         &self,
         prompt_tokens: Vec<u32>,
         claimed: Vec<u32>,
+        sampling: Option<&SamplingParams>,
         lane: Lane,
     ) -> Result<Vec<TokenScore>> {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
+        let draw = match sampling {
+            Some(p) if p.temperature > 0.0 => {
+                p.validate()?;
+                if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+                    return Err(EngineError::InvalidParams(
+                        "scoring against the seeded draw does not model penalties".into(),
+                    ));
+                }
+                Some(Box::new(p.clone()))
+            }
+            _ => None,
+        };
         let ids = self.prompt_tokens(&Prompt::Tokens(prompt_tokens))?;
         let total = ids.len() + claimed.len();
         let context = self.inner.info.context_len;
@@ -562,6 +583,7 @@ impl Engine {
             Job::Score {
                 prompt: ids,
                 claimed,
+                draw,
                 tx,
             },
             lane,

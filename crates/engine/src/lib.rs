@@ -30,15 +30,16 @@ pub use constrain::{CONSTRAINT_LIBRARY, Constraint};
 pub use embed::{EmbedInput, Embedder};
 pub use engine::{
     ENGINE_VERSION, Engine, EngineConfig, EngineStats, FinishReason, GenerateRequest, Generation,
-    GenerationStream, ModelInfo, Prompt, StreamEvent, TokenScore, Usage, UsageHandle, kernel_set,
-    threads_from_env,
+    GenerationStream, ModelInfo, Prompt, ScoreTolerance, StreamEvent, TokenScore, Usage,
+    UsageHandle, kernel_set, threads_from_env,
 };
 pub use error::{EngineError, Result};
 pub use llama::WeightFormat;
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs};
 pub use sortition_kernels::Kernel;
 // The kernels under their old paths inside this crate.
-pub use sampling::SamplingParams;
+pub use sampling::{Draw, SamplingParams};
 pub use scheduler::DEFAULT_PREFILL_BUDGET;
+pub use scheduler::Lane;
 pub(crate) use sortition_kernels::{attn, math, ops as kernels, q8, q8p, qf};
 pub use tokenizer::{ChatMessage, ChatTokenizer};

@@ -199,10 +199,133 @@ impl Sampler {
 
     fn draw(&mut self, row: &[f32]) -> u32 {
         let p = &self.params;
-        // 53 random bits -> uniform in [0, 1).
-        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = uniform(&mut self.rng);
         draw(row, p.temperature, p.top_k, p.top_p, u)
     }
+}
+
+/// The next uniform in [0, 1) of a sampler's stream: 53 random bits. A sampled token takes
+/// exactly one, so the `i`-th sampled token of a sequence is drawn with the `i`-th uniform of
+/// `ChaCha20Rng::seed_from_u64(seed)`.
+pub(crate) fn uniform(rng: &mut ChaCha20Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The uniforms of the first `n` sampled tokens of a sequence seeded with `seed`.
+pub(crate) fn uniforms(seed: u64, n: usize) -> Vec<f64> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    (0..n).map(|_| uniform(&mut rng)).collect()
+}
+
+/// A claimed token checked against the seeded draw: the token the sampler picks from this row
+/// with the sequence's uniform for this position, and how far that uniform falls from the
+/// claimed token's interval of the walk (0 when it is inside: the claimed token is the one
+/// drawn). Intervals are probabilities, so `miss` is in [0, 1]; 1 also stands for a token
+/// the draw cannot pick at all (outside `top_k`, outside the nucleus, or of weight 0).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Draw {
+    pub drawn: u32,
+    pub miss: f32,
+}
+
+/// [`Draw`] of `token` in `row` under `params` (temperature > 0) with uniform `u`.
+pub(crate) fn check_draw(row: &[f32], params: &SamplingParams, u: f64, token: u32) -> Draw {
+    let (t, k, p) = (params.temperature, params.top_k, params.top_p);
+    let drawn = draw(row, t, k, p, u);
+    let miss = if drawn == token {
+        0.0
+    } else {
+        match token_interval(row, t, k, p, token) {
+            Some((lo, _)) if u < lo => (lo - u) as f32,
+            Some((_, hi)) if u >= hi => (u - hi) as f32,
+            // Inside by this sum's rounding while the draw's walk picked a neighbour: a miss
+            // smaller than any tolerance.
+            Some(_) => f32::MIN_POSITIVE,
+            None => 1.0,
+        }
+    };
+    Draw { drawn, miss }
+}
+
+/// The interval of uniforms for which [`draw`] picks `token` (its walk, in the same order
+/// and with the same weights, over a full sort); `None` when no uniform picks it.
+fn token_interval(
+    row: &[f32],
+    t: f32,
+    top_k_count: u32,
+    top_p: f32,
+    token: u32,
+) -> Option<(f64, f64)> {
+    if row.get(token as usize)?.is_nan() {
+        return None;
+    }
+    let max = top_logit(row)?;
+    if !max.is_finite() {
+        return None;
+    }
+    let candidates = row.iter().filter(|v| !v.is_nan()).count();
+    let top_k = top_k_count > 0 && (top_k_count as usize) < candidates;
+    let mut w: Vec<f32> = row
+        .iter()
+        .map(|&v| {
+            if v.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                (v - max) / t
+            }
+        })
+        .collect();
+    crate::math::exp_sub_in_place(&mut w, 0.0);
+    if top_k {
+        let mut keys = candidates_keys(row);
+        let k = top_k_count as usize;
+        keys.select_nth_unstable(k - 1);
+        keys.truncate(k);
+        keys.sort_unstable();
+        let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        let z: f64 = ids.iter().map(|&i| f64::from(w[i as usize])).sum();
+        return nucleus_interval(&ids, &w, z, top_p, token);
+    }
+    let z: f64 = w.iter().map(|&x| f64::from(x)).sum();
+    if top_p >= 1.0 {
+        let mut acc = 0.0f64;
+        for (i, &x) in w.iter().enumerate().filter(|(_, x)| **x > 0.0) {
+            let next = acc + f64::from(x);
+            if i == token as usize {
+                return Some((acc / z, next / z));
+            }
+            acc = next;
+        }
+        return None;
+    }
+    let mut keys = candidates_keys(row);
+    sort_keys(&mut keys);
+    let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+    nucleus_interval(&ids, &w, z, top_p, token)
+}
+
+/// `token`'s interval in [`nucleus`]'s walk over the whole order `ids`.
+fn nucleus_interval(ids: &[u32], w: &[f32], z: f64, top_p: f32, token: u32) -> Option<(f64, f64)> {
+    let prob = |i: u32| f64::from(w[i as usize]) / z;
+    let mut len = ids.len();
+    let mut acc = 0.0;
+    for (n, &i) in ids.iter().enumerate() {
+        acc += prob(i);
+        if acc >= f64::from(top_p) {
+            len = n + 1;
+            break;
+        }
+    }
+    let s: f64 = ids[..len].iter().map(|&i| prob(i)).sum();
+    let mut acc = 0.0;
+    for &i in &ids[..len] {
+        let next = acc + prob(i) / s;
+        if i == token {
+            return Some((acc, next));
+        }
+        acc = next;
+    }
+    None
 }
 
 /// Packed sort key of logit `v` of token `i`: ascending keys list logits descending
@@ -399,6 +522,64 @@ fn nucleus(ids: &[u32], w: &[f32], z: f64, top_p: f32, u: f64, complete: bool) -
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Every uniform falls in the interval of the token the draw picks with it, the intervals
+    /// of a row tile [0, 1) in walk order, and another token misses by its distance.
+    #[test]
+    fn the_seeded_draw_is_checked_by_the_drawn_tokens_interval() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let row: Vec<f32> = (0..3000)
+            .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32) * 12.0)
+            .collect();
+        for (t, top_k, top_p) in [
+            (0.7, 0, 0.95),
+            (1.0, 0, 1.0),
+            (1.3, 40, 1.0),
+            (0.5, 40, 0.9),
+        ] {
+            let params = SamplingParams {
+                temperature: t,
+                top_k,
+                top_p,
+                ..Default::default()
+            };
+            for n in 0..200 {
+                let u = uniform(&mut rng);
+                let token = draw(&row, t, top_k, top_p, u);
+                let d = check_draw(&row, &params, u, token);
+                assert_eq!(
+                    (d.drawn, d.miss),
+                    (token, 0.0),
+                    "t={t} k={top_k} p={top_p} n={n}"
+                );
+                let (lo, hi) = token_interval(&row, t, top_k, top_p, token).unwrap();
+                assert!(lo - 1e-9 <= u && u < hi + 1e-9, "{lo} {u} {hi}");
+                // Another uniform's token, checked with this one, misses by its distance.
+                let v = (u + 0.5) % 1.0;
+                let other = draw(&row, t, top_k, top_p, v);
+                if other != token {
+                    let (lo, hi) = token_interval(&row, t, top_k, top_p, other).unwrap();
+                    let miss = check_draw(&row, &params, u, other).miss;
+                    let expect = if u < lo { lo - u } else { u - hi };
+                    assert!(
+                        (f64::from(miss) - expect).abs() < 1e-6,
+                        "{miss} vs {expect}"
+                    );
+                    assert!(miss > 0.0);
+                }
+            }
+            // The lowest logit is outside top-k and the nucleus: no uniform draws it.
+            let worst = row
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
+            if top_k > 0 || top_p < 1.0 {
+                assert_eq!(check_draw(&row, &params, 0.3, worst).miss, 1.0);
+            }
+        }
+    }
 
     #[test]
     fn packed_sort_keys_follow_total_cmp() {

@@ -350,6 +350,7 @@ mod tests {
                         method: ledger::AuditMethod::Score {
                             max_rank: 1000,
                             logit_slack_milli: 250,
+                            draw_slack_ppm: Some(1000),
                         },
                     }),
                     ..Default::default()

@@ -57,14 +57,19 @@ pub enum AuditMethod {
     /// Regenerate the answer and compare response hashes and token counts exactly.
     #[default]
     Reexecute,
-    /// Teacher-forced scoring of the claimed answer in one prefill pass: every claimed token
-    /// must be within `max_rank` of the argmax (greedy requests: the argmax itself, or within
-    /// `logit_slack_milli` thousandths of the top logit to absorb kernel rounding between
-    /// prefill and decode). A failed or inconclusive score is confirmed by re-execution
+    /// Teacher-forced scoring of the claimed answer in one prefill pass. Greedy requests:
+    /// every claimed token is the argmax, or within `logit_slack_milli` thousandths of the top
+    /// logit (kernel rounding between prefill and decode). Sampled requests: with
+    /// `draw_slack_ppm`, every token is the one the request's seeded draw picks from the
+    /// auditor's row, or the draw's uniform falls within that many millionths of probability
+    /// of the token's interval; without it (policies written before the draw check), within
+    /// `max_rank` of the argmax. A failed or inconclusive score is confirmed by re-execution
     /// before any mismatch verdict, so scoring never convicts on its own.
     Score {
         max_rank: u32,
         logit_slack_milli: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        draw_slack_ppm: Option<u32>,
     },
 }
 
@@ -119,6 +124,14 @@ pub fn validate(policy: &SecurityPolicy) -> Result<(), LedgerError> {
         }
         if a.k == 0 {
             return bad("k must be at least 1");
+        }
+        if let AuditMethod::Score {
+            draw_slack_ppm: Some(ppm),
+            ..
+        } = a.method
+            && u64::from(ppm) > PPM
+        {
+            return bad("draw_slack_ppm must be at most 1000000");
         }
     }
     if policy.quorum == Some(0) {
@@ -177,6 +190,30 @@ mod tests {
         let k9 = min_collateral(&policy(10_000, 9, 1_000_000, 1_000_000, 500_000))
             .expect("valid policy");
         assert!(k9 < min_collateral(&p).expect("valid policy") && k9.0 >= 99_000_000);
+    }
+
+    /// The draw check's slack is a share of probability (at most 1), and a policy written
+    /// before it existed reads as scoring sampled answers by rank (and is written back the
+    /// same way).
+    #[test]
+    fn score_policies_bound_the_draw_slack_and_read_without_it() {
+        let mut p = policy(10_000, 2, 1_000, 100, 100_000);
+        let score = |draw_slack_ppm| AuditMethod::Score {
+            max_rank: 1_000,
+            logit_slack_milli: 250,
+            draw_slack_ppm,
+        };
+        for (ppm, ok) in [(Some(0), true), (Some(1_000_000), true), (Some(1_000_001), false)] {
+            p.audit = p.audit.map(|a| AuditPolicy {
+                method: score(ppm),
+                ..a
+            });
+            assert_eq!(validate(&p).is_ok(), ok, "{ppm:?}");
+        }
+        let old = r#"{"score":{"max_rank":1000,"logit_slack_milli":250}}"#;
+        let read: AuditMethod = serde_json::from_str(old).unwrap();
+        assert_eq!(read, score(None));
+        assert_eq!(serde_json::to_string(&read).unwrap(), old);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sortition_api::audit::Route;
 use sortition_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_json};
 use sortition_engine::engine::Lane;
-use sortition_engine::{EngineError, GenerateRequest, Prompt};
+use sortition_engine::{EngineError, GenerateRequest, Prompt, ScoreTolerance};
 
 use crate::request::Kind;
 use sortition_ledger::{AuditMethod, Verdict};
@@ -192,11 +192,13 @@ pub async fn judge(state: &NodeState, p: &AuditPayload, method: AuditMethod) -> 
     if let AuditMethod::Score {
         max_rank,
         logit_slack_milli,
+        draw_slack_ppm,
     } = method
     {
-        let tolerance = Tolerance {
+        let tolerance = ScoreTolerance {
             max_rank,
             logit_slack: logit_slack_milli as f32 / 1000.0,
+            draw_slack: draw_slack_ppm.map(|ppm| ppm as f32 / 1e6),
         };
         match score(state, p, tolerance).await {
             Scored::Pass => {
@@ -331,13 +333,6 @@ async fn reexecute(state: &NodeState, p: &AuditPayload) -> Result<(Hash32, (u64,
     ))
 }
 
-/// Scoring tolerance (see `AuditMethod::Score`).
-#[derive(Clone, Copy, Debug)]
-pub struct Tolerance {
-    pub max_rank: u32,
-    pub logit_slack: f32,
-}
-
 /// What teacher-forced scoring concluded.
 #[derive(Debug)]
 pub enum Scored {
@@ -352,7 +347,7 @@ pub enum Scored {
 
 /// Checks the claimed answer in one teacher-forced pass: token counts, each token's rank and
 /// logit gap, and the end of generation.
-pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Scored {
+pub async fn score(state: &NodeState, p: &AuditPayload, tol: ScoreTolerance) -> Scored {
     use Scored::Inconclusive;
     let r = &p.receipt.receipt;
     let Some(answer) = &p.answer else {
@@ -418,19 +413,15 @@ pub async fn score(state: &NodeState, p: &AuditPayload, tol: Tolerance) -> Score
     if answer.finish_reason == "length" && claimed.len() as u64 != u64::from(params.max_tokens) {
         return Inconclusive("length finish below max_tokens (context limit)".into());
     }
-    let scores = match engine.score_in(prompt_ids, claimed, Lane::Audit).await {
+    let scores = match engine
+        .score_in(prompt_ids, claimed, Some(&params), Lane::Audit)
+        .await
+    {
         Ok(s) => s,
         Err(e) => return Inconclusive(e.to_string()),
     };
     let greedy = params.temperature == 0.0;
-    match sortition_engine::engine::check_scores(
-        &scores,
-        greedy,
-        ended_by_eos,
-        &stops,
-        tol.max_rank,
-        tol.logit_slack,
-    ) {
+    match sortition_engine::engine::check_scores(&scores, greedy, ended_by_eos, &stops, &tol) {
         Ok(()) => Scored::Pass,
         Err(why) => Scored::Fail(why),
     }

@@ -244,6 +244,7 @@ async fn audits_re_execute_logprobs_and_echo() {
             AuditMethod::Score {
                 max_rank: 0,
                 logit_slack_milli: 0,
+                draw_slack_ppm: Some(0),
             },
         ] {
             assert_eq!(

@@ -46,6 +46,13 @@ pub struct ConformanceArgs {
     /// the rounds it finished).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Also write the scoring audit's trade-off curves to this folder: `roc.csv` (every
+    /// tolerance at which an answer changes side, per rule and adversary) and `roc.svg`.
+    #[arg(long)]
+    roc: Option<std::path::PathBuf>,
+    /// Draw the curves of a saved report (`--out`'s JSON) into `--roc` instead of running.
+    #[arg(long, requires = "roc")]
+    roc_from: Option<std::path::PathBuf>,
     /// Internal: run one worker (JSON `WorkerConfig`) and print its result.
     #[arg(long, hide = true)]
     worker_config: Option<String>,
@@ -58,11 +65,22 @@ pub async fn run(a: ConformanceArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
+    if let (Some(from), Some(dir)) = (&a.roc_from, &a.roc) {
+        let text = std::fs::read_to_string(from).with_context(|| from.display().to_string())?;
+        let report: sortition_conformance::Report =
+            serde_json::from_str(&text).with_context(|| from.display().to_string())?;
+        return write_roc(dir, &report);
+    }
     let tolerance = match sortition_devnet::default_score_method() {
         sortition_ledger::AuditMethod::Score {
             max_rank,
             logit_slack_milli,
-        } => (max_rank, logit_slack_milli as f32 / 1000.0),
+            draw_slack_ppm,
+        } => sortition_engine::ScoreTolerance {
+            max_rank,
+            logit_slack: logit_slack_milli as f32 / 1000.0,
+            draw_slack: draw_slack_ppm.map(|ppm| ppm as f32 / 1e6),
+        },
         other => anyhow::bail!("the default audit method is not scoring: {other:?}"),
     };
     let budget = match a.minutes {
@@ -123,11 +141,41 @@ pub async fn run(a: ConformanceArgs) -> Result<()> {
     } else {
         print!("{report}");
     }
+    if let Some(dir) = &a.roc {
+        write_roc(dir, &report)?;
+    }
     anyhow::ensure!(
         report.mismatches == 0,
         "{} honest mismatches: each is a determinism bug (see the MISMATCH lines)",
         report.mismatches
     );
+    Ok(())
+}
+
+/// The scoring audit's trade-off curves of `report` as `roc.csv` and `roc.svg` in `dir`.
+fn write_roc(dir: &std::path::Path, report: &sortition_conformance::Report) -> Result<()> {
+    use sortition_conformance::roc;
+    let scoring = report
+        .scoring
+        .as_ref()
+        .context("the report has no scoring audit measurement")?;
+    let curves = roc::curves(&scoring.thresholds);
+    anyhow::ensure!(
+        !curves.is_empty(),
+        "the report keeps no answer's thresholds (written before they were kept?)"
+    );
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    std::fs::write(dir.join("roc.csv"), roc::csv(&curves))?;
+    let title = format!(
+        "scoring audit trade-off: {} ({}, {} round{} of the {:?} corpus)",
+        report.model,
+        report.engine_version,
+        report.rounds,
+        if report.rounds == 1 { "" } else { "s" },
+        report.size
+    );
+    roc::svg(&curves, &title, &dir.join("roc.svg")).map_err(anyhow::Error::msg)?;
+    eprintln!("wrote {}/roc.csv and roc.svg", dir.display());
     Ok(())
 }
 

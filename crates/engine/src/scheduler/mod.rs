@@ -74,6 +74,8 @@ pub enum Job {
     Score {
         prompt: Vec<u32>,
         claimed: Vec<u32>,
+        /// The sampling parameters to check each token against the seeded draw with.
+        draw: Option<Box<SamplingParams>>,
         tx: oneshot::Sender<Result<Vec<TokenScore>>>,
     },
 }
@@ -141,6 +143,7 @@ struct Scoring<C> {
     /// The first position whose row is kept (the prompt's last).
     first: usize,
     claimed: Vec<u32>,
+    draw: Option<Box<SamplingParams>>,
     /// Kept rows, `vocab` wide each.
     rows: Vec<f32>,
     positions: usize,
@@ -432,6 +435,7 @@ impl<M: Forward> Worker<M> {
             Job::Score {
                 prompt,
                 claimed,
+                draw,
                 tx,
             } => {
                 if prompt.is_empty() {
@@ -453,6 +457,7 @@ impl<M: Forward> Worker<M> {
                     first: prompt.len() - 1,
                     rows: Vec::with_capacity(claimed.len() * self.model.vocab()),
                     claimed,
+                    draw,
                     positions,
                     tx,
                 });

@@ -172,18 +172,32 @@ impl<M: Forward> Worker<M> {
                     rank: 0,
                     max_logit: 0.0,
                     argmax: 0,
+                    draw: None,
                 })
                 .collect();
+            // The uniform each position's token was drawn with (one per sampled token).
+            let uniforms = s
+                .draw
+                .as_ref()
+                .map(|p| crate::sampling::uniforms(p.seed, scores.len()));
+            let draw = s.draw.as_ref();
             // Each position reads only its own row: in parallel.
-            let items: Vec<(&mut TokenScore, &[f32])> =
-                scores.iter_mut().zip(s.rows.chunks_exact(v)).collect();
-            self.model.pool().for_each(items, |(t, row)| {
+            let items: Vec<(usize, &mut TokenScore, &[f32])> = scores
+                .iter_mut()
+                .zip(s.rows.chunks_exact(v))
+                .enumerate()
+                .map(|(i, (t, row))| (i, t, row))
+                .collect();
+            self.model.pool().for_each(items, |(i, t, row)| {
                 let am = crate::sampling::argmax(row);
                 let logit = row[t.token as usize];
                 t.logit = logit;
                 t.rank = row.iter().filter(|&&x| x > logit).count() as u32;
                 t.max_logit = row[am];
                 t.argmax = am as u32;
+                if let (Some(p), Some(us)) = (draw, &uniforms) {
+                    t.draw = Some(crate::sampling::check_draw(row, p, us[i], t.token));
+                }
             });
             let _ = s.tx.send(Ok(scores));
         }

@@ -87,7 +87,7 @@ async fn audit_work_is_admitted_when_user_traffic_fills_the_queue() {
     let ids = e
         .prompt_tokens(&Prompt::Text("the audited request".into()))
         .unwrap();
-    let score = e.score_in(ids, reference.0.clone(), Lane::Audit);
+    let score = e.score_in(ids, reference.0.clone(), None, Lane::Audit);
     e.resume();
     let (audited, scores) = tokio::join!(tokens_and_logits(audit), score);
     assert_eq!(
@@ -382,6 +382,7 @@ async fn scoring_runs_in_chunks_beside_decoding() {
     let score = Job::Score {
         prompt: p.clone(),
         claimed: claimed.clone(),
+        draw: None,
         tx,
     };
     q.try_send(score, Lane::Audit).ok().unwrap();

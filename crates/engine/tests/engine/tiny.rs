@@ -2,7 +2,7 @@
 
 use sortition_engine::testutil::vocab_size;
 use sortition_engine::{
-    ChatMessage, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, Prompt,
+    ChatMessage, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, Lane, Prompt,
     SamplingParams,
 };
 use sortition_types::Hash32;
@@ -212,6 +212,75 @@ async fn score_ranks_greedy_tokens_first_and_catches_tampering() {
     let scores = e.score(prompt, tampered).await.unwrap();
     assert!(scores[5].rank > 0);
     assert!(scores[..5].iter().all(|s| s.rank == 0));
+}
+
+/// A sampled answer scored with the parameters it was generated under: every token is the
+/// one the seeded draw picks from the scoring row (teacher-forced rows equal decode rows bit
+/// for bit, so the uniform falls inside the claimed token's interval), while the same answer
+/// checked under another seed, or a token swapped, misses.
+#[tokio::test]
+async fn sampled_answers_score_on_the_seeded_draw() {
+    let e = tiny_engine(7);
+    let prompt = e.tokenizer().encode("draw me").unwrap();
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 41,
+        ..SamplingParams::greedy(32)
+    };
+    let out = run(e
+        .generate(GenerateRequest {
+            prompt: Prompt::Tokens(prompt.clone()),
+            ..req("", params.clone())
+        })
+        .unwrap())
+    .await;
+    let score = |claimed: Vec<u32>, p: SamplingParams| {
+        let (e, prompt) = (e.clone(), prompt.clone());
+        async move {
+            e.score_in(prompt, claimed, Some(&p), Lane::Audit)
+                .await
+                .unwrap()
+        }
+    };
+    let scores = score(out.ids.clone(), params.clone()).await;
+    assert!(
+        scores.iter().any(|s| s.rank > 0),
+        "a sampled answer leaves the argmax"
+    );
+    for (s, id) in scores.iter().zip(&out.ids) {
+        let d = s.draw.unwrap();
+        assert_eq!((d.drawn, d.miss), (*id, 0.0));
+    }
+    let other_seed = score(
+        out.ids.clone(),
+        SamplingParams {
+            seed: 42,
+            ..params.clone()
+        },
+    )
+    .await;
+    assert!(other_seed.iter().any(|s| s.draw.unwrap().miss > 0.0));
+    let mut swapped = out.ids.clone();
+    swapped[3] = scores[3].argmax + u32::from(scores[3].argmax == out.ids[3]);
+    let swapped = score(swapped, params.clone()).await;
+    assert!(swapped[3].draw.unwrap().miss > 0.0);
+    assert!(swapped[..3].iter().all(|s| s.draw.unwrap().miss == 0.0));
+    // Penalties change the row the sampler draws from: refused, not checked wrongly.
+    let penalized = SamplingParams {
+        presence_penalty: 0.5,
+        ..params
+    };
+    assert!(matches!(
+        e.score_in(
+            prompt.clone(),
+            out.ids.clone(),
+            Some(&penalized),
+            Lane::Audit
+        )
+        .await,
+        Err(EngineError::InvalidParams(_))
+    ));
 }
 
 #[tokio::test]
