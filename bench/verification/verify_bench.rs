@@ -119,7 +119,11 @@ async fn main() {
             decided += usize::from(r.roundtrip);
             gap = gap.max(r.worst_gap);
             rank = rank.max(r.worst_rank);
-            miss = miss.max(r.worst_miss);
+            if r.roundtrip {
+                // An answer that does not re-tokenize is scored on other ids than it was
+                // drawn as: the judge leaves it to re-execution, unscored.
+                miss = miss.max(r.worst_miss);
+            }
         }
         let ratio = score / regen;
         let undecided = 1.0 - decided as f64 / PROMPTS.len() as f64;

@@ -68,12 +68,22 @@ fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
     assert!(s["cheats_caught"].as_u64().expect("caught") > 0, "{s}");
     assert!(s["honest_decided"].as_u64().expect("decided") > 0, "{s}");
     assert_eq!(s["honest_rejected"], 0, "{s}");
-    assert!(s["draw_slack"].is_number(), "the default policy checks the draw: {s}");
-    assert_eq!(r["scoring"]["honest_worst_draw_miss"], 0.0, "{:#}", r["scoring"]);
+    assert!(
+        s["draw_slack"].is_number(),
+        "the default policy checks the draw: {s}"
+    );
+    assert_eq!(
+        r["scoring"]["honest_worst_draw_miss"], 0.0,
+        "{:#}",
+        r["scoring"]
+    );
     // Each decided answer's smallest passing tolerance is kept: the trade-off curves.
     let t = &r["scoring"]["thresholds"];
     assert!(!t["honest"].as_array().expect("honest").is_empty(), "{t}");
-    assert!(!t["smaller_model"].as_array().expect("smaller").is_empty(), "{t}");
+    assert!(
+        !t["smaller_model"].as_array().expect("smaller").is_empty(),
+        "{t}"
+    );
     // The re-encoding adversary (SmolLM2's file ships Q4_1; the honest class runs Q8_0): every
     // case answered, and re-execution tells some of its answers from the honest ones.
     let r8 = &r["scoring"]["reencoded"];

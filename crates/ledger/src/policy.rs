@@ -203,7 +203,11 @@ mod tests {
             logit_slack_milli: 250,
             draw_slack_ppm,
         };
-        for (ppm, ok) in [(Some(0), true), (Some(1_000_000), true), (Some(1_000_001), false)] {
+        for (ppm, ok) in [
+            (Some(0), true),
+            (Some(1_000_000), true),
+            (Some(1_000_001), false),
+        ] {
             p.audit = p.audit.map(|a| AuditPolicy {
                 method: score(ppm),
                 ..a
