@@ -277,13 +277,7 @@ fn token_interval(
         .collect();
     crate::math::exp_sub_in_place(&mut w, 0.0);
     if top_k {
-        let mut keys = candidates_keys(row);
-        let k = top_k_count as usize;
-        keys.select_nth_unstable(k - 1);
-        keys.truncate(k);
-        keys.sort_unstable();
-        let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
-        let z: f64 = ids.iter().map(|&i| f64::from(w[i as usize])).sum();
+        let (ids, z) = top_k_order(row, top_k_count, &w);
         return nucleus_interval(&ids, &w, z, top_p, token);
     }
     let z: f64 = w.iter().map(|&x| f64::from(x)).sum();
@@ -383,13 +377,7 @@ fn draw(row: &[f32], t: f32, top_k_count: u32, top_p: f32, u: f64) -> u32 {
     }
     crate::math::exp_sub_in_place(&mut w, 0.0);
     if top_k {
-        let mut keys: Vec<u64> = candidates_keys(row);
-        let k = top_k_count as usize;
-        keys.select_nth_unstable(k - 1);
-        keys.truncate(k);
-        keys.sort_unstable();
-        let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
-        let z: f64 = ids.iter().map(|&i| f64::from(w[i as usize])).sum();
+        let (ids, z) = top_k_order(row, top_k_count, &w);
         return nucleus(&ids, &w, z, top_p, u, true).unwrap_or(ids[0]);
     }
     let z: f64 = w.iter().map(|&x| f64::from(x)).sum();
@@ -441,6 +429,19 @@ fn draw(row: &[f32], t: f32, top_k_count: u32, top_p: f32, u: f64) -> u32 {
     sort_keys(&mut keys);
     let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
     nucleus(&ids, &w, z, top_p, u, true).unwrap_or(ids[0])
+}
+
+/// The `k` best candidates in the order (logit descending, id ascending), and the sum of
+/// their weights `w` in that order (`0 < k <` the number of candidates).
+fn top_k_order(row: &[f32], k: u32, w: &[f32]) -> (Vec<u32>, f64) {
+    let mut keys: Vec<u64> = candidates_keys(row);
+    let k = k as usize;
+    keys.select_nth_unstable(k - 1);
+    keys.truncate(k);
+    keys.sort_unstable();
+    let ids: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+    let z: f64 = ids.iter().map(|&i| f64::from(w[i as usize])).sum();
+    (ids, z)
 }
 
 /// The largest non-NaN logit in `total_cmp` order (`None` when every one is NaN): the
