@@ -9,8 +9,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_sortition");
 
 #[test]
 fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
+    let roc = tempfile::tempdir().expect("temp dir");
     let out = Command::new(BIN)
-        .args(["conformance", "--size", "small", "--json"])
+        .args(["conformance", "--size", "small", "--json", "--roc"])
+        .arg(roc.path())
         .output()
         .expect("run sortition conformance");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -84,6 +86,16 @@ fn the_small_corpus_has_no_honest_mismatch_on_any_kernel() {
         !t["smaller_model"].as_array().expect("smaller").is_empty(),
         "{t}"
     );
+    // ... and drawn: one row per tolerance at which an answer changes side, and the plot.
+    let csv = std::fs::read_to_string(roc.path().join("roc.csv")).expect("roc.csv");
+    assert!(csv.starts_with("rule,adversary,tolerance,"), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("sampled by seeded draw,smaller model,")),
+        "{csv}"
+    );
+    let svg = std::fs::read_to_string(roc.path().join("roc.svg")).expect("roc.svg");
+    assert!(svg.contains("<svg"));
     // The re-encoding adversary (SmolLM2's file ships Q4_1; the honest class runs Q8_0): every
     // case answered, and re-execution tells some of its answers from the honest ones.
     let r8 = &r["scoring"]["reencoded"];

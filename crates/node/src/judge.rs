@@ -345,8 +345,9 @@ pub enum Scored {
     Inconclusive(String),
 }
 
-/// Checks the claimed answer in one teacher-forced pass: token counts, each token's rank and
-/// logit gap, and the end of generation.
+/// Checks the claimed answer in one teacher-forced pass, with the request's sampling
+/// parameters: token counts, each token against the argmax (greedy) or the seeded draw
+/// (sampled; by rank under a policy without the draw check), and the end of generation.
 pub async fn score(state: &NodeState, p: &AuditPayload, tol: ScoreTolerance) -> Scored {
     use Scored::Inconclusive;
     let r = &p.receipt.receipt;
