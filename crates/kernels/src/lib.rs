@@ -39,3 +39,18 @@ mod rows;
 pub use error::{KernelError, Result};
 pub use isa::Kernel;
 pub use pool::Pool;
+
+/// The workspace's dev profile builds this crate as a release build would (opt-level 3,
+/// no debug assertions or overflow checks: `[profile.dev.package.sortition-kernels]` in
+/// `Cargo.toml`), so tests, CI, conformance runs and `cargo run` devnets run the kernels that
+/// production runs. When the kernels moved here from the engine the override did not follow
+/// them, and every dev build ran them 2-3x slower for a day before a benchmark noticed.
+#[cfg(test)]
+#[test]
+#[allow(clippy::assertions_on_constants)] // the constant is the build's setting under test
+fn dev_and_test_builds_run_the_kernels_optimized() {
+    assert!(
+        !cfg!(debug_assertions),
+        "sortition-kernels is built with debug assertions: its profile override is missing"
+    );
+}
